@@ -7,4 +7,5 @@
 //! [`control`] (configuration, tables, the control thread and its API).
 #![deny(unsafe_code)]
 
+pub mod control;
 pub mod wire;

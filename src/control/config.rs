@@ -1,0 +1,1067 @@
+//! The configuration file (TOML): the user's contract.
+//!
+//! Parsing happens in two steps. `serde` reads the file into `Raw*` structs
+//! (unknown keys are errors, with the line and column from `toml`); then
+//! [`Config::from_raw`] validates every value and builds the typed
+//! [`Config`], reporting the first mistake as
+//! `FILE: KEY: what is wrong (how to fix it)`.
+//!
+//! Invariant of a [`Config`]: every field has been validated; building the
+//! data-plane tables from it cannot fail for a reason the file controls.
+
+use crate::wire::MacAddr;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+/// A configuration mistake, located by file and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &str, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// The IP protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => crate::wire::ipv4::protocol::TCP,
+            Protocol::Udp => crate::wire::ipv4::protocol::UDP,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// How a service picks a task for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin over tasks with a non-zero weight: Swarm's only choice.
+    #[default]
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connections (active flows, weighted).
+    Lc,
+    /// Maglev consistent hashing of the client's address and port: several
+    /// ingress nodes choose the same task without sharing state.
+    Maglev,
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Maglev => "maglev",
+        })
+    }
+}
+
+/// How a worker waits for frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Spin on the rings while frames arrive, sleep in `poll(2)` after about
+    /// 50 µs without any.
+    #[default]
+    Adaptive,
+    /// Spin on the rings always (a dedicated core per queue).
+    Busy,
+}
+
+// ---------------------------------------------------------------------------
+// Raw file shape.
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    node: RawNode,
+    ingress: RawIngress,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    flows: RawFlows,
+    #[serde(default)]
+    control: RawControl,
+    #[serde(default, rename = "service")]
+    services: Vec<RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    interface: String,
+    address: String,
+    queues: Option<Vec<u32>>,
+    #[serde(default)]
+    poll: PollMode,
+    frames_per_queue: Option<u32>,
+    batch_size: Option<u32>,
+    #[serde(default)]
+    xdp_mode: Option<String>,
+    cpus: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    vni: Option<i64>,
+    port: Option<i64>,
+    subnet: String,
+    address: String,
+    mac: Option<String>,
+    mtu: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    tcp_syn: Option<i64>,
+    tcp_established: Option<i64>,
+    tcp_closing: Option<i64>,
+    tcp_close: Option<i64>,
+    udp: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlows {
+    max: Option<i64>,
+    snat_ports: Option<[i64; 2]>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    socket: Option<PathBuf>,
+    metrics: Option<String>,
+    stats_interval: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    name: String,
+    #[serde(default)]
+    scheduler: Scheduler,
+    #[serde(default)]
+    publish: Vec<RawPublish>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPublish {
+    published: i64,
+    target: i64,
+    #[serde(default = "default_protocol")]
+    protocol: Protocol,
+}
+
+fn default_protocol() -> Protocol {
+    Protocol::Tcp
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    address: String,
+    node: String,
+    mac: Option<String>,
+    weight: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------
+// Validated configuration.
+
+/// An IPv4 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Ipv4Net {
+    pub fn mask(&self) -> u32 {
+        if self.prefix_len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix_len)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    pub fn broadcast(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        u32::from(a) & self.mask() == u32::from(self.addr) & self.mask()
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl std::str::FromStr for Ipv4Net {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, l) = s.split_once('/').ok_or_else(|| {
+            format!("`{s}` is not a prefix (expected ADDRESS/LENGTH, like 198.18.128.0/24)")
+        })?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
+        let prefix_len: u8 = l
+            .parse()
+            .ok()
+            .filter(|&l| l <= 32)
+            .ok_or_else(|| format!("`{l}` is not a prefix length (0 to 32)"))?;
+        let net = Ipv4Net { addr, prefix_len };
+        if net.network() != addr {
+            return Err(format!(
+                "`{s}` has host bits set; the network is {}/{}",
+                net.network(),
+                prefix_len
+            ));
+        }
+        Ok(net)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    /// `None`: every queue of the interface.
+    pub queues: Option<Vec<u32>>,
+    pub poll: PollMode,
+    pub frames_per_queue: u32,
+    pub batch_size: u32,
+    /// Native (driver) XDP or generic (skb) XDP.
+    pub xdp_mode: XdpMode,
+    /// CPUs to pin workers to, in queue order; default: queue i on CPU i mod n.
+    pub cpus: Option<Vec<usize>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    Native,
+    Generic,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressConfig {
+    pub vni: u32,
+    pub port: u16,
+    pub subnet: Ipv4Net,
+    pub address: Ipv4Addr,
+    pub mac: MacAddr,
+    /// MTU of the overlay (inner) network: the largest inner IPv4 packet.
+    pub mtu: u16,
+}
+
+/// Idle timeouts of flows, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn: 60,
+            tcp_established: 3600,
+            tcp_closing: 120,
+            tcp_close: 10,
+            udp: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowLimits {
+    /// Maximum number of flows, all workers together.
+    pub max: u32,
+    /// Inclusive range of SNAT source ports on the overlay address.
+    pub snat_ports: (u16, u16),
+}
+
+impl Default for FlowLimits {
+    fn default() -> Self {
+        FlowLimits {
+            max: 1 << 20,
+            snat_ports: (1024, 65535),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlConfig {
+    pub socket: PathBuf,
+    pub metrics: Option<std::net::SocketAddr>,
+    /// Seconds between the one-line summaries `run` prints.
+    pub stats_interval: f64,
+}
+
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/meshgate/control.sock";
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            metrics: None,
+            stats_interval: 5.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Publish {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Task {
+    pub address: Ipv4Addr,
+    /// The underlay address of the node (VTEP) that runs the task.
+    pub node: Ipv4Addr,
+    #[serde(serialize_with = "ser_display")]
+    pub mac: MacAddr,
+    pub weight: u32,
+}
+
+fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Service {
+    pub name: String,
+    pub scheduler: Scheduler,
+    pub publish: Vec<Publish>,
+    pub tasks: Vec<Task>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub ingress: IngressConfig,
+    pub timeouts: Timeouts,
+    pub flows: FlowLimits,
+    pub control: ControlConfig,
+    pub services: Vec<Service>,
+}
+
+/// Largest weight of a task.
+pub const MAX_WEIGHT: u32 = 65535;
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
+        Self::parse(&text, &file)
+    }
+
+    /// Parses and validates configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = match e.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}")
+                }
+                None => "(syntax)".to_string(),
+            };
+            ConfigError::new(file, key, e.message().trim().to_string())
+        })?;
+        Self::from_raw(raw, file)
+    }
+
+    fn from_raw(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
+        let err = |key: &str, msg: String| ConfigError::new(file, key, msg);
+
+        // [node]
+        let n = raw.node;
+        if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains(['/', ' ']) {
+            return Err(err(
+                "node.interface",
+                format!(
+                    "`{}` is not an interface name (1 to 15 characters, no '/' or spaces)",
+                    n.interface
+                ),
+            ));
+        }
+        let address = parse_host(&n.address).map_err(|m| err("node.address", m))?;
+        if let Some(q) = &n.queues {
+            if q.is_empty() {
+                return Err(err(
+                    "node.queues",
+                    "is empty; remove the key to use every queue of the interface".into(),
+                ));
+            }
+            let mut seen = HashSet::new();
+            for &id in q {
+                if !seen.insert(id) {
+                    return Err(err("node.queues", format!("queue {id} is listed twice")));
+                }
+            }
+        }
+        let frames = n.frames_per_queue.unwrap_or(4096);
+        if !(64..=1 << 20).contains(&frames) || !frames.is_power_of_two() {
+            return Err(err(
+                "node.frames_per_queue",
+                format!("{frames} must be a power of two between 64 and 1048576"),
+            ));
+        }
+        let batch = n.batch_size.unwrap_or(64);
+        if !(1..=256).contains(&batch) {
+            return Err(err(
+                "node.batch_size",
+                format!("{batch} must be between 1 and 256 (32 to 64 is best)"),
+            ));
+        }
+        let xdp_mode = match n.xdp_mode.as_deref() {
+            None | Some("native") => XdpMode::Native,
+            Some("generic") => XdpMode::Generic,
+            Some(o) => {
+                return Err(err(
+                    "node.xdp_mode",
+                    format!("`{o}` is not a mode; use \"native\" or \"generic\""),
+                ));
+            }
+        };
+        if let Some(c) = &n.cpus {
+            if c.is_empty() {
+                return Err(err(
+                    "node.cpus",
+                    "is empty; remove the key for the default pinning".into(),
+                ));
+            }
+        }
+        let node = NodeConfig {
+            interface: n.interface,
+            address,
+            queues: n.queues,
+            poll: n.poll,
+            frames_per_queue: frames,
+            batch_size: batch,
+            xdp_mode,
+            cpus: n.cpus,
+        };
+
+        // [ingress]
+        let i = raw.ingress;
+        let vni = i.vni.unwrap_or(4096);
+        if !(1..=0xff_ffff).contains(&vni) {
+            return Err(err(
+                "ingress.vni",
+                format!("{vni} is out of range (1 to 16777215)"),
+            ));
+        }
+        let port = parse_port(i.port.unwrap_or(4789)).map_err(|m| err("ingress.port", m))?;
+        let subnet: Ipv4Net = i.subnet.parse().map_err(|m| err("ingress.subnet", m))?;
+        if subnet.prefix_len > 30 {
+            return Err(err(
+                "ingress.subnet",
+                format!("{subnet} is too small for a sandbox and tasks (use /30 or larger)"),
+            ));
+        }
+        let ia = parse_host(&i.address).map_err(|m| err("ingress.address", m))?;
+        check_in_subnet(ia, &subnet).map_err(|m| err("ingress.address", m))?;
+        let imac = match &i.mac {
+            Some(m) => parse_unicast_mac(m).map_err(|m| err("ingress.mac", m))?,
+            None => MacAddr::docker(ia),
+        };
+        let mtu = i.mtu.unwrap_or(1450);
+        if !(576..=9000).contains(&mtu) {
+            return Err(err(
+                "ingress.mtu",
+                format!("{mtu} is out of range (576 to 9000; Docker's overlay uses 1450)"),
+            ));
+        }
+        if ia == address {
+            return Err(err(
+                "ingress.address",
+                format!(
+                    "{ia} is the node address; the sandbox needs its own address on the overlay"
+                ),
+            ));
+        }
+        let ingress = IngressConfig {
+            vni: vni as u32,
+            port,
+            subnet,
+            address: ia,
+            mac: imac,
+            mtu: mtu as u16,
+        };
+
+        // [timeouts]
+        let t = raw.timeouts;
+        let d = Timeouts::default();
+        let secs = |key: &str, v: Option<i64>, def: u32| -> Result<u32, ConfigError> {
+            match v {
+                None => Ok(def),
+                Some(s) if (1..=30 * 86400).contains(&s) => Ok(s as u32),
+                Some(s) => Err(err(
+                    key,
+                    format!("{s} seconds is out of range (1 to 2592000)"),
+                )),
+            }
+        };
+        let timeouts = Timeouts {
+            tcp_syn: secs("timeouts.tcp_syn", t.tcp_syn, d.tcp_syn)?,
+            tcp_established: secs(
+                "timeouts.tcp_established",
+                t.tcp_established,
+                d.tcp_established,
+            )?,
+            tcp_closing: secs("timeouts.tcp_closing", t.tcp_closing, d.tcp_closing)?,
+            tcp_close: secs("timeouts.tcp_close", t.tcp_close, d.tcp_close)?,
+            udp: secs("timeouts.udp", t.udp, d.udp)?,
+        };
+
+        // [flows]
+        let f = raw.flows;
+        let df = FlowLimits::default();
+        let max = f.max.unwrap_or(df.max as i64);
+        if !(16..=1 << 26).contains(&max) {
+            return Err(err(
+                "flows.max",
+                format!("{max} is out of range (16 to 67108864)"),
+            ));
+        }
+        let snat_ports = match f.snat_ports {
+            None => df.snat_ports,
+            Some([lo, hi]) => {
+                let lo = parse_port(lo).map_err(|m| err("flows.snat_ports", m))?;
+                let hi = parse_port(hi).map_err(|m| err("flows.snat_ports", m))?;
+                if hi < lo || hi - lo < 63 {
+                    return Err(err(
+                        "flows.snat_ports",
+                        format!("[{lo}, {hi}] must be an increasing range of at least 64 ports"),
+                    ));
+                }
+                (lo, hi)
+            }
+        };
+        let flows = FlowLimits {
+            max: max as u32,
+            snat_ports,
+        };
+
+        // [control]
+        let c = raw.control;
+        let dc = ControlConfig::default();
+        let metrics = match c.metrics {
+            None => None,
+            Some(m) => Some(m.parse().map_err(|_| {
+                err(
+                    "control.metrics",
+                    format!("`{m}` is not an address:port (like 127.0.0.1:9464)"),
+                )
+            })?),
+        };
+        let stats_interval = c.stats_interval.unwrap_or(dc.stats_interval);
+        if !(stats_interval > 0.0 && stats_interval <= 3600.0) {
+            return Err(err(
+                "control.stats_interval",
+                format!("{stats_interval} must be between 0 and 3600 seconds"),
+            ));
+        }
+        let control = ControlConfig {
+            socket: c.socket.unwrap_or(dc.socket),
+            metrics,
+            stats_interval,
+        };
+
+        // [[service]]
+        let mut services = Vec::with_capacity(raw.services.len());
+        let mut names = HashSet::new();
+        let mut published = HashSet::new();
+        let mut task_addrs = HashSet::new();
+        for (si, s) in raw.services.into_iter().enumerate() {
+            let key = |k: &str| format!("service[{si}] ({:?}).{k}", s.name);
+            let svc = Service::validate(
+                RawServiceRef {
+                    name: &s.name,
+                    scheduler: s.scheduler,
+                    publish: &s.publish,
+                    tasks: &s.tasks,
+                },
+                &ingress,
+                address,
+                &key,
+            )
+            .map_err(|(k, m)| err(&k, m))?;
+            if !names.insert(svc.name.clone()) {
+                return Err(err(
+                    &key("name"),
+                    format!(
+                        "`{}` names two services; service names are unique",
+                        svc.name
+                    ),
+                ));
+            }
+            for (pi, p) in svc.publish.iter().enumerate() {
+                if !published.insert((p.protocol, p.published)) {
+                    return Err(err(
+                        &key(&format!("publish[{pi}]")),
+                        format!(
+                            "{}/{} is published by another service",
+                            p.published, p.protocol
+                        ),
+                    ));
+                }
+            }
+            for (ti, t) in svc.tasks.iter().enumerate() {
+                if !task_addrs.insert(t.address) {
+                    return Err(err(
+                        &key(&format!("tasks[{ti}].address")),
+                        format!(
+                            "{} is the address of another task; each task has its own address on the ingress network",
+                            t.address
+                        ),
+                    ));
+                }
+            }
+            services.push(svc);
+        }
+        if services.len() > 0xffff - 0x100 {
+            return Err(err("service", "too many services (at most 65279)".into()));
+        }
+
+        Ok(Config {
+            node,
+            ingress,
+            timeouts,
+            flows,
+            control,
+            services,
+        })
+    }
+}
+
+struct RawServiceRef<'a> {
+    name: &'a str,
+    scheduler: Scheduler,
+    publish: &'a [RawPublish],
+    tasks: &'a [RawTask],
+}
+
+impl Service {
+    fn validate(
+        s: RawServiceRef<'_>,
+        ingress: &IngressConfig,
+        node_addr: Ipv4Addr,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Service, (String, String)> {
+        check_name(s.name).map_err(|m| (key("name"), m))?;
+        if s.publish.is_empty() {
+            return Err((
+                key("publish"),
+                "is empty; a service needs at least one published port".into(),
+            ));
+        }
+        let mut publish = Vec::new();
+        for (pi, p) in s.publish.iter().enumerate() {
+            let k = |f: &str| key(&format!("publish[{pi}].{f}"));
+            let published = parse_port(p.published).map_err(|m| (k("published"), m))?;
+            let target = parse_port(p.target).map_err(|m| (k("target"), m))?;
+            if p.protocol == Protocol::Udp && published == ingress.port {
+                return Err((
+                    k("published"),
+                    format!("{published}/udp is the overlay's VXLAN port (ingress.port)"),
+                ));
+            }
+            let pb = Publish {
+                published,
+                target,
+                protocol: p.protocol,
+            };
+            if publish.contains(&pb) {
+                return Err((key(&format!("publish[{pi}]")), "is listed twice".into()));
+            }
+            publish.push(pb);
+        }
+        let mut tasks: Vec<Task> = Vec::new();
+        for (ti, t) in s.tasks.iter().enumerate() {
+            let k = |f: &str| key(&format!("tasks[{ti}].{f}"));
+            let task = Task::validate(
+                t.address.as_str(),
+                t.node.as_str(),
+                t.mac.as_deref(),
+                t.weight,
+                ingress,
+                node_addr,
+            )
+            .map_err(|(f, m)| (k(f), m))?;
+            if tasks.iter().any(|o| o.address == task.address) {
+                return Err((k("address"), format!("{} is listed twice", task.address)));
+            }
+            tasks.push(task);
+        }
+        Ok(Service {
+            name: s.name.to_string(),
+            scheduler: s.scheduler,
+            publish,
+            tasks,
+        })
+    }
+}
+
+impl Task {
+    /// Validates one task; the error names the field (`address`, `node`, `mac`, `weight`).
+    pub fn validate(
+        address: &str,
+        node: &str,
+        mac: Option<&str>,
+        weight: Option<i64>,
+        ingress: &IngressConfig,
+        node_addr: Ipv4Addr,
+    ) -> Result<Task, (&'static str, String)> {
+        let address = parse_host(address).map_err(|m| ("address", m))?;
+        check_in_subnet(address, &ingress.subnet).map_err(|m| ("address", m))?;
+        if address == ingress.address {
+            return Err((
+                "address",
+                format!("{address} is this node's ingress-sandbox address (ingress.address)"),
+            ));
+        }
+        let node = parse_host(node).map_err(|m| ("node", m))?;
+        if ingress.subnet.contains(node) {
+            return Err((
+                "node",
+                format!(
+                    "{node} is inside the ingress subnet {}; `node` is the underlay address of the node running the task",
+                    ingress.subnet
+                ),
+            ));
+        }
+        if node == node_addr {
+            return Err((
+                "node",
+                format!(
+                    "{node} is this node (node.address); meshgate carries flows to tasks on other nodes"
+                ),
+            ));
+        }
+        let mac = match mac {
+            Some(m) => parse_unicast_mac(m).map_err(|m| ("mac", m))?,
+            None => MacAddr::docker(address),
+        };
+        let weight = match weight {
+            None => 1,
+            Some(w) if (0..=MAX_WEIGHT as i64).contains(&w) => w as u32,
+            Some(w) => {
+                return Err((
+                    "weight",
+                    format!("{w} is out of range (0 to {MAX_WEIGHT}; 0 drains the task)"),
+                ));
+            }
+        };
+        Ok(Task {
+            address,
+            node,
+            mac,
+            weight,
+        })
+    }
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a service name (1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit)"
+        ))
+    }
+}
+
+fn parse_port(p: i64) -> Result<u16, String> {
+    if (1..=65535).contains(&p) {
+        Ok(p as u16)
+    } else {
+        Err(format!("{p} is not a port (1 to 65535)"))
+    }
+}
+
+/// Parses a unicast host address (not unspecified, broadcast, multicast or loopback).
+pub fn parse_host(s: &str) -> Result<Ipv4Addr, String> {
+    let a: Ipv4Addr = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not an IPv4 address"))?;
+    if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        return Err(format!("{a} is not a unicast host address"));
+    }
+    Ok(a)
+}
+
+fn check_in_subnet(a: Ipv4Addr, net: &Ipv4Net) -> Result<(), String> {
+    if !net.contains(a) {
+        return Err(format!("{a} is outside the ingress subnet {net}"));
+    }
+    if a == net.network() || a == net.broadcast() {
+        return Err(format!("{a} is the network or broadcast address of {net}"));
+    }
+    Ok(())
+}
+
+fn parse_unicast_mac(s: &str) -> Result<MacAddr, String> {
+    let m: MacAddr = s
+        .parse()
+        .map_err(|e: crate::wire::ethernet::MacParseError| e.to_string())?;
+    if !m.is_unicast() || m == MacAddr::ZERO {
+        return Err(format!("{m} is not a unicast MAC address"));
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const LAB: &str = include_str!("../../examples/lab.toml");
+
+    fn parse(t: &str) -> Result<Config, ConfigError> {
+        Config::parse(t, "test.toml")
+    }
+
+    #[test]
+    fn lab_example_is_valid() {
+        let c = parse(LAB).unwrap();
+        assert_eq!(c.node.interface, "in0");
+        assert_eq!(c.ingress.vni, 4096);
+        assert_eq!(c.ingress.port, 4789);
+        assert_eq!(c.ingress.mac.to_string(), "02:42:c6:12:80:02");
+        assert_eq!(c.services.len(), 1);
+        let web = &c.services[0];
+        assert_eq!(web.publish.len(), 2);
+        assert_eq!(web.tasks.len(), 3);
+        assert_eq!(web.tasks[0].mac.to_string(), "02:42:c6:12:80:04");
+        assert_eq!(web.tasks[2].node, Ipv4Addr::new(198, 18, 0, 12));
+        assert_eq!(c.timeouts, Timeouts::default());
+        assert!(c.timeouts.tcp_established >= 3600);
+    }
+
+    /// Replaces the first occurrence of `from` in the lab file.
+    fn edit(from: &str, to: &str) -> String {
+        assert!(LAB.contains(from), "fixture does not contain {from:?}");
+        LAB.replacen(from, to, 1)
+    }
+
+    fn expect_err(text: &str, key: &str, words: &str) {
+        let e = parse(text).unwrap_err();
+        assert_eq!(e.file, "test.toml");
+        assert!(
+            e.key.contains(key),
+            "key {:?} does not contain {key:?} ({e})",
+            e.key
+        );
+        assert!(
+            e.message.contains(words),
+            "message {:?} does not contain {words:?}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn precise_errors() {
+        expect_err(
+            &edit("vni = 4096", "vni = 16777216"),
+            "ingress.vni",
+            "out of range",
+        );
+        expect_err(
+            &edit("vni = 4096", "vni = 0"),
+            "ingress.vni",
+            "out of range",
+        );
+        expect_err(
+            &edit("port = 4789", "port = 70000"),
+            "ingress.port",
+            "not a port",
+        );
+        expect_err(
+            &edit("address = \"198.18.0.2\"", "address = \"198.18.0\""),
+            "node.address",
+            "not an IPv4 address",
+        );
+        expect_err(
+            &edit("address = \"198.18.0.2\"", "address = \"224.0.0.1\""),
+            "node.address",
+            "unicast",
+        );
+        expect_err(
+            &edit(
+                "subnet = \"198.18.128.0/24\"",
+                "subnet = \"198.18.128.1/24\"",
+            ),
+            "ingress.subnet",
+            "host bits",
+        );
+        expect_err(
+            &edit("address = \"198.18.128.2\"", "address = \"198.18.129.2\""),
+            "ingress.address",
+            "outside",
+        );
+        expect_err(
+            &edit(
+                "published = 8080, target = 80, protocol = \"tcp\"",
+                "published = 0, target = 80, protocol = \"tcp\"",
+            ),
+            "service[0] (\"web\").publish[0].published",
+            "not a port",
+        );
+        expect_err(
+            &edit("protocol = \"tcp\"", "protocol = \"sctp\""),
+            "line",
+            "unknown variant",
+        );
+        expect_err(
+            &edit(
+                "{ address = \"198.18.128.4\"",
+                "{ address = \"198.18.129.4\"",
+            ),
+            "tasks[0].address",
+            "outside the ingress subnet",
+        );
+        expect_err(
+            &edit(
+                "{ address = \"198.18.128.5\"",
+                "{ address = \"198.18.128.4\"",
+            ),
+            "tasks[1].address",
+            "listed twice",
+        );
+        expect_err(
+            &edit("node = \"198.18.0.12\"", "node = \"198.18.128.9\""),
+            "tasks[2].node",
+            "inside the ingress subnet",
+        );
+        expect_err(
+            &edit("[ingress]", "[ingress]\nvlan = 3"),
+            "line",
+            "unknown field",
+        );
+        expect_err(
+            &edit("name = \"web\"", "name = \"web app\""),
+            "name",
+            "not a service name",
+        );
+        expect_err(
+            &edit(
+                "node = \"198.18.0.12\" }",
+                "node = \"198.18.0.12\", weight = -1 }",
+            ),
+            "tasks[2].weight",
+            "out of range",
+        );
+        expect_err(
+            &edit(
+                "node = \"198.18.0.12\" }",
+                "node = \"198.18.0.12\", mac = \"01:00:5e:00:00:01\" }",
+            ),
+            "tasks[2].mac",
+            "unicast",
+        );
+        expect_err(
+            &format!(
+                "{LAB}\n[[service]]\nname = \"web\"\npublish = [{{ published = 9090, target = 80 }}]\n"
+            ),
+            "service[1]",
+            "names two services",
+        );
+        expect_err(
+            &format!(
+                "{LAB}\n[[service]]\nname = \"api\"\npublish = [{{ published = 8080, target = 80 }}]\n"
+            ),
+            "service[1]",
+            "published by another service",
+        );
+        expect_err(
+            &format!(
+                "{LAB}\n[[service]]\nname = \"vx\"\npublish = [{{ published = 4789, target = 80, protocol = \"udp\" }}]\n"
+            ),
+            "publish[0].published",
+            "VXLAN port",
+        );
+        expect_err("[node]\ninterface = \"in0\"\n", "line", "missing field");
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let e = parse("[node]\ninterface = \"in0\"\naddress = \n").unwrap_err();
+        assert_eq!(e.key, "line 3", "{e}");
+    }
+
+    #[test]
+    fn prefix_parsing() {
+        let n: Ipv4Net = "198.18.128.0/24".parse().unwrap();
+        assert!(n.contains(Ipv4Addr::new(198, 18, 128, 200)));
+        assert!(!n.contains(Ipv4Addr::new(198, 18, 129, 1)));
+        assert_eq!(n.broadcast(), Ipv4Addr::new(198, 18, 128, 255));
+        assert!("198.18.128.0/33".parse::<Ipv4Net>().is_err());
+        assert!("198.18.128.0".parse::<Ipv4Net>().is_err());
+    }
+}

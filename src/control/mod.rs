@@ -1,0 +1,3 @@
+//! Configuration, validation, the table builder, the control thread and its API.
+
+pub mod config;
