@@ -8,4 +8,5 @@
 #![deny(unsafe_code)]
 
 pub mod control;
+pub mod dataplane;
 pub mod wire;

@@ -1,0 +1,862 @@
+//! Fixture frames and the table of {input frame, expected output frame,
+//! verdict} cases shared by the unit tests, the property tests, the fuzz
+//! seeds and the benchmarks.
+//!
+//! Every frame here is built with `etherparse`, an implementation independent
+//! of [`crate::wire`], so the expected outputs check meshgate's rewriting
+//! byte for byte against a second opinion. The topology is the lab's
+//! (`examples/lab.toml`): client 198.18.0.1 -> node 198.18.0.2:8080, tasks
+//! 198.18.128.4 and .5 on node 198.18.0.11 and .6 on node 198.18.0.12.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use etherparse::{PacketBuilder, TcpHeader};
+
+use super::counters::DropReason;
+use super::flow::ClientKey;
+use super::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
+use super::tables::{LinkInfo, Neighbours, Registry, Route, Snapshot};
+use crate::control::config::Config;
+use crate::wire::MacAddr;
+
+pub const LAB_TOML: &str = include_str!("../../examples/lab.toml");
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const CLIENT_MAC: MacAddr = MacAddr([0x02, 0x00, 0xc6, 0x12, 0x00, 0x01]);
+pub const NODE: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const NODE_MAC: MacAddr = MacAddr([0x02, 0x00, 0xc6, 0x12, 0x00, 0x02]);
+pub const NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
+pub const NODE1_MAC: MacAddr = MacAddr([0x02, 0x00, 0xc6, 0x12, 0x00, 0x0b]);
+pub const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 12);
+pub const NODE2_MAC: MacAddr = MacAddr([0x02, 0x00, 0xc6, 0x12, 0x00, 0x0c]);
+pub const OVERLAY: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 2);
+pub const TASKS: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(198, 18, 128, 4),
+    Ipv4Addr::new(198, 18, 128, 5),
+    Ipv4Addr::new(198, 18, 128, 6),
+];
+pub const PUBLISHED: u16 = 8080;
+pub const TARGET: u16 = 80;
+pub const VNI: u32 = 4096;
+pub const VXLAN_PORT: u16 = 4789;
+/// Headroom the fixtures leave in front of a frame, as the UMEM does.
+pub const FIXTURE_HEADROOM: usize = 256;
+/// Size of a fixture buffer (a UMEM frame).
+pub const FIXTURE_FRAME: usize = 2048;
+
+pub fn overlay_mac() -> MacAddr {
+    MacAddr::docker(OVERLAY)
+}
+
+/// The node (VTEP) that runs task `i`.
+pub fn task_node(i: usize) -> (Ipv4Addr, MacAddr) {
+    if i < 2 {
+        (NODE1, NODE1_MAC)
+    } else {
+        (NODE2, NODE2_MAC)
+    }
+}
+
+pub fn lab_config() -> Config {
+    Config::parse(LAB_TOML, "examples/lab.toml").expect("the lab configuration is valid")
+}
+
+/// The neighbour table the kernel would hold in the lab.
+pub fn lab_neighbours() -> Neighbours {
+    let mut n = Neighbours::default();
+    n.insert_route(Route {
+        dst: "198.18.0.0/24".parse().unwrap(),
+        gateway: None,
+    });
+    n.entries.insert(CLIENT, CLIENT_MAC);
+    n.entries.insert(NODE1, NODE1_MAC);
+    n.entries.insert(NODE2, NODE2_MAC);
+    n
+}
+
+pub fn lab_snapshot_for(cfg: &Config) -> Arc<Snapshot> {
+    Arc::new(Snapshot::build(
+        cfg,
+        LinkInfo { mac: NODE_MAC },
+        Arc::new(lab_neighbours()),
+        &mut Registry::default(),
+        1,
+    ))
+}
+
+pub fn lab_snapshot() -> Arc<Snapshot> {
+    lab_snapshot_for(&lab_config())
+}
+
+/// A pipeline for worker `worker` of `workers` on the lab tables.
+pub fn lab_pipeline(worker: u16, workers: u16) -> Pipeline {
+    Pipeline::new(lab_snapshot(), worker, workers, 1 << 16, (1024, 65535))
+}
+
+/// TCP flags for fixture segments.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Flags {
+    pub syn: bool,
+    pub ack: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+pub const SYN: Flags = Flags {
+    syn: true,
+    ack: false,
+    fin: false,
+    rst: false,
+    psh: false,
+};
+pub const SYN_ACK: Flags = Flags {
+    syn: true,
+    ack: true,
+    fin: false,
+    rst: false,
+    psh: false,
+};
+pub const ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+    psh: false,
+};
+pub const PSH_ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: false,
+    psh: true,
+};
+pub const FIN_ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: true,
+    rst: false,
+    psh: false,
+};
+
+fn tcp_header(sport: u16, dport: u16, seq: u32, ack: u32, f: Flags) -> TcpHeader {
+    let mut h = TcpHeader::new(sport, dport, seq, 64240);
+    h.syn = f.syn;
+    h.ack = f.ack;
+    h.fin = f.fin;
+    h.rst = f.rst;
+    h.psh = f.psh;
+    h.acknowledgment_number = ack;
+    h
+}
+
+/// A TCP segment from `src` to `dst`, as an Ethernet frame.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp_frame(
+    smac: MacAddr,
+    dmac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac.0, dmac.0)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .tcp_header(tcp_header(sport, dport, seq, ack, f));
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
+}
+
+/// A UDP datagram from `src` to `dst`, as an Ethernet frame.
+#[allow(clippy::too_many_arguments)]
+pub fn udp_frame(
+    smac: MacAddr,
+    dmac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac.0, dmac.0)
+        .ipv4(src.octets(), dst.octets(), ttl)
+        .udp(sport, dport);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
+}
+
+/// Wraps `inner` in VXLAN from `src` to `dst` (outer UDP checksum 0, DF,
+/// identification 0, TTL 64), as meshgate and the Linux driver send it.
+pub fn vxlan_frame(
+    smac: MacAddr,
+    dmac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut payload = vec![0x08, 0, 0, 0];
+    payload.extend_from_slice(&vni.to_be_bytes()[1..]);
+    payload.push(0);
+    payload.extend_from_slice(inner);
+    let b = PacketBuilder::ethernet2(smac.0, dmac.0)
+        .ipv4(src.octets(), dst.octets(), 64)
+        .udp(sport, VXLAN_PORT);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, &payload).expect("fixture frame");
+    // VXLAN senders leave the outer UDP checksum out (RFC 7348 section 5).
+    v[40] = 0;
+    v[41] = 0;
+    v
+}
+
+/// A client segment to the published port.
+pub fn client_tcp(sport: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+    tcp_frame(
+        CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, sport, PUBLISHED, seq, ack, f, payload,
+    )
+}
+
+/// A client datagram to the published port.
+pub fn client_udp(sport: u16, payload: &[u8]) -> Vec<u8> {
+    udp_frame(
+        CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, sport, PUBLISHED, payload,
+    )
+}
+
+fn key(sport: u16, protocol: u8) -> ClientKey {
+    ClientKey {
+        client: CLIENT,
+        client_port: sport,
+        published: PUBLISHED,
+        protocol,
+    }
+}
+
+/// What meshgate must send to task `task` for `client_tcp(sport, ...)`
+/// when the flow's SNAT port is `snat`.
+pub fn expected_forward_tcp(
+    task: usize,
+    sport: u16,
+    snat: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let inner = tcp_frame(
+        overlay_mac(),
+        MacAddr::docker(TASKS[task]),
+        OVERLAY,
+        TASKS[task],
+        63,
+        snat,
+        TARGET,
+        seq,
+        ack,
+        f,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(
+        NODE_MAC,
+        mac,
+        NODE,
+        node,
+        vxlan_source_port(flow_hash(&key(sport, 6))),
+        VNI,
+        &inner,
+    )
+}
+
+pub fn expected_forward_udp(task: usize, sport: u16, snat: u16, payload: &[u8]) -> Vec<u8> {
+    let inner = udp_frame(
+        overlay_mac(),
+        MacAddr::docker(TASKS[task]),
+        OVERLAY,
+        TASKS[task],
+        63,
+        snat,
+        TARGET,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(
+        NODE_MAC,
+        mac,
+        NODE,
+        node,
+        vxlan_source_port(flow_hash(&key(sport, 17))),
+        VNI,
+        &inner,
+    )
+}
+
+/// A task's TCP reply to the sandbox, inside VXLAN from its node, as the
+/// Linux VXLAN driver would send it (source port arbitrary).
+pub fn task_reply_tcp(
+    task: usize,
+    snat: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let inner = tcp_frame(
+        MacAddr::docker(TASKS[task]),
+        overlay_mac(),
+        TASKS[task],
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        seq,
+        ack,
+        f,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+pub fn task_reply_udp(task: usize, snat: u16, payload: &[u8]) -> Vec<u8> {
+    let inner = udp_frame(
+        MacAddr::docker(TASKS[task]),
+        overlay_mac(),
+        TASKS[task],
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+/// What the client must receive for `task_reply_tcp`.
+pub fn expected_reply_tcp(
+    client_port: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    tcp_frame(
+        NODE_MAC,
+        CLIENT_MAC,
+        NODE,
+        CLIENT,
+        63,
+        PUBLISHED,
+        client_port,
+        seq,
+        ack,
+        f,
+        payload,
+    )
+}
+
+pub fn expected_reply_udp(client_port: u16, payload: &[u8]) -> Vec<u8> {
+    udp_frame(
+        NODE_MAC,
+        CLIENT_MAC,
+        NODE,
+        CLIENT,
+        63,
+        PUBLISHED,
+        client_port,
+        payload,
+    )
+}
+
+/// An ARP request for the sandbox address from task `task`, in VXLAN.
+pub fn task_arp_request(task: usize) -> Vec<u8> {
+    let inner = arp_frame(
+        MacAddr::docker(TASKS[task]),
+        MacAddr::BROADCAST,
+        1,
+        MacAddr::docker(TASKS[task]),
+        TASKS[task],
+        MacAddr::ZERO,
+        OVERLAY,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+/// The answer meshgate must send back for `task_arp_request(task)`.
+pub fn expected_arp_reply(task: usize) -> Vec<u8> {
+    let inner = arp_frame(
+        overlay_mac(),
+        MacAddr::docker(TASKS[task]),
+        2,
+        overlay_mac(),
+        OVERLAY,
+        MacAddr::docker(TASKS[task]),
+        TASKS[task],
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(NODE_MAC, mac, NODE, node, 51234, VNI, &inner)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn arp_frame(
+    smac: MacAddr,
+    dmac: MacAddr,
+    op: u16,
+    sha: MacAddr,
+    spa: Ipv4Addr,
+    tha: MacAddr,
+    tpa: Ipv4Addr,
+) -> Vec<u8> {
+    let arp = etherparse::ArpPacket::new(
+        etherparse::ArpHardwareId::ETHERNET,
+        etherparse::EtherType::IPV4,
+        etherparse::ArpOperation(op),
+        &sha.0,
+        &spa.octets(),
+        &tha.0,
+        &tpa.octets(),
+    )
+    .expect("fixture ARP");
+    let mut v = Vec::new();
+    v.extend_from_slice(&dmac.0);
+    v.extend_from_slice(&smac.0);
+    v.extend_from_slice(&0x0806u16.to_be_bytes());
+    v.extend_from_slice(&arp.to_bytes());
+    v
+}
+
+/// What a case must produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Frame(Vec<u8>),
+    Drop(DropReason),
+    Handoff(u16),
+}
+
+/// One row of the pipeline table: after `setup` frames (each must be
+/// transmitted), `input` must give `expect`. Run on a fresh single-worker
+/// lab pipeline unless `workers` says otherwise.
+#[derive(Debug, Clone)]
+pub struct Case {
+    pub name: &'static str,
+    pub workers: u16,
+    pub setup: Vec<Vec<u8>>,
+    pub input: Vec<u8>,
+    pub expect: Expect,
+}
+
+fn case(name: &'static str, setup: Vec<Vec<u8>>, input: Vec<u8>, expect: Expect) -> Case {
+    Case {
+        name,
+        workers: 1,
+        setup,
+        input,
+        expect,
+    }
+}
+
+/// Rewrites the IPv4 header checksum after a fixture edit.
+pub fn fix_ip_checksum(frame: &mut [u8], ip_off: usize) {
+    frame[ip_off + 10] = 0;
+    frame[ip_off + 11] = 0;
+    let c = crate::wire::checksum::checksum(&frame[ip_off..ip_off + 20]);
+    frame[ip_off + 10..ip_off + 12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The table. With one worker, SNAT keeps the client's port; round robin
+/// starts at task 0.
+pub fn cases() -> Vec<Case> {
+    let syn = client_tcp(40000, 1000, 0, SYN, b"");
+    let data = client_tcp(40000, 1001, 5001, PSH_ACK, b"GET / HTTP/1.0\r\n\r\n");
+    let mut v = vec![
+        case(
+            "tcp syn opens a flow to task 0",
+            vec![],
+            syn.clone(),
+            Expect::Frame(expected_forward_tcp(0, 40000, 40000, 1000, 0, SYN, b"")),
+        ),
+        case(
+            "tcp data follows its flow",
+            vec![syn.clone()],
+            data.clone(),
+            Expect::Frame(expected_forward_tcp(
+                0,
+                40000,
+                40000,
+                1001,
+                5001,
+                PSH_ACK,
+                b"GET / HTTP/1.0\r\n\r\n",
+            )),
+        ),
+        case(
+            "second syn goes to task 1",
+            vec![syn.clone()],
+            client_tcp(40001, 7, 0, SYN, b""),
+            Expect::Frame(expected_forward_tcp(1, 40001, 40001, 7, 0, SYN, b"")),
+        ),
+        case(
+            "tcp reply is decapsulated to the client",
+            vec![syn.clone()],
+            task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b""),
+            Expect::Frame(expected_reply_tcp(40000, 5000, 1001, SYN_ACK, b"")),
+        ),
+        case(
+            "tcp reply with data",
+            vec![
+                syn.clone(),
+                task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b""),
+            ],
+            task_reply_tcp(
+                0,
+                40000,
+                5001,
+                1019,
+                PSH_ACK,
+                b"task-a 198.18.128.2:40000\n",
+            ),
+            Expect::Frame(expected_reply_tcp(
+                40000,
+                5001,
+                1019,
+                PSH_ACK,
+                b"task-a 198.18.128.2:40000\n",
+            )),
+        ),
+        case(
+            "udp datagram opens a flow",
+            vec![],
+            client_udp(50000, b"ping"),
+            Expect::Frame(expected_forward_udp(0, 50000, 50000, b"ping")),
+        ),
+        case(
+            "udp reply",
+            vec![client_udp(50000, b"ping")],
+            task_reply_udp(0, 50000, b"task-a 198.18.128.2:50000\n"),
+            Expect::Frame(expected_reply_udp(50000, b"task-a 198.18.128.2:50000\n")),
+        ),
+        case(
+            "arp request for the sandbox is answered",
+            vec![],
+            task_arp_request(2),
+            Expect::Frame(expected_arp_reply(2)),
+        ),
+        case(
+            "tcp ack without a flow",
+            vec![],
+            data.clone(),
+            Expect::Drop(DropReason::TcpNoFlow),
+        ),
+        case(
+            "unpublished port",
+            vec![],
+            tcp_frame(
+                CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 8081, 1, 0, SYN, b"",
+            ),
+            Expect::Drop(DropReason::NoService),
+        ),
+        case(
+            "published tcp port over another protocol",
+            vec![],
+            udp_frame(CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 9999, b"x"),
+            Expect::Drop(DropReason::NoService),
+        ),
+        case(
+            "not the node address",
+            vec![],
+            tcp_frame(
+                CLIENT_MAC,
+                NODE_MAC,
+                CLIENT,
+                Ipv4Addr::new(198, 18, 0, 3),
+                64,
+                40000,
+                8080,
+                1,
+                0,
+                SYN,
+                b"",
+            ),
+            Expect::Drop(DropReason::NotForUs),
+        ),
+        case(
+            "ttl 1",
+            vec![],
+            tcp_frame(
+                CLIENT_MAC, NODE_MAC, CLIENT, NODE, 1, 40000, 8080, 1, 0, SYN, b"",
+            ),
+            Expect::Drop(DropReason::TtlExpired),
+        ),
+        case(
+            "reply without a flow",
+            vec![],
+            task_reply_tcp(0, 40000, 1, 1, ACK, b""),
+            Expect::Drop(DropReason::ReplyNoFlow),
+        ),
+        case(
+            "reply from the wrong node",
+            vec![syn.clone()],
+            {
+                let inner = tcp_frame(
+                    MacAddr::docker(TASKS[0]),
+                    overlay_mac(),
+                    TASKS[0],
+                    OVERLAY,
+                    64,
+                    TARGET,
+                    40000,
+                    1,
+                    1,
+                    ACK,
+                    b"",
+                );
+                vxlan_frame(NODE2_MAC, NODE_MAC, NODE2, NODE, 51234, VNI, &inner)
+            },
+            Expect::Drop(DropReason::ReplyWrongVtep),
+        ),
+        case(
+            "vxlan from an unknown node",
+            vec![],
+            {
+                let inner = tcp_frame(
+                    MacAddr::docker(TASKS[0]),
+                    overlay_mac(),
+                    TASKS[0],
+                    OVERLAY,
+                    64,
+                    TARGET,
+                    40000,
+                    1,
+                    1,
+                    ACK,
+                    b"",
+                );
+                vxlan_frame(
+                    NODE2_MAC,
+                    NODE_MAC,
+                    Ipv4Addr::new(198, 18, 0, 99),
+                    NODE,
+                    51234,
+                    VNI,
+                    &inner,
+                )
+            },
+            Expect::Drop(DropReason::UnknownVtep),
+        ),
+        case(
+            "vxlan with a wrong vni",
+            vec![],
+            {
+                let inner = tcp_frame(
+                    MacAddr::docker(TASKS[0]),
+                    overlay_mac(),
+                    TASKS[0],
+                    OVERLAY,
+                    64,
+                    TARGET,
+                    40000,
+                    1,
+                    1,
+                    ACK,
+                    b"",
+                );
+                vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 51234, 4097, &inner)
+            },
+            Expect::Drop(DropReason::VxlanWrongVni),
+        ),
+        case(
+            "vxlan with bad flags",
+            vec![],
+            {
+                let mut f = task_reply_tcp(0, 40000, 1, 1, ACK, b"");
+                f[42] = 0x0c;
+                f
+            },
+            Expect::Drop(DropReason::VxlanBadFlags),
+        ),
+        case(
+            "inner frame for another address",
+            vec![],
+            {
+                let inner = tcp_frame(
+                    MacAddr::docker(TASKS[0]),
+                    overlay_mac(),
+                    TASKS[0],
+                    Ipv4Addr::new(198, 18, 128, 3),
+                    64,
+                    TARGET,
+                    40000,
+                    1,
+                    1,
+                    ACK,
+                    b"",
+                );
+                vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 51234, VNI, &inner)
+            },
+            Expect::Drop(DropReason::InnerNotForUs),
+        ),
+        case(
+            "arp for another address",
+            vec![],
+            {
+                let inner = arp_frame(
+                    MacAddr::docker(TASKS[0]),
+                    MacAddr::BROADCAST,
+                    1,
+                    MacAddr::docker(TASKS[0]),
+                    TASKS[0],
+                    MacAddr::ZERO,
+                    TASKS[1],
+                );
+                vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 51234, VNI, &inner)
+            },
+            Expect::Drop(DropReason::ArpNotForUs),
+        ),
+        case(
+            "syn+fin",
+            vec![],
+            client_tcp(
+                40000,
+                1,
+                0,
+                Flags {
+                    syn: true,
+                    fin: true,
+                    ..Flags::default()
+                },
+                b"",
+            ),
+            Expect::Drop(DropReason::TcpBadFlags),
+        ),
+        case(
+            "no tcp flags",
+            vec![],
+            client_tcp(40000, 1, 0, Flags::default(), b""),
+            Expect::Drop(DropReason::TcpBadFlags),
+        ),
+        case(
+            "ip fragment",
+            vec![],
+            {
+                let mut f = client_udp(50000, b"frag");
+                f[20] = 0x20; // MF
+                fix_ip_checksum(&mut f, 14);
+                f
+            },
+            Expect::Drop(DropReason::IpFragment),
+        ),
+        case(
+            "ip options",
+            vec![],
+            {
+                // IHL 6 with a 4-byte NOP option block.
+                let mut f = client_udp(50000, b"opts");
+                f.splice(34..34, [1u8, 1, 1, 0]);
+                f[14] = 0x46;
+                let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
+                f[16..18].copy_from_slice(&tl.to_be_bytes());
+                fix_ip_checksum(&mut f, 14);
+                // Checksum over 24 bytes.
+                f[24] = 0;
+                f[25] = 0;
+                let c = crate::wire::checksum::checksum(&f[14..38]);
+                f[24..26].copy_from_slice(&c.to_be_bytes());
+                f
+            },
+            Expect::Drop(DropReason::IpOptions),
+        ),
+        case(
+            "bad ip checksum",
+            vec![],
+            {
+                let mut f = client_udp(50000, b"x");
+                f[24] ^= 0xff;
+                f
+            },
+            Expect::Drop(DropReason::IpChecksum),
+        ),
+        case(
+            "truncated ip",
+            vec![],
+            {
+                let mut f = client_tcp(40000, 1, 0, SYN, b"");
+                f.truncate(30);
+                f
+            },
+            Expect::Drop(DropReason::Truncated),
+        ),
+        case(
+            "ipv6",
+            vec![],
+            {
+                let mut f = client_udp(50000, b"x");
+                f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+                f
+            },
+            Expect::Drop(DropReason::NotIpv4),
+        ),
+        case(
+            "vlan tagged",
+            vec![],
+            {
+                let mut f = client_udp(50000, b"x");
+                f.splice(12..12, [0x81, 0x00, 0x00, 0x05]);
+                f
+            },
+            Expect::Drop(DropReason::Vlan),
+        ),
+        case(
+            "too big for the overlay",
+            vec![],
+            client_udp(50000, &[0u8; 1430]),
+            Expect::Drop(DropReason::TooBig),
+        ),
+    ];
+    // A reply for a flow owned by another worker is handed off unchanged.
+    v.push(Case {
+        name: "reply owned by another worker",
+        workers: 2,
+        setup: vec![],
+        input: task_reply_tcp(0, 40001, 1, 1, ACK, b""),
+        expect: Expect::Handoff(1),
+    });
+    v
+}
+
+/// Runs `frame` through `p` in a fixture buffer; returns the verdict and the
+/// output frame.
+pub fn run(p: &mut Pipeline, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; FIXTURE_FRAME];
+    buf[FIXTURE_HEADROOM..FIXTURE_HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut f = FrameBuf::new(&mut buf, FIXTURE_HEADROOM, frame.len());
+    let v = p.process(&mut f);
+    (v, f.data().to_vec())
+}
+
+/// Runs one case on a fresh pipeline; returns (verdict, output frame).
+pub fn run_case(c: &Case) -> (Verdict, Vec<u8>) {
+    let mut p = lab_pipeline(0, c.workers);
+    for (i, s) in c.setup.iter().enumerate() {
+        let (v, _) = run(&mut p, s);
+        assert_eq!(
+            v,
+            Verdict::Transmit,
+            "{}: setup frame {i} was not transmitted",
+            c.name
+        );
+    }
+    run(&mut p, &c.input)
+}

@@ -1,0 +1,515 @@
+//! The per-worker flow table.
+//!
+//! A flow is one client transport connection (TCP) or exchange (UDP) to a
+//! published port, pinned to the task chosen when it began, with the SNAT
+//! port that identifies it on the overlay.
+//!
+//! Layout: flows live in a slab (`Vec<Flow>`, preallocated to the worker's
+//! share of `flows.max`), indexed by two hash maps:
+//! - `by_client`: (protocol, client address, client port, published port),
+//!   the forward path's key;
+//! - `by_snat`: (protocol, task address, target port, SNAT port), the reply
+//!   path's key, unique like the kernel's NAT tuple.
+//!
+//! Invariants:
+//! - both maps and the slab hold exactly the same set of live flows;
+//! - capacity never grows after construction: no allocation on the fast path;
+//! - a SNAT port allocated by worker `w` of `n` satisfies `port % n == w`,
+//!   so any worker can tell from a reply which worker owns its flow.
+//!
+//! Memory: see [`BYTES_PER_FLOW`]; measured by `bench/run` at one million flows.
+
+use hashbrown::HashMap;
+use std::net::Ipv4Addr;
+
+use super::tables::TaskId;
+
+/// Forward-path key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientKey {
+    pub client: Ipv4Addr,
+    pub client_port: u16,
+    pub published: u16,
+    pub protocol: u8,
+}
+
+/// Reply-path key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SnatKey {
+    pub task: Ipv4Addr,
+    pub target: u16,
+    pub snat_port: u16,
+    pub protocol: u8,
+}
+
+/// Connection state, after IPVS's simplified TCP states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum FlowState {
+    /// Client SYN seen, no reply yet.
+    SynSent,
+    /// The task replied: an established connection (ipvsadm's ActiveConn).
+    Established,
+    /// A FIN was seen.
+    Closing,
+    /// A RST was seen.
+    Closed,
+    /// A UDP exchange.
+    Udp,
+}
+
+impl FlowState {
+    /// IPVS counts only established TCP connections as active.
+    pub fn is_active(self) -> bool {
+        self == FlowState::Established
+    }
+}
+
+/// One flow. 64 bytes, one cache line.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub key: ClientKey,
+    pub task_addr: Ipv4Addr,
+    pub task_id: TaskId,
+    /// Index of the task in the snapshot of generation `snapshot_gen`.
+    pub task_index: u32,
+    pub snapshot_gen: u32,
+    /// The task's node (VTEP), checked against the source of replies.
+    pub vtep: Ipv4Addr,
+    pub target: u16,
+    pub snat_port: u16,
+    /// Worker tick (ms) of the last packet.
+    pub last_seen: u32,
+    pub hash: u32,
+    /// Next-hop MAC towards the client, valid for `snapshot_gen`.
+    pub client_mac: [u8; 6],
+    pub client_mac_valid: bool,
+    pub state: FlowState,
+}
+
+/// Bytes of memory per flow at full capacity: the slab entry plus one bucket
+/// of each map (key, value, control byte) at hashbrown's 7/8 maximum load.
+pub const BYTES_PER_FLOW: usize = std::mem::size_of::<Flow>()
+    + (std::mem::size_of::<(ClientKey, u32)>() + 1) * 8 / 7
+    + (std::mem::size_of::<(SnatKey, u32)>() + 1) * 8 / 7
+    + std::mem::size_of::<u32>();
+
+/// Outcome of [`FlowTable::insert`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// Full, and nothing could be evicted.
+    Full,
+    /// No free SNAT port for this task and target port.
+    PortsExhausted,
+}
+
+/// What [`FlowTable::insert`] displaced to make room.
+#[derive(Debug, Clone, Copy)]
+pub struct Evicted(pub Flow);
+
+pub struct FlowTable {
+    slab: Vec<Flow>,
+    live: Vec<bool>,
+    free: Vec<u32>,
+    by_client: HashMap<ClientKey, u32>,
+    by_snat: HashMap<SnatKey, u32>,
+    capacity: usize,
+    /// Clock hand for expiry sweeps and eviction sampling.
+    hand: usize,
+    worker: u16,
+    workers: u16,
+    ports: (u16, u16),
+}
+
+/// Slots examined when looking for a flow to evict.
+const EVICTION_SAMPLE: usize = 16;
+/// SNAT ports tried before giving up.
+const PORT_PROBES: usize = 256;
+
+impl FlowTable {
+    /// A table of `capacity` flows for worker `worker` of `workers`, with
+    /// SNAT ports in `ports` (inclusive).
+    pub fn new(capacity: usize, worker: u16, workers: u16, ports: (u16, u16)) -> FlowTable {
+        assert!(workers >= 1 && worker < workers);
+        assert!(capacity >= 1);
+        FlowTable {
+            slab: Vec::with_capacity(capacity),
+            live: Vec::with_capacity(capacity),
+            free: Vec::with_capacity(capacity),
+            by_client: HashMap::with_capacity(capacity),
+            by_snat: HashMap::with_capacity(capacity),
+            capacity,
+            hand: 0,
+            worker,
+            workers,
+            ports,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_client.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The worker that owns SNAT port `port` among `workers`.
+    #[inline]
+    pub fn owner(port: u16, workers: u16) -> u16 {
+        port % workers
+    }
+
+    #[inline]
+    pub fn lookup_client(&self, k: &ClientKey) -> Option<u32> {
+        self.by_client.get(k).copied()
+    }
+
+    #[inline]
+    pub fn lookup_snat(&self, k: &SnatKey) -> Option<u32> {
+        self.by_snat.get(k).copied()
+    }
+
+    #[inline]
+    pub fn get(&self, slot: u32) -> &Flow {
+        &self.slab[slot as usize]
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, slot: u32) -> &mut Flow {
+        &mut self.slab[slot as usize]
+    }
+
+    /// Picks a SNAT port for a flow to `task:target`: the client's own port
+    /// when it is in range, owned by this worker and free (as Linux NAT keeps
+    /// source ports), else the next owned free port after it.
+    fn alloc_port(
+        &self,
+        protocol: u8,
+        task: Ipv4Addr,
+        target: u16,
+        client_port: u16,
+        hash: u32,
+    ) -> Option<u16> {
+        let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
+        let n = u32::from(self.workers);
+        let w = u32::from(self.worker);
+        let span = hi - lo + 1;
+        let start = if (lo..=hi).contains(&u32::from(client_port)) {
+            u32::from(client_port)
+        } else {
+            lo + hash % span
+        };
+        // First owned port at or after `start`, wrapping inside [lo, hi].
+        let first_owned = |p: u32| -> u32 {
+            let q = p + (w + n - p % n) % n;
+            if q > hi { lo + (w + n - lo % n) % n } else { q }
+        };
+        let mut p = first_owned(start);
+        for _ in 0..PORT_PROBES.min(span as usize / n as usize + 1) {
+            let k = SnatKey {
+                task,
+                target,
+                snat_port: p as u16,
+                protocol,
+            };
+            if !self.by_snat.contains_key(&k) {
+                return Some(p as u16);
+            }
+            p = first_owned(if p + n > hi { lo } else { p + n });
+        }
+        None
+    }
+
+    /// Inserts a new flow (its `snat_port` is chosen here). When the table is
+    /// full, evicts the best candidate among a sample of slots: an unfinished
+    /// or closed flow first, else the least recently seen.
+    pub fn insert(
+        &mut self,
+        mut flow: Flow,
+        now: u32,
+    ) -> Result<(u32, Option<Evicted>), InsertError> {
+        let port = self
+            .alloc_port(
+                flow.key.protocol,
+                flow.task_addr,
+                flow.target,
+                flow.key.client_port,
+                flow.hash,
+            )
+            .ok_or(InsertError::PortsExhausted)?;
+        flow.snat_port = port;
+        let mut evicted = None;
+        if self.len() >= self.capacity {
+            let victim = self.eviction_candidate(now).ok_or(InsertError::Full)?;
+            evicted = Some(Evicted(self.remove(victim)));
+        }
+        let slot = match self.free.pop() {
+            Some(s) => {
+                self.slab[s as usize] = flow;
+                self.live[s as usize] = true;
+                s
+            }
+            None => {
+                self.slab.push(flow);
+                self.live.push(true);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.by_client.insert(flow.key, slot);
+        self.by_snat.insert(Self::snat_key(&flow), slot);
+        Ok((slot, evicted))
+    }
+
+    #[inline]
+    pub fn snat_key(f: &Flow) -> SnatKey {
+        SnatKey {
+            task: f.task_addr,
+            target: f.target,
+            snat_port: f.snat_port,
+            protocol: f.key.protocol,
+        }
+    }
+
+    /// Removes the flow in `slot` and returns it.
+    pub fn remove(&mut self, slot: u32) -> Flow {
+        let f = self.slab[slot as usize];
+        debug_assert!(self.live[slot as usize]);
+        self.by_client.remove(&f.key);
+        self.by_snat.remove(&Self::snat_key(&f));
+        self.live[slot as usize] = false;
+        self.free.push(slot);
+        f
+    }
+
+    fn eviction_candidate(&mut self, now: u32) -> Option<u32> {
+        let n = self.slab.len();
+        if n == 0 {
+            return None;
+        }
+        let mut best: Option<(u32, bool, u32)> = None; // (slot, finished, age)
+        for _ in 0..EVICTION_SAMPLE.min(n) {
+            self.hand = (self.hand + 1) % n;
+            if !self.live[self.hand] {
+                continue;
+            }
+            let f = &self.slab[self.hand];
+            let unfinished = !matches!(f.state, FlowState::Established | FlowState::Udp);
+            let age = now.wrapping_sub(f.last_seen);
+            let better = match best {
+                None => true,
+                Some((_, bu, ba)) => (unfinished && !bu) || (unfinished == bu && age > ba),
+            };
+            if better {
+                best = Some((self.hand as u32, unfinished, age));
+            }
+        }
+        best.map(|b| b.0)
+    }
+
+    /// Examines up to `budget` slots from the clock hand and calls `expire`
+    /// on each live flow whose idle time exceeds `timeout(flow)`; those flows
+    /// are removed. Returns the number removed.
+    pub fn sweep(
+        &mut self,
+        now: u32,
+        budget: usize,
+        timeout: impl Fn(&Flow) -> u32,
+        mut expire: impl FnMut(&Flow),
+    ) -> usize {
+        let n = self.slab.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut removed = 0;
+        for _ in 0..budget.min(n) {
+            self.hand = (self.hand + 1) % n;
+            if !self.live[self.hand] {
+                continue;
+            }
+            let f = self.slab[self.hand];
+            if now.wrapping_sub(f.last_seen) > timeout(&f) {
+                expire(&f);
+                self.remove(self.hand as u32);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Iterates over live flows (slot, flow); for control-plane reports.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Flow)> {
+        self.slab
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.live[*i])
+            .map(|(i, f)| (i as u32, f))
+    }
+
+    /// Removes every flow for which `pred` holds, calling `each` first.
+    pub fn remove_where(
+        &mut self,
+        mut pred: impl FnMut(&Flow) -> bool,
+        mut each: impl FnMut(&Flow),
+    ) -> usize {
+        let slots: Vec<u32> = self
+            .iter()
+            .filter(|(_, f)| pred(f))
+            .map(|(s, _)| s)
+            .collect();
+        for &s in &slots {
+            each(&self.slab[s as usize]);
+            self.remove(s);
+        }
+        slots.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(client_port: u16, task: u8) -> Flow {
+        Flow {
+            key: ClientKey {
+                client: Ipv4Addr::new(198, 18, 0, 1),
+                client_port,
+                published: 8080,
+                protocol: 6,
+            },
+            task_addr: Ipv4Addr::new(198, 18, 128, task),
+            task_id: TaskId(u32::from(task)),
+            task_index: 0,
+            snapshot_gen: 0,
+            vtep: Ipv4Addr::new(198, 18, 0, 11),
+            target: 80,
+            snat_port: 0,
+            last_seen: 0,
+            hash: u32::from(client_port).wrapping_mul(2_654_435_761),
+            client_mac: [0; 6],
+            client_mac_valid: false,
+            state: FlowState::SynSent,
+        }
+    }
+
+    #[test]
+    fn flow_fits_a_cache_line() {
+        assert!(
+            std::mem::size_of::<Flow>() <= 64,
+            "{}",
+            std::mem::size_of::<Flow>()
+        );
+    }
+
+    #[test]
+    fn keeps_client_port_when_free() {
+        let mut t = FlowTable::new(16, 0, 1, (1024, 65535));
+        let (s, _) = t.insert(flow(40000, 4), 0).unwrap();
+        assert_eq!(t.get(s).snat_port, 40000);
+        // Same client port from another client to the same task: next port.
+        let mut f = flow(40000, 4);
+        f.key.client = Ipv4Addr::new(198, 18, 0, 9);
+        let (s2, _) = t.insert(f, 0).unwrap();
+        assert_eq!(t.get(s2).snat_port, 40001);
+        // To another task the same SNAT port is free again (NAT tuple).
+        let mut f = flow(40000, 5);
+        f.key.client = Ipv4Addr::new(198, 18, 0, 10);
+        let (s3, _) = t.insert(f, 0).unwrap();
+        assert_eq!(t.get(s3).snat_port, 40000);
+        let k = FlowTable::snat_key(t.get(s2));
+        assert_eq!(t.lookup_snat(&k), Some(s2));
+    }
+
+    #[test]
+    fn ports_belong_to_their_worker() {
+        for w in 0..3u16 {
+            let mut t = FlowTable::new(64, w, 3, (1024, 65535));
+            for cp in [1024u16, 1025, 1026, 65535, 500] {
+                let (s, _) = t.insert(flow(cp, 4), 0).unwrap();
+                let p = t.get(s).snat_port;
+                assert_eq!(FlowTable::owner(p, 3), w, "client port {cp} -> {p}");
+                assert!((1024..=65535).contains(&p));
+            }
+        }
+    }
+
+    #[test]
+    fn ports_exhaust_cleanly() {
+        let mut t = FlowTable::new(1000, 0, 1, (2000, 2063));
+        for i in 0..64u16 {
+            let mut f = flow(2000, 4);
+            f.key.client_port = 3000 + i;
+            t.insert(f, 0).unwrap();
+        }
+        let mut f = flow(2000, 4);
+        f.key.client_port = 5000;
+        assert_eq!(t.insert(f, 0).unwrap_err(), InsertError::PortsExhausted);
+    }
+
+    #[test]
+    fn eviction_prefers_unfinished_flows() {
+        let mut t = FlowTable::new(8, 0, 1, (1024, 65535));
+        for i in 0..8u16 {
+            let mut f = flow(10000 + i, 4);
+            f.state = if i == 5 {
+                FlowState::SynSent
+            } else {
+                FlowState::Established
+            };
+            f.last_seen = 0;
+            t.insert(f, 0).unwrap();
+        }
+        let (_, ev) = t.insert(flow(20000, 4), 100).unwrap();
+        assert_eq!(ev.unwrap().0.key.client_port, 10005);
+        assert_eq!(t.len(), 8);
+        // With only established flows, the oldest goes.
+        for s in 0..8u32 {
+            let f = t.get_mut(s);
+            f.state = FlowState::Established;
+            f.last_seen = 50 + s;
+        }
+        let oldest = (0..8u32).min_by_key(|&s| t.get(s).last_seen).unwrap();
+        let key = t.get(oldest).key;
+        let (_, ev) = t.insert(flow(20001, 4), 100).unwrap();
+        assert_eq!(ev.unwrap().0.key, key);
+        assert_eq!(t.lookup_client(&key), None);
+    }
+
+    #[test]
+    fn sweep_expires_idle_flows_only() {
+        let mut t = FlowTable::new(8, 0, 1, (1024, 65535));
+        for i in 0..4u16 {
+            let mut f = flow(10000 + i, 4);
+            f.last_seen = u32::from(i) * 1000;
+            t.insert(f, 0).unwrap();
+        }
+        let mut expired = vec![];
+        let n = t.sweep(3500, 100, |_| 2000, |f| expired.push(f.key.client_port));
+        assert_eq!(n, 2);
+        expired.sort();
+        assert_eq!(expired, vec![10000, 10001]);
+        assert_eq!(t.len(), 2);
+        // Both indexes agree after removal and reuse.
+        let (s, _) = t.insert(flow(10000, 4), 3600).unwrap();
+        assert_eq!(t.lookup_client(&t.get(s).key), Some(s));
+        assert_eq!(t.lookup_snat(&FlowTable::snat_key(t.get(s))), Some(s));
+    }
+
+    #[test]
+    fn tick_wraparound() {
+        let mut t = FlowTable::new(8, 0, 1, (1024, 65535));
+        let mut f = flow(10000, 4);
+        f.last_seen = u32::MAX - 10;
+        t.insert(f, 0).unwrap();
+        assert_eq!(
+            t.sweep(5, 8, |_| 100, |_| {}),
+            0,
+            "16 ticks idle across the wrap"
+        );
+        assert_eq!(t.sweep(200, 8, |_| 100, |_| {}), 1);
+    }
+}

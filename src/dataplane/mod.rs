@@ -1,0 +1,20 @@
+//! The data plane: per-packet work as plain functions over frames, testable
+//! and benchmarkable without a NIC.
+//!
+//! Each worker owns a [`pipeline::Pipeline`]: its flow table, counters and
+//! the current [`tables::Snapshot`]. Nothing on the per-packet path is shared
+//! mutable state except one atomic cursor per service (round robin) and the
+//! per-task flow counts, touched once per flow event, never per packet.
+
+pub mod counters;
+pub mod fixtures;
+pub mod flow;
+pub mod pipeline;
+pub mod sched;
+pub mod tables;
+
+pub use counters::DropReason;
+pub use pipeline::{FrameBuf, Pipeline, Verdict};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,937 @@
+//! The per-packet pipeline: a frame in, a verdict out, the frame rewritten in
+//! place when it is to be transmitted.
+//!
+//! Forward path (client -> task), for TCP/UDP to a published port on the
+//! node address:
+//! parse -> ingress match (service, mark) -> flow lookup or round-robin
+//! choice of a task -> DNAT to task:target and SNAT to overlay:port, TTL-1,
+//! incremental checksums -> VXLAN encapsulation in the frame's headroom.
+//!
+//! Return path (task -> client), for VXLAN on the overlay port:
+//! outer checks (flags, VNI, known VTEP) -> inner checks -> the worker that
+//! owns the SNAT port (hand-off if another) -> flow lookup -> reverse both
+//! translations -> decapsulate -> Ethernet to the client's next hop.
+//!
+//! Also answered in place: ARP requests for the overlay address arriving in
+//! VXLAN; TCP resets to clients whose task is gone.
+//!
+//! Invariants: nothing here panics on any input (fuzzed), allocates, locks or
+//! makes a system call; every frame that is not transmitted or handed off is
+//! counted under exactly one [`DropReason`].
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam::queue::ArrayQueue;
+
+use super::counters::{DropCounters, DropReason, EventCounters, TaskCounters};
+use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
+use super::tables::{OUTER_TTL, Snapshot, TaskEntry, TaskId};
+use crate::wire::ethernet::{self, ethertype};
+use crate::wire::ipv4::{self, protocol};
+use crate::wire::{MacAddr, arp, checksum, tcp, udp, vxlan};
+
+/// A frame inside a buffer with headroom: bytes `off..off + len` of `buf`.
+#[derive(Debug)]
+pub struct FrameBuf<'a> {
+    pub buf: &'a mut [u8],
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<'a> FrameBuf<'a> {
+    pub fn new(buf: &'a mut [u8], off: usize, len: usize) -> Self {
+        assert!(off + len <= buf.len(), "frame outside its buffer");
+        FrameBuf { buf, off, len }
+    }
+
+    #[inline]
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+
+    #[inline]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// What to do with a frame after [`Pipeline::process`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transmit `buf[off..off + len]` on the ingress interface.
+    Transmit,
+    /// A reply whose flow belongs to worker `n`: give it the frame unchanged.
+    Handoff(u16),
+    Drop(DropReason),
+}
+
+/// Bytes of headroom a frame needs for encapsulation.
+pub const HEADROOM: usize = vxlan::ENCAP_LEN;
+
+const ETH: usize = ethernet::HEADER_LEN;
+const IP: usize = ipv4::HEADER_LEN;
+
+/// Hash of a flow's client side: unseeded and stable, so that Maglev agrees
+/// across ingress nodes and the VXLAN source port is stable per flow.
+#[inline]
+pub fn flow_hash(k: &ClientKey) -> u32 {
+    let mut x = (u64::from(u32::from(k.client)) << 32)
+        | (u64::from(k.client_port) << 16)
+        | u64::from(k.published);
+    x ^= u64::from(k.protocol) << 56;
+    // splitmix64 finalizer.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (x ^ (x >> 31)) as u32
+}
+
+/// The VXLAN source port for a flow hash: 49152-65535 (RFC 7348 section 5).
+#[inline]
+pub fn vxlan_source_port(hash: u32) -> u16 {
+    0xc000 | (hash as u16 & 0x3fff)
+}
+
+/// Counters a worker ships to the control thread (deltas since the last one).
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub worker: u16,
+    pub generation: u64,
+    pub drops: DropCounters,
+    pub events: EventCounters,
+    pub tasks: Vec<(TaskId, TaskCounters)>,
+    /// Flows in the table now (not a delta).
+    pub flows: usize,
+}
+
+/// Mutable per-worker state, separate from the snapshot so both can be
+/// borrowed at once.
+struct State {
+    worker: u16,
+    workers: u16,
+    now: u32,
+    gen32: u32,
+    flows: FlowTable,
+    drops: DropCounters,
+    events: EventCounters,
+    tasks: Vec<TaskCounters>,
+    /// Counters of tasks of earlier snapshots, not yet reported.
+    carried: Vec<(TaskId, TaskCounters)>,
+    resolve: Option<Arc<ArrayQueue<Ipv4Addr>>>,
+}
+
+/// One worker's pipeline: its snapshot, flow table and counters.
+pub struct Pipeline {
+    snap: Arc<Snapshot>,
+    st: State,
+}
+
+impl Pipeline {
+    /// A pipeline for worker `worker` of `workers`, with room for
+    /// `max_flows` flows and SNAT ports in `snat_ports`.
+    pub fn new(
+        snap: Arc<Snapshot>,
+        worker: u16,
+        workers: u16,
+        max_flows: usize,
+        snat_ports: (u16, u16),
+    ) -> Pipeline {
+        let ntasks = snap.tasks.len();
+        Pipeline {
+            st: State {
+                worker,
+                workers,
+                now: 0,
+                gen32: snap.generation as u32,
+                flows: FlowTable::new(max_flows, worker, workers, snat_ports),
+                drops: DropCounters::default(),
+                events: EventCounters::default(),
+                tasks: vec![TaskCounters::default(); ntasks],
+                carried: Vec::new(),
+                resolve: None,
+            },
+            snap,
+        }
+    }
+
+    /// Where to ask the control thread to resolve a missing neighbour.
+    pub fn set_resolver(&mut self, q: Arc<ArrayQueue<Ipv4Addr>>) {
+        self.st.resolve = Some(q);
+    }
+
+    /// Sets the clock, in milliseconds (wrapping); call once per batch.
+    #[inline]
+    pub fn set_now(&mut self, ms: u32) {
+        self.st.now = ms;
+    }
+
+    pub fn now(&self) -> u32 {
+        self.st.now
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snap
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.st.flows
+    }
+
+    pub fn drops(&self) -> &DropCounters {
+        &self.st.drops
+    }
+
+    pub fn events(&self) -> &EventCounters {
+        &self.st.events
+    }
+
+    pub fn events_mut(&mut self) -> &mut EventCounters {
+        &mut self.st.events
+    }
+
+    /// Counts a drop decided outside the pipeline (full rings, hand-off queues).
+    pub fn count_drop(&mut self, r: DropReason) {
+        self.st.drops.inc(r);
+    }
+
+    pub fn task_counters(&self) -> &[TaskCounters] {
+        &self.st.tasks
+    }
+
+    /// Switches to a newer snapshot between batches and returns the old one
+    /// (so that the caller can free it off the fast path). Flows are
+    /// re-linked to their tasks lazily, on their next packet.
+    pub fn set_snapshot(&mut self, snap: Arc<Snapshot>) -> Arc<Snapshot> {
+        let old = std::mem::replace(&mut self.snap, snap);
+        for (i, c) in self.st.tasks.iter().enumerate() {
+            if *c != TaskCounters::default() {
+                self.st.carried.push((old.tasks[i].id, *c));
+            }
+        }
+        self.st.tasks.clear();
+        self.st
+            .tasks
+            .resize(self.snap.tasks.len(), TaskCounters::default());
+        self.st.gen32 = self.snap.generation as u32;
+        old
+    }
+
+    /// Takes the counters accumulated since the last report.
+    pub fn take_report(&mut self) -> Report {
+        let mut tasks = std::mem::take(&mut self.st.carried);
+        for (i, c) in self.st.tasks.iter_mut().enumerate() {
+            if *c != TaskCounters::default() {
+                tasks.push((self.snap.tasks[i].id, *c));
+                *c = TaskCounters::default();
+            }
+        }
+        Report {
+            worker: self.st.worker,
+            generation: self.snap.generation,
+            drops: std::mem::take(&mut self.st.drops),
+            events: std::mem::take(&mut self.st.events),
+            tasks,
+            flows: self.st.flows.len(),
+        }
+    }
+
+    /// Expires idle flows, examining up to `budget` table slots.
+    pub fn expire(&mut self, budget: usize) -> usize {
+        let snap = &*self.snap;
+        let t = snap.timeouts;
+        let st = &mut self.st;
+        let gen32 = st.gen32;
+        let n = st.flows.sweep(
+            st.now,
+            budget,
+            |f| match f.state {
+                FlowState::SynSent => t.tcp_syn,
+                FlowState::Established => t.tcp_established,
+                FlowState::Closing => t.tcp_closing,
+                FlowState::Closed => t.tcp_close,
+                FlowState::Udp => t.udp,
+            },
+            |f| release_shared(snap, gen32, f),
+        );
+        st.events.flows_expired += n as u64;
+        n
+    }
+
+    /// Ends every flow of the tasks for which `gone` holds (a removed task):
+    /// the control plane calls this through the worker after a removal so
+    /// that no flow waits for its idle timeout.
+    pub fn end_flows_where(&mut self, mut gone: impl FnMut(&Flow) -> bool) -> usize {
+        let snap = &*self.snap;
+        let gen32 = self.st.gen32;
+        let n = self
+            .st
+            .flows
+            .remove_where(&mut gone, |f| release_shared(snap, gen32, f));
+        self.st.events.flows_ended += n as u64;
+        n
+    }
+
+    /// Runs the pipeline on one frame.
+    #[inline]
+    pub fn process(&mut self, f: &mut FrameBuf<'_>) -> Verdict {
+        let v = match classify(&self.snap, &mut self.st, f) {
+            Ok(v) => v,
+            Err(r) => Verdict::Drop(r),
+        };
+        match v {
+            Verdict::Transmit => self.st.events.tx += 1,
+            Verdict::Handoff(_) => self.st.events.handoffs += 1,
+            Verdict::Drop(r) => self.st.drops.inc(r),
+        }
+        v
+    }
+}
+
+/// Takes a flow's share out of its task's shared flow counts.
+fn release_shared(snap: &Snapshot, gen32: u32, f: &Flow) {
+    let idx = if f.snapshot_gen == gen32 {
+        Some(f.task_index)
+    } else {
+        snap.task_index.get(&f.task_id).copied()
+    };
+    if let Some(i) = idx {
+        let sh = &snap.tasks[i as usize].shared;
+        let c = if f.state.is_active() {
+            &sh.active
+        } else {
+            &sh.inactive
+        };
+        // Saturating: a count never goes below zero even if a flow was
+        // counted under an earlier generation of the task.
+        let _ = c.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(1))
+        });
+    }
+}
+
+#[inline]
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn ip_error(e: crate::wire::Error) -> DropReason {
+    match e {
+        crate::wire::Error::Truncated => DropReason::Truncated,
+        _ => DropReason::IpMalformed,
+    }
+}
+
+/// Validates an IPv4 header at the start of `b`; returns its total length.
+#[inline]
+fn check_ipv4(b: &[u8]) -> Result<usize, DropReason> {
+    let ip = ipv4::Packet::new_checked(b).map_err(ip_error)?;
+    if ip.header_len() as usize != IP {
+        return Err(DropReason::IpOptions);
+    }
+    if !ip.verify_checksum() {
+        return Err(DropReason::IpChecksum);
+    }
+    if ip.is_fragment() {
+        return Err(DropReason::IpFragment);
+    }
+    Ok(ip.total_len() as usize)
+}
+
+/// Valid TCP flag combinations (after Linux conntrack's `tcp_valid_flags`),
+/// ignoring PSH, ECE and CWR.
+#[inline]
+fn tcp_flags_valid(flags: u8) -> bool {
+    use tcp::flags::*;
+    let f = flags & (FIN | SYN | RST | ACK | URG);
+    matches!(f & !URG, x if x == SYN || x == SYN | ACK || x == RST || x == RST | ACK || x == FIN | ACK || x == ACK)
+        || (f == FIN) // a bare FIN, which some stacks send on abortive close
+}
+
+fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
+    let d = f.data();
+    if d.len() < ETH {
+        return Err(DropReason::Truncated);
+    }
+    match be16(d, 12) {
+        ethertype::IPV4 => {}
+        ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
+        ethertype::ARP => return Err(DropReason::Arp),
+        _ => return Err(DropReason::NotIpv4),
+    }
+    let total = check_ipv4(&d[ETH..])?;
+    // Drop Ethernet padding: the frame is exactly its packet from here on.
+    f.len = ETH + total;
+    let d = f.data();
+    let ip = ipv4::Packet::new_unchecked(&d[ETH..]);
+    if ip.dst_addr() != snap.identity.node_addr {
+        return Err(DropReason::NotForUs);
+    }
+    let proto = ip.protocol();
+    match proto {
+        protocol::UDP => {
+            let u = udp::Packet::new_checked(ip.payload()).map_err(|e| match e {
+                crate::wire::Error::Truncated => DropReason::Truncated,
+                _ => DropReason::L4Malformed,
+            })?;
+            if u.dst_port() == snap.identity.vxlan_port {
+                return reply(snap, st, f);
+            }
+            forward(snap, st, f)
+        }
+        protocol::TCP => forward(snap, st, f),
+        _ => Err(DropReason::UnsupportedProtocol),
+    }
+}
+
+/// Resolves a flow's task in the current snapshot, re-linking it after a
+/// snapshot change. `None`: the task is gone.
+#[inline]
+fn flow_task<'s>(snap: &'s Snapshot, gen32: u32, flow: &mut Flow) -> Option<&'s TaskEntry> {
+    if flow.snapshot_gen != gen32 {
+        let i = *snap.task_index.get(&flow.task_id)?;
+        flow.task_index = i;
+        flow.snapshot_gen = gen32;
+        flow.client_mac_valid = false;
+    }
+    snap.tasks.get(flow.task_index as usize)
+}
+
+fn request_resolution(st: &State, addr: Ipv4Addr) {
+    if let Some(q) = &st.resolve {
+        // A full queue means the control thread already has work queued;
+        // the next packet asks again.
+        let _ = q.push(addr);
+    }
+}
+
+fn end_flow(snap: &Snapshot, st: &mut State, slot: u32) {
+    let f = st.flows.remove(slot);
+    release_shared(snap, st.gen32, &f);
+    st.events.flows_ended += 1;
+}
+
+/// Applies a TCP segment's flags to the flow state; returns the shared
+/// counter move (from inactive to active or back) to apply.
+#[inline]
+fn tcp_transition(flow: &mut Flow, flags: u8, from_task: bool) -> Option<bool> {
+    use tcp::flags::*;
+    let before = flow.state;
+    flow.state = if flags & RST != 0 {
+        FlowState::Closed
+    } else if flags & FIN != 0 && before != FlowState::Closed {
+        FlowState::Closing
+    } else if from_task && before == FlowState::SynSent {
+        FlowState::Established
+    } else {
+        before
+    };
+    (before.is_active() != flow.state.is_active()).then_some(flow.state.is_active())
+}
+
+fn move_shared(task: &TaskEntry, to_active: bool) {
+    let sh = &task.shared;
+    let (from, to) = if to_active {
+        (&sh.inactive, &sh.active)
+    } else {
+        (&sh.active, &sh.inactive)
+    };
+    let _ = from.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+        Some(v.saturating_sub(1))
+    });
+    to.fetch_add(1, Ordering::Relaxed);
+}
+
+fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let ip = ipv4::Packet::new_unchecked(&d[ETH..]);
+    let proto = ip.protocol();
+    let client = ip.src_addr();
+    let ttl = ip.ttl();
+    let total = ip.total_len() as usize;
+    let l4 = ip.payload();
+    let (sport, dport, tcp_flags) = if proto == protocol::TCP {
+        let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
+            crate::wire::Error::Truncated => DropReason::Truncated,
+            _ => DropReason::L4Malformed,
+        })?;
+        (t.src_port(), t.dst_port(), Some(t.flags()))
+    } else {
+        // Checked by `classify`.
+        let u = udp::Packet::new_unchecked(l4);
+        (u.src_port(), u.dst_port(), None)
+    };
+    let port = *snap
+        .ports
+        .get(&(proto, dport))
+        .ok_or(DropReason::NoService)?;
+    if let Some(fl) = tcp_flags {
+        if !tcp_flags_valid(fl) {
+            return Err(DropReason::TcpBadFlags);
+        }
+    }
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    if total > usize::from(id.overlay_mtu) {
+        return Err(DropReason::TooBig);
+    }
+    let key = ClientKey {
+        client,
+        client_port: sport,
+        published: dport,
+        protocol: proto,
+    };
+    let is_syn =
+        tcp_flags.is_some_and(|fl| fl & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN);
+
+    let mut slot = st.flows.lookup_client(&key);
+    if let Some(s) = slot {
+        let gen32 = st.gen32;
+        let flow = st.flows.get_mut(s);
+        let reuse = is_syn && matches!(flow.state, FlowState::Closing | FlowState::Closed);
+        if reuse {
+            // The client reuses its port for a new connection: schedule anew.
+            end_flow(snap, st, s);
+            slot = None;
+        } else if flow_task(snap, gen32, flow).is_none() {
+            end_flow(snap, st, s);
+            if proto == protocol::TCP {
+                return send_reset(snap, st, f);
+            }
+            // A datagram of a gone task's flow starts a new flow.
+            slot = None;
+        }
+    }
+    let slot = match slot {
+        Some(s) => s,
+        None => {
+            if tcp_flags.is_some() && !is_syn {
+                return Err(DropReason::TcpNoFlow);
+            }
+            let svc = &snap.services[port.service as usize];
+            let hash = flow_hash(&key);
+            let ti = svc
+                .sched
+                .pick(&svc.shared, &snap.tasks, hash)
+                .ok_or(DropReason::NoTask)?;
+            let task = &snap.tasks[ti as usize];
+            let flow = Flow {
+                key,
+                task_addr: task.addr,
+                task_id: task.id,
+                task_index: ti,
+                snapshot_gen: st.gen32,
+                vtep: task.node,
+                target: port.target,
+                snat_port: 0,
+                last_seen: st.now,
+                hash,
+                client_mac: [0; 6],
+                client_mac_valid: false,
+                state: if proto == protocol::TCP {
+                    FlowState::SynSent
+                } else {
+                    FlowState::Udp
+                },
+            };
+            let (s, evicted) = st.flows.insert(flow, st.now).map_err(|e| match e {
+                InsertError::Full => DropReason::FlowTableFull,
+                InsertError::PortsExhausted => DropReason::SnatExhausted,
+            })?;
+            if let Some(ev) = evicted {
+                release_shared(snap, st.gen32, &ev.0);
+                st.events.flows_evicted += 1;
+            }
+            task.shared.inactive.fetch_add(1, Ordering::Relaxed);
+            st.events.flows_created += 1;
+            st.tasks[ti as usize].flows += 1;
+            s
+        }
+    };
+
+    let gen32 = st.gen32;
+    let now = st.now;
+    let flow = st.flows.get_mut(slot);
+    let task = flow_task(snap, gen32, flow).ok_or(DropReason::TaskGone)?;
+    flow.last_seen = now;
+    if let Some(fl) = tcp_flags {
+        if let Some(to_active) = tcp_transition(flow, fl, false) {
+            move_shared(task, to_active);
+        }
+    }
+    let (snat_port, target, task_addr, hash, ti) = (
+        flow.snat_port,
+        flow.target,
+        flow.task_addr,
+        flow.hash,
+        flow.task_index,
+    );
+    let Some(outer) = &task.outer else {
+        request_resolution(st, task.node);
+        return Err(DropReason::NoNeighbour);
+    };
+    if f.off < HEADROOM {
+        return Err(DropReason::NoHeadroom);
+    }
+
+    // DNAT + SNAT of the inner packet, with incremental checksums.
+    let d = f.data_mut();
+    let mut ip = ipv4::Packet::new_unchecked(&mut d[ETH..ETH + total]);
+    let node = ip.dst_addr();
+    let mut ipd = checksum::Delta::new();
+    ipd.addr(client, id.overlay_addr).addr(node, task_addr);
+    let mut l4d = ipd;
+    ipd.word(
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl - 1, proto]),
+    );
+    ip.set_src_addr(id.overlay_addr);
+    ip.set_dst_addr(task_addr);
+    ip.set_ttl(ttl - 1);
+    let c = ipd.apply(ip.checksum());
+    ip.set_checksum(c);
+    l4d.word(sport, snat_port).word(dport, target);
+    rewrite_ports(ip.payload_mut(), proto, snat_port, target, &l4d);
+
+    // VXLAN encapsulation into the headroom. The template's last 14 bytes
+    // (the inner Ethernet header) overwrite the client's Ethernet header.
+    let inner_len = ETH + total;
+    let off = f.off - HEADROOM;
+    let buf = &mut f.buf[off..];
+    buf[..outer.bytes.len()].copy_from_slice(&outer.bytes);
+    let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
+    buf[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
+    buf[ETH + 10..ETH + 12]
+        .copy_from_slice(&checksum::update16(outer.ip_checksum, 0, outer_total).to_be_bytes());
+    let u = ETH + IP;
+    buf[u..u + 2].copy_from_slice(&vxlan_source_port(hash).to_be_bytes());
+    buf[u + 4..u + 6].copy_from_slice(&(outer_total - IP as u16).to_be_bytes());
+    f.off = off;
+    f.len = HEADROOM + inner_len;
+
+    let c = &mut st.tasks[ti as usize];
+    c.packets_in += 1;
+    c.bytes_in += inner_len as u64;
+    st.events.forwarded += 1;
+    Ok(Verdict::Transmit)
+}
+
+/// Rewrites the ports of a TCP or UDP header and patches its checksum.
+#[inline]
+fn rewrite_ports(l4: &mut [u8], proto: u8, src: u16, dst: u16, delta: &checksum::Delta) {
+    if proto == protocol::TCP {
+        let mut t = tcp::Packet::new_unchecked(l4);
+        t.set_src_port(src);
+        t.set_dst_port(dst);
+        let c = delta.apply(t.checksum());
+        t.set_checksum(c);
+    } else {
+        let mut u = udp::Packet::new_unchecked(l4);
+        u.set_src_port(src);
+        u.set_dst_port(dst);
+        let c = delta.apply_udp(u.checksum());
+        u.set_checksum(c);
+    }
+}
+
+/// Offsets inside a VXLAN frame.
+const VX_UDP: usize = ETH + IP;
+const VX_HDR: usize = VX_UDP + udp::HEADER_LEN;
+const INNER: usize = VX_HDR + vxlan::HEADER_LEN;
+const INNER_IP: usize = INNER + ETH;
+
+fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    // The outer UDP header was checked by `classify`; VXLAN and inner
+    // Ethernet must fit in the datagram.
+    let ulen = be16(d, VX_UDP + 4) as usize;
+    let end = VX_UDP + ulen;
+    if end < INNER + ETH {
+        return Err(DropReason::Truncated);
+    }
+    let d = &d[..end];
+    let vx = vxlan::Packet::new_unchecked(&d[VX_HDR..]);
+    if vx.flags() != vxlan::FLAG_I {
+        return Err(DropReason::VxlanBadFlags);
+    }
+    if vx.vni() != id.vni {
+        return Err(DropReason::VxlanWrongVni);
+    }
+    let vtep = ipv4::Packet::new_unchecked(&d[ETH..]).src_addr();
+    let Some(vtep_mac) = snap.vteps.get(&vtep) else {
+        return Err(DropReason::UnknownVtep);
+    };
+    let vtep_mac = *vtep_mac;
+    let inner = ethernet::Frame::new_unchecked(&d[INNER..]);
+    match inner.ethertype() {
+        ethertype::IPV4 => {}
+        ethertype::ARP => return arp_reply(snap, st, f, vtep, vtep_mac),
+        ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
+        _ => return Err(DropReason::NotIpv4),
+    }
+    if inner.dst_addr() != id.overlay_mac {
+        return Err(DropReason::InnerNotForUs);
+    }
+    let total = check_ipv4(&d[INNER_IP..])?;
+    let ip = ipv4::Packet::new_unchecked(&d[INNER_IP..INNER_IP + total]);
+    if ip.dst_addr() != id.overlay_addr {
+        return Err(DropReason::InnerNotForUs);
+    }
+    let proto = ip.protocol();
+    let ttl = ip.ttl();
+    let task_addr = ip.src_addr();
+    let l4 = ip.payload();
+    let (sport, dport, tcp_flags) = match proto {
+        protocol::TCP => {
+            let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
+                crate::wire::Error::Truncated => DropReason::Truncated,
+                _ => DropReason::L4Malformed,
+            })?;
+            if !tcp_flags_valid(t.flags()) {
+                return Err(DropReason::TcpBadFlags);
+            }
+            (t.src_port(), t.dst_port(), Some(t.flags()))
+        }
+        protocol::UDP => {
+            let u = udp::Packet::new_checked(l4).map_err(|e| match e {
+                crate::wire::Error::Truncated => DropReason::Truncated,
+                _ => DropReason::L4Malformed,
+            })?;
+            (u.src_port(), u.dst_port(), None)
+        }
+        protocol::ICMP => return Err(DropReason::IcmpNoFlow),
+        _ => return Err(DropReason::UnsupportedProtocol),
+    };
+    let owner = FlowTable::owner(dport, st.workers);
+    if owner != st.worker {
+        return Ok(Verdict::Handoff(owner));
+    }
+    let key = SnatKey {
+        task: task_addr,
+        target: sport,
+        snat_port: dport,
+        protocol: proto,
+    };
+    let slot = st.flows.lookup_snat(&key).ok_or(DropReason::ReplyNoFlow)?;
+    let gen32 = st.gen32;
+    let now = st.now;
+    let flow = st.flows.get_mut(slot);
+    if flow.vtep != vtep {
+        return Err(DropReason::ReplyWrongVtep);
+    }
+    let Some(task) = flow_task(snap, gen32, flow) else {
+        end_flow(snap, st, slot);
+        return Err(DropReason::TaskGone);
+    };
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let client = flow.key.client;
+    let client_mac = if flow.client_mac_valid {
+        MacAddr(flow.client_mac)
+    } else {
+        match snap.neighbours.mac_for(client) {
+            Some(m) => {
+                flow.client_mac = m.0;
+                flow.client_mac_valid = true;
+                m
+            }
+            None => {
+                request_resolution(st, snap.neighbours.next_hop(client));
+                return Err(DropReason::NoNeighbour);
+            }
+        }
+    };
+    flow.last_seen = now;
+    if let Some(fl) = tcp_flags {
+        if let Some(to_active) = tcp_transition(flow, fl, true) {
+            move_shared(task, to_active);
+        }
+    }
+    let (client_port, published, ti) = (flow.key.client_port, flow.key.published, flow.task_index);
+
+    // Reverse translation of the inner packet.
+    let d = f.data_mut();
+    let mut ip = ipv4::Packet::new_unchecked(&mut d[INNER_IP..INNER_IP + total]);
+    let mut ipd = checksum::Delta::new();
+    ipd.addr(task_addr, id.node_addr)
+        .addr(id.overlay_addr, client);
+    let mut l4d = ipd;
+    ipd.word(
+        u16::from_be_bytes([ttl, proto]),
+        u16::from_be_bytes([ttl - 1, proto]),
+    );
+    ip.set_src_addr(id.node_addr);
+    ip.set_dst_addr(client);
+    ip.set_ttl(ttl - 1);
+    let c = ipd.apply(ip.checksum());
+    ip.set_checksum(c);
+    l4d.word(sport, published).word(dport, client_port);
+    rewrite_ports(ip.payload_mut(), proto, published, client_port, &l4d);
+
+    // Decapsulate: the inner Ethernet header becomes the frame's.
+    f.off += INNER;
+    f.len = ETH + total;
+    let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
+    eth.set_dst_addr(client_mac);
+    eth.set_src_addr(id.node_mac);
+
+    let c = &mut st.tasks[ti as usize];
+    c.packets_out += 1;
+    c.bytes_out += (ETH + total) as u64;
+    st.events.replies += 1;
+    Ok(Verdict::Transmit)
+}
+
+/// Answers an ARP request for the overlay address that arrived in VXLAN,
+/// in place, back to the VTEP that sent it.
+fn arp_reply(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    vtep: Ipv4Addr,
+    vtep_mac: Option<MacAddr>,
+) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let ulen = be16(d, VX_UDP + 4) as usize;
+    let a = arp::Packet::new_checked(&d[INNER + ETH..VX_UDP + ulen])
+        .map_err(|_| DropReason::Truncated)?;
+    let req = arp::Repr::parse(&a).map_err(|_| DropReason::ArpNotForUs)?;
+    if req.operation != arp::operation::REQUEST || req.target_protocol_addr != id.overlay_addr {
+        return Err(DropReason::ArpNotForUs);
+    }
+    let Some(vtep_mac) = vtep_mac else {
+        request_resolution(st, vtep);
+        return Err(DropReason::NoNeighbour);
+    };
+    let sport = be16(d, VX_UDP);
+    let inner_len = ETH + arp::PACKET_LEN;
+    f.len = INNER + inner_len;
+    let b = f.data_mut();
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: vtep_mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    let ip_len = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
+    ipv4::Repr {
+        src: id.node_addr,
+        dst: vtep,
+        protocol: protocol::UDP,
+        payload_len: ip_len - IP as u16,
+        ttl: OUTER_TTL,
+        ident: 0,
+        dont_frag: true,
+        dscp_ecn: 0,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
+    udp::Repr {
+        src_port: sport,
+        dst_port: id.vxlan_port,
+        payload_len: vxlan::HEADER_LEN + inner_len,
+    }
+    .emit(
+        &mut udp::Packet::new_unchecked(&mut b[VX_UDP..VX_HDR]),
+        None,
+    );
+    vxlan::Repr { vni: id.vni }.emit(&mut vxlan::Packet::new_unchecked(&mut b[VX_HDR..INNER]));
+    ethernet::Repr {
+        src: id.overlay_mac,
+        dst: req.source_hardware_addr,
+        ethertype: ethertype::ARP,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(
+        &mut b[INNER..INNER + ETH],
+    ));
+    arp::Repr {
+        operation: arp::operation::REPLY,
+        source_hardware_addr: id.overlay_mac,
+        source_protocol_addr: id.overlay_addr,
+        target_hardware_addr: req.source_hardware_addr,
+        target_protocol_addr: req.source_protocol_addr,
+    }
+    .emit(&mut arp::Packet::new_unchecked(&mut b[INNER + ETH..]));
+    st.events.arp_replies += 1;
+    Ok(Verdict::Transmit)
+}
+
+/// Turns a client's TCP segment into a reset from the published port, in
+/// place (RFC 9293 section 3.10.7.1), for a connection whose task is gone.
+fn send_reset(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let ip = ipv4::Packet::new_unchecked(&d[ETH..]);
+    let client = ip.src_addr();
+    let t = tcp::Packet::new_unchecked(ip.payload());
+    let (sport, dport, flags, seq, ack) = (
+        t.src_port(),
+        t.dst_port(),
+        t.flags(),
+        t.seq_number(),
+        t.ack_number(),
+    );
+    if flags & tcp::flags::RST != 0 {
+        return Err(DropReason::TaskGone);
+    }
+    let Some(mac) = snap.neighbours.mac_for(client) else {
+        request_resolution(st, snap.neighbours.next_hop(client));
+        return Err(DropReason::TaskGone);
+    };
+    let seg_len = t.payload().len() as u32
+        + u32::from(flags & tcp::flags::SYN != 0)
+        + u32::from(flags & tcp::flags::FIN != 0);
+    let (rseq, rack, rflags) = if flags & tcp::flags::ACK != 0 {
+        (ack, 0, tcp::flags::RST)
+    } else {
+        (
+            0,
+            seq.wrapping_add(seg_len),
+            tcp::flags::RST | tcp::flags::ACK,
+        )
+    };
+    f.len = ETH + IP + tcp::HEADER_LEN;
+    let b = f.data_mut();
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    ipv4::Repr {
+        src: id.node_addr,
+        dst: client,
+        protocol: protocol::TCP,
+        payload_len: tcp::HEADER_LEN as u16,
+        ttl: 64,
+        ident: 0,
+        dont_frag: true,
+        dscp_ecn: 0,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
+    tcp::Repr {
+        src_port: dport,
+        dst_port: sport,
+        seq: rseq,
+        ack: rack,
+        flags: rflags,
+        window: 0,
+        payload_len: 0,
+    }
+    .emit(
+        &mut tcp::Packet::new_unchecked(&mut b[ETH + IP..]),
+        id.node_addr,
+        client,
+    );
+    st.events.resets_sent += 1;
+    st.drops.inc(DropReason::TaskGone);
+    Ok(Verdict::Transmit)
+}

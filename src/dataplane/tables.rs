@@ -1,0 +1,513 @@
+//! Immutable forwarding tables: one [`Snapshot`] is everything a worker needs
+//! to forward a frame, built by the control thread and shared read-only.
+//!
+//! Invariants:
+//! - a snapshot never changes after it is built; a change of configuration,
+//!   tasks or neighbours is a new snapshot with a larger `generation`;
+//! - task and service identities ([`TaskId`], [`ServiceId`]) and the shared
+//!   per-task state ([`TaskShared`]) outlive snapshots: the [`Registry`] hands
+//!   out the same id and the same `Arc` for the same (service, task address)
+//!   for as long as the task exists, so flows survive unrelated changes;
+//! - `tasks[i].outer` is `Some` only when the task node's next-hop MAC is
+//!   known; the template then holds a complete, checksummed outer header for
+//!   an empty payload.
+
+use super::sched::SchedTable;
+use crate::control::config::{Config, Ipv4Net, Protocol, Scheduler, Timeouts};
+use crate::wire::{MacAddr, ethernet, ipv4, udp, vxlan};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Stable identity of a task across snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId(pub u32);
+
+/// Stable identity of a service across snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// State of a task shared by all workers: flow counts by IPVS's definition
+/// (active = established TCP, inactive = everything else). Updated with one
+/// atomic add per flow event (never per packet).
+#[derive(Debug, Default)]
+pub struct TaskShared {
+    pub active: AtomicU32,
+    pub inactive: AtomicU32,
+}
+
+impl TaskShared {
+    /// Active flows plus inactive ones, the load `lc` balances.
+    pub fn load(&self) -> u32 {
+        self.active
+            .load(Ordering::Relaxed)
+            .saturating_add(self.inactive.load(Ordering::Relaxed))
+    }
+}
+
+/// State of a service shared by all workers and snapshots: the round-robin
+/// cursor (one atomic add per new flow, so that round robin is exact across
+/// workers as IPVS's is).
+#[derive(Debug, Default)]
+pub struct ServiceShared {
+    pub cursor: AtomicU64,
+}
+
+/// Outer headers for one task: Ethernet to the next hop of the task's node,
+/// IPv4 node -> node, UDP to the overlay port, VXLAN, and the inner Ethernet
+/// header from the sandbox to the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OuterTemplate {
+    pub bytes: [u8; OUTER_TEMPLATE_LEN],
+    /// IPv4 header checksum with total length 0 (patched incrementally).
+    pub ip_checksum: u16,
+}
+
+/// Outer Ethernet + IPv4 + UDP + VXLAN + inner Ethernet.
+pub const OUTER_TEMPLATE_LEN: usize = vxlan::ENCAP_LEN + ethernet::HEADER_LEN;
+
+/// TTL of the outer IPv4 header, as the Linux VXLAN driver uses by default.
+pub const OUTER_TTL: u8 = 64;
+
+impl OuterTemplate {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        src_mac: MacAddr,
+        dst_mac: MacAddr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        vni: u32,
+        inner_src: MacAddr,
+        inner_dst: MacAddr,
+    ) -> Self {
+        let mut b = [0u8; OUTER_TEMPLATE_LEN];
+        ethernet::Repr {
+            src: src_mac,
+            dst: dst_mac,
+            ethertype: ethernet::ethertype::IPV4,
+        }
+        .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+        let ip_off = ethernet::HEADER_LEN;
+        // The outer datagram is atomic (DF, identification 0, RFC 6864):
+        // meshgate never sends an inner packet larger than the overlay MTU,
+        // so the outer one always fits the underlay.
+        let mut ip = ipv4::Packet::new_unchecked(&mut b[ip_off..ip_off + ipv4::HEADER_LEN]);
+        ipv4::Repr {
+            src,
+            dst,
+            protocol: ipv4::protocol::UDP,
+            payload_len: 0,
+            ttl: OUTER_TTL,
+            ident: 0,
+            dont_frag: true,
+            dscp_ecn: 0,
+        }
+        .emit(&mut ip);
+        ip.set_total_len(0);
+        ip.fill_checksum();
+        let ip_checksum = ip.checksum();
+        let udp_off = ip_off + ipv4::HEADER_LEN;
+        udp::Repr {
+            src_port: 0,
+            dst_port: port,
+            payload_len: 0,
+        }
+        .emit(
+            &mut udp::Packet::new_unchecked(&mut b[udp_off..udp_off + udp::HEADER_LEN]),
+            None,
+        );
+        let vx_off = udp_off + udp::HEADER_LEN;
+        vxlan::Repr { vni }.emit(&mut vxlan::Packet::new_unchecked(
+            &mut b[vx_off..vx_off + vxlan::HEADER_LEN],
+        ));
+        let in_off = vx_off + vxlan::HEADER_LEN;
+        ethernet::Repr {
+            src: inner_src,
+            dst: inner_dst,
+            ethertype: ethernet::ethertype::IPV4,
+        }
+        .emit(&mut ethernet::Frame::new_unchecked(&mut b[in_off..]));
+        OuterTemplate {
+            bytes: b,
+            ip_checksum,
+        }
+    }
+}
+
+/// A task as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct TaskEntry {
+    pub id: TaskId,
+    /// Index of the service in `Snapshot::services`.
+    pub service: u32,
+    pub addr: Ipv4Addr,
+    pub mac: MacAddr,
+    /// Underlay address of the task's node (its VTEP).
+    pub node: Ipv4Addr,
+    pub weight: u32,
+    pub outer: Option<OuterTemplate>,
+    pub shared: Arc<TaskShared>,
+}
+
+/// A published port: which service and which target port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortEntry {
+    pub service: u32,
+    pub target: u16,
+}
+
+/// A service as the data plane sees it.
+#[derive(Debug, Clone)]
+pub struct ServiceEntry {
+    pub id: ServiceId,
+    pub name: Arc<str>,
+    /// Swarm's firewall mark for the service: 0x100 + its index.
+    pub mark: u32,
+    pub scheduler: Scheduler,
+    /// Indices into `Snapshot::tasks` of all the service's tasks.
+    pub tasks: Vec<u32>,
+    pub sched: SchedTable,
+    pub shared: Arc<ServiceShared>,
+}
+
+/// A route of the ingress interface, for the reply path's next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+/// The kernel's view of the ingress interface's neighbours and routes.
+#[derive(Debug, Clone, Default)]
+pub struct Neighbours {
+    pub entries: hashbrown::HashMap<Ipv4Addr, MacAddr>,
+    /// Longest prefix first.
+    pub routes: Vec<Route>,
+}
+
+impl Neighbours {
+    pub fn insert_route(&mut self, r: Route) {
+        self.routes.push(r);
+        self.routes
+            .sort_by_key(|r| std::cmp::Reverse(r.dst.prefix_len));
+    }
+
+    /// The address whose MAC a frame to `dst` goes to: the gateway of the
+    /// longest matching route, or `dst` itself when on-link (or when no route
+    /// matches, so that a missing route shows as a missing neighbour).
+    pub fn next_hop(&self, dst: Ipv4Addr) -> Ipv4Addr {
+        for r in &self.routes {
+            if r.dst.contains(dst) {
+                return r.gateway.unwrap_or(dst);
+            }
+        }
+        dst
+    }
+
+    /// The MAC of the next hop towards `dst`, when the kernel knows it.
+    #[inline]
+    pub fn mac_for(&self, dst: Ipv4Addr) -> Option<MacAddr> {
+        self.entries.get(&self.next_hop(dst)).copied()
+    }
+}
+
+/// Timeouts in worker ticks (milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeoutTicks {
+    pub tcp_syn: u32,
+    pub tcp_established: u32,
+    pub tcp_closing: u32,
+    pub tcp_close: u32,
+    pub udp: u32,
+}
+
+impl From<Timeouts> for TimeoutTicks {
+    fn from(t: Timeouts) -> Self {
+        let ms = |s: u32| s.saturating_mul(1000);
+        TimeoutTicks {
+            tcp_syn: ms(t.tcp_syn),
+            tcp_established: ms(t.tcp_established),
+            tcp_closing: ms(t.tcp_closing),
+            tcp_close: ms(t.tcp_close),
+            udp: ms(t.udp),
+        }
+    }
+}
+
+/// This node's identity on the underlay and on the ingress overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub node_addr: Ipv4Addr,
+    /// MAC of the ingress interface.
+    pub node_mac: MacAddr,
+    pub overlay_addr: Ipv4Addr,
+    pub overlay_mac: MacAddr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    /// Largest inner IPv4 packet (the overlay MTU).
+    pub overlay_mtu: u16,
+}
+
+/// Everything a worker reads to forward a frame.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub generation: u64,
+    pub identity: Identity,
+    pub timeouts: TimeoutTicks,
+    /// Published ports by (IP protocol, port).
+    pub ports: hashbrown::HashMap<(u8, u16), PortEntry>,
+    pub services: Vec<ServiceEntry>,
+    pub tasks: Vec<TaskEntry>,
+    pub task_index: hashbrown::HashMap<TaskId, u32>,
+    /// Next-hop MAC of each task node (VTEP) that runs a task; `None` while unresolved.
+    pub vteps: hashbrown::HashMap<Ipv4Addr, Option<MacAddr>>,
+    pub neighbours: Arc<Neighbours>,
+}
+
+/// Stable identities and shared state, kept by the control thread across
+/// snapshots.
+#[derive(Debug, Default)]
+pub struct Registry {
+    services: std::collections::BTreeMap<String, (ServiceId, u32, Arc<ServiceShared>)>,
+    tasks: std::collections::BTreeMap<(ServiceId, Ipv4Addr), (TaskId, Arc<TaskShared>)>,
+    next_service: u32,
+    next_task: u32,
+}
+
+impl Registry {
+    /// The id, mark and shared state of service `name`; a new service gets
+    /// the lowest free mark from 0x100 up, as Swarm numbers them.
+    fn service(&mut self, name: &str) -> (ServiceId, u32, Arc<ServiceShared>) {
+        if let Some(s) = self.services.get(name) {
+            return s.clone();
+        }
+        let used: std::collections::BTreeSet<u32> = self.services.values().map(|s| s.1).collect();
+        let mark = (0x100..)
+            .find(|m| !used.contains(m))
+            .expect("fewer than 2^32 services");
+        let id = ServiceId(self.next_service);
+        self.next_service += 1;
+        let v = (id, mark, Arc::new(ServiceShared::default()));
+        self.services.insert(name.to_string(), v.clone());
+        v
+    }
+
+    fn task(&mut self, service: ServiceId, addr: Ipv4Addr) -> (TaskId, Arc<TaskShared>) {
+        if let Some(t) = self.tasks.get(&(service, addr)) {
+            return t.clone();
+        }
+        let id = TaskId(self.next_task);
+        self.next_task += 1;
+        let v = (id, Arc::new(TaskShared::default()));
+        self.tasks.insert((service, addr), v.clone());
+        v
+    }
+
+    /// Forgets services and tasks that are not in `cfg`, so that a task that
+    /// comes back later is a new task (its old flows ended with it).
+    fn retain(&mut self, cfg: &Config) {
+        let names: std::collections::HashSet<&str> =
+            cfg.services.iter().map(|s| s.name.as_str()).collect();
+        self.services.retain(|n, _| names.contains(n.as_str()));
+        let live: std::collections::HashSet<(ServiceId, Ipv4Addr)> = cfg
+            .services
+            .iter()
+            .filter_map(|s| self.services.get(&s.name).map(|v| (v.0, s)))
+            .flat_map(|(id, s)| s.tasks.iter().map(move |t| (id, t.address)))
+            .collect();
+        self.tasks.retain(|k, _| live.contains(k));
+    }
+}
+
+/// Facts about the ingress interface that the configuration does not hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub mac: MacAddr,
+}
+
+impl Snapshot {
+    /// Builds the tables for `cfg`. Marks follow the services' order in the
+    /// configuration for services the registry has not seen before.
+    pub fn build(
+        cfg: &Config,
+        link: LinkInfo,
+        neighbours: Arc<Neighbours>,
+        registry: &mut Registry,
+        generation: u64,
+    ) -> Snapshot {
+        registry.retain(cfg);
+        let identity = Identity {
+            node_addr: cfg.node.address,
+            node_mac: link.mac,
+            overlay_addr: cfg.ingress.address,
+            overlay_mac: cfg.ingress.mac,
+            vni: cfg.ingress.vni,
+            vxlan_port: cfg.ingress.port,
+            overlay_mtu: cfg.ingress.mtu,
+        };
+        let mut ports = hashbrown::HashMap::new();
+        let mut services = Vec::with_capacity(cfg.services.len());
+        let mut tasks: Vec<TaskEntry> = Vec::new();
+        let mut task_index = hashbrown::HashMap::new();
+        let mut vteps = hashbrown::HashMap::new();
+        for (si, s) in cfg.services.iter().enumerate() {
+            let (sid, mark, shared) = registry.service(&s.name);
+            for p in &s.publish {
+                ports.insert(
+                    (p.protocol.number(), p.published),
+                    PortEntry {
+                        service: si as u32,
+                        target: p.target,
+                    },
+                );
+            }
+            let mut members = Vec::with_capacity(s.tasks.len());
+            for t in &s.tasks {
+                let (tid, tshared) = registry.task(sid, t.address);
+                let vtep_mac = neighbours.mac_for(t.node);
+                vteps.insert(t.node, vtep_mac);
+                let outer = vtep_mac.map(|m| {
+                    OuterTemplate::new(
+                        link.mac,
+                        m,
+                        cfg.node.address,
+                        t.node,
+                        cfg.ingress.port,
+                        cfg.ingress.vni,
+                        cfg.ingress.mac,
+                        t.mac,
+                    )
+                });
+                let idx = tasks.len() as u32;
+                task_index.insert(tid, idx);
+                members.push(idx);
+                tasks.push(TaskEntry {
+                    id: tid,
+                    service: si as u32,
+                    addr: t.address,
+                    mac: t.mac,
+                    node: t.node,
+                    weight: t.weight,
+                    outer,
+                    shared: tshared,
+                });
+            }
+            let sched = SchedTable::build(s.scheduler, &members, &tasks);
+            services.push(ServiceEntry {
+                id: sid,
+                name: s.name.as_str().into(),
+                mark,
+                scheduler: s.scheduler,
+                tasks: members,
+                sched,
+                shared,
+            });
+        }
+        Snapshot {
+            generation,
+            identity,
+            timeouts: cfg.timeouts.into(),
+            ports,
+            services,
+            tasks,
+            task_index,
+            vteps,
+            neighbours,
+        }
+    }
+
+    /// The service publishing `port` over `protocol`.
+    pub fn service_for(&self, protocol: Protocol, port: u16) -> Option<&ServiceEntry> {
+        self.ports
+            .get(&(protocol.number(), port))
+            .map(|p| &self.services[p.service as usize])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::checksum;
+
+    #[test]
+    fn template_is_a_valid_header() {
+        let t = OuterTemplate::new(
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            MacAddr([2, 0, 0, 0, 0, 11]),
+            Ipv4Addr::new(198, 18, 0, 2),
+            Ipv4Addr::new(198, 18, 0, 11),
+            4789,
+            4096,
+            MacAddr::docker(Ipv4Addr::new(198, 18, 128, 2)),
+            MacAddr::docker(Ipv4Addr::new(198, 18, 128, 4)),
+        );
+        // With the real total length patched in incrementally, the header
+        // checksum equals a full recomputation.
+        let mut b = t.bytes;
+        let total = 20 + 8 + 8 + 14 + 40u16;
+        b[16..18].copy_from_slice(&total.to_be_bytes());
+        b[24..26].copy_from_slice(&checksum::update16(t.ip_checksum, 0, total).to_be_bytes());
+        let (ip, _) = etherparse::Ipv4Header::from_slice(&b[14..]).unwrap();
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        assert!(ip.dont_fragment);
+        assert_eq!(ip.time_to_live, OUTER_TTL);
+        assert_eq!(&b[42..50], &[0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0]);
+        assert_eq!(&b[36..38], &4789u16.to_be_bytes());
+    }
+
+    #[test]
+    fn next_hop_uses_longest_route() {
+        let mut n = Neighbours::default();
+        n.insert_route(Route {
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some(Ipv4Addr::new(198, 18, 0, 254)),
+        });
+        n.insert_route(Route {
+            dst: "198.18.0.0/24".parse().unwrap(),
+            gateway: None,
+        });
+        assert_eq!(
+            n.next_hop(Ipv4Addr::new(198, 18, 0, 1)),
+            Ipv4Addr::new(198, 18, 0, 1)
+        );
+        assert_eq!(
+            n.next_hop(Ipv4Addr::new(198, 19, 7, 1)),
+            Ipv4Addr::new(198, 18, 0, 254)
+        );
+        n.entries.insert(
+            Ipv4Addr::new(198, 18, 0, 254),
+            MacAddr([2, 0, 0, 0, 0, 0xfe]),
+        );
+        assert_eq!(
+            n.mac_for(Ipv4Addr::new(198, 19, 7, 1)),
+            Some(MacAddr([2, 0, 0, 0, 0, 0xfe]))
+        );
+        assert_eq!(n.mac_for(Ipv4Addr::new(198, 18, 0, 1)), None);
+    }
+
+    #[test]
+    fn registry_keeps_ids_and_marks() {
+        let cfg = Config::parse(include_str!("../../examples/lab.toml"), "lab.toml").unwrap();
+        let mut reg = Registry::default();
+        let link = LinkInfo {
+            mac: MacAddr([2, 0, 0, 0, 0, 2]),
+        };
+        let a = Snapshot::build(&cfg, link, Arc::default(), &mut reg, 1);
+        assert_eq!(a.services[0].mark, 0x100);
+        let mut cfg2 = cfg.clone();
+        cfg2.services[0].tasks.remove(0);
+        let b = Snapshot::build(&cfg2, link, Arc::default(), &mut reg, 2);
+        // Surviving tasks keep their ids and shared state.
+        assert_eq!(b.tasks[0].id, a.tasks[1].id);
+        assert!(Arc::ptr_eq(&b.tasks[0].shared, &a.tasks[1].shared));
+        assert!(!b.task_index.contains_key(&a.tasks[0].id));
+        // A task that comes back is a new task.
+        let c = Snapshot::build(&cfg, link, Arc::default(), &mut reg, 3);
+        assert_ne!(c.tasks[0].id, a.tasks[0].id);
+        assert!(
+            c.tasks.iter().all(|t| t.outer.is_none()),
+            "no neighbour known yet"
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! Pipeline tests: the fixture table, byte for byte, and the behaviours that
+//! need several frames (round robin, stickiness, hand-off, snapshots).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::counters::DropReason;
+use super::fixtures::*;
+use super::pipeline::{Pipeline, Verdict};
+use super::tables::{LinkInfo, Registry, Snapshot};
+use crate::wire::MacAddr;
+
+fn hex(b: &[u8]) -> String {
+    b.chunks(16)
+        .map(|c| {
+            c.iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn fixture_table() {
+    for c in cases() {
+        let (v, out) = run_case(&c);
+        match &c.expect {
+            Expect::Frame(want) => {
+                assert_eq!(v, Verdict::Transmit, "{}", c.name);
+                assert!(
+                    out == *want,
+                    "{}: output differs\n got:\n{}\nwant:\n{}",
+                    c.name,
+                    hex(&out),
+                    hex(want)
+                );
+            }
+            Expect::Drop(r) => assert_eq!(v, Verdict::Drop(*r), "{}", c.name),
+            Expect::Handoff(w) => {
+                assert_eq!(v, Verdict::Handoff(*w), "{}", c.name);
+                assert_eq!(out, c.input, "{}: a handed-off frame is unchanged", c.name);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_drop_is_counted_once() {
+    for c in cases() {
+        let mut p = lab_pipeline(0, c.workers);
+        for s in &c.setup {
+            run(&mut p, s);
+        }
+        let before = p.drops().total();
+        let (v, _) = run(&mut p, &c.input);
+        let after = p.drops().total();
+        match v {
+            Verdict::Drop(r) => {
+                assert_eq!(after - before, 1, "{}", c.name);
+                assert!(p.drops().get(r) >= 1, "{}", c.name);
+            }
+            _ => assert_eq!(after, before, "{}", c.name),
+        }
+    }
+}
+
+/// Which task (0, 1, 2) a forwarded frame went to, from its inner destination.
+fn task_of(out: &[u8]) -> usize {
+    let dst = &out[50 + 14 + 16..50 + 14 + 20];
+    TASKS
+        .iter()
+        .position(|t| t.octets() == dst)
+        .expect("a task address")
+}
+
+#[test]
+fn round_robin_spreads_30_connections_10_10_10() {
+    let mut p = lab_pipeline(0, 1);
+    let mut per_task: HashMap<usize, usize> = HashMap::new();
+    for i in 0..30u16 {
+        let (v, out) = run(&mut p, &client_tcp(41000 + i, 1, 0, SYN, b""));
+        assert_eq!(v, Verdict::Transmit);
+        *per_task.entry(task_of(&out)).or_default() += 1;
+    }
+    assert_eq!(per_task.get(&0), Some(&10));
+    assert_eq!(per_task.get(&1), Some(&10));
+    assert_eq!(per_task.get(&2), Some(&10));
+    assert_eq!(p.flows().len(), 30);
+    assert_eq!(p.events().flows_created, 30);
+    let s = p.snapshot().clone();
+    assert_eq!(
+        s.tasks
+            .iter()
+            .map(|t| t.shared.inactive.load(std::sync::atomic::Ordering::Relaxed))
+            .sum::<u32>(),
+        30
+    );
+}
+
+#[test]
+fn existing_connection_keeps_its_task_while_new_ones_rotate() {
+    let mut p = lab_pipeline(0, 1);
+    let (_, first) = run(&mut p, &client_tcp(42000, 1, 0, SYN, b""));
+    let t0 = task_of(&first);
+    for i in 1..10u16 {
+        let (_, new) = run(&mut p, &client_tcp(42000 + i, 1, 0, SYN, b""));
+        assert_eq!(task_of(&new), (t0 + i as usize) % 3);
+        let (v, again) = run(&mut p, &client_tcp(42000, 2, 1, PSH_ACK, b"more"));
+        assert_eq!(v, Verdict::Transmit);
+        assert_eq!(task_of(&again), t0);
+    }
+}
+
+#[test]
+fn established_state_follows_the_reply() {
+    let mut p = lab_pipeline(0, 1);
+    run(&mut p, &client_tcp(43000, 1, 0, SYN, b""));
+    let snap = p.snapshot().clone();
+    let task = &snap.tasks[0].shared;
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (task.active.load(Relaxed), task.inactive.load(Relaxed)),
+        (0, 1)
+    );
+    let (v, _) = run(&mut p, &task_reply_tcp(0, 43000, 9, 2, SYN_ACK, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        (task.active.load(Relaxed), task.inactive.load(Relaxed)),
+        (1, 0)
+    );
+    run(&mut p, &client_tcp(43000, 2, 10, FIN_ACK, b""));
+    assert_eq!(
+        (task.active.load(Relaxed), task.inactive.load(Relaxed)),
+        (0, 1)
+    );
+}
+
+#[test]
+fn client_port_reuse_after_close_is_a_new_connection() {
+    let mut p = lab_pipeline(0, 1);
+    let (_, a) = run(&mut p, &client_tcp(44000, 1, 0, SYN, b""));
+    run(&mut p, &client_tcp(44000, 2, 1, FIN_ACK, b""));
+    let (v, b) = run(&mut p, &client_tcp(44000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_ne!(task_of(&a), task_of(&b), "rescheduled round robin");
+    assert_eq!(p.flows().len(), 1);
+}
+
+#[test]
+fn handoff_between_two_workers() {
+    // Worker 0 owns even SNAT ports: the client port 45000 is kept.
+    let snap = lab_snapshot();
+    let mut w0 = Pipeline::new(snap.clone(), 0, 2, 1024, (1024, 65535));
+    let mut w1 = Pipeline::new(snap, 1, 2, 1024, (1024, 65535));
+    let (v, out) = run(&mut w0, &client_tcp(45001, 1, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    // An odd client port is moved to the worker's next even port.
+    let snat = u16::from_be_bytes([out[64 + 20], out[64 + 21]]);
+    assert_eq!(snat, 45002);
+    let reply = task_reply_tcp(0, snat, 7, 2, SYN_ACK, b"");
+    // The reply lands on worker 1's queue: handed off unchanged...
+    let (v, same) = run(&mut w1, &reply);
+    assert_eq!(v, Verdict::Handoff(0));
+    assert_eq!(same, reply);
+    // ...and worker 0 translates it.
+    let (v, out) = run(&mut w0, &same);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(45001, 7, 2, SYN_ACK, b""));
+}
+
+fn snapshot_with(
+    cfg: &crate::control::config::Config,
+    reg: &mut Registry,
+    generation: u64,
+) -> Arc<Snapshot> {
+    Arc::new(Snapshot::build(
+        cfg,
+        LinkInfo { mac: NODE_MAC },
+        Arc::new(lab_neighbours()),
+        reg,
+        generation,
+    ))
+}
+
+#[test]
+fn removed_task_ends_its_flows_with_a_reset_and_spares_the_others() {
+    let cfg = lab_config();
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    for i in 0..3u16 {
+        run(&mut p, &client_tcp(46000 + i, 1, 0, SYN, b""));
+    }
+    // Remove task 0 (198.18.128.4).
+    let mut cfg2 = cfg.clone();
+    cfg2.services[0].tasks.remove(0);
+    p.set_snapshot(snapshot_with(&cfg2, &mut reg, 2));
+    // The flow of the removed task: the client gets a reset.
+    let (v, out) = run(&mut p, &client_tcp(46000, 2, 77, PSH_ACK, b"x"));
+    assert_eq!(v, Verdict::Transmit);
+    let (eth, rest) = etherparse::Ethernet2Header::from_slice(&out).unwrap();
+    assert_eq!(eth.destination, CLIENT_MAC.0);
+    let (ip, rest) = etherparse::Ipv4Header::from_slice(rest).unwrap();
+    assert_eq!(
+        (ip.source, ip.destination),
+        (NODE.octets(), CLIENT.octets())
+    );
+    let (tcp, _) = etherparse::TcpHeader::from_slice(rest).unwrap();
+    assert!(tcp.rst);
+    assert_eq!(
+        (tcp.source_port, tcp.destination_port, tcp.sequence_number),
+        (PUBLISHED, 46000, 77)
+    );
+    assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(&ip, &[]).unwrap());
+    assert_eq!(p.drops().get(DropReason::TaskGone), 1);
+    // The flows of surviving tasks are untouched.
+    for (i, task) in [(1u16, 1usize), (2, 2)] {
+        let (v, out) = run(&mut p, &client_tcp(46000 + i, 2, 1, PSH_ACK, b"y"));
+        assert_eq!(v, Verdict::Transmit);
+        assert_eq!(task_of(&out), task);
+    }
+    // New flows go only to the remaining tasks.
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..6u16 {
+        let (_, out) = run(&mut p, &client_tcp(47000 + i, 1, 0, SYN, b""));
+        seen.insert(task_of(&out));
+    }
+    assert_eq!(seen, [1usize, 2].into_iter().collect());
+}
+
+#[test]
+fn drained_task_keeps_flows_but_gets_no_new_ones() {
+    let cfg = lab_config();
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    run(&mut p, &client_tcp(48000, 1, 0, SYN, b""));
+    let mut cfg2 = cfg.clone();
+    cfg2.services[0].tasks[0].weight = 0;
+    p.set_snapshot(snapshot_with(&cfg2, &mut reg, 2));
+    let (v, out) = run(&mut p, &client_tcp(48000, 2, 1, PSH_ACK, b"still here"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(task_of(&out), 0);
+    for i in 1..=6u16 {
+        let (_, out) = run(&mut p, &client_tcp(48000 + i, 1, 0, SYN, b""));
+        assert_ne!(task_of(&out), 0);
+    }
+}
+
+#[test]
+fn missing_neighbour_is_counted_and_requested() {
+    let cfg = lab_config();
+    let mut n = lab_neighbours();
+    n.entries.remove(&NODE1);
+    let snap = Arc::new(Snapshot::build(
+        &cfg,
+        LinkInfo { mac: NODE_MAC },
+        Arc::new(n),
+        &mut Registry::default(),
+        1,
+    ));
+    let mut p = Pipeline::new(snap, 0, 1, 1024, (1024, 65535));
+    let q = Arc::new(crossbeam::queue::ArrayQueue::new(8));
+    p.set_resolver(q.clone());
+    let (v, _) = run(&mut p, &client_tcp(49000, 1, 0, SYN, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::NoNeighbour));
+    assert_eq!(q.pop(), Some(NODE1));
+    // Task 2 lives on node 2, which is known.
+    run(&mut p, &client_tcp(49001, 1, 0, SYN, b""));
+    let (v, out) = run(&mut p, &client_tcp(49002, 1, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(task_of(&out), 2);
+}
+
+#[test]
+fn idle_flows_expire_by_state() {
+    let mut p = lab_pipeline(0, 1);
+    p.set_now(0);
+    run(&mut p, &client_tcp(50000, 1, 0, SYN, b""));
+    run(&mut p, &client_udp(50001, b"u"));
+    // SYN timeout 60 s, UDP 300 s.
+    p.set_now(61_000);
+    assert_eq!(p.expire(1000), 1);
+    assert_eq!(p.flows().len(), 1);
+    p.set_now(301_000);
+    assert_eq!(p.expire(1000), 1);
+    assert!(p.flows().is_empty());
+    let s = p.snapshot().clone();
+    assert!(
+        s.tasks.iter().all(|t| t.shared.load() == 0),
+        "shared counts released"
+    );
+}
+
+#[test]
+fn report_carries_counters_across_snapshots() {
+    let cfg = lab_config();
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    let (_, out) = run(&mut p, &client_tcp(51000, 1, 0, SYN, b""));
+    let old_id = p.snapshot().tasks[0].id;
+    p.set_snapshot(snapshot_with(&cfg, &mut reg, 2));
+    run(&mut p, &client_tcp(51000, 2, 1, ACK, b""));
+    let r = p.take_report();
+    let c: u64 = r
+        .tasks
+        .iter()
+        .filter(|(id, _)| *id == old_id)
+        .map(|(_, c)| c.packets_in)
+        .sum();
+    assert_eq!(c, 2);
+    let bytes: u64 = r.tasks.iter().map(|(_, c)| c.bytes_in).sum();
+    assert_eq!(bytes, 2 * (out.len() as u64 - 50));
+    assert_eq!(r.events.flows_created, 1);
+    let r2 = p.take_report();
+    assert!(
+        r2.tasks.is_empty() && r2.events.flows_created == 0,
+        "reports are deltas"
+    );
+}
+
+proptest! {
+    /// Any client segment to the published port either drops with a reason
+    /// or comes out as a valid VXLAN frame whose inner checksums verify.
+    #[test]
+    fn forwarded_frames_have_valid_checksums(sport in 1u16..=65535, seq in any::<u32>(), payload in proptest::collection::vec(any::<u8>(), 0..200), udp in any::<bool>()) {
+        let mut p = lab_pipeline(0, 1);
+        let frame = if udp { client_udp(sport, &payload) } else { client_tcp(sport, seq, 0, SYN, &payload) };
+        let (v, out) = run(&mut p, &frame);
+        prop_assert_eq!(v, Verdict::Transmit);
+        let outer = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(oip)) = outer.net else { panic!("outer ipv4") };
+        prop_assert_eq!(oip.header().header_checksum(), oip.header().to_header().calc_header_checksum());
+        let inner = etherparse::SlicedPacket::from_ethernet(&out[50..]).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(iip)) = inner.net else { panic!("inner ipv4") };
+        let ih = iip.header().to_header();
+        prop_assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+        match inner.transport {
+            Some(etherparse::TransportSlice::Tcp(t)) => {
+                prop_assert_eq!(t.checksum(), t.to_header().calc_checksum_ipv4(&ih, t.payload()).unwrap());
+            }
+            Some(etherparse::TransportSlice::Udp(u)) => {
+                prop_assert_eq!(u.checksum(), u.to_header().calc_checksum_ipv4(&ih, u.payload()).unwrap());
+            }
+            _ => panic!("transport"),
+        }
+    }
+
+    /// Replies come back with valid checksums and the client's addressing.
+    #[test]
+    fn replies_have_valid_checksums(sport in 1024u16..=65535, payload in proptest::collection::vec(any::<u8>(), 0..200), udp in any::<bool>()) {
+        let mut p = lab_pipeline(0, 1);
+        let (reply, want) = if udp {
+            run(&mut p, &client_udp(sport, b"q"));
+            (task_reply_udp(0, sport, &payload), expected_reply_udp(sport, &payload))
+        } else {
+            run(&mut p, &client_tcp(sport, 1, 0, SYN, b""));
+            (task_reply_tcp(0, sport, 5, 2, SYN_ACK, &payload), expected_reply_tcp(sport, 5, 2, SYN_ACK, &payload))
+        };
+        let (v, out) = run(&mut p, &reply);
+        prop_assert_eq!(v, Verdict::Transmit);
+        prop_assert_eq!(out, want);
+    }
+
+    /// Arbitrary bytes never panic the pipeline and never yield a verdict
+    /// without a count.
+    #[test]
+    fn arbitrary_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), mutate_from in 0usize..200) {
+        let mut p = lab_pipeline(0, 2);
+        let _ = run(&mut p, &bytes);
+        // Also mutate real frames, which reach deeper.
+        let mut f = task_reply_tcp(0, 40000, 1, 1, ACK, b"abc");
+        let i = mutate_from % f.len();
+        for (k, b) in bytes.iter().take(8).enumerate() {
+            let j = (i + k) % f.len();
+            f[j] ^= b;
+        }
+        let _ = run(&mut p, &f);
+        let mut g = client_tcp(40000, 1, 0, SYN, b"abc");
+        let i = mutate_from % g.len();
+        for (k, b) in bytes.iter().take(8).enumerate() {
+            let j = (i + k) % g.len();
+            g[j] ^= b;
+        }
+        let _ = run(&mut p, &g);
+    }
+}
+
+#[test]
+fn mac_helpers() {
+    assert_eq!(overlay_mac(), MacAddr([0x02, 0x42, 198, 18, 128, 2]));
+}
