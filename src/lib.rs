@@ -10,3 +10,4 @@
 pub mod control;
 pub mod dataplane;
 pub mod wire;
+pub mod xdp;

@@ -1,0 +1,383 @@
+//! The `bpf(2)` system call: maps, program loading, XDP links and test runs.
+//!
+//! meshgate needs no libbpf, no bpffs and no ELF object: its XDP programs are
+//! assembled at run time ([`super::asm`]) and loaded here. Every file
+//! descriptor is an [`OwnedFd`], so maps, programs and links are released when
+//! their owner drops them, and by the kernel when the process dies: an XDP
+//! program attached through a link is detached with the link's last fd, even
+//! after SIGKILL.
+
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// `bpf_cmd` values.
+mod cmd {
+    pub const MAP_CREATE: i32 = 0;
+    pub const MAP_LOOKUP_ELEM: i32 = 1;
+    pub const MAP_UPDATE_ELEM: i32 = 2;
+    pub const MAP_DELETE_ELEM: i32 = 3;
+    pub const PROG_LOAD: i32 = 5;
+    pub const PROG_TEST_RUN: i32 = 10;
+    pub const LINK_CREATE: i32 = 28;
+}
+
+/// `bpf_map_type` values meshgate uses.
+pub mod map_type {
+    pub const HASH: u32 = 1;
+    pub const ARRAY: u32 = 2;
+    pub const PERCPU_ARRAY: u32 = 6;
+    pub const XSKMAP: u32 = 17;
+}
+
+pub const PROG_TYPE_XDP: u32 = 6;
+pub const ATTACH_TYPE_XDP: u32 = 37;
+
+/// `XDP_FLAGS_*` for attaching.
+pub mod xdp_flags {
+    pub const SKB_MODE: u32 = 1 << 1;
+    pub const DRV_MODE: u32 = 1 << 2;
+}
+
+/// XDP actions.
+pub mod action {
+    pub const ABORTED: u32 = 0;
+    pub const DROP: u32 = 1;
+    pub const PASS: u32 = 2;
+    pub const TX: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+}
+
+/// A failed `bpf(2)` call, with what meshgate was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}{hint}")]
+pub struct BpfError {
+    pub what: String,
+    #[source]
+    pub source: std::io::Error,
+    /// The verifier's log or a hint to fix it, prefixed with a newline.
+    pub hint: String,
+}
+
+impl BpfError {
+    fn last(what: impl Into<String>) -> Self {
+        let source = std::io::Error::last_os_error();
+        let hint = match source.raw_os_error() {
+            Some(libc::EPERM) => {
+                "\n  hint: meshgate needs CAP_BPF and CAP_NET_ADMIN (or root)".to_string()
+            }
+            _ => String::new(),
+        };
+        BpfError {
+            what: what.into(),
+            source,
+            hint,
+        }
+    }
+
+    /// The OS error code.
+    pub fn errno(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+}
+
+/// The `bpf_attr` union, as raw bytes written at the kernel's field offsets
+/// (see `include/uapi/linux/bpf.h`); unused bytes stay zero, which the kernel
+/// requires.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Attr([0; 128])
+    }
+
+    fn u32(&mut self, off: usize, v: u32) -> &mut Self {
+        self.0[off..off + 4].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    fn u64(&mut self, off: usize, v: u64) -> &mut Self {
+        self.0[off..off + 8].copy_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    fn get_u32(&self, off: usize) -> u32 {
+        u32::from_ne_bytes(self.0[off..off + 4].try_into().expect("4 bytes"))
+    }
+
+    fn name(&mut self, off: usize, name: &str) -> &mut Self {
+        // BPF object names: at most 15 characters of [A-Za-z0-9_.].
+        let n: Vec<u8> = name
+            .bytes()
+            .filter(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'.')
+            .take(15)
+            .collect();
+        self.0[off..off + n.len()].copy_from_slice(&n);
+        self
+    }
+}
+
+fn sys_bpf(c: i32, attr: &mut Attr) -> libc::c_long {
+    // SAFETY: `attr` is a valid, writable 128-byte buffer aligned to 8, the
+    // size passed is its size, and every pointer stored inside it (keys,
+    // values, instructions, logs, test buffers) refers to memory that the
+    // caller keeps alive and large enough for the duration of this call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            c,
+            attr as *mut Attr,
+            std::mem::size_of::<Attr>(),
+        )
+    }
+}
+
+fn fd_result(r: libc::c_long, what: impl FnOnce() -> String) -> Result<OwnedFd, BpfError> {
+    if r < 0 {
+        return Err(BpfError::last(what()));
+    }
+    // SAFETY: the kernel returned a new file descriptor that nothing else
+    // owns; `OwnedFd` closes it exactly once.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) })
+}
+
+/// A BPF map.
+#[derive(Debug)]
+pub struct Map {
+    fd: OwnedFd,
+    key_size: usize,
+    value_size: usize,
+    name: String,
+}
+
+impl Map {
+    pub fn create(
+        map_type: u32,
+        key_size: u32,
+        value_size: u32,
+        max_entries: u32,
+        name: &str,
+    ) -> Result<Map, BpfError> {
+        let mut a = Attr::new();
+        a.u32(0, map_type)
+            .u32(4, key_size)
+            .u32(8, value_size)
+            .u32(12, max_entries)
+            .name(28, name);
+        let fd = fd_result(sys_bpf(cmd::MAP_CREATE, &mut a), || {
+            format!("creating BPF map {name}")
+        })?;
+        Ok(Map {
+            fd,
+            key_size: key_size as usize,
+            value_size: value_size as usize,
+            name: name.to_string(),
+        })
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn check(&self, key: &[u8], value: Option<&[u8]>) {
+        assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);
+        if let Some(v) = value {
+            assert_eq!(v.len(), self.value_size, "value size of map {}", self.name);
+        }
+    }
+
+    /// Inserts or replaces `key`.
+    pub fn update(&self, key: &[u8], value: &[u8]) -> Result<(), BpfError> {
+        self.check(key, Some(value));
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_ptr() as u64)
+            .u64(24, 0);
+        if sys_bpf(cmd::MAP_UPDATE_ELEM, &mut a) < 0 {
+            return Err(BpfError::last(format!("updating BPF map {}", self.name)));
+        }
+        Ok(())
+    }
+
+    /// Deletes `key`; `Ok(false)` when it was absent.
+    pub fn delete(&self, key: &[u8]) -> Result<bool, BpfError> {
+        self.check(key, None);
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32).u64(8, key.as_ptr() as u64);
+        if sys_bpf(cmd::MAP_DELETE_ELEM, &mut a) < 0 {
+            let e = BpfError::last(format!("deleting from BPF map {}", self.name));
+            return if e.errno() == Some(libc::ENOENT) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(true)
+    }
+
+    /// Looks `key` up into `value`; `Ok(false)` when absent.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
+        assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_mut_ptr() as u64);
+        if sys_bpf(cmd::MAP_LOOKUP_ELEM, &mut a) < 0 {
+            let e = BpfError::last(format!("reading BPF map {}", self.name));
+            return if e.errno() == Some(libc::ENOENT) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(true)
+    }
+}
+
+/// A loaded BPF program.
+#[derive(Debug)]
+pub struct Program {
+    fd: OwnedFd,
+    name: String,
+}
+
+/// One eBPF instruction, as the kernel reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct Insn {
+    pub code: u8,
+    /// dst register in the low nibble, src in the high one.
+    pub regs: u8,
+    pub off: i16,
+    pub imm: i32,
+}
+
+impl Program {
+    /// Loads an XDP program. On a verifier rejection the error carries the
+    /// verifier's log.
+    pub fn load_xdp(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
+        let license = CString::new("Dual MIT/GPL").expect("no NUL");
+        let mut log = vec![0u8; 1 << 16];
+        let attempt = |log_level: u32, log: &mut Vec<u8>| {
+            let mut a = Attr::new();
+            a.u32(0, PROG_TYPE_XDP)
+                .u32(4, insns.len() as u32)
+                .u64(8, insns.as_ptr() as u64)
+                .u64(16, license.as_ptr() as u64)
+                .u32(24, log_level)
+                .u32(28, if log_level > 0 { log.len() as u32 } else { 0 })
+                .u64(
+                    32,
+                    if log_level > 0 {
+                        log.as_mut_ptr() as u64
+                    } else {
+                        0
+                    },
+                )
+                .name(48, name)
+                .u32(68, ATTACH_TYPE_XDP);
+            sys_bpf(cmd::PROG_LOAD, &mut a)
+        };
+        let r = attempt(0, &mut log);
+        if r >= 0 {
+            let fd = fd_result(r, String::new)?;
+            return Ok(Program {
+                fd,
+                name: name.to_string(),
+            });
+        }
+        // Load again with the verifier log on, to say why.
+        let r = attempt(1, &mut log);
+        if r >= 0 {
+            let fd = fd_result(r, String::new)?;
+            return Ok(Program {
+                fd,
+                name: name.to_string(),
+            });
+        }
+        let mut e = BpfError::last(format!("loading XDP program {name}"));
+        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
+        let text = String::from_utf8_lossy(&log[..end]);
+        let tail: Vec<&str> = text.lines().rev().take(20).collect();
+        if !tail.is_empty() {
+            e.hint = format!(
+                "{}\n  verifier log (last lines):\n    {}",
+                e.hint,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+            );
+        }
+        Err(e)
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the program once on `frame` (`BPF_PROG_TEST_RUN`) and returns
+    /// its XDP action.
+    pub fn test_run(&self, frame: &[u8]) -> Result<u32, BpfError> {
+        let mut out = vec![0u8; frame.len() + 512];
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u32(8, frame.len() as u32)
+            .u32(12, out.len() as u32)
+            .u64(16, frame.as_ptr() as u64)
+            .u64(24, out.as_mut_ptr() as u64)
+            .u32(32, 1);
+        if sys_bpf(cmd::PROG_TEST_RUN, &mut a) < 0 {
+            return Err(BpfError::last(format!(
+                "test-running XDP program {}",
+                self.name
+            )));
+        }
+        Ok(a.get_u32(4))
+    }
+
+    /// Attaches the program to `ifindex` through a BPF link. The program
+    /// stays attached as long as the returned [`Link`] (or a duplicate of its
+    /// fd) lives, and no longer: the kernel detaches it when the process
+    /// exits, however it exits.
+    pub fn attach_xdp(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u32(4, ifindex)
+            .u32(8, ATTACH_TYPE_XDP)
+            .u32(12, flags);
+        let r = sys_bpf(cmd::LINK_CREATE, &mut a);
+        if r < 0 {
+            let mut e = BpfError::last(format!("attaching XDP program {} to {ifname}", self.name));
+            e.hint = match e.errno() {
+                Some(libc::EBUSY) | Some(libc::EEXIST) => format!(
+                    "\n  hint: another XDP program is attached to {ifname}; remove it with `ip link set dev {ifname} xdp off` (or stop the other meshgate)"
+                ),
+                Some(libc::EOPNOTSUPP) => format!(
+                    "\n  hint: {ifname} has no native XDP support; set node.xdp_mode = \"generic\""
+                ),
+                Some(libc::ERANGE) => format!(
+                    "\n  hint: the MTU of {ifname} is too large for single-buffer XDP; lower it to 1500"
+                ),
+                _ => e.hint,
+            };
+            return Err(e);
+        }
+        let fd = fd_result(r, String::new)?;
+        Ok(Link { fd })
+    }
+}
+
+/// An attached XDP program; dropping it detaches the program.
+#[derive(Debug)]
+pub struct Link {
+    fd: OwnedFd,
+}
+
+impl Link {
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,398 @@
+//! meshgate's XDP programs, assembled at run time.
+//!
+//! The ingress program redirects to the queue's AF_XDP socket only:
+//! (a) IPv4 TCP/UDP to the node address whose (protocol, destination port)
+//!     is in the `ports` map — the published ports; and
+//! (b) VXLAN (UDP to the overlay port, to the node address) with the ingress
+//!     VNI whose inner frame is IPv4 to the overlay address or ARP asking for
+//!     it.
+//! Everything else — ARP, ICMP, SSH, other VNIs — passes to the kernel.
+//! Frames to the node address that meshgate must count as malformed (IP
+//! options, fragments, truncated transport headers, bad VXLAN flags) are
+//! redirected too, so that the user-space pipeline counts them by reason.
+//!
+//! In C, the ingress program reads:
+//! ```c
+//! if (eth->h_proto != htons(ETH_P_IP) || ip->daddr != NODE) return XDP_PASS;
+//! if (ip->protocol != TCP && ip->protocol != UDP) return XDP_PASS;
+//! if (ip->ihl != 5 || ip->frag_off & htons(0x3fff) || l4 + 4 > end) goto redirect;
+//! if (ip->protocol == UDP && udp->dest == htons(VXLAN_PORT)) {
+//!     if (vxlan->vni != VNI) return XDP_PASS;
+//!     if (inner->h_proto == htons(ETH_P_ARP)) return arp->tpa == OVERLAY ? redirect : XDP_PASS;
+//!     return inner->h_proto == htons(ETH_P_IP) && inner_ip->daddr == OVERLAY ? redirect : XDP_PASS;
+//! }
+//! if (!bpf_map_lookup_elem(&ports, &(ip->protocol << 16 | l4->dest))) return XDP_PASS;
+//! redirect: return bpf_redirect_map(&xsks, ctx->rx_queue_index, MISS_ACTION);
+//! ```
+//! Byte-order note: loads are host-order reads of network-order bytes, so
+//! every constant compared with a load is built with `from_ne_bytes` of its
+//! network-order bytes.
+
+use std::net::Ipv4Addr;
+use std::os::fd::RawFd;
+
+use super::asm::{Alu, Asm, B, H, Jmp, R0, R1, R2, R3, R4, R5, R6, R7, R8, R10, W, helper};
+use super::bpf::{self, BpfError, Link, Map, Program, action, map_type};
+
+/// Parameters of the ingress program.
+#[derive(Debug, Clone, Copy)]
+pub struct IngressParams {
+    pub node_addr: Ipv4Addr,
+    pub overlay_addr: Ipv4Addr,
+    pub vni: u32,
+    pub vxlan_port: u16,
+    /// Size of the socket map: the highest queue id + 1.
+    pub queues: u32,
+    /// What a frame meant for a socket gets when its queue has none:
+    /// `XDP_PASS` in production; tests use `XDP_DROP` to tell it apart.
+    pub miss_action: u32,
+}
+
+/// Largest number of published (protocol, port) pairs.
+pub const MAX_PORTS: u32 = 4096;
+
+fn ne16(v: u16) -> i32 {
+    i32::from(u16::from_ne_bytes(v.to_be_bytes()))
+}
+
+fn ne32(b: [u8; 4]) -> i32 {
+    u32::from_ne_bytes(b) as i32
+}
+
+/// The key of the `ports` map for a published port.
+pub fn port_key(protocol: u8, port: u16) -> [u8; 4] {
+    ((u32::from(protocol) << 16) | u16::from_ne_bytes(port.to_be_bytes()) as u32).to_ne_bytes()
+}
+
+/// Emits the common prefix: Ethernet type IPv4, destination `addr`,
+/// protocol TCP or UDP. Leaves r2 = data, r3 = data_end, r5 = protocol,
+/// r6 = ctx. Jumps to "pass" otherwise.
+fn emit_ipv4_to(a: &mut Asm, addr: Ipv4Addr) {
+    a.alu64_reg(Alu::Mov, R6, R1)
+        .ldx(W, R2, R1, 0)
+        .ldx(W, R3, R1, 4)
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 34)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .ldx(H, R5, R2, 12)
+        .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass")
+        .ldx(W, R5, R2, 30)
+        .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass")
+        .ldx(B, R5, R2, 23)
+        .jmp_imm(Jmp::Eq, R5, 6, "l4")
+        .jmp_imm(Jmp::Eq, R5, 17, "l4")
+        .ja("pass")
+        .label("l4");
+}
+
+/// Emits the tail: "redirect" to the queue's socket in `xsks`, and "pass".
+fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
+    a.label("redirect")
+        .ldx(W, R2, R6, 16) // ctx->rx_queue_index
+        .ld_map_fd(R1, xsks)
+        .alu64_imm(Alu::Mov, R3, miss_action as i32)
+        .call(helper::REDIRECT_MAP)
+        .exit()
+        .label("pass")
+        .alu64_imm(Alu::Mov, R0, action::PASS as i32)
+        .exit();
+}
+
+fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd) -> Vec<bpf::Insn> {
+    let vni = p.vni.to_be_bytes();
+    let mut a = Asm::new();
+    emit_ipv4_to(&mut a, p.node_addr);
+    a.ldx(B, R7, R2, 14)
+        .jmp_imm(Jmp::Ne, R7, 0x45, "redirect")
+        .ldx(H, R7, R2, 20)
+        .alu32_imm(Alu::And, R7, ne16(0x3fff))
+        .jmp_imm(Jmp::Ne, R7, 0, "redirect")
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 38)
+        .jmp_reg(Jmp::Gt, R4, R3, "redirect")
+        .ldx(H, R7, R2, 36)
+        .jmp_imm(Jmp::Ne, R5, 17, "lookup")
+        .jmp_imm(Jmp::Ne, R7, ne16(p.vxlan_port), "lookup")
+        // VXLAN: outer 14 + 20 + 8, VXLAN 8, inner Ethernet 14 = 64 bytes.
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 64)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .ldx(W, R8, R2, 46)
+        .alu32_imm(Alu::And, R8, ne32([0xff, 0xff, 0xff, 0]))
+        .jmp32_imm(Jmp::Ne, R8, ne32([vni[1], vni[2], vni[3], 0]), "pass")
+        .ldx(H, R8, R2, 62)
+        .jmp_imm(Jmp::Eq, R8, ne16(0x0806), "arp")
+        .jmp_imm(Jmp::Ne, R8, ne16(0x0800), "pass")
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 84)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .ldx(W, R8, R2, 80)
+        .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
+        .ja("pass")
+        .label("arp")
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 92)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .ldx(W, R8, R2, 88)
+        .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
+        .ja("pass")
+        .label("lookup")
+        .alu64_imm(Alu::Lsh, R5, 16)
+        .alu64_reg(Alu::Or, R5, R7)
+        .stx(W, R10, -4, R5)
+        .ld_map_fd(R1, ports)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -4)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "pass");
+    emit_redirect_and_pass(&mut a, xsks, p.miss_action);
+    a.finish()
+}
+
+/// The ingress program with its maps.
+#[derive(Debug)]
+pub struct IngressProgram {
+    pub prog: Program,
+    pub xsks: Map,
+    pub ports: Map,
+}
+
+impl IngressProgram {
+    pub fn load(p: &IngressParams) -> Result<IngressProgram, BpfError> {
+        let xsks = Map::create(map_type::XSKMAP, 4, 4, p.queues.max(1), "mg_xsks")?;
+        let ports = Map::create(map_type::HASH, 4, 4, MAX_PORTS, "mg_ports")?;
+        let insns = ingress_insns(p, xsks.fd(), ports.fd());
+        let prog = Program::load_xdp(&insns, "meshgate_in")?;
+        Ok(IngressProgram { prog, xsks, ports })
+    }
+
+    /// Publishes (protocol, port) to the program.
+    pub fn add_port(&self, protocol: u8, port: u16) -> Result<(), BpfError> {
+        self.ports
+            .update(&port_key(protocol, port), &1u32.to_ne_bytes())
+    }
+
+    pub fn remove_port(&self, protocol: u8, port: u16) -> Result<bool, BpfError> {
+        self.ports.delete(&port_key(protocol, port))
+    }
+
+    /// Routes queue `queue`'s matching frames to the AF_XDP socket `fd`.
+    pub fn register_socket(&self, queue: u32, fd: RawFd) -> Result<(), BpfError> {
+        self.xsks
+            .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
+    }
+
+    pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
+        self.prog.attach_xdp(ifindex, flags, ifname)
+    }
+}
+
+/// A program that redirects every IPv4 TCP/UDP frame to `addr` to the
+/// queue's socket and passes everything else (ARP above all) to the kernel.
+/// The traffic generator and the benchmark's reflector use it.
+#[derive(Debug)]
+pub struct CaptureProgram {
+    pub prog: Program,
+    pub xsks: Map,
+}
+
+impl CaptureProgram {
+    pub fn load(addr: Ipv4Addr, queues: u32) -> Result<CaptureProgram, BpfError> {
+        let xsks = Map::create(map_type::XSKMAP, 4, 4, queues.max(1), "mg_cap_xsks")?;
+        let mut a = Asm::new();
+        emit_ipv4_to(&mut a, addr);
+        emit_redirect_and_pass(&mut a, xsks.fd(), action::PASS);
+        let prog = Program::load_xdp(&a.finish(), "meshgate_cap")?;
+        Ok(CaptureProgram { prog, xsks })
+    }
+
+    pub fn register_socket(&self, queue: u32, fd: RawFd) -> Result<(), BpfError> {
+        self.xsks
+            .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
+    }
+
+    pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
+        self.prog.attach_xdp(ifindex, flags, ifname)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! These tests load the real program into the kernel and run it on the
+    //! fixture frames with `BPF_PROG_TEST_RUN`. They need root (CAP_BPF);
+    //! without it they fail and say so, unless MESHGATE_SKIP_PRIVILEGED=1.
+    use super::*;
+    use crate::dataplane::fixtures::*;
+
+    fn load() -> Option<IngressProgram> {
+        let p = IngressParams {
+            node_addr: NODE,
+            overlay_addr: OVERLAY,
+            vni: VNI,
+            vxlan_port: VXLAN_PORT,
+            queues: 4,
+            miss_action: action::DROP,
+        };
+        match IngressProgram::load(&p) {
+            Ok(prog) => Some(prog),
+            Err(e)
+                if e.errno() == Some(libc::EPERM)
+                    && std::env::var("MESHGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") =>
+            {
+                eprintln!("skipped (MESHGATE_SKIP_PRIVILEGED=1): {e}");
+                None
+            }
+            Err(e) => panic!(
+                "cannot load the XDP program (run the tests as root, or set MESHGATE_SKIP_PRIVILEGED=1 to skip): {e}"
+            ),
+        }
+    }
+
+    /// With no socket registered and miss action DROP, "redirect" shows as DROP.
+    const REDIRECT: u32 = action::DROP;
+    const PASS: u32 = action::PASS;
+
+    #[test]
+    fn classifies_fixture_frames() {
+        let Some(p) = load() else { return };
+        p.add_port(6, PUBLISHED).unwrap();
+        p.add_port(17, PUBLISHED).unwrap();
+        let other_vni = {
+            let inner = tcp_frame(
+                NODE1_MAC,
+                overlay_mac(),
+                TASKS[0],
+                OVERLAY,
+                64,
+                80,
+                40000,
+                1,
+                1,
+                ACK,
+                b"",
+            );
+            vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 5, 77, &inner)
+        };
+        let other_inner = {
+            let inner = tcp_frame(
+                NODE1_MAC,
+                overlay_mac(),
+                TASKS[0],
+                TASKS[1],
+                64,
+                80,
+                40000,
+                1,
+                1,
+                ACK,
+                b"",
+            );
+            vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 5, VNI, &inner)
+        };
+        let arp_other = {
+            let inner = arp_frame(
+                NODE1_MAC,
+                crate::wire::MacAddr::BROADCAST,
+                1,
+                NODE1_MAC,
+                TASKS[0],
+                crate::wire::MacAddr::ZERO,
+                TASKS[1],
+            );
+            vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 5, VNI, &inner)
+        };
+        let mut frag = client_udp(50000, b"frag");
+        frag[20] = 0x20;
+        fix_ip_checksum(&mut frag, 14);
+        let mut icmp = client_udp(50000, b"ping");
+        icmp[23] = 1;
+        fix_ip_checksum(&mut icmp, 14);
+        let plain_arp = arp_frame(
+            CLIENT_MAC,
+            crate::wire::MacAddr::BROADCAST,
+            1,
+            CLIENT_MAC,
+            CLIENT,
+            crate::wire::MacAddr::ZERO,
+            NODE,
+        );
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            (
+                "tcp to the published port",
+                client_tcp(40000, 1, 0, SYN, b""),
+                REDIRECT,
+            ),
+            (
+                "udp to the published port",
+                client_udp(40000, b"x"),
+                REDIRECT,
+            ),
+            (
+                "ssh to the node",
+                tcp_frame(
+                    CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 22, 1, 0, SYN, b"",
+                ),
+                PASS,
+            ),
+            (
+                "udp to another port",
+                udp_frame(CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 53, b"x"),
+                PASS,
+            ),
+            (
+                "tcp to another address",
+                tcp_frame(
+                    CLIENT_MAC, NODE_MAC, CLIENT, TASKS[0], 64, 40000, 8080, 1, 0, SYN, b"",
+                ),
+                PASS,
+            ),
+            ("icmp to the node", icmp, PASS),
+            ("arp", plain_arp, PASS),
+            (
+                "vxlan reply for the sandbox",
+                task_reply_tcp(0, 40000, 1, 1, ACK, b""),
+                REDIRECT,
+            ),
+            ("vxlan arp for the sandbox", task_arp_request(0), REDIRECT),
+            ("vxlan arp for someone else", arp_other, PASS),
+            ("vxlan with another vni", other_vni, PASS),
+            ("vxlan for another inner address", other_inner, PASS),
+            ("fragment to the node", frag, REDIRECT),
+            ("truncated ethernet", vec![0u8; 14], PASS),
+        ];
+        for (name, frame, want) in cases {
+            assert_eq!(p.prog.test_run(&frame).unwrap(), want, "{name}");
+        }
+        // Unpublishing takes effect.
+        p.remove_port(6, PUBLISHED).unwrap();
+        assert_eq!(
+            p.prog.test_run(&client_tcp(40000, 1, 0, SYN, b"")).unwrap(),
+            PASS
+        );
+        assert!(!p.remove_port(6, PUBLISHED).unwrap(), "already absent");
+    }
+
+    #[test]
+    fn capture_program_passes_arp() {
+        let Some(_) = load() else { return };
+        let p = CaptureProgram::load(NODE, 1).unwrap();
+        let plain_arp = arp_frame(
+            CLIENT_MAC,
+            crate::wire::MacAddr::BROADCAST,
+            1,
+            CLIENT_MAC,
+            CLIENT,
+            crate::wire::MacAddr::ZERO,
+            NODE,
+        );
+        assert_eq!(p.prog.test_run(&plain_arp).unwrap(), PASS);
+        // No socket registered, production miss action: passes too.
+        assert_eq!(p.prog.test_run(&client_udp(1, b"x")).unwrap(), PASS);
+    }
+
+    #[test]
+    fn port_keys_differ_by_protocol() {
+        assert_ne!(port_key(6, 8080), port_key(17, 8080));
+        assert_ne!(port_key(6, 8080), port_key(6, 8081));
+    }
+}
