@@ -9,5 +9,7 @@
 
 pub mod control;
 pub mod dataplane;
+pub mod lab;
+pub mod runtime;
 pub mod wire;
 pub mod xdp;

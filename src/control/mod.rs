@@ -1,3 +1,4 @@
 //! Configuration, validation, the table builder, the control thread and its API.
 
 pub mod config;
+pub mod netlink;

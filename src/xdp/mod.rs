@@ -9,4 +9,9 @@
 
 pub mod asm;
 pub mod bpf;
+pub mod port;
 pub mod program;
+pub mod umem;
+
+pub use port::{BindMode, Port, Xsk, XskConfig, XskError, XskStats};
+pub use umem::{FrameToken, Umem};

@@ -1,0 +1,313 @@
+//! rtnetlink: the ingress interface's facts, the kernel's neighbour table and
+//! routes, resolution requests, and change notifications.
+//!
+//! meshgate never guesses a MAC address: next hops come from the kernel's
+//! neighbour table. A missing entry is resolved *by the kernel*: an
+//! `RTM_NEWNEIGH` with `NTF_USE` makes it send ARP as it would for its own
+//! traffic, and the answer arrives as a neighbour notification.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::control::config::Ipv4Net;
+use crate::dataplane::tables::{Neighbours, Route};
+use crate::wire::MacAddr;
+
+/// Facts about a network interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFacts {
+    pub index: u32,
+    pub mac: MacAddr,
+    pub rx_queues: u32,
+    pub mtu: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    #[error("netlink: {0}")]
+    Io(#[from] io::Error),
+    #[error("netlink: cannot decode the kernel's answer: {0}")]
+    Decode(String),
+    #[error(
+        "interface `{0}` does not exist in this network namespace (check node.interface and `ip link`)"
+    )]
+    NoSuchInterface(String),
+    #[error("netlink request failed: {0}")]
+    Kernel(io::Error),
+}
+
+/// A request/response rtnetlink socket.
+pub struct Rtnl {
+    sock: Socket,
+    seq: u32,
+}
+
+const RTMGRP_NEIGH: u32 = 0x4;
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_LINK: u32 = 0x1;
+
+impl Rtnl {
+    pub fn new() -> Result<Rtnl, NetlinkError> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Rtnl { sock, seq: 1 })
+    }
+
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        self.seq = self.seq.wrapping_add(1);
+        header.sequence_number = self.seq;
+        let mut m = NetlinkMessage::new(header, NetlinkPayload::from(msg));
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        self.sock.send(&buf, 0)?;
+        let mut out = Vec::new();
+        let mut rbuf = vec![0u8; 1 << 16];
+        loop {
+            let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
+            let mut off = 0;
+            while off < n {
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rbuf[off..n])
+                    .map_err(|e| NetlinkError::Decode(e.to_string()))?;
+                let len = m.header.length as usize;
+                if m.header.sequence_number == self.seq {
+                    match m.payload {
+                        NetlinkPayload::Done(_) => return Ok(out),
+                        NetlinkPayload::Error(e) => {
+                            return match e.code {
+                                None => Ok(out),
+                                Some(c) => Err(NetlinkError::Kernel(io::Error::from_raw_os_error(
+                                    -c.get(),
+                                ))),
+                            };
+                        }
+                        NetlinkPayload::InnerMessage(i) => {
+                            out.push(i);
+                            if flags & NLM_F_DUMP != NLM_F_DUMP && flags & NLM_F_ACK == 0 {
+                                return Ok(out);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if len == 0 {
+                    break;
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+
+    /// Facts about interface `name`.
+    pub fn link(&mut self, name: &str) -> Result<LinkFacts, NetlinkError> {
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        for m in msgs {
+            let RouteNetlinkMessage::NewLink(l) = m else {
+                continue;
+            };
+            let mut facts = LinkFacts {
+                index: l.header.index,
+                mac: MacAddr::ZERO,
+                rx_queues: 1,
+                mtu: 1500,
+            };
+            let mut this = false;
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => this = n == name,
+                    LinkAttribute::Address(b) if b.len() == 6 => {
+                        facts.mac = MacAddr(b[..6].try_into().expect("6 bytes"))
+                    }
+                    LinkAttribute::NumRxQueues(q) => facts.rx_queues = *q,
+                    LinkAttribute::Mtu(m) => facts.mtu = *m,
+                    _ => {}
+                }
+            }
+            if this {
+                return Ok(facts);
+            }
+        }
+        Err(NetlinkError::NoSuchInterface(name.to_string()))
+    }
+
+    /// The IPv4 neighbours of `ifindex` with a usable link-layer address.
+    pub fn neighbours(&mut self, ifindex: u32) -> Result<Vec<(Ipv4Addr, MacAddr)>, NetlinkError> {
+        let mut q = NeighbourMessage::default();
+        q.header.family = AddressFamily::Inet;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetNeighbour(q),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => usable_neighbour(&n, ifindex),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The main table's IPv4 routes out of `ifindex`.
+    pub fn routes(&mut self, ifindex: u32) -> Result<Vec<Route>, NetlinkError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            if r.header.kind != RouteType::Unicast || r.header.table != RouteHeader::RT_TABLE_MAIN {
+                continue;
+            }
+            let mut dst = Ipv4Addr::UNSPECIFIED;
+            let mut gw = None;
+            let mut oif = None;
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    _ => {}
+                }
+            }
+            if oif == Some(ifindex) {
+                out.push(Route {
+                    dst: Ipv4Net {
+                        addr: dst,
+                        prefix_len: r.header.destination_prefix_length,
+                    },
+                    gateway: gw,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads neighbours and routes of `ifindex` into a table.
+    pub fn neighbour_table(&mut self, ifindex: u32) -> Result<Neighbours, NetlinkError> {
+        let mut n = Neighbours::default();
+        for (ip, mac) in self.neighbours(ifindex)? {
+            n.entries.insert(ip, mac);
+        }
+        for r in self.routes(ifindex)? {
+            n.insert_route(r);
+        }
+        Ok(n)
+    }
+
+    /// Asks the kernel to resolve `addr` on `ifindex` (it sends ARP); the
+    /// result arrives later as a neighbour notification.
+    pub fn resolve(&mut self, ifindex: u32, addr: Ipv4Addr) -> Result<(), NetlinkError> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = ifindex;
+        m.header.state = NeighbourState::None;
+        m.header.flags = NeighbourFlags::Use;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                addr,
+            )));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+}
+
+fn usable_neighbour(n: &NeighbourMessage, ifindex: u32) -> Option<(Ipv4Addr, MacAddr)> {
+    if n.header.ifindex != ifindex {
+        return None;
+    }
+    if matches!(
+        n.header.state,
+        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
+    ) {
+        return None;
+    }
+    let mut ip = None;
+    let mut mac = None;
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(i)) => ip = Some(*i),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                mac = Some(MacAddr(b[..6].try_into().expect("6 bytes")))
+            }
+            _ => {}
+        }
+    }
+    Some((ip?, mac?))
+}
+
+/// A socket subscribed to neighbour, route and link changes.
+pub struct Watcher {
+    sock: Socket,
+    buf: Vec<u8>,
+}
+
+impl Watcher {
+    pub fn new() -> Result<Watcher, NetlinkError> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind(&SocketAddr::new(
+            0,
+            RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_LINK,
+        ))?;
+        sock.set_non_blocking(true)?;
+        let _ = sock.set_rx_buf_sz(1 << 20);
+        Ok(Watcher {
+            sock,
+            buf: vec![0u8; 1 << 16],
+        })
+    }
+
+    /// Drains pending notifications; true when anything arrived (or the
+    /// socket overflowed, which also calls for a full re-read).
+    pub fn changed(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            match self.sock.recv(&mut &mut self.buf[..], 0) {
+                Ok(0) => return any,
+                Ok(_) => any = true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
+                // ENOBUFS: notifications were lost; re-read everything.
+                Err(_) => return true,
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for a notification.
+    pub fn wait(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsFd;
+        let fd = self.sock.as_fd();
+        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+        let ms = nix::poll::PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
+            .unwrap_or(nix::poll::PollTimeout::MAX);
+        matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0)
+    }
+}

@@ -1,0 +1,112 @@
+//! `meshgate demo`: the built-in lab, end to end, in one command.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use meshgate::lab::{self, Lab, LabOptions};
+
+pub fn run(connections: u32) -> Result<()> {
+    println!(
+        "== building the lab: client, ingress node (meshgate on in0), switch, two task nodes with kernel VXLAN, three tasks"
+    );
+    let lab =
+        Lab::build(LabOptions::default()).context("building the namespace lab (run as root)")?;
+    let _servers = lab.start_servers()?;
+    let dir = std::env::temp_dir().join(format!("{}-demo", lab.prefix));
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("lab.toml");
+    std::fs::write(&cfg, lab.config_toml("[control]\nstats_interval = 1\n"))?;
+    println!(
+        "== configuration ({}):\n{}",
+        cfg.display(),
+        std::fs::read_to_string(&cfg)?
+    );
+
+    let exe = std::env::current_exe()?;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &lab.ingress()])
+        .arg(&exe)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting meshgate run")?;
+    let stdout = child.stdout.take().expect("piped");
+    let printer = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("   [meshgate] {line}");
+        }
+    });
+    let t0 = Instant::now();
+    while !lab::xdp_attached(&lab.ingress(), "in0")? {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("meshgate did not attach its XDP program within 10 s");
+        }
+        if let Some(st) = child.try_wait()? {
+            bail!("meshgate exited early: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let target: SocketAddr = (lab::INGRESS_ADDR, 8080).into();
+    println!("== {connections} TCP connections from the client to {target} (the published port)");
+    let answers = lab.in_ns(&lab.client(), move || {
+        (0..connections)
+            .map(|_| lab::tcp_request(target, Duration::from_secs(3)))
+            .collect::<Vec<_>>()
+    })?;
+    let mut per_task: BTreeMap<String, u32> = BTreeMap::new();
+    for (i, a) in answers.iter().enumerate() {
+        match a {
+            Ok(line) => {
+                if i < 6 {
+                    println!("   connection {:>2}: {line}", i + 1);
+                }
+                *per_task
+                    .entry(line.split_whitespace().next().unwrap_or("?").to_string())
+                    .or_default() += 1;
+            }
+            Err(e) => println!("   connection {:>2}: FAILED: {e}", i + 1),
+        }
+    }
+    println!("   ...");
+    println!(
+        "   spread over tasks: {per_task:?} (the tasks see the sandbox address 198.18.128.2 as the source, as in Swarm)"
+    );
+    let udp = lab.in_ns(&lab.client(), move || {
+        lab::udp_request(target, Duration::from_secs(3))
+    })?;
+    println!(
+        "== one UDP datagram to {target}: {}",
+        udp.as_deref().unwrap_or_else(|e| panic!("UDP failed: {e}"))
+    );
+    let ping = lab
+        .exec(&lab.client(), &["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        .map(|_| "answered by the kernel (XDP passed it)")
+        .unwrap_or("no answer");
+    println!("== ping 198.18.0.2 from the client: {ping}");
+
+    std::thread::sleep(Duration::from_millis(1200));
+    println!("== stopping meshgate (SIGINT)");
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()?;
+    let st = child.wait()?;
+    let _ = printer.join();
+    let attached = lab::xdp_attached(&lab.ingress(), "in0")?;
+    println!("== meshgate exited ({st}); XDP program still attached: {attached}");
+    let _ = std::fs::remove_dir_all(&dir);
+    drop(lab);
+    println!("== lab removed");
+    if answers.iter().any(|a| a.is_err()) || attached || !st.success() {
+        bail!("the demo did not go as expected");
+    }
+    Ok(())
+}

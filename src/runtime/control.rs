@@ -1,0 +1,290 @@
+//! The control thread: keeps the workers' tables in sync with the
+//! configuration and the kernel's neighbours, resolves missing next hops,
+//! keeps the program's port map in sync, and gathers statistics.
+//!
+//! Publishing a change: build a new immutable [`Snapshot`], send it to every
+//! worker (each switches between two batches), wait until all report the new
+//! generation, then update the BPF port map. Ports that go away leave the
+//! port map *before* the snapshot changes; ports that appear enter it
+//! *after*: a worker never receives a frame its tables do not describe.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+
+use super::stats::Stats;
+use super::worker::{Command, Mesh, WorkerReport};
+use crate::control::config::Config;
+use crate::control::netlink::{LinkFacts, Rtnl, Watcher};
+use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot, TaskId};
+use crate::xdp::bpf::{BpfError, Link};
+use crate::xdp::program::IngressProgram;
+
+/// How often the neighbour table is re-read even without notifications.
+const RESYNC_EVERY: Duration = Duration::from_secs(5);
+/// How often an unresolved next hop is asked for again.
+const RESOLVE_RETRY: Duration = Duration::from_millis(500);
+
+pub struct Control {
+    pub cfg: Config,
+    cfg_path: Option<PathBuf>,
+    link: LinkFacts,
+    registry: Registry,
+    neighbours: Arc<Neighbours>,
+    snapshot: Arc<Snapshot>,
+    program: IngressProgram,
+    xdp_link: Option<Link>,
+    published: BTreeSet<(u8, u16)>,
+    workers: Vec<Sender<Command>>,
+    mesh: Arc<Mesh>,
+    reports: Receiver<WorkerReport>,
+    garbage: Receiver<Arc<Snapshot>>,
+    resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
+    rtnl: Rtnl,
+    watcher: Watcher,
+    pub stats: Stats,
+    last_resync: Instant,
+    resolving: HashMap<Ipv4Addr, Instant>,
+    zero_copy: bool,
+}
+
+impl Control {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: Config,
+        cfg_path: Option<PathBuf>,
+        link: LinkFacts,
+        registry: Registry,
+        snapshot: Arc<Snapshot>,
+        program: IngressProgram,
+        xdp_link: Link,
+        workers: Vec<Sender<Command>>,
+        mesh: Arc<Mesh>,
+        reports: Receiver<WorkerReport>,
+        garbage: Receiver<Arc<Snapshot>>,
+        resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
+        rtnl: Rtnl,
+        watcher: Watcher,
+        zero_copy: bool,
+    ) -> Control {
+        let n = workers.len();
+        Control {
+            cfg,
+            cfg_path,
+            link,
+            registry,
+            neighbours: snapshot.neighbours.clone(),
+            snapshot,
+            program,
+            xdp_link: Some(xdp_link),
+            published: BTreeSet::new(),
+            workers,
+            mesh,
+            reports,
+            garbage,
+            resolve_q,
+            rtnl,
+            watcher,
+            stats: Stats::new(n),
+            last_resync: Instant::now(),
+            resolving: HashMap::new(),
+            zero_copy,
+        }
+    }
+
+    pub fn zero_copy(&self) -> bool {
+        self.zero_copy
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    pub fn summary_line(&self) -> String {
+        self.stats.summary_line(&self.snapshot)
+    }
+
+    pub fn wake_workers(&self) {
+        for s in &self.mesh.shared {
+            s.wake();
+        }
+    }
+
+    /// Detaches the XDP program (also happens if the process dies).
+    pub fn detach(&mut self) {
+        self.xdp_link = None;
+    }
+
+    pub fn drain_reports(&mut self) {
+        while let Ok(r) = self.reports.try_recv() {
+            self.stats.absorb(r);
+        }
+        while self.garbage.try_recv().is_ok() {}
+    }
+
+    /// The published (protocol, port) pairs of the current configuration.
+    fn wanted_ports(&self) -> BTreeSet<(u8, u16)> {
+        self.cfg
+            .services
+            .iter()
+            .flat_map(|s| s.publish.iter().map(|p| (p.protocol.number(), p.published)))
+            .collect()
+    }
+
+    /// Brings the program's port map to the configuration: additions (the
+    /// snapshot already has them).
+    pub fn sync_ports(&mut self) -> Result<(), BpfError> {
+        let want = self.wanted_ports();
+        for &(proto, port) in want.difference(&self.published.clone()) {
+            self.program.add_port(proto, port)?;
+            self.published.insert((proto, port));
+        }
+        Ok(())
+    }
+
+    /// Removes ports that are no longer published from the program's map.
+    fn unpublish_stale(&mut self) -> Result<(), BpfError> {
+        let want = self.wanted_ports();
+        for &(proto, port) in self.published.clone().difference(&want) {
+            self.program.remove_port(proto, port)?;
+            self.published.remove(&(proto, port));
+        }
+        Ok(())
+    }
+
+    /// Builds and publishes a snapshot of the current configuration and
+    /// neighbours; waits (up to a second) until every worker uses it.
+    pub fn publish(&mut self) -> Result<(), BpfError> {
+        self.unpublish_stale()?;
+        let before: BTreeSet<TaskId> = self.snapshot.tasks.iter().map(|t| t.id).collect();
+        let generation = self.snapshot.generation + 1;
+        let snap = Arc::new(Snapshot::build(
+            &self.cfg,
+            LinkInfo { mac: self.link.mac },
+            self.neighbours.clone(),
+            &mut self.registry,
+            generation,
+        ));
+        let after: BTreeSet<TaskId> = snap.tasks.iter().map(|t| t.id).collect();
+        let removed: Vec<TaskId> = before.difference(&after).copied().collect();
+        for w in &self.workers {
+            let _ = w.send(Command::Snapshot(snap.clone()));
+            if !removed.is_empty() {
+                let _ = w.send(Command::EndFlows(removed.clone()));
+            }
+        }
+        self.snapshot = snap;
+        self.wake_workers();
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while Instant::now() < deadline {
+            if self
+                .mesh
+                .shared
+                .iter()
+                .all(|s| s.generation.load(Ordering::Acquire) >= generation)
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.sync_ports()
+    }
+
+    /// Re-reads the configuration file; on any error the running tables
+    /// stay as they were.
+    pub fn reload(&mut self) -> Result<String, String> {
+        let path = self
+            .cfg_path
+            .clone()
+            .ok_or("meshgate was started without a configuration file")?;
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        self.apply_config(new)
+    }
+
+    /// Applies a new validated configuration (services, tasks, timeouts).
+    /// Node and ingress settings cannot change while running.
+    pub fn apply_config(&mut self, new: Config) -> Result<String, String> {
+        if new.node != self.cfg.node || new.ingress != self.cfg.ingress {
+            return Err(
+                "[node] and [ingress] cannot change while meshgate runs; restart it to apply them"
+                    .into(),
+            );
+        }
+        if new.flows != self.cfg.flows {
+            return Err("[flows] cannot change while meshgate runs; restart it to apply it".into());
+        }
+        let services = new.services.len();
+        let tasks: usize = new.services.iter().map(|s| s.tasks.len()).sum();
+        let old = std::mem::replace(&mut self.cfg, new);
+        if let Err(e) = self.publish() {
+            self.cfg = old;
+            let _ = self.publish();
+            return Err(format!("updating the XDP port map: {e}"));
+        }
+        Ok(format!(
+            "{services} service(s), {tasks} task(s), generation {}",
+            self.snapshot.generation
+        ))
+    }
+
+    /// Re-reads neighbours and routes; publishes when they changed.
+    fn refresh_neighbours(&mut self) {
+        let Ok(n) = self.rtnl.neighbour_table(self.link.index) else {
+            return;
+        };
+        if n.entries != self.neighbours.entries || n.routes != self.neighbours.routes {
+            self.neighbours = Arc::new(n);
+            if let Err(e) = self.publish() {
+                eprintln!("meshgate: publishing neighbour change: {e}");
+            }
+        }
+    }
+
+    /// Asks the kernel to resolve next hops the workers or the tables miss.
+    fn resolve_missing(&mut self) {
+        let mut want: Vec<Ipv4Addr> = Vec::new();
+        while let Some(a) = self.resolve_q.pop() {
+            want.push(a);
+        }
+        for (node, mac) in &self.snapshot.vteps {
+            if mac.is_none() {
+                want.push(self.neighbours.next_hop(*node));
+            }
+        }
+        let now = Instant::now();
+        for a in want {
+            if self
+                .resolving
+                .get(&a)
+                .is_some_and(|t| now.duration_since(*t) < RESOLVE_RETRY)
+            {
+                continue;
+            }
+            self.resolving.insert(a, now);
+            let _ = self.rtnl.resolve(self.link.index, a);
+        }
+        self.resolving
+            .retain(|_, t| now.duration_since(*t) < Duration::from_secs(10));
+    }
+
+    /// One round of control work, waiting up to `wait` for kernel events.
+    pub fn step(&mut self, wait: Duration) {
+        let notified = self.watcher.wait(wait) && self.watcher.changed();
+        if notified || self.last_resync.elapsed() >= RESYNC_EVERY {
+            self.refresh_neighbours();
+            self.last_resync = Instant::now();
+        }
+        self.resolve_missing();
+        while let Ok(r) = self.reports.try_recv() {
+            self.stats.absorb(r);
+        }
+        // Old snapshots are freed here, off the workers' fast path.
+        while self.garbage.try_recv().is_ok() {}
+    }
+}

@@ -1,0 +1,351 @@
+//! Assembly of a running forwarder: the XDP program, the sockets, the pinned
+//! workers and the control thread that keeps their tables in sync.
+//!
+//! Startup order matters: the program's socket map is filled before the
+//! program is attached, and the first snapshot reaches the workers before
+//! any published port is in the program's port map, so no frame reaches a
+//! worker that cannot handle it.
+
+pub mod control;
+pub mod stats;
+pub mod worker;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::queue::ArrayQueue;
+
+use crate::control::config::{Config, ConfigError, XdpMode};
+use crate::control::netlink::{NetlinkError, Rtnl, Watcher};
+use crate::dataplane::Pipeline;
+use crate::dataplane::tables::{LinkInfo, Registry, Snapshot};
+use crate::xdp::bpf::{BpfError, action, xdp_flags};
+use crate::xdp::program::{IngressParams, IngressProgram};
+use crate::xdp::umem::KERNEL_HEADROOM;
+use crate::xdp::{BindMode, Xsk, XskConfig, XskError};
+
+use self::control::Control;
+use self::worker::{Mesh, Worker, WorkerShared};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Bpf(#[from] BpfError),
+    #[error(transparent)]
+    Xsk(#[from] XskError),
+    #[error(
+        "node.queues: queue {queue} does not exist on {interface}, which has {available} RX queue(s) (see `ethtool -l {interface}`)"
+    )]
+    NoSuchQueue {
+        interface: String,
+        queue: u32,
+        available: u32,
+    },
+    #[error(
+        "{interface} has MTU {mtu}: frames of that size do not fit a {frame} byte UMEM frame with {headroom} bytes of headroom; lower the MTU to 1500"
+    )]
+    MtuTooLarge {
+        interface: String,
+        mtu: u32,
+        frame: u32,
+        headroom: usize,
+    },
+    #[error("{0}")]
+    Setup(String),
+    #[error("worker {0} stopped unexpectedly (panic); the XDP program has been detached")]
+    WorkerDied(usize),
+}
+
+/// Options of `meshgate run` that are not in the configuration file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config_path: Option<PathBuf>,
+    /// Print a one-line summary this often (None: never).
+    pub summary_every: Option<Duration>,
+    /// Stop after this long (tests, demos).
+    pub duration: Option<Duration>,
+    /// Control socket path (None: no API).
+    pub control_socket: Option<PathBuf>,
+}
+
+/// UMEM frame size: a 1500-byte frame, the kernel's headroom and the
+/// VXLAN headers fit in 2 KiB.
+pub const FRAME_SIZE: u32 = 2048;
+
+/// Everything that runs; dropping it stops the workers and detaches XDP.
+pub struct Forwarder {
+    stop: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    pub control: Control,
+}
+
+impl Forwarder {
+    /// Sets up the data plane for `cfg` and starts the workers.
+    pub fn start(
+        cfg: Config,
+        opts: &RunOptions,
+        stop: Arc<AtomicBool>,
+    ) -> Result<Forwarder, RunError> {
+        let mut rtnl = Rtnl::new()?;
+        let link = rtnl.link(&cfg.node.interface)?;
+        let queues: Vec<u32> = match &cfg.node.queues {
+            Some(q) => q.clone(),
+            None => (0..link.rx_queues.max(1)).collect(),
+        };
+        for &q in &queues {
+            if q >= link.rx_queues.max(1) {
+                return Err(RunError::NoSuchQueue {
+                    interface: cfg.node.interface.clone(),
+                    queue: q,
+                    available: link.rx_queues,
+                });
+            }
+        }
+        if KERNEL_HEADROOM + link.mtu as usize + 14 > FRAME_SIZE as usize {
+            return Err(RunError::MtuTooLarge {
+                interface: cfg.node.interface.clone(),
+                mtu: link.mtu,
+                frame: FRAME_SIZE,
+                headroom: KERNEL_HEADROOM,
+            });
+        }
+
+        let max_queue = queues.iter().copied().max().unwrap_or(0);
+        let program = IngressProgram::load(&IngressParams {
+            node_addr: cfg.node.address,
+            overlay_addr: cfg.ingress.address,
+            vni: cfg.ingress.vni,
+            vxlan_port: cfg.ingress.port,
+            queues: max_queue + 1,
+            miss_action: action::PASS,
+        })?;
+        let ring = (cfg.node.frames_per_queue / 2).clamp(64, 4096);
+        let xsk = Xsk::open(&XskConfig {
+            ifname: cfg.node.interface.clone(),
+            queues: queues.clone(),
+            frames_per_queue: cfg.node.frames_per_queue,
+            frame_size: FRAME_SIZE,
+            ring_size: ring,
+            mode: BindMode::Auto,
+            huge_pages: true,
+        })?;
+        for p in &xsk.ports {
+            program.register_socket(p.queue(), p.raw_fd())?;
+        }
+
+        // Neighbours first, so the first snapshot can already forward.
+        let watcher = Watcher::new()?;
+        let mut neighbours = rtnl.neighbour_table(link.index)?;
+        let missing: Vec<Ipv4Addr> = cfg
+            .services
+            .iter()
+            .flat_map(|s| s.tasks.iter().map(|t| t.node))
+            .filter(|n| neighbours.mac_for(*n).is_none())
+            .collect();
+        if !missing.is_empty() {
+            for n in &missing {
+                let _ = rtnl.resolve(link.index, neighbours.next_hop(*n));
+            }
+            // Give ARP a moment; anything still missing resolves later.
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(25));
+                neighbours = rtnl.neighbour_table(link.index)?;
+                if missing.iter().all(|n| neighbours.mac_for(*n).is_some()) {
+                    break;
+                }
+            }
+        }
+        let mut registry = Registry::default();
+        let neighbours = Arc::new(neighbours);
+        let snapshot = Arc::new(Snapshot::build(
+            &cfg,
+            LinkInfo { mac: link.mac },
+            neighbours.clone(),
+            &mut registry,
+            1,
+        ));
+
+        let n = xsk.ports.len();
+        let mesh = Arc::new(Mesh {
+            handoff: (0..n).map(|_| Arc::new(ArrayQueue::new(4096))).collect(),
+            returns: (0..n)
+                .map(|_| Arc::new(ArrayQueue::new(cfg.node.frames_per_queue as usize)))
+                .collect(),
+            shared: (0..n)
+                .map(|_| WorkerShared::new())
+                .collect::<Result<_, _>>()
+                .map_err(|e| RunError::Setup(format!("eventfd: {e}")))?,
+        });
+        let resolve_q = Arc::new(ArrayQueue::new(1024));
+        let (report_tx, report_rx) = crossbeam::channel::unbounded();
+        let (garbage_tx, garbage_rx) = crossbeam::channel::unbounded();
+        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let mut command_txs = Vec::new();
+        let mut handles = Vec::new();
+        let Xsk {
+            umem,
+            ports,
+            initial,
+            zero_copy,
+        } = xsk;
+        let max_flows = (cfg.flows.max as usize / n).max(16);
+        for (i, (port, frames)) in ports.into_iter().zip(initial).enumerate() {
+            let (ctx, crx) = crossbeam::channel::unbounded();
+            command_txs.push(ctx);
+            let mut pipeline = Pipeline::new(
+                snapshot.clone(),
+                i as u16,
+                n as u16,
+                max_flows,
+                cfg.flows.snat_ports,
+            );
+            pipeline.set_resolver(resolve_q.clone());
+            mesh.shared[i]
+                .generation
+                .store(snapshot.generation, Ordering::Release);
+            let w = Worker {
+                id: i as u16,
+                port,
+                umem: umem.clone(),
+                pipeline,
+                free: frames,
+                frames_per_queue: cfg.node.frames_per_queue,
+                mesh: mesh.clone(),
+                commands: crx,
+                reports: report_tx.clone(),
+                garbage: garbage_tx.clone(),
+                stop: stop.clone(),
+                batch: cfg.node.batch_size as usize,
+                poll: cfg.node.poll,
+                report_every: Duration::from_millis(250),
+            };
+            let core = match &cfg.node.cpus {
+                Some(c) => c.get(i).copied().map(|id| core_affinity::CoreId { id }),
+                // Queue i on CPU i+1 (mod n): CPU 0 usually takes most
+                // interrupts and the system's housekeeping.
+                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()]),
+                None => None,
+            };
+            let h = std::thread::Builder::new()
+                .name(format!("mg-worker-{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        core_affinity::set_for_current(c);
+                    }
+                    w.run();
+                })
+                .map_err(|e| RunError::Setup(format!("spawning worker {i}: {e}")))?;
+            handles.push(h);
+        }
+
+        let flags = match cfg.node.xdp_mode {
+            XdpMode::Native => xdp_flags::DRV_MODE,
+            XdpMode::Generic => xdp_flags::SKB_MODE,
+        };
+        let xdp_link = program.attach(link.index, flags, &cfg.node.interface)?;
+        let mut control = Control::new(
+            cfg,
+            opts.config_path.clone(),
+            link,
+            registry,
+            snapshot,
+            program,
+            xdp_link,
+            command_txs,
+            mesh,
+            report_rx,
+            garbage_rx,
+            resolve_q,
+            rtnl,
+            watcher,
+            zero_copy,
+        );
+        control.sync_ports()?;
+        Ok(Forwarder {
+            stop,
+            workers: handles,
+            control,
+        })
+    }
+
+    /// Index of a worker that has stopped (panicked), if any.
+    pub fn dead_worker(&self) -> Option<usize> {
+        self.workers.iter().position(|h| h.is_finished())
+    }
+
+    /// Stops the workers, collects their last reports and detaches XDP.
+    pub fn shutdown(mut self) -> Control {
+        self.stop.store(true, Ordering::SeqCst);
+        self.control.wake_workers();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.control.drain_reports();
+        self.control.detach();
+        self.control
+    }
+}
+
+/// `meshgate run`: forwards until SIGINT/SIGTERM (or `opts.duration`).
+pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let hup = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
+        .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
+    let iface = cfg.node.interface.clone();
+    let mut fwd = Forwarder::start(cfg, &opts, stop.clone())?;
+    println!(
+        "meshgate: forwarding on {iface} ({} queue(s), {} mode); published ports answer on {}",
+        fwd.workers.len(),
+        if fwd.control.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+        fwd.control.snapshot().identity.node_addr
+    );
+    let started = std::time::Instant::now();
+    let mut last_summary = std::time::Instant::now();
+    let mut died = None;
+    while !stop.load(Ordering::Relaxed) {
+        fwd.control.step(Duration::from_millis(50));
+        if hup.swap(false, Ordering::Relaxed) {
+            match fwd.control.reload() {
+                Ok(msg) => println!("meshgate: reload: {msg}"),
+                Err(e) => eprintln!("meshgate: reload rejected, tables unchanged: {e}"),
+            }
+        }
+        if let Some(every) = opts.summary_every {
+            if last_summary.elapsed() >= every {
+                println!("{}", fwd.control.summary_line());
+                last_summary = std::time::Instant::now();
+            }
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            break;
+        }
+        if let Some(w) = fwd.dead_worker() {
+            died = Some(w);
+            break;
+        }
+    }
+    let control = fwd.shutdown();
+    println!("{}", control.summary_line());
+    println!("meshgate: stopped; XDP program detached from {iface}");
+    match died {
+        Some(w) => Err(RunError::WorkerDied(w)),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,291 @@
+//! The poll-mode worker: one per queue, pinned to a core, owning its socket,
+//! its pipeline (flow table, counters) and its share of the UMEM frames.
+//!
+//! One iteration: apply control commands (between batches only) -> recycle
+//! TX completions -> refill the fill ring -> receive a batch -> run the
+//! pipeline on each frame -> take frames handed off by other workers ->
+//! transmit the batch with one kick -> expire a few idle flows.
+//!
+//! Frames handed to another worker travel as [`FrameToken`]s through
+//! lock-free queues (zero copy: all sockets share one UMEM). A frame always
+//! returns to the worker whose share it belongs to ("origin") once it is
+//! free again, so no worker's pool drains into another's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use crossbeam::queue::ArrayQueue;
+use hdrhistogram::Histogram;
+
+use crate::control::config::PollMode;
+use crate::dataplane::pipeline::Report;
+use crate::dataplane::tables::{Snapshot, TaskId};
+use crate::dataplane::{DropReason, FrameBuf, Pipeline, Verdict};
+use crate::xdp::{FrameToken, Port, Umem, XskStats};
+
+/// Commands from the control thread, applied between batches.
+pub enum Command {
+    /// Switch to this snapshot.
+    Snapshot(Arc<Snapshot>),
+    /// End every flow of these (removed) tasks now.
+    EndFlows(Vec<TaskId>),
+}
+
+/// What a worker ships to the control thread periodically.
+pub struct WorkerReport {
+    pub pipeline: Report,
+    /// Batch processing time in nanoseconds, since the last report.
+    pub batch_ns: Histogram<u64>,
+    pub xsk: XskStats,
+    pub bad_descs: u64,
+    pub free_frames: usize,
+}
+
+/// State a worker shares with the control thread and its peers.
+pub struct WorkerShared {
+    /// Generation of the snapshot the worker uses.
+    pub generation: AtomicU64,
+    sleeping: AtomicBool,
+    wake: nix::sys::eventfd::EventFd,
+}
+
+impl WorkerShared {
+    pub fn new() -> std::io::Result<Arc<WorkerShared>> {
+        let wake =
+            nix::sys::eventfd::EventFd::from_flags(nix::sys::eventfd::EfdFlags::EFD_NONBLOCK)?;
+        Ok(Arc::new(WorkerShared {
+            generation: AtomicU64::new(0),
+            sleeping: AtomicBool::new(false),
+            wake,
+        }))
+    }
+
+    /// Wakes the worker if it sleeps in `poll()`.
+    pub fn wake(&self) {
+        // SeqCst pairs with the worker's store of `sleeping` before its
+        // final check of its queues: either it sees our work, or we see it
+        // asleep and write the eventfd.
+        if self.sleeping.load(Ordering::SeqCst) {
+            let _ = self.wake.write(1);
+        }
+    }
+}
+
+/// The queues between workers: hand-offs (frames to process) and returns
+/// (free frames going home), one of each per worker.
+pub struct Mesh {
+    pub handoff: Vec<Arc<ArrayQueue<FrameToken>>>,
+    pub returns: Vec<Arc<ArrayQueue<FrameToken>>>,
+    pub shared: Vec<Arc<WorkerShared>>,
+}
+
+pub struct Worker {
+    pub id: u16,
+    pub port: Port,
+    pub umem: Arc<Umem>,
+    pub pipeline: Pipeline,
+    pub free: Vec<FrameToken>,
+    pub frames_per_queue: u32,
+    pub mesh: Arc<Mesh>,
+    pub commands: Receiver<Command>,
+    pub reports: Sender<WorkerReport>,
+    /// Old snapshots go back to the control thread to be freed there.
+    pub garbage: Sender<Arc<Snapshot>>,
+    pub stop: Arc<AtomicBool>,
+    pub batch: usize,
+    pub poll: PollMode,
+    pub report_every: Duration,
+}
+
+/// Idle iterations before an adaptive worker sleeps (about 50 µs of spinning).
+const SPIN_BEFORE_SLEEP: u32 = 2000;
+/// Longest sleep, so that idle flows still expire and reports still flow.
+const SLEEP_MS: u16 = 100;
+/// Flow-table slots examined per busy iteration, and per idle wake-up.
+const EXPIRE_BUDGET: usize = 64;
+const EXPIRE_BUDGET_IDLE: usize = 1 << 16;
+
+impl Worker {
+    fn origin(&self, t: &FrameToken) -> usize {
+        (self.umem.frame_index(t) / self.frames_per_queue) as usize
+    }
+
+    /// Gives a frame that is free again back to its origin worker.
+    fn recycle(&mut self, mut t: FrameToken) {
+        self.umem.reset(&mut t);
+        let o = self.origin(&t);
+        if o == self.id as usize {
+            self.free.push(t);
+        } else if let Err(t) = self.mesh.returns[o].push(t) {
+            // Its home queue is full: keep it; the pools even out later.
+            self.free.push(t);
+        } else {
+            self.mesh.shared[o].wake();
+        }
+    }
+
+    /// Runs the pipeline on `t` and routes it by verdict.
+    #[inline]
+    fn handle(&mut self, mut t: FrameToken, tx: &mut Vec<FrameToken>) {
+        let (off, len, verdict) = {
+            let len = t.len() as usize;
+            let (chunk, off) = self.umem.frame(&mut t);
+            let mut f = FrameBuf::new(chunk, off, len);
+            let v = self.pipeline.process(&mut f);
+            (f.off, f.len, v)
+        };
+        match verdict {
+            Verdict::Transmit => {
+                self.umem.set_data(&mut t, off, len);
+                tx.push(t);
+            }
+            Verdict::Drop(_) => self.recycle(t),
+            Verdict::Handoff(w) => {
+                let w = w as usize;
+                if w == self.id as usize || w >= self.mesh.handoff.len() {
+                    self.pipeline.count_drop(DropReason::HandoffFull);
+                    self.recycle(t);
+                } else {
+                    match self.mesh.handoff[w].push(t) {
+                        Ok(()) => self.mesh.shared[w].wake(),
+                        Err(t) => {
+                            self.pipeline.count_drop(DropReason::HandoffFull);
+                            self.recycle(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_commands(&mut self) {
+        while let Ok(c) = self.commands.try_recv() {
+            match c {
+                Command::Snapshot(s) => {
+                    let g = s.generation;
+                    let old = self.pipeline.set_snapshot(s);
+                    let _ = self.garbage.send(old);
+                    self.mesh.shared[self.id as usize]
+                        .generation
+                        .store(g, Ordering::Release);
+                }
+                Command::EndFlows(ids) => {
+                    self.pipeline.end_flows_where(|f| ids.contains(&f.task_id));
+                }
+            }
+        }
+    }
+
+    fn report(&mut self, hist: &mut Histogram<u64>) {
+        let r = WorkerReport {
+            pipeline: self.pipeline.take_report(),
+            batch_ns: hist.clone(),
+            xsk: self.port.stats(),
+            bad_descs: self.port.bad_descs,
+            free_frames: self.free.len(),
+        };
+        hist.reset();
+        let _ = self.reports.send(r);
+    }
+
+    /// The poll loop; returns when `stop` is set.
+    pub fn run(mut self) {
+        let me = self.id as usize;
+        let start = Instant::now();
+        let mut rx: Vec<FrameToken> = Vec::with_capacity(self.batch);
+        let mut tx: Vec<FrameToken> = Vec::with_capacity(self.batch * 2);
+        let mut done: Vec<FrameToken> = Vec::with_capacity(self.batch * 4);
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+        let mut last_report = Instant::now();
+        let mut idle: u32 = 0;
+        let inbox = self.mesh.handoff[me].clone();
+        let returns = self.mesh.returns[me].clone();
+        let shared = self.mesh.shared[me].clone();
+        let batch = self.batch as u32;
+        while !self.stop.load(Ordering::Relaxed) {
+            self.apply_commands();
+            let now = Instant::now();
+            self.pipeline
+                .set_now(now.duration_since(start).as_millis() as u32);
+
+            // Recycle frames the kernel has sent, and frames coming home.
+            self.port.complete(&mut done, batch * 4);
+            for t in done.drain(..) {
+                self.recycle(t);
+            }
+            for _ in 0..batch * 4 {
+                match returns.pop() {
+                    Some(t) => self.free.push(t),
+                    None => break,
+                }
+            }
+            self.port.fill(&mut self.free);
+
+            let n = self.port.recv(&mut rx, batch);
+            self.pipeline.events_mut().rx += n as u64;
+            let mut work = n;
+            for t in rx.drain(..) {
+                self.handle(t, &mut tx);
+            }
+            for _ in 0..batch {
+                match inbox.pop() {
+                    Some(t) => {
+                        work += 1;
+                        self.handle(t, &mut tx);
+                    }
+                    None => break,
+                }
+            }
+            if !tx.is_empty() {
+                self.port.transmit(&mut tx);
+                for t in tx.drain(..) {
+                    // The TX ring is full: the kernel is not keeping up.
+                    self.pipeline.count_drop(DropReason::TxFull);
+                    self.recycle(t);
+                }
+            }
+            self.port.kick();
+            if work > 0 {
+                hist.saturating_record(now.elapsed().as_nanos() as u64);
+                idle = 0;
+                self.pipeline.expire(EXPIRE_BUDGET);
+            } else {
+                idle = idle.saturating_add(1);
+            }
+
+            if last_report.elapsed() >= self.report_every {
+                self.report(&mut hist);
+                last_report = Instant::now();
+            }
+
+            if work == 0
+                && self.poll == PollMode::Adaptive
+                && idle >= SPIN_BEFORE_SLEEP
+                && self.port.tx_in_flight() == 0
+            {
+                shared.sleeping.store(true, Ordering::SeqCst);
+                if inbox.is_empty()
+                    && returns.is_empty()
+                    && self.commands.is_empty()
+                    && !self.stop.load(Ordering::Relaxed)
+                {
+                    use std::os::fd::AsFd;
+                    let mut fds = [
+                        nix::poll::PollFd::new(self.port.as_fd(), nix::poll::PollFlags::POLLIN),
+                        nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN),
+                    ];
+                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS));
+                    let _ = shared.wake.read();
+                }
+                shared.sleeping.store(false, Ordering::SeqCst);
+                self.pipeline.set_now(start.elapsed().as_millis() as u32);
+                self.pipeline.expire(EXPIRE_BUDGET_IDLE);
+                idle = SPIN_BEFORE_SLEEP / 2;
+            }
+        }
+        self.report(&mut hist);
+    }
+}
