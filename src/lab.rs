@@ -140,6 +140,8 @@ pub struct Lab {
     pub opts: LabOptions,
     pub tasks: Vec<LabTask>,
     namespaces: Vec<String>,
+    /// Steers frames into the ingress queues by flow hash (several queues only).
+    rss: Option<crate::xdp::program::RssSteering>,
 }
 
 impl Lab {
@@ -245,6 +247,7 @@ impl Lab {
             opts,
             tasks,
             namespaces: Vec::new(),
+            rss: None,
         };
         lab.build_inner()?;
         Ok(lab)
@@ -260,18 +263,16 @@ impl Lab {
         self.ip(&sw, &["link", "add", "br0", "type", "bridge"])?;
         self.ip(&sw, &["link", "set", "br0", "up"])?;
 
-        self.veth(&client, "eth0", &sw, "p-client", 1)?;
+        // With several ingress queues, the veths feeding the switch get as
+        // many: a bridge keeps a frame on the queue it arrived on, so this
+        // is what spreads flows over the ingress queues (as RSS would).
+        let q = self.opts.queues.max(1);
+        self.veth(&client, "eth0", &sw, "p-client", q)?;
         self.ip(&client, &["addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
         self.ip(&client, &["link", "set", "eth0", "up"])?;
         self.tx_checksum_off(&client, "eth0")?;
 
-        let q = self.opts.queues.max(1);
         self.veth(&ingress, "in0", &sw, "p-in", q)?;
-        if q > 1 {
-            let qs = q.to_string();
-            self.exec(&ingress, &["ethtool", "-L", "in0", "rx", &qs, "tx", &qs])?;
-            self.exec(&sw, &["ethtool", "-L", "p-in", "rx", &qs, "tx", &qs])?;
-        }
         self.ip(&ingress, &["addr", "add", "198.18.0.2/24", "dev", "in0"])?;
         self.ip(&ingress, &["link", "set", "in0", "up"])?;
 
@@ -279,12 +280,31 @@ impl Lab {
             self.ip(&sw, &["link", "set", p, "master", "br0"])?;
             self.ip(&sw, &["link", "set", p, "up"])?;
         }
+        if q > 1 {
+            // A bridge sends every forwarded frame on one transmit queue of
+            // p-in, hence into one receive queue of in0; spread them by flow
+            // hash instead, as a NIC's RSS does.
+            let rss = self.in_ns(
+                &sw,
+                move || -> Result<crate::xdp::program::RssSteering, String> {
+                    let mut rtnl =
+                        crate::control::netlink::Rtnl::new().map_err(|e| e.to_string())?;
+                    let idx = rtnl.link("p-in").map_err(|e| e.to_string())?.index;
+                    crate::xdp::program::RssSteering::attach(idx, "p-in", q)
+                        .map_err(|e| e.to_string())
+                },
+            )?;
+            self.rss = Some(rss.map_err(|err| LabError::Setns {
+                ns: sw.clone(),
+                err,
+            })?);
+        }
 
         for i in 0..self.opts.nodes {
             let node = self.node(i);
             self.add_ns(&node)?;
             let port = format!("p-n{}", i + 1);
-            self.veth(&node, "eth0", &sw, &port, 1)?;
+            self.veth(&node, "eth0", &sw, &port, q)?;
             self.ip(&sw, &["link", "set", &port, "master", "br0"])?;
             self.ip(&sw, &["link", "set", &port, "up"])?;
             let a = format!("{}/24", node_addr(i));

@@ -32,6 +32,9 @@ enum Cmd {
         /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
         #[arg(long)]
         duration: Option<f64>,
+        /// Write statistics as JSON to this file at every summary and on exit.
+        #[arg(long)]
+        stats_file: Option<PathBuf>,
     },
     /// Validate a configuration file; exits non-zero with a precise message on any mistake.
     Check {
@@ -72,7 +75,11 @@ fn real_main() -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Run { config, duration } => {
+        Cmd::Run {
+            config,
+            duration,
+            stats_file,
+        } => {
             let cfg = Config::load(&config)?;
             let every = Duration::from_secs_f64(cfg.control.stats_interval);
             runtime::run(
@@ -82,6 +89,7 @@ fn real_main() -> Result<()> {
                     summary_every: Some(every),
                     duration: duration.map(Duration::from_secs_f64),
                     control_socket: None,
+                    stats_file,
                 },
             )
             .with_context(|| format!("running {}", config.display()))

@@ -74,6 +74,8 @@ pub struct RunOptions {
     pub duration: Option<Duration>,
     /// Control socket path (None: no API).
     pub control_socket: Option<PathBuf>,
+    /// Write the statistics as JSON here at every summary and on exit.
+    pub stats_file: Option<PathBuf>,
 }
 
 /// UMEM frame size: a 1500-byte frame, the kernel's headroom and the
@@ -330,6 +332,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         if let Some(every) = opts.summary_every {
             if last_summary.elapsed() >= every {
                 println!("{}", fwd.control.summary_line());
+                write_stats(&fwd.control, opts.stats_file.as_deref());
                 last_summary = std::time::Instant::now();
             }
         }
@@ -343,9 +346,20 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     }
     let control = fwd.shutdown();
     println!("{}", control.summary_line());
+    write_stats(&control, opts.stats_file.as_deref());
     println!("meshgate: stopped; XDP program detached from {iface}");
     match died {
         Some(w) => Err(RunError::WorkerDied(w)),
         None => Ok(()),
+    }
+}
+
+/// Writes the statistics JSON atomically (write, then rename).
+fn write_stats(control: &Control, path: Option<&std::path::Path>) {
+    let Some(path) = path else { return };
+    let tmp = path.with_extension("tmp");
+    let json = control.stats.to_json(control.snapshot());
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&json).unwrap_or_default()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
     }
 }

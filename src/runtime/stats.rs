@@ -77,6 +77,9 @@ impl Stats {
             e.flows_created,
             self.drops.total()
         );
+        if e.handoffs > 0 {
+            s.push_str(&format!("  handoffs {}", e.handoffs));
+        }
         let mut reasons: Vec<(&str, u64)> = self.drops.nonzero().collect();
         reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
         if !reasons.is_empty() {

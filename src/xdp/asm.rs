@@ -45,6 +45,7 @@ pub enum Alu {
     Or = 0x40,
     And = 0x50,
     Lsh = 0x60,
+    Mod = 0x90,
     Mov = 0xb0,
 }
 
@@ -62,6 +63,7 @@ const PSEUDO_MAP_FD: u8 = 1;
 /// Helper function ids.
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: i32 = 1;
+    pub const GET_HASH_RECALC: i32 = 34;
     pub const REDIRECT_MAP: i32 = 51;
 }
 

@@ -29,8 +29,10 @@ pub mod map_type {
     pub const XSKMAP: u32 = 17;
 }
 
+pub const PROG_TYPE_SCHED_CLS: u32 = 3;
 pub const PROG_TYPE_XDP: u32 = 6;
 pub const ATTACH_TYPE_XDP: u32 = 37;
+pub const ATTACH_TYPE_TCX_EGRESS: u32 = 47;
 
 /// `XDP_FLAGS_*` for attaching.
 pub mod xdp_flags {
@@ -257,11 +259,25 @@ impl Program {
     /// Loads an XDP program. On a verifier rejection the error carries the
     /// verifier's log.
     pub fn load_xdp(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
+        Self::load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, insns, name)
+    }
+
+    /// Loads a tc (sched_cls) program for tcx egress.
+    pub fn load_tc(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
+        Self::load(PROG_TYPE_SCHED_CLS, ATTACH_TYPE_TCX_EGRESS, insns, name)
+    }
+
+    fn load(
+        prog_type: u32,
+        attach_type: u32,
+        insns: &[Insn],
+        name: &str,
+    ) -> Result<Program, BpfError> {
         let license = CString::new("Dual MIT/GPL").expect("no NUL");
         let mut log = vec![0u8; 1 << 16];
         let attempt = |log_level: u32, log: &mut Vec<u8>| {
             let mut a = Attr::new();
-            a.u32(0, PROG_TYPE_XDP)
+            a.u32(0, prog_type)
                 .u32(4, insns.len() as u32)
                 .u64(8, insns.as_ptr() as u64)
                 .u64(16, license.as_ptr() as u64)
@@ -276,7 +292,7 @@ impl Program {
                     },
                 )
                 .name(48, name)
-                .u32(68, ATTACH_TYPE_XDP);
+                .u32(68, attach_type);
             sys_bpf(cmd::PROG_LOAD, &mut a)
         };
         let r = attempt(0, &mut log);
@@ -296,7 +312,7 @@ impl Program {
                 name: name.to_string(),
             });
         }
-        let mut e = BpfError::last(format!("loading XDP program {name}"));
+        let mut e = BpfError::last(format!("loading BPF program {name}"));
         let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
         let text = String::from_utf8_lossy(&log[..end]);
         let tail: Vec<&str> = text.lines().rev().take(20).collect();
@@ -370,7 +386,22 @@ impl Program {
     }
 }
 
-/// An attached XDP program; dropping it detaches the program.
+impl Program {
+    /// Attaches a tc program to `ifindex`'s egress through a tcx link.
+    pub fn attach_tcx_egress(&self, ifindex: u32, ifname: &str) -> Result<Link, BpfError> {
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u32(4, ifindex)
+            .u32(8, ATTACH_TYPE_TCX_EGRESS);
+        let r = sys_bpf(cmd::LINK_CREATE, &mut a);
+        fd_result(r, || {
+            format!("attaching tc program {} to {ifname} egress", self.name)
+        })
+        .map(|fd| Link { fd })
+    }
+}
+
+/// An attached program; dropping it detaches the program.
 #[derive(Debug)]
 pub struct Link {
     fd: OwnedFd,

@@ -1,0 +1,134 @@
+//! Shared helpers of the end-to-end tests: privilege checks and a running
+//! `meshgate` process in a lab's ingress namespace.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use meshgate::lab::{self, Lab};
+
+/// True when the test may run. Lab tests need root (namespaces, XDP,
+/// AF_XDP); without it they fail with a message, unless
+/// MESHGATE_SKIP_PRIVILEGED=1 opts out explicitly.
+pub fn privileged() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("MESHGATE_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("skipped: not root and MESHGATE_SKIP_PRIVILEGED=1");
+        return false;
+    }
+    panic!(
+        "this test builds network namespaces and attaches XDP: run it as root (or set MESHGATE_SKIP_PRIVILEGED=1 to skip it)"
+    );
+}
+
+/// A `meshgate run` in the lab's ingress namespace; killed if dropped.
+pub struct Meshgate {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub stats: PathBuf,
+    pub stdout: PathBuf,
+    ns: String,
+}
+
+impl Meshgate {
+    /// Starts meshgate with `config` and waits until its XDP program is attached.
+    pub fn start(lab: &Lab, config: &str) -> Meshgate {
+        let dir = std::env::temp_dir().join(format!("{}-mg", lab.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("meshgate.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let stats = dir.join("stats.json");
+        let stdout = dir.join("stdout.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.ingress()])
+            .arg(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .arg("--stats-file")
+            .arg(&stats)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawning meshgate");
+        let mut m = Meshgate {
+            child: Some(child),
+            dir,
+            config: cfg,
+            stats,
+            stdout,
+            ns: lab.ingress(),
+        };
+        let t0 = Instant::now();
+        loop {
+            if lab::xdp_attached(&m.ns, "in0").unwrap() && m.log().contains("forwarding on") {
+                break;
+            }
+            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("meshgate exited at start ({st}):\n{}", m.log());
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(15),
+                "meshgate did not start within 15 s:\n{}",
+                m.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+    }
+
+    /// Sends SIGINT and waits for the exit; returns the status and stdout.
+    pub fn stop(mut self) -> (ExitStatus, String, serde_json::Value) {
+        self.signal("INT");
+        let mut child = self.child.take().unwrap();
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                let _ = child.kill();
+                panic!("meshgate did not stop within 10 s of SIGINT");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stats = self.stats_json();
+        (st, self.log(), stats)
+    }
+
+    /// The last statistics meshgate wrote.
+    pub fn stats_json(&self) -> serde_json::Value {
+        std::fs::read(&self.stats)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Meshgate {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,203 @@
+//! End to end through the namespace lab: a client talks to the published
+//! port; meshgate (not the kernel) carries the flows in VXLAN to tasks on
+//! two nodes with real kernel VXLAN devices, and carries the replies back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Meshgate, privileged};
+use meshgate::lab::{self, Lab, LabOptions};
+
+const T: Duration = Duration::from_secs(3);
+
+fn target() -> SocketAddr {
+    (lab::INGRESS_ADDR, 8080).into()
+}
+
+/// Splits "task-a 198.18.128.2:40000" into (task, source address seen).
+fn parse(line: &str) -> (String, String) {
+    let mut it = line.split_whitespace();
+    let task = it.next().unwrap_or_default().to_string();
+    let src = it
+        .next()
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (task, src)
+}
+
+#[test]
+fn routing_mesh_end_to_end() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::build(LabOptions::default()).expect("lab");
+    let _servers = lab.start_servers().expect("servers");
+    let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.5\n"));
+
+    // 30 TCP connections spread 10/10/10; every task sees the sandbox address.
+    let answers = lab
+        .in_ns(&lab.client(), || {
+            (0..30)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut per_task: BTreeMap<String, u32> = BTreeMap::new();
+    for a in &answers {
+        let line = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a TCP connection failed: {e}\n{}", mg.log()));
+        let (task, src) = parse(line);
+        assert_eq!(
+            src, "198.18.128.2",
+            "the task sees the ingress sandbox address as the source: {line}"
+        );
+        *per_task.entry(task).or_default() += 1;
+    }
+    assert_eq!(
+        per_task,
+        BTreeMap::from([
+            ("task-a".into(), 10),
+            ("task-b".into(), 10),
+            ("task-c".into(), 10)
+        ])
+    );
+
+    // UDP works the same way, and datagram flows rotate too.
+    let udp = lab
+        .in_ns(&lab.client(), || {
+            (0..3)
+                .map(|_| lab::udp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut udp_tasks = std::collections::BTreeSet::new();
+    for a in &udp {
+        let line = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("a UDP exchange failed: {e}"));
+        let (task, src) = parse(line);
+        assert_eq!(src, "198.18.128.2");
+        udp_tasks.insert(task);
+    }
+    assert_eq!(udp_tasks.len(), 3, "three UDP flows, three tasks: {udp:?}");
+
+    // An existing TCP connection keeps its task while new ones rotate.
+    let (kept, rotated) = lab
+        .in_ns(&lab.client(), || {
+            use std::io::Write;
+            let mut long = TcpStream::connect_timeout(&target(), T).unwrap();
+            long.set_read_timeout(Some(T)).unwrap();
+            let mut kept = Vec::new();
+            let mut rotated = Vec::new();
+            for _ in 0..6 {
+                long.write_all(b"again\n").unwrap();
+                kept.push(parse(&lab::read_line(&mut long).unwrap()).0);
+                rotated.push(parse(&lab::tcp_request(target(), T).unwrap()).0);
+            }
+            (kept, rotated)
+        })
+        .unwrap();
+    assert!(
+        kept.iter().all(|t| *t == kept[0]),
+        "the long connection moved: {kept:?}"
+    );
+    let distinct: std::collections::BTreeSet<_> = rotated.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        3,
+        "new connections rotate over all tasks: {rotated:?}"
+    );
+
+    // The kernel still answers ping and ARP on the node address.
+    lab.exec(&lab.client(), &["ping", "-c", "1", "-W", "2", "198.18.0.2"])
+        .expect("ping to the node address");
+    let neigh = lab
+        .ip(&lab.client(), &["neigh", "show", "198.18.0.2"])
+        .unwrap();
+    assert!(
+        neigh.contains("lladdr"),
+        "the client resolved the node address by ARP: {neigh}"
+    );
+
+    // Counters: meshgate forwarded and counted what the test sent.
+    std::thread::sleep(Duration::from_millis(700));
+    let live = mg.stats_json();
+    let flows = live["events"]["flows_created"].as_u64().unwrap();
+    assert_eq!(flows, 30 + 3 + 1 + 6, "flows created: {live}");
+    assert!(
+        live["events"]["arp_replies"].as_u64().unwrap() >= 2,
+        "tasks resolved the sandbox through meshgate: {live}"
+    );
+
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "meshgate exit status {st}:\n{log}");
+    assert!(log.contains("XDP program detached"), "{log}");
+    assert!(
+        !lab::xdp_attached(&lab.ingress(), "in0").unwrap(),
+        "no XDP program left on in0"
+    );
+    // Without meshgate the published port is the kernel's again: closed.
+    let after = lab
+        .in_ns(&lab.client(), || {
+            lab::tcp_request(target(), Duration::from_secs(1))
+        })
+        .unwrap();
+    assert!(
+        after.is_err(),
+        "the kernel does not forward the published port: {after:?}"
+    );
+}
+
+#[test]
+fn replies_arriving_on_another_queue_are_translated() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::build(LabOptions {
+        queues: 2,
+        ..LabOptions::default()
+    })
+    .expect("lab");
+    let _servers = lab.start_servers().expect("servers");
+    let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.5\n"));
+    assert!(mg.log().contains("2 queue(s)"), "{}", mg.log());
+    let answers = lab
+        .in_ns(&lab.client(), || {
+            (0..60)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 60 connections failed: {failed:?}\n{}",
+        failed.len(),
+        mg.log()
+    );
+    let udp = lab
+        .in_ns(&lab.client(), || {
+            (0..20)
+                .map(|_| lab::udp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(udp.iter().all(|a| a.is_ok()), "{udp:?}");
+    let (st, log, stats) = mg.stop();
+    assert!(st.success(), "{log}");
+    let handoffs = stats["events"]["handoffs"].as_u64().unwrap();
+    assert!(
+        handoffs > 0,
+        "replies crossed queues and were handed to the flow's worker: {stats}"
+    );
+    assert_eq!(stats["drops"]["handoff_full"].as_u64().unwrap(), 0);
+    let per_worker = stats["flows_per_worker"].as_array().unwrap();
+    assert_eq!(per_worker.len(), 2);
+}
