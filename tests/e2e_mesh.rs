@@ -201,3 +201,62 @@ fn replies_arriving_on_another_queue_are_translated() {
     let per_worker = stats["flows_per_worker"].as_array().unwrap();
     assert_eq!(per_worker.len(), 2);
 }
+
+/// SIGTERM stops meshgate cleanly; SIGKILL cannot stop the kernel from
+/// detaching the program (it is attached through a link owned by the
+/// process), and the kernel path answers the port again.
+#[test]
+fn xdp_program_goes_away_on_sigterm_and_sigkill() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::build(LabOptions::default()).expect("lab");
+    let _servers = lab.start_servers().expect("servers");
+    let cfg = lab.config_toml("");
+    let mg = Meshgate::start(&lab, &cfg);
+    mg.signal("TERM");
+    let t0 = std::time::Instant::now();
+    while lab::xdp_attached(&lab.ingress(), "in0").unwrap() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "still attached 10 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(mg);
+
+    let mut mg = Meshgate::start(&lab, &cfg);
+    assert!(
+        lab.in_ns(&lab.client(), || lab::tcp_request(target(), T))
+            .unwrap()
+            .is_ok()
+    );
+    mg.signal("KILL");
+    let _ = mg.child.as_mut().unwrap().wait();
+    let t0 = std::time::Instant::now();
+    while lab::xdp_attached(&lab.ingress(), "in0").unwrap() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the kernel did not detach the program after SIGKILL"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The published port is the kernel's again: connection refused, at once.
+    let r = lab
+        .in_ns(&lab.client(), || lab::tcp_request(target(), T))
+        .unwrap();
+    let e = r.expect_err("nothing listens on 8080 without meshgate");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    // And a restarted meshgate rebuilds its state from the configuration.
+    let mg = Meshgate::start(&lab, &cfg);
+    let again = lab
+        .in_ns(&lab.client(), || {
+            (0..3)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(again.iter().all(|a| a.is_ok()), "{again:?}");
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+}

@@ -220,6 +220,18 @@ pub fn vxlan_frame(
     v
 }
 
+/// A reset meshgate sends a client from the published port (window 0).
+pub fn reset_to_client(client_port: u16, seq: u32, ack: u32, f: Flags) -> Vec<u8> {
+    let mut h = tcp_header(PUBLISHED, client_port, seq, ack, f);
+    h.window_size = 0;
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv4(NODE.octets(), CLIENT.octets(), 64)
+        .tcp_header(h);
+    let mut v = Vec::with_capacity(b.size(0));
+    b.write(&mut v, b"").expect("fixture frame");
+    v
+}
+
 /// A client segment to the published port.
 pub fn client_tcp(sport: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
     tcp_frame(
@@ -555,9 +567,33 @@ pub fn cases() -> Vec<Case> {
             Expect::Frame(expected_arp_reply(2)),
         ),
         case(
-            "tcp ack without a flow",
+            "tcp data without a flow is answered with a reset",
             vec![],
             data.clone(),
+            Expect::Frame(reset_to_client(
+                40000,
+                5001,
+                0,
+                Flags {
+                    rst: true,
+                    ..Flags::default()
+                },
+            )),
+        ),
+        case(
+            "a reset without a flow is not answered",
+            vec![],
+            client_tcp(
+                40000,
+                1001,
+                5001,
+                Flags {
+                    rst: true,
+                    ack: true,
+                    ..Flags::default()
+                },
+                b"",
+            ),
             Expect::Drop(DropReason::TcpNoFlow),
         ),
         case(

@@ -105,6 +105,30 @@ pub struct Report {
     pub flows: usize,
 }
 
+/// Frames a worker generates itself (TCP resets, ICMP errors) per 100 ms.
+pub const GENERATED_PER_TICK: u32 = 100;
+
+/// A budget of generated frames per 100 ms tick.
+struct RateLimit {
+    tick: u32,
+    left: u32,
+}
+
+impl RateLimit {
+    fn take(&mut self, now_ms: u32) -> bool {
+        let t = now_ms / 100;
+        if t != self.tick {
+            self.tick = t;
+            self.left = GENERATED_PER_TICK;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+}
+
 /// Mutable per-worker state, separate from the snapshot so both can be
 /// borrowed at once.
 struct State {
@@ -119,6 +143,7 @@ struct State {
     /// Counters of tasks of earlier snapshots, not yet reported.
     carried: Vec<(TaskId, TaskCounters)>,
     resolve: Option<Arc<ArrayQueue<Ipv4Addr>>>,
+    generated: RateLimit,
 }
 
 /// One worker's pipeline: its snapshot, flow table and counters.
@@ -150,6 +175,10 @@ impl Pipeline {
                 tasks: vec![TaskCounters::default(); ntasks],
                 carried: Vec::new(),
                 resolve: None,
+                generated: RateLimit {
+                    tick: u32::MAX,
+                    left: 0,
+                },
             },
             snap,
         }
@@ -498,7 +527,7 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
         } else if flow_task(snap, gen32, flow).is_none() {
             end_flow(snap, st, s);
             if proto == protocol::TCP {
-                return send_reset(snap, st, f);
+                return send_reset(snap, st, f, DropReason::TaskGone);
             }
             // A datagram of a gone task's flow starts a new flow.
             slot = None;
@@ -508,7 +537,10 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
         Some(s) => s,
         None => {
             if tcp_flags.is_some() && !is_syn {
-                return Err(DropReason::TcpNoFlow);
+                // As the kernel answers a segment of a connection it does
+                // not know: a reset, so that clients of a restarted or
+                // evicted flow learn it at once.
+                return send_reset(snap, st, f, DropReason::TcpNoFlow);
             }
             let svc = &snap.services[port.service as usize];
             let hash = flow_hash(&key);
@@ -866,6 +898,7 @@ fn send_reset(
     snap: &Snapshot,
     st: &mut State,
     f: &mut FrameBuf<'_>,
+    reason: DropReason,
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
@@ -879,12 +912,15 @@ fn send_reset(
         t.seq_number(),
         t.ack_number(),
     );
-    if flags & tcp::flags::RST != 0 {
-        return Err(DropReason::TaskGone);
+    // Never answer a reset; and answer at most `GENERATED_PER_TICK` per
+    // 100 ms, so that a flood of stray segments cannot make meshgate a
+    // reflector.
+    if flags & tcp::flags::RST != 0 || !st.generated.take(st.now) {
+        return Err(reason);
     }
     let Some(mac) = snap.neighbours.mac_for(client) else {
         request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(DropReason::TaskGone);
+        return Err(reason);
     };
     let seg_len = t.payload().len() as u32
         + u32::from(flags & tcp::flags::SYN != 0)
@@ -932,6 +968,6 @@ fn send_reset(
         client,
     );
     st.events.resets_sent += 1;
-    st.drops.inc(DropReason::TaskGone);
+    st.drops.inc(reason);
     Ok(Verdict::Transmit)
 }

@@ -63,6 +63,8 @@ fn every_drop_is_counted_once() {
                 assert_eq!(after - before, 1, "{}", c.name);
                 assert!(p.drops().get(r) >= 1, "{}", c.name);
             }
+            // A generated reset answers a dropped segment: one drop, one reset.
+            _ if p.events().resets_sent > 0 => assert_eq!(after - before, 1, "{}", c.name),
             _ => assert_eq!(after, before, "{}", c.name),
         }
     }
@@ -391,4 +393,30 @@ proptest! {
 #[test]
 fn mac_helpers() {
     assert_eq!(overlay_mac(), MacAddr([0x02, 0x42, 198, 18, 128, 2]));
+}
+
+#[test]
+fn generated_resets_are_rate_limited() {
+    let mut p = lab_pipeline(0, 1);
+    p.set_now(1_000);
+    let mut sent = 0;
+    for i in 0..(super::pipeline::GENERATED_PER_TICK + 50) {
+        let (v, _) = run(&mut p, &client_tcp(30000 + i as u16, 5, 9, ACK, b""));
+        if v == Verdict::Transmit {
+            sent += 1;
+        } else {
+            assert_eq!(v, Verdict::Drop(DropReason::TcpNoFlow));
+        }
+    }
+    assert_eq!(sent, super::pipeline::GENERATED_PER_TICK);
+    assert_eq!(
+        p.drops().get(DropReason::TcpNoFlow),
+        u64::from(super::pipeline::GENERATED_PER_TICK) + 50
+    );
+    // The next tick has a fresh budget.
+    p.set_now(1_100);
+    assert_eq!(
+        run(&mut p, &client_tcp(29000, 5, 9, ACK, b"")).0,
+        Verdict::Transmit
+    );
 }

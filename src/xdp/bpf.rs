@@ -54,7 +54,7 @@ pub mod action {
 #[error("{what}: {source}{hint}")]
 pub struct BpfError {
     pub what: String,
-    #[source]
+    /// Part of the message, not a `#[source]`, so that it is printed once.
     pub source: std::io::Error,
     /// The verifier's log or a hint to fix it, prefixed with a newline.
     pub hint: String,

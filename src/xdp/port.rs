@@ -55,7 +55,7 @@ pub struct XskConfig {
 #[error("{what}: {source}{hint}")]
 pub struct XskError {
     pub what: String,
-    #[source]
+    /// Part of the message, not a `#[source]`, so that it is printed once.
     pub source: io::Error,
     pub hint: String,
 }
@@ -127,7 +127,24 @@ pub struct Xsk {
 
 impl Xsk {
     /// Opens one socket per queue of `cfg.queues` on a shared UMEM.
+    ///
+    /// A queue stays busy for a moment after the socket that used it closed
+    /// (the kernel releases it asynchronously), so a quick restart retries
+    /// EBUSY for up to two seconds.
     pub fn open(cfg: &XskConfig) -> Result<Xsk, XskError> {
+        let mut tries = 0;
+        loop {
+            match Self::open_once(cfg) {
+                Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    fn open_once(cfg: &XskConfig) -> Result<Xsk, XskError> {
         match cfg.mode {
             BindMode::Copy => Self::open_mode(cfg, false),
             BindMode::ZeroCopy => Self::open_mode(cfg, true),
