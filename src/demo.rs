@@ -33,6 +33,8 @@ pub fn run(connections: u32) -> Result<()> {
         .arg(&exe)
         .args(["run", "--config"])
         .arg(&cfg)
+        .arg("--control")
+        .arg(dir.join("control.sock"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -371,9 +371,14 @@ impl Lab {
 
     /// The meshgate configuration for this lab (`examples/lab.toml`'s shape).
     pub fn config_toml(&self, extra: &str) -> String {
-        let tasks: Vec<String> = self
-            .tasks
+        self.config_toml_with(&(0..self.tasks.len()).collect::<Vec<_>>(), extra)
+    }
+
+    /// The configuration with only the lab tasks `tasks` in the service.
+    pub fn config_toml_with(&self, tasks: &[usize], extra: &str) -> String {
+        let tasks: Vec<String> = tasks
             .iter()
+            .map(|&i| &self.tasks[i])
             .map(|t| {
                 format!(
                     "{{ address = \"{}\", node = \"{}\" }}",

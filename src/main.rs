@@ -6,9 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use meshgate::control::config::Config;
+use meshgate::control::config::{Config, DEFAULT_CONTROL_SOCKET, Scheduler};
 use meshgate::runtime::{self, RunOptions};
 
+mod cli;
 mod demo;
 
 #[derive(Parser)]
@@ -29,6 +30,9 @@ enum Cmd {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Control socket (default: control.socket of the file, else /run/meshgate/control.sock).
+        #[arg(long)]
+        control: Option<PathBuf>,
         /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
         #[arg(long)]
         duration: Option<f64>,
@@ -41,12 +45,93 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Services, their tasks, and changes to them.
+    Service {
+        #[command(subcommand)]
+        cmd: ServiceCmd,
+        #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
+    /// The balancing table in the shape of `ipvsadm -ln`.
+    Ipvs {
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
+    /// Packets, bytes, flows and drops per service and task, and batch latency.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// Refresh every second.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
+    /// Re-read the configuration file of a running meshgate (as SIGHUP does).
+    Reload {
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
     /// Build the built-in namespace lab, run meshgate on it, send requests through it and show the counters.
     Demo {
         /// TCP connections to make.
         #[arg(long, default_value_t = 30)]
         connections: u32,
     },
+}
+
+#[derive(Subcommand)]
+enum ServiceCmd {
+    /// List services (like `docker service ls`).
+    Ls,
+    /// List a service's tasks (like `docker service ps`).
+    Ps { name: String },
+    /// Change a service: add or remove tasks, set weights, publish ports.
+    Update {
+        name: String,
+        /// Add a task: ADDRESS@NODE[,mac=MAC][,weight=W]
+        #[arg(long = "task-add")]
+        task_add: Vec<String>,
+        /// Remove a task by address; its flows end at once.
+        #[arg(long = "task-rm")]
+        task_rm: Vec<String>,
+        /// Set a weight: ADDRESS=W (0 drains the task).
+        #[arg(long)]
+        weight: Vec<String>,
+        /// Publish a port: PUBLISHED:TARGET[/tcp|/udp]
+        #[arg(long = "publish-add")]
+        publish_add: Vec<String>,
+        /// Unpublish a port: PUBLISHED[/tcp|/udp]
+        #[arg(long = "publish-rm")]
+        publish_rm: Vec<String>,
+        /// rr, wrr, lc or maglev.
+        #[arg(long)]
+        scheduler: Option<String>,
+    },
+    /// Create a service.
+    Create {
+        name: String,
+        /// PUBLISHED:TARGET[/tcp|/udp], repeatable.
+        #[arg(long, required = true)]
+        publish: Vec<String>,
+        /// ADDRESS@NODE[,mac=MAC][,weight=W], repeatable.
+        #[arg(long)]
+        task: Vec<String>,
+        #[arg(long, default_value = "rr")]
+        scheduler: String,
+    },
+    /// Remove a service; its ports close and its flows end.
+    Rm { name: String },
+}
+
+fn scheduler(s: &str) -> Result<Scheduler> {
+    Ok(match s {
+        "rr" => Scheduler::Rr,
+        "wrr" => Scheduler::Wrr,
+        "lc" => Scheduler::Lc,
+        "maglev" => Scheduler::Maglev,
+        o => anyhow::bail!("`{o}` is not a scheduler (rr, wrr, lc, maglev)"),
+    })
 }
 
 fn main() {
@@ -77,10 +162,12 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run {
             config,
+            control,
             duration,
             stats_file,
         } => {
             let cfg = Config::load(&config)?;
+            let control = control.unwrap_or_else(|| cfg.control.socket.clone());
             let every = Duration::from_secs_f64(cfg.control.stats_interval);
             runtime::run(
                 cfg,
@@ -88,12 +175,50 @@ fn real_main() -> Result<()> {
                     config_path: Some(config.clone()),
                     summary_every: Some(every),
                     duration: duration.map(Duration::from_secs_f64),
-                    control_socket: None,
+                    control_socket: Some(control),
                     stats_file,
                 },
             )
             .with_context(|| format!("running {}", config.display()))
         }
         Cmd::Demo { connections } => demo::run(connections),
+        Cmd::Ipvs { control } => cli::ipvs(&control),
+        Cmd::Stats {
+            json,
+            watch,
+            control,
+        } => cli::stats(&control, json, watch),
+        Cmd::Reload { control } => cli::reload(&control),
+        Cmd::Service { cmd, control } => match cmd {
+            ServiceCmd::Ls => cli::service_ls(&control),
+            ServiceCmd::Ps { name } => cli::service_ps(&control, &name),
+            ServiceCmd::Update {
+                name,
+                task_add,
+                task_rm,
+                weight,
+                publish_add,
+                publish_rm,
+                scheduler: sch,
+            } => cli::service_update(
+                &control,
+                &name,
+                cli::UpdateArgs {
+                    task_add,
+                    task_rm,
+                    weight,
+                    publish_add,
+                    publish_rm,
+                    scheduler: sch.as_deref().map(scheduler).transpose()?,
+                },
+            ),
+            ServiceCmd::Create {
+                name,
+                publish,
+                task,
+                scheduler: sch,
+            } => cli::service_create(&control, &name, &publish, &task, scheduler(&sch)?),
+            ServiceCmd::Rm { name } => cli::service_rm(&control, &name),
+        },
     }
 }

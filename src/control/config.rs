@@ -118,7 +118,7 @@ struct RawConfig {
     #[serde(default)]
     control: RawControl,
     #[serde(default, rename = "service")]
-    services: Vec<RawService>,
+    services: Vec<ServiceSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,38 +172,42 @@ struct RawControl {
     stats_interval: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A service as the configuration file and the control API describe it,
+/// before validation.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawService {
-    name: String,
+pub struct ServiceSpec {
+    pub name: String,
     #[serde(default)]
-    scheduler: Scheduler,
+    pub scheduler: Scheduler,
     #[serde(default)]
-    publish: Vec<RawPublish>,
+    pub publish: Vec<PublishSpec>,
     #[serde(default)]
-    tasks: Vec<RawTask>,
+    pub tasks: Vec<TaskSpec>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A published port before validation.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawPublish {
-    published: i64,
-    target: i64,
+pub struct PublishSpec {
+    pub published: i64,
+    pub target: i64,
     #[serde(default = "default_protocol")]
-    protocol: Protocol,
+    pub protocol: Protocol,
 }
 
 fn default_protocol() -> Protocol {
     Protocol::Tcp
 }
 
-#[derive(Debug, Deserialize)]
+/// A task before validation.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct RawTask {
-    address: String,
-    node: String,
-    mac: Option<String>,
-    weight: Option<i64>,
+pub struct TaskSpec {
+    pub address: String,
+    pub node: String,
+    pub mac: Option<String>,
+    pub weight: Option<i64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -627,59 +631,12 @@ impl Config {
 
         // [[service]]
         let mut services = Vec::with_capacity(raw.services.len());
-        let mut names = HashSet::new();
-        let mut published = HashSet::new();
-        let mut task_addrs = HashSet::new();
-        for (si, s) in raw.services.into_iter().enumerate() {
-            let key = |k: &str| format!("service[{si}] ({:?}).{k}", s.name);
-            let svc = Service::validate(
-                RawServiceRef {
-                    name: &s.name,
-                    scheduler: s.scheduler,
-                    publish: &s.publish,
-                    tasks: &s.tasks,
-                },
-                &ingress,
-                address,
-                &key,
-            )
-            .map_err(|(k, m)| err(&k, m))?;
-            if !names.insert(svc.name.clone()) {
-                return Err(err(
-                    &key("name"),
-                    format!(
-                        "`{}` names two services; service names are unique",
-                        svc.name
-                    ),
-                ));
-            }
-            for (pi, p) in svc.publish.iter().enumerate() {
-                if !published.insert((p.protocol, p.published)) {
-                    return Err(err(
-                        &key(&format!("publish[{pi}]")),
-                        format!(
-                            "{}/{} is published by another service",
-                            p.published, p.protocol
-                        ),
-                    ));
-                }
-            }
-            for (ti, t) in svc.tasks.iter().enumerate() {
-                if !task_addrs.insert(t.address) {
-                    return Err(err(
-                        &key(&format!("tasks[{ti}].address")),
-                        format!(
-                            "{} is the address of another task; each task has its own address on the ingress network",
-                            t.address
-                        ),
-                    ));
-                }
-            }
+        for (si, spec) in raw.services.iter().enumerate() {
+            let svc = Service::from_spec(spec, &ingress, address)
+                .map_err(|(k, m)| err(&format!("service[{si}] ({:?}).{k}", spec.name), m))?;
             services.push(svc);
         }
-        if services.len() > 0xffff - 0x100 {
-            return Err(err("service", "too many services (at most 65279)".into()));
-        }
+        check_unique(&services).map_err(|(k, m)| err(&k, m))?;
 
         Ok(Config {
             node,
@@ -692,67 +649,41 @@ impl Config {
     }
 }
 
-struct RawServiceRef<'a> {
-    name: &'a str,
-    scheduler: Scheduler,
-    publish: &'a [RawPublish],
-    tasks: &'a [RawTask],
-}
-
 impl Service {
-    fn validate(
-        s: RawServiceRef<'_>,
+    /// Validates one service; the error names the key relative to the
+    /// service (`publish[0].published`, `tasks[2].address`).
+    pub fn from_spec(
+        s: &ServiceSpec,
         ingress: &IngressConfig,
         node_addr: Ipv4Addr,
-        key: &dyn Fn(&str) -> String,
     ) -> Result<Service, (String, String)> {
-        check_name(s.name).map_err(|m| (key("name"), m))?;
+        check_name(&s.name).map_err(|m| ("name".to_string(), m))?;
         if s.publish.is_empty() {
             return Err((
-                key("publish"),
+                "publish".into(),
                 "is empty; a service needs at least one published port".into(),
             ));
         }
-        let mut publish = Vec::new();
+        let mut publish: Vec<Publish> = Vec::new();
         for (pi, p) in s.publish.iter().enumerate() {
-            let k = |f: &str| key(&format!("publish[{pi}].{f}"));
-            let published = parse_port(p.published).map_err(|m| (k("published"), m))?;
-            let target = parse_port(p.target).map_err(|m| (k("target"), m))?;
-            if p.protocol == Protocol::Udp && published == ingress.port {
-                return Err((
-                    k("published"),
-                    format!("{published}/udp is the overlay's VXLAN port (ingress.port)"),
-                ));
-            }
-            let pb = Publish {
-                published,
-                target,
-                protocol: p.protocol,
-            };
+            let k = |f: &str| format!("publish[{pi}].{f}");
+            let pb = Publish::from_spec(p, ingress).map_err(|(f, m)| (k(f), m))?;
             if publish.contains(&pb) {
-                return Err((key(&format!("publish[{pi}]")), "is listed twice".into()));
+                return Err((format!("publish[{pi}]"), "is listed twice".into()));
             }
             publish.push(pb);
         }
         let mut tasks: Vec<Task> = Vec::new();
         for (ti, t) in s.tasks.iter().enumerate() {
-            let k = |f: &str| key(&format!("tasks[{ti}].{f}"));
-            let task = Task::validate(
-                t.address.as_str(),
-                t.node.as_str(),
-                t.mac.as_deref(),
-                t.weight,
-                ingress,
-                node_addr,
-            )
-            .map_err(|(f, m)| (k(f), m))?;
+            let k = |f: &str| format!("tasks[{ti}].{f}");
+            let task = Task::from_spec(t, ingress, node_addr).map_err(|(f, m)| (k(f), m))?;
             if tasks.iter().any(|o| o.address == task.address) {
                 return Err((k("address"), format!("{} is listed twice", task.address)));
             }
             tasks.push(task);
         }
         Ok(Service {
-            name: s.name.to_string(),
+            name: s.name.clone(),
             scheduler: s.scheduler,
             publish,
             tasks,
@@ -760,16 +691,86 @@ impl Service {
     }
 }
 
+impl Publish {
+    pub fn from_spec(
+        p: &PublishSpec,
+        ingress: &IngressConfig,
+    ) -> Result<Publish, (&'static str, String)> {
+        let published = parse_port(p.published).map_err(|m| ("published", m))?;
+        let target = parse_port(p.target).map_err(|m| ("target", m))?;
+        if p.protocol == Protocol::Udp && published == ingress.port {
+            return Err((
+                "published",
+                format!("{published}/udp is the overlay's VXLAN port (ingress.port)"),
+            ));
+        }
+        Ok(Publish {
+            published,
+            target,
+            protocol: p.protocol,
+        })
+    }
+}
+
+/// Checks what must be unique across services: names, published ports and
+/// task addresses. The error names the offending key.
+pub fn check_unique(services: &[Service]) -> Result<(), (String, String)> {
+    if services.len() > 0xffff - 0x100 {
+        return Err(("service".into(), "too many services (at most 65279)".into()));
+    }
+    let mut names = HashSet::new();
+    let mut published = HashSet::new();
+    let mut task_addrs = HashSet::new();
+    for (si, svc) in services.iter().enumerate() {
+        let key = |k: &str| format!("service[{si}] ({:?}).{k}", svc.name);
+        if !names.insert(svc.name.as_str()) {
+            return Err((
+                key("name"),
+                format!(
+                    "`{}` names two services; service names are unique",
+                    svc.name
+                ),
+            ));
+        }
+        for (pi, p) in svc.publish.iter().enumerate() {
+            if !published.insert((p.protocol, p.published)) {
+                return Err((
+                    key(&format!("publish[{pi}]")),
+                    format!(
+                        "{}/{} is published by another service",
+                        p.published, p.protocol
+                    ),
+                ));
+            }
+        }
+        for (ti, t) in svc.tasks.iter().enumerate() {
+            if !task_addrs.insert(t.address) {
+                return Err((
+                    key(&format!("tasks[{ti}].address")),
+                    format!(
+                        "{} is the address of another task; each task has its own address on the ingress network",
+                        t.address
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Task {
     /// Validates one task; the error names the field (`address`, `node`, `mac`, `weight`).
-    pub fn validate(
-        address: &str,
-        node: &str,
-        mac: Option<&str>,
-        weight: Option<i64>,
+    pub fn from_spec(
+        t: &TaskSpec,
         ingress: &IngressConfig,
         node_addr: Ipv4Addr,
     ) -> Result<Task, (&'static str, String)> {
+        let (address, node, mac, weight) = (
+            t.address.as_str(),
+            t.node.as_str(),
+            t.mac.as_deref(),
+            t.weight,
+        );
         let address = parse_host(address).map_err(|m| ("address", m))?;
         check_in_subnet(address, &ingress.subnet).map_err(|m| ("address", m))?;
         if address == ingress.address {

@@ -1,4 +1,5 @@
 //! Configuration, validation, the table builder, the control thread and its API.
 
+pub mod api;
 pub mod config;
 pub mod netlink;

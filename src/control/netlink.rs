@@ -8,7 +8,6 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::time::Duration;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
@@ -301,13 +300,9 @@ impl Watcher {
         }
     }
 
-    /// Waits up to `timeout` for a notification.
-    pub fn wait(&self, timeout: Duration) -> bool {
+    /// The socket, for `poll()`.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
-        let fd = self.sock.as_fd();
-        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
-        let ms = nix::poll::PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
-            .unwrap_or(nix::poll::PollTimeout::MAX);
-        matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0)
+        self.sock.as_fd()
     }
 }

@@ -85,6 +85,12 @@ pub struct Flow {
     pub client_mac: [u8; 6],
     pub client_mac_valid: bool,
     pub state: FlowState,
+    /// TCP: the sequence number after the client's SYN, which a reset in
+    /// SYN-SENT must acknowledge.
+    pub client_next: u32,
+    /// TCP: the sequence number after the last segment from the task that
+    /// was forwarded to the client; a reset with it is in the client's window.
+    pub task_next: u32,
 }
 
 /// Bytes of memory per flow at full capacity: the slab entry plus one bucket
@@ -393,6 +399,8 @@ mod tests {
             client_mac: [0; 6],
             client_mac_valid: false,
             state: FlowState::SynSent,
+            client_next: 0,
+            task_next: 0,
         }
     }
 

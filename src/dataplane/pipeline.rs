@@ -290,15 +290,53 @@ impl Pipeline {
     /// Ends every flow of the tasks for which `gone` holds (a removed task):
     /// the control plane calls this through the worker after a removal so
     /// that no flow waits for its idle timeout.
-    pub fn end_flows_where(&mut self, mut gone: impl FnMut(&Flow) -> bool) -> usize {
+    pub fn end_flows_where(&mut self, mut gone: impl FnMut(&Flow) -> bool) -> Vec<Flow> {
         let snap = &*self.snap;
         let gen32 = self.st.gen32;
-        let n = self
-            .st
-            .flows
-            .remove_where(&mut gone, |f| release_shared(snap, gen32, f));
-        self.st.events.flows_ended += n as u64;
-        n
+        let mut ended = Vec::new();
+        self.st.flows.remove_where(&mut gone, |f| {
+            release_shared(snap, gen32, f);
+            ended.push(*f);
+        });
+        self.st.events.flows_ended += ended.len() as u64;
+        ended
+    }
+
+    /// Writes into `f` a reset that tells the client of the ended TCP flow
+    /// `flow` that its connection is gone, with a sequence number the client
+    /// accepts (RFC 9293 3.10.7, RFC 5961): in SYN-SENT an RST+ACK of its
+    /// SYN, later an RST at the next sequence number the task would send.
+    /// False when the flow is not TCP, already reset, or the client's next
+    /// hop is unknown.
+    pub fn reset_for_flow(&mut self, flow: &Flow, f: &mut FrameBuf<'_>) -> bool {
+        if flow.key.protocol != protocol::TCP || flow.state == FlowState::Closed {
+            return false;
+        }
+        let snap = &*self.snap;
+        let mac = if flow.client_mac_valid {
+            Some(MacAddr(flow.client_mac))
+        } else {
+            snap.neighbours.mac_for(flow.key.client)
+        };
+        let Some(mac) = mac else { return false };
+        let (seq, ack, flags) = if flow.state == FlowState::SynSent {
+            (0, flow.client_next, tcp::flags::RST | tcp::flags::ACK)
+        } else {
+            (flow.task_next, 0, tcp::flags::RST)
+        };
+        emit_reset(
+            &snap.identity,
+            f,
+            mac,
+            flow.key.client,
+            flow.key.client_port,
+            flow.key.published,
+            seq,
+            ack,
+            flags,
+        );
+        self.st.events.resets_sent += 1;
+        true
     }
 
     /// Runs the pipeline on one frame.
@@ -440,6 +478,23 @@ fn end_flow(snap: &Snapshot, st: &mut State, slot: u32) {
     st.events.flows_ended += 1;
 }
 
+/// The sequence number after a segment: its first plus its length, SYN and
+/// FIN each counting one.
+#[inline]
+fn segment_end<T: AsRef<[u8]>>(t: &tcp::Packet<T>) -> u32 {
+    let f = t.flags();
+    t.seq_number()
+        .wrapping_add(t.payload().len() as u32)
+        .wrapping_add(u32::from(f & tcp::flags::SYN != 0))
+        .wrapping_add(u32::from(f & tcp::flags::FIN != 0))
+}
+
+/// `a` comes after `b` in sequence space (RFC 1982 arithmetic).
+#[inline]
+fn seq_after(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
 /// Applies a TCP segment's flags to the flow state; returns the shared
 /// counter move (from inactive to active or back) to apply.
 #[inline]
@@ -480,11 +535,13 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
     let ttl = ip.ttl();
     let total = ip.total_len() as usize;
     let l4 = ip.payload();
+    let mut seq_end = 0;
     let (sport, dport, tcp_flags) = if proto == protocol::TCP {
         let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
             crate::wire::Error::Truncated => DropReason::Truncated,
             _ => DropReason::L4Malformed,
         })?;
+        seq_end = segment_end(&t);
         (t.src_port(), t.dst_port(), Some(t.flags()))
     } else {
         // Checked by `classify`.
@@ -562,6 +619,8 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
                 hash,
                 client_mac: [0; 6],
                 client_mac_valid: false,
+                client_next: seq_end,
+                task_next: 0,
                 state: if proto == protocol::TCP {
                     FlowState::SynSent
                 } else {
@@ -716,6 +775,7 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     let ttl = ip.ttl();
     let task_addr = ip.src_addr();
     let l4 = ip.payload();
+    let mut seq_end = 0;
     let (sport, dport, tcp_flags) = match proto {
         protocol::TCP => {
             let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
@@ -725,6 +785,7 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
             if !tcp_flags_valid(t.flags()) {
                 return Err(DropReason::TcpBadFlags);
             }
+            seq_end = segment_end(&t);
             (t.src_port(), t.dst_port(), Some(t.flags()))
         }
         protocol::UDP => {
@@ -779,6 +840,9 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     };
     flow.last_seen = now;
     if let Some(fl) = tcp_flags {
+        if flow.state == FlowState::SynSent || seq_after(seq_end, flow.task_next) {
+            flow.task_next = seq_end;
+        }
         if let Some(to_active) = tcp_transition(flow, fl, true) {
             move_shared(task, to_active);
         }
@@ -892,6 +956,55 @@ fn arp_reply(
     Ok(Verdict::Transmit)
 }
 
+/// Writes a TCP reset from `published` on the node address to
+/// `client:client_port` into `f` (replacing its contents).
+#[allow(clippy::too_many_arguments)]
+fn emit_reset(
+    id: &super::tables::Identity,
+    f: &mut FrameBuf<'_>,
+    mac: MacAddr,
+    client: Ipv4Addr,
+    client_port: u16,
+    published: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) {
+    f.len = ETH + IP + tcp::HEADER_LEN;
+    let b = f.data_mut();
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    ipv4::Repr {
+        src: id.node_addr,
+        dst: client,
+        protocol: protocol::TCP,
+        payload_len: tcp::HEADER_LEN as u16,
+        ttl: 64,
+        ident: 0,
+        dont_frag: true,
+        dscp_ecn: 0,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
+    tcp::Repr {
+        src_port: published,
+        dst_port: client_port,
+        seq,
+        ack,
+        flags,
+        window: 0,
+        payload_len: 0,
+    }
+    .emit(
+        &mut tcp::Packet::new_unchecked(&mut b[ETH + IP..]),
+        id.node_addr,
+        client,
+    );
+}
+
 /// Turns a client's TCP segment into a reset from the published port, in
 /// place (RFC 9293 section 3.10.7.1), for a connection whose task is gone.
 fn send_reset(
@@ -934,39 +1047,7 @@ fn send_reset(
             tcp::flags::RST | tcp::flags::ACK,
         )
     };
-    f.len = ETH + IP + tcp::HEADER_LEN;
-    let b = f.data_mut();
-    ethernet::Repr {
-        src: id.node_mac,
-        dst: mac,
-        ethertype: ethertype::IPV4,
-    }
-    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
-    ipv4::Repr {
-        src: id.node_addr,
-        dst: client,
-        protocol: protocol::TCP,
-        payload_len: tcp::HEADER_LEN as u16,
-        ttl: 64,
-        ident: 0,
-        dont_frag: true,
-        dscp_ecn: 0,
-    }
-    .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
-    tcp::Repr {
-        src_port: dport,
-        dst_port: sport,
-        seq: rseq,
-        ack: rack,
-        flags: rflags,
-        window: 0,
-        payload_len: 0,
-    }
-    .emit(
-        &mut tcp::Packet::new_unchecked(&mut b[ETH + IP..]),
-        id.node_addr,
-        client,
-    );
+    emit_reset(id, f, mac, client, sport, dport, rseq, rack, rflags);
     st.events.resets_sent += 1;
     st.drops.inc(reason);
     Ok(Verdict::Transmit)

@@ -420,3 +420,62 @@ fn generated_resets_are_rate_limited() {
         Verdict::Transmit
     );
 }
+
+#[test]
+fn ended_flows_get_resets_the_client_accepts() {
+    let cfg = lab_config();
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    // Flow 1 established (task answered with data); flow 2 still in SYN-SENT.
+    run(&mut p, &client_tcp(52000, 1000, 0, SYN, b""));
+    run(&mut p, &task_reply_tcp(0, 52000, 7000, 1001, SYN_ACK, b""));
+    run(&mut p, &client_tcp(52000, 1001, 7001, PSH_ACK, b"req"));
+    run(
+        &mut p,
+        &task_reply_tcp(0, 52000, 7001, 1004, PSH_ACK, b"answer"),
+    );
+    // Round robin: 52001 and 52002 go to tasks 1 and 2, 52003 to task 0.
+    for port in [52001, 52002, 52003] {
+        run(&mut p, &client_tcp(port, 500, 0, SYN, b""));
+    }
+    let ended = p.end_flows_where(|f| f.task_addr == TASKS[0]);
+    assert_eq!(ended.len(), 2);
+    assert_eq!(p.flows().len(), 2);
+    let mut frames = Vec::new();
+    for f in &ended {
+        let mut buf = vec![0u8; FIXTURE_FRAME];
+        let mut fb = crate::dataplane::FrameBuf::new(&mut buf, FIXTURE_HEADROOM, 0);
+        assert!(p.reset_for_flow(f, &mut fb));
+        frames.push((f.key.client_port, fb.data().to_vec()));
+    }
+    frames.sort();
+    // Established: RST at the task's next sequence number (7001 + 6).
+    assert_eq!(
+        frames[0].1,
+        reset_to_client(
+            52000,
+            7007,
+            0,
+            Flags {
+                rst: true,
+                ..Flags::default()
+            }
+        )
+    );
+    // SYN-SENT: RST+ACK acknowledging the client's SYN (500 + 1).
+    assert_eq!(
+        frames[1].1,
+        reset_to_client(
+            52003,
+            0,
+            501,
+            Flags {
+                rst: true,
+                ack: true,
+                ..Flags::default()
+            }
+        )
+    );
+    let snap = p.snapshot().clone();
+    assert_eq!(snap.tasks[0].shared.load(), 0);
+}

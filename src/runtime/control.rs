@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 
+use super::api::{ApiCall, ApiServer, Doorbell, MetricsServer};
 use super::stats::Stats;
 use super::worker::{Command, Mesh, WorkerReport};
 use crate::control::config::Config;
@@ -52,6 +53,11 @@ pub struct Control {
     last_resync: Instant,
     resolving: HashMap<Ipv4Addr, Instant>,
     zero_copy: bool,
+    calls_tx: Sender<ApiCall>,
+    calls: Receiver<ApiCall>,
+    bell: Arc<Doorbell>,
+    api_server: Option<ApiServer>,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Control {
@@ -74,6 +80,8 @@ impl Control {
         zero_copy: bool,
     ) -> Control {
         let n = workers.len();
+        let (calls_tx, calls) = crossbeam::channel::unbounded();
+        let bell = Doorbell::new().expect("eventfd");
         Control {
             cfg,
             cfg_path,
@@ -95,6 +103,59 @@ impl Control {
             last_resync: Instant::now(),
             resolving: HashMap::new(),
             zero_copy,
+            calls_tx,
+            calls,
+            bell,
+            api_server: None,
+            metrics_server: None,
+        }
+    }
+
+    /// Starts the control socket at `path` and, when configured, the
+    /// Prometheus endpoint.
+    pub fn serve_api(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        self.api_server = Some(ApiServer::start(
+            path,
+            self.calls_tx.clone(),
+            self.bell.clone(),
+        )?);
+        if let Some(addr) = self.cfg.control.metrics {
+            self.metrics_server = Some(MetricsServer::start(
+                addr,
+                self.calls_tx.clone(),
+                self.bell.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// The address the metrics endpoint listens on, when it runs.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().map(|m| m.addr)
+    }
+
+    /// Stops the API servers (before the workers stop).
+    pub fn stop_api(&mut self) {
+        self.api_server = None;
+        self.metrics_server = None;
+    }
+
+    /// Waits up to `timeout` for a kernel notification or an API call;
+    /// true when the kernel notified.
+    fn wait(&self, timeout: Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [
+            PollFd::new(self.watcher.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.bell.0.as_fd(), PollFlags::POLLIN),
+        ];
+        let ms = PollTimeout::try_from(timeout.as_millis().min(60_000) as u32)
+            .unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(n) if n > 0 => fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN)),
+            _ => false,
         }
     }
 
@@ -275,7 +336,12 @@ impl Control {
 
     /// One round of control work, waiting up to `wait` for kernel events.
     pub fn step(&mut self, wait: Duration) {
-        let notified = self.watcher.wait(wait) && self.watcher.changed();
+        let notified = self.wait(wait) && self.watcher.changed();
+        self.bell.clear();
+        while let Ok(call) = self.calls.try_recv() {
+            let resp = self.handle(call.req);
+            let _ = call.reply.send(resp);
+        }
         if notified || self.last_resync.elapsed() >= RESYNC_EVERY {
             self.refresh_neighbours();
             self.last_resync = Instant::now();

@@ -6,7 +6,9 @@
 //! any published port is in the program's port map, so no frame reaches a
 //! worker that cannot handle it.
 
+pub mod api;
 pub mod control;
+pub mod handlers;
 pub mod stats;
 pub mod worker;
 
@@ -285,6 +287,7 @@ impl Forwarder {
 
     /// Stops the workers, collects their last reports and detaches XDP.
     pub fn shutdown(mut self) -> Control {
+        self.control.stop_api();
         self.stop.store(true, Ordering::SeqCst);
         self.control.wake_workers();
         for h in self.workers.drain(..) {
@@ -308,6 +311,15 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
     let iface = cfg.node.interface.clone();
     let mut fwd = Forwarder::start(cfg, &opts, stop.clone())?;
+    if let Some(path) = &opts.control_socket {
+        fwd.control
+            .serve_api(path)
+            .map_err(|e| RunError::Setup(format!("control socket {}: {e}", path.display())))?;
+        println!("meshgate: control socket {}", path.display());
+        if let Some(a) = fwd.control.metrics_addr() {
+            println!("meshgate: metrics on http://{a}/metrics");
+        }
+    }
     println!(
         "meshgate: forwarding on {iface} ({} queue(s), {} mode); published ports answer on {}",
         fwd.workers.len(),
@@ -326,7 +338,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         if hup.swap(false, Ordering::Relaxed) {
             match fwd.control.reload() {
                 Ok(msg) => println!("meshgate: reload: {msg}"),
-                Err(e) => eprintln!("meshgate: reload rejected, tables unchanged: {e}"),
+                Err(e) => println!("meshgate: reload rejected, tables unchanged: {e}"),
             }
         }
         if let Some(every) = opts.summary_every {

@@ -172,7 +172,35 @@ impl Worker {
                         .store(g, Ordering::Release);
                 }
                 Command::EndFlows(ids) => {
-                    self.pipeline.end_flows_where(|f| ids.contains(&f.task_id));
+                    // The tasks are gone: end their flows now and tell TCP
+                    // clients with a reset, rather than let them wait for
+                    // answers that will never come.
+                    let ended = self.pipeline.end_flows_where(|f| ids.contains(&f.task_id));
+                    let mut tx = Vec::new();
+                    for flow in &ended {
+                        let Some(mut t) = self.free.pop() else { break };
+                        let ok = {
+                            let (chunk, off) = self.umem.frame(&mut t);
+                            let mut fb = FrameBuf::new(chunk, off, 0);
+                            let ok = self.pipeline.reset_for_flow(flow, &mut fb);
+                            (ok, fb.off, fb.len)
+                        };
+                        if ok.0 {
+                            self.umem.set_data(&mut t, ok.1, ok.2);
+                            tx.push(t);
+                        } else {
+                            self.free.push(t);
+                        }
+                    }
+                    while !tx.is_empty() {
+                        if self.port.transmit(&mut tx) == 0 {
+                            for t in tx.drain(..) {
+                                self.pipeline.count_drop(DropReason::TxFull);
+                                self.recycle(t);
+                            }
+                        }
+                        self.port.kick();
+                    }
                 }
             }
         }

@@ -31,6 +31,7 @@ pub struct Meshgate {
     pub config: PathBuf,
     pub stats: PathBuf,
     pub stdout: PathBuf,
+    pub control: PathBuf,
     ns: String,
 }
 
@@ -43,6 +44,7 @@ impl Meshgate {
         std::fs::write(&cfg, config).unwrap();
         let stats = dir.join("stats.json");
         let stdout = dir.join("stdout.log");
+        let control = dir.join("control.sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ingress()])
             .arg(env!("CARGO_BIN_EXE_meshgate"))
@@ -50,6 +52,8 @@ impl Meshgate {
             .arg(&cfg)
             .arg("--stats-file")
             .arg(&stats)
+            .arg("--control")
+            .arg(&control)
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
@@ -60,6 +64,7 @@ impl Meshgate {
             config: cfg,
             stats,
             stdout,
+            control,
             ns: lab.ingress(),
         };
         let t0 = Instant::now();
@@ -112,6 +117,29 @@ impl Meshgate {
         };
         let stats = self.stats_json();
         (st, self.log(), stats)
+    }
+
+    /// Runs a client subcommand against this meshgate's control socket;
+    /// returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Like `cli`, but panics with the output on failure.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.cli(args);
+        assert!(ok, "meshgate {args:?} failed:\n{out}{err}");
+        out
     }
 
     /// The last statistics meshgate wrote.

@@ -1,0 +1,439 @@
+//! Client subcommands: talk to a running meshgate over its control socket
+//! and print what it says in the shapes people know (`docker service ls`,
+//! `docker service ps`, `ipvsadm -ln`).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use meshgate::control::api::{Request, call};
+use meshgate::control::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+
+/// Prints rows as aligned columns.
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.len())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                if i + 1 == r.len() {
+                    s.clone()
+                } else {
+                    format!("{s:<w$}", w = widths[i])
+                }
+            })
+            .collect();
+        out.push_str(line.join("   ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn ports(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    format!(
+                        "*:{}->{}/{}",
+                        s(&p["published"]),
+                        s(&p["target"]),
+                        s(&p["protocol"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+pub fn service_ls(sock: &Path) -> Result<()> {
+    let v = call(sock, &Request::Services)?;
+    let mut rows = vec![vec![
+        "NAME".into(),
+        "MARK".into(),
+        "SCHEDULER".into(),
+        "TASKS".into(),
+        "PORTS".into(),
+    ]];
+    for svc in v.as_array().into_iter().flatten() {
+        rows.push(vec![
+            s(&svc["name"]),
+            format!("{:#x}", svc["mark"].as_u64().unwrap_or(0)),
+            s(&svc["scheduler"]),
+            format!("{}/{}", s(&svc["tasks_up"]), s(&svc["tasks_total"])),
+            ports(&svc["publish"]),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
+    let v = call(
+        sock,
+        &Request::Tasks {
+            service: name.into(),
+        },
+    )?;
+    let mut rows = vec![
+        [
+            "TASK", "NODE", "MAC", "WEIGHT", "STATE", "ACTIVE", "INACTIVE", "FLOWS", "PKTS IN",
+            "PKTS OUT",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for t in v.as_array().into_iter().flatten() {
+        rows.push(vec![
+            s(&t["address"]),
+            s(&t["node"]),
+            s(&t["mac"]),
+            s(&t["weight"]),
+            s(&t["state"]),
+            s(&t["active_flows"]),
+            s(&t["inactive_flows"]),
+            s(&t["counters"]["flows"]),
+            s(&t["counters"]["packets_in"]),
+            s(&t["counters"]["packets_out"]),
+        ]);
+    }
+    print!("{}", table(&rows));
+    Ok(())
+}
+
+pub fn ipvs(sock: &Path) -> Result<()> {
+    let v = call(sock, &Request::Ipvs)?;
+    println!(
+        "meshgate {} (IPVS-compatible view)",
+        env!("CARGO_PKG_VERSION")
+    );
+    println!("Prot LocalAddress:Port Scheduler Flags");
+    println!("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
+    for svc in v.as_array().into_iter().flatten() {
+        println!("FWM  {} {}", s(&svc["fwmark"]), s(&svc["scheduler"]));
+        for r in svc["reals"].as_array().into_iter().flatten() {
+            let addr = format!("{}:{}", s(&r["address"]), s(&r["port"]));
+            println!(
+                "  -> {addr:<28} Masq    {:<6} {:<10} {}",
+                s(&r["weight"]),
+                s(&r["active"]),
+                s(&r["inactive"])
+            );
+        }
+    }
+    Ok(())
+}
+
+fn print_stats(v: &Value) {
+    println!(
+        "uptime {:.1}s  generation {}  flows {}  drops {}",
+        v["uptime_seconds"].as_f64().unwrap_or(0.0),
+        s(&v["generation"]),
+        s(&v["flows"]),
+        s(&v["drops_total"])
+    );
+    let e = &v["events"];
+    println!(
+        "rx {}  tx {}  forwarded {}  replies {}  arp {}  resets {}  handoffs {}  flows +{} -{} expired -{} evicted",
+        s(&e["rx"]),
+        s(&e["tx"]),
+        s(&e["forwarded"]),
+        s(&e["replies"]),
+        s(&e["arp_replies"]),
+        s(&e["resets_sent"]),
+        s(&e["handoffs"]),
+        s(&e["flows_created"]),
+        s(&e["flows_expired"]),
+        s(&e["flows_evicted"])
+    );
+    let mut rows = vec![
+        [
+            "SERVICE",
+            "TASK",
+            "PKTS IN",
+            "BYTES IN",
+            "PKTS OUT",
+            "BYTES OUT",
+            "FLOWS",
+            "ACTIVE",
+            "INACTIVE",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for svc in v["services"].as_array().into_iter().flatten() {
+        for t in svc["tasks"].as_array().into_iter().flatten() {
+            let c = &t["counters"];
+            rows.push(vec![
+                s(&svc["name"]),
+                s(&t["address"]),
+                s(&c["packets_in"]),
+                s(&c["bytes_in"]),
+                s(&c["packets_out"]),
+                s(&c["bytes_out"]),
+                s(&c["flows"]),
+                s(&t["active_flows"]),
+                s(&t["inactive_flows"]),
+            ]);
+        }
+    }
+    print!("{}", table(&rows));
+    let drops: Vec<String> = v["drops"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    println!(
+        "drops by reason: {}",
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    );
+    let b = &v["batch_latency_ns"];
+    println!(
+        "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",
+        s(&b["p50"]),
+        s(&b["p99"]),
+        s(&b["p999"]),
+        s(&b["max"]),
+        s(&b["count"])
+    );
+}
+
+pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
+    loop {
+        let v = call(sock, &Request::Stats)?;
+        if watch {
+            print!("\x1b[2J\x1b[H");
+        }
+        if json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print_stats(&v);
+        }
+        if !watch {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+pub fn reload(sock: &Path) -> Result<()> {
+    let v = call(sock, &Request::Reload)?;
+    println!("reloaded: {}", s(&v));
+    Ok(())
+}
+
+/// `IP@NODE[,mac=M][,weight=W]`
+pub fn parse_task(t: &str) -> Result<TaskSpec> {
+    let mut parts = t.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (address, node) = head.split_once('@').with_context(|| {
+        format!("`{t}`: a task is ADDRESS@NODE[,mac=MAC][,weight=W], like 198.18.128.7@198.18.0.11")
+    })?;
+    let mut spec = TaskSpec {
+        address: address.into(),
+        node: node.into(),
+        mac: None,
+        weight: None,
+    };
+    for p in parts {
+        match p.split_once('=') {
+            Some(("mac", m)) => spec.mac = Some(m.into()),
+            Some(("weight", w)) => {
+                spec.weight = Some(
+                    w.parse()
+                        .with_context(|| format!("`{w}` is not a weight"))?,
+                )
+            }
+            _ => bail!("`{p}` in `{t}`: expected mac=MAC or weight=W"),
+        }
+    }
+    Ok(spec)
+}
+
+/// Docker's short form: `PUBLISHED:TARGET[/PROTOCOL]` (or `PUBLISHED[/PROTOCOL]` to remove).
+pub fn parse_publish(p: &str, need_target: bool) -> Result<PublishSpec> {
+    let (ports, proto) = match p.split_once('/') {
+        Some((a, "tcp")) => (a, Protocol::Tcp),
+        Some((a, "udp")) => (a, Protocol::Udp),
+        Some((_, o)) => bail!("`{o}` in `{p}`: the protocol is tcp or udp"),
+        None => (p, Protocol::Tcp),
+    };
+    let (published, target) = match ports.split_once(':') {
+        Some((a, b)) => (a, b),
+        None if !need_target => (ports, "1"),
+        None => bail!("`{p}`: a published port is PUBLISHED:TARGET[/tcp|/udp], like 8080:80"),
+    };
+    let num = |x: &str| {
+        x.parse::<i64>()
+            .with_context(|| format!("`{x}` in `{p}` is not a port"))
+    };
+    Ok(PublishSpec {
+        published: num(published)?,
+        target: num(target)?,
+        protocol: proto,
+    })
+}
+
+pub struct UpdateArgs {
+    pub task_add: Vec<String>,
+    pub task_rm: Vec<String>,
+    pub weight: Vec<String>,
+    pub publish_add: Vec<String>,
+    pub publish_rm: Vec<String>,
+    pub scheduler: Option<Scheduler>,
+}
+
+pub fn service_update(sock: &Path, name: &str, a: UpdateArgs) -> Result<()> {
+    let task_add = a
+        .task_add
+        .iter()
+        .map(|t| parse_task(t))
+        .collect::<Result<Vec<_>>>()?;
+    let task_rm = a
+        .task_rm
+        .iter()
+        .map(|t| {
+            t.parse()
+                .with_context(|| format!("`{t}` is not an IPv4 address"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let weight = a
+        .weight
+        .iter()
+        .map(|w| {
+            let (ip, n) = w.split_once('=').with_context(|| {
+                format!("`{w}`: a weight is ADDRESS=WEIGHT, like 198.18.128.4=0")
+            })?;
+            Ok((
+                ip.parse()
+                    .with_context(|| format!("`{ip}` is not an IPv4 address"))?,
+                n.parse()
+                    .with_context(|| format!("`{n}` is not a weight"))?,
+            ))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let publish_add = a
+        .publish_add
+        .iter()
+        .map(|p| parse_publish(p, true))
+        .collect::<Result<Vec<_>>>()?;
+    let publish_rm = a
+        .publish_rm
+        .iter()
+        .map(|p| parse_publish(p, false))
+        .collect::<Result<Vec<_>>>()?;
+    let v = call(
+        sock,
+        &Request::Update {
+            service: name.into(),
+            task_add,
+            task_rm,
+            weight,
+            publish_add,
+            publish_rm,
+            scheduler: a.scheduler,
+        },
+    )?;
+    println!("{name} updated: {}", s(&v));
+    Ok(())
+}
+
+pub fn service_create(
+    sock: &Path,
+    name: &str,
+    publish: &[String],
+    tasks: &[String],
+    scheduler: Scheduler,
+) -> Result<()> {
+    let spec = ServiceSpec {
+        name: name.into(),
+        scheduler,
+        publish: publish
+            .iter()
+            .map(|p| parse_publish(p, true))
+            .collect::<Result<Vec<_>>>()?,
+        tasks: tasks
+            .iter()
+            .map(|t| parse_task(t))
+            .collect::<Result<Vec<_>>>()?,
+    };
+    let v = call(sock, &Request::Create { service: spec })?;
+    println!("{name} created: {}", s(&v));
+    Ok(())
+}
+
+pub fn service_rm(sock: &Path, name: &str) -> Result<()> {
+    let v = call(
+        sock,
+        &Request::Remove {
+            service: name.into(),
+        },
+    )?;
+    println!("{name} removed: {}", s(&v));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_and_publish_syntax() {
+        let t = parse_task("198.18.128.7@198.18.0.11,weight=3").unwrap();
+        assert_eq!(
+            (t.address.as_str(), t.node.as_str(), t.weight),
+            ("198.18.128.7", "198.18.0.11", Some(3))
+        );
+        assert!(parse_task("198.18.128.7").is_err());
+        assert!(parse_task("198.18.128.7@198.18.0.11,color=red").is_err());
+        let p = parse_publish("8080:80/udp", true).unwrap();
+        assert_eq!(
+            (p.published, p.target, p.protocol),
+            (8080, 80, Protocol::Udp)
+        );
+        assert_eq!(
+            parse_publish("9090:90", true).unwrap().protocol,
+            Protocol::Tcp
+        );
+        assert!(parse_publish("8080", true).is_err());
+        assert!(parse_publish("8080/sctp", false).is_err());
+        assert_eq!(parse_publish("8080/udp", false).unwrap().published, 8080);
+    }
+
+    #[test]
+    fn table_aligns() {
+        let t = table(&[
+            vec!["A".into(), "BB".into()],
+            vec!["CCC".into(), "D".into()],
+        ]);
+        assert_eq!(t, "A     BB\nCCC   D\n");
+    }
+}

@@ -1,0 +1,374 @@
+//! The control thread's answers to API requests: views of the tables in the
+//! shapes of `docker service ls/ps` and `ipvsadm -ln`, statistics, and
+//! validated changes of services and tasks.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use super::control::Control;
+use crate::control::api::{Request, Response};
+use crate::control::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
+use crate::dataplane::DropReason;
+use crate::dataplane::tables::TaskEntry;
+
+/// State of a task as `service ps` shows it.
+fn task_state(t: &TaskEntry) -> &'static str {
+    if t.outer.is_none() {
+        "unresolved"
+    } else if t.weight == 0 {
+        "draining"
+    } else {
+        "running"
+    }
+}
+
+impl Control {
+    /// Answers one API request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        match req {
+            Request::Services => Response::ok(self.view_services()),
+            Request::Tasks { service } => match self.view_tasks(&service) {
+                Ok(v) => Response::ok(v),
+                Err(e) => Response::err(e),
+            },
+            Request::Ipvs => Response::ok(self.view_ipvs()),
+            Request::Stats => Response::ok(self.stats.to_json(self.snapshot())),
+            Request::Metrics => Response::ok(Value::String(self.metrics_text())),
+            Request::Reload => match self.reload() {
+                Ok(m) => Response::ok(json!(m)),
+                Err(e) => Response::err(format!("reload rejected, tables unchanged: {e}")),
+            },
+            Request::Update {
+                service,
+                task_add,
+                task_rm,
+                weight,
+                publish_add,
+                publish_rm,
+                scheduler,
+            } => {
+                self.change(|cfg, ing, node| {
+                    let svc = cfg.services.iter_mut().find(|s| s.name == service).ok_or_else(|| format!("no service named `{service}`"))?;
+                    for a in &task_rm {
+                        let before = svc.tasks.len();
+                        svc.tasks.retain(|t| t.address != *a);
+                        if svc.tasks.len() == before {
+                            return Err(format!("service {service}: no task {a} to remove"));
+                        }
+                    }
+                    for (i, t) in task_add.iter().enumerate() {
+                        let task = Task::from_spec(t, ing, node).map_err(|(f, m)| format!("service {service}: task_add[{i}].{f}: {m}"))?;
+                        if svc.tasks.iter().any(|o| o.address == task.address) {
+                            return Err(format!("service {service}: task {} exists already", task.address));
+                        }
+                        svc.tasks.push(task);
+                    }
+                    for (a, w) in &weight {
+                        if !(0..=MAX_WEIGHT as i64).contains(w) {
+                            return Err(format!("service {service}: weight {w} of {a} is out of range (0 to {MAX_WEIGHT}; 0 drains the task)"));
+                        }
+                        let t = svc.tasks.iter_mut().find(|t| t.address == *a).ok_or_else(|| format!("service {service}: no task {a}"))?;
+                        t.weight = *w as u32;
+                    }
+                    for p in &publish_rm {
+                        let before = svc.publish.len();
+                        svc.publish.retain(|x| !(i64::from(x.published) == p.published && x.protocol == p.protocol));
+                        if svc.publish.len() == before {
+                            return Err(format!("service {service}: {}/{} is not published", p.published, p.protocol));
+                        }
+                    }
+                    for (i, p) in publish_add.iter().enumerate() {
+                        let pb = Publish::from_spec(p, ing).map_err(|(f, m)| format!("service {service}: publish_add[{i}].{f}: {m}"))?;
+                        svc.publish.push(pb);
+                    }
+                    if svc.publish.is_empty() {
+                        return Err(format!("service {service}: a service needs at least one published port (remove the service instead)"));
+                    }
+                    if let Some(s) = scheduler {
+                        svc.scheduler = s;
+                    }
+                    Ok(())
+                })
+            }
+            Request::Create { service } => self.change(|cfg, ing, node| {
+                let svc = Service::from_spec(&service, ing, node)
+                    .map_err(|(k, m)| format!("service {}: {k}: {m}", service.name))?;
+                cfg.services.push(svc);
+                Ok(())
+            }),
+            Request::Remove { service } => self.change(|cfg, _, _| {
+                let before = cfg.services.len();
+                cfg.services.retain(|s| s.name != service);
+                if cfg.services.len() == before {
+                    return Err(format!("no service named `{service}`"));
+                }
+                Ok(())
+            }),
+        }
+    }
+
+    /// Applies `edit` to a copy of the configuration, validates the result
+    /// and publishes it; on any error the running tables stay as they were.
+    fn change(
+        &mut self,
+        edit: impl FnOnce(
+            &mut Config,
+            &crate::control::config::IngressConfig,
+            std::net::Ipv4Addr,
+        ) -> Result<(), String>,
+    ) -> Response {
+        let mut cfg = self.cfg.clone();
+        let ingress = cfg.ingress.clone();
+        let node = cfg.node.address;
+        if let Err(e) = edit(&mut cfg, &ingress, node) {
+            return Response::err(e);
+        }
+        if let Err((k, m)) = check_unique(&cfg.services) {
+            return Response::err(format!("{k}: {m}"));
+        }
+        match self.apply_config(cfg) {
+            Ok(m) => Response::ok(json!(m)),
+            Err(e) => Response::err(e),
+        }
+    }
+
+    fn view_services(&self) -> Value {
+        let snap = self.snapshot();
+        let v: Vec<Value> = snap
+            .services
+            .iter()
+            .map(|s| {
+                let up = s.tasks.iter().filter(|&&i| task_state(&snap.tasks[i as usize]) == "running").count();
+                let ports: Vec<Value> = self
+                    .cfg
+                    .services
+                    .iter()
+                    .find(|c| c.name == *s.name)
+                    .map(|c| c.publish.iter().map(|p| json!({"published": p.published, "target": p.target, "protocol": p.protocol})).collect())
+                    .unwrap_or_default();
+                json!({
+                    "name": &*s.name,
+                    "mark": s.mark,
+                    "scheduler": s.scheduler.to_string(),
+                    "publish": ports,
+                    "tasks_up": up,
+                    "tasks_total": s.tasks.len(),
+                })
+            })
+            .collect();
+        Value::Array(v)
+    }
+
+    fn view_tasks(&self, name: &str) -> Result<Value, String> {
+        let snap = self.snapshot();
+        let s = snap
+            .services
+            .iter()
+            .find(|s| &*s.name == name)
+            .ok_or_else(|| format!("no service named `{name}`"))?;
+        let v: Vec<Value> = s
+            .tasks
+            .iter()
+            .map(|&i| {
+                let t = &snap.tasks[i as usize];
+                json!({
+                    "address": t.addr.to_string(),
+                    "node": t.node.to_string(),
+                    "mac": t.mac.to_string(),
+                    "weight": t.weight,
+                    "state": task_state(t),
+                    "active_flows": t.shared.active.load(Ordering::Relaxed),
+                    "inactive_flows": t.shared.inactive.load(Ordering::Relaxed),
+                    "counters": self.stats.task(t.id),
+                })
+            })
+            .collect();
+        Ok(Value::Array(v))
+    }
+
+    fn view_ipvs(&self) -> Value {
+        let snap = self.snapshot();
+        let v: Vec<Value> = snap
+            .services
+            .iter()
+            .map(|s| {
+                // IPVS shows a fwmark service's real servers with the port
+                // they are reached on; Swarm shows 0 because its DNAT picks
+                // the port. meshgate shows the target port when the service
+                // has one, else 0.
+                let targets: std::collections::BTreeSet<u16> =
+                    self.cfg.services.iter().find(|c| c.name == *s.name).map(|c| c.publish.iter().map(|p| p.target).collect()).unwrap_or_default();
+                let port = if targets.len() == 1 { *targets.iter().next().unwrap_or(&0) } else { 0 };
+                let reals: Vec<Value> = s
+                    .tasks
+                    .iter()
+                    .map(|&i| {
+                        let t = &snap.tasks[i as usize];
+                        json!({
+                            "address": t.addr.to_string(),
+                            "port": port,
+                            "weight": t.weight,
+                            "active": t.shared.active.load(Ordering::Relaxed),
+                            "inactive": t.shared.inactive.load(Ordering::Relaxed),
+                        })
+                    })
+                    .collect();
+                json!({"service": &*s.name, "fwmark": s.mark, "scheduler": s.scheduler.to_string(), "reals": reals})
+            })
+            .collect();
+        Value::Array(v)
+    }
+
+    /// Statistics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        let snap = self.snapshot();
+        let st = &self.stats;
+        let mut o = String::new();
+        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            &mut o,
+            "meshgate_task_packets_total",
+            "counter",
+            "Packets forwarded per task and direction (in: client to task).",
+        );
+        for s in &snap.services {
+            for &i in &s.tasks {
+                let t = &snap.tasks[i as usize];
+                let c = st.task(t.id);
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_packets_total{{service=\"{}\",task=\"{}\",direction=\"in\"}} {}",
+                    s.name, t.addr, c.packets_in
+                );
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_packets_total{{service=\"{}\",task=\"{}\",direction=\"out\"}} {}",
+                    s.name, t.addr, c.packets_out
+                );
+            }
+        }
+        family(
+            &mut o,
+            "meshgate_task_bytes_total",
+            "counter",
+            "Bytes forwarded per task and direction.",
+        );
+        for s in &snap.services {
+            for &i in &s.tasks {
+                let t = &snap.tasks[i as usize];
+                let c = st.task(t.id);
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_bytes_total{{service=\"{}\",task=\"{}\",direction=\"in\"}} {}",
+                    s.name, t.addr, c.bytes_in
+                );
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_bytes_total{{service=\"{}\",task=\"{}\",direction=\"out\"}} {}",
+                    s.name, t.addr, c.bytes_out
+                );
+            }
+        }
+        family(
+            &mut o,
+            "meshgate_task_flows_total",
+            "counter",
+            "Flows created per task.",
+        );
+        for s in &snap.services {
+            for &i in &s.tasks {
+                let t = &snap.tasks[i as usize];
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_flows_total{{service=\"{}\",task=\"{}\"}} {}",
+                    s.name,
+                    t.addr,
+                    st.task(t.id).flows
+                );
+            }
+        }
+        family(
+            &mut o,
+            "meshgate_task_flows",
+            "gauge",
+            "Flows in the tables per task and state (active: established TCP).",
+        );
+        for s in &snap.services {
+            for &i in &s.tasks {
+                let t = &snap.tasks[i as usize];
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_flows{{service=\"{}\",task=\"{}\",state=\"active\"}} {}",
+                    s.name,
+                    t.addr,
+                    t.shared.active.load(Ordering::Relaxed)
+                );
+                let _ = writeln!(
+                    o,
+                    "meshgate_task_flows{{service=\"{}\",task=\"{}\",state=\"inactive\"}} {}",
+                    s.name,
+                    t.addr,
+                    t.shared.inactive.load(Ordering::Relaxed)
+                );
+            }
+        }
+        family(
+            &mut o,
+            "meshgate_drops_total",
+            "counter",
+            "Frames not forwarded, by reason.",
+        );
+        for r in DropReason::ALL {
+            let _ = writeln!(
+                o,
+                "meshgate_drops_total{{reason=\"{}\"}} {}",
+                r.name(),
+                st.drops.get(*r)
+            );
+        }
+        family(
+            &mut o,
+            "meshgate_events_total",
+            "counter",
+            "Data-plane events.",
+        );
+        if let Value::Object(m) = serde_json::to_value(st.events).unwrap_or_default() {
+            for (k, v) in m {
+                let _ = writeln!(o, "meshgate_events_total{{event=\"{k}\"}} {v}");
+            }
+        }
+        family(
+            &mut o,
+            "meshgate_flows",
+            "gauge",
+            "Flows in all workers' tables.",
+        );
+        let _ = writeln!(o, "meshgate_flows {}", st.total_flows());
+        family(
+            &mut o,
+            "meshgate_batch_seconds",
+            "summary",
+            "Time a worker spends on one batch.",
+        );
+        for q in [0.5, 0.9, 0.99, 0.999] {
+            let _ = writeln!(
+                o,
+                "meshgate_batch_seconds{{quantile=\"{q}\"}} {:e}",
+                st.batch_ns.value_at_quantile(q) as f64 / 1e9
+            );
+        }
+        let _ = writeln!(o, "meshgate_batch_seconds_count {}", st.batch_ns.len());
+        family(
+            &mut o,
+            "meshgate_snapshot_generation",
+            "gauge",
+            "Generation of the tables the workers use.",
+        );
+        let _ = writeln!(o, "meshgate_snapshot_generation {}", snap.generation);
+        o
+    }
+}
