@@ -69,7 +69,7 @@ fn ports(v: &Value) -> String {
 }
 
 pub fn service_ls(sock: &Path) -> Result<()> {
-    let v = call(sock, &Request::Services)?;
+    let v = call(sock, &Request::Services {})?;
     let mut rows = vec![vec![
         "NAME".into(),
         "MARK".into(),
@@ -124,7 +124,7 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
 }
 
 pub fn ipvs(sock: &Path) -> Result<()> {
-    let v = call(sock, &Request::Ipvs)?;
+    let v = call(sock, &Request::Ipvs {})?;
     println!(
         "meshgate {} (IPVS-compatible view)",
         env!("CARGO_PKG_VERSION")
@@ -228,7 +228,7 @@ fn print_stats(v: &Value) {
 
 pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
     loop {
-        let v = call(sock, &Request::Stats)?;
+        let v = call(sock, &Request::Stats {})?;
         if watch {
             print!("\x1b[2J\x1b[H");
         }
@@ -245,7 +245,7 @@ pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
 }
 
 pub fn reload(sock: &Path) -> Result<()> {
-    let v = call(sock, &Request::Reload)?;
+    let v = call(sock, &Request::Reload {})?;
     println!("reloaded: {}", s(&v));
     Ok(())
 }

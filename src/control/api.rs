@@ -19,22 +19,24 @@ use super::config::{PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 
 /// A request to a running meshgate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+// Variants without fields are written `Name {}` so that
+// `deny_unknown_fields` applies to them too.
 #[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     /// Services, like `docker service ls`.
-    Services,
+    Services {},
     /// The tasks of a service, like `docker service ps`.
     Tasks {
         service: String,
     },
     /// The balancing table, like `ipvsadm -ln`.
-    Ipvs,
+    Ipvs {},
     /// All statistics.
-    Stats,
+    Stats {},
     /// Statistics in the Prometheus text format.
-    Metrics,
+    Metrics {},
     /// Re-read the configuration file.
-    Reload,
+    Reload {},
     /// Change a service.
     Update {
         service: String,

@@ -191,7 +191,7 @@ impl MetricsServer {
                         let n = s.read(&mut buf).unwrap_or(0);
                         let head = String::from_utf8_lossy(&buf[..n]);
                         let resp = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {
-                            let r = ask(&calls, &bell, Request::Metrics);
+                            let r = ask(&calls, &bell, Request::Metrics {});
                             let body = r.data.as_str().unwrap_or_default().to_string();
                             format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len())
                         } else {

@@ -28,15 +28,15 @@ impl Control {
     /// Answers one API request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Services => Response::ok(self.view_services()),
+            Request::Services {} => Response::ok(self.view_services()),
             Request::Tasks { service } => match self.view_tasks(&service) {
                 Ok(v) => Response::ok(v),
                 Err(e) => Response::err(e),
             },
-            Request::Ipvs => Response::ok(self.view_ipvs()),
-            Request::Stats => Response::ok(self.stats.to_json(self.snapshot())),
-            Request::Metrics => Response::ok(Value::String(self.metrics_text())),
-            Request::Reload => match self.reload() {
+            Request::Ipvs {} => Response::ok(self.view_ipvs()),
+            Request::Stats {} => Response::ok(self.stats.to_json(self.snapshot())),
+            Request::Metrics {} => Response::ok(Value::String(self.metrics_text())),
+            Request::Reload {} => match self.reload() {
                 Ok(m) => Response::ok(json!(m)),
                 Err(e) => Response::err(format!("reload rejected, tables unchanged: {e}")),
             },
