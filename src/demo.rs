@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use meshgate::lab::{self, Lab, LabOptions};
 
-pub fn run(connections: u32) -> Result<()> {
+pub fn run(connections: u32, keep: bool) -> Result<()> {
     println!(
         "== building the lab: client, ingress node (meshgate on in0), switch, two task nodes with kernel VXLAN, three tasks"
     );
@@ -96,6 +96,22 @@ pub fn run(connections: u32) -> Result<()> {
     println!("== ping 198.18.0.2 from the client: {ping}");
 
     std::thread::sleep(Duration::from_millis(1200));
+    if keep {
+        let sock = dir.join("control.sock");
+        println!("== the lab stays up; in another terminal, try:");
+        println!("   meshgate service ls --control {}", sock.display());
+        println!("   meshgate service ps web --control {}", sock.display());
+        println!("   meshgate ipvs --control {}", sock.display());
+        println!("   meshgate stats --watch --control {}", sock.display());
+        println!("   ip netns exec {} bash   # a shell on the client (198.18.0.1); the published port is 198.18.0.2:8080", lab.client());
+        println!("== press Ctrl-C to stop meshgate and remove the lab");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
+        signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) && child.try_wait()?.is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     println!("== stopping meshgate (SIGINT)");
     Command::new("kill")
         .args(["-INT", &child.id().to_string()])

@@ -77,6 +77,9 @@ enum Cmd {
         /// TCP connections to make.
         #[arg(long, default_value_t = 30)]
         connections: u32,
+        /// Keep the lab and meshgate running until Ctrl-C, to try the other subcommands.
+        #[arg(long)]
+        keep: bool,
     },
 }
 
@@ -181,7 +184,7 @@ fn real_main() -> Result<()> {
             )
             .with_context(|| format!("running {}", config.display()))
         }
-        Cmd::Demo { connections } => demo::run(connections),
+        Cmd::Demo { connections, keep } => demo::run(connections, keep),
         Cmd::Ipvs { control } => cli::ipvs(&control),
         Cmd::Stats {
             json,
