@@ -103,7 +103,10 @@ pub fn run(connections: u32, keep: bool) -> Result<()> {
         println!("   meshgate service ps web --control {}", sock.display());
         println!("   meshgate ipvs --control {}", sock.display());
         println!("   meshgate stats --watch --control {}", sock.display());
-        println!("   ip netns exec {} bash   # a shell on the client (198.18.0.1); the published port is 198.18.0.2:8080", lab.client());
+        println!(
+            "   ip netns exec {} bash   # a shell on the client (198.18.0.1); the published port is 198.18.0.2:8080",
+            lab.client()
+        );
         println!("== press Ctrl-C to stop meshgate and remove the lab");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;

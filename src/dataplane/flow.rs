@@ -5,27 +5,32 @@
 //! port that identifies it on the overlay.
 //!
 //! Layout: flows live in a slab (`Vec<Flow>`, preallocated to the worker's
-//! share of `flows.max`), indexed by two hash maps:
+//! share of `flows.max`), indexed by two hash tables of slot numbers (the
+//! keys live in the slab, so a table entry is 4 bytes):
 //! - `by_client`: (protocol, client address, client port, published port),
 //!   the forward path's key;
 //! - `by_snat`: (protocol, task address, target port, SNAT port), the reply
 //!   path's key, unique like the kernel's NAT tuple.
 //!
+//! Keys hash as one 64-bit word through a folded multiply with a random
+//! per-table seed (HashDoS resistance); a key's hash is computed once per
+//! packet and reused by an insert that follows a miss.
+//!
 //! Invariants:
-//! - both maps and the slab hold exactly the same set of live flows;
+//! - both tables and the slab hold exactly the same set of live flows;
 //! - capacity never grows after construction: no allocation on the fast path;
 //! - a SNAT port allocated by worker `w` of `n` satisfies `port % n == w`,
 //!   so any worker can tell from a reply which worker owns its flow.
 //!
 //! Memory: see [`BYTES_PER_FLOW`]; measured by `bench/run` at one million flows.
 
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 use std::net::Ipv4Addr;
 
 use super::tables::TaskId;
 
 /// Forward-path key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientKey {
     pub client: Ipv4Addr,
     pub client_port: u16,
@@ -34,7 +39,7 @@ pub struct ClientKey {
 }
 
 /// Reply-path key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatKey {
     pub task: Ipv4Addr,
     pub target: u16,
@@ -91,14 +96,51 @@ pub struct Flow {
     /// TCP: the sequence number after the last segment from the task that
     /// was forwarded to the client; a reset with it is in the client's window.
     pub task_next: u32,
+    /// The checksum change of the forward translation, constant for a flow
+    /// (RFC 1624 sum of `!old + new`, folded): addresses only (the IPv4
+    /// header), and addresses with ports (the TCP/UDP pseudo-header and
+    /// header). The reverse translation is the one's-complement negation.
+    pub delta_addrs: u16,
+    pub delta_l4: u16,
 }
 
-/// Bytes of memory per flow at full capacity: the slab entry plus one bucket
-/// of each map (key, value, control byte) at hashbrown's 7/8 maximum load.
-pub const BYTES_PER_FLOW: usize = std::mem::size_of::<Flow>()
-    + (std::mem::size_of::<(ClientKey, u32)>() + 1) * 8 / 7
-    + (std::mem::size_of::<(SnatKey, u32)>() + 1) * 8 / 7
-    + std::mem::size_of::<u32>();
+/// Bytes of memory per flow at full capacity: the slab entry, its `live`
+/// flag and free-list slot, and one bucket of each table (a 4-byte slot and
+/// a control byte) at hashbrown's 7/8 maximum load, rounded up.
+pub const BYTES_PER_FLOW: usize =
+    std::mem::size_of::<Flow>() + 1 + 4 + 2 * ((4 + 1) * 8usize).div_ceil(7);
+
+/// A hash of a key packed into 64 bits: foldhash's folded multiply.
+#[inline(always)]
+fn fold_hash(x: u64, seed: u64) -> u64 {
+    let m = u128::from(x ^ seed) * u128::from(0x9e37_79b9_7f4a_7c15u64 ^ seed.rotate_left(32));
+    (m as u64) ^ ((m >> 64) as u64)
+}
+
+impl ClientKey {
+    #[inline(always)]
+    fn packed(&self) -> u64 {
+        (u64::from(u32::from(self.client)) << 32)
+            | (u64::from(self.client_port) << 16)
+            | u64::from(self.published)
+    }
+}
+
+impl SnatKey {
+    #[inline(always)]
+    fn packed(&self) -> u64 {
+        (u64::from(u32::from(self.task)) << 32)
+            | (u64::from(self.target) << 16)
+            | u64::from(self.snat_port)
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x6d65_7368_6761_7465);
+    h.finish() | 1
+}
 
 /// Outcome of [`FlowTable::insert`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,9 +159,13 @@ pub struct FlowTable {
     slab: Vec<Flow>,
     live: Vec<bool>,
     free: Vec<u32>,
-    by_client: HashMap<ClientKey, u32>,
-    by_snat: HashMap<SnatKey, u32>,
+    by_client: HashTable<u32>,
+    by_snat: HashTable<u32>,
+    seed: u64,
     capacity: usize,
+    /// Slots below this index have been used (slots are taken lowest
+    /// first); sweeps and eviction samples look only there.
+    high_water: usize,
     /// Clock hand for expiry sweeps and eviction sampling.
     hand: usize,
     worker: u16,
@@ -137,18 +183,60 @@ impl FlowTable {
     /// SNAT ports in `ports` (inclusive).
     pub fn new(capacity: usize, worker: u16, workers: u16, ports: (u16, u16)) -> FlowTable {
         assert!(workers >= 1 && worker < workers);
-        assert!(capacity >= 1);
-        FlowTable {
+        assert!(capacity >= 1 && capacity < u32::MAX as usize);
+        let mut t = FlowTable {
             slab: Vec::with_capacity(capacity),
-            live: Vec::with_capacity(capacity),
-            free: Vec::with_capacity(capacity),
-            by_client: HashMap::with_capacity(capacity),
-            by_snat: HashMap::with_capacity(capacity),
+            live: vec![false; capacity],
+            // Slot 0 on top of the stack, so slots fill in order.
+            free: (0..capacity as u32).rev().collect(),
+            by_client: HashTable::with_capacity(capacity),
+            by_snat: HashTable::with_capacity(capacity),
+            seed: random_seed(),
             capacity,
+            high_water: 0,
             hand: 0,
             worker,
             workers,
             ports,
+        };
+        t.prefault();
+        t
+    }
+
+    /// Touches every page of the slab and of both tables once, so that no
+    /// new flow takes a page fault (a trip into the kernel) on the fast path:
+    /// the memory is reserved up front, as a packet mempool is.
+    fn prefault(&mut self) {
+        let blank = Flow {
+            key: ClientKey {
+                client: Ipv4Addr::UNSPECIFIED,
+                client_port: 0,
+                published: 0,
+                protocol: 0,
+            },
+            task_addr: Ipv4Addr::UNSPECIFIED,
+            task_id: TaskId(u32::MAX),
+            task_index: 0,
+            snapshot_gen: 0,
+            vtep: Ipv4Addr::UNSPECIFIED,
+            target: 0,
+            snat_port: 0,
+            last_seen: 0,
+            hash: 0,
+            client_mac: [0; 6],
+            client_mac_valid: false,
+            state: FlowState::Closed,
+            client_next: 0,
+            task_next: 0,
+            delta_addrs: 0,
+            delta_l4: 0,
+        };
+        self.slab.resize(self.capacity, blank);
+        for table in [&mut self.by_client, &mut self.by_snat] {
+            for i in 0..self.capacity as u64 {
+                table.insert_unique(fold_hash(i, 0x5eed), 0, |&s| u64::from(s));
+            }
+            table.clear();
         }
     }
 
@@ -170,14 +258,36 @@ impl FlowTable {
         port % workers
     }
 
+    #[inline(always)]
+    pub fn client_hash(&self, k: &ClientKey) -> u64 {
+        fold_hash(k.packed(), self.seed)
+    }
+
+    #[inline(always)]
+    fn snat_hash(&self, k: &SnatKey) -> u64 {
+        fold_hash(k.packed(), self.seed.rotate_left(17))
+    }
+
+    /// Looks a client key up with its hash (`client_hash`), which a
+    /// following `insert` reuses.
+    #[inline]
+    pub fn lookup_client_hashed(&self, k: &ClientKey, hash: u64) -> Option<u32> {
+        self.by_client
+            .find(hash, |&s| self.slab[s as usize].key == *k)
+            .copied()
+    }
+
     #[inline]
     pub fn lookup_client(&self, k: &ClientKey) -> Option<u32> {
-        self.by_client.get(k).copied()
+        self.lookup_client_hashed(k, self.client_hash(k))
     }
 
     #[inline]
     pub fn lookup_snat(&self, k: &SnatKey) -> Option<u32> {
-        self.by_snat.get(k).copied()
+        let h = self.snat_hash(k);
+        self.by_snat
+            .find(h, |&s| Self::snat_key(&self.slab[s as usize]) == *k)
+            .copied()
     }
 
     #[inline]
@@ -223,7 +333,7 @@ impl FlowTable {
                 snat_port: p as u16,
                 protocol,
             };
-            if !self.by_snat.contains_key(&k) {
+            if self.lookup_snat(&k).is_none() {
                 return Some(p as u16);
             }
             p = first_owned(if p + n > hi { lo } else { p + n });
@@ -231,14 +341,22 @@ impl FlowTable {
         None
     }
 
-    /// Inserts a new flow (its `snat_port` is chosen here). When the table is
-    /// full, evicts the best candidate among a sample of slots: an unfinished
-    /// or closed flow first, else the least recently seen.
-    pub fn insert(
+    /// Inserts a new flow (its `snat_port` is chosen here). When the table
+    /// is full, evicts the best candidate among a sample of slots: an
+    /// unfinished or closed flow first, else the least recently seen.
+    pub fn insert(&mut self, flow: Flow, now: u32) -> Result<(u32, Option<Evicted>), InsertError> {
+        let h = self.client_hash(&flow.key);
+        self.insert_hashed(flow, now, h)
+    }
+
+    /// `insert` with the key's hash from a preceding `lookup_client_hashed`.
+    pub fn insert_hashed(
         &mut self,
         mut flow: Flow,
         now: u32,
+        client_hash: u64,
     ) -> Result<(u32, Option<Evicted>), InsertError> {
+        debug_assert_eq!(client_hash, self.client_hash(&flow.key));
         let port = self
             .alloc_port(
                 flow.key.protocol,
@@ -254,20 +372,21 @@ impl FlowTable {
             let victim = self.eviction_candidate(now).ok_or(InsertError::Full)?;
             evicted = Some(Evicted(self.remove(victim)));
         }
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.slab[s as usize] = flow;
-                self.live[s as usize] = true;
-                s
-            }
-            None => {
-                self.slab.push(flow);
-                self.live.push(true);
-                (self.slab.len() - 1) as u32
-            }
-        };
-        self.by_client.insert(flow.key, slot);
-        self.by_snat.insert(Self::snat_key(&flow), slot);
+        let slot = self.free.pop().ok_or(InsertError::Full)?;
+        self.slab[slot as usize] = flow;
+        self.live[slot as usize] = true;
+        self.high_water = self.high_water.max(slot as usize + 1);
+        // The tables were sized for `capacity` flows: these never allocate
+        // (the rehash closures are for hashbrown's in-place tidying).
+        let (seed, slab) = (self.seed, &self.slab);
+        self.by_client.insert_unique(client_hash, slot, |&s| {
+            fold_hash(slab[s as usize].key.packed(), seed)
+        });
+        let sh = self.snat_hash(&Self::snat_key(&flow));
+        let (seed2, slab) = (self.seed.rotate_left(17), &self.slab);
+        self.by_snat.insert_unique(sh, slot, |&s| {
+            fold_hash(Self::snat_key(&slab[s as usize]).packed(), seed2)
+        });
         Ok((slot, evicted))
     }
 
@@ -285,15 +404,21 @@ impl FlowTable {
     pub fn remove(&mut self, slot: u32) -> Flow {
         let f = self.slab[slot as usize];
         debug_assert!(self.live[slot as usize]);
-        self.by_client.remove(&f.key);
-        self.by_snat.remove(&Self::snat_key(&f));
+        let ch = self.client_hash(&f.key);
+        if let Ok(e) = self.by_client.find_entry(ch, |&s| s == slot) {
+            e.remove();
+        }
+        let sh = self.snat_hash(&Self::snat_key(&f));
+        if let Ok(e) = self.by_snat.find_entry(sh, |&s| s == slot) {
+            e.remove();
+        }
         self.live[slot as usize] = false;
         self.free.push(slot);
         f
     }
 
     fn eviction_candidate(&mut self, now: u32) -> Option<u32> {
-        let n = self.slab.len();
+        let n = self.high_water;
         if n == 0 {
             return None;
         }
@@ -327,7 +452,7 @@ impl FlowTable {
         timeout: impl Fn(&Flow) -> u32,
         mut expire: impl FnMut(&Flow),
     ) -> usize {
-        let n = self.slab.len();
+        let n = self.high_water;
         if n == 0 {
             return 0;
         }
@@ -401,6 +526,8 @@ mod tests {
             state: FlowState::SynSent,
             client_next: 0,
             task_next: 0,
+            delta_addrs: 0,
+            delta_l4: 0,
         }
     }
 

@@ -27,7 +27,7 @@ use crossbeam::queue::ArrayQueue;
 
 use super::counters::{DropCounters, DropReason, EventCounters, TaskCounters};
 use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
-use super::tables::{OUTER_TTL, Snapshot, TaskEntry, TaskId};
+use super::tables::{OUTER_TEMPLATE_LEN, OUTER_TTL, Snapshot, TaskEntry, TaskId};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
 use crate::wire::{MacAddr, arp, checksum, tcp, udp, vxlan};
@@ -382,32 +382,162 @@ fn be16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn ip_error(e: crate::wire::Error) -> DropReason {
-    match e {
-        crate::wire::Error::Truncated => DropReason::Truncated,
-        _ => DropReason::IpMalformed,
+/// Checks an IPv4 header without options; `avail` is the number of bytes
+/// from the header's start to the end of the frame. Returns the packet's
+/// total length. The fixed-size header makes every access check-free.
+#[inline(always)]
+fn check_ipv4(h: &[u8; IP], avail: usize) -> Result<usize, DropReason> {
+    if h[0] != 0x45 {
+        return Err(if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
+            DropReason::IpMalformed
+        } else {
+            DropReason::IpOptions
+        });
+    }
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    if total < IP {
+        return Err(DropReason::IpMalformed);
+    }
+    if total > avail {
+        return Err(DropReason::Truncated);
+    }
+    if checksum::ipv4_header_sum(h) != 0xffff {
+        return Err(DropReason::IpChecksum);
+    }
+    if u16::from_be_bytes([h[6], h[7]]) & (ipv4::FLAG_MF | ipv4::OFFSET_MASK) != 0 {
+        return Err(DropReason::IpFragment);
+    }
+    Ok(total)
+}
+
+/// The parts of a TCP or UDP header the pipeline uses.
+#[derive(Clone, Copy)]
+struct L4 {
+    sport: u16,
+    dport: u16,
+    /// TCP flags; `None` for UDP.
+    flags: Option<u8>,
+    /// TCP: the sequence number after this segment.
+    seq_end: u32,
+}
+
+/// Parses the transport header of an IP payload (`l4` is the payload exactly).
+#[inline(always)]
+fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
+    match proto {
+        protocol::TCP => {
+            let Some(h) = l4.first_chunk::<{ tcp::HEADER_LEN }>() else {
+                return Err(DropReason::Truncated);
+            };
+            let doff = usize::from(h[12] >> 4) * 4;
+            if doff < tcp::HEADER_LEN {
+                return Err(DropReason::L4Malformed);
+            }
+            if doff > l4.len() {
+                return Err(DropReason::Truncated);
+            }
+            let flags = h[13];
+            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let seq_end = seq
+                .wrapping_add((l4.len() - doff) as u32)
+                .wrapping_add(u32::from(flags & tcp::flags::SYN != 0))
+                .wrapping_add(u32::from(flags & tcp::flags::FIN != 0));
+            Ok(L4 {
+                sport: u16::from_be_bytes([h[0], h[1]]),
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                flags: Some(flags),
+                seq_end,
+            })
+        }
+        protocol::UDP => {
+            let Some(h) = l4.first_chunk::<{ udp::HEADER_LEN }>() else {
+                return Err(DropReason::Truncated);
+            };
+            let ulen = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            if ulen < udp::HEADER_LEN {
+                return Err(DropReason::L4Malformed);
+            }
+            if ulen > l4.len() {
+                return Err(DropReason::Truncated);
+            }
+            Ok(L4 {
+                sport: u16::from_be_bytes([h[0], h[1]]),
+                dport: u16::from_be_bytes([h[2], h[3]]),
+                flags: None,
+                seq_end: 0,
+            })
+        }
+        _ => Err(DropReason::UnsupportedProtocol),
     }
 }
 
-/// Validates an IPv4 header at the start of `b`; returns its total length.
-#[inline]
-fn check_ipv4(b: &[u8]) -> Result<usize, DropReason> {
-    let ip = ipv4::Packet::new_checked(b).map_err(ip_error)?;
-    if ip.header_len() as usize != IP {
-        return Err(DropReason::IpOptions);
+/// Rewrites the addresses, TTL (minus one) and ports of the IPv4 packet at
+/// the start of `p` (a header without options, then a TCP or UDP header
+/// that `parse_l4` accepted). The checksums change by the flow's stored
+/// deltas (RFC 1624): every rewritten field is constant for a flow, so its
+/// checksum change is too, and nothing is summed per packet.
+#[inline(always)]
+fn nat(
+    p: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    delta_addrs: u16,
+    delta_l4: u16,
+) {
+    let (iph, l4) = p.split_at_mut(IP);
+    let Some(h) = iph.first_chunk_mut::<IP>() else {
+        return;
+    };
+    h[8] = h[8].wrapping_sub(1);
+    h[12..16].copy_from_slice(&src.octets());
+    h[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::apply_folded(u16::from_be_bytes([h[10], h[11]]), delta_addrs);
+    let c = checksum::apply_folded(c, checksum::TTL_DECREMENT);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    if h[9] == protocol::TCP {
+        let Some(t) = l4.first_chunk_mut::<18>() else {
+            return;
+        };
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&dport.to_be_bytes());
+        let c = checksum::apply_folded(u16::from_be_bytes([t[16], t[17]]), delta_l4);
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+    } else {
+        let Some(u) = l4.first_chunk_mut::<8>() else {
+            return;
+        };
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        let c = checksum::apply_folded_udp(u16::from_be_bytes([u[6], u[7]]), delta_l4);
+        u[6..8].copy_from_slice(&c.to_be_bytes());
     }
-    if !ip.verify_checksum() {
-        return Err(DropReason::IpChecksum);
-    }
-    if ip.is_fragment() {
-        return Err(DropReason::IpFragment);
-    }
-    Ok(ip.total_len() as usize)
+}
+
+/// The checksum deltas of a flow's forward translation
+/// (client:port -> node:published becomes overlay:snat -> task:target).
+#[allow(clippy::too_many_arguments)]
+fn flow_deltas(
+    client: Ipv4Addr,
+    client_port: u16,
+    node: Ipv4Addr,
+    published: u16,
+    overlay: Ipv4Addr,
+    snat: u16,
+    task: Ipv4Addr,
+    target: u16,
+) -> (u16, u16) {
+    let mut d = checksum::Delta::new();
+    d.addr(client, overlay).addr(node, task);
+    let addrs = d.folded();
+    d.word(client_port, snat).word(published, target);
+    (addrs, d.folded())
 }
 
 /// Valid TCP flag combinations (after Linux conntrack's `tcp_valid_flags`),
 /// ignoring PSH, ECE and CWR.
-#[inline]
+#[inline(always)]
 fn tcp_flags_valid(flags: u8) -> bool {
     use tcp::flags::*;
     let f = flags & (FIN | SYN | RST | ACK | URG);
@@ -417,43 +547,38 @@ fn tcp_flags_valid(flags: u8) -> bool {
 
 fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
     let d = f.data();
-    if d.len() < ETH {
+    let Some(et) = d.get(12..14) else {
         return Err(DropReason::Truncated);
-    }
-    match be16(d, 12) {
+    };
+    match u16::from_be_bytes([et[0], et[1]]) {
         ethertype::IPV4 => {}
         ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
         ethertype::ARP => return Err(DropReason::Arp),
         _ => return Err(DropReason::NotIpv4),
     }
-    let total = check_ipv4(&d[ETH..])?;
-    // Drop Ethernet padding: the frame is exactly its packet from here on.
-    f.len = ETH + total;
-    let d = f.data();
-    let ip = ipv4::Packet::new_unchecked(&d[ETH..]);
-    if ip.dst_addr() != snap.identity.node_addr {
+    let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
+        return Err(DropReason::Truncated);
+    };
+    let Some(iph) = h[ETH..].first_chunk::<IP>() else {
+        return Err(DropReason::Truncated);
+    };
+    let total = check_ipv4(iph, d.len() - ETH)?;
+    if iph[16..20] != snap.identity.node_addr.octets() {
         return Err(DropReason::NotForUs);
     }
-    let proto = ip.protocol();
-    match proto {
-        protocol::UDP => {
-            let u = udp::Packet::new_checked(ip.payload()).map_err(|e| match e {
-                crate::wire::Error::Truncated => DropReason::Truncated,
-                _ => DropReason::L4Malformed,
-            })?;
-            if u.dst_port() == snap.identity.vxlan_port {
-                return reply(snap, st, f);
-            }
-            forward(snap, st, f)
-        }
-        protocol::TCP => forward(snap, st, f),
-        _ => Err(DropReason::UnsupportedProtocol),
+    let proto = iph[9];
+    // Drop Ethernet padding: the frame is exactly its packet from here on.
+    f.len = ETH + total;
+    let l4 = parse_l4(proto, &f.data()[ETH + IP..])?;
+    if proto == protocol::UDP && l4.dport == snap.identity.vxlan_port {
+        return reply(snap, st, f);
     }
+    forward(snap, st, f, l4)
 }
 
 /// Resolves a flow's task in the current snapshot, re-linking it after a
 /// snapshot change. `None`: the task is gone.
-#[inline]
+#[inline(always)]
 fn flow_task<'s>(snap: &'s Snapshot, gen32: u32, flow: &mut Flow) -> Option<&'s TaskEntry> {
     if flow.snapshot_gen != gen32 {
         let i = *snap.task_index.get(&flow.task_id)?;
@@ -478,17 +603,6 @@ fn end_flow(snap: &Snapshot, st: &mut State, slot: u32) {
     st.events.flows_ended += 1;
 }
 
-/// The sequence number after a segment: its first plus its length, SYN and
-/// FIN each counting one.
-#[inline]
-fn segment_end<T: AsRef<[u8]>>(t: &tcp::Packet<T>) -> u32 {
-    let f = t.flags();
-    t.seq_number()
-        .wrapping_add(t.payload().len() as u32)
-        .wrapping_add(u32::from(f & tcp::flags::SYN != 0))
-        .wrapping_add(u32::from(f & tcp::flags::FIN != 0))
-}
-
 /// `a` comes after `b` in sequence space (RFC 1982 arithmetic).
 #[inline]
 fn seq_after(a: u32, b: u32) -> bool {
@@ -497,7 +611,7 @@ fn seq_after(a: u32, b: u32) -> bool {
 
 /// Applies a TCP segment's flags to the flow state; returns the shared
 /// counter move (from inactive to active or back) to apply.
-#[inline]
+#[inline(always)]
 fn tcp_transition(flow: &mut Flow, flags: u8, from_task: bool) -> Option<bool> {
     use tcp::flags::*;
     let before = flow.state;
@@ -526,32 +640,23 @@ fn move_shared(task: &TaskEntry, to_active: bool) {
     to.fetch_add(1, Ordering::Relaxed);
 }
 
-fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
+fn forward(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    l4: L4,
+) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
+    let total = f.len - ETH;
     let d = f.data();
-    let ip = ipv4::Packet::new_unchecked(&d[ETH..]);
-    let proto = ip.protocol();
-    let client = ip.src_addr();
-    let ttl = ip.ttl();
-    let total = ip.total_len() as usize;
-    let l4 = ip.payload();
-    let mut seq_end = 0;
-    let (sport, dport, tcp_flags) = if proto == protocol::TCP {
-        let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
-            crate::wire::Error::Truncated => DropReason::Truncated,
-            _ => DropReason::L4Malformed,
-        })?;
-        seq_end = segment_end(&t);
-        (t.src_port(), t.dst_port(), Some(t.flags()))
-    } else {
-        // Checked by `classify`.
-        let u = udp::Packet::new_unchecked(l4);
-        (u.src_port(), u.dst_port(), None)
+    let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
+        return Err(DropReason::Truncated);
     };
-    let port = *snap
-        .ports
-        .get(&(proto, dport))
-        .ok_or(DropReason::NoService)?;
+    let proto = h[ETH + 9];
+    let ttl = h[ETH + 8];
+    let client = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
+    let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
+    let port = snap.ports.get(proto, dport).ok_or(DropReason::NoService)?;
     if let Some(fl) = tcp_flags {
         if !tcp_flags_valid(fl) {
             return Err(DropReason::TcpBadFlags);
@@ -572,7 +677,8 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
     let is_syn =
         tcp_flags.is_some_and(|fl| fl & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN);
 
-    let mut slot = st.flows.lookup_client(&key);
+    let key_hash = st.flows.client_hash(&key);
+    let mut slot = st.flows.lookup_client_hashed(&key, key_hash);
     if let Some(s) = slot {
         let gen32 = st.gen32;
         let flow = st.flows.get_mut(s);
@@ -621,20 +727,37 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
                 client_mac_valid: false,
                 client_next: seq_end,
                 task_next: 0,
+                delta_addrs: 0,
+                delta_l4: 0,
                 state: if proto == protocol::TCP {
                     FlowState::SynSent
                 } else {
                     FlowState::Udp
                 },
             };
-            let (s, evicted) = st.flows.insert(flow, st.now).map_err(|e| match e {
-                InsertError::Full => DropReason::FlowTableFull,
-                InsertError::PortsExhausted => DropReason::SnatExhausted,
-            })?;
+            let (s, evicted) =
+                st.flows
+                    .insert_hashed(flow, st.now, key_hash)
+                    .map_err(|e| match e {
+                        InsertError::Full => DropReason::FlowTableFull,
+                        InsertError::PortsExhausted => DropReason::SnatExhausted,
+                    })?;
             if let Some(ev) = evicted {
                 release_shared(snap, st.gen32, &ev.0);
                 st.events.flows_evicted += 1;
             }
+            // The SNAT port is known now: fix the flow's checksum deltas.
+            let fl = st.flows.get_mut(s);
+            (fl.delta_addrs, fl.delta_l4) = flow_deltas(
+                client,
+                sport,
+                id.node_addr,
+                dport,
+                id.overlay_addr,
+                fl.snat_port,
+                task.addr,
+                port.target,
+            );
             task.shared.inactive.fetch_add(1, Ordering::Relaxed);
             st.events.flows_created += 1;
             st.tasks[ti as usize].flows += 1;
@@ -659,6 +782,7 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
         flow.hash,
         flow.task_index,
     );
+    let (delta_addrs, delta_l4) = (flow.delta_addrs, flow.delta_l4);
     let Some(outer) = &task.outer else {
         request_resolution(st, task.node);
         return Err(DropReason::NoNeighbour);
@@ -668,37 +792,30 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
     }
 
     // DNAT + SNAT of the inner packet, with incremental checksums.
-    let d = f.data_mut();
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[ETH..ETH + total]);
-    let node = ip.dst_addr();
-    let mut ipd = checksum::Delta::new();
-    ipd.addr(client, id.overlay_addr).addr(node, task_addr);
-    let mut l4d = ipd;
-    ipd.word(
-        u16::from_be_bytes([ttl, proto]),
-        u16::from_be_bytes([ttl - 1, proto]),
+    nat(
+        &mut f.data_mut()[ETH..],
+        id.overlay_addr,
+        task_addr,
+        snat_port,
+        target,
+        delta_addrs,
+        delta_l4,
     );
-    ip.set_src_addr(id.overlay_addr);
-    ip.set_dst_addr(task_addr);
-    ip.set_ttl(ttl - 1);
-    let c = ipd.apply(ip.checksum());
-    ip.set_checksum(c);
-    l4d.word(sport, snat_port).word(dport, target);
-    rewrite_ports(ip.payload_mut(), proto, snat_port, target, &l4d);
 
     // VXLAN encapsulation into the headroom. The template's last 14 bytes
     // (the inner Ethernet header) overwrite the client's Ethernet header.
     let inner_len = ETH + total;
     let off = f.off - HEADROOM;
-    let buf = &mut f.buf[off..];
-    buf[..outer.bytes.len()].copy_from_slice(&outer.bytes);
+    let Some(out) = f.buf[off..].first_chunk_mut::<{ OUTER_TEMPLATE_LEN }>() else {
+        return Err(DropReason::NoHeadroom);
+    };
+    *out = outer.bytes;
     let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
-    buf[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
-    buf[ETH + 10..ETH + 12]
+    out[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
+    out[ETH + 10..ETH + 12]
         .copy_from_slice(&checksum::update16(outer.ip_checksum, 0, outer_total).to_be_bytes());
-    let u = ETH + IP;
-    buf[u..u + 2].copy_from_slice(&vxlan_source_port(hash).to_be_bytes());
-    buf[u + 4..u + 6].copy_from_slice(&(outer_total - IP as u16).to_be_bytes());
+    out[VX_UDP..VX_UDP + 2].copy_from_slice(&vxlan_source_port(hash).to_be_bytes());
+    out[VX_UDP + 4..VX_UDP + 6].copy_from_slice(&(outer_total - IP as u16).to_be_bytes());
     f.off = off;
     f.len = HEADROOM + inner_len;
 
@@ -707,24 +824,6 @@ fn forward(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verd
     c.bytes_in += inner_len as u64;
     st.events.forwarded += 1;
     Ok(Verdict::Transmit)
-}
-
-/// Rewrites the ports of a TCP or UDP header and patches its checksum.
-#[inline]
-fn rewrite_ports(l4: &mut [u8], proto: u8, src: u16, dst: u16, delta: &checksum::Delta) {
-    if proto == protocol::TCP {
-        let mut t = tcp::Packet::new_unchecked(l4);
-        t.set_src_port(src);
-        t.set_dst_port(dst);
-        let c = delta.apply(t.checksum());
-        t.set_checksum(c);
-    } else {
-        let mut u = udp::Packet::new_unchecked(l4);
-        u.set_src_port(src);
-        u.set_dst_port(dst);
-        let c = delta.apply_udp(u.checksum());
-        u.set_checksum(c);
-    }
 }
 
 /// Offsets inside a VXLAN frame.
@@ -736,68 +835,55 @@ const INNER_IP: usize = INNER + ETH;
 fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
-    // The outer UDP header was checked by `classify`; VXLAN and inner
-    // Ethernet must fit in the datagram.
-    let ulen = be16(d, VX_UDP + 4) as usize;
-    let end = VX_UDP + ulen;
-    if end < INNER + ETH {
+    // The outer UDP header was checked by `classify`: the datagram ends at
+    // `end`, within the frame. VXLAN and the inner Ethernet must fit in it.
+    let Some(h) = d.first_chunk::<INNER_IP>() else {
+        return Err(DropReason::Truncated);
+    };
+    let end = VX_UDP + usize::from(u16::from_be_bytes([h[VX_UDP + 4], h[VX_UDP + 5]]));
+    if end < INNER_IP {
         return Err(DropReason::Truncated);
     }
-    let d = &d[..end];
-    let vx = vxlan::Packet::new_unchecked(&d[VX_HDR..]);
-    if vx.flags() != vxlan::FLAG_I {
+    if h[VX_HDR] != vxlan::FLAG_I {
         return Err(DropReason::VxlanBadFlags);
     }
-    if vx.vni() != id.vni {
+    if u32::from_be_bytes([0, h[VX_HDR + 4], h[VX_HDR + 5], h[VX_HDR + 6]]) != id.vni {
         return Err(DropReason::VxlanWrongVni);
     }
-    let vtep = ipv4::Packet::new_unchecked(&d[ETH..]).src_addr();
+    let vtep = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
     let Some(vtep_mac) = snap.vteps.get(&vtep) else {
         return Err(DropReason::UnknownVtep);
     };
     let vtep_mac = *vtep_mac;
-    let inner = ethernet::Frame::new_unchecked(&d[INNER..]);
-    match inner.ethertype() {
+    match u16::from_be_bytes([h[INNER + 12], h[INNER + 13]]) {
         ethertype::IPV4 => {}
         ethertype::ARP => return arp_reply(snap, st, f, vtep, vtep_mac),
         ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
         _ => return Err(DropReason::NotIpv4),
     }
-    if inner.dst_addr() != id.overlay_mac {
+    if h[INNER..INNER + 6] != id.overlay_mac.0 {
         return Err(DropReason::InnerNotForUs);
     }
-    let total = check_ipv4(&d[INNER_IP..])?;
-    let ip = ipv4::Packet::new_unchecked(&d[INNER_IP..INNER_IP + total]);
-    if ip.dst_addr() != id.overlay_addr {
-        return Err(DropReason::InnerNotForUs);
-    }
-    let proto = ip.protocol();
-    let ttl = ip.ttl();
-    let task_addr = ip.src_addr();
-    let l4 = ip.payload();
-    let mut seq_end = 0;
-    let (sport, dport, tcp_flags) = match proto {
-        protocol::TCP => {
-            let t = tcp::Packet::new_checked(l4).map_err(|e| match e {
-                crate::wire::Error::Truncated => DropReason::Truncated,
-                _ => DropReason::L4Malformed,
-            })?;
-            if !tcp_flags_valid(t.flags()) {
-                return Err(DropReason::TcpBadFlags);
-            }
-            seq_end = segment_end(&t);
-            (t.src_port(), t.dst_port(), Some(t.flags()))
-        }
-        protocol::UDP => {
-            let u = udp::Packet::new_checked(l4).map_err(|e| match e {
-                crate::wire::Error::Truncated => DropReason::Truncated,
-                _ => DropReason::L4Malformed,
-            })?;
-            (u.src_port(), u.dst_port(), None)
-        }
-        protocol::ICMP => return Err(DropReason::IcmpNoFlow),
-        _ => return Err(DropReason::UnsupportedProtocol),
+    let Some(iph) = d[INNER_IP..end].first_chunk::<IP>() else {
+        return Err(DropReason::Truncated);
     };
+    let total = check_ipv4(iph, end - INNER_IP)?;
+    if iph[16..20] != id.overlay_addr.octets() {
+        return Err(DropReason::InnerNotForUs);
+    }
+    let proto = iph[9];
+    let ttl = iph[8];
+    let task_addr = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
+    if proto == protocol::ICMP {
+        return Err(DropReason::IcmpNoFlow);
+    }
+    let l4 = parse_l4(proto, &d[INNER_IP + IP..INNER_IP + total])?;
+    let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
+    if let Some(fl) = tcp_flags {
+        if !tcp_flags_valid(fl) {
+            return Err(DropReason::TcpBadFlags);
+        }
+    }
     let owner = FlowTable::owner(dport, st.workers);
     if owner != st.worker {
         return Ok(Verdict::Handoff(owner));
@@ -848,32 +934,26 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
         }
     }
     let (client_port, published, ti) = (flow.key.client_port, flow.key.published, flow.task_index);
+    let (delta_addrs, delta_l4) = (flow.delta_addrs, flow.delta_l4);
 
-    // Reverse translation of the inner packet.
-    let d = f.data_mut();
-    let mut ip = ipv4::Packet::new_unchecked(&mut d[INNER_IP..INNER_IP + total]);
-    let mut ipd = checksum::Delta::new();
-    ipd.addr(task_addr, id.node_addr)
-        .addr(id.overlay_addr, client);
-    let mut l4d = ipd;
-    ipd.word(
-        u16::from_be_bytes([ttl, proto]),
-        u16::from_be_bytes([ttl - 1, proto]),
+    // Reverse translation of the inner packet, then decapsulation: the
+    // inner Ethernet header becomes the frame's.
+    nat(
+        &mut f.data_mut()[INNER_IP..INNER_IP + total],
+        id.node_addr,
+        client,
+        published,
+        client_port,
+        !delta_addrs,
+        !delta_l4,
     );
-    ip.set_src_addr(id.node_addr);
-    ip.set_dst_addr(client);
-    ip.set_ttl(ttl - 1);
-    let c = ipd.apply(ip.checksum());
-    ip.set_checksum(c);
-    l4d.word(sport, published).word(dport, client_port);
-    rewrite_ports(ip.payload_mut(), proto, published, client_port, &l4d);
-
-    // Decapsulate: the inner Ethernet header becomes the frame's.
     f.off += INNER;
     f.len = ETH + total;
-    let mut eth = ethernet::Frame::new_unchecked(f.data_mut());
-    eth.set_dst_addr(client_mac);
-    eth.set_src_addr(id.node_mac);
+    let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
+        return Err(DropReason::Truncated);
+    };
+    eth[0..6].copy_from_slice(&client_mac.0);
+    eth[6..12].copy_from_slice(&id.node_mac.0);
 
     let c = &mut st.tasks[ti as usize];
     c.packets_out += 1;

@@ -157,6 +157,56 @@ pub struct PortEntry {
     pub target: u16,
 }
 
+/// Published ports, indexed directly by (TCP or UDP, port): one load per
+/// packet instead of a hash lookup. 512 KiB per snapshot.
+#[derive(Clone)]
+pub struct PortTable(Box<[u32]>);
+
+impl std::fmt::Debug for PortTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PortTable({} ports)",
+            self.0.iter().filter(|&&e| e != 0).count()
+        )
+    }
+}
+
+impl Default for PortTable {
+    fn default() -> Self {
+        PortTable(vec![0u32; 2 << 16].into_boxed_slice())
+    }
+}
+
+impl PortTable {
+    /// Slot of (protocol, port); `None` for protocols other than TCP and UDP.
+    #[inline]
+    fn slot(protocol: u8, port: u16) -> Option<usize> {
+        match protocol {
+            ipv4::protocol::TCP => Some(usize::from(port)),
+            ipv4::protocol::UDP => Some((1 << 16) | usize::from(port)),
+            _ => None,
+        }
+    }
+
+    /// Entries hold (service index + 1) in the high half and the target port
+    /// in the low half; zero is "not published".
+    pub fn insert(&mut self, protocol: u8, port: u16, e: PortEntry) {
+        assert!(e.service < 0xffff, "service index fits 16 bits");
+        let s = Self::slot(protocol, port).expect("TCP or UDP");
+        self.0[s] = ((e.service + 1) << 16) | u32::from(e.target);
+    }
+
+    #[inline]
+    pub fn get(&self, protocol: u8, port: u16) -> Option<PortEntry> {
+        let e = *self.0.get(Self::slot(protocol, port)?)?;
+        (e != 0).then(|| PortEntry {
+            service: (e >> 16) - 1,
+            target: e as u16,
+        })
+    }
+}
+
 /// A service as the data plane sees it.
 #[derive(Debug, Clone)]
 pub struct ServiceEntry {
@@ -256,7 +306,7 @@ pub struct Snapshot {
     pub identity: Identity,
     pub timeouts: TimeoutTicks,
     /// Published ports by (IP protocol, port).
-    pub ports: hashbrown::HashMap<(u8, u16), PortEntry>,
+    pub ports: PortTable,
     pub services: Vec<ServiceEntry>,
     pub tasks: Vec<TaskEntry>,
     pub task_index: hashbrown::HashMap<TaskId, u32>,
@@ -346,7 +396,7 @@ impl Snapshot {
             vxlan_port: cfg.ingress.port,
             overlay_mtu: cfg.ingress.mtu,
         };
-        let mut ports = hashbrown::HashMap::new();
+        let mut ports = PortTable::default();
         let mut services = Vec::with_capacity(cfg.services.len());
         let mut tasks: Vec<TaskEntry> = Vec::new();
         let mut task_index = hashbrown::HashMap::new();
@@ -355,7 +405,8 @@ impl Snapshot {
             let (sid, mark, shared) = registry.service(&s.name);
             for p in &s.publish {
                 ports.insert(
-                    (p.protocol.number(), p.published),
+                    p.protocol.number(),
+                    p.published,
                     PortEntry {
                         service: si as u32,
                         target: p.target,
@@ -420,7 +471,7 @@ impl Snapshot {
     /// The service publishing `port` over `protocol`.
     pub fn service_for(&self, protocol: Protocol, port: u16) -> Option<&ServiceEntry> {
         self.ports
-            .get(&(protocol.number(), port))
+            .get(protocol.number(), port)
             .map(|p| &self.services[p.service as usize])
     }
 }
@@ -454,6 +505,43 @@ mod tests {
         assert_eq!(ip.time_to_live, OUTER_TTL);
         assert_eq!(&b[42..50], &[0x08, 0, 0, 0, 0x00, 0x10, 0x00, 0]);
         assert_eq!(&b[36..38], &4789u16.to_be_bytes());
+    }
+
+    #[test]
+    fn port_table() {
+        let mut t = PortTable::default();
+        t.insert(
+            6,
+            8080,
+            PortEntry {
+                service: 0,
+                target: 80,
+            },
+        );
+        t.insert(
+            17,
+            65535,
+            PortEntry {
+                service: 7,
+                target: 1,
+            },
+        );
+        assert_eq!(
+            t.get(6, 8080),
+            Some(PortEntry {
+                service: 0,
+                target: 80
+            })
+        );
+        assert_eq!(t.get(17, 8080), None);
+        assert_eq!(
+            t.get(17, 65535),
+            Some(PortEntry {
+                service: 7,
+                target: 1
+            })
+        );
+        assert_eq!(t.get(1, 8080), None, "ICMP has no ports");
     }
 
     #[test]

@@ -37,13 +37,23 @@ pub fn sum_raw(data: &[u8]) -> u64 {
     acc
 }
 
-/// Folds a wide one's-complement accumulator to 16 bits.
+/// Folds a wide one's-complement accumulator to 16 bits, without a loop
+/// (four end-around-carry steps cover any u64).
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc >> 16 != 0 {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    let s = (acc & 0xffff_ffff) + (acc >> 32);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    s as u16
+}
+
+/// Folded sum of a 20-byte IPv4 header without options, for the fast path:
+/// the fixed length lets the compiler drop every bounds check.
+#[inline]
+pub fn ipv4_header_sum(h: &[u8; 20]) -> u16 {
+    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    fold(w(0) + w(4) + w(8) + w(12) + w(16))
 }
 
 /// Folded one's-complement sum of `data`.
@@ -117,6 +127,13 @@ impl Delta {
         self.word(old, new)
     }
 
+    /// The change folded to 16 bits, to store and re-apply later with
+    /// [`apply_folded`].
+    #[inline]
+    pub fn folded(&self) -> u16 {
+        fold(self.0)
+    }
+
     /// Applies the changes to a stored checksum `hc` (RFC 1624 eq. 3).
     #[inline]
     pub fn apply(&self, hc: u16) -> u16 {
@@ -136,6 +153,33 @@ impl Delta {
         }
     }
 }
+
+/// Applies a folded change `d` (from [`Delta::folded`]) to checksum `hc`.
+/// The inverse change of `d` is `!d`.
+#[inline]
+pub fn apply_folded(hc: u16, d: u16) -> u16 {
+    // Two 16-bit values: one end-around carry is enough.
+    let s = u32::from(!hc) + u32::from(d);
+    !(((s & 0xffff) + (s >> 16)) as u16)
+}
+
+/// Like [`apply_folded`] for a UDP checksum: zero (absent) stays zero, a
+/// computed zero is sent as 0xffff.
+#[inline]
+pub fn apply_folded_udp(hc: u16, d: u16) -> u16 {
+    if hc == 0 {
+        return 0;
+    }
+    match apply_folded(hc, d) {
+        0 => 0xffff,
+        c => c,
+    }
+}
+
+/// The folded change of an IPv4 TTL decrement: `!(ttl << 8 | proto) +
+/// ((ttl - 1) << 8 | proto)` is 0xfeff whatever the TTL (above 0) and the
+/// protocol.
+pub const TTL_DECREMENT: u16 = 0xfeff;
 
 /// Updates checksum `hc` for one 16-bit word change (RFC 1624 eq. 3).
 #[inline]
@@ -169,6 +213,13 @@ mod tests {
         assert_eq!(checksum(&h), 0xb861);
         // A header with its checksum in place sums to 0xffff.
         assert_eq!(data(&HEADER), 0xffff);
+    }
+
+    #[test]
+    fn fast_header_sum_agrees() {
+        assert_eq!(ipv4_header_sum(&HEADER), data(&HEADER));
+        assert_eq!(fold(u64::MAX), 0xffff);
+        assert_eq!(fold(0x1_0000), 1);
     }
 
     #[test]
@@ -230,6 +281,36 @@ mod tests {
                 "inc {inc:#06x} full {full:#06x}");
             edited[10..12].copy_from_slice(&inc.to_be_bytes());
             prop_assert_eq!(data(&edited), 0xffff);
+        }
+
+        /// A stored forward change undone by its negation, TTL included.
+        #[test]
+        fn folded_deltas_invert(words in proptest::collection::vec(any::<u16>(), 10..20), a in any::<u32>(), b in any::<u32>(), ttl in 2u8..=255, proto in any::<u8>()) {
+            let mut h: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+            h[8] = ttl;
+            h[9] = proto;
+            h[12..16].copy_from_slice(&a.to_be_bytes());
+            let h = with_checksum(h);
+            let hc = u16::from_be_bytes([h[10], h[11]]);
+            let mut d = Delta::new();
+            d.word32(a, b);
+            let fwd = d.folded();
+            // Forward: address a -> b and TTL - 1, from the stored deltas.
+            let mut g = h.clone();
+            g[12..16].copy_from_slice(&b.to_be_bytes());
+            g[8] = ttl - 1;
+            let c = apply_folded(apply_folded(hc, fwd), TTL_DECREMENT);
+            g[10..12].copy_from_slice(&c.to_be_bytes());
+            prop_assert_eq!(data(&g), 0xffff);
+            // Reverse: b -> a with the negated delta, TTL - 1 again.
+            let mut r = g.clone();
+            r[12..16].copy_from_slice(&a.to_be_bytes());
+            r[8] = ttl - 2;
+            if ttl >= 3 {
+                let c = apply_folded(apply_folded(c, !fwd), TTL_DECREMENT);
+                r[10..12].copy_from_slice(&c.to_be_bytes());
+                prop_assert_eq!(data(&r), 0xffff);
+            }
         }
 
         #[test]
