@@ -5,7 +5,7 @@
 //! Each measured iteration copies the 60-byte input frame into a UMEM-like
 //! buffer (a few ns, the NIC's job in production) and runs the pipeline.
 
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use meshgate::dataplane::fixtures::*;
 use meshgate::dataplane::{FrameBuf, Pipeline, Verdict};
 
