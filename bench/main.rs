@@ -1,11 +1,17 @@
 //! `meshgate-bench`: the benchmark driver behind `bench/run`.
 //!
-//! `meshgate-bench pipeline --case C --iterations N` runs the pipeline alone
-//! N times on fixture frames (used under callgrind to count instructions per
-//! packet); `meshgate-bench run` measures the three forwarding paths in the
-//! namespace lab (see bench/README.md).
+//! `meshgate-bench run [--quick] [--json]` measures the kernel path, the
+//! AF_XDP ceiling and meshgate side by side in a namespace lab, the
+//! pipeline alone (time and callgrind instructions) and the memory of a
+//! million flows; `meshgate-bench pipeline --case C --iterations N` is the
+//! pipeline loop that callgrind runs. See bench/README.md.
 
+mod callgrind;
+mod paths;
 mod pipeline_count;
+mod run_all;
+
+use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +32,24 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
     },
+    /// The whole benchmark.
+    Run {
+        /// 1 000 flows, 64-byte frames, short trials.
+        #[arg(long)]
+        quick: bool,
+        /// Print one JSON object on standard output (else a table).
+        #[arg(long)]
+        json: bool,
+        /// Also write the JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Skip the one-million-flow memory measurement.
+        #[arg(long)]
+        no_memory: bool,
+        /// Skip the callgrind instruction counts.
+        #[arg(long)]
+        no_callgrind: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +57,37 @@ fn main() -> anyhow::Result<()> {
         Cmd::Pipeline { case, iterations } => {
             let ns = pipeline_count::run(&case, iterations)?;
             println!("{case}: {iterations} packets, {ns:.1} ns/packet");
+            Ok(())
+        }
+        Cmd::Run {
+            quick,
+            json,
+            out,
+            no_memory,
+            no_callgrind,
+        } => {
+            let dir = std::env::current_exe()?
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_default();
+            let opts = run_all::Opts {
+                quick,
+                bins: paths::Bins {
+                    meshgate: dir.join("meshgate"),
+                    pktgen: dir.join("meshgate-pktgen"),
+                },
+                memory: !no_memory,
+                callgrind: (!no_callgrind).then(std::env::current_exe).transpose()?,
+            };
+            let v = run_all::run(&opts)?;
+            if let Some(p) = &out {
+                paths::write_json(p, &v)?;
+            }
+            if json {
+                println!("{}", serde_json::to_string(&v)?);
+            } else {
+                print!("{}", run_all::table(&v));
+            }
             Ok(())
         }
     }

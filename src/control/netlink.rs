@@ -148,6 +148,9 @@ impl Rtnl {
                 }
             }
             if this {
+                if let Some(q) = active_rx_queues(name, facts.index) {
+                    facts.rx_queues = q;
+                }
                 return Ok(facts);
             }
         }
@@ -238,6 +241,27 @@ impl Rtnl {
         )?;
         Ok(())
     }
+}
+
+/// The number of *active* receive queues, from sysfs (rtnetlink reports
+/// the allocated ones: a veth allocates one per CPU and activates one).
+/// `None` when sysfs shows another namespace's interface (checked by index).
+fn active_rx_queues(name: &str, index: u32) -> Option<u32> {
+    let dir = std::path::Path::new("/sys/class/net").join(name);
+    let idx: u32 = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if idx != index {
+        return None;
+    }
+    let n = std::fs::read_dir(dir.join("queues"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    (n > 0).then_some(n as u32)
 }
 
 fn usable_neighbour(n: &NeighbourMessage, ifindex: u32) -> Option<(Ipv4Addr, MacAddr)> {

@@ -289,12 +289,16 @@ impl Worker {
                 last_report = Instant::now();
             }
 
-            if work == 0
-                && self.poll == PollMode::Adaptive
-                && idle >= SPIN_BEFORE_SLEEP
-                && self.port.tx_in_flight() == 0
-            {
+            // Busy: never sleep. Adaptive: after ~50 µs without frames.
+            // Interrupt: as soon as an iteration finds nothing.
+            let spin = match self.poll {
+                PollMode::Busy => u32::MAX,
+                PollMode::Adaptive => SPIN_BEFORE_SLEEP,
+                PollMode::Interrupt => 1,
+            };
+            if work == 0 && idle >= spin && self.port.tx_in_flight() == 0 {
                 shared.sleeping.store(true, Ordering::SeqCst);
+                let mut timed_out = false;
                 if inbox.is_empty()
                     && returns.is_empty()
                     && self.commands.is_empty()
@@ -305,13 +309,25 @@ impl Worker {
                         nix::poll::PollFd::new(self.port.as_fd(), nix::poll::PollFlags::POLLIN),
                         nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN),
                     ];
-                    let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS));
-                    let _ = shared.wake.read();
+                    timed_out = matches!(
+                        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS)),
+                        Ok(0)
+                    );
+                    if fds[1]
+                        .revents()
+                        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+                    {
+                        let _ = shared.wake.read();
+                    }
                 }
                 shared.sleeping.store(false, Ordering::SeqCst);
-                self.pipeline.set_now(start.elapsed().as_millis() as u32);
-                self.pipeline.expire(EXPIRE_BUDGET_IDLE);
-                idle = SPIN_BEFORE_SLEEP / 2;
+                if timed_out {
+                    // Idle for a while: a long sweep, so that idle flows
+                    // still expire on a quiet worker.
+                    self.pipeline.set_now(start.elapsed().as_millis() as u32);
+                    self.pipeline.expire(EXPIRE_BUDGET_IDLE);
+                }
+                idle = 0;
             }
         }
         self.report(&mut hist);

@@ -115,6 +115,7 @@ pub struct Port {
     unkicked: u32,
     /// Descriptors the kernel returned that failed validation.
     pub bad_descs: u64,
+    zero_copy: bool,
 }
 
 /// The sockets of all queues, their UMEM, and each queue's initial frames.
@@ -244,6 +245,7 @@ impl Xsk {
                 user,
                 unkicked: 0,
                 bad_descs: 0,
+                zero_copy,
             });
         }
         Ok(Xsk {
@@ -311,7 +313,10 @@ impl Port {
             debug_assert_eq!(n, take);
             n
         };
-        if self.fq.needs_wakeup() {
+        // Only a zero-copy driver's RX stops for want of fill entries and
+        // must be kicked; in copy mode the flag stays set and the kick would
+        // be a useless poll() per batch.
+        if self.zero_copy && self.fq.needs_wakeup() {
             self.fq.wake();
         }
         n

@@ -64,10 +64,10 @@ pub fn port_key(protocol: u8, port: u16) -> [u8; 4] {
     ((u32::from(protocol) << 16) | u16::from_ne_bytes(port.to_be_bytes()) as u32).to_ne_bytes()
 }
 
-/// Emits the common prefix: Ethernet type IPv4, destination `addr`,
-/// protocol TCP or UDP. Leaves r2 = data, r3 = data_end, r5 = protocol,
-/// r6 = ctx. Jumps to "pass" otherwise.
-fn emit_ipv4_to(a: &mut Asm, addr: Ipv4Addr) {
+/// Emits the common prefix: Ethernet type IPv4, destination `addr` (any
+/// when `None`), protocol TCP or UDP. Leaves r2 = data, r3 = data_end,
+/// r5 = protocol, r6 = ctx. Jumps to "pass" otherwise.
+fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>) {
     a.alu64_reg(Alu::Mov, R6, R1)
         .ldx(W, R2, R1, 0)
         .ldx(W, R3, R1, 4)
@@ -75,10 +75,12 @@ fn emit_ipv4_to(a: &mut Asm, addr: Ipv4Addr) {
         .alu64_imm(Alu::Add, R4, 34)
         .jmp_reg(Jmp::Gt, R4, R3, "pass")
         .ldx(H, R5, R2, 12)
-        .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass")
-        .ldx(W, R5, R2, 30)
-        .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass")
-        .ldx(B, R5, R2, 23)
+        .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass");
+    if let Some(addr) = addr {
+        a.ldx(W, R5, R2, 30)
+            .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass");
+    }
+    a.ldx(B, R5, R2, 23)
         .jmp_imm(Jmp::Eq, R5, 6, "l4")
         .jmp_imm(Jmp::Eq, R5, 17, "l4")
         .ja("pass")
@@ -101,7 +103,7 @@ fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
 fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd) -> Vec<bpf::Insn> {
     let vni = p.vni.to_be_bytes();
     let mut a = Asm::new();
-    emit_ipv4_to(&mut a, p.node_addr);
+    emit_ipv4_to(&mut a, Some(p.node_addr));
     a.ldx(B, R7, R2, 14)
         .jmp_imm(Jmp::Ne, R7, 0x45, "redirect")
         .ldx(H, R7, R2, 20)
@@ -187,9 +189,10 @@ impl IngressProgram {
     }
 }
 
-/// A program that redirects every IPv4 TCP/UDP frame to `addr` to the
-/// queue's socket and passes everything else (ARP above all) to the kernel.
-/// The traffic generator and the benchmark's reflector use it.
+/// A program that redirects every IPv4 TCP/UDP frame to `addr` (to any
+/// address when `None`) to the queue's socket and passes everything else
+/// (ARP above all) to the kernel. The traffic generator and the benchmark's
+/// reflector use it.
 #[derive(Debug)]
 pub struct CaptureProgram {
     pub prog: Program,
@@ -197,7 +200,7 @@ pub struct CaptureProgram {
 }
 
 impl CaptureProgram {
-    pub fn load(addr: Ipv4Addr, queues: u32) -> Result<CaptureProgram, BpfError> {
+    pub fn load(addr: Option<Ipv4Addr>, queues: u32) -> Result<CaptureProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, queues.max(1), "mg_cap_xsks")?;
         let mut a = Asm::new();
         emit_ipv4_to(&mut a, addr);
@@ -213,6 +216,23 @@ impl CaptureProgram {
 
     pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
         self.prog.attach_xdp(ifindex, flags, ifname)
+    }
+}
+
+/// A program that drops every frame: the benchmark's baseline, to measure
+/// the traffic generator's own cost on a path where nobody forwards.
+#[derive(Debug)]
+pub struct DropProgram {
+    pub prog: Program,
+}
+
+impl DropProgram {
+    pub fn load() -> Result<DropProgram, BpfError> {
+        let mut a = Asm::new();
+        a.alu64_imm(Alu::Mov, R0, action::DROP as i32).exit();
+        Ok(DropProgram {
+            prog: Program::load_xdp(&a.finish(), "meshgate_drop")?,
+        })
     }
 }
 
@@ -406,7 +426,7 @@ mod tests {
     #[test]
     fn capture_program_passes_arp() {
         let Some(_) = load() else { return };
-        let p = CaptureProgram::load(NODE, 1).unwrap();
+        let p = CaptureProgram::load(Some(NODE), 1).unwrap();
         let plain_arp = arp_frame(
             CLIENT_MAC,
             crate::wire::MacAddr::BROADCAST,

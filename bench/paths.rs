@@ -1,0 +1,637 @@
+//! The three-path benchmark: the kernel's Swarm-like path (nftables DNAT by
+//! `numgen` + SNAT + the kernel's VXLAN device), the AF_XDP reflector (the
+//! ceiling) and meshgate, measured side by side on the same veth pair with
+//! the same generator.
+//!
+//! ```text
+//!   gen 198.18.1.1 (g0) ──veth── (d0) 198.18.1.2 dut
+//!   meshgate-pktgen send          kernel path | reflector | meshgate
+//! ```
+//! The generator sends to 198.18.1.2:8080 from 198.18.64.0/18 (one address
+//! per 50 000 flows) and receives what comes back on g0: VXLAN frames (the
+//! kernel path and meshgate send them to the task node, which is the
+//! generator, 198.18.1.1), or the reflected frames.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use meshgate::lab::{enter_ns, sh};
+
+pub const GEN_MAC: &str = "02:00:c6:12:01:01";
+pub const DUT_MAC: &str = "02:00:c6:12:01:02";
+pub const GEN: &str = "198.18.1.1";
+pub const DUT: &str = "198.18.1.2";
+/// First client address of the generated flows.
+pub const CLIENTS: &str = "198.18.64.1";
+const TASKS: [&str; 3] = ["198.18.128.4", "198.18.128.5", "198.18.128.6"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PathKind {
+    Kernel,
+    Ceiling,
+    Meshgate,
+}
+
+impl PathKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Kernel => "kernel",
+            PathKind::Ceiling => "ceiling",
+            PathKind::Meshgate => "meshgate",
+        }
+    }
+}
+
+/// The two namespaces and their veth pair; removed when dropped.
+pub struct BenchLab {
+    pub generator: String,
+    pub dut: String,
+    pub dir: PathBuf,
+}
+
+impl BenchLab {
+    pub fn build() -> Result<BenchLab> {
+        let prefix = format!("mgl{}x9", std::process::id());
+        let (generator, dut) = (format!("{prefix}-gen"), format!("{prefix}-dut"));
+        let dir = std::env::temp_dir().join(format!("{prefix}-bench"));
+        std::fs::create_dir_all(&dir)?;
+        let lab = BenchLab {
+            generator,
+            dut,
+            dir,
+        };
+        for ns in [&lab.generator, &lab.dut] {
+            sh(&["ip", "netns", "add", ns])?;
+            sh(&["ip", "-n", ns, "link", "set", "lo", "up"])?;
+        }
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            "g0",
+            "netns",
+            &lab.generator,
+            "address",
+            GEN_MAC,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "d0",
+            "netns",
+            &lab.dut,
+            "address",
+            DUT_MAC,
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &lab.generator,
+            "addr",
+            "add",
+            "198.18.1.1/24",
+            "dev",
+            "g0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &lab.dut,
+            "addr",
+            "add",
+            "198.18.1.2/24",
+            "dev",
+            "d0",
+        ])?;
+        sh(&["ip", "-n", &lab.generator, "link", "set", "g0", "up"])?;
+        sh(&["ip", "-n", &lab.dut, "link", "set", "d0", "up"])?;
+        // Return route to the generated clients (for rp_filter and the
+        // kernel path's conntrack), and static neighbours both ways.
+        sh(&[
+            "ip",
+            "-n",
+            &lab.dut,
+            "route",
+            "add",
+            "198.18.64.0/18",
+            "via",
+            GEN,
+            "dev",
+            "d0",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &lab.dut,
+            "neigh",
+            "replace",
+            GEN,
+            "lladdr",
+            GEN_MAC,
+            "dev",
+            "d0",
+            "nud",
+            "permanent",
+        ])?;
+        sh(&[
+            "ip",
+            "-n",
+            &lab.generator,
+            "neigh",
+            "replace",
+            DUT,
+            "lladdr",
+            DUT_MAC,
+            "dev",
+            "g0",
+            "nud",
+            "permanent",
+        ])?;
+        Ok(lab)
+    }
+
+    pub fn exec(&self, ns: &str, args: &[&str]) -> Result<String> {
+        let mut v = vec!["ip", "netns", "exec", ns];
+        v.extend_from_slice(args);
+        Ok(sh(&v)?)
+    }
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        for ns in [&self.dut, &self.generator] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn xdp_on_d0(lab: &BenchLab) -> bool {
+    sh(&["ip", "-n", &lab.dut, "-d", "link", "show", "dev", "d0"])
+        .map(|o| o.contains("prog/xdp"))
+        .unwrap_or(false)
+}
+
+fn wait_xdp(lab: &BenchLab, child: &mut Child, what: &str) -> Result<()> {
+    let t0 = Instant::now();
+    while !xdp_on_d0(lab) {
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited at start: {st}");
+        }
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("{what} did not attach to d0 within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// A running forwarding path; torn down when dropped.
+pub enum Running {
+    Kernel {
+        dut: String,
+    },
+    Process {
+        child: Child,
+        pid: u32,
+    },
+    Drop {
+        _link: meshgate::xdp::bpf::Link,
+        _prog: meshgate::xdp::program::DropProgram,
+    },
+}
+
+impl Running {
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Running::Process { pid, .. } => Some(*pid),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        match self {
+            Running::Kernel { dut } => {
+                let _ = Command::new("ip")
+                    .args([
+                        "netns", "exec", dut, "nft", "delete", "table", "ip", "mgbench",
+                    ])
+                    .status();
+                let _ = Command::new("ip")
+                    .args(["-n", dut, "link", "del", "vxlan0"])
+                    .status();
+            }
+            Running::Process { child, pid } => {
+                let _ = Command::new("kill")
+                    .args(["-INT", &pid.to_string()])
+                    .status();
+                let t0 = Instant::now();
+                while t0.elapsed() < Duration::from_secs(10) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Running::Drop { .. } => {}
+        }
+    }
+}
+
+/// Where the binaries are.
+pub struct Bins {
+    pub meshgate: PathBuf,
+    pub pktgen: PathBuf,
+}
+
+/// Sets up a path. `interrupt`: the AF_XDP paths sleep when idle (for CPU
+/// measurements) instead of spinning (for rates).
+pub fn start(
+    lab: &BenchLab,
+    bins: &Bins,
+    kind: PathKind,
+    interrupt: bool,
+    extra_cfg: &str,
+    tasks: &[String],
+) -> Result<Running> {
+    match kind {
+        PathKind::Kernel => {
+            let d = &lab.dut;
+            lab.exec(d, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            sh(&[
+                "ip",
+                "-n",
+                d,
+                "link",
+                "add",
+                "vxlan0",
+                "type",
+                "vxlan",
+                "id",
+                "4096",
+                "dstport",
+                "4789",
+                "local",
+                DUT,
+                "dev",
+                "d0",
+                "nolearning",
+            ])?;
+            sh(&[
+                "ip",
+                "-n",
+                d,
+                "addr",
+                "add",
+                "198.18.128.2/24",
+                "dev",
+                "vxlan0",
+            ])?;
+            sh(&["ip", "-n", d, "link", "set", "vxlan0", "up"])?;
+            // The task node is the generator: static overlay neighbours and
+            // VTEP entries, as Docker programs them.
+            for t in TASKS {
+                let o: Vec<u8> = t.split('.').map(|x| x.parse().unwrap_or(0)).collect();
+                let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
+                sh(&[
+                    "ip",
+                    "-n",
+                    d,
+                    "neigh",
+                    "replace",
+                    t,
+                    "lladdr",
+                    &mac,
+                    "dev",
+                    "vxlan0",
+                    "nud",
+                    "permanent",
+                ])?;
+                lab.exec(
+                    d,
+                    &["bridge", "fdb", "append", &mac, "dev", "vxlan0", "dst", GEN],
+                )?;
+            }
+            let rules = format!(
+                "table ip mgbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {DUT} udp dport 8080 dnat to numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }} : 80\n  ip daddr {DUT} tcp dport 8080 dnat to numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }} : 80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"vxlan0\" snat to 198.18.128.2\n }}\n}}\n",
+                TASKS[0], TASKS[1], TASKS[2], TASKS[0], TASKS[1], TASKS[2]
+            );
+            let mut c = Command::new("ip")
+                .args(["netns", "exec", d, "nft", "-f", "-"])
+                .stdin(Stdio::piped())
+                .spawn()?;
+            c.stdin
+                .take()
+                .context("nft stdin")?
+                .write_all(rules.as_bytes())?;
+            if !c.wait()?.success() {
+                bail!("nft rejected the kernel path's rules");
+            }
+            Ok(Running::Kernel { dut: d.clone() })
+        }
+        PathKind::Ceiling => {
+            let mut args: Vec<String> = vec![
+                "netns".into(),
+                "exec".into(),
+                lab.dut.clone(),
+                bins.pktgen.display().to_string(),
+                "reflect".into(),
+                "--iface".into(),
+                "d0".into(),
+                "--addr".into(),
+                DUT.into(),
+                "--cpu".into(),
+                "1".into(),
+            ];
+            if interrupt {
+                args.push("--interrupt".into());
+            }
+            let mut child = Command::new("ip")
+                .args(&args)
+                .stdout(Stdio::null())
+                .spawn()?;
+            wait_xdp(lab, &mut child, "the reflector")?;
+            let pid = child.id();
+            Ok(Running::Process { child, pid })
+        }
+        PathKind::Meshgate => {
+            let cfg = lab.dir.join("meshgate.toml");
+            let task_list: Vec<String> = tasks
+                .iter()
+                .map(|t| format!("{{ address = \"{t}\", node = \"{GEN}\" }}"))
+                .collect();
+            let text = format!(
+                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\npoll = \"{}\"\ncpus = [1]\n\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{extra_cfg}\n[control]\nstats_interval = 1\n\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
+                if interrupt { "interrupt" } else { "busy" },
+                task_list.join(", ")
+            );
+            std::fs::write(&cfg, text)?;
+            let log = std::fs::File::create(lab.dir.join("meshgate.log"))?;
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", &lab.dut])
+                .arg(&bins.meshgate)
+                .args(["run", "--config"])
+                .arg(&cfg)
+                .arg("--control")
+                .arg(lab.dir.join("control.sock"))
+                .arg("--stats-file")
+                .arg(lab.dir.join("stats.json"))
+                .stdout(log)
+                .spawn()?;
+            wait_xdp(lab, &mut child, "meshgate")?;
+            let pid = child.id();
+            Ok(Running::Process { child, pid })
+        }
+    }
+}
+
+/// The generator-alone baseline: d0 drops every frame in XDP.
+pub fn start_baseline(lab: &BenchLab) -> Result<Running> {
+    let dut = lab.dut.clone();
+    let r = std::thread::spawn(move || -> Result<Running> {
+        enter_ns(&dut)?;
+        let mut rtnl = meshgate::control::netlink::Rtnl::new()?;
+        let idx = rtnl.link("d0")?.index;
+        let prog = meshgate::xdp::program::DropProgram::load()?;
+        let link = prog
+            .prog
+            .attach_xdp(idx, meshgate::xdp::bpf::xdp_flags::DRV_MODE, "d0")?;
+        Ok(Running::Drop {
+            _link: link,
+            _prog: prog,
+        })
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("baseline thread panicked"))??;
+    Ok(r)
+}
+
+/// One generator run's numbers (the generator's JSON).
+#[derive(Debug, Clone, serde::Deserialize, Serialize)]
+pub struct Trial {
+    pub sent: u64,
+    pub received: u64,
+    pub loss: f64,
+    pub duration_s: f64,
+    pub tx_pps: f64,
+    pub rx_pps: f64,
+    pub rx_gbps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub cpu_busy_s: f64,
+}
+
+/// What to send.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub flows: u32,
+    pub size: usize,
+    pub rate: u64,
+    pub seconds: f64,
+    pub count: Option<u64>,
+    /// The generator sleeps between bursts (CPU measurements).
+    pub sleep: bool,
+}
+
+pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
+    let mut args = vec![
+        "netns".to_string(),
+        "exec".into(),
+        lab.generator.clone(),
+        bins.pktgen.display().to_string(),
+        "send".into(),
+        "--iface".into(),
+        "g0".into(),
+        "--src".into(),
+        CLIENTS.into(),
+        "--dst".into(),
+        DUT.into(),
+        "--dst-mac".into(),
+        DUT_MAC.into(),
+        "--flows".into(),
+        l.flows.to_string(),
+        "--size".into(),
+        l.size.to_string(),
+        "--rate".into(),
+        l.rate.to_string(),
+        "--duration".into(),
+        l.seconds.to_string(),
+        "--cpu".into(),
+        "0".into(),
+        "--json".into(),
+    ];
+    if let Some(c) = l.count {
+        args.push("--count".into());
+        args.push(c.to_string());
+    }
+    if l.sleep {
+        args.push("--sleep".into());
+    }
+    let out = Command::new("ip").args(&args).output()?;
+    if !out.status.success() {
+        bail!(
+            "meshgate-pktgen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .last()
+        .context("no output from meshgate-pktgen")?;
+    serde_json::from_str(line).with_context(|| format!("bad pktgen output: {line}"))
+}
+
+/// Highest rate (packets per second delivered) with at most `max_loss`
+/// loss: a flat-out run, then a binary search of the offered rate.
+pub fn max_rate(
+    lab: &BenchLab,
+    bins: &Bins,
+    flows: u32,
+    size: usize,
+    seconds: f64,
+    steps: u32,
+    max_loss: f64,
+) -> Result<(f64, Trial)> {
+    let flat = trial(
+        lab,
+        bins,
+        Load {
+            flows,
+            size,
+            rate: 0,
+            seconds,
+            count: None,
+            sleep: false,
+        },
+    )?;
+    if flat.loss <= max_loss {
+        return Ok((flat.rx_pps, flat));
+    }
+    let (mut lo, mut hi) = (0.0f64, flat.tx_pps);
+    let mut best: Option<(f64, Trial)> = None;
+    let mut guess = flat.rx_pps * 0.95;
+    for _ in 0..steps {
+        let t = trial(
+            lab,
+            bins,
+            Load {
+                flows,
+                size,
+                rate: guess as u64,
+                seconds,
+                count: None,
+                sleep: false,
+            },
+        )?;
+        if t.loss <= max_loss {
+            lo = guess;
+            if best.as_ref().is_none_or(|b| t.rx_pps > b.0) {
+                best = Some((t.rx_pps, t));
+            }
+        } else {
+            hi = guess;
+        }
+        guess = (lo + hi) / 2.0;
+    }
+    match best {
+        Some(b) => Ok(b),
+        None => {
+            // Nothing passed: report the lowest rate tried, with its loss.
+            let t = trial(
+                lab,
+                bins,
+                Load {
+                    flows,
+                    size,
+                    rate: (hi / 4.0) as u64,
+                    seconds,
+                    count: None,
+                    sleep: false,
+                },
+            )?;
+            Ok((t.rx_pps, t))
+        }
+    }
+}
+
+/// Resident memory of a process, in bytes.
+pub fn rss(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .context("VmRSS")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// The statistics meshgate wrote last.
+pub fn meshgate_stats(lab: &BenchLab) -> Value {
+    std::fs::read(lab.dir.join("stats.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null)
+}
+
+pub fn machine() -> Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_default();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kb: u64 = mem
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    json!({
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem_kb as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": kernel,
+        "nic": "veth pair between two network namespaces (AF_XDP copy mode, native XDP)",
+        "generator": "meshgate-pktgen (AF_XDP) pinned to CPU 0; AF_XDP paths pinned to CPU 1",
+    })
+}
+
+pub fn default_tasks() -> Vec<String> {
+    TASKS.iter().map(|s| s.to_string()).collect()
+}
+
+/// `n` task addresses for the memory run (198.18.128.4 onwards).
+pub fn many_tasks(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 128, 4)) + i as u32).to_string())
+        .collect()
+}
+
+pub fn write_json(path: &Path, v: &Value) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d)?;
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(v)?)?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The generator's frames: Ethernet/IPv4/UDP (or TCP SYN) to a published
+//! port, one of N flows, carrying a marker, a sequence number and the time
+//! it was sent; and finding that time again in whatever comes back.
+//!
+//! UDP frames carry `MGTS` + seq (u32) + send time (u64 ns) as payload
+//! (16 bytes: a 64-byte frame has room for it). TCP SYNs carry the low 32
+//! bits of the send time in the acknowledgment field and the marker 0x4d47
+//! ("MG") as window, since a 64-byte SYN has no room for a payload.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Result, ensure};
+use meshgate::wire::{MacAddr, checksum};
+
+const MAGIC: [u8; 4] = *b"MGTS";
+const TCP_MARK: u16 = 0x4d47;
+/// Flows per source address; beyond, the next address is used.
+const PORTS_PER_ADDR: u32 = 50_000;
+const FIRST_PORT: u32 = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proto {
+    Udp,
+    TcpSyn,
+}
+
+pub struct FlowSet {
+    smac: MacAddr,
+    dmac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    port: u16,
+    proto: Proto,
+    flows: u32,
+    /// Frame length without the FCS.
+    len: usize,
+}
+
+impl FlowSet {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        smac: MacAddr,
+        dmac: MacAddr,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        port: u16,
+        proto: Proto,
+        flows: u32,
+        size: usize,
+    ) -> Result<FlowSet> {
+        let min = match proto {
+            Proto::Udp => 14 + 20 + 8 + 16 + 4,
+            Proto::TcpSyn => 64,
+        };
+        ensure!(
+            (min..=1518).contains(&size),
+            "--size must be between {min} and 1518 bytes (with FCS)"
+        );
+        ensure!(flows >= 1, "--flows must be at least 1");
+        Ok(FlowSet {
+            smac,
+            dmac,
+            src,
+            dst,
+            port,
+            proto,
+            flows,
+            len: size - 4,
+        })
+    }
+
+    /// Writes packet number `seq` (flow `seq % flows`) sent at `ts` ns into
+    /// `b`; returns its length.
+    pub fn write(&self, b: &mut [u8], seq: u32, ts: u64) -> usize {
+        let flow = seq % self.flows;
+        let src = Ipv4Addr::from(u32::from(self.src) + flow / PORTS_PER_ADDR);
+        let sport = (FIRST_PORT + flow % PORTS_PER_ADDR) as u16;
+        let b = &mut b[..self.len];
+        b[..6].copy_from_slice(&self.dmac.0);
+        b[6..12].copy_from_slice(&self.smac.0);
+        b[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        let ip_len = (self.len - 14) as u16;
+        let proto = if self.proto == Proto::Udp { 17 } else { 6 };
+        let ip = &mut b[14..34];
+        ip.copy_from_slice(&[
+            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ]);
+        ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+        ip[12..16].copy_from_slice(&src.octets());
+        ip[16..20].copy_from_slice(&self.dst.octets());
+        let c = checksum::checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        match self.proto {
+            Proto::Udp => {
+                let l4 = &mut b[34..];
+                let ulen = l4.len() as u16;
+                l4[0..2].copy_from_slice(&sport.to_be_bytes());
+                l4[2..4].copy_from_slice(&self.port.to_be_bytes());
+                l4[4..6].copy_from_slice(&ulen.to_be_bytes());
+                l4[6..8].copy_from_slice(&[0, 0]); // no checksum (RFC 768)
+                l4[8..12].copy_from_slice(&MAGIC);
+                l4[12..16].copy_from_slice(&seq.to_be_bytes());
+                l4[16..24].copy_from_slice(&ts.to_be_bytes());
+                l4[24..].fill(0);
+            }
+            Proto::TcpSyn => {
+                let l4 = &mut b[34..];
+                l4[..20].copy_from_slice(&[0; 20]);
+                l4[0..2].copy_from_slice(&sport.to_be_bytes());
+                l4[2..4].copy_from_slice(&self.port.to_be_bytes());
+                l4[4..8].copy_from_slice(&seq.to_be_bytes());
+                l4[8..12].copy_from_slice(&(ts as u32).to_be_bytes());
+                l4[12] = 0x50;
+                l4[13] = 0x02; // SYN
+                l4[14..16].copy_from_slice(&TCP_MARK.to_be_bytes());
+                l4[20..].fill(0);
+                let sum = checksum::combine(&[
+                    checksum::pseudo_header(src, self.dst, 6, l4.len() as u16),
+                    checksum::data(l4),
+                ]);
+                l4[16..18].copy_from_slice(&(!sum).to_be_bytes());
+            }
+        }
+        self.len
+    }
+}
+
+/// The latency of a frame that carries our marker, with `now` the receive
+/// time in ns: the frame itself (reflected), or inside VXLAN.
+pub fn latency_ns(f: &[u8], now: u64) -> Option<u64> {
+    let ip_at = |f: &[u8], off: usize| -> Option<u64> {
+        let ip = f.get(off..off + 20)?;
+        if ip[0] != 0x45 {
+            return None;
+        }
+        let l4 = f.get(off + 20..)?;
+        match ip[9] {
+            17 => {
+                let p = l4.get(8..24)?;
+                let ts = u64::from_be_bytes([p[8], p[9], p[10], p[11], p[12], p[13], p[14], p[15]]);
+                (p[..4] == MAGIC).then(|| now.wrapping_sub(ts))
+            }
+            6 => {
+                let t = l4.get(..20)?;
+                (u16::from_be_bytes([t[14], t[15]]) == TCP_MARK).then(|| {
+                    u64::from(
+                        (now as u32).wrapping_sub(u32::from_be_bytes([t[8], t[9], t[10], t[11]])),
+                    )
+                })
+            }
+            _ => None,
+        }
+    };
+    if f.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    // VXLAN (UDP to 4789) carries ours inside, behind 50 + 14 bytes.
+    if f.get(23) == Some(&17) && f.get(36..38) == Some(&[0x12, 0xb5]) {
+        if f.get(62..64)? != [0x08, 0x00] {
+            return None;
+        }
+        return ip_at(f, 64);
+    }
+    ip_at(f, 14)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(proto: Proto, flows: u32) -> FlowSet {
+        FlowSet::new(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            Ipv4Addr::new(198, 18, 1, 1),
+            Ipv4Addr::new(198, 18, 1, 2),
+            8080,
+            proto,
+            flows,
+            64,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn udp_frames_are_valid_and_timed() {
+        let s = set(Proto::Udp, 70_000);
+        let mut b = [0u8; 2048];
+        let n = s.write(&mut b, 60_001, 1_000_000);
+        assert_eq!(n, 60);
+        let p = etherparse::SlicedPacket::from_ethernet(&b[..n]).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
+        assert_eq!(
+            ip.header().source_addr(),
+            Ipv4Addr::new(198, 18, 1, 2),
+            "flow 60001 uses the second address"
+        );
+        assert_eq!(
+            ip.header().header_checksum(),
+            ip.header().to_header().calc_header_checksum()
+        );
+        assert_eq!(latency_ns(&b[..n], 1_000_500), Some(500));
+        // The same frame inside VXLAN.
+        let mut v = vec![0u8; 64];
+        v[12] = 8;
+        v[23] = 17;
+        v[36..38].copy_from_slice(&4789u16.to_be_bytes());
+        v[62] = 8;
+        v.extend_from_slice(&b[14..n]);
+        assert_eq!(latency_ns(&v, 1_000_700), Some(700));
+        assert_eq!(latency_ns(&b[..30], 0), None);
+    }
+
+    #[test]
+    fn tcp_syn_has_a_valid_checksum() {
+        let s = set(Proto::TcpSyn, 10);
+        let mut b = [0u8; 2048];
+        let n = s.write(&mut b, 3, 5_000);
+        let p = etherparse::SlicedPacket::from_ethernet(&b[..n]).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = p.net else {
+            panic!()
+        };
+        let Some(etherparse::TransportSlice::Tcp(t)) = p.transport else {
+            panic!()
+        };
+        assert!(t.syn() && !t.ack());
+        assert_eq!(
+            t.checksum(),
+            t.to_header()
+                .calc_checksum_ipv4(&ip.header().to_header(), t.payload())
+                .unwrap()
+        );
+        assert_eq!(latency_ns(&b[..n], 5_040), Some(40));
+    }
+}
