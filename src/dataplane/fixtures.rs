@@ -392,6 +392,41 @@ pub fn expected_reply_udp(client_port: u16, payload: &[u8]) -> Vec<u8> {
     )
 }
 
+/// What meshgate must send back for a too-big client packet `frame`: ICMP
+/// "fragmentation needed" quoting its first 64 bytes.
+pub fn frag_needed_to_client(frame: &[u8], mtu: u16) -> Vec<u8> {
+    let quote = &frame[14..14 + 64];
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0).ipv4(NODE.octets(), CLIENT.octets(), 64).icmpv4(
+        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }),
+    );
+    let mut v = Vec::new();
+    b.write(&mut v, quote).expect("fixture frame");
+    v
+}
+
+/// A task's ICMP "port unreachable" about the packet `quoted` (an IPv4
+/// packet as the task received it), in VXLAN from its node.
+pub fn task_icmp_unreachable(task: usize, quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MacAddr::docker(TASKS[task]).0, overlay_mac().0)
+        .ipv4(TASKS[task].octets(), OVERLAY.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+    let mut inner = Vec::new();
+    b.write(&mut inner, quoted).expect("fixture frame");
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+/// The client's view of `task_icmp_unreachable`: from the node address,
+/// quoting `quoted` (the client's own packet as it would have arrived).
+pub fn icmp_unreachable_to_client(quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv4(NODE.octets(), CLIENT.octets(), 63)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+    let mut v = Vec::new();
+    b.write(&mut v, quoted).expect("fixture frame");
+    v
+}
+
 /// An ARP request for the sandbox address from task `task`, in VXLAN.
 pub fn task_arp_request(task: usize) -> Vec<u8> {
     let inner = arp_frame(
@@ -855,10 +890,33 @@ pub fn cases() -> Vec<Case> {
             Expect::Drop(DropReason::Vlan),
         ),
         case(
-            "too big for the overlay",
+            "too big for the overlay, DF: fragmentation needed",
             vec![],
-            client_udp(50000, &[0u8; 1430]),
+            client_udp(50000, &[7u8; 1430]),
+            Expect::Frame(frag_needed_to_client(&client_udp(50000, &[7u8; 1430]), 1450)),
+        ),
+        case(
+            "too big for the overlay, no DF: dropped",
+            vec![],
+            {
+                let mut f = client_udp(50000, &[7u8; 1430]);
+                f[20] = 0; // clear DF
+                fix_ip_checksum(&mut f, 14);
+                f
+            },
             Expect::Drop(DropReason::TooBig),
+        ),
+        case(
+            "icmp port unreachable from a task goes back to the client",
+            vec![client_udp(50000, b"knock")],
+            task_icmp_unreachable(0, &expected_forward_udp(0, 50000, 50000, b"knock")[64..]),
+            Expect::Frame(icmp_unreachable_to_client(&udp_frame(CLIENT_MAC, NODE_MAC, CLIENT, NODE, 63, 50000, PUBLISHED, b"knock")[14..])),
+        ),
+        case(
+            "icmp error about no flow",
+            vec![],
+            task_icmp_unreachable(0, &expected_forward_udp(0, 50000, 50000, b"knock")[64..]),
+            Expect::Drop(DropReason::IcmpNoFlow),
         ),
     ];
     // A reply for a flow owned by another worker is handed off unchanged.

@@ -30,7 +30,7 @@ use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
 use super::tables::{OUTER_TEMPLATE_LEN, OUTER_TTL, Snapshot, TaskEntry, TaskId};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
-use crate::wire::{MacAddr, arp, checksum, tcp, udp, vxlan};
+use crate::wire::{MacAddr, arp, checksum, icmp, tcp, udp, vxlan};
 
 /// A frame inside a buffer with headroom: bytes `off..off + len` of `buf`.
 #[derive(Debug)]
@@ -666,7 +666,7 @@ fn forward(
         return Err(DropReason::TtlExpired);
     }
     if total > usize::from(id.overlay_mtu) {
-        return Err(DropReason::TooBig);
+        return frag_needed(snap, st, f, total);
     }
     let key = ClientKey {
         client,
@@ -875,7 +875,7 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     let ttl = iph[8];
     let task_addr = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
     if proto == protocol::ICMP {
-        return Err(DropReason::IcmpNoFlow);
+        return icmp_error(snap, st, f, total, vtep, ttl);
     }
     let l4 = parse_l4(proto, &d[INNER_IP + IP..INNER_IP + total])?;
     let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
@@ -1033,6 +1033,132 @@ fn arp_reply(
     }
     .emit(&mut arp::Packet::new_unchecked(&mut b[INNER + ETH..]));
     st.events.arp_replies += 1;
+    Ok(Verdict::Transmit)
+}
+
+/// Bytes of the offending packet quoted in an ICMP error meshgate sends: its
+/// IPv4 header and 44 bytes of the rest (RFC 792 asks for 8; more lets the
+/// client match TCP segments).
+const ICMP_QUOTE: usize = 64;
+
+/// Answers a client packet larger than the overlay MTU with ICMP
+/// "fragmentation needed" (RFC 1191), as a router on the path would, so that
+/// path MTU discovery works through meshgate. Packets without DF are
+/// dropped: meshgate does not fragment.
+fn frag_needed(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usize) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let Some(h) = d.first_chunk::<{ ETH + IP }>() else { return Err(DropReason::Truncated) };
+    if h[ETH + 6] & 0x40 == 0 || !st.generated.take(st.now) {
+        return Err(DropReason::TooBig);
+    }
+    let client = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
+    let Some(mac) = snap.neighbours.mac_for(client) else {
+        request_resolution(st, snap.neighbours.next_hop(client));
+        return Err(DropReason::TooBig);
+    };
+    let q = total.min(ICMP_QUOTE);
+    let mut quote = [0u8; ICMP_QUOTE];
+    quote[..q].copy_from_slice(&d[ETH..ETH + q]);
+    f.len = ETH + IP + icmp::HEADER_LEN + q;
+    let b = f.data_mut();
+    ethernet::Repr { src: id.node_mac, dst: mac, ethertype: ethertype::IPV4 }.emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    let icmp_len = icmp::HEADER_LEN + q;
+    ipv4::Repr { src: id.node_addr, dst: client, protocol: protocol::ICMP, payload_len: icmp_len as u16, ttl: 64, ident: 0, dont_frag: true, dscp_ecn: 0 }
+        .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
+    let msg = &mut b[ETH + IP..];
+    msg[icmp::HEADER_LEN..].copy_from_slice(&quote[..q]);
+    icmp::Repr::DstUnreachable { code: icmp::unreachable::FRAG_NEEDED, next_hop_mtu: id.overlay_mtu, data_len: q }.emit(&mut icmp::Packet::new_unchecked(msg));
+    st.drops.inc(DropReason::TooBig);
+    st.events.icmp_sent += 1;
+    Ok(Verdict::Transmit)
+}
+
+/// Translates an ICMP error about a flow's packet (a task's "port
+/// unreachable", a "fragmentation needed" from the task's side) back to the
+/// client, as NAT does: the error's addresses, and the quoted packet's
+/// addresses and ports, are reversed, and every checksum is redone.
+fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usize, vtep: Ipv4Addr, ttl: u8) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let msg = &d[INNER_IP + IP..INNER_IP + total];
+    // Header, then at least the quoted IPv4 header and 8 bytes of transport.
+    let Some(m) = msg.first_chunk::<{ icmp::HEADER_LEN + IP + 8 }>() else { return Err(DropReason::Truncated) };
+    if !matches!(m[0], icmp::msg_type::DST_UNREACHABLE | icmp::msg_type::TIME_EXCEEDED) {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    if checksum::data(msg) != 0xffff {
+        return Err(DropReason::L4Malformed);
+    }
+    let q = &m[icmp::HEADER_LEN..];
+    let qproto = q[9];
+    if q[0] != 0x45 || !matches!(qproto, protocol::TCP | protocol::UDP) || q[12..16] != id.overlay_addr.octets() {
+        return Err(DropReason::IcmpNoFlow);
+    }
+    let task = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+    let snat = u16::from_be_bytes([q[20], q[21]]);
+    let target = u16::from_be_bytes([q[22], q[23]]);
+    let owner = FlowTable::owner(snat, st.workers);
+    if owner != st.worker {
+        return Ok(Verdict::Handoff(owner));
+    }
+    let slot = st.flows.lookup_snat(&SnatKey { task, target, snat_port: snat, protocol: qproto }).ok_or(DropReason::IcmpNoFlow)?;
+    let gen32 = st.gen32;
+    let flow = st.flows.get_mut(slot);
+    if flow.vtep != vtep {
+        return Err(DropReason::ReplyWrongVtep);
+    }
+    if flow_task(snap, gen32, flow).is_none() {
+        return Err(DropReason::TaskGone);
+    }
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let (client, client_port, published, delta_l4, ti) = (flow.key.client, flow.key.client_port, flow.key.published, flow.delta_l4, flow.task_index);
+    let client_mac = match snap.neighbours.mac_for(client) {
+        Some(m) => m,
+        None => {
+            request_resolution(st, snap.neighbours.next_hop(client));
+            return Err(DropReason::NoNeighbour);
+        }
+    };
+
+    let b = &mut f.data_mut()[INNER_IP..INNER_IP + total];
+    let (iph, msg) = b.split_at_mut(IP);
+    let mut ip = ipv4::Packet::new_unchecked(&mut iph[..]);
+    ip.set_src_addr(id.node_addr);
+    ip.set_dst_addr(client);
+    ip.set_ttl(ttl - 1);
+    ip.fill_checksum();
+    let (_, quoted) = msg.split_at_mut(icmp::HEADER_LEN);
+    let (qh, ql4) = quoted.split_at_mut(IP);
+    let mut qip = ipv4::Packet::new_unchecked(&mut qh[..]);
+    qip.set_src_addr(client);
+    qip.set_dst_addr(id.node_addr);
+    qip.fill_checksum();
+    ql4[0..2].copy_from_slice(&client_port.to_be_bytes());
+    ql4[2..4].copy_from_slice(&published.to_be_bytes());
+    // The quoted transport checksum, when quoted: the reverse of the flow's
+    // translation.
+    if qproto == protocol::UDP {
+        let c = checksum::apply_folded_udp(u16::from_be_bytes([ql4[6], ql4[7]]), !delta_l4);
+        ql4[6..8].copy_from_slice(&c.to_be_bytes());
+    } else if let Some(t) = ql4.get_mut(16..18) {
+        let c = checksum::apply_folded(u16::from_be_bytes([t[0], t[1]]), !delta_l4);
+        t.copy_from_slice(&c.to_be_bytes());
+    }
+    let mut icmp = icmp::Packet::new_unchecked(&mut msg[..]);
+    icmp.fill_checksum();
+
+    f.off += INNER;
+    f.len = ETH + total;
+    let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else { return Err(DropReason::Truncated) };
+    eth[0..6].copy_from_slice(&client_mac.0);
+    eth[6..12].copy_from_slice(&id.node_mac.0);
+    let c = &mut st.tasks[ti as usize];
+    c.packets_out += 1;
+    c.bytes_out += (ETH + total) as u64;
+    st.events.replies += 1;
     Ok(Verdict::Transmit)
 }
 

@@ -250,6 +250,20 @@ impl Forwarder {
             handles.push(h);
         }
 
+        // The control thread (this one) and its helpers stay off the
+        // workers' CPUs: a busy-polling worker preempted for a time slice
+        // loses frames.
+        let worker_cpus: Vec<usize> = (0..n)
+            .filter_map(|i| match &cfg.node.cpus {
+                Some(c) => c.get(i).copied(),
+                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()].id),
+                None => None,
+            })
+            .collect();
+        if let Some(free) = cores.iter().find(|c| !worker_cpus.contains(&c.id)) {
+            core_affinity::set_for_current(*free);
+        }
+
         let flags = match cfg.node.xdp_mode {
             XdpMode::Native => xdp_flags::DRV_MODE,
             XdpMode::Generic => xdp_flags::SKB_MODE,
