@@ -396,9 +396,11 @@ pub fn expected_reply_udp(client_port: u16, payload: &[u8]) -> Vec<u8> {
 /// "fragmentation needed" quoting its first 64 bytes.
 pub fn frag_needed_to_client(frame: &[u8], mtu: u16) -> Vec<u8> {
     let quote = &frame[14..14 + 64];
-    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0).ipv4(NODE.octets(), CLIENT.octets(), 64).icmpv4(
-        etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu }),
-    );
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv4(NODE.octets(), CLIENT.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: mtu },
+        ));
     let mut v = Vec::new();
     b.write(&mut v, quote).expect("fixture frame");
     v
@@ -409,7 +411,9 @@ pub fn frag_needed_to_client(frame: &[u8], mtu: u16) -> Vec<u8> {
 pub fn task_icmp_unreachable(task: usize, quoted: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MacAddr::docker(TASKS[task]).0, overlay_mac().0)
         .ipv4(TASKS[task].octets(), OVERLAY.octets(), 64)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
     let mut inner = Vec::new();
     b.write(&mut inner, quoted).expect("fixture frame");
     let (node, mac) = task_node(task);
@@ -421,7 +425,9 @@ pub fn task_icmp_unreachable(task: usize, quoted: &[u8]) -> Vec<u8> {
 pub fn icmp_unreachable_to_client(quoted: &[u8]) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
         .ipv4(NODE.octets(), CLIENT.octets(), 63)
-        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(etherparse::icmpv4::DestUnreachableHeader::Port));
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
     let mut v = Vec::new();
     b.write(&mut v, quoted).expect("fixture frame");
     v
@@ -893,7 +899,10 @@ pub fn cases() -> Vec<Case> {
             "too big for the overlay, DF: fragmentation needed",
             vec![],
             client_udp(50000, &[7u8; 1430]),
-            Expect::Frame(frag_needed_to_client(&client_udp(50000, &[7u8; 1430]), 1450)),
+            Expect::Frame(frag_needed_to_client(
+                &client_udp(50000, &[7u8; 1430]),
+                1450,
+            )),
         ),
         case(
             "too big for the overlay, no DF: dropped",
@@ -910,7 +919,11 @@ pub fn cases() -> Vec<Case> {
             "icmp port unreachable from a task goes back to the client",
             vec![client_udp(50000, b"knock")],
             task_icmp_unreachable(0, &expected_forward_udp(0, 50000, 50000, b"knock")[64..]),
-            Expect::Frame(icmp_unreachable_to_client(&udp_frame(CLIENT_MAC, NODE_MAC, CLIENT, NODE, 63, 50000, PUBLISHED, b"knock")[14..])),
+            Expect::Frame(icmp_unreachable_to_client(
+                &udp_frame(
+                    CLIENT_MAC, NODE_MAC, CLIENT, NODE, 63, 50000, PUBLISHED, b"knock",
+                )[14..],
+            )),
         ),
         case(
             "icmp error about no flow",

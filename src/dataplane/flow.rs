@@ -252,6 +252,11 @@ impl FlowTable {
         self.capacity
     }
 
+    /// Slots ever used (the sweep's range).
+    pub fn high_water(&self) -> usize {
+        self.high_water
+    }
+
     /// The worker that owns SNAT port `port` among `workers`.
     #[inline]
     pub fn owner(port: u16, workers: u16) -> u16 {

@@ -347,7 +347,8 @@ impl Pipeline {
             Err(r) => Verdict::Drop(r),
         };
         match v {
-            Verdict::Transmit => self.st.events.tx += 1,
+            // `tx` counts frames on the wire: the worker counts them.
+            Verdict::Transmit => {}
             Verdict::Handoff(_) => self.st.events.handoffs += 1,
             Verdict::Drop(r) => self.st.drops.inc(r),
         }
@@ -1045,10 +1046,17 @@ const ICMP_QUOTE: usize = 64;
 /// "fragmentation needed" (RFC 1191), as a router on the path would, so that
 /// path MTU discovery works through meshgate. Packets without DF are
 /// dropped: meshgate does not fragment.
-fn frag_needed(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usize) -> Result<Verdict, DropReason> {
+fn frag_needed(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    total: usize,
+) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
-    let Some(h) = d.first_chunk::<{ ETH + IP }>() else { return Err(DropReason::Truncated) };
+    let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
+        return Err(DropReason::Truncated);
+    };
     if h[ETH + 6] & 0x40 == 0 || !st.generated.take(st.now) {
         return Err(DropReason::TooBig);
     }
@@ -1062,13 +1070,32 @@ fn frag_needed(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usi
     quote[..q].copy_from_slice(&d[ETH..ETH + q]);
     f.len = ETH + IP + icmp::HEADER_LEN + q;
     let b = f.data_mut();
-    ethernet::Repr { src: id.node_mac, dst: mac, ethertype: ethertype::IPV4 }.emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: mac,
+        ethertype: ethertype::IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
     let icmp_len = icmp::HEADER_LEN + q;
-    ipv4::Repr { src: id.node_addr, dst: client, protocol: protocol::ICMP, payload_len: icmp_len as u16, ttl: 64, ident: 0, dont_frag: true, dscp_ecn: 0 }
-        .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
+    ipv4::Repr {
+        src: id.node_addr,
+        dst: client,
+        protocol: protocol::ICMP,
+        payload_len: icmp_len as u16,
+        ttl: 64,
+        ident: 0,
+        dont_frag: true,
+        dscp_ecn: 0,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut b[ETH..ETH + IP]));
     let msg = &mut b[ETH + IP..];
     msg[icmp::HEADER_LEN..].copy_from_slice(&quote[..q]);
-    icmp::Repr::DstUnreachable { code: icmp::unreachable::FRAG_NEEDED, next_hop_mtu: id.overlay_mtu, data_len: q }.emit(&mut icmp::Packet::new_unchecked(msg));
+    icmp::Repr::DstUnreachable {
+        code: icmp::unreachable::FRAG_NEEDED,
+        next_hop_mtu: id.overlay_mtu,
+        data_len: q,
+    }
+    .emit(&mut icmp::Packet::new_unchecked(msg));
     st.drops.inc(DropReason::TooBig);
     st.events.icmp_sent += 1;
     Ok(Verdict::Transmit)
@@ -1078,13 +1105,25 @@ fn frag_needed(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usi
 /// unreachable", a "fragmentation needed" from the task's side) back to the
 /// client, as NAT does: the error's addresses, and the quoted packet's
 /// addresses and ports, are reversed, and every checksum is redone.
-fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usize, vtep: Ipv4Addr, ttl: u8) -> Result<Verdict, DropReason> {
+fn icmp_error(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    total: usize,
+    vtep: Ipv4Addr,
+    ttl: u8,
+) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
     let msg = &d[INNER_IP + IP..INNER_IP + total];
     // Header, then at least the quoted IPv4 header and 8 bytes of transport.
-    let Some(m) = msg.first_chunk::<{ icmp::HEADER_LEN + IP + 8 }>() else { return Err(DropReason::Truncated) };
-    if !matches!(m[0], icmp::msg_type::DST_UNREACHABLE | icmp::msg_type::TIME_EXCEEDED) {
+    let Some(m) = msg.first_chunk::<{ icmp::HEADER_LEN + IP + 8 }>() else {
+        return Err(DropReason::Truncated);
+    };
+    if !matches!(
+        m[0],
+        icmp::msg_type::DST_UNREACHABLE | icmp::msg_type::TIME_EXCEEDED
+    ) {
         return Err(DropReason::UnsupportedProtocol);
     }
     if checksum::data(msg) != 0xffff {
@@ -1092,7 +1131,10 @@ fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usiz
     }
     let q = &m[icmp::HEADER_LEN..];
     let qproto = q[9];
-    if q[0] != 0x45 || !matches!(qproto, protocol::TCP | protocol::UDP) || q[12..16] != id.overlay_addr.octets() {
+    if q[0] != 0x45
+        || !matches!(qproto, protocol::TCP | protocol::UDP)
+        || q[12..16] != id.overlay_addr.octets()
+    {
         return Err(DropReason::IcmpNoFlow);
     }
     let task = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
@@ -1102,7 +1144,15 @@ fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usiz
     if owner != st.worker {
         return Ok(Verdict::Handoff(owner));
     }
-    let slot = st.flows.lookup_snat(&SnatKey { task, target, snat_port: snat, protocol: qproto }).ok_or(DropReason::IcmpNoFlow)?;
+    let slot = st
+        .flows
+        .lookup_snat(&SnatKey {
+            task,
+            target,
+            snat_port: snat,
+            protocol: qproto,
+        })
+        .ok_or(DropReason::IcmpNoFlow)?;
     let gen32 = st.gen32;
     let flow = st.flows.get_mut(slot);
     if flow.vtep != vtep {
@@ -1114,7 +1164,13 @@ fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usiz
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let (client, client_port, published, delta_l4, ti) = (flow.key.client, flow.key.client_port, flow.key.published, flow.delta_l4, flow.task_index);
+    let (client, client_port, published, delta_l4, ti) = (
+        flow.key.client,
+        flow.key.client_port,
+        flow.key.published,
+        flow.delta_l4,
+        flow.task_index,
+    );
     let client_mac = match snap.neighbours.mac_for(client) {
         Some(m) => m,
         None => {
@@ -1152,7 +1208,9 @@ fn icmp_error(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>, total: usiz
 
     f.off += INNER;
     f.len = ETH + total;
-    let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else { return Err(DropReason::Truncated) };
+    let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
+        return Err(DropReason::Truncated);
+    };
     eth[0..6].copy_from_slice(&client_mac.0);
     eth[6..12].copy_from_slice(&id.node_mac.0);
     let c = &mut st.tasks[ti as usize];

@@ -64,7 +64,9 @@ fn every_drop_is_counted_once() {
                 assert!(p.drops().get(r) >= 1, "{}", c.name);
             }
             // A generated reset answers a dropped segment: one drop, one reset.
-            _ if p.events().resets_sent + p.events().icmp_sent > 0 => assert_eq!(after - before, 1, "{}", c.name),
+            _ if p.events().resets_sent + p.events().icmp_sent > 0 => {
+                assert_eq!(after - before, 1, "{}", c.name)
+            }
             _ => assert_eq!(after, before, "{}", c.name),
         }
     }

@@ -103,8 +103,10 @@ pub struct Worker {
 const SPIN_BEFORE_SLEEP: u32 = 2000;
 /// Longest sleep, so that idle flows still expire and reports still flow.
 const SLEEP_MS: u16 = 100;
-/// Flow-table slots examined per busy iteration, and per idle wake-up.
-const EXPIRE_BUDGET: usize = 64;
+/// Flow-table slots examined per idle wake-up; when busy, the sweep runs
+/// once per millisecond over 1/1000 of the used slots (at least 64), so a
+/// whole pass takes about a second whatever the packet rate.
+const EXPIRE_MIN: usize = 64;
 const EXPIRE_BUDGET_IDLE: usize = 1 << 16;
 
 impl Worker {
@@ -193,7 +195,9 @@ impl Worker {
                         }
                     }
                     while !tx.is_empty() {
-                        if self.port.transmit(&mut tx) == 0 {
+                        let sent = self.port.transmit(&mut tx);
+                        self.pipeline.events_mut().tx += sent as u64;
+                        if sent == 0 {
                             for t in tx.drain(..) {
                                 self.pipeline.count_drop(DropReason::TxFull);
                                 self.recycle(t);
@@ -229,6 +233,7 @@ impl Worker {
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
         let mut last_report = Instant::now();
         let mut idle: u32 = 0;
+        let mut last_sweep: u32 = 0;
         let inbox = self.mesh.handoff[me].clone();
         let returns = self.mesh.returns[me].clone();
         let shared = self.mesh.shared[me].clone();
@@ -268,7 +273,8 @@ impl Worker {
                 }
             }
             if !tx.is_empty() {
-                self.port.transmit(&mut tx);
+                let sent = self.port.transmit(&mut tx);
+                self.pipeline.events_mut().tx += sent as u64;
                 for t in tx.drain(..) {
                     // The TX ring is full: the kernel is not keeping up.
                     self.pipeline.count_drop(DropReason::TxFull);
@@ -279,7 +285,12 @@ impl Worker {
             if work > 0 {
                 hist.saturating_record(now.elapsed().as_nanos() as u64);
                 idle = 0;
-                self.pipeline.expire(EXPIRE_BUDGET);
+                let ms = self.pipeline.now();
+                if ms != last_sweep {
+                    last_sweep = ms;
+                    let budget = (self.pipeline.flows().high_water() / 1000).max(EXPIRE_MIN);
+                    self.pipeline.expire(budget);
+                }
             } else {
                 idle = idle.saturating_add(1);
             }

@@ -345,13 +345,26 @@ impl Port {
     }
 
     /// Starts transmission of queued frames if the kernel asks for it.
+    ///
+    /// In copy mode one `sendto()` transmits at most 32 frames (the
+    /// kernel's `TX_BATCH_SIZE`), so this kicks until the ring is empty, at
+    /// most `MAX_KICKS` times: one kick per 64-frame batch would leave half
+    /// of every batch behind until the TX ring filled.
     pub fn kick(&mut self) {
-        if self.unkicked > 0 || self.tx.pending() > 0 {
-            if self.tx.needs_wakeup() {
-                self.tx.wake();
-            }
-            self.unkicked = 0;
+        const MAX_KICKS: u32 = 8;
+        if self.unkicked == 0 && self.tx.pending() == 0 {
+            return;
         }
+        for _ in 0..MAX_KICKS {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
+            self.tx.wake();
+            if self.tx.pending() == 0 {
+                break;
+            }
+        }
+        self.unkicked = 0;
     }
 
     /// Moves up to `max` transmitted frames from the completion ring into `out`.
