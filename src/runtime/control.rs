@@ -186,6 +186,9 @@ impl Control {
         while let Ok(r) = self.reports.try_recv() {
             self.stats.absorb(r);
         }
+        if let Ok(c) = self.program.pass_counts() {
+            self.stats.xdp_passed = c;
+        }
         while self.garbage.try_recv().is_ok() {}
     }
 
@@ -349,6 +352,9 @@ impl Control {
         self.resolve_missing();
         while let Ok(r) = self.reports.try_recv() {
             self.stats.absorb(r);
+        }
+        if let Ok(c) = self.program.pass_counts() {
+            self.stats.xdp_passed = c;
         }
         // Old snapshots are freed here, off the workers' fast path.
         while self.garbage.try_recv().is_ok() {}

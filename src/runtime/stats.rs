@@ -21,6 +21,8 @@ pub struct Stats {
     pub batch_ns: Histogram<u64>,
     pub xsk: Vec<XskStats>,
     pub bad_descs: Vec<u64>,
+    /// Frames the XDP program passed to the kernel, by reason.
+    pub xdp_passed: [u64; crate::xdp::program::PASS_REASONS.len()],
 }
 
 impl Stats {
@@ -35,6 +37,7 @@ impl Stats {
             batch_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
             xsk: vec![XskStats::default(); workers],
             bad_descs: vec![0; workers],
+            xdp_passed: [0; crate::xdp::program::PASS_REASONS.len()],
         }
     }
 
@@ -151,6 +154,7 @@ impl Stats {
                 "max": h.max(),
             },
             "xsk": self.xsk,
+            "xdp_passed": crate::xdp::program::PASS_REASONS.iter().zip(self.xdp_passed).map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
             "bad_descriptors": self.bad_descs.iter().sum::<u64>(),
         })
     }

@@ -18,6 +18,7 @@ pub const R5: u8 = 5;
 pub const R6: u8 = 6;
 pub const R7: u8 = 7;
 pub const R8: u8 = 8;
+pub const R9: u8 = 9;
 pub const R10: u8 = 10;
 
 // Classes.
@@ -31,7 +32,7 @@ const ALU64: u8 = 0x07;
 pub const W: u8 = 0x00;
 pub const H: u8 = 0x08;
 pub const B: u8 = 0x10;
-const DW: u8 = 0x18;
+pub const DW: u8 = 0x18;
 const MEM: u8 = 0x60;
 const IMM: u8 = 0x00;
 // Sources.

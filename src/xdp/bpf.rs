@@ -218,6 +218,31 @@ impl Map {
         Ok(true)
     }
 
+    /// Looks `key` of a per-CPU map up: `value` receives one value per
+    /// possible CPU (its length is the value size times the CPU count).
+    pub fn lookup_percpu(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
+        assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);
+        assert!(
+            value.len() >= self.value_size
+                && value.len() % self.value_size.next_multiple_of(8) == 0,
+            "per-CPU buffer of map {}",
+            self.name
+        );
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32)
+            .u64(8, key.as_ptr() as u64)
+            .u64(16, value.as_mut_ptr() as u64);
+        if sys_bpf(cmd::MAP_LOOKUP_ELEM, &mut a) < 0 {
+            let e = BpfError::last(format!("reading BPF map {}", self.name));
+            return if e.errno() == Some(libc::ENOENT) {
+                Ok(false)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(true)
+    }
+
     /// Looks `key` up into `value`; `Ok(false)` when absent.
     pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
         assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);

@@ -31,7 +31,7 @@
 use std::net::Ipv4Addr;
 use std::os::fd::RawFd;
 
-use super::asm::{Alu, Asm, B, H, Jmp, R0, R1, R2, R3, R4, R5, R6, R7, R8, R10, W, helper};
+use super::asm::{Alu, Asm, B, DW, H, Jmp, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W, helper};
 use super::bpf::{self, BpfError, Link, Map, Program, action, map_type};
 
 /// Parameters of the ingress program.
@@ -64,27 +64,71 @@ pub fn port_key(protocol: u8, port: u16) -> [u8; 4] {
     ((u32::from(protocol) << 16) | u16::from_ne_bytes(port.to_be_bytes()) as u32).to_ne_bytes()
 }
 
+/// Why the ingress program passed a frame to the kernel; counted per CPU
+/// in the `mg_pass` map and reported as `xdp_passed`.
+pub const PASS_REASONS: [&str; 7] = [
+    "short",
+    "not_ipv4",
+    "other_address",
+    "other_protocol",
+    "unpublished_port",
+    "vxlan_other_vni",
+    "vxlan_not_for_sandbox",
+];
+
 /// Emits the common prefix: Ethernet type IPv4, destination `addr` (any
 /// when `None`), protocol TCP or UDP. Leaves r2 = data, r3 = data_end,
-/// r5 = protocol, r6 = ctx. Jumps to "pass" otherwise.
+/// r5 = protocol, r6 = ctx. Otherwise jumps to `pass_short`,
+/// `pass_not_ipv4`, `pass_other_address` or `pass_other_protocol`.
 fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>) {
     a.alu64_reg(Alu::Mov, R6, R1)
         .ldx(W, R2, R1, 0)
         .ldx(W, R3, R1, 4)
         .alu64_reg(Alu::Mov, R4, R2)
-        .alu64_imm(Alu::Add, R4, 34)
-        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .alu64_imm(Alu::Add, R4, 14)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
         .ldx(H, R5, R2, 12)
-        .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass");
+        .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass_not_ipv4")
+        .alu64_imm(Alu::Add, R4, 20)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short");
     if let Some(addr) = addr {
         a.ldx(W, R5, R2, 30)
-            .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass");
+            .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass_other_address");
     }
     a.ldx(B, R5, R2, 23)
         .jmp_imm(Jmp::Eq, R5, 6, "l4")
         .jmp_imm(Jmp::Eq, R5, 17, "l4")
-        .ja("pass")
+        .ja("pass_other_protocol")
         .label("l4");
+}
+
+/// Emits one label per pass reason that records the reason in r9 and goes
+/// to `count`, which adds one to the reason's per-CPU counter and passes.
+fn emit_counted_pass(a: &mut Asm, counters: RawFd) {
+    const LABELS: [&str; 7] = [
+        "pass_short",
+        "pass_not_ipv4",
+        "pass_other_address",
+        "pass_other_protocol",
+        "pass_unpublished_port",
+        "pass_vxlan_other_vni",
+        "pass_vxlan_not_for_sandbox",
+    ];
+    for (i, l) in LABELS.iter().enumerate() {
+        a.label(l).alu64_imm(Alu::Mov, R9, i as i32).ja("count");
+    }
+    a.label("count")
+        .stx(W, R10, -8, R9)
+        .ld_map_fd(R1, counters)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -8)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "pass")
+        // A per-CPU slot: no other CPU writes it, a plain add is enough.
+        .ldx(DW, R1, R0, 0)
+        .alu64_imm(Alu::Add, R1, 1)
+        .stx(DW, R0, 0, R1)
+        .ja("pass");
 }
 
 /// Emits the tail: "redirect" to the queue's socket in `xsks`, and "pass".
@@ -100,7 +144,7 @@ fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
         .exit();
 }
 
-fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd) -> Vec<bpf::Insn> {
+fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd, counters: RawFd) -> Vec<bpf::Insn> {
     let vni = p.vni.to_be_bytes();
     let mut a = Asm::new();
     emit_ipv4_to(&mut a, Some(p.node_addr));
@@ -118,26 +162,31 @@ fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd) -> Vec<bpf::Insn>
         // VXLAN: outer 14 + 20 + 8, VXLAN 8, inner Ethernet 14 = 64 bytes.
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 64)
-        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
         .ldx(W, R8, R2, 46)
         .alu32_imm(Alu::And, R8, ne32([0xff, 0xff, 0xff, 0]))
-        .jmp32_imm(Jmp::Ne, R8, ne32([vni[1], vni[2], vni[3], 0]), "pass")
+        .jmp32_imm(
+            Jmp::Ne,
+            R8,
+            ne32([vni[1], vni[2], vni[3], 0]),
+            "pass_vxlan_other_vni",
+        )
         .ldx(H, R8, R2, 62)
         .jmp_imm(Jmp::Eq, R8, ne16(0x0806), "arp")
-        .jmp_imm(Jmp::Ne, R8, ne16(0x0800), "pass")
+        .jmp_imm(Jmp::Ne, R8, ne16(0x0800), "pass_vxlan_not_for_sandbox")
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 84)
-        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
         .ldx(W, R8, R2, 80)
         .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
-        .ja("pass")
+        .ja("pass_vxlan_not_for_sandbox")
         .label("arp")
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 92)
-        .jmp_reg(Jmp::Gt, R4, R3, "pass")
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
         .ldx(W, R8, R2, 88)
         .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
-        .ja("pass")
+        .ja("pass_vxlan_not_for_sandbox")
         .label("lookup")
         .alu64_imm(Alu::Lsh, R5, 16)
         .alu64_reg(Alu::Or, R5, R7)
@@ -146,8 +195,9 @@ fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd) -> Vec<bpf::Insn>
         .alu64_reg(Alu::Mov, R2, R10)
         .alu64_imm(Alu::Add, R2, -4)
         .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "pass");
+        .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port");
     emit_redirect_and_pass(&mut a, xsks, p.miss_action);
+    emit_counted_pass(&mut a, counters);
     a.finish()
 }
 
@@ -157,15 +207,47 @@ pub struct IngressProgram {
     pub prog: Program,
     pub xsks: Map,
     pub ports: Map,
+    pub counters: Map,
 }
 
 impl IngressProgram {
     pub fn load(p: &IngressParams) -> Result<IngressProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, p.queues.max(1), "mg_xsks")?;
         let ports = Map::create(map_type::HASH, 4, 4, MAX_PORTS, "mg_ports")?;
-        let insns = ingress_insns(p, xsks.fd(), ports.fd());
+        let counters = Map::create(
+            map_type::PERCPU_ARRAY,
+            4,
+            8,
+            PASS_REASONS.len() as u32,
+            "mg_pass",
+        )?;
+        let insns = ingress_insns(p, xsks.fd(), ports.fd(), counters.fd());
         let prog = Program::load_xdp(&insns, "meshgate_in")?;
-        Ok(IngressProgram { prog, xsks, ports })
+        Ok(IngressProgram {
+            prog,
+            xsks,
+            ports,
+            counters,
+        })
+    }
+
+    /// Frames passed to the kernel, by reason ([`PASS_REASONS`]), all CPUs.
+    pub fn pass_counts(&self) -> Result<[u64; PASS_REASONS.len()], BpfError> {
+        let cpus = possible_cpus();
+        let mut out = [0u64; PASS_REASONS.len()];
+        let mut buf = vec![0u8; 8 * cpus];
+        for (i, o) in out.iter_mut().enumerate() {
+            if self
+                .counters
+                .lookup_percpu(&(i as u32).to_ne_bytes(), &mut buf)?
+            {
+                *o = buf
+                    .chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                    .sum();
+            }
+        }
+        Ok(out)
     }
 
     /// Publishes (protocol, port) to the program.
@@ -205,6 +287,15 @@ impl CaptureProgram {
         let mut a = Asm::new();
         emit_ipv4_to(&mut a, addr);
         emit_redirect_and_pass(&mut a, xsks.fd(), action::PASS);
+        // Not counted: every reason is a plain pass.
+        for l in [
+            "pass_short",
+            "pass_not_ipv4",
+            "pass_other_address",
+            "pass_other_protocol",
+        ] {
+            a.label(l).ja("pass");
+        }
         let prog = Program::load_xdp(&a.finish(), "meshgate_cap")?;
         Ok(CaptureProgram { prog, xsks })
     }
@@ -217,6 +308,17 @@ impl CaptureProgram {
     pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
         self.prog.attach_xdp(ifindex, flags, ifname)
     }
+}
+
+/// The number of possible CPUs, the size of a per-CPU map value.
+fn possible_cpus() -> usize {
+    // "0-1" or "0,2-3": the highest index + 1.
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
+    s.trim()
+        .split([',', '-'])
+        .filter_map(|x| x.parse::<usize>().ok())
+        .max()
+        .map_or(1, |m| m + 1)
 }
 
 /// A program that drops every frame: the benchmark's baseline, to measure
@@ -421,6 +523,31 @@ mod tests {
             PASS
         );
         assert!(!p.remove_port(6, PUBLISHED).unwrap(), "already absent");
+        // Every pass was counted under its reason.
+        let counts = p.pass_counts().unwrap();
+        let by_name: std::collections::HashMap<&str, u64> =
+            PASS_REASONS.iter().copied().zip(counts).collect();
+        assert_eq!(by_name["short"], 0);
+        assert_eq!(by_name["not_ipv4"], 2, "ARP and the zero frame");
+        assert_eq!(by_name["other_address"], 1);
+        assert_eq!(by_name["other_protocol"], 1, "ICMP");
+        assert_eq!(
+            by_name["unpublished_port"], 3,
+            "SSH, UDP 53, TCP 8080 after removal"
+        );
+        assert_eq!(by_name["vxlan_other_vni"], 1);
+        assert_eq!(by_name["vxlan_not_for_sandbox"], 2);
+        assert_eq!(
+            p.prog
+                .test_run(&client_tcp(40000, 1, 0, SYN, b"")[..20])
+                .unwrap(),
+            PASS
+        );
+        assert_eq!(
+            p.pass_counts().unwrap()[0],
+            1,
+            "a truncated IPv4 frame is short"
+        );
     }
 
     #[test]
