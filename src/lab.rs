@@ -172,6 +172,14 @@ impl Lab {
     fn add_ns(&mut self, name: &str) -> Result<(), LabError> {
         sh(&["ip", "netns", "add", name])?;
         self.namespaces.push(name.to_string());
+        // IPv4 only: without IPv6's neighbour discovery and multicast
+        // reports the lab's links are quiet, and counters count the test.
+        for k in [
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ] {
+            let _ = self.exec(name, &["sysctl", "-qw", k]);
+        }
         sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         Ok(())
     }
@@ -262,6 +270,13 @@ impl Lab {
         self.add_ns(&ingress)?;
         self.ip(&sw, &["link", "add", "br0", "type", "bridge"])?;
         self.ip(&sw, &["link", "set", "br0", "up"])?;
+        // A switch forwards frames as they are. With br_netfilter (built in
+        // here) a Linux bridge would validate IPv4 headers and drop bad
+        // ones before meshgate could see and count them.
+        for t in ["iptables", "ip6tables", "arptables"] {
+            let key = format!("net.bridge.bridge-nf-call-{t}=0");
+            let _ = self.exec(&sw, &["sysctl", "-qw", &key]);
+        }
 
         // With several ingress queues, the veths feeding the switch get as
         // many: a bridge keeps a frame on the queue it arrived on, so this
@@ -273,6 +288,11 @@ impl Lab {
         self.tx_checksum_off(&client, "eth0")?;
 
         self.veth(&ingress, "in0", &sw, "p-in", q)?;
+        // On a wire, 802.1Q tags are in the frame. A bridge keeps a tag as
+        // metadata and veth hands XDP the frame without it; making p-in
+        // write tags into the frames it sends puts them where a NIC with
+        // VLAN stripping off would show them.
+        self.exec(&sw, &["ethtool", "-K", "p-in", "txvlan", "off"])?;
         self.ip(&ingress, &["addr", "add", "198.18.0.2/24", "dev", "in0"])?;
         self.ip(&ingress, &["link", "set", "in0", "up"])?;
 

@@ -1061,10 +1061,10 @@ fn frag_needed(
         return Err(DropReason::TooBig);
     }
     let client = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
-    let Some(mac) = snap.neighbours.mac_for(client) else {
-        request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(DropReason::TooBig);
-    };
+    // An answer to this very frame goes back to the neighbour that sent it
+    // (its source MAC), as any responder does; the neighbour table may not
+    // know the client yet (it ARPed microseconds ago).
+    let mac = MacAddr([h[6], h[7], h[8], h[9], h[10], h[11]]);
     let q = total.min(ICMP_QUOTE);
     let mut quote = [0u8; ICMP_QUOTE];
     quote[..q].copy_from_slice(&d[ETH..ETH + q]);
@@ -1295,10 +1295,8 @@ fn send_reset(
     if flags & tcp::flags::RST != 0 || !st.generated.take(st.now) {
         return Err(reason);
     }
-    let Some(mac) = snap.neighbours.mac_for(client) else {
-        request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(reason);
-    };
+    // Back to the neighbour that sent the segment (see `frag_needed`).
+    let mac = MacAddr(f.data()[6..12].try_into().map_err(|_| reason)?);
     let seg_len = t.payload().len() as u32
         + u32::from(flags & tcp::flags::SYN != 0)
         + u32::from(flags & tcp::flags::FIN != 0);

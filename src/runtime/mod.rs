@@ -344,6 +344,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         },
         fwd.control.snapshot().identity.node_addr
     );
+    write_stats(&fwd.control, opts.stats_file.as_deref());
     let started = std::time::Instant::now();
     let mut last_summary = std::time::Instant::now();
     let mut died = None;

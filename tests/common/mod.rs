@@ -69,7 +69,10 @@ impl Meshgate {
         };
         let t0 = Instant::now();
         loop {
-            if lab::xdp_attached(&m.ns, "in0").unwrap() && m.log().contains("forwarding on") {
+            if lab::xdp_attached(&m.ns, "in0").unwrap()
+                && m.log().contains("forwarding on")
+                && m.stats.exists()
+            {
                 break;
             }
             if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
@@ -159,4 +162,59 @@ impl Drop for Meshgate {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends raw frames out of `dev` in namespace `ns` through an AF_XDP socket
+/// (copy mode): any bytes at all, which no kernel socket would send.
+pub fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
+    let ns = ns.to_string();
+    let dev = dev.to_string();
+    std::thread::spawn(move || {
+        meshgate::lab::enter_ns(&ns).unwrap();
+        let mut xsk = meshgate::xdp::Xsk::open(&meshgate::xdp::XskConfig {
+            ifname: dev,
+            queues: vec![0],
+            frames_per_queue: 256,
+            frame_size: 2048,
+            ring_size: 128,
+            mode: meshgate::xdp::BindMode::Copy,
+            huge_pages: false,
+        })
+        .expect("AF_XDP socket for injection");
+        let umem = xsk.umem.clone();
+        let mut pool = std::mem::take(&mut xsk.initial[0]);
+        let port = &mut xsk.ports[0];
+        for f in frames {
+            let mut t = pool.pop().expect("a free frame");
+            {
+                let (chunk, off) = umem.frame(&mut t);
+                chunk[off..off + f.len()].copy_from_slice(&f);
+            }
+            let off = meshgate::xdp::umem::KERNEL_HEADROOM;
+            umem.set_data(&mut t, off, f.len());
+            let mut one = vec![t];
+            while port.transmit(&mut one) == 0 {
+                port.kick();
+            }
+            port.kick();
+            let mut done = Vec::new();
+            let t0 = Instant::now();
+            while done.is_empty() && t0.elapsed() < Duration::from_secs(1) {
+                port.kick();
+                port.complete(&mut done, 8);
+            }
+            pool.append(&mut done);
+            // Frames one at a time, a little apart: the test counts each.
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    })
+    .join()
+    .unwrap();
+}
+
+/// The MAC address of `dev` in namespace `ns`.
+pub fn mac_of(lab: &Lab, ns: &str, dev: &str) -> [u8; 6] {
+    let out = lab.ip(ns, &["-br", "link", "show", "dev", dev]).unwrap();
+    let m: meshgate::wire::MacAddr = out.split_whitespace().nth(2).unwrap().parse().unwrap();
+    m.0
 }
