@@ -1,0 +1,70 @@
+//! Writes the seed corpus of every fuzz target from the fixture frames
+//! (`src/dataplane/fixtures.rs`) and the shipped configuration:
+//! `cargo run --example make_seeds` in fuzz/.
+
+use meshgate::dataplane::fixtures::*;
+use std::path::Path;
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("corpus").join(target);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), bytes).unwrap();
+}
+
+fn main() {
+    let cases = cases();
+    for (i, c) in cases.iter().enumerate() {
+        let f = &c.input;
+        let name = format!("case{i:02}");
+        write("pipeline", &name, f);
+        write("wire_ethernet", &name, f);
+        if f.len() > 14 {
+            let ip = &f[14..];
+            write("wire_ipv4", &name, ip);
+            write("wire_arp", &name, ip);
+            if ip.len() > 20 {
+                let l4 = &ip[20..];
+                match ip[9] {
+                    6 => write("wire_tcp", &name, l4),
+                    17 => write("wire_udp", &name, l4),
+                    1 => write("wire_icmp", &name, l4),
+                    _ => {}
+                }
+                if ip[9] == 17 && l4.len() > 8 {
+                    write("wire_vxlan", &name, &l4[8..]);
+                    // The inner packet of a VXLAN frame.
+                    if l4.len() > 16 + 14 + 20 && l4[16 + 12..16 + 14] == [0x08, 0x00] {
+                        let inner = &l4[16 + 14..];
+                        let iname = format!("{name}-inner");
+                        write("wire_ipv4", &iname, inner);
+                        match inner[9] {
+                            6 => write("wire_tcp", &iname, &inner[20..]),
+                            17 => write("wire_udp", &iname, &inner[20..]),
+                            1 => write("wire_icmp", &iname, &inner[20..]),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Several frames in one input, separated as the pipeline target splits.
+    let mut multi = Vec::new();
+    for c in cases.iter().take(6) {
+        multi.extend_from_slice(&c.input);
+        multi.push(0xa5);
+    }
+    write("pipeline", "multi", &multi);
+    write("config", "lab", include_bytes!("../examples/lab.toml"));
+    for (i, r) in [
+        r#"{"cmd":"services"}"#,
+        r#"{"cmd":"tasks","service":"web"}"#,
+        r#"{"cmd":"update","service":"web","task_add":[{"address":"198.18.128.7","node":"198.18.0.11"}],"weight":[["198.18.128.4",0]]}"#,
+        r#"{"cmd":"create","service":{"name":"api","publish":[{"published":9090,"target":80,"protocol":"udp"}]}}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        write("api_request", &format!("req{i}"), r.as_bytes());
+    }
+}
