@@ -320,25 +320,30 @@ impl FlowTable {
         let n = u32::from(self.workers);
         let w = u32::from(self.worker);
         let span = hi - lo + 1;
-        let start = if (lo..=hi).contains(&u32::from(client_port)) {
-            u32::from(client_port)
-        } else {
-            lo + hash % span
-        };
-        // First owned port at or after `start`, wrapping inside [lo, hi].
+        // First owned port at or after `p`, wrapping inside [lo, hi].
         let first_owned = |p: u32| -> u32 {
             let q = p + (w + n - p % n) % n;
             if q > hi { lo + (w + n - lo % n) % n } else { q }
         };
-        let mut p = first_owned(start);
-        for _ in 0..PORT_PROBES.min(span as usize / n as usize + 1) {
-            let k = SnatKey {
+        let free = |p: u32| {
+            self.lookup_snat(&SnatKey {
                 task,
                 target,
                 snat_port: p as u16,
                 protocol,
-            };
-            if self.lookup_snat(&k).is_none() {
+            })
+            .is_none()
+        };
+        // The client's own port first, as Linux NAT keeps source ports.
+        let cp = u32::from(client_port);
+        if (lo..=hi).contains(&cp) && cp % n == w && free(cp) {
+            return Some(cp as u16);
+        }
+        // Then from a position chosen by the flow's hash: many clients
+        // using the same few ports do not pile up in one dense range.
+        let mut p = first_owned(lo + hash % span);
+        for _ in 0..PORT_PROBES.min(span as usize / n as usize + 1) {
+            if free(p) {
                 return Some(p as u16);
             }
             p = first_owned(if p + n > hi { lo } else { p + n });
@@ -550,11 +555,15 @@ mod tests {
         let mut t = FlowTable::new(16, 0, 1, (1024, 65535));
         let (s, _) = t.insert(flow(40000, 4), 0).unwrap();
         assert_eq!(t.get(s).snat_port, 40000);
-        // Same client port from another client to the same task: next port.
+        // Same client port from another client to the same task: another port.
         let mut f = flow(40000, 4);
         f.key.client = Ipv4Addr::new(198, 18, 0, 9);
         let (s2, _) = t.insert(f, 0).unwrap();
-        assert_eq!(t.get(s2).snat_port, 40001);
+        let p2 = t.get(s2).snat_port;
+        assert!(
+            p2 != 40000 && (1024..=65535).contains(&p2),
+            "another port: {p2}"
+        );
         // To another task the same SNAT port is free again (NAT tuple).
         let mut f = flow(40000, 5);
         f.key.client = Ipv4Addr::new(198, 18, 0, 10);

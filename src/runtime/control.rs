@@ -31,6 +31,9 @@ use crate::xdp::program::IngressProgram;
 const RESYNC_EVERY: Duration = Duration::from_secs(5);
 /// How often an unresolved next hop is asked for again.
 const RESOLVE_RETRY: Duration = Duration::from_millis(500);
+/// Resolutions asked of the kernel per control round (about 20 rounds a
+/// second): a flood from spoofed sources must not become an ARP storm.
+const RESOLVE_PER_ROUND: usize = 16;
 
 pub struct Control {
     pub cfg: Config,
@@ -322,6 +325,7 @@ impl Control {
             }
         }
         let now = Instant::now();
+        let mut asked = 0;
         for a in want {
             if self
                 .resolving
@@ -330,6 +334,10 @@ impl Control {
             {
                 continue;
             }
+            if asked == RESOLVE_PER_ROUND {
+                break;
+            }
+            asked += 1;
             self.resolving.insert(a, now);
             let _ = self.rtnl.resolve(self.link.index, a);
         }

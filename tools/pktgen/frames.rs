@@ -14,8 +14,6 @@ use meshgate::wire::{MacAddr, checksum};
 
 const MAGIC: [u8; 4] = *b"MGTS";
 const TCP_MARK: u16 = 0x4d47;
-/// Flows per source address; beyond, the next address is used.
-const PORTS_PER_ADDR: u32 = 50_000;
 const FIRST_PORT: u32 = 10_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +32,8 @@ pub struct FlowSet {
     flows: u32,
     /// Frame length without the FCS.
     len: usize,
+    /// Flows per source address; beyond, the next address is used.
+    ports_per_addr: u32,
 }
 
 impl FlowSet {
@@ -47,6 +47,7 @@ impl FlowSet {
         proto: Proto,
         flows: u32,
         size: usize,
+        ports_per_addr: u32,
     ) -> Result<FlowSet> {
         let min = match proto {
             Proto::Udp => 14 + 20 + 8 + 16 + 4,
@@ -57,6 +58,10 @@ impl FlowSet {
             "--size must be between {min} and 1518 bytes (with FCS)"
         );
         ensure!(flows >= 1, "--flows must be at least 1");
+        ensure!(
+            (1..=55_000).contains(&ports_per_addr),
+            "--ports-per-addr must be between 1 and 55000"
+        );
         Ok(FlowSet {
             smac,
             dmac,
@@ -66,6 +71,7 @@ impl FlowSet {
             proto,
             flows,
             len: size - 4,
+            ports_per_addr,
         })
     }
 
@@ -73,8 +79,8 @@ impl FlowSet {
     /// `b`; returns its length.
     pub fn write(&self, b: &mut [u8], seq: u32, ts: u64) -> usize {
         let flow = seq % self.flows;
-        let src = Ipv4Addr::from(u32::from(self.src) + flow / PORTS_PER_ADDR);
-        let sport = (FIRST_PORT + flow % PORTS_PER_ADDR) as u16;
+        let src = Ipv4Addr::from(u32::from(self.src) + flow / self.ports_per_addr);
+        let sport = (FIRST_PORT + flow % self.ports_per_addr) as u16;
         let b = &mut b[..self.len];
         b[..6].copy_from_slice(&self.dmac.0);
         b[6..12].copy_from_slice(&self.smac.0);

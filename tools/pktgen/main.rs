@@ -84,6 +84,12 @@ enum Cmd {
         /// CPU to pin the generator to.
         #[arg(long)]
         cpu: Option<usize>,
+        /// Flows per source address (then the next address is used).
+        #[arg(long, default_value_t = 50_000)]
+        ports_per_addr: u32,
+        /// Transmit only: attach no XDP program, receive nothing.
+        #[arg(long)]
+        no_capture: bool,
         /// Sleep between paced bursts instead of spinning: the generator's
         /// CPU then shows other work on it (for CPU measurements), but
         /// frames are timestamped late on receipt (latency reads high).
@@ -180,18 +186,15 @@ fn resolve_mac(ifname: &str, dst: Ipv4Addr) -> Result<MacAddr> {
     bail!("cannot resolve {dst} on {ifname} (no ARP answer); give --dst-mac")
 }
 
+/// Opens the socket; with `capture`, attaches a program that sends every
+/// TCP/UDP frame arriving on the interface to it.
 fn open(
     ifname: &str,
     frames: u32,
-) -> Result<(
-    Xsk,
-    CaptureProgram,
-    meshgate::xdp::bpf::Link,
-    Option<Ipv4Addr>,
-)> {
+    capture: bool,
+) -> Result<(Xsk, Option<(CaptureProgram, meshgate::xdp::bpf::Link)>)> {
     let mut rtnl = Rtnl::new()?;
     let link = rtnl.link(ifname)?;
-    let prog = CaptureProgram::load(None, 1)?;
     let xsk = Xsk::open(&XskConfig {
         ifname: ifname.into(),
         queues: vec![0],
@@ -201,9 +204,13 @@ fn open(
         mode: BindMode::Auto,
         huge_pages: false,
     })?;
+    if !capture {
+        return Ok((xsk, None));
+    }
+    let prog = CaptureProgram::load(None, 1)?;
     prog.register_socket(0, xsk.ports[0].raw_fd())?;
     let l = prog.attach(link.index, xdp_flags::DRV_MODE, ifname)?;
-    Ok((xsk, prog, l, None))
+    Ok((xsk, Some((prog, l))))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -220,6 +227,8 @@ fn send(
     duration: f64,
     count: Option<u64>,
     sleep: bool,
+    ports_per_addr: u32,
+    no_capture: bool,
 ) -> Result<SendReport> {
     let mut rtnl = Rtnl::new()?;
     let link = rtnl.link(iface)?;
@@ -227,8 +236,18 @@ fn send(
         Some(m) => m,
         None => resolve_mac(iface, dst)?,
     };
-    let set = FlowSet::new(link.mac, dst_mac, src, dst, port, proto, flows, size)?;
-    let (mut xsk, _prog, _link, _) = open(iface, 8192)?;
+    let set = FlowSet::new(
+        link.mac,
+        dst_mac,
+        src,
+        dst,
+        port,
+        proto,
+        flows,
+        size,
+        ports_per_addr,
+    )?;
+    let (mut xsk, _capture) = open(iface, 8192, !no_capture)?;
     let umem = xsk.umem.clone();
     let port_ = &mut xsk.ports[0];
     let mut pool = std::mem::take(&mut xsk.initial[0]);
@@ -431,6 +450,8 @@ fn main() -> Result<()> {
             duration,
             count,
             cpu,
+            ports_per_addr,
+            no_capture,
             sleep,
             json,
         } => {
@@ -440,7 +461,20 @@ fn main() -> Result<()> {
                 ProtoArg::TcpSyn => Proto::TcpSyn,
             };
             let r = send(
-                &iface, src, dst, dst_mac, port, proto, flows, size, rate, duration, count, sleep,
+                &iface,
+                src,
+                dst,
+                dst_mac,
+                port,
+                proto,
+                flows,
+                size,
+                rate,
+                duration,
+                count,
+                sleep,
+                ports_per_addr,
+                no_capture,
             )
             .context("meshgate-pktgen send")?;
             if json {
