@@ -16,6 +16,9 @@ use common::{Meshgate, mac_of, privileged};
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
+
+/// (connection, the task that answered or the error)
+type Ping = (usize, Result<String, String>);
 const CAPACITY: u64 = 2048;
 
 fn target() -> SocketAddr {
@@ -52,7 +55,7 @@ fn syn_flood_at_ten_times_capacity() {
     // Six established connections, each asked every 50 ms which task
     // serves it, for the whole test.
     let stop = Arc::new(AtomicBool::new(false));
-    let log: Arc<Mutex<Vec<(usize, Result<String, String>)>>> = Arc::default();
+    let log: Arc<Mutex<Vec<Ping>>> = Arc::default();
     let (s2, l2, ns) = (stop.clone(), log.clone(), lab.client());
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let pinger = std::thread::spawn(move || {
