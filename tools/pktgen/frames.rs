@@ -184,6 +184,7 @@ mod tests {
             proto,
             flows,
             64,
+            50_000,
         )
         .unwrap()
     }
