@@ -313,6 +313,23 @@ impl Control {
         }
     }
 
+    /// Asks the kernel to confirm the next hops of the task nodes. The
+    /// kernel sees none of the traffic meshgate sends them, so it would
+    /// never re-validate those entries: a node whose MAC changed would stay
+    /// a black hole. A "use" of a stale entry makes the kernel probe it.
+    fn revalidate_vteps(&mut self) {
+        let hops: Vec<Ipv4Addr> = self
+            .snapshot
+            .vteps
+            .iter()
+            .filter(|(_, m)| m.is_some())
+            .map(|(n, _)| self.neighbours.next_hop(*n))
+            .collect();
+        for h in hops {
+            let _ = self.rtnl.resolve(self.link.index, h);
+        }
+    }
+
     /// Asks the kernel to resolve next hops the workers or the tables miss.
     fn resolve_missing(&mut self) {
         let mut want: Vec<Ipv4Addr> = Vec::new();
@@ -353,7 +370,11 @@ impl Control {
             let resp = self.handle(call.req);
             let _ = call.reply.send(resp);
         }
-        if notified || self.last_resync.elapsed() >= RESYNC_EVERY {
+        let resync = self.last_resync.elapsed() >= RESYNC_EVERY;
+        if resync {
+            self.revalidate_vteps();
+        }
+        if notified || resync {
             self.refresh_neighbours();
             self.last_resync = Instant::now();
         }
