@@ -9,6 +9,7 @@
 //! Invariant of a [`Config`]: every field has been validated; building the
 //! data-plane tables from it cannot fail for a reason the file controls.
 
+use super::swarm::SwarmFacts;
 use crate::wire::MacAddr;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -113,7 +114,8 @@ pub enum PollMode {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     node: RawNode,
-    ingress: RawIngress,
+    ingress: Option<RawIngress>,
+    swarm: Option<RawSwarm>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -128,7 +130,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawNode {
     interface: String,
-    address: String,
+    address: Option<String>,
     queues: Option<Vec<u32>>,
     #[serde(default)]
     poll: PollMode,
@@ -148,6 +150,13 @@ struct RawIngress {
     address: String,
     mac: Option<String>,
     mtu: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSwarm {
+    socket: Option<String>,
+    resync: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -368,6 +377,18 @@ impl Default for ControlConfig {
     }
 }
 
+/// Services and tasks come from Docker Swarm (`[swarm]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwarmConfig {
+    /// A manager's Engine API socket.
+    pub socket: PathBuf,
+    /// Time between full re-reads of services and tasks; Docker's events
+    /// trigger earlier ones.
+    pub resync: std::time::Duration,
+    /// What the engine said about this node when the file was loaded.
+    pub facts: SwarmFacts,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Publish {
     pub published: u16,
@@ -405,13 +426,24 @@ pub struct Config {
     pub flows: FlowLimits,
     pub control: ControlConfig,
     pub services: Vec<Service>,
+    /// `Some`: services and tasks come from Docker Swarm, not the file.
+    pub swarm: Option<SwarmConfig>,
+}
+
+/// Reads a node's swarm facts from the socket at the given path; the
+/// error says what is wrong in words.
+pub type Discover<'a> = &'a mut dyn FnMut(&Path) -> Result<SwarmFacts, String>;
+
+fn discover_docker(socket: &Path) -> Result<SwarmFacts, String> {
+    super::swarm::discover(&super::swarm::Docker::new(socket)).map_err(|e| e.to_string())
 }
 
 /// Largest weight of a task.
 pub const MAX_WEIGHT: u32 = 65535;
 
 impl Config {
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file; with `[swarm]`, asks
+    /// Docker for this node's swarm facts.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
@@ -420,7 +452,13 @@ impl Config {
     }
 
     /// Parses and validates configuration text; `file` names it in errors.
+    /// With `[swarm]`, asks Docker for this node's swarm facts.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        Self::parse_with(text, file, &mut discover_docker)
+    }
+
+    /// [`Config::parse`] with the swarm facts from `discover` (tests, fuzzing).
+    pub fn parse_with(text: &str, file: &str, discover: Discover) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = match e.span() {
                 Some(span) => {
@@ -431,11 +469,49 @@ impl Config {
             };
             ConfigError::new(file, key, e.message().trim().to_string())
         })?;
-        Self::from_raw(raw, file)
+        Self::from_raw(raw, file, discover)
     }
 
-    fn from_raw(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
+    fn from_raw(raw: RawConfig, file: &str, discover: Discover) -> Result<Config, ConfigError> {
         let err = |key: &str, msg: String| ConfigError::new(file, key, msg);
+
+        // [swarm] first: it fills in [node] address and [ingress].
+        let swarm = match raw.swarm {
+            None => None,
+            Some(sw) => {
+                if raw.ingress.is_some() {
+                    return Err(err(
+                        "ingress",
+                        "comes from the swarm's ingress network when [swarm] is set; remove the [ingress] table".into(),
+                    ));
+                }
+                if !raw.services.is_empty() {
+                    return Err(err(
+                        "service",
+                        "services come from Docker Swarm when [swarm] is set; remove the [[service]] tables and use `docker service create/update/rm`".into(),
+                    ));
+                }
+                let socket = super::swarm::parse_socket(
+                    sw.socket
+                        .as_deref()
+                        .unwrap_or(super::swarm::DEFAULT_DOCKER_SOCKET),
+                )
+                .map_err(|m| err("swarm.socket", m))?;
+                let resync = sw.resync.unwrap_or(2.0);
+                if !(0.1..=600.0).contains(&resync) {
+                    return Err(err(
+                        "swarm.resync",
+                        format!("{resync} must be between 0.1 and 600 seconds"),
+                    ));
+                }
+                let facts = discover(&socket).map_err(|m| err("swarm.socket", m))?;
+                Some(SwarmConfig {
+                    socket,
+                    resync: std::time::Duration::from_secs_f64(resync),
+                    facts,
+                })
+            }
+        };
 
         // [node]
         let n = raw.node;
@@ -448,7 +524,29 @@ impl Config {
                 ),
             ));
         }
-        let address = parse_host(&n.address).map_err(|m| err("node.address", m))?;
+        let address = match (&n.address, &swarm) {
+            (Some(a), None) => parse_host(a).map_err(|m| err("node.address", m))?,
+            (None, None) => {
+                return Err(err(
+                    "node.address",
+                    "is missing: the address clients connect to (like 198.18.0.2)".into(),
+                ));
+            }
+            (None, Some(sw)) => sw.facts.node_address,
+            (Some(a), Some(sw)) => {
+                let a = parse_host(a).map_err(|m| err("node.address", m))?;
+                if a != sw.facts.node_address {
+                    return Err(err(
+                        "node.address",
+                        format!(
+                            "{a} is not this node's swarm address {} (docker info: NodeAddr); remove the key to use it",
+                            sw.facts.node_address
+                        ),
+                    ));
+                }
+                a
+            }
+        };
         if let Some(q) = &n.queues {
             if q.is_empty() {
                 return Err(err(
@@ -507,7 +605,23 @@ impl Config {
         };
 
         // [ingress]
-        let i = raw.ingress;
+        let i = match (raw.ingress, &swarm) {
+            (Some(i), _) => i,
+            (None, Some(sw)) => RawIngress {
+                vni: Some(sw.facts.vni.into()),
+                port: Some(sw.facts.data_path_port.into()),
+                subnet: sw.facts.subnet.clone(),
+                address: sw.facts.sandbox_address.to_string(),
+                mac: Some(sw.facts.sandbox_mac.clone()),
+                mtu: sw.facts.mtu.map(i64::from),
+            },
+            (None, None) => {
+                return Err(err(
+                    "ingress",
+                    "is missing: add an [ingress] table (subnet and address of the sandbox on the ingress network), or a [swarm] table to read it from Docker".into(),
+                ));
+            }
+        };
         let vni = i.vni.unwrap_or(4096);
         if !(1..=0xff_ffff).contains(&vni) {
             return Err(err(
@@ -648,6 +762,7 @@ impl Config {
             flows,
             control,
             services,
+            swarm,
         })
     }
 }
@@ -1050,7 +1165,12 @@ mod tests {
             "publish[0].published",
             "VXLAN port",
         );
-        expect_err("[node]\ninterface = \"in0\"\n", "line", "missing field");
+        expect_err(
+            "[node]\ninterface = \"in0\"\n",
+            "node.address",
+            "is missing",
+        );
+        expect_err("[timeouts]\n", "line 1", "missing field `node`");
     }
 
     #[test]
@@ -1067,5 +1187,143 @@ mod tests {
         assert_eq!(n.broadcast(), Ipv4Addr::new(198, 18, 128, 255));
         assert!("198.18.128.0/33".parse::<Ipv4Net>().is_err());
         assert!("198.18.128.0".parse::<Ipv4Net>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod swarm_tests {
+    use super::*;
+
+    fn facts() -> SwarmFacts {
+        SwarmFacts {
+            node_id: "ieau4xomuc2kmaf95o8kef0pn".into(),
+            node_address: Ipv4Addr::new(198, 18, 0, 2),
+            data_path_port: 7789,
+            ingress_network: "g61z0msna4i4bmd4g9zxacfou".into(),
+            vni: 4097,
+            subnet: "198.18.128.0/24".into(),
+            sandbox_address: Ipv4Addr::new(198, 18, 128, 2),
+            sandbox_mac: "02:42:c6:12:80:02".into(),
+            mtu: Some(1400),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let mut asked = Vec::new();
+        let r = Config::parse_with(text, "swarm.toml", &mut |p: &Path| {
+            asked.push(p.to_path_buf());
+            Ok(facts())
+        });
+        if r.is_ok() {
+            assert_eq!(asked.len(), 1, "Docker is asked exactly once");
+        }
+        r
+    }
+
+    const MINIMAL: &str = "[node]\ninterface = \"eth0\"\n[swarm]\n";
+
+    #[test]
+    fn swarm_fills_node_and_ingress() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.node.address, Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(c.ingress.vni, 4097);
+        assert_eq!(c.ingress.port, 7789);
+        assert_eq!(c.ingress.subnet.to_string(), "198.18.128.0/24");
+        assert_eq!(c.ingress.address, Ipv4Addr::new(198, 18, 128, 2));
+        assert_eq!(c.ingress.mac.to_string(), "02:42:c6:12:80:02");
+        assert_eq!(c.ingress.mtu, 1400);
+        assert!(c.services.is_empty());
+        let sw = c.swarm.unwrap();
+        assert_eq!(sw.socket, PathBuf::from("/var/run/docker.sock"));
+        assert_eq!(sw.resync, std::time::Duration::from_secs(2));
+        assert_eq!(sw.facts, facts());
+    }
+
+    #[test]
+    fn swarm_settings_and_mistakes() {
+        let c = parse(&format!(
+            "{MINIMAL}socket = \"unix:///tmp/d.sock\"\nresync = 0.5\n"
+        ))
+        .unwrap();
+        let sw = c.swarm.unwrap();
+        assert_eq!(sw.socket, PathBuf::from("/tmp/d.sock"));
+        assert_eq!(sw.resync, std::time::Duration::from_millis(500));
+        // Same node address as the swarm's: accepted; another one: refused.
+        let c = parse("[node]\ninterface = \"eth0\"\naddress = \"198.18.0.2\"\n[swarm]\n").unwrap();
+        assert_eq!(c.node.address, Ipv4Addr::new(198, 18, 0, 2));
+        let cases = [
+            (
+                "[node]\ninterface = \"eth0\"\naddress = \"198.18.0.3\"\n[swarm]\n".to_string(),
+                "node.address",
+                "not this node's swarm address 198.18.0.2",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[ingress]\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n"
+                ),
+                "ingress",
+                "remove the [ingress] table",
+            ),
+            (
+                format!("{MINIMAL}[[service]]\nname = \"web\"\n"),
+                "service",
+                "docker service create",
+            ),
+            (
+                format!("{MINIMAL}socket = \"tcp://198.18.0.2:2375\"\n"),
+                "swarm.socket",
+                "Unix socket",
+            ),
+            (format!("{MINIMAL}resync = 0\n"), "swarm.resync", "between"),
+            (
+                format!("{MINIMAL}interval = 3\n"),
+                "line 4",
+                "unknown field",
+            ),
+            (
+                "[node]\ninterface = \"eth0\"\n".to_string(),
+                "node.address",
+                "is missing",
+            ),
+            (
+                "[node]\ninterface = \"eth0\"\naddress = \"198.18.0.2\"\n".to_string(),
+                "ingress",
+                "or a [swarm] table",
+            ),
+        ];
+        for (text, key, words) in cases {
+            let e = parse(&text).unwrap_err();
+            assert!(e.key.contains(key), "{text}: key {:?} ({e})", e.key);
+            assert!(e.message.contains(words), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn docker_errors_name_the_socket_key() {
+        let e = Config::parse_with(MINIMAL, "swarm.toml", &mut |_: &Path| {
+            Err("this Docker engine is a swarm worker".to_string())
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "swarm.socket");
+        assert!(e.message.contains("swarm worker"), "{e}");
+        // The real discovery names a socket that is not there.
+        let e = Config::parse(
+            &format!("{MINIMAL}socket = \"/nonexistent/meshgate/docker.sock\"\n"),
+            "swarm.toml",
+        )
+        .unwrap_err();
+        assert!(
+            e.message.contains("/nonexistent/meshgate/docker.sock"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn swarm_facts_are_validated_like_a_file() {
+        let e = Config::parse_with(MINIMAL, "swarm.toml", &mut |_: &Path| {
+            Ok(SwarmFacts { vni: 0, ..facts() })
+        })
+        .unwrap_err();
+        assert_eq!(e.key, "ingress.vni");
     }
 }
