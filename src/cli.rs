@@ -401,6 +401,29 @@ pub fn service_rm(sock: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// The interface that holds this node's swarm address (`run --swarm`
+/// without `--interface`): the NIC the other nodes' VXLAN arrives on.
+pub fn swarm_interface(socket: &str) -> Result<String> {
+    use meshgate::control::swarm::{Docker, discover, parse_socket};
+    let path = parse_socket(socket).map_err(anyhow::Error::msg)?;
+    let facts = discover(&Docker::new(&path))?;
+    let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;
+    for a in addrs {
+        let v4 = a
+            .address
+            .as_ref()
+            .and_then(|s| s.as_sockaddr_in())
+            .map(|s| s.ip());
+        if v4 == Some(facts.node_address) {
+            return Ok(a.interface_name);
+        }
+    }
+    bail!(
+        "no interface here holds the swarm's node address {} (docker info: NodeAddr); name the ingress NIC with --interface",
+        facts.node_address
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,5 +11,6 @@ pub mod control;
 pub mod dataplane;
 pub mod lab;
 pub mod runtime;
+pub mod swarm_lab;
 pub mod wire;
 pub mod xdp;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use meshgate::control::config::{Config, DEFAULT_CONTROL_SOCKET, Scheduler};
+use meshgate::control::config::{Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
 use meshgate::runtime::{self, RunOptions};
 
 mod cli;
@@ -28,8 +28,14 @@ enum Cmd {
     /// Start the forwarder.
     Run {
         /// Configuration file (TOML).
-        #[arg(long, short)]
-        config: PathBuf,
+        #[arg(long, short, required_unless_present = "swarm")]
+        config: Option<PathBuf>,
+        /// Read services and tasks from Docker Swarm through this manager's Engine API socket.
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "unix:///var/run/docker.sock")]
+        swarm: Option<String>,
+        /// The ingress NIC, with --swarm and no --config (default: the interface that holds the swarm's node address).
+        #[arg(long)]
+        interface: Option<String>,
         /// Control socket (default: control.socket of the file, else /run/meshgate/control.sock).
         #[arg(long)]
         control: Option<PathBuf>,
@@ -165,24 +171,38 @@ fn real_main() -> Result<()> {
         }
         Cmd::Run {
             config,
+            swarm,
+            interface,
             control,
             duration,
             stats_file,
         } => {
-            let cfg = Config::load(&config)?;
+            let interface = match (&interface, &config, &swarm) {
+                (None, None, Some(socket)) => Some(cli::swarm_interface(socket)?),
+                _ => interface,
+            };
+            let source = ConfigSource {
+                file: config.clone(),
+                swarm,
+                interface,
+            };
+            let cfg = source.load()?;
             let control = control.unwrap_or_else(|| cfg.control.socket.clone());
             let every = Duration::from_secs_f64(cfg.control.stats_interval);
             runtime::run(
                 cfg,
                 RunOptions {
-                    config_path: Some(config.clone()),
+                    source: Some(source.clone()),
                     summary_every: Some(every),
                     duration: duration.map(Duration::from_secs_f64),
                     control_socket: Some(control),
                     stats_file,
                 },
             )
-            .with_context(|| format!("running {}", config.display()))
+            .with_context(|| match &config {
+                Some(c) => format!("running {}", c.display()),
+                None => "running on the swarm".to_string(),
+            })
         }
         Cmd::Demo { connections, keep } => demo::run(connections, keep),
         Cmd::Ipvs { control } => cli::ipvs(&control),

@@ -10,7 +10,6 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -20,8 +19,9 @@ use crossbeam::queue::ArrayQueue;
 
 use super::api::{ApiCall, ApiServer, Doorbell, MetricsServer};
 use super::stats::Stats;
+use super::swarm::{SwarmSource, SwarmStatus};
 use super::worker::{Command, Mesh, WorkerReport};
-use crate::control::config::Config;
+use crate::control::config::{Config, ConfigSource};
 use crate::control::netlink::{LinkFacts, Rtnl, Watcher};
 use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot, TaskId};
 use crate::xdp::bpf::{BpfError, Link};
@@ -37,7 +37,7 @@ const RESOLVE_PER_ROUND: usize = 16;
 
 pub struct Control {
     pub cfg: Config,
-    cfg_path: Option<PathBuf>,
+    source: Option<ConfigSource>,
     link: LinkFacts,
     registry: Registry,
     neighbours: Arc<Neighbours>,
@@ -61,13 +61,14 @@ pub struct Control {
     bell: Arc<Doorbell>,
     api_server: Option<ApiServer>,
     metrics_server: Option<MetricsServer>,
+    swarm: Option<SwarmSource>,
 }
 
 impl Control {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
-        cfg_path: Option<PathBuf>,
+        source: Option<ConfigSource>,
         link: LinkFacts,
         registry: Registry,
         snapshot: Arc<Snapshot>,
@@ -87,7 +88,7 @@ impl Control {
         let bell = Doorbell::new().expect("eventfd");
         Control {
             cfg,
-            cfg_path,
+            source,
             link,
             registry,
             neighbours: snapshot.neighbours.clone(),
@@ -111,6 +112,7 @@ impl Control {
             bell,
             api_server: None,
             metrics_server: None,
+            swarm: None,
         }
     }
 
@@ -263,20 +265,72 @@ impl Control {
         self.sync_ports()
     }
 
+    /// Starts following Docker Swarm (`[swarm]`); the tables already hold
+    /// the swarm's services of the first read, whose `notes` were printed.
+    pub fn follow_swarm(&mut self, notes: Vec<String>) -> std::io::Result<()> {
+        if let Some(sw) = &self.cfg.swarm {
+            self.swarm = Some(SwarmSource::start(
+                sw,
+                &self.cfg.ingress,
+                self.cfg.services.clone(),
+                notes,
+                self.bell.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    pub fn swarm_status(&self) -> Option<SwarmStatus> {
+        self.swarm.as_ref().map(|s| s.status())
+    }
+
+    /// Statistics as JSON, with the swarm source's state when there is one.
+    pub fn stats_json(&self) -> serde_json::Value {
+        let mut v = self.stats.to_json(self.snapshot());
+        if let (Some(st), Some(obj)) = (self.swarm_status(), v.as_object_mut()) {
+            obj.insert("swarm".into(), serde_json::to_value(st).unwrap_or_default());
+        }
+        v
+    }
+
+    /// Replaces the services with the swarm's newest list.
+    fn apply_swarm(&mut self, services: Vec<crate::control::config::Service>) {
+        for line in describe_change(&self.cfg.services, &services) {
+            println!("meshgate: swarm: {line}");
+        }
+        let old = std::mem::replace(&mut self.cfg.services, services);
+        if let Err(e) = self.publish() {
+            eprintln!(
+                "meshgate: swarm: updating the XDP port map: {e}; keeping the previous services"
+            );
+            self.cfg.services = old;
+            let _ = self.publish();
+        }
+    }
+
     /// Re-reads the configuration file; on any error the running tables
     /// stay as they were.
     pub fn reload(&mut self) -> Result<String, String> {
-        let path = self
-            .cfg_path
+        let source = self
+            .source
             .clone()
             .ok_or("meshgate was started without a configuration file")?;
-        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        let new = source.load().map_err(|e| e.to_string())?;
         self.apply_config(new)
     }
 
     /// Applies a new validated configuration (services, tasks, timeouts).
     /// Node and ingress settings cannot change while running.
-    pub fn apply_config(&mut self, new: Config) -> Result<String, String> {
+    pub fn apply_config(&mut self, mut new: Config) -> Result<String, String> {
+        if new.swarm.as_ref().map(|s| (&s.socket, s.resync))
+            != self.cfg.swarm.as_ref().map(|s| (&s.socket, s.resync))
+        {
+            return Err("[swarm] cannot change while meshgate runs; restart it to apply it".into());
+        }
+        if new.swarm.is_some() {
+            // The file has no services in swarm mode: the swarm's stay.
+            new.services = self.cfg.services.clone();
+        }
         if new.node != self.cfg.node || new.ingress != self.cfg.ingress {
             return Err(
                 "[node] and [ingress] cannot change while meshgate runs; restart it to apply them"
@@ -370,6 +424,9 @@ impl Control {
             let resp = self.handle(call.req);
             let _ = call.reply.send(resp);
         }
+        if let Some(new) = self.swarm.as_ref().and_then(|s| s.latest()) {
+            self.apply_swarm(new);
+        }
         let resync = self.last_resync.elapsed() >= RESYNC_EVERY;
         if resync {
             self.revalidate_vteps();
@@ -388,4 +445,46 @@ impl Control {
         // Old snapshots are freed here, off the workers' fast path.
         while self.garbage.try_recv().is_ok() {}
     }
+}
+
+/// One line per service that appeared, went away or changed.
+fn describe_change(
+    old: &[crate::control::config::Service],
+    new: &[crate::control::config::Service],
+) -> Vec<String> {
+    let ports = |s: &crate::control::config::Service| {
+        s.publish
+            .iter()
+            .map(|p| format!("{}/{}->{}", p.published, p.protocol, p.target))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut out = Vec::new();
+    for n in new {
+        match old.iter().find(|o| o.name == n.name) {
+            None => out.push(format!(
+                "{}: published {} with {} task(s)",
+                n.name,
+                ports(n),
+                n.tasks.len()
+            )),
+            Some(o) if o != n => {
+                let mut what = Vec::new();
+                if o.publish != n.publish {
+                    what.push(format!("ports {} -> {}", ports(o), ports(n)));
+                }
+                if o.tasks != n.tasks {
+                    what.push(format!("{} -> {} task(s)", o.tasks.len(), n.tasks.len()));
+                }
+                out.push(format!("{}: {}", n.name, what.join(", ")));
+            }
+            Some(_) => {}
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name) {
+            out.push(format!("{}: removed, {} unpublished", o.name, ports(o)));
+        }
+    }
+    out
 }

@@ -34,7 +34,7 @@ impl Control {
                 Err(e) => Response::err(e),
             },
             Request::Ipvs {} => Response::ok(self.view_ipvs()),
-            Request::Stats {} => Response::ok(self.stats.to_json(self.snapshot())),
+            Request::Stats {} => Response::ok(self.stats_json()),
             Request::Metrics {} => Response::ok(Value::String(self.metrics_text())),
             Request::Reload {} => match self.reload() {
                 Ok(m) => Response::ok(json!(m)),
@@ -119,6 +119,12 @@ impl Control {
             std::net::Ipv4Addr,
         ) -> Result<(), String>,
     ) -> Response {
+        if let Some(sw) = &self.cfg.swarm {
+            return Response::err(format!(
+                "services come from Docker Swarm ({}); change them with `docker service create/update/scale/rm`",
+                sw.socket.display()
+            ));
+        }
         let mut cfg = self.cfg.clone();
         let ingress = cfg.ingress.clone();
         let node = cfg.node.address;

@@ -10,6 +10,7 @@ pub mod api;
 pub mod control;
 pub mod handlers;
 pub mod stats;
+pub mod swarm;
 pub mod worker;
 
 use std::net::Ipv4Addr;
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::control::config::{Config, ConfigError, XdpMode};
+use crate::control::config::{Config, ConfigError, ConfigSource, XdpMode};
 use crate::control::netlink::{NetlinkError, Rtnl, Watcher};
 use crate::dataplane::Pipeline;
 use crate::dataplane::tables::{LinkInfo, Registry, Snapshot};
@@ -69,7 +70,8 @@ pub enum RunError {
 /// Options of `meshgate run` that are not in the configuration file.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    pub config_path: Option<PathBuf>,
+    /// Where the configuration came from (None: built in, no reload).
+    pub source: Option<ConfigSource>,
     /// Print a one-line summary this often (None: never).
     pub summary_every: Option<Duration>,
     /// Stop after this long (tests, demos).
@@ -94,10 +96,20 @@ pub struct Forwarder {
 impl Forwarder {
     /// Sets up the data plane for `cfg` and starts the workers.
     pub fn start(
-        cfg: Config,
+        mut cfg: Config,
         opts: &RunOptions,
         stop: Arc<AtomicBool>,
     ) -> Result<Forwarder, RunError> {
+        // With [swarm], the first read of services and tasks happens before
+        // anything is attached: a swarm meshgate cannot read is a setup
+        // error, not an empty table.
+        let mut swarm_notes = Vec::new();
+        if let Some(sw) = &cfg.swarm {
+            let d = self::swarm::read_once(sw, &cfg.ingress)
+                .map_err(|e| RunError::Setup(format!("reading the swarm: {e}")))?;
+            cfg.services = d.services;
+            swarm_notes = d.notes;
+        }
         let mut rtnl = Rtnl::new()?;
         let link = rtnl.link(&cfg.node.interface)?;
         let queues: Vec<u32> = match &cfg.node.queues {
@@ -271,7 +283,7 @@ impl Forwarder {
         let xdp_link = program.attach(link.index, flags, &cfg.node.interface)?;
         let mut control = Control::new(
             cfg,
-            opts.config_path.clone(),
+            opts.source.clone(),
             link,
             registry,
             snapshot,
@@ -287,6 +299,9 @@ impl Forwarder {
             zero_copy,
         );
         control.sync_ports()?;
+        control
+            .follow_swarm(swarm_notes)
+            .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
         Ok(Forwarder {
             stop,
             workers: handles,
@@ -385,7 +400,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     let Some(path) = path else { return };
     let tmp = path.with_extension("tmp");
-    let json = control.stats.to_json(control.snapshot());
+    let json = control.stats_json();
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&json).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }

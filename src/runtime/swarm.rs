@@ -1,0 +1,264 @@
+//! Following Docker Swarm: two helper threads keep the control thread's
+//! service list equal to the swarm's.
+//!
+//! * The reader re-reads services, running tasks and nodes every
+//!   `swarm.resync` and, for a while after any event, every 250 ms: a
+//!   `docker service scale` is one service event, but its tasks reach
+//!   `running` seconds later and Swarm sends no event for that.
+//! * The listener holds `GET /events` open (service, node and network
+//!   events) so that changes are seen at once rather than at the next
+//!   resync.
+//!
+//! Invariants: only a complete, successful read replaces the service list;
+//! when Docker is unreachable or answers nonsense the last good list stays
+//! in force (flows keep flowing) and the error is counted and printed with
+//! a back-off. Neither thread touches the data plane: a new list goes to
+//! the control thread, which validates it into a snapshot like any change.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use serde::Serialize;
+
+use super::api::Doorbell;
+use crate::control::config::{IngressConfig, Service, SwarmConfig};
+use crate::control::swarm::{Desired, Docker, EventRead, SwarmError, read_desired};
+
+/// How long reads stay fast after an event.
+const SETTLE: Duration = Duration::from_secs(15);
+/// Read period while settling.
+const SETTLE_EVERY: Duration = Duration::from_millis(250);
+/// The same error is printed again at most this often.
+const REPEAT_ERROR: Duration = Duration::from_secs(30);
+
+/// What `meshgate stats` shows about the swarm source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SwarmStatus {
+    pub socket: String,
+    /// Complete reads of services, tasks and nodes.
+    pub reads: u64,
+    pub read_errors: u64,
+    /// Event-stream wake-ups (each triggers a read).
+    pub events: u64,
+    /// The last read error, until a read succeeds again.
+    pub last_error: Option<String>,
+    /// What the last read left out, and why.
+    pub notes: Vec<String>,
+}
+
+/// The running follower; dropping it stops both threads.
+pub struct SwarmSource {
+    updates: Receiver<Vec<Service>>,
+    status: Arc<Mutex<SwarmStatus>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Reads the swarm once (at startup: an error here stops `meshgate run`).
+pub fn read_once(cfg: &SwarmConfig, ingress: &IngressConfig) -> Result<Desired, SwarmError> {
+    let d = read_desired(&Docker::new(&cfg.socket), &cfg.facts, ingress)?;
+    print_notes(&d.notes);
+    Ok(d)
+}
+
+fn print_notes(notes: &[String]) {
+    for n in notes {
+        println!("meshgate: swarm: {n}");
+    }
+}
+
+impl SwarmSource {
+    /// Starts following the swarm; `current` is what the tables hold now.
+    pub fn start(
+        cfg: &SwarmConfig,
+        ingress: &IngressConfig,
+        current: Vec<Service>,
+        notes: Vec<String>,
+        bell: Arc<Doorbell>,
+    ) -> std::io::Result<SwarmSource> {
+        let (tx, updates) = crossbeam::channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let events = Arc::new(AtomicU64::new(0));
+        let status = Arc::new(Mutex::new(SwarmStatus {
+            socket: cfg.socket.display().to_string(),
+            reads: 1,
+            notes,
+            ..Default::default()
+        }));
+        let docker = Docker::new(&cfg.socket);
+        let reader = Reader {
+            docker: docker.clone(),
+            cfg: cfg.clone(),
+            ingress: ingress.clone(),
+            last: current,
+            tx,
+            bell,
+            stop: stop.clone(),
+            events: events.clone(),
+            status: status.clone(),
+        };
+        let listener = {
+            let stop = stop.clone();
+            let status = status.clone();
+            move || listen(docker, stop, events, status)
+        };
+        let threads = vec![
+            std::thread::Builder::new()
+                .name("mg-swarm-read".into())
+                .spawn(move || reader.run())?,
+            std::thread::Builder::new()
+                .name("mg-swarm-events".into())
+                .spawn(listener)?,
+        ];
+        Ok(SwarmSource {
+            updates,
+            status,
+            stop,
+            threads,
+        })
+    }
+
+    /// The newest service list not yet taken, if any.
+    pub fn latest(&self) -> Option<Vec<Service>> {
+        self.updates.try_iter().last()
+    }
+
+    pub fn status(&self) -> SwarmStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for SwarmSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+struct Reader {
+    docker: Docker,
+    cfg: SwarmConfig,
+    ingress: IngressConfig,
+    last: Vec<Service>,
+    tx: Sender<Vec<Service>>,
+    bell: Arc<Doorbell>,
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicU64>,
+    status: Arc<Mutex<SwarmStatus>>,
+}
+
+impl Reader {
+    fn run(mut self) {
+        let mut seen_events = self.events.load(Ordering::Relaxed);
+        let mut settle_until = Instant::now();
+        let mut failures = 0u32;
+        let mut last_print: Option<(String, Instant)> = None;
+        let mut next = Instant::now() + self.cfg.resync;
+        while !self.stop.load(Ordering::Relaxed) {
+            let ev = self.events.load(Ordering::Relaxed);
+            if ev != seen_events {
+                seen_events = ev;
+                settle_until = Instant::now() + SETTLE;
+                // Let a burst of events (a scale is several) land first.
+                std::thread::sleep(Duration::from_millis(100));
+                next = Instant::now();
+            }
+            if Instant::now() < next {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let ok = self.read(&mut last_print);
+            failures = if ok { 0 } else { failures.saturating_add(1) };
+            let wait = if !ok {
+                // 0.5 s, 1 s, 2 s ... up to the resync period.
+                (Duration::from_millis(500) * 2u32.saturating_pow(failures.min(8) - 1))
+                    .min(self.cfg.resync.max(Duration::from_millis(500)))
+            } else if Instant::now() < settle_until {
+                SETTLE_EVERY
+            } else {
+                self.cfg.resync
+            };
+            next = Instant::now() + wait;
+        }
+    }
+
+    /// One read; true when it succeeded.
+    fn read(&mut self, last_print: &mut Option<(String, Instant)>) -> bool {
+        match read_desired(&self.docker, &self.cfg.facts, &self.ingress) {
+            Ok(d) => {
+                let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                st.reads += 1;
+                if st.last_error.take().is_some() {
+                    println!("meshgate: swarm: Docker answers again");
+                }
+                if st.notes != d.notes {
+                    print_notes(&d.notes);
+                    st.notes = d.notes;
+                }
+                drop(st);
+                *last_print = None;
+                if d.services != self.last {
+                    self.last = d.services.clone();
+                    if self.tx.send(d.services).is_ok() {
+                        self.bell.ring();
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
+                st.read_errors += 1;
+                st.last_error = Some(msg.clone());
+                drop(st);
+                let repeat = last_print
+                    .as_ref()
+                    .is_some_and(|(m, t)| *m == msg && t.elapsed() < REPEAT_ERROR);
+                if !repeat {
+                    eprintln!("meshgate: swarm: {msg}; keeping the last known services");
+                    *last_print = Some((msg, Instant::now()));
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Holds the event stream open, reopening it when it breaks.
+fn listen(
+    docker: Docker,
+    stop: Arc<AtomicBool>,
+    events: Arc<AtomicU64>,
+    status: Arc<Mutex<SwarmStatus>>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        // The timeout only bounds how long a stop waits.
+        let stream = docker.events(&["service", "node", "network"], Duration::from_millis(500));
+        if let Ok(mut s) = stream {
+            while !stop.load(Ordering::Relaxed) {
+                match s.wait() {
+                    Ok(EventRead::Event) => {
+                        events.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(mut st) = status.lock() {
+                            st.events += 1;
+                        }
+                    }
+                    Ok(EventRead::Idle) => {}
+                    // The reader reports Docker being away.
+                    Err(_) => break,
+                }
+            }
+        }
+        for _ in 0..10 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}

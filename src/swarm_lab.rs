@@ -1,0 +1,523 @@
+//! A real two-node Docker Swarm in network namespaces, for the swarm
+//! end-to-end test.
+//!
+//! ```text
+//!   client  198.18.0.1  ──┐
+//!   manager 198.18.0.2  ──┤ switch (bridge) ├── worker 198.18.0.11
+//!     dockerd + meshgate  │                    dockerd, the tasks
+//! ```
+//!
+//! Each dockerd runs in its namespace through `nsenter --net` (not `ip netns
+//! exec`, which remounts /sys and hides the cgroup mounts dockerd needs),
+//! with its own data root, exec root, socket, pid file and daemon.json
+//! under one directory, the vfs storage driver, and address pools inside
+//! 198.18.0.0/15. No namespace has a route out: dockerd never reaches a
+//! registry or a DNS server; the image is imported from the static busybox.
+//!
+//! Names start with `mgs<pid>x<n>`; [`SwarmLab`] stops the daemons (and
+//! any process they leave), unmounts what they mounted, and deletes its
+//! namespaces and directory when dropped, also when a test fails. Labs of
+//! killed runs are swept when the next one is built.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::lab::{LabError, enter_ns, sh};
+
+pub const CLIENT_ADDR: &str = "198.18.0.1";
+pub const MANAGER_ADDR: &str = "198.18.0.2";
+pub const WORKER_ADDR: &str = "198.18.0.11";
+
+/// What the lab runs, each checked before anything is built.
+const TOOLS: [(&str, &str); 5] = [
+    ("dockerd", "docker.io"),
+    ("docker", "docker.io"),
+    ("busybox", "busybox-static"),
+    ("nsenter", "util-linux"),
+    ("ethtool", "ethtool"),
+];
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// Missing programs, as (program, Debian package).
+pub fn missing_tools() -> Vec<(&'static str, &'static str)> {
+    TOOLS
+        .iter()
+        .copied()
+        .filter(|(bin, _)| {
+            !std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).any(|d| d.join(bin).is_file()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+struct Daemon {
+    ns: String,
+    socket: PathBuf,
+    child: Child,
+}
+
+pub struct SwarmLab {
+    pub prefix: String,
+    pub dir: PathBuf,
+    namespaces: Vec<String>,
+    daemons: Vec<Daemon>,
+}
+
+/// Which node a docker command goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Manager,
+    Worker,
+}
+
+impl SwarmLab {
+    pub fn client(&self) -> String {
+        format!("{}-c", self.prefix)
+    }
+
+    pub fn manager(&self) -> String {
+        format!("{}-m", self.prefix)
+    }
+
+    pub fn worker(&self) -> String {
+        format!("{}-w", self.prefix)
+    }
+
+    fn switch(&self) -> String {
+        format!("{}-b", self.prefix)
+    }
+
+    /// The manager's Engine API socket.
+    pub fn manager_socket(&self) -> PathBuf {
+        self.dir.join("m").join("docker.sock")
+    }
+
+    fn socket(&self, node: Node) -> PathBuf {
+        match node {
+            Node::Manager => self.manager_socket(),
+            Node::Worker => self.dir.join("w").join("docker.sock"),
+        }
+    }
+
+    /// `docker -H unix://SOCKET args...` against one node.
+    pub fn docker(&self, node: Node, args: &[&str]) -> Result<String, LabError> {
+        let host = format!("unix://{}", self.socket(node).display());
+        let mut v = vec!["docker", "-H", &host];
+        v.extend_from_slice(args);
+        sh(&v)
+    }
+
+    /// Builds the namespaces, starts both daemons, forms the swarm and
+    /// imports the busybox image on the worker.
+    pub fn build() -> Result<SwarmLab, LabError> {
+        sweep_stale();
+        let prefix = format!(
+            "mgs{}x{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&prefix);
+        std::fs::create_dir_all(&dir)?;
+        let mut lab = SwarmLab {
+            prefix,
+            dir,
+            namespaces: Vec::new(),
+            daemons: Vec::new(),
+        };
+        lab.build_inner()?;
+        Ok(lab)
+    }
+
+    fn add_ns(&mut self, name: &str) -> Result<(), LabError> {
+        sh(&["ip", "netns", "add", name])?;
+        self.namespaces.push(name.to_string());
+        sh(&["ip", "-n", name, "link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    fn build_inner(&mut self) -> Result<(), LabError> {
+        let (b, c, m, w) = (self.switch(), self.client(), self.manager(), self.worker());
+        for ns in [&b, &c, &m, &w] {
+            self.add_ns(ns)?;
+        }
+        sh(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"])?;
+        sh(&["ip", "-n", &b, "link", "set", "br0", "up"])?;
+        let _ = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &b,
+            "sysctl",
+            "-qw",
+            "net.bridge.bridge-nf-call-iptables=0",
+        ]);
+        for (i, (ns, addr)) in [(&c, CLIENT_ADDR), (&m, MANAGER_ADDR), (&w, WORKER_ADDR)]
+            .into_iter()
+            .enumerate()
+        {
+            let port = format!("p{i}");
+            sh(&[
+                "ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port,
+                "netns", &b,
+            ])?;
+            sh(&["ip", "-n", &b, "link", "set", &port, "master", "br0"])?;
+            sh(&["ip", "-n", &b, "link", "set", &port, "up"])?;
+            sh(&[
+                "ip",
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ])?;
+            sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
+        }
+        // Frames that reach meshgate's XDP program must carry complete
+        // checksums, as on a wire: the client's, and the worker's VXLAN
+        // (whose inner TCP checksum a veth would otherwise leave partial).
+        for ns in [&c, &w] {
+            sh(&[
+                "ip", "netns", "exec", ns, "ethtool", "-K", "eth0", "tx", "off",
+            ])?;
+        }
+
+        self.start_daemon(&m, "m")?;
+        self.start_daemon(&w, "w")?;
+        self.docker(
+            Node::Manager,
+            &[
+                "swarm",
+                "init",
+                "--advertise-addr",
+                MANAGER_ADDR,
+                "--default-addr-pool",
+                "198.18.128.0/17",
+                "--default-addr-pool-mask-length",
+                "24",
+            ],
+        )?;
+        let token = self.docker(Node::Manager, &["swarm", "join-token", "-q", "worker"])?;
+        self.docker(
+            Node::Worker,
+            &[
+                "swarm",
+                "join",
+                "--token",
+                token.trim(),
+                "--advertise-addr",
+                WORKER_ADDR,
+                &format!("{MANAGER_ADDR}:2377"),
+            ],
+        )?;
+        self.import_busybox(Node::Worker)?;
+        // The manager's ingress sandbox is meshgate's identity on the
+        // overlay: wait until Docker has made it.
+        self.wait_for("the manager's ingress-sbox", Duration::from_secs(30), |l| {
+            l.docker(Node::Manager, &["network", "inspect", "ingress"])
+                .is_ok_and(|o| o.contains("ingress-sbox"))
+        })?;
+        Ok(())
+    }
+
+    fn start_daemon(&mut self, ns: &str, name: &str) -> Result<(), LabError> {
+        let d = self.dir.join(name);
+        std::fs::create_dir_all(&d)?;
+        // Keeps dockerd off /etc/docker: its identity key and any host
+        // daemon.json stay out of the lab.
+        let conf = d.join("daemon.json");
+        std::fs::write(
+            &conf,
+            serde_json::json!({ "deprecated-key-path": d.join("key.json") }).to_string(),
+        )?;
+        let socket = d.join("docker.sock");
+        let log = std::fs::File::create(d.join("dockerd.log"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg("dockerd")
+            .arg("--config-file")
+            .arg(&conf)
+            .arg("--data-root")
+            .arg(d.join("root"))
+            .arg("--exec-root")
+            .arg(d.join("exec"))
+            .arg("--pidfile")
+            .arg(d.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", socket.display()))
+            .args([
+                "--storage-driver",
+                "vfs",
+                "--bip",
+                "198.18.200.1/24",
+                "--default-address-pool",
+                "base=198.18.208.0/20,size=24",
+            ])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.daemons.push(Daemon {
+            ns: ns.to_string(),
+            socket: socket.clone(),
+            child,
+        });
+        let node = if name == "m" {
+            Node::Manager
+        } else {
+            Node::Worker
+        };
+        self.wait_for(&format!("dockerd in {ns}"), Duration::from_secs(60), |l| {
+            l.docker(node, &["info", "--format", "{{.ID}}"]).is_ok()
+        })
+    }
+
+    /// Imports `local/busybox:1`: the static busybox and its applet links.
+    fn import_busybox(&self, node: Node) -> Result<(), LabError> {
+        let root = self.dir.join("image");
+        let bin = root.join("bin");
+        std::fs::create_dir_all(&bin)?;
+        let busybox = sh(&["sh", "-c", "command -v busybox"])?;
+        std::fs::copy(busybox.trim(), bin.join("busybox"))?;
+        for applet in sh(&["busybox", "--list"])?.split_whitespace() {
+            if applet != "busybox" {
+                std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+            }
+        }
+        let tar = self.dir.join("image.tar");
+        sh(&[
+            "tar",
+            "-C",
+            &root.display().to_string(),
+            "-cf",
+            &tar.display().to_string(),
+            ".",
+        ])?;
+        self.docker(
+            node,
+            &["import", &tar.display().to_string(), "local/busybox:1"],
+        )?;
+        Ok(())
+    }
+
+    /// Polls `ok` every 100 ms; the error names what did not happen.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut ok: impl FnMut(&SwarmLab) -> bool,
+    ) -> Result<(), LabError> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            if ok(self) {
+                return Ok(());
+            }
+            for d in &self.daemons {
+                if !Path::new(&format!("/proc/{}", d.child.id())).exists() {
+                    return Err(LabError::Command {
+                        cmd: format!("dockerd in {}", d.ns),
+                        stderr: self.daemon_log(&d.ns),
+                    });
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(LabError::Command {
+            cmd: format!("waiting for {what}"),
+            stderr: format!("not done within {limit:?}"),
+        })
+    }
+
+    /// The last lines of a daemon's log, for failure messages.
+    pub fn daemon_log(&self, ns: &str) -> String {
+        let name = if ns == self.manager() { "m" } else { "w" };
+        let log =
+            std::fs::read_to_string(self.dir.join(name).join("dockerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+
+    /// Tasks of `service` that Docker reports running, as (name, state).
+    pub fn running_tasks(&self, service: &str) -> Result<usize, LabError> {
+        let out = self.docker(
+            Node::Manager,
+            &[
+                "service",
+                "ps",
+                service,
+                "--filter",
+                "desired-state=running",
+                "--format",
+                "{{.CurrentState}}",
+            ],
+        )?;
+        Ok(out.lines().filter(|l| l.starts_with("Running")).count())
+    }
+
+    /// One HTTP/1.0 GET from the client namespace; returns the body.
+    pub fn http_get(&self, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+        let ns = self.client();
+        std::thread::spawn(move || -> std::io::Result<String> {
+            enter_ns(&ns).map_err(std::io::Error::other)?;
+            use std::io::{Read, Write};
+            let mut s = TcpStream::connect_timeout(&to, timeout)?;
+            s.set_read_timeout(Some(timeout))?;
+            s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+            let mut resp = Vec::new();
+            s.read_to_end(&mut resp)?;
+            let text = String::from_utf8_lossy(&resp).into_owned();
+            let (head, body) = text
+                .split_once("\r\n\r\n")
+                .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
+            if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
+                return Err(std::io::Error::other(format!("HTTP error: {head}")));
+            }
+            Ok(body.trim().to_string())
+        })
+        .join()
+        .map_err(|_| std::io::Error::other("client thread panicked"))?
+    }
+
+    fn stop_daemons(&mut self) {
+        remove_containers(&self.dir);
+        for d in &mut self.daemons {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(d.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        for d in &mut self.daemons {
+            let t0 = Instant::now();
+            while d.child.try_wait().ok().flatten().is_none() {
+                if t0.elapsed() > Duration::from_secs(20) {
+                    let _ = d.child.kill();
+                    let _ = d.child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = std::fs::remove_file(&d.socket);
+        }
+        self.daemons.clear();
+    }
+}
+
+/// Removes every container of the lab's daemons, so that no task
+/// outlives its daemon.
+fn remove_containers(dir: &Path) {
+    for node in ["m", "w"] {
+        let sock = dir.join(node).join("docker.sock");
+        if !sock.exists() {
+            continue;
+        }
+        let host = format!("unix://{}", sock.display());
+        if let Ok(ids) = sh(&["docker", "-H", &host, "ps", "-aq"]) {
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let mut args = vec!["docker", "-H", &host, "rm", "-f"];
+                args.extend(ids);
+                let _ = sh(&args);
+            }
+        }
+    }
+}
+
+/// Pids of the processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.flatten() {
+            let Ok(pid) = p.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Kills every process whose command line mentions `dir` (containerd and
+/// its shims, when a daemon could not stop them), then unmounts what is
+/// still mounted under `dir`, deepest first.
+fn reap(dir: &Path) {
+    let needle = dir.display().to_string();
+    for pid in processes_mentioning(&needle) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", m]).status();
+    }
+}
+
+/// Removes labs whose creating process is gone.
+fn sweep_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("mgs") else {
+            continue;
+        };
+        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        if let Some(prefix) = name.rsplit_once('-').map(|(p, _)| p) {
+            let dir = std::env::temp_dir().join(prefix);
+            // A killed run left its daemons: stop them as a test would.
+            remove_containers(&dir);
+            let needle = dir.display().to_string();
+            for pid in processes_mentioning(&format!("{needle}/")) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let t0 = Instant::now();
+            while !processes_mentioning(&format!("dockerd --config-file {needle}/")).is_empty()
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            reap(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        let _ = sh(&["ip", "netns", "del", &name]);
+    }
+}
+
+impl Drop for SwarmLab {
+    fn drop(&mut self) {
+        self.stop_daemons();
+        reap(&self.dir);
+        for ns in self.namespaces.iter().rev() {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

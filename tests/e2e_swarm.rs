@@ -1,0 +1,260 @@
+//! meshgate takes over a real Docker Swarm's ingress: two dockerds in
+//! network namespaces (a manager that is the ingress node, a worker that
+//! runs the tasks), a published service, and HTTP requests from a client
+//! namespace through meshgate to the busybox httpd in each container.
+//!
+//! Needs root and Docker (`tools/setup` installs docker.io and
+//! busybox-static). Without Docker the test fails and says so, unless
+//! MESHGATE_SKIP_DOCKER=1 opts out explicitly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, missing_tools};
+
+fn docker_available() -> bool {
+    let missing = missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("MESHGATE_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("skipped: {missing:?} missing and MESHGATE_SKIP_DOCKER=1");
+        return false;
+    }
+    let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    panic!(
+        "the swarm test needs {:?}, which are not installed: run tools/setup (apt-get install {}), or set MESHGATE_SKIP_DOCKER=1 to skip it on a machine without Docker",
+        missing.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+        pkgs.join(" ")
+    );
+}
+
+/// `meshgate run --swarm` in the manager's namespace; killed if dropped.
+struct Mg {
+    child: Child,
+    stdout: PathBuf,
+    control: PathBuf,
+}
+
+impl Mg {
+    fn start(lab: &SwarmLab) -> Mg {
+        let stdout = lab.dir.join("meshgate.log");
+        let control = lab.dir.join("control.sock");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &lab.manager()])
+            .arg(env!("CARGO_BIN_EXE_meshgate"))
+            .arg("run")
+            .arg(format!("--swarm=unix://{}", lab.manager_socket().display()))
+            .arg("--control")
+            .arg(&control)
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(lab.dir.join("meshgate.err")).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut mg = Mg {
+            child,
+            stdout,
+            control,
+        };
+        let t0 = Instant::now();
+        while !mg.log().contains("forwarding on") {
+            if let Some(st) = mg.child.try_wait().unwrap() {
+                panic!(
+                    "meshgate exited at start ({st}):\n{}\n{}",
+                    mg.log(),
+                    std::fs::read_to_string(lab.dir.join("meshgate.err")).unwrap_or_default()
+                );
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "meshgate did not start:\n{}",
+                mg.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        mg
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(args)
+            .arg("--control")
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        self.cli_json(&["stats", "--json"])
+    }
+
+    /// Running tasks of `web` in meshgate's tables (0 when it is not there).
+    fn web_tasks(&self) -> usize {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["service", "ls", "--control"])
+            .arg(&self.control)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("web "))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|up| up.split('/').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Mg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn published() -> SocketAddr {
+    format!("{MANAGER_ADDR}:8080").parse().unwrap()
+}
+
+/// `n` requests; answers counted by container hostname.
+fn spread(lab: &SwarmLab, n: usize) -> BTreeMap<String, usize> {
+    let mut by = BTreeMap::new();
+    for i in 0..n {
+        let host = lab
+            .http_get(published(), Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("request {i} through meshgate failed: {e}"));
+        *by.entry(host).or_insert(0) += 1;
+    }
+    by
+}
+
+fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t0.elapsed()
+}
+
+#[test]
+fn meshgate_takes_over_a_real_swarms_ingress() {
+    if !common::privileged() || !docker_available() {
+        return;
+    }
+    let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    lab.docker(
+        Node::Manager,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--publish",
+            "8080:80",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.role==worker",
+            "--no-resolve-image",
+            "local/busybox:1",
+            "sh",
+            "-c",
+            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )
+    .unwrap();
+    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
+
+    let mg = Mg::start(&lab);
+    wait_until("meshgate sees 3 tasks", Duration::from_secs(5), || {
+        mg.web_tasks() == 3
+    });
+
+    // 30 requests, round robin over three containers: ten each.
+    let by = spread(&lab, 30);
+    assert_eq!(by.len(), 3, "answers by container: {by:?}");
+    assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+    // meshgate, not the kernel, carried them (both ways).
+    wait_until("meshgate's counters", Duration::from_secs(3), || {
+        let ev = &mg.stats()["events"];
+        ev["forwarded"].as_u64().unwrap_or(0) >= 30 * 3
+            && ev["replies"].as_u64().unwrap_or(0) >= 30 * 3
+    });
+
+    // Docker unreachable: the tables stay, requests keep working.
+    let sock = lab.manager_socket();
+    let away = sock.with_extension("away");
+    std::fs::rename(&sock, &away).unwrap();
+    wait_until("a failed swarm read", Duration::from_secs(10), || {
+        mg.stats()["swarm"]["read_errors"].as_u64().unwrap_or(0) > 0
+    });
+    let by = spread(&lab, 9);
+    assert_eq!(by.len(), 3, "tables emptied while Docker was away: {by:?}");
+    assert!(
+        mg.stats()["swarm"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot connect")),
+        "{}",
+        mg.stats()
+    );
+    std::fs::rename(&away, &sock).unwrap();
+    wait_until("Docker answering again", Duration::from_secs(10), || {
+        mg.stats()["swarm"]["last_error"].is_null()
+    });
+
+    // Scale to five: the new tasks reach the tables within a second of
+    // Docker reporting them running.
+    lab.docker(Node::Manager, &["service", "scale", "--detach", "web=5"])
+        .unwrap();
+    wait_until("5 running tasks in Docker", Duration::from_secs(90), || {
+        lab.running_tasks("web").unwrap_or(0) == 5
+    });
+    let lag = wait_until("meshgate sees 5 tasks", Duration::from_secs(5), || {
+        mg.web_tasks() == 5
+    });
+    eprintln!(
+        "scale to 5: meshgate's tables followed {lag:?} after Docker reported the tasks running"
+    );
+    assert!(lag <= Duration::from_secs(1), "tables lagged {lag:?}");
+    let by = spread(&lab, 50);
+    assert_eq!(by.len(), 5, "answers by container: {by:?}");
+    assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+
+    // Remove the service: the port stops answering.
+    lab.docker(Node::Manager, &["service", "rm", "web"])
+        .unwrap();
+    wait_until("meshgate drops web", Duration::from_secs(5), || {
+        mg.web_tasks() == 0
+    });
+    let e = lab
+        .http_get(published(), Duration::from_secs(2))
+        .expect_err("port 8080 still answers after docker service rm");
+    assert_eq!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionRefused,
+        "expected a refused connection, got {e}"
+    );
+    let log = mg.log();
+    assert!(log.contains("web: 3 -> 5 task(s)"), "{log}");
+    assert!(log.contains("web: removed"), "{log}");
+}
