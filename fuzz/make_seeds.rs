@@ -56,6 +56,26 @@ fn main() {
     }
     write("pipeline", "multi", &multi);
     write("config", "lab", include_bytes!("../examples/lab.toml"));
+    {
+        use meshgate::control::swarm::fixtures::{NODES, SERVICES, TASKS};
+        let mut answers = Vec::new();
+        answers.extend_from_slice(SERVICES.as_bytes());
+        answers.push(0xff);
+        answers.extend_from_slice(TASKS.as_bytes());
+        answers.push(0xff);
+        answers.extend_from_slice(NODES.as_bytes());
+        write("docker_api", "answers", &answers);
+        write(
+            "docker_api",
+            "chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n[1,2\r\n0\r\n\r\n",
+        );
+        write(
+            "docker_api",
+            "length",
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}",
+        );
+    }
     for (i, r) in [
         r#"{"cmd":"services"}"#,
         r#"{"cmd":"tasks","service":"web"}"#,

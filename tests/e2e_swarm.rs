@@ -240,6 +240,32 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
     assert_eq!(by.len(), 5, "answers by container: {by:?}");
     assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
 
+    // A task dies: Swarm starts a replacement (a new container, a new
+    // address) and meshgate follows.
+    let victim = lab
+        .docker(Node::Worker, &["ps", "-q", "--filter", "name=web.1."])
+        .unwrap();
+    let victim = victim.trim().to_string();
+    assert!(!victim.is_empty(), "no container of task web.1");
+    lab.docker(Node::Worker, &["rm", "-f", &victim]).unwrap();
+    wait_until(
+        "meshgate drops the dead task",
+        Duration::from_secs(5),
+        || mg.web_tasks() == 4,
+    );
+    wait_until(
+        "a replacement task in meshgate",
+        Duration::from_secs(60),
+        || mg.web_tasks() == 5,
+    );
+    let by = spread(&lab, 50);
+    assert_eq!(by.len(), 5, "answers by container: {by:?}");
+    assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+    assert!(
+        !by.keys().any(|h| victim.starts_with(h.as_str())),
+        "the dead container {victim} still answers: {by:?}"
+    );
+
     // Remove the service: the port stops answering.
     lab.docker(Node::Manager, &["service", "rm", "web"])
         .unwrap();

@@ -724,24 +724,26 @@ pub fn derive(
     })
 }
 
-#[cfg(test)]
-mod tests {
+/// Real answers of Docker 20.10 and the matching facts: shared by the
+/// tests below and the fuzz target's seeds.
+#[doc(hidden)]
+pub mod fixtures {
     use super::*;
     use crate::wire::MacAddr;
 
     // Answers of a Docker 20.10.24 swarm (manager 198.18.0.2, worker
     // 198.18.0.11, `docker service create --name web --publish 8080:80
     // --replicas 3`), trimmed to the fields meshgate reads.
-    const SERVICES: &str = r#"[{"ID":"xv8ctzjgiu7fe980hoe7res7z","Spec":{"Name":"web"},"Endpoint":{"Spec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]},"Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}],"VirtualIPs":[{"NetworkID":"g61z0msna4i4bmd4g9zxacfou","Addr":"198.18.128.17/24"}]}}]"#;
-    const TASKS: &str = r#"[
+    pub const SERVICES: &str = r#"[{"ID":"xv8ctzjgiu7fe980hoe7res7z","Spec":{"Name":"web"},"Endpoint":{"Spec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]},"Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}],"VirtualIPs":[{"NetworkID":"g61z0msna4i4bmd4g9zxacfou","Addr":"198.18.128.17/24"}]}}]"#;
+    pub const TASKS: &str = r#"[
 {"ID":"outnfwdsy9aq13t8awutlwcv7","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.19/24"]}]},
 {"ID":"sxs73chqr4q3kzwqhcnhx9nw9","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.18/24"]}]},
 {"ID":"yg37k5f54vvl6roq9amkmdbux","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.20/24"]}]}]"#;
-    const NODES: &str = r#"[
+    pub const NODES: &str = r#"[
 {"ID":"ieau4xomuc2kmaf95o8kef0pn","Spec":{"Role":"manager","Availability":"active"},"Status":{"State":"ready","Addr":"198.18.0.2"},"ManagerStatus":{"Leader":true,"Reachability":"reachable","Addr":"198.18.0.2:2377"}},
 {"ID":"rwqnic9oiedgcroolvzz3yz9g","Spec":{"Role":"worker","Availability":"active"},"Status":{"State":"ready","Addr":"198.18.0.11"}}]"#;
 
-    fn facts() -> SwarmFacts {
+    pub fn facts() -> SwarmFacts {
         SwarmFacts {
             node_id: "ieau4xomuc2kmaf95o8kef0pn".into(),
             node_address: Ipv4Addr::new(198, 18, 0, 2),
@@ -755,7 +757,7 @@ mod tests {
         }
     }
 
-    fn ingress() -> IngressConfig {
+    pub fn ingress() -> IngressConfig {
         IngressConfig {
             vni: 4096,
             port: 4789,
@@ -765,6 +767,13 @@ mod tests {
             mtu: 1450,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::fixtures::*;
 
     fn run(services: &str, tasks: &str, nodes: &str) -> Desired {
         derive(

@@ -1,0 +1,26 @@
+//! Arbitrary bytes from the Docker socket: the HTTP response parser, the
+//! chunked decoder, and the derivation of services from the three JSON
+//! answers (the input split at 0xff bytes). Errors are fine; panics are not.
+#![no_main]
+use libfuzzer_sys::fuzz_target;
+use meshgate::control::swarm::{dechunk, derive, fixtures, parse_response};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(r) = parse_response(data) {
+        assert!((100..600).contains(&r.status));
+    }
+    let _ = dechunk(data);
+    let parts: Vec<&[u8]> = data.splitn(3, |&b| b == 0xff).collect();
+    if let [s, t, n] = parts[..] {
+        if let (Ok(s), Ok(t), Ok(n)) = (
+            serde_json::from_slice(s),
+            serde_json::from_slice(t),
+            serde_json::from_slice(n),
+        ) {
+            if let Ok(d) = derive(&s, &t, &n, &fixtures::facts(), &fixtures::ingress()) {
+                // Whatever Docker says, what reaches the tables is valid.
+                assert!(meshgate::control::config::check_unique(&d.services).is_ok());
+            }
+        }
+    }
+});
