@@ -1,5 +1,6 @@
 //! Faults: a task node that disappears, a neighbour whose MAC changes, and
-//! the control socket refusing other users.
+//! the control socket refusing other users, and meshgate running as an
+//! unprivileged user with only the capabilities it documents.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, privileged};
+use meshgate::lab::tcp_request;
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(2);
@@ -180,4 +182,70 @@ fn the_control_socket_refuses_other_users() {
     );
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
+}
+
+/// The capabilities the README documents are enough: meshgate runs as
+/// `nobody` with only those and forwards; without CAP_BPF it stops at once
+/// and names what is missing.
+#[test]
+fn meshgate_runs_unprivileged_with_its_capabilities() {
+    if !privileged() {
+        return;
+    }
+    let lab = Lab::build(LabOptions::default()).expect("lab");
+    let _servers = lab.start_servers().expect("servers");
+    let caps = "+net_admin,+net_raw,+bpf,+ipc_lock";
+    let wrapper = [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps",
+        caps,
+        "--ambient-caps",
+        caps,
+        "--bounding-set",
+        "-all,+net_admin,+net_raw,+bpf,+ipc_lock",
+    ];
+    let mg = Meshgate::start_as(&lab, &lab.config_toml(""), &wrapper);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", mg.pid())).unwrap();
+    let uid = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .unwrap()
+        .to_string();
+    assert!(uid.contains("65534"), "meshgate runs as nobody: {uid}");
+    let c = lab.client();
+    let answers = lab
+        .in_ns(&c, || {
+            (0..6)
+                .map(|_| tcp_request(target(), Duration::from_secs(3)).map(|l| task_of(&l)))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap()
+        .expect("requests through an unprivileged meshgate");
+    let distinct: std::collections::BTreeSet<_> = answers.iter().collect();
+    assert_eq!(distinct.len(), 3, "{answers:?}");
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+
+    // Without CAP_BPF: a clear error, not a half-started forwarder.
+    let cfg = std::env::temp_dir().join(format!("{}-nobpf.toml", lab.prefix));
+    std::fs::write(&cfg, lab.config_toml("")).unwrap();
+    let caps = "+net_admin,+net_raw,+ipc_lock";
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ingress(), "setpriv"])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["--inh-caps", caps, "--ambient-caps", caps])
+        .args(["--bounding-set", "-all,+net_admin,+net_raw,+ipc_lock"])
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["run", "--duration", "5", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("CAP_BPF"), "{err}");
+    assert!(!lab::xdp_attached(&lab.ingress(), "in0").unwrap());
 }

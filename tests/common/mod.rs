@@ -38,8 +38,18 @@ pub struct Meshgate {
 impl Meshgate {
     /// Starts meshgate with `config` and waits until its XDP program is attached.
     pub fn start(lab: &Lab, config: &str) -> Meshgate {
+        Self::start_as(lab, config, &[])
+    }
+
+    /// [`Meshgate::start`] through a wrapper command (`setpriv ...`); the
+    /// working directory is then writable by everyone.
+    pub fn start_as(lab: &Lab, config: &str, wrapper: &[&str]) -> Meshgate {
         let dir = std::env::temp_dir().join(format!("{}-mg", lab.prefix));
         std::fs::create_dir_all(&dir).unwrap();
+        if !wrapper.is_empty() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
         let cfg = dir.join("meshgate.toml");
         std::fs::write(&cfg, config).unwrap();
         let stats = dir.join("stats.json");
@@ -47,6 +57,7 @@ impl Meshgate {
         let control = dir.join("control.sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ingress()])
+            .args(wrapper)
             .arg(env!("CARGO_BIN_EXE_meshgate"))
             .args(["run", "--config"])
             .arg(&cfg)
