@@ -32,6 +32,27 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
     },
+    /// One path, one load: for profiling and for trying a change.
+    Trial {
+        /// kernel, ceiling or meshgate.
+        #[arg(long)]
+        path: String,
+        #[arg(long, default_value_t = 1000)]
+        flows: u32,
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+        /// Offered packets per second.
+        #[arg(long, default_value_t = 100_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// AF_XDP paths sleep when idle (as in the CPU phase) instead of spinning.
+        #[arg(long)]
+        interrupt: bool,
+        /// Trials in a row on the same setup.
+        #[arg(long, default_value_t = 3)]
+        repeat: u32,
+    },
     /// The whole benchmark.
     Run {
         /// 1 000 flows, 64-byte frames, short trials.
@@ -59,6 +80,41 @@ fn main() -> anyhow::Result<()> {
             println!("{case}: {iterations} packets, {ns:.1} ns/packet");
             Ok(())
         }
+        Cmd::Trial {
+            path,
+            flows,
+            size,
+            rate,
+            seconds,
+            interrupt,
+            repeat,
+        } => {
+            let kind = match path.as_str() {
+                "kernel" => paths::PathKind::Kernel,
+                "ceiling" => paths::PathKind::Ceiling,
+                "meshgate" => paths::PathKind::Meshgate,
+                o => anyhow::bail!("`{o}` is not a path (kernel, ceiling, meshgate)"),
+            };
+            let bins = bins()?;
+            let lab = paths::BenchLab::build()?;
+            let _running = paths::start(&lab, &bins, kind, interrupt, "", &paths::default_tasks())?;
+            for _ in 0..repeat {
+                let t = paths::trial(
+                    &lab,
+                    &bins,
+                    paths::Load {
+                        flows,
+                        size,
+                        rate,
+                        seconds,
+                        count: None,
+                        sleep: interrupt,
+                    },
+                )?;
+                println!("{}", serde_json::to_string(&t)?);
+            }
+            Ok(())
+        }
         Cmd::Run {
             quick,
             json,
@@ -66,16 +122,9 @@ fn main() -> anyhow::Result<()> {
             no_memory,
             no_callgrind,
         } => {
-            let dir = std::env::current_exe()?
-                .parent()
-                .map(|p| p.to_path_buf())
-                .unwrap_or_default();
             let opts = run_all::Opts {
                 quick,
-                bins: paths::Bins {
-                    meshgate: dir.join("meshgate"),
-                    pktgen: dir.join("meshgate-pktgen"),
-                },
+                bins: bins()?,
                 memory: !no_memory,
                 callgrind: (!no_callgrind).then(std::env::current_exe).transpose()?,
             };
@@ -91,4 +140,16 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// meshgate and meshgate-pktgen, next to this binary.
+fn bins() -> anyhow::Result<paths::Bins> {
+    let dir = std::env::current_exe()?
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_default();
+    Ok(paths::Bins {
+        meshgate: dir.join("meshgate"),
+        pktgen: dir.join("meshgate-pktgen"),
+    })
 }
