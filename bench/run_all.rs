@@ -319,7 +319,8 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
         "rss_bytes_table_1m_empty": empty,
         "rss_bytes_table_1m_full": full,
         "bytes_per_flow_measured": (full.saturating_sub(small)) as f64 / 1_048_576.0,
-        "bytes_per_flow_documented": meshgate::dataplane::flow::BYTES_PER_FLOW,
+        "bytes_per_flow_documented": meshgate::dataplane::flow::table_bytes(1 << 20) as f64 / 1_048_576.0,
+        "drops_by_reason": stats["drops"].as_object().map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>()),
     }))
 }
 

@@ -22,7 +22,7 @@
 //! - a SNAT port allocated by worker `w` of `n` satisfies `port % n == w`,
 //!   so any worker can tell from a reply which worker owns its flow.
 //!
-//! Memory: see [`BYTES_PER_FLOW`]; measured by `bench/run` at one million flows.
+//! Memory: see [`table_bytes`]; measured by `bench/run` at one million flows.
 
 use hashbrown::HashTable;
 use std::net::Ipv4Addr;
@@ -104,11 +104,16 @@ pub struct Flow {
     pub delta_l4: u16,
 }
 
-/// Bytes of memory per flow at full capacity: the slab entry, its `live`
-/// flag and free-list slot, and one bucket of each table (a 4-byte slot and
-/// a control byte) at hashbrown's 7/8 maximum load, rounded up.
-pub const BYTES_PER_FLOW: usize =
-    std::mem::size_of::<Flow>() + 1 + 4 + 2 * ((4 + 1) * 8usize).div_ceil(7);
+/// Bytes a flow table for `max` flows allocates, all of it up front: per
+/// flow the slab entry, its `live` flag and its free-list slot; and two
+/// index tables whose buckets (a 4-byte slot and a control byte each) are a
+/// power of two holding `max` at hashbrown's 7/8 maximum load. For
+/// `max` = 2^20 that is 64 + 1 + 4 + 2 × 5 × 2 = 89 bytes per flow: the
+/// power-of-two rounding doubles the buckets just above 2^20 × 8/7.
+pub fn table_bytes(max: usize) -> usize {
+    let buckets = (max.max(1) * 8).div_ceil(7).next_power_of_two();
+    max * (std::mem::size_of::<Flow>() + 1 + 4) + 2 * buckets * (4 + 1)
+}
 
 /// A hash of a key packed into 64 bits: foldhash's folded multiply.
 #[inline(always)]
@@ -548,6 +553,19 @@ mod tests {
             "{}",
             std::mem::size_of::<Flow>()
         );
+    }
+
+    #[test]
+    fn documented_memory_matches_hashbrowns_buckets() {
+        // hashbrown's own bucket count for that capacity: the smallest
+        // power of two whose 7/8 holds it.
+        for max in [1000usize, 1 << 20, 3 << 20] {
+            let t: HashTable<u32> = HashTable::with_capacity(max);
+            let buckets = (t.capacity() + 1).next_power_of_two();
+            let want = max * (std::mem::size_of::<Flow>() + 5) + 2 * buckets * 5;
+            assert_eq!(table_bytes(max), want, "max {max}");
+        }
+        assert_eq!(table_bytes(1 << 20), 89 << 20);
     }
 
     #[test]
