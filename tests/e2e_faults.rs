@@ -51,6 +51,16 @@ fn a_node_disappears() {
 
     // Node 2 goes away (its namespace, with task-c's link, is deleted).
     lab::sh(&["ip", "netns", "del", &lab.node(1)]).unwrap();
+    // The kernel dismantles a namespace later, in a work queue: wait until
+    // task-c's link (whose peer was in node 2) is gone.
+    let t0 = Instant::now();
+    while lab.ip(&lab.task_ns(2), &["link", "show", "eth0"]).is_ok() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "node 2 was not dismantled"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     conn.write_all(b"still there?\n").unwrap();
     assert!(
         lab::read_line(&mut conn).is_err(),
