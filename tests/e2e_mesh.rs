@@ -200,6 +200,10 @@ fn replies_arriving_on_another_queue_are_translated() {
     assert_eq!(stats["drops"]["handoff_full"].as_u64().unwrap(), 0);
     let per_worker = stats["flows_per_worker"].as_array().unwrap();
     assert_eq!(per_worker.len(), 2);
+    // RSS spread the connections over both queues' workers.
+    let flows: Vec<u64> = per_worker.iter().map(|v| v.as_u64().unwrap()).collect();
+    eprintln!("flows per worker: {flows:?}, hand-offs {handoffs}");
+    assert!(flows.iter().all(|&n| n >= 10), "{flows:?}");
 }
 
 /// SIGTERM stops meshgate cleanly; SIGKILL cannot stop the kernel from

@@ -65,6 +65,7 @@ const PSEUDO_MAP_FD: u8 = 1;
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: i32 = 1;
     pub const GET_HASH_RECALC: i32 = 34;
+    pub const SET_HASH_INVALID: i32 = 41;
     pub const REDIRECT_MAP: i32 = 51;
 }
 

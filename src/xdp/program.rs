@@ -357,7 +357,13 @@ impl RssSteering {
     /// Attaches to the egress of `ifindex` (in the caller's namespace).
     pub fn attach(ifindex: u32, ifname: &str, queues: u32) -> Result<RssSteering, BpfError> {
         let mut a = Asm::new();
+        // A local socket's packets carry its random `txhash`, which TCP
+        // changes after a retransmission timeout: a connection would move
+        // to another queue mid-way, which no NIC does. Dropping the hash
+        // makes the kernel compute it from the addresses and ports, as RSS.
         a.alu64_reg(Alu::Mov, R6, R1)
+            .call(helper::SET_HASH_INVALID)
+            .alu64_reg(Alu::Mov, R1, R6)
             .call(helper::GET_HASH_RECALC)
             .alu32_imm(Alu::Mod, R0, queues.max(1) as i32)
             .alu64_imm(Alu::Add, R0, 1)
