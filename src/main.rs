@@ -154,7 +154,13 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Check { config } => {
-            let cfg = Config::load(&config)?;
+            let mut cfg = Config::load(&config)?;
+            if let Some(sw) = &cfg.swarm {
+                // What `run` would start with.
+                cfg.services = meshgate::runtime::swarm::read_once(sw, &cfg.ingress)
+                    .context("reading the swarm's services")?
+                    .services;
+            }
             let tasks: usize = cfg.services.iter().map(|s| s.tasks.len()).sum();
             println!(
                 "{}: ok: interface {}, node {}, ingress {} (VNI {}, port {}), {} service(s), {} task(s)",

@@ -185,6 +185,35 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
 
+    // `check` with a [swarm] table reads the same state `run` starts from.
+    let cfg = lab.dir.join("check.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"{}\"\n",
+            lab.manager_socket().display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.manager()])
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("node 198.18.0.2, ingress 198.18.128.")
+            && text.contains("(VNI 4096, port 4789), 1 service(s), 3 task(s)"),
+        "{text}"
+    );
+
     let mg = Mg::start(&lab);
     wait_until("meshgate sees 3 tasks", Duration::from_secs(5), || {
         mg.web_tasks() == 3
