@@ -116,22 +116,27 @@ fn run_cmd(args: &[&str]) -> Result<Output, LabError> {
         })
 }
 
+/// Namespaces named `<kind><pid>x…` whose creating process is gone: what a
+/// killed run left behind.
+pub fn orphaned_namespaces(kind: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| {
+            name.strip_prefix(kind)
+                .and_then(|rest| rest.split('x').next())
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .collect()
+}
+
 /// Deletes lab namespaces whose creating process is gone.
 fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("mgl") else {
-            continue;
-        };
-        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = run_cmd(&["ip", "netns", "del", &name]);
-        }
+    for name in orphaned_namespaces("mgl") {
+        let _ = run_cmd(&["ip", "netns", "del", &name]);
     }
 }
 

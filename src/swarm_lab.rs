@@ -473,20 +473,7 @@ fn reap(dir: &Path) {
 
 /// Removes labs whose creating process is gone.
 fn sweep_stale() {
-    let Ok(dir) = std::fs::read_dir("/run/netns") else {
-        return;
-    };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(rest) = name.strip_prefix("mgs") else {
-            continue;
-        };
-        let Some(pid) = rest.split('x').next().and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
+    for name in crate::lab::orphaned_namespaces("mgs") {
         if let Some(prefix) = name.rsplit_once('-').map(|(p, _)| p) {
             let dir = std::env::temp_dir().join(prefix);
             // A killed run left its daemons: stop them as a test would.

@@ -85,33 +85,16 @@ impl Mg {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
-    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(args)
-            .arg("--control")
-            .arg(&self.control)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-
     fn stats(&self) -> serde_json::Value {
-        self.cli_json(&["stats", "--json"])
+        let (ok, out, err) = common::cli_at(&self.control, &["stats", "--json"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).unwrap()
     }
 
     /// Running tasks of `web` in meshgate's tables (0 when it is not there).
     fn web_tasks(&self) -> usize {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["service", "ls", "--control"])
-            .arg(&self.control)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
+        common::cli_at(&self.control, &["service", "ls"])
+            .1
             .lines()
             .find(|l| l.starts_with("web "))
             .and_then(|l| l.split_whitespace().nth(3))

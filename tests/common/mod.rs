@@ -24,6 +24,21 @@ pub fn privileged() -> bool {
     );
 }
 
+/// Runs `meshgate ARGS --control SOCKET`; returns (success, stdout, stderr).
+pub fn cli_at(control: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .arg("--control")
+        .arg(control)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A `meshgate run` in the lab's ingress namespace; killed if dropped.
 pub struct Meshgate {
     pub child: Option<Child>,
@@ -136,17 +151,7 @@ impl Meshgate {
     /// Runs a client subcommand against this meshgate's control socket;
     /// returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(args)
-            .arg("--control")
-            .arg(&self.control)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cli_at(&self.control, args)
     }
 
     /// Like `cli`, but panics with the output on failure.
