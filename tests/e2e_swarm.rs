@@ -292,7 +292,10 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
         std::io::ErrorKind::ConnectionRefused,
         "expected a refused connection, got {e}"
     );
+    // Every change is logged. Docker may start the two new tasks in one
+    // read or in two (3 -> 4 -> 5), so only the end point is fixed.
     let log = mg.log();
-    assert!(log.contains("web: 3 -> 5 task(s)"), "{log}");
+    assert!(log.contains("-> 5 task(s)"), "{log}");
+    assert!(log.contains("web: 5 -> 4 task(s)"), "{log}");
     assert!(log.contains("web: removed"), "{log}");
 }
