@@ -553,6 +553,13 @@ pub fn read_desired(
 
 /// Turns the Engine API's answers into validated services. Pure: the
 /// fixtures below are real answers of Docker 20.10.
+/// The first 12 characters of a Docker ID, as `docker ps` shows it. By
+/// characters, not bytes: the ID comes from the daemon's JSON and is not
+/// guaranteed to be ASCII (the docker_api fuzz target found the byte cut).
+fn short_id(id: &str) -> &str {
+    id.char_indices().nth(12).map_or(id, |(at, _)| &id[..at])
+}
+
 pub fn derive(
     services: &Value,
     tasks: &Value,
@@ -662,7 +669,7 @@ pub fn derive(
             continue;
         }
         let task_id = t["ID"].as_str().unwrap_or("?");
-        let short = &task_id[..task_id.len().min(12)];
+        let short = short_id(task_id);
         let address = t["NetworksAttachments"].as_array().and_then(|atts| {
             atts.iter()
                 .find(|a| {
@@ -846,6 +853,27 @@ mod tests {
         let d = run(SERVICES, TASKS, "[]");
         assert!(d.services[0].tasks.is_empty());
         assert!(d.notes.iter().all(|n| n.contains("no underlay address")));
+    }
+
+    #[test]
+    fn task_ids_are_shortened_by_characters() {
+        assert_eq!(short_id("yg37k5f54vvl6roq9amkmdbux"), "yg37k5f54vvl");
+        assert_eq!(short_id("abc"), "abc");
+        // The docker_api fuzz target's crash: a two-byte character across
+        // byte 12.
+        let tasks = TASKS.replace("yg37k5f54vvl6roq", "yDesireg37k\u{2e0}54vvl6roq");
+        let nodes = NODES.replace(
+            r#""State":"ready","Addr":"198.18.0.11""#,
+            r#""State":"down","Addr":"198.18.0.11""#,
+        );
+        let d = run(SERVICES, &tasks, &nodes);
+        assert!(
+            d.notes
+                .iter()
+                .any(|n| n.contains("task yDesireg37k\u{2e0} ")),
+            "{:?}",
+            d.notes
+        );
     }
 
     #[test]
