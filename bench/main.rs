@@ -71,6 +71,8 @@ enum Cmd {
         #[arg(long)]
         no_callgrind: bool,
     },
+    /// Print the table of a saved result (bench/results/*.json).
+    Table { file: PathBuf },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -112,6 +114,16 @@ fn main() -> anyhow::Result<()> {
                     },
                 )?;
                 println!("{}", serde_json::to_string(&t)?);
+                if kind == paths::PathKind::Meshgate {
+                    // Where meshgate saw losses: its own counters (the
+                    // stats file is rewritten every second).
+                    std::thread::sleep(std::time::Duration::from_millis(1200));
+                    let st = paths::meshgate_stats(&lab);
+                    eprintln!(
+                        "meshgate: drops {} xsk {}",
+                        st["drops"], st["workers"][0]["xsk"]
+                    );
+                }
             }
             Ok(())
         }
@@ -137,6 +149,12 @@ fn main() -> anyhow::Result<()> {
             } else {
                 print!("{}", run_all::table(&v));
             }
+            Ok(())
+        }
+        Cmd::Table { file } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            print!("{}", run_all::table(&serde_json::from_str(&text)?));
             Ok(())
         }
     }

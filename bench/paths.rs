@@ -432,6 +432,9 @@ pub struct Trial {
     pub p99_us: f64,
     pub p999_us: f64,
     pub cpu_busy_s: f64,
+    /// Lost at the generator's own receive ring, not in the path.
+    #[serde(default)]
+    pub rx_dropped_here: u64,
 }
 
 /// What to send.

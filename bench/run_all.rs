@@ -335,8 +335,8 @@ pub fn table(v: &Value) -> String {
         s.push_str(&format!(
             "{:<9} {:>7} {:>6} {:>8.3} {:>8.4} {:>9.0} {:>8.1} {:>8.1} {:>9.1}\n",
             r["path"].as_str().unwrap_or(""),
-            r["flows"],
-            r["frame_bytes"],
+            r["flows"].as_u64().unwrap_or(0),
+            r["frame_bytes"].as_u64().unwrap_or(0),
             r["mpps"].as_f64().unwrap_or(f64::NAN),
             r["loss"].as_f64().unwrap_or(f64::NAN) * 100.0,
             r["cpu_ns_per_packet"].as_f64().unwrap_or(f64::NAN),

@@ -134,6 +134,10 @@ pub struct SendReport {
     pub max_us: f64,
     /// Frames received that were not ours (no marker).
     pub foreign: u64,
+    /// Frames the kernel could not put on the generator's own receive ring
+    /// (ring full, or no free frame in the fill ring): lost at the
+    /// generator, not in the path under test.
+    pub rx_dropped_here: u64,
     /// Busy CPU time of the whole machine while sending (all CPUs, from
     /// /proc/stat: user, nice, system, irq, softirq, steal), in seconds.
     pub cpu_busy_s: f64,
@@ -350,6 +354,9 @@ fn send(
         .as_secs_f64()
         .max(1e-9);
     let lost = sent.saturating_sub(received);
+    let xs = port_.stats();
+    // An empty fill ring counts in rx_dropped too: not added twice.
+    let rx_dropped_here = xs.rx_dropped + xs.rx_ring_full;
     let q = |p: f64| hist.value_at_quantile(p) as f64 / 1000.0;
     Ok(SendReport {
         sent,
@@ -371,6 +378,7 @@ fn send(
         p999_us: q(0.999),
         max_us: hist.max() as f64 / 1000.0,
         foreign,
+        rx_dropped_here,
         cpu_busy_s: (cpu1.unwrap_or_else(busy_jiffies) - cpu0) as f64 / ticks_per_second(),
     })
 }
