@@ -304,15 +304,24 @@ impl Port {
         if frames.is_empty() {
             return 0;
         }
-        let n = {
+        // Two rounds: see `transmit` for why one reservation can come back
+        // short while the ring has room.
+        let mut n = 0;
+        for _ in 0..2 {
+            if frames.is_empty() {
+                break;
+            }
             let mut w = self.fq.fill(frames.len() as u32);
             let take = (w.capacity() as usize).min(frames.len());
             let start = frames.len() - take;
-            let n = w.insert(frames.drain(start..).map(|t| t.into_desc().0)) as usize;
+            let got = w.insert(frames.drain(start..).map(|t| t.into_desc().0)) as usize;
             w.commit();
-            debug_assert_eq!(n, take);
-            n
-        };
+            debug_assert_eq!(got, take);
+            n += got;
+            if got == 0 {
+                break;
+            }
+        }
         // Only a zero-copy driver's RX stops for want of fill entries and
         // must be kicked; in copy mode the flag stays set and the kick would
         // be a useless poll() per batch.
@@ -328,18 +337,36 @@ impl Port {
         if frames.is_empty() {
             return 0;
         }
-        let mut w = self.tx.transmit(frames.len() as u32);
-        let take = (w.capacity() as usize).min(frames.len());
-        let n = w.insert(frames.drain(..take).map(|t| {
-            let (addr, len) = t.into_desc();
-            XdpDesc {
-                addr,
-                len,
-                options: 0,
+        // A reservation of n entries returns what the producer's *cached*
+        // view of the consumer index allows, and xdpilone refreshes that
+        // view only when it shows no room at all (it asks for at least 1,
+        // not n). So a batch can come back short while the kernel has long
+        // emptied the ring: once every ring's worth of frames, the tail of
+        // a batch would be dropped as "TX full" (0.5 % of all frames at
+        // 200 kpps here). The second round reserves with the cache at zero,
+        // which forces the refresh; only what still does not fit is full.
+        let mut n = 0;
+        for _ in 0..2 {
+            if frames.is_empty() {
+                break;
             }
-        })) as usize;
-        w.commit();
-        debug_assert_eq!(n, take);
+            let mut w = self.tx.transmit(frames.len() as u32);
+            let take = (w.capacity() as usize).min(frames.len());
+            let got = w.insert(frames.drain(..take).map(|t| {
+                let (addr, len) = t.into_desc();
+                XdpDesc {
+                    addr,
+                    len,
+                    options: 0,
+                }
+            })) as usize;
+            w.commit();
+            debug_assert_eq!(got, take);
+            n += got;
+            if got == 0 {
+                break;
+            }
+        }
         self.unkicked += n as u32;
         n
     }
