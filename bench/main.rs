@@ -119,10 +119,7 @@ fn main() -> anyhow::Result<()> {
                     // stats file is rewritten every second).
                     std::thread::sleep(std::time::Duration::from_millis(1200));
                     let st = paths::meshgate_stats(&lab);
-                    eprintln!(
-                        "meshgate: drops {} xsk {}",
-                        st["drops"], st["workers"][0]["xsk"]
-                    );
+                    eprintln!("meshgate: drops {} xsk {}", st["drops"], st["xsk"]);
                 }
             }
             Ok(())

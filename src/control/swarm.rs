@@ -551,8 +551,6 @@ pub fn read_desired(
     derive(&services, &tasks, &nodes, facts, ingress)
 }
 
-/// Turns the Engine API's answers into validated services. Pure: the
-/// fixtures below are real answers of Docker 20.10.
 /// The first 12 characters of a Docker ID, as `docker ps` shows it. By
 /// characters, not bytes: the ID comes from the daemon's JSON and is not
 /// guaranteed to be ASCII (the docker_api fuzz target found the byte cut).
@@ -560,6 +558,8 @@ fn short_id(id: &str) -> &str {
     id.char_indices().nth(12).map_or(id, |(at, _)| &id[..at])
 }
 
+/// Turns the Engine API's answers into validated services. Pure: the
+/// fixtures below are real answers of Docker 20.10.
 pub fn derive(
     services: &Value,
     tasks: &Value,
