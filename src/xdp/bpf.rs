@@ -218,34 +218,29 @@ impl Map {
         Ok(true)
     }
 
-    /// Looks `key` of a per-CPU map up: `value` receives one value per
-    /// possible CPU (its length is the value size times the CPU count).
-    pub fn lookup_percpu(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
-        assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);
-        assert!(
-            value.len() >= self.value_size
-                && value.len() % self.value_size.next_multiple_of(8) == 0,
-            "per-CPU buffer of map {}",
-            self.name
-        );
-        let mut a = Attr::new();
-        a.u32(0, self.fd() as u32)
-            .u64(8, key.as_ptr() as u64)
-            .u64(16, value.as_mut_ptr() as u64);
-        if sys_bpf(cmd::MAP_LOOKUP_ELEM, &mut a) < 0 {
-            let e = BpfError::last(format!("reading BPF map {}", self.name));
-            return if e.errno() == Some(libc::ENOENT) {
-                Ok(false)
-            } else {
-                Err(e)
-            };
-        }
-        Ok(true)
+    /// Looks `key` up into `value` (the map's value size); `Ok(false)`
+    /// when absent.
+    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
+        self.check(key, Some(&*value));
+        self.lookup_into(key, value)
     }
 
-    /// Looks `key` up into `value`; `Ok(false)` when absent.
-    pub fn lookup(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
-        assert_eq!(key.len(), self.key_size, "key size of map {}", self.name);
+    /// Looks `key` of a per-CPU map up: one value per possible CPU, each
+    /// padded to 8 bytes as the kernel copies them; `None` when absent. The
+    /// buffer is sized here, not by the caller: the kernel writes all of it.
+    pub fn lookup_percpu(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BpfError> {
+        self.check(key, None);
+        let cpus = possible_cpus().map_err(|source| BpfError {
+            what: format!("sizing a lookup of per-CPU map {}", self.name),
+            source,
+            hint: "\n  hint: /sys/devices/system/cpu/possible must be readable".to_string(),
+        })?;
+        let mut value = vec![0u8; self.value_size.next_multiple_of(8) * cpus];
+        Ok(self.lookup_into(key, &mut value)?.then_some(value))
+    }
+
+    /// The lookup itself: `value` holds at least what the kernel copies.
+    fn lookup_into(&self, key: &[u8], value: &mut [u8]) -> Result<bool, BpfError> {
         let mut a = Attr::new();
         a.u32(0, self.fd() as u32)
             .u64(8, key.as_ptr() as u64)
@@ -260,6 +255,20 @@ impl Map {
         }
         Ok(true)
     }
+}
+
+/// The number of possible CPUs, the count of values in a per-CPU map.
+fn possible_cpus() -> std::io::Result<usize> {
+    // "0-1" or "0,2-3": the highest index + 1.
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    s.trim()
+        .split([',', '-'])
+        .filter_map(|x| x.parse::<usize>().ok())
+        .max()
+        .map(|m| m + 1)
+        .ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{}`", s.trim()))
+        })
 }
 
 /// A loaded BPF program.

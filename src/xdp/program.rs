@@ -233,14 +233,9 @@ impl IngressProgram {
 
     /// Frames passed to the kernel, by reason ([`PASS_REASONS`]), all CPUs.
     pub fn pass_counts(&self) -> Result<[u64; PASS_REASONS.len()], BpfError> {
-        let cpus = possible_cpus();
         let mut out = [0u64; PASS_REASONS.len()];
-        let mut buf = vec![0u8; 8 * cpus];
         for (i, o) in out.iter_mut().enumerate() {
-            if self
-                .counters
-                .lookup_percpu(&(i as u32).to_ne_bytes(), &mut buf)?
-            {
+            if let Some(buf) = self.counters.lookup_percpu(&(i as u32).to_ne_bytes())? {
                 *o = buf
                     .chunks_exact(8)
                     .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
@@ -309,17 +304,6 @@ impl CaptureProgram {
     pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
         self.prog.attach_xdp(ifindex, flags, ifname)
     }
-}
-
-/// The number of possible CPUs, the size of a per-CPU map value.
-fn possible_cpus() -> usize {
-    // "0-1" or "0,2-3": the highest index + 1.
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap_or_default();
-    s.trim()
-        .split([',', '-'])
-        .filter_map(|x| x.parse::<usize>().ok())
-        .max()
-        .map_or(1, |m| m + 1)
 }
 
 /// A program that drops every frame: the benchmark's baseline, to measure
