@@ -91,10 +91,7 @@ fn malformed_frames_are_dropped_and_counted() {
                 f[14] = 0x46;
                 let tl = u16::from_be_bytes([f[16], f[17]]) + 4;
                 f[16..18].copy_from_slice(&tl.to_be_bytes());
-                f[24] = 0;
-                f[25] = 0;
-                let c = meshgate::wire::checksum::checksum(&f[14..38]);
-                f[24..26].copy_from_slice(&c.to_be_bytes());
+                fix_ip_checksum(f, 14);
             }),
             "drops.ip_options",
         ),
