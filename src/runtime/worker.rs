@@ -128,6 +128,23 @@ impl Worker {
         }
     }
 
+    /// Puts frames from the front of `tx` on the TX ring and counts them
+    /// as transmitted; returns how many.
+    #[inline]
+    fn transmit(&mut self, tx: &mut Vec<FrameToken>) -> usize {
+        let sent = self.port.transmit(tx);
+        self.pipeline.events_mut().tx += sent as u64;
+        sent
+    }
+
+    /// Frames that found no room on the TX ring: counted, back to the pool.
+    fn drop_unsent(&mut self, tx: &mut Vec<FrameToken>) {
+        for t in tx.drain(..) {
+            self.pipeline.count_drop(DropReason::TxFull);
+            self.recycle(t);
+        }
+    }
+
     /// Runs the pipeline on `t` and routes it by verdict.
     #[inline]
     fn handle(&mut self, mut t: FrameToken, tx: &mut Vec<FrameToken>) {
@@ -194,14 +211,11 @@ impl Worker {
                             self.free.push(t);
                         }
                     }
+                    // More resets than the ring holds: wait for room, as
+                    // long as the kernel makes progress.
                     while !tx.is_empty() {
-                        let sent = self.port.transmit(&mut tx);
-                        self.pipeline.events_mut().tx += sent as u64;
-                        if sent == 0 {
-                            for t in tx.drain(..) {
-                                self.pipeline.count_drop(DropReason::TxFull);
-                                self.recycle(t);
-                            }
+                        if self.transmit(&mut tx) == 0 {
+                            self.drop_unsent(&mut tx);
                         }
                         self.port.kick();
                     }
@@ -273,13 +287,9 @@ impl Worker {
                 }
             }
             if !tx.is_empty() {
-                let sent = self.port.transmit(&mut tx);
-                self.pipeline.events_mut().tx += sent as u64;
-                for t in tx.drain(..) {
-                    // The TX ring is full: the kernel is not keeping up.
-                    self.pipeline.count_drop(DropReason::TxFull);
-                    self.recycle(t);
-                }
+                self.transmit(&mut tx);
+                // The TX ring is full: the kernel is not keeping up.
+                self.drop_unsent(&mut tx);
             }
             self.port.kick();
             if work > 0 {
