@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, privileged};
+use common::{Meshgate, default_lab, privileged};
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
@@ -438,11 +438,9 @@ fn scale_drain_and_reload_under_traffic() {
 
 #[test]
 fn api_rejects_bad_changes_and_serves_metrics() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(
         &lab,
         &lab.config_toml("[control]\nmetrics = \"127.0.0.1:0\"\n"),

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, privileged};
+use common::{Meshgate, default_lab, privileged};
 use meshgate::lab::tcp_request;
 use meshgate::lab::{self, Lab, LabOptions};
 
@@ -27,11 +27,9 @@ fn task_of(line: &str) -> String {
 
 #[test]
 fn a_node_disappears() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
     // A connection to task-c, on node 2.
     let ns = lab.client();
@@ -97,11 +95,9 @@ fn a_node_disappears() {
 
 #[test]
 fn a_neighbour_changes_its_mac() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     // Faster kernel neighbour timers on in0, so the test takes seconds.
     for (k, v) in [
         ("base_reachable_time_ms", "2000"),
@@ -199,11 +195,9 @@ fn the_control_socket_refuses_other_users() {
 /// and names what is missing.
 #[test]
 fn meshgate_runs_unprivileged_with_its_capabilities() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let caps = "+net_admin,+net_raw,+bpf,+ipc_lock";
     let wrapper = [
         "setpriv",

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, mac_of, privileged};
-use meshgate::lab::{self, Lab, LabOptions};
+use common::{Meshgate, default_lab, mac_of};
+use meshgate::lab;
 
 const T: Duration = Duration::from_secs(3);
 
@@ -40,11 +40,9 @@ fn rss(pid: u32) -> u64 {
 
 #[test]
 fn syn_flood_at_ten_times_capacity() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(
         &lab,
         &lab.config_toml(&format!(

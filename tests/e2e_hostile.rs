@@ -11,9 +11,9 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Meshgate, inject, mac_of, privileged};
+use common::{Meshgate, default_lab, inject, mac_of};
 use meshgate::dataplane::fixtures::*;
-use meshgate::lab::{self, Lab, LabOptions};
+use meshgate::lab;
 
 const T: Duration = Duration::from_secs(3);
 
@@ -35,11 +35,9 @@ fn with_ip_edit(mut f: Vec<u8>, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
 
 #[test]
 fn malformed_frames_are_dropped_and_counted() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
     let (client, in0) = (
         mac_of(&lab, &lab.client(), "eth0"),
@@ -307,11 +305,9 @@ fn malformed_frames_are_dropped_and_counted() {
 
 #[test]
 fn pmtu_icmp_errors_and_unusual_udp() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
 
     // PMTU discovery: a 1472-byte UDP datagram with DF (Linux's default)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Meshgate, privileged};
+use common::{Meshgate, default_lab, privileged};
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
@@ -33,11 +33,9 @@ fn parse(line: &str) -> (String, String) {
 
 #[test]
 fn routing_mesh_end_to_end() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.5\n"));
 
     // 30 TCP connections spread 10/10/10; every task sees the sandbox address.
@@ -211,11 +209,9 @@ fn replies_arriving_on_another_queue_are_translated() {
 /// process), and the kernel path answers the port again.
 #[test]
 fn xdp_program_goes_away_on_sigterm_and_sigkill() {
-    if !privileged() {
+    let Some((lab, _servers)) = default_lab() else {
         return;
-    }
-    let lab = Lab::build(LabOptions::default()).expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    };
     let cfg = lab.config_toml("");
     let mg = Meshgate::start(&lab, &cfg);
     mg.signal("TERM");

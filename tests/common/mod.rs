@@ -24,6 +24,18 @@ pub fn privileged() -> bool {
     );
 }
 
+/// The default lab with its task servers answering, or `None` when the
+/// test may not run here (see [`privileged`]). Bind both: the servers stop
+/// when their handle is dropped.
+pub fn default_lab() -> Option<(Lab, lab::Servers)> {
+    if !privileged() {
+        return None;
+    }
+    let lab = Lab::build(lab::LabOptions::default()).expect("lab");
+    let servers = lab.start_servers().expect("servers");
+    Some((lab, servers))
+}
+
 /// Runs `meshgate ARGS --control SOCKET`; returns (success, stdout, stderr).
 pub fn cli_at(control: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
