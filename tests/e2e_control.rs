@@ -12,21 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, default_lab, privileged};
+use common::{Meshgate, default_lab, privileged, target, task_of};
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
-
-fn target() -> SocketAddr {
-    (lab::INGRESS_ADDR, 8080).into()
-}
-
-fn task_of(line: &str) -> String {
-    line.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 /// One short connection of the stream.
 #[derive(Debug, Clone)]

@@ -5,25 +5,14 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, default_lab, privileged};
+use common::{Meshgate, default_lab, privileged, target, task_of};
 use meshgate::lab::tcp_request;
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(2);
-
-fn target() -> SocketAddr {
-    (lab::INGRESS_ADDR, 8080).into()
-}
-
-fn task_of(line: &str) -> String {
-    line.split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string()
-}
 
 #[test]
 fn a_node_disappears() {

@@ -6,13 +6,13 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, default_lab, mac_of};
+use common::{Meshgate, default_lab, mac_of, target};
 use meshgate::lab;
 
 const T: Duration = Duration::from_secs(3);
@@ -20,10 +20,6 @@ const T: Duration = Duration::from_secs(3);
 /// (connection, when the answer came, the task that answered or the error)
 type Ping = (usize, Instant, Result<String, String>);
 const CAPACITY: u64 = 2048;
-
-fn target() -> SocketAddr {
-    (lab::INGRESS_ADDR, 8080).into()
-}
 
 fn rss(pid: u32) -> u64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

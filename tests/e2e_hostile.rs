@@ -8,18 +8,14 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Meshgate, default_lab, inject, mac_of};
+use common::{Meshgate, default_lab, inject, mac_of, target};
 use meshgate::dataplane::fixtures::*;
 use meshgate::lab;
 
 const T: Duration = Duration::from_secs(3);
-
-fn target() -> SocketAddr {
-    (lab::INGRESS_ADDR, 8080).into()
-}
 
 /// Gives a fixture frame the lab's MACs: from the client, to in0.
 fn to_in0(mut f: Vec<u8>, client: [u8; 6], in0: [u8; 6]) -> Vec<u8> {

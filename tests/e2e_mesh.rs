@@ -5,17 +5,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Meshgate, default_lab, privileged};
+use common::{Meshgate, default_lab, privileged, target};
 use meshgate::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
-
-fn target() -> SocketAddr {
-    (lab::INGRESS_ADDR, 8080).into()
-}
 
 /// Splits "task-a 198.18.128.2:40000" into (task, source address seen).
 fn parse(line: &str) -> (String, String) {

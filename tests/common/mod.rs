@@ -24,6 +24,19 @@ pub fn privileged() -> bool {
     );
 }
 
+/// The lab's published port: web's 8080 on the ingress node.
+pub fn target() -> std::net::SocketAddr {
+    (lab::INGRESS_ADDR, 8080).into()
+}
+
+/// The task that answered, from a task server's reply ("task-a 198.18…").
+pub fn task_of(line: &str) -> String {
+    line.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The default lab with its task servers answering, or `None` when the
 /// test may not run here (see [`privileged`]). Bind both: the servers stop
 /// when their handle is dropped.
