@@ -187,6 +187,8 @@ impl Control {
         self.xdp_link = None;
     }
 
+    /// Takes the workers' reports and the XDP program's counters into the
+    /// statistics, and frees old snapshots here, off the workers' fast path.
     pub fn drain_reports(&mut self) {
         while let Ok(r) = self.reports.try_recv() {
             self.stats.absorb(r);
@@ -436,14 +438,7 @@ impl Control {
             self.last_resync = Instant::now();
         }
         self.resolve_missing();
-        while let Ok(r) = self.reports.try_recv() {
-            self.stats.absorb(r);
-        }
-        if let Ok(c) = self.program.pass_counts() {
-            self.stats.xdp_passed = c;
-        }
-        // Old snapshots are freed here, off the workers' fast path.
-        while self.garbage.try_recv().is_ok() {}
+        self.drain_reports();
     }
 }
 

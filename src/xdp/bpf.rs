@@ -258,17 +258,22 @@ impl Map {
 }
 
 /// The number of possible CPUs, the count of values in a per-CPU map.
+/// Read once: it cannot change while the system runs.
 fn possible_cpus() -> std::io::Result<usize> {
-    // "0-1" or "0,2-3": the highest index + 1.
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    s.trim()
-        .split([',', '-'])
-        .filter_map(|x| x.parse::<usize>().ok())
-        .max()
-        .map(|m| m + 1)
-        .ok_or_else(|| {
-            std::io::Error::new(std::io::ErrorKind::InvalidData, format!("`{}`", s.trim()))
-        })
+    static CPUS: std::sync::OnceLock<Result<usize, String>> = std::sync::OnceLock::new();
+    CPUS.get_or_init(|| {
+        // "0-1" or "0,2-3": the highest index + 1.
+        let path = "/sys/devices/system/cpu/possible";
+        let s = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+        s.trim()
+            .split([',', '-'])
+            .filter_map(|x| x.parse::<usize>().ok())
+            .max()
+            .map(|m| m + 1)
+            .ok_or_else(|| format!("{path}: `{}` names no CPU", s.trim()))
+    })
+    .clone()
+    .map_err(std::io::Error::other)
 }
 
 /// A loaded BPF program.
