@@ -15,7 +15,7 @@
 //! a back-off. Neither thread touches the data plane: a new list goes to
 //! the control thread, which validates it into a snapshot like any change.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -81,7 +81,6 @@ impl SwarmSource {
     ) -> std::io::Result<SwarmSource> {
         let (tx, updates) = crossbeam::channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
-        let events = Arc::new(AtomicU64::new(0));
         let status = Arc::new(Mutex::new(SwarmStatus {
             socket: cfg.socket.display().to_string(),
             reads: 1,
@@ -97,13 +96,12 @@ impl SwarmSource {
             tx,
             bell,
             stop: stop.clone(),
-            events: events.clone(),
             status: status.clone(),
         };
         let listener = {
             let stop = stop.clone();
             let status = status.clone();
-            move || listen(docker, stop, events, status)
+            move || listen(docker, stop, status)
         };
         let threads = vec![
             std::thread::Builder::new()
@@ -148,19 +146,19 @@ struct Reader {
     tx: Sender<Vec<Service>>,
     bell: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
-    events: Arc<AtomicU64>,
+    /// Shared with the event listener, which counts events in it.
     status: Arc<Mutex<SwarmStatus>>,
 }
 
 impl Reader {
     fn run(mut self) {
-        let mut seen_events = self.events.load(Ordering::Relaxed);
+        let mut seen_events = self.events();
         let mut settle_until = Instant::now();
         let mut failures = 0u32;
         let mut last_print: Option<(String, Instant)> = None;
         let mut next = Instant::now() + self.cfg.resync;
         while !self.stop.load(Ordering::Relaxed) {
-            let ev = self.events.load(Ordering::Relaxed);
+            let ev = self.events();
             if ev != seen_events {
                 seen_events = ev;
                 settle_until = Instant::now() + SETTLE;
@@ -185,6 +183,11 @@ impl Reader {
             };
             next = Instant::now() + wait;
         }
+    }
+
+    /// Events the listener has seen so far.
+    fn events(&self) -> u64 {
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).events
     }
 
     /// One read; true when it succeeded.
@@ -230,12 +233,7 @@ impl Reader {
 }
 
 /// Holds the event stream open, reopening it when it breaks.
-fn listen(
-    docker: Docker,
-    stop: Arc<AtomicBool>,
-    events: Arc<AtomicU64>,
-    status: Arc<Mutex<SwarmStatus>>,
-) {
+fn listen(docker: Docker, stop: Arc<AtomicBool>, status: Arc<Mutex<SwarmStatus>>) {
     while !stop.load(Ordering::Relaxed) {
         // The timeout only bounds how long a stop waits.
         let stream = docker.events(&["service", "node", "network"], Duration::from_millis(500));
@@ -243,10 +241,7 @@ fn listen(
             while !stop.load(Ordering::Relaxed) {
                 match s.wait() {
                     Ok(EventRead::Event) => {
-                        events.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut st) = status.lock() {
-                            st.events += 1;
-                        }
+                        status.lock().unwrap_or_else(|e| e.into_inner()).events += 1;
                     }
                     Ok(EventRead::Idle) => {}
                     // The reader reports Docker being away.
