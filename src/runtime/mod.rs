@@ -204,6 +204,15 @@ impl Forwarder {
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let (garbage_tx, garbage_rx) = crossbeam::channel::unbounded();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
+        // Worker i's CPU: node.cpus[i], else CPU i+1 (mod n), because CPU 0
+        // usually takes most interrupts and the system's housekeeping.
+        let worker_cores: Vec<Option<core_affinity::CoreId>> = (0..n)
+            .map(|i| match &cfg.node.cpus {
+                Some(c) => c.get(i).copied().map(|id| core_affinity::CoreId { id }),
+                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()]),
+                None => None,
+            })
+            .collect();
         let mut command_txs = Vec::new();
         let mut handles = Vec::new();
         let Xsk {
@@ -243,13 +252,7 @@ impl Forwarder {
                 poll: cfg.node.poll,
                 report_every: Duration::from_millis(250),
             };
-            let core = match &cfg.node.cpus {
-                Some(c) => c.get(i).copied().map(|id| core_affinity::CoreId { id }),
-                // Queue i on CPU i+1 (mod n): CPU 0 usually takes most
-                // interrupts and the system's housekeeping.
-                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()]),
-                None => None,
-            };
+            let core = worker_cores[i];
             let h = std::thread::Builder::new()
                 .name(format!("mg-worker-{i}"))
                 .spawn(move || {
@@ -265,14 +268,7 @@ impl Forwarder {
         // The control thread (this one) and its helpers stay off the
         // workers' CPUs: a busy-polling worker preempted for a time slice
         // loses frames.
-        let worker_cpus: Vec<usize> = (0..n)
-            .filter_map(|i| match &cfg.node.cpus {
-                Some(c) => c.get(i).copied(),
-                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()].id),
-                None => None,
-            })
-            .collect();
-        if let Some(free) = cores.iter().find(|c| !worker_cpus.contains(&c.id)) {
+        if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
             core_affinity::set_for_current(*free);
         }
 
