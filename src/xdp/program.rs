@@ -76,6 +76,19 @@ pub const PASS_REASONS: [&str; 7] = [
     "vxlan_not_for_sandbox",
 ];
 
+/// The program's jump target for each of [`PASS_REASONS`], in the same
+/// order (the assembler's labels are static strings; a test checks the
+/// two lists agree).
+const PASS_LABELS: [&str; PASS_REASONS.len()] = [
+    "pass_short",
+    "pass_not_ipv4",
+    "pass_other_address",
+    "pass_other_protocol",
+    "pass_unpublished_port",
+    "pass_vxlan_other_vni",
+    "pass_vxlan_not_for_sandbox",
+];
+
 /// Emits the common prefix: Ethernet type IPv4, destination `addr` (any
 /// when `None`), protocol TCP or UDP. Leaves r2 = data, r3 = data_end,
 /// r5 = protocol, r6 = ctx. Otherwise jumps to `pass_short`,
@@ -105,16 +118,7 @@ fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>) {
 /// Emits one label per pass reason that records the reason in r9 and goes
 /// to `count`, which adds one to the reason's per-CPU counter and passes.
 fn emit_counted_pass(a: &mut Asm, counters: RawFd) {
-    const LABELS: [&str; 7] = [
-        "pass_short",
-        "pass_not_ipv4",
-        "pass_other_address",
-        "pass_other_protocol",
-        "pass_unpublished_port",
-        "pass_vxlan_other_vni",
-        "pass_vxlan_not_for_sandbox",
-    ];
-    for (i, l) in LABELS.iter().enumerate() {
+    for (i, l) in PASS_LABELS.iter().enumerate() {
         a.label(l).alu64_imm(Alu::Mov, R9, i as i32).ja("count");
     }
     a.label("count")
@@ -389,6 +393,13 @@ mod tests {
             Err(e) => panic!(
                 "cannot load the XDP program (run the tests as root, or set MESHGATE_SKIP_PRIVILEGED=1 to skip): {e}"
             ),
+        }
+    }
+
+    #[test]
+    fn pass_labels_name_their_reasons() {
+        for (reason, label) in PASS_REASONS.iter().zip(PASS_LABELS) {
+            assert_eq!(label, format!("pass_{reason}"));
         }
     }
 
