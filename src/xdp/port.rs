@@ -304,24 +304,16 @@ impl Port {
         if frames.is_empty() {
             return 0;
         }
-        // Two rounds: see `transmit` for why one reservation can come back
-        // short while the ring has room.
-        let mut n = 0;
-        for _ in 0..2 {
-            if frames.is_empty() {
-                break;
-            }
-            let mut w = self.fq.fill(frames.len() as u32);
+        let fq = &mut self.fq;
+        let n = produce_refreshed(frames, |frames| {
+            let mut w = fq.fill(frames.len() as u32);
             let take = (w.capacity() as usize).min(frames.len());
             let start = frames.len() - take;
             let got = w.insert(frames.drain(start..).map(|t| t.into_desc().0)) as usize;
             w.commit();
             debug_assert_eq!(got, take);
-            n += got;
-            if got == 0 {
-                break;
-            }
-        }
+            got
+        });
         // Only a zero-copy driver's RX stops for want of fill entries and
         // must be kicked; in copy mode the flag stays set and the kick would
         // be a useless poll() per batch.
@@ -334,23 +326,9 @@ impl Port {
     /// Puts frames from the front of `frames` on the TX ring (as many as
     /// fit); returns how many. Call [`Port::kick`] after the batch.
     pub fn transmit(&mut self, frames: &mut Vec<FrameToken>) -> usize {
-        if frames.is_empty() {
-            return 0;
-        }
-        // A reservation of n entries returns what the producer's *cached*
-        // view of the consumer index allows, and xdpilone refreshes that
-        // view only when it shows no room at all (it asks for at least 1,
-        // not n). So a batch can come back short while the kernel has long
-        // emptied the ring: once every ring's worth of frames, the tail of
-        // a batch would be dropped as "TX full" (0.5 % of all frames at
-        // 200 kpps here). The second round reserves with the cache at zero,
-        // which forces the refresh; only what still does not fit is full.
-        let mut n = 0;
-        for _ in 0..2 {
-            if frames.is_empty() {
-                break;
-            }
-            let mut w = self.tx.transmit(frames.len() as u32);
+        let tx = &mut self.tx;
+        let n = produce_refreshed(frames, |frames| {
+            let mut w = tx.transmit(frames.len() as u32);
             let take = (w.capacity() as usize).min(frames.len());
             let got = w.insert(frames.drain(..take).map(|t| {
                 let (addr, len) = t.into_desc();
@@ -362,11 +340,8 @@ impl Port {
             })) as usize;
             w.commit();
             debug_assert_eq!(got, take);
-            n += got;
-            if got == 0 {
-                break;
-            }
-        }
+            got
+        });
         self.unkicked += n as u32;
         n
     }
@@ -435,4 +410,32 @@ impl Port {
             Err(_) => XskStats::default(),
         }
     }
+}
+
+/// Runs `produce` (reserve ring entries, move frames from `frames` into
+/// them, commit; return how many) once more when the first round left
+/// frames behind. A reservation of n entries returns what the producer's
+/// *cached* view of the kernel's consumer index allows, and xdpilone
+/// refreshes that view only when it shows no room at all (it asks for at
+/// least 1, not n). So one round can come back short while the kernel has
+/// long emptied the ring: once per ring's worth of frames, the tail of a TX
+/// batch was dropped as "TX full" (0.5 % of all frames at 200 kpps here;
+/// `tests/xsk_rings.rs`). The second round reserves with the cache at zero,
+/// which forces the refresh; what still does not fit has no room.
+fn produce_refreshed(
+    frames: &mut Vec<FrameToken>,
+    mut produce: impl FnMut(&mut Vec<FrameToken>) -> usize,
+) -> usize {
+    let mut n = 0;
+    for _ in 0..2 {
+        if frames.is_empty() {
+            break;
+        }
+        let got = produce(frames);
+        n += got;
+        if got == 0 {
+            break;
+        }
+    }
+    n
 }
