@@ -215,6 +215,14 @@ fn print_stats(v: &Value) {
             drops.join(", ")
         }
     );
+    let a = &v["syn_admission"];
+    println!(
+        "new TCP flows: budget {}/s per queue, admitted {}, retried {}, refused {}",
+        s(&a["budget_per_queue_per_second"]),
+        s(&a["admitted"]),
+        s(&a["retried"]),
+        s(&a["refused"])
+    );
     let b = &v["batch_latency_ns"];
     println!(
         "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",

@@ -174,6 +174,7 @@ struct RawTimeouts {
 struct RawFlows {
     max: Option<i64>,
     snat_ports: Option<[i64; 2]>,
+    new_per_second: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -346,13 +347,23 @@ pub struct FlowLimits {
     pub max: u32,
     /// Inclusive range of SNAT source ports on the overlay address.
     pub snat_ports: (u16, u16),
+    /// New TCP flows (SYNs) admitted per receive queue and second by the
+    /// XDP program; the rest are dropped before the AF_XDP ring. 0: no
+    /// limit. Changeable by a reload.
+    pub new_per_second: u32,
 }
+
+/// The default SYN budget per queue and second: what one worker admits
+/// while its established flows keep their latency (measured in
+/// `tests/e2e_flood.rs`; see the README's flood section).
+pub const DEFAULT_NEW_PER_SECOND: u32 = 20_000;
 
 impl Default for FlowLimits {
     fn default() -> Self {
         FlowLimits {
             max: 1 << 20,
             snat_ports: (1024, 65535),
+            new_per_second: DEFAULT_NEW_PER_SECOND,
         }
     }
 }
@@ -816,9 +827,19 @@ impl Config {
                 (lo, hi)
             }
         };
+        let new_per_second = f.new_per_second.unwrap_or(df.new_per_second as i64);
+        if !(0..=100_000_000).contains(&new_per_second) {
+            return Err(err(
+                "flows.new_per_second",
+                format!(
+                    "{new_per_second} is out of range (0 to 100000000; 0 admits every new flow)"
+                ),
+            ));
+        }
         let flows = FlowLimits {
             max: max as u32,
             snat_ports,
+            new_per_second: new_per_second as u32,
         };
 
         // [control]

@@ -45,6 +45,8 @@ pub struct Control {
     program: IngressProgram,
     xdp_link: Option<Link>,
     published: BTreeSet<(u8, u16)>,
+    /// The SYN budget in the program's map (None: not written yet).
+    syn_budget: Option<u32>,
     workers: Vec<Sender<Command>>,
     mesh: Arc<Mesh>,
     reports: Receiver<WorkerReport>,
@@ -96,6 +98,7 @@ impl Control {
             program,
             xdp_link: Some(xdp_link),
             published: BTreeSet::new(),
+            syn_budget: None,
             workers,
             mesh,
             reports,
@@ -196,6 +199,10 @@ impl Control {
         if let Ok(c) = self.program.pass_counts() {
             self.stats.xdp_passed = c;
         }
+        if let Ok(c) = self.program.admission_counts() {
+            self.stats.admission = c;
+        }
+        self.stats.syn_budget = self.cfg.flows.new_per_second;
         while self.garbage.try_recv().is_ok() {}
     }
 
@@ -209,8 +216,12 @@ impl Control {
     }
 
     /// Brings the program's port map to the configuration: additions (the
-    /// snapshot already has them).
+    /// snapshot already has them); and the SYN budget.
     pub fn sync_ports(&mut self) -> Result<(), BpfError> {
+        if self.syn_budget != Some(self.cfg.flows.new_per_second) {
+            self.program.set_syn_budget(self.cfg.flows.new_per_second)?;
+            self.syn_budget = Some(self.cfg.flows.new_per_second);
+        }
         let want = self.wanted_ports();
         for &(proto, port) in want.difference(&self.published.clone()) {
             self.program.add_port(proto, port)?;
@@ -339,8 +350,12 @@ impl Control {
                     .into(),
             );
         }
-        if new.flows != self.cfg.flows {
-            return Err("[flows] cannot change while meshgate runs; restart it to apply it".into());
+        if (new.flows.max, new.flows.snat_ports) != (self.cfg.flows.max, self.cfg.flows.snat_ports)
+        {
+            return Err(
+                "flows.max and flows.snat_ports cannot change while meshgate runs; restart it to apply them"
+                    .into(),
+            );
         }
         let services = new.services.len();
         let tasks: usize = new.services.iter().map(|s| s.tasks.len()).sum();

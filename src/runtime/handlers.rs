@@ -338,6 +338,30 @@ impl Control {
         }
         family(
             &mut o,
+            "meshgate_syn_budget",
+            "gauge",
+            "New TCP flows the XDP program admits per receive queue and second (0: no limit).",
+        );
+        let _ = writeln!(o, "meshgate_syn_budget {}", st.syn_budget);
+        family(
+            &mut o,
+            "meshgate_syn_admission_total",
+            "counter",
+            "SYNs to published ports by the XDP program's verdict (retried: a refused SYN's retransmission, admitted on its second chance).",
+        );
+        let a = st.admission;
+        for (verdict, n) in [
+            ("admitted", a.admitted),
+            ("retried", a.retried),
+            ("refused", a.refused),
+        ] {
+            let _ = writeln!(
+                o,
+                "meshgate_syn_admission_total{{verdict=\"{verdict}\"}} {n}"
+            );
+        }
+        family(
+            &mut o,
             "meshgate_events_total",
             "counter",
             "Data-plane events.",

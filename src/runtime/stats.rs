@@ -23,6 +23,10 @@ pub struct Stats {
     pub bad_descs: Vec<u64>,
     /// Frames the XDP program passed to the kernel, by reason.
     pub xdp_passed: [u64; crate::xdp::program::PASS_REASONS.len()],
+    /// New TCP flows admitted per queue and second (0: no limit).
+    pub syn_budget: u32,
+    /// What the XDP program's SYN admission control did.
+    pub admission: crate::xdp::program::AdmissionCounts,
 }
 
 impl Stats {
@@ -38,6 +42,8 @@ impl Stats {
             xsk: vec![XskStats::default(); workers],
             bad_descs: vec![0; workers],
             xdp_passed: [0; crate::xdp::program::PASS_REASONS.len()],
+            syn_budget: 0,
+            admission: Default::default(),
         }
     }
 
@@ -82,6 +88,9 @@ impl Stats {
         );
         if e.handoffs > 0 {
             s.push_str(&format!("  handoffs {}", e.handoffs));
+        }
+        if self.admission.refused > 0 {
+            s.push_str(&format!("  syn refused {}", self.admission.refused));
         }
         let mut reasons: Vec<(&str, u64)> = self.drops.nonzero().collect();
         reasons.sort_by_key(|r| std::cmp::Reverse(r.1));
@@ -156,6 +165,12 @@ impl Stats {
             "xsk": self.xsk,
             "xdp_passed": crate::xdp::program::PASS_REASONS.iter().zip(self.xdp_passed).map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
             "bad_descriptors": self.bad_descs.iter().sum::<u64>(),
+            "syn_admission": {
+                "budget_per_queue_per_second": self.syn_budget,
+                "admitted": self.admission.admitted,
+                "retried": self.admission.retried,
+                "refused": self.admission.refused,
+            },
         })
     }
 }

@@ -43,10 +43,14 @@ const X: u8 = 0x08;
 #[derive(Debug, Clone, Copy)]
 pub enum Alu {
     Add = 0x00,
+    Sub = 0x10,
+    Mul = 0x20,
     Or = 0x40,
     And = 0x50,
     Lsh = 0x60,
+    Rsh = 0x70,
     Mod = 0x90,
+    Xor = 0xa0,
     Mov = 0xb0,
 }
 
@@ -64,6 +68,7 @@ const PSEUDO_MAP_FD: u8 = 1;
 /// Helper function ids.
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: i32 = 1;
+    pub const KTIME_GET_NS: i32 = 5;
     pub const GET_HASH_RECALC: i32 = 34;
     pub const SET_HASH_INVALID: i32 = 41;
     pub const REDIRECT_MAP: i32 = 51;

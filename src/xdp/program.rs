@@ -148,7 +148,7 @@ fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
         .exit();
 }
 
-fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd, counters: RawFd) -> Vec<bpf::Insn> {
+fn ingress_insns(p: &IngressParams, maps: &ProgramMaps) -> Vec<bpf::Insn> {
     let vni = p.vni.to_be_bytes();
     let mut a = Asm::new();
     emit_ipv4_to(&mut a, Some(p.node_addr));
@@ -195,14 +195,198 @@ fn ingress_insns(p: &IngressParams, xsks: RawFd, ports: RawFd, counters: RawFd) 
         .alu64_imm(Alu::Lsh, R5, 16)
         .alu64_reg(Alu::Or, R5, R7)
         .stx(W, R10, -4, R5)
-        .ld_map_fd(R1, ports)
+        .ld_map_fd(R1, maps.ports)
         .alu64_reg(Alu::Mov, R2, R10)
         .alu64_imm(Alu::Add, R2, -4)
         .call(helper::MAP_LOOKUP_ELEM)
         .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port");
-    emit_redirect_and_pass(&mut a, xsks, p.miss_action);
-    emit_counted_pass(&mut a, counters);
+    emit_syn_admission(&mut a, maps);
+    emit_redirect_and_pass(&mut a, maps.xsks, p.miss_action);
+    emit_counted_pass(&mut a, maps.counters);
     a.finish()
+}
+
+/// Slots of the table of refused SYNs (2^21 fingerprints, 16 MiB): at
+/// 700 000 refused SYNs a second a slot survives a second with
+/// probability e^(-700000/2^21) = 0.72, so most clients' first
+/// retransmission, a second after their SYN, finds its record.
+pub const RETRY_SLOT_BITS: u32 = 21;
+
+/// Offsets in a queue's `mg_admit` entry ([`AdmissionCounts`] plus the
+/// two buckets' theoretical arrival times).
+mod admit {
+    pub const TAT: i16 = 0;
+    pub const ADMITTED: i16 = 8;
+    pub const REFUSED: i16 = 16;
+    pub const RETRY_TAT: i16 = 24;
+    pub const RETRIED: i16 = 32;
+    pub const SIZE: u32 = 40;
+}
+
+/// One odd 32-bit constant (sign-extended by the ALU) for the SYN's
+/// fingerprint: a multiplicative hash, not a keyed one.
+const FP_MUL: i32 = 0x9e37_79b1_u32 as i32;
+
+/// Emits one GCRA step (a token bucket as a theoretical arrival time):
+/// `t = max(tat, now - burst) + interval; if t > now goto over; tat = t;
+/// count += 1; goto redirect`. Expects r0 = now, r8 = interval, r9 = the
+/// queue's `mg_admit` entry, the burst at r10-16.
+fn emit_gcra(a: &mut Asm, tat: i16, count: i16, l: [&'static str; 3], over: &'static str) {
+    let [low, max, keep] = l;
+    a.ldx(DW, R1, R9, tat)
+        .ldx(DW, R2, R10, -16)
+        .alu64_reg(Alu::Mov, R3, R0)
+        .jmp_reg(Jmp::Gt, R2, R3, low)
+        .alu64_reg(Alu::Sub, R3, R2)
+        .ja(max)
+        .label(low)
+        .alu64_imm(Alu::Mov, R3, 0)
+        .label(max)
+        .jmp_reg(Jmp::Gt, R1, R3, keep)
+        .alu64_reg(Alu::Mov, R1, R3)
+        .label(keep)
+        .alu64_reg(Alu::Add, R1, R8)
+        .jmp_reg(Jmp::Gt, R1, R0, over)
+        .stx(DW, R9, tat, R1)
+        .ldx(DW, R1, R9, count)
+        .alu64_imm(Alu::Add, R1, 1)
+        .stx(DW, R9, count, R1)
+        .ja("redirect");
+}
+
+/// Admission control of new TCP flows, before the AF_XDP ring: a SYN
+/// without ACK to a published port passes its queue's budget or is
+/// dropped here and counted, so that a flood cannot fill the ring that
+/// established flows share. A SYN refused once and seen again (same
+/// source, ports and sequence number: a client's retransmission, which a
+/// spoofed flood does not send) draws on a second budget of the same
+/// size, so real clients get in at their first retries. Everything else
+/// goes to "redirect" untouched.
+///
+/// The per-queue entries are written without atomics: a queue's frames
+/// are processed by one NAPI context at a time (native XDP), so there is
+/// one writer per entry.
+fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps) {
+    a.ldx(W, R2, R6, 0)
+        .ldx(W, R3, R6, 4)
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 48)
+        .jmp_reg(Jmp::Gt, R4, R3, "redirect")
+        .ldx(B, R5, R2, 23)
+        .jmp_imm(Jmp::Ne, R5, 6, "redirect")
+        .ldx(B, R5, R2, 47)
+        .alu32_imm(Alu::And, R5, 0x12)
+        .jmp_imm(Jmp::Ne, R5, 0x02, "redirect")
+        // r7 = fingerprint of (source, ports, sequence number), never 0.
+        .ldx(W, R7, R2, 26)
+        .alu64_imm(Alu::Mul, R7, FP_MUL)
+        .ldx(W, R5, R2, 34)
+        .alu64_reg(Alu::Xor, R7, R5)
+        .alu64_imm(Alu::Mul, R7, FP_MUL)
+        .ldx(W, R5, R2, 38)
+        .alu64_reg(Alu::Xor, R7, R5)
+        .alu64_imm(Alu::Mul, R7, FP_MUL)
+        .alu64_imm(Alu::Or, R7, 1)
+        // The budget: r8 = interval (0: no admission control), burst at r10-16.
+        .alu64_imm(Alu::Mov, R1, 0)
+        .stx(W, R10, -4, R1)
+        .ld_map_fd(R1, m.budget)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -4)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "redirect")
+        .ldx(DW, R8, R0, 0)
+        .jmp_imm(Jmp::Eq, R8, 0, "redirect")
+        .ldx(DW, R1, R0, 8)
+        .stx(DW, R10, -16, R1)
+        // r9 = this queue's entry.
+        .ldx(W, R1, R6, 16)
+        .stx(W, R10, -4, R1)
+        .ld_map_fd(R1, m.admit)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -4)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "redirect")
+        .alu64_reg(Alu::Mov, R9, R0)
+        .call(helper::KTIME_GET_NS)
+        .stx(DW, R10, -24, R0);
+    emit_gcra(
+        a,
+        admit::TAT,
+        admit::ADMITTED,
+        ["new_low", "new_max", "new_keep"],
+        "syn_over",
+    );
+    // Over budget: a retransmission of a refused SYN gets a second
+    // chance; any other SYN is remembered in its slot and refused.
+    a.label("syn_over")
+        .alu64_reg(Alu::Mov, R1, R7)
+        .alu64_imm(Alu::Rsh, R1, 64 - RETRY_SLOT_BITS as i32)
+        .stx(W, R10, -4, R1)
+        .ld_map_fd(R1, m.retry)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -4)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "syn_refuse")
+        .ldx(DW, R1, R0, 0)
+        .jmp_reg(Jmp::Eq, R1, R7, "syn_retry")
+        .stx(DW, R0, 0, R7)
+        .ja("syn_refuse")
+        .label("syn_retry")
+        .alu64_imm(Alu::Mov, R1, 0)
+        .stx(DW, R0, 0, R1)
+        .ldx(DW, R0, R10, -24);
+    emit_gcra(
+        a,
+        admit::RETRY_TAT,
+        admit::RETRIED,
+        ["retry_low", "retry_max", "retry_keep"],
+        "syn_refuse",
+    );
+    a.label("syn_refuse")
+        .ldx(DW, R1, R9, admit::REFUSED)
+        .alu64_imm(Alu::Add, R1, 1)
+        .stx(DW, R9, admit::REFUSED, R1)
+        .alu64_imm(Alu::Mov, R0, action::DROP as i32)
+        .exit();
+}
+
+/// The file descriptors of the ingress program's maps.
+struct ProgramMaps {
+    xsks: RawFd,
+    ports: RawFd,
+    counters: RawFd,
+    budget: RawFd,
+    admit: RawFd,
+    retry: RawFd,
+}
+
+/// What the SYN admission control did, all queues together.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AdmissionCounts {
+    /// SYNs admitted within the budget.
+    pub admitted: u64,
+    /// SYNs dropped in XDP over the budget.
+    pub refused: u64,
+    /// Retransmitted SYNs admitted on their second chance.
+    pub retried: u64,
+}
+
+/// The budget's map value: the interval between admissions in ns (0: no
+/// limit) and the bucket's depth in ns: 100 ms of the budget, and at least
+/// one admission (the bucket admits nothing when it is shallower than one
+/// interval).
+pub fn budget_value(new_per_second: u32) -> [u8; 16] {
+    let interval: u64 = if new_per_second == 0 {
+        0
+    } else {
+        (1_000_000_000 / u64::from(new_per_second)).max(1)
+    };
+    let burst: u64 = interval.max(100_000_000);
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&interval.to_ne_bytes());
+    v[8..].copy_from_slice(&burst.to_ne_bytes());
+    v
 }
 
 /// The ingress program with its maps.
@@ -212,6 +396,13 @@ pub struct IngressProgram {
     pub xsks: Map,
     pub ports: Map,
     pub counters: Map,
+    /// The SYN budget ([`budget_value`]), one entry, changed live.
+    pub budget: Map,
+    /// Per queue: the buckets and [`AdmissionCounts`].
+    pub admit: Map,
+    /// Fingerprints of refused SYNs, for their retransmissions.
+    pub retry: Map,
+    queues: u32,
 }
 
 impl IngressProgram {
@@ -225,14 +416,56 @@ impl IngressProgram {
             PASS_REASONS.len() as u32,
             "mg_pass",
         )?;
-        let insns = ingress_insns(p, xsks.fd(), ports.fd(), counters.fd());
+        let budget = Map::create(map_type::ARRAY, 4, 16, 1, "mg_budget")?;
+        let admit = Map::create(map_type::ARRAY, 4, admit::SIZE, p.queues.max(1), "mg_admit")?;
+        let retry = Map::create(map_type::ARRAY, 4, 8, 1 << RETRY_SLOT_BITS, "mg_syn_retry")?;
+        let maps = ProgramMaps {
+            xsks: xsks.fd(),
+            ports: ports.fd(),
+            counters: counters.fd(),
+            budget: budget.fd(),
+            admit: admit.fd(),
+            retry: retry.fd(),
+        };
+        let insns = ingress_insns(p, &maps);
         let prog = Program::load_xdp(&insns, "meshgate_in")?;
         Ok(IngressProgram {
             prog,
             xsks,
             ports,
             counters,
+            budget,
+            admit,
+            retry,
+            queues: p.queues.max(1),
         })
+    }
+
+    /// Sets the budget of new TCP flows, per queue and second (0: none).
+    pub fn set_syn_budget(&self, new_per_second: u32) -> Result<(), BpfError> {
+        self.budget
+            .update(&0u32.to_ne_bytes(), &budget_value(new_per_second))
+    }
+
+    /// What the admission control did, summed over the queues.
+    pub fn admission_counts(&self) -> Result<AdmissionCounts, BpfError> {
+        let mut c = AdmissionCounts::default();
+        let mut v = [0u8; admit::SIZE as usize];
+        let at = |v: &[u8], off: i16| {
+            u64::from_ne_bytes(
+                v[off as usize..off as usize + 8]
+                    .try_into()
+                    .expect("8 bytes"),
+            )
+        };
+        for q in 0..self.queues {
+            if self.admit.lookup(&q.to_ne_bytes(), &mut v)? {
+                c.admitted += at(&v, admit::ADMITTED);
+                c.refused += at(&v, admit::REFUSED);
+                c.retried += at(&v, admit::RETRIED);
+            }
+        }
+        Ok(c)
     }
 
     /// Frames passed to the kernel, by reason ([`PASS_REASONS`]), all CPUs.
@@ -379,7 +612,7 @@ mod tests {
             vni: VNI,
             vxlan_port: VXLAN_PORT,
             queues: 4,
-            miss_action: action::DROP,
+            miss_action: action::ABORTED,
         };
         match IngressProgram::load(&p) {
             Ok(prog) => Some(prog),
@@ -403,9 +636,58 @@ mod tests {
         }
     }
 
-    /// With no socket registered and miss action DROP, "redirect" shows as DROP.
-    const REDIRECT: u32 = action::DROP;
+    /// With no socket registered and miss action ABORTED, "redirect" shows
+    /// as ABORTED (DROP is the admission control's refusal).
+    const REDIRECT: u32 = action::ABORTED;
     const PASS: u32 = action::PASS;
+    const REFUSE: u32 = action::DROP;
+
+    #[test]
+    fn syn_admission_budget_and_second_chance() {
+        let Some(p) = load() else { return };
+        p.add_port(6, PUBLISHED).unwrap();
+        let run = |f: &[u8]| p.prog.test_run(f).unwrap();
+        let syn = |port: u16, seq: u32| client_tcp(port, seq, 0, SYN, b"");
+        // No budget written: every SYN is admitted.
+        for i in 0..50 {
+            assert_eq!(run(&syn(40000 + i, 7)), REDIRECT);
+        }
+        assert_eq!(p.admission_counts().unwrap(), AdmissionCounts::default());
+        // One SYN a second: the first is admitted, the next refused.
+        p.set_syn_budget(1).unwrap();
+        assert_eq!(run(&syn(41000, 1)), REDIRECT, "within the budget");
+        assert_eq!(run(&syn(41001, 2)), REFUSE, "over the budget");
+        assert_eq!(run(&syn(41002, 3)), REFUSE, "over the budget");
+        // The refused SYN's retransmission gets its second chance, once.
+        assert_eq!(run(&syn(41001, 2)), REDIRECT, "a retransmission");
+        assert_eq!(
+            run(&syn(41002, 3)),
+            REFUSE,
+            "the second chances have a budget of their own"
+        );
+        assert_eq!(
+            run(&syn(41001, 99)),
+            REFUSE,
+            "another sequence number is not a retransmission"
+        );
+        // Established traffic, SYN-ACKs and UDP are never counted.
+        assert_eq!(run(&client_tcp(41003, 5, 1, ACK, b"x")), REDIRECT);
+        assert_eq!(run(&client_tcp(41004, 5, 1, SYN_ACK, b"")), REDIRECT);
+        p.add_port(17, PUBLISHED).unwrap();
+        assert_eq!(run(&client_udp(41005, b"x")), REDIRECT);
+        assert_eq!(run(&task_reply_tcp(0, 41001, 1, 1, SYN_ACK, b"")), REDIRECT);
+        assert_eq!(
+            p.admission_counts().unwrap(),
+            AdmissionCounts {
+                admitted: 1,
+                refused: 4,
+                retried: 1
+            }
+        );
+        // Budget 0 turns the admission control off again.
+        p.set_syn_budget(0).unwrap();
+        assert_eq!(run(&syn(41006, 6)), REDIRECT);
+    }
 
     #[test]
     fn classifies_fixture_frames() {
