@@ -13,10 +13,9 @@
 //! processes that no longer exist (killed runs). Only 198.18.0.0/15
 //! addresses are used, and no namespace has a route out.
 //!
-//! Transmit checksum offload is off on the veths that feed the ingress
-//! interface: on veth, offloaded packets carry partial checksums that a real
-//! wire never does (a NIC fills them in), and XDP sees them before anyone
-//! completes them.
+//! Every veth keeps its default offloads, as a user's would: frames reach
+//! meshgate with the partial TCP/UDP checksums of the sending stack's
+//! transmit offload, and meshgate must complete them (`node.checksum`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -232,11 +231,6 @@ impl Lab {
         Ok(())
     }
 
-    fn tx_checksum_off(&self, ns: &str, dev: &str) -> Result<(), LabError> {
-        self.exec(ns, &["ethtool", "-K", dev, "tx", "off"])
-            .map(|_| ())
-    }
-
     /// Builds the lab.
     pub fn build(opts: LabOptions) -> Result<Lab, LabError> {
         sweep_stale();
@@ -290,7 +284,6 @@ impl Lab {
         self.veth(&client, "eth0", &sw, "p-client", q)?;
         self.ip(&client, &["addr", "add", "198.18.0.1/24", "dev", "eth0"])?;
         self.ip(&client, &["link", "set", "eth0", "up"])?;
-        self.tx_checksum_off(&client, "eth0")?;
 
         self.veth(&ingress, "in0", &sw, "p-in", q)?;
         // On a wire, 802.1Q tags are in the frame. A bridge keeps a tag as
@@ -335,7 +328,6 @@ impl Lab {
             let a = format!("{}/24", node_addr(i));
             self.ip(&node, &["addr", "add", &a, "dev", "eth0"])?;
             self.ip(&node, &["link", "set", "eth0", "up"])?;
-            self.tx_checksum_off(&node, "eth0")?;
             // The ingress network on this node: a bridge with the VXLAN
             // device, as Docker's overlay namespace has (br0 + vxlan0).
             let local = node_addr(i).to_string();

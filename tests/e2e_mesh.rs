@@ -256,3 +256,45 @@ fn xdp_program_goes_away_on_sigterm_and_sigkill() {
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
 }
+
+/// The lab's veths keep their default offloads, so frames reach meshgate
+/// with partial TCP/UDP checksums: "auto" completes them (the log says
+/// "full"), and forcing incremental updates shows the black hole that the
+/// lab would otherwise hide (the tasks drop every forwarded segment).
+#[test]
+fn default_veth_offloads_need_full_checksums() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let mg = Meshgate::start(&lab, &lab.config_toml(""));
+    let ok = lab
+        .in_ns(&lab.client(), || {
+            (0..6)
+                .map(|_| lab::tcp_request(target(), T).is_ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(ok.iter().all(|&o| o), "{ok:?}");
+    let log = mg.log();
+    assert!(log.contains("full TCP/UDP checksums"), "{log}");
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+
+    let cfg = lab
+        .config_toml("")
+        .replace("[node]\n", "[node]\nchecksum = \"incremental\"\n");
+    let mg = Meshgate::start(&lab, &cfg);
+    let ok = lab
+        .in_ns(&lab.client(), || {
+            (0..3)
+                .map(|_| lab::tcp_request(target(), Duration::from_millis(1500)).is_ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(
+        ok.iter().all(|&o| !o),
+        "with incremental updates of partial checksums no connection can work here: {ok:?}"
+    );
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+}

@@ -139,6 +139,7 @@ struct RawNode {
     #[serde(default)]
     xdp_mode: Option<String>,
     cpus: Option<Vec<usize>>,
+    checksum: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -300,6 +301,19 @@ pub struct NodeConfig {
     pub xdp_mode: XdpMode,
     /// CPUs to pin workers to, in queue order; default: queue i on CPU i mod n.
     pub cpus: Option<Vec<usize>>,
+    /// How translated TCP/UDP checksums are made.
+    pub checksum: ChecksumSetting,
+}
+
+/// `node.checksum`: how translated TCP and UDP checksums are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChecksumSetting {
+    /// Full sums on interfaces that may hand over partial checksums
+    /// (virtual ones: veth above all), incremental updates on NICs.
+    #[default]
+    Auto,
+    Incremental,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -696,6 +710,17 @@ impl Config {
                 ));
             }
         };
+        let checksum = match n.checksum.as_deref() {
+            None | Some("auto") => ChecksumSetting::Auto,
+            Some("incremental") => ChecksumSetting::Incremental,
+            Some("full") => ChecksumSetting::Full,
+            Some(o) => {
+                return Err(err(
+                    "node.checksum",
+                    format!("`{o}` is not a choice; use \"auto\", \"incremental\" or \"full\""),
+                ));
+            }
+        };
         if let Some(c) = &n.cpus {
             if c.is_empty() {
                 return Err(err(
@@ -713,6 +738,7 @@ impl Config {
             batch_size: batch,
             xdp_mode,
             cpus: n.cpus,
+            checksum,
         };
 
         // [ingress]

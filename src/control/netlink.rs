@@ -13,7 +13,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -34,6 +34,9 @@ pub struct LinkFacts {
     pub mac: MacAddr,
     pub rx_queues: u32,
     pub mtu: u32,
+    /// The link's kind (`veth`, `bridge`, `vxlan`, …) for a virtual link;
+    /// `None` for a device with a driver of its own (a NIC).
+    pub kind: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +137,7 @@ impl Rtnl {
                 mac: MacAddr::ZERO,
                 rx_queues: 1,
                 mtu: 1500,
+                kind: None,
             };
             let mut this = false;
             for a in &l.attributes {
@@ -144,6 +148,12 @@ impl Rtnl {
                     }
                     LinkAttribute::NumRxQueues(q) => facts.rx_queues = *q,
                     LinkAttribute::Mtu(m) => facts.mtu = *m,
+                    LinkAttribute::LinkInfo(infos) => {
+                        facts.kind = infos.iter().find_map(|i| match i {
+                            LinkInfo::Kind(k) => Some(k.to_string()),
+                            _ => None,
+                        })
+                    }
                     _ => {}
                 }
             }

@@ -78,7 +78,10 @@ pub fn lab_neighbours() -> Neighbours {
 pub fn lab_snapshot_for(cfg: &Config) -> Arc<Snapshot> {
     Arc::new(Snapshot::build(
         cfg,
-        LinkInfo { mac: NODE_MAC },
+        LinkInfo {
+            mac: NODE_MAC,
+            l4_checksum: Default::default(),
+        },
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
         1,

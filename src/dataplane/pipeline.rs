@@ -27,7 +27,7 @@ use crossbeam::queue::ArrayQueue;
 
 use super::counters::{DropCounters, DropReason, EventCounters, TaskCounters};
 use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
-use super::tables::{OUTER_TEMPLATE_LEN, OUTER_TTL, Snapshot, TaskEntry, TaskId};
+use super::tables::{L4Checksum, OUTER_TEMPLATE_LEN, OUTER_TTL, Snapshot, TaskEntry, TaskId};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
 use crate::wire::{MacAddr, arp, checksum, icmp, tcp, udp, vxlan};
@@ -474,9 +474,13 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
 
 /// Rewrites the addresses, TTL (minus one) and ports of the IPv4 packet at
 /// the start of `p` (a header without options, then a TCP or UDP header
-/// that `parse_l4` accepted). The checksums change by the flow's stored
-/// deltas (RFC 1624): every rewritten field is constant for a flow, so its
-/// checksum change is too, and nothing is summed per packet.
+/// that `parse_l4` accepted). The IPv4 checksum changes by the flow's
+/// stored deltas (RFC 1624): every rewritten field is constant for a flow,
+/// so its checksum change is too. So does the TCP or UDP checksum with
+/// [`L4Checksum::Incremental`]; with [`L4Checksum::Full`] it is summed anew
+/// over the segment, because the field may hold a partial checksum (see
+/// [`L4Checksum`]), which no update can mend.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat(
     p: &mut [u8],
@@ -486,6 +490,7 @@ fn nat(
     dport: u16,
     delta_addrs: u16,
     delta_l4: u16,
+    l4_checksum: L4Checksum,
 ) {
     let (iph, l4) = p.split_at_mut(IP);
     let Some(h) = iph.first_chunk_mut::<IP>() else {
@@ -497,7 +502,8 @@ fn nat(
     let c = checksum::apply_folded(u16::from_be_bytes([h[10], h[11]]), delta_addrs);
     let c = checksum::apply_folded(c, checksum::TTL_DECREMENT);
     h[10..12].copy_from_slice(&c.to_be_bytes());
-    if h[9] == protocol::TCP {
+    let (proto, total) = (h[9], usize::from(u16::from_be_bytes([h[2], h[3]])));
+    if proto == protocol::TCP {
         let Some(t) = l4.first_chunk_mut::<18>() else {
             return;
         };
@@ -514,6 +520,36 @@ fn nat(
         let c = checksum::apply_folded_udp(u16::from_be_bytes([u[6], u[7]]), delta_l4);
         u[6..8].copy_from_slice(&c.to_be_bytes());
     }
+    if l4_checksum == L4Checksum::Full {
+        if let Some(seg) = l4.get_mut(..total.saturating_sub(IP)) {
+            fill_l4_checksum(seg, src, dst, proto);
+        }
+    }
+}
+
+/// Sums the TCP or UDP checksum of `seg` (the whole segment) anew. A UDP
+/// checksum of zero (the sender computed none) stays zero: a partial one
+/// never is, since the pseudo-header's sum is not zero.
+#[inline(never)]
+fn fill_l4_checksum(seg: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8) {
+    let at = if proto == protocol::TCP {
+        tcp::field::CHECKSUM.start
+    } else {
+        udp::field::CHECKSUM.start
+    };
+    let Some(field) = seg.get_mut(at..at + 2) else {
+        return;
+    };
+    if proto == protocol::UDP && field == [0, 0] {
+        return;
+    }
+    field.copy_from_slice(&[0, 0]);
+    let pseudo = checksum::pseudo_header(src, dst, proto, seg.len() as u16);
+    let mut c = !checksum::combine(&[pseudo, checksum::data(seg)]);
+    if proto == protocol::UDP && c == 0 {
+        c = 0xffff;
+    }
+    seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The checksum deltas of a flow's forward translation
@@ -792,7 +828,7 @@ fn forward(
         return Err(DropReason::NoHeadroom);
     }
 
-    // DNAT + SNAT of the inner packet, with incremental checksums.
+    // DNAT + SNAT of the inner packet.
     nat(
         &mut f.data_mut()[ETH..],
         id.overlay_addr,
@@ -801,6 +837,7 @@ fn forward(
         target,
         delta_addrs,
         delta_l4,
+        id.l4_checksum,
     );
 
     // VXLAN encapsulation into the headroom. The template's last 14 bytes
@@ -936,6 +973,7 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
         client_port,
         !delta_addrs,
         !delta_l4,
+        id.l4_checksum,
     );
     to_client(id, st, f, total, client_mac, ti)
 }

@@ -297,6 +297,26 @@ pub struct Identity {
     pub vxlan_port: u16,
     /// Largest inner IPv4 packet (the overlay MTU).
     pub overlay_mtu: u16,
+    /// How translated TCP and UDP checksums are made.
+    pub l4_checksum: L4Checksum,
+}
+
+/// How the pipeline makes the TCP and UDP checksums of the packets it
+/// translates.
+///
+/// A NIC hands over frames with complete checksums, which an incremental
+/// update (RFC 1624) keeps right. A veth does not: it passes on the
+/// sending stack's transmit offload, so a frame may arrive with
+/// `CHECKSUM_PARTIAL`, its checksum field holding only the pseudo-header's
+/// sum for a NIC that never comes, and XDP cannot tell. An update of that
+/// is garbage, which the receiver drops; a full sum is right either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum L4Checksum {
+    /// RFC 1624 update by the flow's constant delta.
+    #[default]
+    Incremental,
+    /// Summed anew over the whole segment.
+    Full,
 }
 
 /// Everything a worker reads to forward a frame.
@@ -374,6 +394,8 @@ impl Registry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkInfo {
     pub mac: MacAddr,
+    /// What the interface's frames need (see [`L4Checksum`]).
+    pub l4_checksum: L4Checksum,
 }
 
 impl Snapshot {
@@ -395,6 +417,7 @@ impl Snapshot {
             vni: cfg.ingress.vni,
             vxlan_port: cfg.ingress.port,
             overlay_mtu: cfg.ingress.mtu,
+            l4_checksum: link.l4_checksum,
         };
         let mut ports = PortTable::default();
         let mut services = Vec::with_capacity(cfg.services.len());
@@ -580,6 +603,7 @@ mod tests {
         let mut reg = Registry::default();
         let link = LinkInfo {
             mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            l4_checksum: L4Checksum::Incremental,
         };
         let a = Snapshot::build(&cfg, link, Arc::default(), &mut reg, 1);
         assert_eq!(a.services[0].mark, 0x100);

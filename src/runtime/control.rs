@@ -248,7 +248,10 @@ impl Control {
         let generation = self.snapshot.generation + 1;
         let snap = Arc::new(Snapshot::build(
             &self.cfg,
-            LinkInfo { mac: self.link.mac },
+            LinkInfo {
+                mac: self.link.mac,
+                l4_checksum: super::l4_checksum(self.cfg.node.checksum, &self.link),
+            },
             self.neighbours.clone(),
             &mut self.registry,
             generation,

@@ -183,7 +183,10 @@ impl Forwarder {
         let neighbours = Arc::new(neighbours);
         let snapshot = Arc::new(Snapshot::build(
             &cfg,
-            LinkInfo { mac: link.mac },
+            LinkInfo {
+                mac: link.mac,
+                l4_checksum: l4_checksum(cfg.node.checksum, &link),
+            },
             neighbours.clone(),
             &mut registry,
             1,
@@ -346,12 +349,16 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     }
     println!(
-        "meshgate: forwarding on {iface} ({} queue(s), {} mode); published ports answer on {}",
+        "meshgate: forwarding on {iface} ({} queue(s), {} mode, {} TCP/UDP checksums); published ports answer on {}",
         fwd.workers.len(),
         if fwd.control.zero_copy() {
             "zero-copy"
         } else {
             "copy"
+        },
+        match fwd.control.snapshot().identity.l4_checksum {
+            crate::dataplane::tables::L4Checksum::Full => "full",
+            crate::dataplane::tables::L4Checksum::Incremental => "incremental",
         },
         fwd.control.snapshot().identity.node_addr
     );
@@ -399,5 +406,23 @@ fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     let json = control.stats_json();
     if std::fs::write(&tmp, serde_json::to_vec_pretty(&json).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// The checksum mode for `link`: `node.checksum`, or with "auto" full sums
+/// on virtual links (a veth passes on its sender's partial checksums; so
+/// may others of software's making) and incremental updates on a NIC
+/// (a device without a link kind), which delivers complete checksums.
+pub fn l4_checksum(
+    setting: crate::control::config::ChecksumSetting,
+    link: &crate::control::netlink::LinkFacts,
+) -> crate::dataplane::tables::L4Checksum {
+    use crate::control::config::ChecksumSetting;
+    use crate::dataplane::tables::L4Checksum;
+    match setting {
+        ChecksumSetting::Incremental => L4Checksum::Incremental,
+        ChecksumSetting::Full => L4Checksum::Full,
+        ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::Full,
+        ChecksumSetting::Auto => L4Checksum::Incremental,
     }
 }

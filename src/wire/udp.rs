@@ -8,7 +8,8 @@ use super::checksum;
 use super::{Error, Result};
 use std::net::Ipv4Addr;
 
-mod field {
+/// Field ranges, from the start of the header.
+pub mod field {
     use std::ops::Range;
     pub const SRC_PORT: Range<usize> = 0..2;
     pub const DST_PORT: Range<usize> = 2..4;
