@@ -88,5 +88,43 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench);
+/// The cost of the checksum modes on an established flow's data segment,
+/// 64-byte and 1 400-byte frames: the incremental update; completing a
+/// partial checksum (a veth's frame: a full sum over the segment); and the
+/// check alone when the checksum is complete.
+fn checksums(c: &mut Criterion) {
+    use meshgate::dataplane::tables::L4Checksum;
+    let mut g = c.benchmark_group("checksum");
+    g.throughput(Throughput::Elements(1));
+    for (size, payload) in [(64, vec![0x5a; 10]), (1400, vec![0x5a; 1346])] {
+        let complete = client_tcp(40000, 2, 1, PSH_ACK, &payload);
+        assert_eq!(complete.len(), size);
+        let partial = partial_checksum(complete.clone(), 14);
+        for (name, mode, frame) in [
+            ("incremental", L4Checksum::Incremental, &complete),
+            ("partial_completed", L4Checksum::CompletePartial, &partial),
+            ("complete_checked", L4Checksum::CompletePartial, &complete),
+            ("full", L4Checksum::Full, &complete),
+        ] {
+            let mut p = lab_pipeline_with_checksum(mode);
+            let syn = client_tcp(40000, 1, 0, SYN, b"");
+            assert_eq!(
+                process(&mut p, &mut buffer(&syn), syn.len()),
+                Verdict::Transmit
+            );
+            let mut b = buffer(frame);
+            g.bench_function(format!("{name}_{size}B"), |bn| {
+                bn.iter(|| {
+                    b[FIXTURE_HEADROOM..FIXTURE_HEADROOM + frame.len()].copy_from_slice(frame);
+                    let v = process(&mut p, &mut b, frame.len());
+                    debug_assert_eq!(v, Verdict::Transmit);
+                    v
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench, checksums);
 criterion_main!(benches);

@@ -279,31 +279,6 @@ fn scale_drain_and_reload_under_traffic() {
         names(&["task-c"])
     );
 
-    // The SYN budget changes with a reload, in the XDP program's map.
-    let budget = |mg: &common::Meshgate| {
-        let st: serde_json::Value = serde_json::from_str(&mg.cli_ok(&["stats", "--json"])).unwrap();
-        st["syn_admission"]["budget_per_queue_per_second"].clone()
-    };
-    assert_eq!(budget(&mg), 20000, "the default budget");
-    std::fs::write(
-        &mg.config,
-        good.replace(
-            "[control]\n",
-            "[flows]\nnew_per_second = 12345\n\n[control]\n",
-        ),
-    )
-    .unwrap();
-    let (ok, out, err) = mg.cli(&["reload"]);
-    assert!(ok, "{out}{err}");
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(budget(&mg), 12345, "the reloaded budget");
-    assert!(
-        mg.cli_ok(&["stats"])
-            .contains("new TCP flows: budget 12345/s per queue"),
-        "{}",
-        mg.cli_ok(&["stats"])
-    );
-
     // Stop the stream (the long-lived connections stay open for the views).
     traffic.stop.store(true, Ordering::Relaxed);
     for t in traffic.threads {
@@ -446,6 +421,31 @@ fn scale_drain_and_reload_under_traffic() {
     }
 
     drop(dc);
+    // The SYN budget changes with a reload, in the XDP program's map.
+    let budget = |mg: &common::Meshgate| {
+        let st: serde_json::Value = serde_json::from_str(&mg.cli_ok(&["stats", "--json"])).unwrap();
+        st["syn_admission"]["budget_per_queue_per_second"].clone()
+    };
+    assert_eq!(budget(&mg), 20000, "the default budget");
+    std::fs::write(
+        &mg.config,
+        good.replace(
+            "[control]\n",
+            "[flows]\nnew_per_second = 12345\n\n[control]\n",
+        ),
+    )
+    .unwrap();
+    let (ok, out, err) = mg.cli(&["reload"]);
+    assert!(ok, "{out}{err}");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(budget(&mg), 12345, "the reloaded budget");
+    assert!(
+        mg.cli_ok(&["stats"])
+            .contains("new TCP flows: budget 12345/s per queue"),
+        "{}",
+        mg.cli_ok(&["stats"])
+    );
+
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
 }

@@ -308,7 +308,7 @@ pub struct NodeConfig {
 /// `node.checksum`: how translated TCP and UDP checksums are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ChecksumSetting {
-    /// Full sums on interfaces that may hand over partial checksums
+    /// Partial checksums completed on interfaces that may hand them over
     /// (virtual ones: veth above all), incremental updates on NICs.
     #[default]
     Auto,

@@ -969,3 +969,33 @@ pub fn run_case(c: &Case) -> (Verdict, Vec<u8>) {
     }
     run(&mut p, &c.input)
 }
+
+/// What a veth hands over when the sender's stack left the checksum to a
+/// NIC (`CHECKSUM_PARTIAL`): the TCP/UDP checksum field holds only the
+/// folded pseudo-header sum. `ip` is the IPv4 header's offset in `frame`.
+pub fn partial_checksum(mut frame: Vec<u8>, ip: usize) -> Vec<u8> {
+    use crate::wire::checksum;
+    let h = &frame[ip..ip + 20];
+    let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
+    let src = std::net::Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = std::net::Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    let at = ip + 20 + if proto == 6 { 16 } else { 6 };
+    let pseudo = checksum::pseudo_header(src, dst, proto, total - 20);
+    frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+    frame
+}
+
+/// A lab pipeline (worker 0 of 1) whose interface needs `l4_checksum`.
+pub fn lab_pipeline_with_checksum(l4_checksum: super::tables::L4Checksum) -> Pipeline {
+    let snap = Arc::new(Snapshot::build(
+        &lab_config(),
+        LinkInfo {
+            mac: NODE_MAC,
+            l4_checksum,
+        },
+        Arc::new(lab_neighbours()),
+        &mut Registry::default(),
+        1,
+    ));
+    Pipeline::new(snap, 0, 1, 1024, (1024, 65535))
+}

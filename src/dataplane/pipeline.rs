@@ -476,10 +476,8 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
 /// the start of `p` (a header without options, then a TCP or UDP header
 /// that `parse_l4` accepted). The IPv4 checksum changes by the flow's
 /// stored deltas (RFC 1624): every rewritten field is constant for a flow,
-/// so its checksum change is too. So does the TCP or UDP checksum with
-/// [`L4Checksum::Incremental`]; with [`L4Checksum::Full`] it is summed anew
-/// over the segment, because the field may hold a partial checksum (see
-/// [`L4Checksum`]), which no update can mend.
+/// so its checksum change is too. So does the TCP or UDP checksum, unless
+/// it is (or may be) partial: see [`L4Checksum`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat(
@@ -496,32 +494,45 @@ fn nat(
     let Some(h) = iph.first_chunk_mut::<IP>() else {
         return;
     };
+    let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
+    let partial_sum = match l4_checksum {
+        L4Checksum::CompletePartial => Some(checksum::pseudo_header(
+            Ipv4Addr::new(h[12], h[13], h[14], h[15]),
+            Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+            proto,
+            total.wrapping_sub(IP as u16),
+        )),
+        _ => None,
+    };
     h[8] = h[8].wrapping_sub(1);
     h[12..16].copy_from_slice(&src.octets());
     h[16..20].copy_from_slice(&dst.octets());
     let c = checksum::apply_folded(u16::from_be_bytes([h[10], h[11]]), delta_addrs);
     let c = checksum::apply_folded(c, checksum::TTL_DECREMENT);
     h[10..12].copy_from_slice(&c.to_be_bytes());
-    let (proto, total) = (h[9], usize::from(u16::from_be_bytes([h[2], h[3]])));
-    if proto == protocol::TCP {
+    let stored = if proto == protocol::TCP {
         let Some(t) = l4.first_chunk_mut::<18>() else {
             return;
         };
         t[0..2].copy_from_slice(&sport.to_be_bytes());
         t[2..4].copy_from_slice(&dport.to_be_bytes());
-        let c = checksum::apply_folded(u16::from_be_bytes([t[16], t[17]]), delta_l4);
+        let stored = u16::from_be_bytes([t[16], t[17]]);
+        let c = checksum::apply_folded(stored, delta_l4);
         t[16..18].copy_from_slice(&c.to_be_bytes());
+        stored
     } else {
         let Some(u) = l4.first_chunk_mut::<8>() else {
             return;
         };
         u[0..2].copy_from_slice(&sport.to_be_bytes());
         u[2..4].copy_from_slice(&dport.to_be_bytes());
-        let c = checksum::apply_folded_udp(u16::from_be_bytes([u[6], u[7]]), delta_l4);
+        let stored = u16::from_be_bytes([u[6], u[7]]);
+        let c = checksum::apply_folded_udp(stored, delta_l4);
         u[6..8].copy_from_slice(&c.to_be_bytes());
-    }
-    if l4_checksum == L4Checksum::Full {
-        if let Some(seg) = l4.get_mut(..total.saturating_sub(IP)) {
+        stored
+    };
+    if l4_checksum == L4Checksum::Full || partial_sum == Some(stored) {
+        if let Some(seg) = l4.get_mut(..usize::from(total).saturating_sub(IP)) {
             fill_l4_checksum(seg, src, dst, proto);
         }
     }

@@ -307,14 +307,20 @@ pub struct Identity {
 /// A NIC hands over frames with complete checksums, which an incremental
 /// update (RFC 1624) keeps right. A veth does not: it passes on the
 /// sending stack's transmit offload, so a frame may arrive with
-/// `CHECKSUM_PARTIAL`, its checksum field holding only the pseudo-header's
-/// sum for a NIC that never comes, and XDP cannot tell. An update of that
-/// is garbage, which the receiver drops; a full sum is right either way.
+/// `CHECKSUM_PARTIAL`, its checksum field holding only the folded sum of
+/// the pseudo-header for a NIC that never comes, and XDP is not told. An
+/// update of that is garbage, which the receiver drops; a full sum is
+/// right either way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum L4Checksum {
     /// RFC 1624 update by the flow's constant delta.
     #[default]
     Incremental,
+    /// A field that holds exactly the pseudo-header's sum is partial and
+    /// is summed anew; any other is updated, so that a corrupt checksum
+    /// stays corrupt (a complete checksum equal to that value, 1 in 65 536,
+    /// is summed anew too, which is harmless when it was right).
+    CompletePartial,
     /// Summed anew over the whole segment.
     Full,
 }

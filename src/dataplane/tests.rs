@@ -488,35 +488,6 @@ fn ended_flows_get_resets_the_client_accepts() {
     assert_eq!(snap.tasks[0].shared.load(), 0);
 }
 
-/// What a veth hands over when the sender's stack left the checksum to a
-/// NIC (`CHECKSUM_PARTIAL`): the TCP/UDP checksum field holds only the
-/// folded pseudo-header sum. `ip` is the IPv4 header's offset in `frame`.
-fn partial_checksum(mut frame: Vec<u8>, ip: usize) -> Vec<u8> {
-    use crate::wire::checksum;
-    let h = &frame[ip..ip + 20];
-    let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
-    let src = std::net::Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-    let dst = std::net::Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-    let at = ip + 20 + if proto == 6 { 16 } else { 6 };
-    let pseudo = checksum::pseudo_header(src, dst, proto, total - 20);
-    frame[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
-    frame
-}
-
-fn pipeline_with(l4_checksum: super::tables::L4Checksum) -> Pipeline {
-    let snap = Arc::new(Snapshot::build(
-        &lab_config(),
-        LinkInfo {
-            mac: NODE_MAC,
-            l4_checksum,
-        },
-        Arc::new(lab_neighbours()),
-        &mut Registry::default(),
-        1,
-    ));
-    Pipeline::new(snap, 0, 1, 1024, (1024, 65535))
-}
-
 /// The inner TCP or UDP checksum of a forwarded VXLAN frame verifies.
 fn inner_l4_checksum_ok(out: &[u8]) -> bool {
     let inner = etherparse::SlicedPacket::from_ethernet(&out[50..]).unwrap();
@@ -538,7 +509,25 @@ fn inner_l4_checksum_ok(out: &[u8]) -> bool {
 #[test]
 fn partial_checksums_are_completed_in_both_directions() {
     use super::tables::L4Checksum;
-    let mut p = pipeline_with(L4Checksum::Full);
+    for mode in [L4Checksum::Full, L4Checksum::CompletePartial] {
+        partial_checksums_completed(mode);
+    }
+    // Completing partial checksums only keeps a corrupt one corrupt (the
+    // receiver must drop it), where a full sum would mend it.
+    let mut corrupt = client_udp(43002, b"bad checksum");
+    corrupt[14 + 20 + 6] ^= 0x55;
+    let (_, out) = run(
+        &mut lab_pipeline_with_checksum(L4Checksum::CompletePartial),
+        &corrupt,
+    );
+    assert!(!inner_l4_checksum_ok(&out));
+    let (_, out) = run(&mut lab_pipeline_with_checksum(L4Checksum::Full), &corrupt);
+    assert!(inner_l4_checksum_ok(&out));
+}
+
+fn partial_checksums_completed(mode: super::tables::L4Checksum) {
+    use super::tables::L4Checksum;
+    let mut p = lab_pipeline_with_checksum(mode);
     for (i, payload) in [&b""[..], b"GET / HTTP/1.1\r\n\r\n", &[0xa5; 1001]]
         .into_iter()
         .enumerate()
@@ -588,7 +577,7 @@ fn partial_checksums_are_completed_in_both_directions() {
 
     // Incremental updates cannot mend a partial checksum: the bug that a
     // veth lab with default offloads showed (the task drops the SYN).
-    let mut inc = pipeline_with(L4Checksum::Incremental);
+    let mut inc = lab_pipeline_with_checksum(L4Checksum::Incremental);
     let (_, out) = run(
         &mut inc,
         &partial_checksum(client_tcp(44000, 1, 0, SYN, b""), 14),

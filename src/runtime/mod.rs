@@ -358,6 +358,7 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         },
         match fwd.control.snapshot().identity.l4_checksum {
             crate::dataplane::tables::L4Checksum::Full => "full",
+            crate::dataplane::tables::L4Checksum::CompletePartial => "partial-completing",
             crate::dataplane::tables::L4Checksum::Incremental => "incremental",
         },
         fwd.control.snapshot().identity.node_addr
@@ -409,10 +410,11 @@ fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     }
 }
 
-/// The checksum mode for `link`: `node.checksum`, or with "auto" full sums
-/// on virtual links (a veth passes on its sender's partial checksums; so
-/// may others of software's making) and incremental updates on a NIC
-/// (a device without a link kind), which delivers complete checksums.
+/// The checksum mode for `link`: `node.checksum`, or with "auto" partial
+/// checksums completed on virtual links (a veth passes on its sender's
+/// partial checksums; so may other links of software's making) and
+/// incremental updates on a NIC (a device without a link kind), which
+/// delivers complete checksums.
 pub fn l4_checksum(
     setting: crate::control::config::ChecksumSetting,
     link: &crate::control::netlink::LinkFacts,
@@ -422,7 +424,7 @@ pub fn l4_checksum(
     match setting {
         ChecksumSetting::Incremental => L4Checksum::Incremental,
         ChecksumSetting::Full => L4Checksum::Full,
-        ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::Full,
+        ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::CompletePartial,
         ChecksumSetting::Auto => L4Checksum::Incremental,
     }
 }
