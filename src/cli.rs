@@ -114,7 +114,7 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
             s(&t["state"]),
             s(&t["active_flows"]),
             s(&t["inactive_flows"]),
-            s(&t["counters"]["flows"]),
+            s(&t["flows"]),
             s(&t["counters"]["packets_in"]),
             s(&t["counters"]["packets_out"]),
         ]);
@@ -193,7 +193,7 @@ fn print_stats(v: &Value) {
                 s(&c["bytes_in"]),
                 s(&c["packets_out"]),
                 s(&c["bytes_out"]),
-                s(&c["flows"]),
+                s(&t["flows"]),
                 s(&t["active_flows"]),
                 s(&t["inactive_flows"]),
             ]);
@@ -235,11 +235,19 @@ fn print_stats(v: &Value) {
 }
 
 pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
+    use std::io::IsTerminal;
+    // Clearing the screen only makes sense on a terminal; into a pipe or a
+    // file, snapshots follow each other, separated by a blank line.
+    let clear = watch && std::io::stdout().is_terminal();
+    let mut first = true;
     loop {
         let v = call(sock, &Request::Stats {})?;
-        if watch {
+        if clear {
             print!("\x1b[2J\x1b[H");
+        } else if watch && !first {
+            println!();
         }
+        first = false;
         if json {
             println!("{}", serde_json::to_string_pretty(&v)?);
         } else {

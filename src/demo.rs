@@ -27,6 +27,13 @@ pub fn run(connections: u32, keep: bool) -> Result<()> {
         std::fs::read_to_string(&cfg)?
     );
 
+    // With --keep, the default control socket, so that the client
+    // commands work as the README shows them, without --control.
+    let sock = if keep {
+        std::path::PathBuf::from(meshgate::control::config::DEFAULT_CONTROL_SOCKET)
+    } else {
+        dir.join("control.sock")
+    };
     let exe = std::env::current_exe()?;
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.ingress()])
@@ -34,7 +41,7 @@ pub fn run(connections: u32, keep: bool) -> Result<()> {
         .args(["run", "--config"])
         .arg(&cfg)
         .arg("--control")
-        .arg(dir.join("control.sock"))
+        .arg(&sock)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -97,12 +104,14 @@ pub fn run(connections: u32, keep: bool) -> Result<()> {
 
     std::thread::sleep(Duration::from_millis(1200));
     if keep {
-        let sock = dir.join("control.sock");
-        println!("== the lab stays up; in another terminal, try:");
-        println!("   meshgate service ls --control {}", sock.display());
-        println!("   meshgate service ps web --control {}", sock.display());
-        println!("   meshgate ipvs --control {}", sock.display());
-        println!("   meshgate stats --watch --control {}", sock.display());
+        println!(
+            "== the lab stays up; meshgate serves {}; in another terminal, try:",
+            sock.display()
+        );
+        println!("   meshgate service ls");
+        println!("   meshgate service ps web");
+        println!("   meshgate ipvs");
+        println!("   meshgate stats --watch");
         println!(
             "   ip netns exec {} bash   # a shell on the client (198.18.0.1); the published port is 198.18.0.2:8080",
             lab.client()

@@ -25,10 +25,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Start the forwarder.
+    /// Start the forwarder; needs --config FILE or --swarm [SOCKET] (or both).
+    #[command(group(clap::ArgGroup::new("source").required(true).multiple(true).args(["config", "swarm"])))]
     Run {
         /// Configuration file (TOML).
-        #[arg(long, short, required_unless_present = "swarm")]
+        #[arg(long, short)]
         config: Option<PathBuf>,
         /// Read services and tasks from Docker Swarm through this manager's Engine API socket.
         #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::control::swarm::DEFAULT_DOCKER_SOCKET)]
@@ -36,7 +37,7 @@ enum Cmd {
         /// The ingress NIC, with --swarm and no --config (default: the interface that holds the swarm's node address).
         #[arg(long)]
         interface: Option<String>,
-        /// Control socket (default: control.socket of the file, else /run/meshgate/control.sock).
+        /// Control socket to serve (default: control.socket of the file, else /run/meshgate/control.sock).
         #[arg(long)]
         control: Option<PathBuf>,
         /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
@@ -48,6 +49,7 @@ enum Cmd {
     },
     /// Validate a configuration file; exits non-zero with a precise message on any mistake.
     Check {
+        /// Configuration file (TOML) to validate.
         #[arg(long, short)]
         config: PathBuf,
     },

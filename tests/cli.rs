@@ -1,5 +1,6 @@
 //! The command line: `check` accepts the shipped example and rejects mistakes
-//! with the file, the key and what is wrong.
+//! with the file, the key and what is wrong; argument errors name what is
+//! missing; `stats --watch` into a pipe prints plain snapshots.
 
 use std::process::Command;
 
@@ -53,4 +54,87 @@ fn check_rejects_with_file_key_and_reason() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_without_a_source_names_both_options() {
+    let (ok, _, err) = meshgate(&["run"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--config") && err.contains("--swarm"),
+        "`run` alone must say that --config FILE or --swarm is needed: {err}"
+    );
+}
+
+#[test]
+fn every_check_option_is_described() {
+    let (ok, out, err) = meshgate(&["check", "--help"]);
+    assert!(ok, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with("-c, --config <CONFIG>"))
+        .unwrap_or_default();
+    assert!(
+        line.split("--config <CONFIG>")
+            .nth(1)
+            .unwrap_or("")
+            .trim()
+            .len()
+            > 10,
+        "--config has no description: {out}"
+    );
+}
+
+#[test]
+fn swarm_socket_errors_name_the_command_line_once() {
+    let sock = format!("unix:///tmp/mg-cli-{}-nodocker.sock", std::process::id());
+    let (ok, _, err) = meshgate(&["run", "--swarm", &sock, "--interface", "lo"]);
+    assert!(!ok);
+    assert!(err.contains(&format!("--swarm: {sock}")), "{err}");
+    assert!(!err.contains("swarm.socket"), "no file key: {err}");
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the OS error once: {err}"
+    );
+}
+
+/// A stand-in for `meshgate run`'s control socket that answers every
+/// request with the same statistics.
+fn fake_control(path: &std::path::Path) -> std::thread::JoinHandle<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::os::unix::net::UnixListener::bind(path).unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(3) {
+            let mut s = s.unwrap();
+            let mut line = String::new();
+            BufReader::new(&s).read_line(&mut line).unwrap();
+            let data = serde_json::json!({"uptime_seconds": 1.0, "generation": 1, "flows": 0,
+                "drops_total": 0, "events": {}, "drops": {}, "services": [],
+                "syn_admission": {}, "batch_latency_ns": {}});
+            let _ = writeln!(s, "{}", serde_json::json!({"ok": true, "data": data}));
+        }
+    })
+}
+
+#[test]
+fn stats_watch_into_a_pipe_prints_plain_snapshots() {
+    let dir = std::env::temp_dir().join(format!("mg-cli-watch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("control.sock");
+    let server = fake_control(&sock);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["stats", "--watch", "--control"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    server.join().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains('\x1b'), "escape codes into a pipe: {text:?}");
+    assert_eq!(text.matches("uptime").count(), 3, "{text}");
 }

@@ -566,6 +566,42 @@ fn api_rejects_bad_changes_and_serves_metrics() {
         })
         .sum();
     assert_eq!(flows, 1, "{body}");
+    assert!(
+        body.contains("meshgate_syn_budget 20000")
+            && body.contains("meshgate_syn_admission_total{verdict=\"admitted\"} 1"),
+        "{body}"
+    );
+
+    // A task whose node never answers ARP is accepted with a warning, shown
+    // as skipped, and gets no new flows: no connection goes into the hole.
+    let (ok, out, err) = mg.cli(&[
+        "service",
+        "update",
+        "web",
+        "--task-add",
+        "198.18.128.9@198.18.0.99",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("warning: service web: task 198.18.128.9 is unresolved")
+            && out.contains("gets no new flows"),
+        "{out}"
+    );
+    let ps = mg.cli_ok(&["service", "ps", "web"]);
+    let row = ps.lines().find(|l| l.starts_with("198.18.128.9")).unwrap();
+    assert!(row.contains("unresolved-skipped"), "{ps}");
+    let answers = lab
+        .in_ns(&lab.client(), || {
+            (0..6)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    assert!(answers.iter().all(|a| a.is_ok()), "{answers:?}");
+    let ps = mg.cli_ok(&["service", "ps", "web"]);
+    let row = ps.lines().find(|l| l.starts_with("198.18.128.9")).unwrap();
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[7], "0", "the unresolved task got flows: {ps}");
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
 }

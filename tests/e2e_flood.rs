@@ -66,9 +66,11 @@ fn syn_flood_flat_out() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let pinger = std::thread::spawn(move || {
         lab::enter_ns(&ns).unwrap();
+        // Opening them may take a SYN retransmission (1 s) while the
+        // client's neighbour entry is resolved for the first reply.
         let mut conns: Vec<TcpStream> = (0..6)
             .map(|_| {
-                let c = TcpStream::connect_timeout(&target(), ANSWER_WITHIN).unwrap();
+                let c = TcpStream::connect_timeout(&target(), Duration::from_secs(3)).unwrap();
                 c.set_read_timeout(Some(ANSWER_WITHIN)).unwrap();
                 c
             })

@@ -491,6 +491,7 @@ impl ConfigSource {
             }
             None => (None, "--swarm".to_string()),
         };
+        let text_of_file = text.clone();
         let text = match &self.swarm {
             None => text.ok_or_else(|| {
                 ConfigError::new(
@@ -502,8 +503,25 @@ impl ConfigSource {
             Some(socket) => swarm_text(text.as_deref(), socket, self.interface.as_deref())
                 .map_err(|m| ConfigError::new(&name, "swarm.socket", m))?,
         };
-        Config::parse_with(&text, &name, discover)
+        Config::parse_with(&text, &name, discover).map_err(|mut e| {
+            // A socket given on the command line is named as given there,
+            // not as the file key it was turned into.
+            if let (Some(socket), "swarm.socket") = (&self.swarm, e.key.as_str()) {
+                if !file_sets_swarm_socket(&text_of_file) {
+                    e.file = "--swarm".into();
+                    e.key = socket.clone();
+                }
+            }
+            e
+        })
     }
+}
+
+/// True when `file` (the configuration file's text) has `swarm.socket`.
+fn file_sets_swarm_socket(file: &Option<String>) -> bool {
+    file.as_deref()
+        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
+        .is_some_and(|t| t.get("swarm").and_then(|s| s.get("socket")).is_some())
 }
 
 /// The configuration text of `run --swarm SOCKET`: the file's text with a

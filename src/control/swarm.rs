@@ -47,11 +47,13 @@ const MAX_RESPONSE: usize = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum SwarmError {
     #[error(
-        "cannot connect to the Docker socket {path}: {source} (is dockerd running, and is swarm.socket right?)"
+        "cannot connect to the Docker socket {path}: {err} (is dockerd running, and is this its socket?)"
     )]
     Connect {
         path: String,
-        source: std::io::Error,
+        // Not a `source`: the message already says it, and error chains
+        // would print it twice.
+        err: std::io::Error,
     },
     #[error("Docker API GET {request}: {source}")]
     Io {
@@ -244,9 +246,9 @@ impl Docker {
     }
 
     fn connect(&self) -> Result<UnixStream, SwarmError> {
-        UnixStream::connect(&self.socket).map_err(|source| SwarmError::Connect {
+        UnixStream::connect(&self.socket).map_err(|err| SwarmError::Connect {
             path: self.socket.display().to_string(),
-            source,
+            err,
         })
     }
 

@@ -682,10 +682,12 @@ fn move_shared(task: &TaskEntry, to_active: bool) {
     } else {
         (&sh.active, &sh.inactive)
     };
+    // Out of one state before into the other, so that a reader never
+    // counts the flow twice; Release: see `TaskShared::counts`.
     let _ = from.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
         Some(v.saturating_sub(1))
     });
-    to.fetch_add(1, Ordering::Relaxed);
+    to.fetch_add(1, Ordering::Release);
 }
 
 fn forward(
@@ -806,7 +808,8 @@ fn forward(
                 task.addr,
                 port.target,
             );
-            task.shared.inactive.fetch_add(1, Ordering::Relaxed);
+            task.shared.created.fetch_add(1, Ordering::Relaxed);
+            task.shared.inactive.fetch_add(1, Ordering::Release);
             st.events.flows_created += 1;
             st.tasks[ti as usize].flows += 1;
             s

@@ -3,7 +3,9 @@
 //! Each [`SchedTable`] is built once per snapshot from the service's tasks and
 //! is read-only afterwards. A task of weight 0 is *draining*: it appears in no
 //! table, so it gets no new flows, while its existing flows continue (they
-//! never consult the scheduler again).
+//! never consult the scheduler again). So is a task whose node is not
+//! resolved (no outer header yet): a new flow sent there would only be
+//! dropped; the snapshot built when the node resolves includes it again.
 //!
 //! - `rr`: Swarm's (IPVS's) round robin; one shared atomic cursor per
 //!   service makes the rotation exact across workers.
@@ -46,6 +48,7 @@ impl SchedTable {
     pub fn build(kind: Scheduler, members: &[u32], tasks: &[TaskEntry]) -> SchedTable {
         let eligible: Vec<(u32, u32)> = members
             .iter()
+            .filter(|&&i| tasks[i as usize].outer.is_some())
             .map(|&i| (i, tasks[i as usize].weight))
             .filter(|&(_, w)| w > 0)
             .collect();
@@ -214,7 +217,7 @@ pub fn maglev_table(backends: &[(u32, u32, u64)], m: usize) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::tables::{TaskId, TaskShared};
+    use crate::dataplane::tables::{OUTER_TEMPLATE_LEN, OuterTemplate, TaskId, TaskShared};
     use crate::wire::MacAddr;
     use std::collections::HashMap;
     use std::net::Ipv4Addr;
@@ -233,7 +236,10 @@ mod tests {
                     mac: MacAddr::docker(addr),
                     node: Ipv4Addr::new(198, 18, 0, 11),
                     weight: w,
-                    outer: None,
+                    outer: Some(OuterTemplate {
+                        bytes: [0; OUTER_TEMPLATE_LEN],
+                        ip_checksum: 0,
+                    }),
                     shared: Arc::new(TaskShared::default()),
                 }
             })
@@ -261,6 +267,25 @@ mod tests {
         let shared = ServiceShared::default();
         let picks: Vec<u32> = (0..6).map(|_| t.pick(&shared, &ts, 0).unwrap()).collect();
         assert_eq!(picks, vec![0, 2, 3, 0, 2, 3]);
+    }
+
+    #[test]
+    fn every_scheduler_skips_unresolved_tasks() {
+        let mut ts = tasks(&[1, 1, 1]);
+        ts[1].outer = None;
+        for kind in [
+            Scheduler::Rr,
+            Scheduler::Wrr,
+            Scheduler::Lc,
+            Scheduler::Maglev,
+        ] {
+            let t = SchedTable::build(kind, &members(3), &ts);
+            let shared = ServiceShared::default();
+            for h in 0..100u32 {
+                let pick = t.pick(&shared, &ts, h.wrapping_mul(2_654_435_761));
+                assert!(matches!(pick, Some(0 | 2)), "{kind}: {pick:?}");
+            }
+        }
     }
 
     #[test]

@@ -34,9 +34,21 @@ pub struct ServiceId(pub u32);
 pub struct TaskShared {
     pub active: AtomicU32,
     pub inactive: AtomicU32,
+    /// Flows ever created for the task. A worker counts a new flow here
+    /// before it adds it to `inactive` (Release), so a reader that loads
+    /// the two states first (Acquire) never sees more flows than created.
+    pub created: AtomicU64,
 }
 
 impl TaskShared {
+    /// (active, inactive, created) as one consistent view: views that show
+    /// them side by side must never show more flows than were created.
+    pub fn counts(&self) -> (u32, u32, u64) {
+        let active = self.active.load(Ordering::Acquire);
+        let inactive = self.inactive.load(Ordering::Acquire);
+        (active, inactive, self.created.load(Ordering::Relaxed))
+    }
+
     /// Active flows plus inactive ones, the load `lc` balances.
     pub fn load(&self) -> u32 {
         self.active
@@ -601,6 +613,33 @@ mod tests {
             Some(MacAddr([2, 0, 0, 0, 0, 0xfe]))
         );
         assert_eq!(n.mac_for(Ipv4Addr::new(198, 18, 0, 1)), None);
+    }
+
+    /// What the workers do (see `pipeline::move_shared` and the flow's
+    /// creation) against what a view reads: never more flows than created.
+    #[test]
+    fn task_counts_never_show_more_flows_than_created() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let sh = Arc::new(TaskShared::default());
+        let done = Arc::new(AtomicBool::new(false));
+        let (w, d) = (sh.clone(), done.clone());
+        let writer = std::thread::spawn(move || {
+            for i in 0..200_000u32 {
+                w.created.fetch_add(1, Ordering::Relaxed);
+                w.inactive.fetch_add(1, Ordering::Release);
+                if i % 2 == 0 {
+                    w.inactive.fetch_sub(1, Ordering::Relaxed);
+                    w.active.fetch_add(1, Ordering::Release);
+                }
+            }
+            d.store(true, Ordering::Release);
+        });
+        while !done.load(Ordering::Acquire) {
+            let (a, i, c) = sh.counts();
+            assert!(u64::from(a) + u64::from(i) <= c, "{a} + {i} > {c}");
+        }
+        writer.join().unwrap();
+        assert_eq!(sh.counts(), (100_000, 100_000, 200_000));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::counters::DropReason;
 use super::fixtures::*;
 use super::pipeline::{Pipeline, Verdict};
-use super::tables::{LinkInfo, Registry, Snapshot};
+use super::tables::{LinkInfo, Neighbours, Registry, Snapshot};
 use crate::wire::MacAddr;
 
 fn hex(b: &[u8]) -> String {
@@ -257,31 +257,49 @@ fn drained_task_keeps_flows_but_gets_no_new_ones() {
 }
 
 #[test]
-fn missing_neighbour_is_counted_and_requested() {
+fn unresolved_tasks_get_no_new_flows_and_existing_ones_ask_for_their_node() {
     let cfg = lab_config();
-    let mut n = lab_neighbours();
-    n.entries.remove(&NODE1);
-    let snap = Arc::new(Snapshot::build(
-        &cfg,
-        LinkInfo {
-            mac: NODE_MAC,
-            l4_checksum: Default::default(),
-        },
-        Arc::new(n),
-        &mut Registry::default(),
+    let build = |n: Neighbours, reg: &mut Registry, generation| {
+        Arc::new(Snapshot::build(
+            &cfg,
+            LinkInfo {
+                mac: NODE_MAC,
+                l4_checksum: Default::default(),
+            },
+            Arc::new(n),
+            reg,
+            generation,
+        ))
+    };
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(
+        build(lab_neighbours(), &mut reg, 1),
+        0,
         1,
-    ));
-    let mut p = Pipeline::new(snap, 0, 1, 1024, (1024, 65535));
+        1024,
+        (1024, 65535),
+    );
     let q = Arc::new(crossbeam::queue::ArrayQueue::new(8));
     p.set_resolver(q.clone());
-    let (v, _) = run(&mut p, &client_tcp(49000, 1, 0, SYN, b""));
+    // A flow to task 0 (node 1) while node 1 is resolved.
+    let (v, out) = run(&mut p, &client_tcp(48999, 1, 0, SYN, b""));
+    assert_eq!((v, task_of(&out)), (Verdict::Transmit, 0));
+    // Node 1's neighbour entry goes: tasks 0 and 1 are skipped by new
+    // flows (the control thread resolves the node from the snapshot)...
+    let mut n = lab_neighbours();
+    n.entries.remove(&NODE1);
+    let snap = build(n, &mut reg, 2);
+    assert_eq!(snap.vteps.get(&NODE1), Some(&None));
+    p.set_snapshot(snap);
+    for port in 49000..49006 {
+        let (v, out) = run(&mut p, &client_tcp(port, 1, 0, SYN, b""));
+        assert_eq!((v, task_of(&out)), (Verdict::Transmit, 2), "port {port}");
+    }
+    assert_eq!(q.pop(), None, "new flows never met the unresolved node");
+    // ...while the existing flow's packets are dropped, counted, and ask.
+    let (v, _) = run(&mut p, &client_tcp(48999, 2, 1, ACK, b"x"));
     assert_eq!(v, Verdict::Drop(DropReason::NoNeighbour));
     assert_eq!(q.pop(), Some(NODE1));
-    // Task 2 lives on node 2, which is known.
-    run(&mut p, &client_tcp(49001, 1, 0, SYN, b""));
-    let (v, out) = run(&mut p, &client_tcp(49002, 1, 0, SYN, b""));
-    assert_eq!(v, Verdict::Transmit);
-    assert_eq!(task_of(&out), 2);
 }
 
 #[test]

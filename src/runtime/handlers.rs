@@ -14,9 +14,11 @@ use crate::dataplane::DropReason;
 use crate::dataplane::tables::TaskEntry;
 
 /// State of a task as `service ps` shows it.
+/// A task's state as the views show it. An unresolved task (its node's
+/// next-hop MAC is not known) gets no new flows: the word says so.
 fn task_state(t: &TaskEntry) -> &'static str {
     if t.outer.is_none() {
-        "unresolved"
+        "unresolved-skipped"
     } else if t.weight == 0 {
         "draining"
     } else {
@@ -135,9 +137,28 @@ impl Control {
             return Response::err(format!("{k}: {m}"));
         }
         match self.apply_config(cfg) {
-            Ok(m) => Response::ok(json!(m)),
+            Ok(m) => Response::ok(json!(m + &self.unresolved_warnings())),
             Err(e) => Response::err(e),
         }
+    }
+
+    /// One warning line per task whose node is not resolved: accepted, but
+    /// it gets no new flows until the node answers ARP.
+    fn unresolved_warnings(&self) -> String {
+        let snap = self.snapshot();
+        let mut out = String::new();
+        for svc in &snap.services {
+            for &i in &svc.tasks {
+                let t = &snap.tasks[i as usize];
+                if t.outer.is_none() {
+                    out.push_str(&format!(
+                        "\nwarning: service {}: task {} is unresolved: its node {} has not answered ARP (yet), so it gets no new flows until it does",
+                        svc.name, t.addr, t.node
+                    ));
+                }
+            }
+        }
+        out
     }
 
     fn view_services(&self) -> Value {
@@ -179,14 +200,16 @@ impl Control {
             .iter()
             .map(|&i| {
                 let t = &snap.tasks[i as usize];
+                let (active, inactive, created) = t.shared.counts();
                 json!({
                     "address": t.addr.to_string(),
                     "node": t.node.to_string(),
                     "mac": t.mac.to_string(),
                     "weight": t.weight,
                     "state": task_state(t),
-                    "active_flows": t.shared.active.load(Ordering::Relaxed),
-                    "inactive_flows": t.shared.inactive.load(Ordering::Relaxed),
+                    "active_flows": active,
+                    "inactive_flows": inactive,
+                    "flows": created,
                     "counters": self.stats.task(t.id),
                 })
             })

@@ -131,12 +131,14 @@ impl Stats {
                         let t = &snap.tasks[i as usize];
                         let c = self.task(t.id);
                         total.add(&c);
+                        let (active, inactive, created) = t.shared.counts();
                         json!({
                             "address": t.addr.to_string(),
                             "node": t.node.to_string(),
                             "weight": t.weight,
-                            "active_flows": t.shared.active.load(std::sync::atomic::Ordering::Relaxed),
-                            "inactive_flows": t.shared.inactive.load(std::sync::atomic::Ordering::Relaxed),
+                            "active_flows": active,
+                            "inactive_flows": inactive,
+                            "flows": created,
                             "counters": c,
                         })
                     })
