@@ -269,7 +269,7 @@ impl SwarmLab {
     }
 
     /// Imports `local/busybox:1`: the static busybox and its applet links.
-    fn import_busybox(&self, node: Node) -> Result<(), LabError> {
+    pub fn import_busybox(&self, node: Node) -> Result<(), LabError> {
         let root = self.dir.join("image");
         let bin = root.join("bin");
         std::fs::create_dir_all(&bin)?;
