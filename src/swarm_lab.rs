@@ -96,7 +96,8 @@ impl SwarmLab {
         self.dir.join("m").join("docker.sock")
     }
 
-    fn socket(&self, node: Node) -> PathBuf {
+    /// The Engine API socket of `node`'s dockerd.
+    pub fn socket(&self, node: Node) -> PathBuf {
         match node {
             Node::Manager => self.manager_socket(),
             Node::Worker => self.dir.join("w").join("docker.sock"),
@@ -268,27 +269,30 @@ impl SwarmLab {
         })
     }
 
-    /// Imports `local/busybox:1`: the static busybox and its applet links.
+    /// Imports `local/busybox:1` on `node`: the static busybox and its
+    /// applet links (the image's tar is made once per lab).
     pub fn import_busybox(&self, node: Node) -> Result<(), LabError> {
-        let root = self.dir.join("image");
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin)?;
-        let busybox = sh(&["sh", "-c", "command -v busybox"])?;
-        std::fs::copy(busybox.trim(), bin.join("busybox"))?;
-        for applet in sh(&["busybox", "--list"])?.split_whitespace() {
-            if applet != "busybox" {
-                std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-            }
-        }
         let tar = self.dir.join("image.tar");
-        sh(&[
-            "tar",
-            "-C",
-            &root.display().to_string(),
-            "-cf",
-            &tar.display().to_string(),
-            ".",
-        ])?;
+        if !tar.exists() {
+            let root = self.dir.join("image");
+            let bin = root.join("bin");
+            std::fs::create_dir_all(&bin)?;
+            let busybox = sh(&["sh", "-c", "command -v busybox"])?;
+            std::fs::copy(busybox.trim(), bin.join("busybox"))?;
+            for applet in sh(&["busybox", "--list"])?.split_whitespace() {
+                if applet != "busybox" {
+                    std::os::unix::fs::symlink("busybox", bin.join(applet))?;
+                }
+            }
+            sh(&[
+                "tar",
+                "-C",
+                &root.display().to_string(),
+                "-cf",
+                &tar.display().to_string(),
+                ".",
+            ])?;
+        }
         self.docker(
             node,
             &["import", &tar.display().to_string(), "local/busybox:1"],

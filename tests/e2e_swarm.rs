@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, missing_tools};
+use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, missing_tools};
 
 fn docker_available() -> bool {
     let missing = missing_tools();
@@ -42,14 +42,21 @@ struct Mg {
 }
 
 impl Mg {
+    /// On the manager, from its own socket.
     fn start(lab: &SwarmLab) -> Mg {
+        let swarm = format!("--swarm=unix://{}", lab.manager_socket().display());
+        Self::start_in(lab, &lab.manager(), &[swarm.as_str()])
+    }
+
+    /// `meshgate run ARGS` in namespace `ns`.
+    fn start_in(lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
         let stdout = lab.dir.join("meshgate.log");
         let control = lab.dir.join("control.sock");
         let child = Command::new("ip")
-            .args(["netns", "exec", &lab.manager()])
+            .args(["netns", "exec", ns])
             .arg(env!("CARGO_BIN_EXE_meshgate"))
             .arg("run")
-            .arg(format!("--swarm=unix://{}", lab.manager_socket().display()))
+            .args(args)
             .arg("--control")
             .arg(&control)
             .stdout(std::fs::File::create(&stdout).unwrap())
@@ -114,12 +121,17 @@ fn published() -> SocketAddr {
     format!("{MANAGER_ADDR}:8080").parse().unwrap()
 }
 
-/// `n` requests; answers counted by container hostname.
+/// `n` requests to the manager's published port; answers counted by
+/// container hostname.
 fn spread(lab: &SwarmLab, n: usize) -> BTreeMap<String, usize> {
+    spread_at(lab, published(), n)
+}
+
+fn spread_at(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     let mut by = BTreeMap::new();
     for i in 0..n {
         let host = lab
-            .http_get(published(), Duration::from_secs(3))
+            .http_get(to, Duration::from_secs(3))
             .unwrap_or_else(|e| panic!("request {i} through meshgate failed: {e}"));
         *by.entry(host).or_insert(0) += 1;
     }
@@ -298,4 +310,106 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
     assert!(log.contains("-> 5 task(s)"), "{log}");
     assert!(log.contains("web: 5 -> 4 task(s)"), "{log}");
     assert!(log.contains("web: removed"), "{log}");
+}
+
+/// meshgate on a worker, where Docker's cluster API answers "not a swarm
+/// manager": services and tasks come from the worker's own ingress network
+/// view, the ports' protocols from the manager's API (`swarm.manager`;
+/// this kernel has no IPVS, so Docker writes no DOCKER-INGRESS rules to
+/// read them from). The tasks run on the manager.
+#[test]
+fn meshgate_on_a_worker_node() {
+    if !common::privileged() || !docker_available() {
+        return;
+    }
+    let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    lab.import_busybox(Node::Manager).unwrap();
+    let create = |replicas: &str| {
+        lab.docker(
+            Node::Manager,
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                "web",
+                "--publish",
+                "8080:80",
+                "--replicas",
+                replicas,
+                "--constraint",
+                "node.role==manager",
+                "--no-resolve-image",
+                "local/busybox:1",
+                "sh",
+                "-c",
+                "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+            ],
+        )
+        .unwrap()
+    };
+    create("2");
+    lab.wait_for("2 running tasks of web", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
+
+    let cfg = lab.dir.join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
+            lab.socket(Node::Worker).display(),
+            lab.manager_socket().display()
+        ),
+    )
+    .unwrap();
+    let mg = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
+    assert!(
+        mg.log()
+            .contains(&format!("published ports answer on {WORKER_ADDR}")),
+        "{}",
+        mg.log()
+    );
+    wait_until("meshgate sees 2 tasks", Duration::from_secs(5), || {
+        mg.web_tasks() == 2
+    });
+    let at_worker: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
+    let by = spread_at(&lab, at_worker, 20);
+    assert_eq!(by.len(), 2, "answers by container: {by:?}");
+    assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+    wait_until("meshgate's counters", Duration::from_secs(3), || {
+        let ev = &mg.stats()["events"];
+        ev["forwarded"].as_u64().unwrap_or(0) >= 20 * 3
+            && ev["replies"].as_u64().unwrap_or(0) >= 20 * 3
+    });
+
+    // Scaling reaches a worker's tables as fast as a manager's (the
+    // manager test allows 1 s from Docker's "running" to the tables).
+    lab.docker(Node::Manager, &["service", "scale", "--detach", "web=3"])
+        .unwrap();
+    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 3
+    })
+    .unwrap();
+    let lag = wait_until("meshgate sees 3 tasks", Duration::from_secs(10), || {
+        mg.web_tasks() == 3
+    });
+    eprintln!("worker: tables followed the scale-up {lag:?} after Docker reported it");
+    assert!(lag <= Duration::from_secs(1), "tables lagged {lag:?}");
+    let by = spread_at(&lab, at_worker, 30);
+    assert_eq!(by.len(), 3, "answers by container: {by:?}");
+    assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+
+    // Removal closes the port on the worker too.
+    lab.docker(Node::Manager, &["service", "rm", "web"])
+        .unwrap();
+    wait_until("meshgate drops web", Duration::from_secs(5), || {
+        mg.web_tasks() == 0
+    });
+    let e = lab
+        .http_get(at_worker, Duration::from_secs(2))
+        .expect_err("port 8080 still answers on the worker after docker service rm");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
+    assert!(mg.log().contains("web: removed"), "{}", mg.log());
 }

@@ -158,6 +158,7 @@ struct RawIngress {
 struct RawSwarm {
     socket: Option<String>,
     resync: Option<f64>,
+    manager: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,6 +413,9 @@ pub struct SwarmConfig {
     pub resync: std::time::Duration,
     /// What the engine said about this node when the file was loaded.
     pub facts: SwarmFacts,
+    /// On a worker: a manager's Engine API socket, to read the protocols
+    /// of published ports (see `ingress_view`).
+    pub manager: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
@@ -640,18 +644,27 @@ impl Config {
                         .unwrap_or(super::swarm::DEFAULT_DOCKER_SOCKET),
                 )
                 .map_err(|m| err("swarm.socket", m))?;
-                let resync = sw.resync.unwrap_or(2.0);
+                let facts = discover(&socket).map_err(|m| err("swarm.socket", m))?;
+                // A worker's Docker sends no service or task events: it
+                // reads its own ingress view (one local request) more often.
+                let resync = sw.resync.unwrap_or(if facts.manager { 2.0 } else { 0.5 });
                 if !(0.1..=600.0).contains(&resync) {
                     return Err(err(
                         "swarm.resync",
                         format!("{resync} must be between 0.1 and 600 seconds"),
                     ));
                 }
-                let facts = discover(&socket).map_err(|m| err("swarm.socket", m))?;
+                let manager = sw
+                    .manager
+                    .as_deref()
+                    .map(super::swarm::parse_socket)
+                    .transpose()
+                    .map_err(|m| err("swarm.manager", m))?;
                 Some(SwarmConfig {
                     socket,
                     resync: std::time::Duration::from_secs_f64(resync),
                     facts,
+                    manager,
                 })
             }
         };
@@ -1361,6 +1374,7 @@ mod swarm_tests {
 
     fn facts() -> SwarmFacts {
         SwarmFacts {
+            manager: true,
             node_id: "ieau4xomuc2kmaf95o8kef0pn".into(),
             node_address: Ipv4Addr::new(198, 18, 0, 2),
             data_path_port: 7789,
@@ -1500,6 +1514,7 @@ mod source_tests {
 
     fn facts() -> SwarmFacts {
         SwarmFacts {
+            manager: true,
             node_id: "n1".into(),
             node_address: Ipv4Addr::new(198, 18, 0, 2),
             data_path_port: 4789,

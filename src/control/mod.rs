@@ -2,5 +2,6 @@
 
 pub mod api;
 pub mod config;
+pub mod ingress_view;
 pub mod netlink;
 pub mod swarm;

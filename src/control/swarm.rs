@@ -75,10 +75,6 @@ pub enum SwarmError {
     )]
     NotInSwarm(String),
     #[error(
-        "this Docker engine is a swarm worker; services and tasks are only readable on a manager: run meshgate on a manager node (or `docker node promote` this one)"
-    )]
-    NotManager,
-    #[error(
         "this node has no ingress sandbox on the ingress network yet (no `ingress-sbox` in `docker network inspect ingress`); Docker creates it when the node joins the swarm, retry in a few seconds"
     )]
     NoSandbox,
@@ -406,6 +402,9 @@ impl EventStream {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmFacts {
     pub node_id: String,
+    /// A manager reads services and tasks from the cluster API; a worker
+    /// from its ingress network's view (see `ingress_view`).
+    pub manager: bool,
     /// The node's underlay address (`docker info`: `Swarm.NodeAddr`).
     pub node_address: Ipv4Addr,
     /// VXLAN UDP port of the data path (`docker swarm init --data-path-port`).
@@ -440,9 +439,7 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
     if state != "active" {
         return Err(SwarmError::NotInSwarm(state.to_string()));
     }
-    if sw["ControlAvailable"].as_bool() != Some(true) {
-        return Err(SwarmError::NotManager);
-    }
+    let manager = sw["ControlAvailable"].as_bool() == Some(true);
     let node_id = sw["NodeID"]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -518,6 +515,7 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
         .to_string();
     Ok(SwarmFacts {
         node_id,
+        manager,
         node_address,
         data_path_port,
         ingress_network,
@@ -538,12 +536,26 @@ pub struct Desired {
     pub notes: Vec<String>,
 }
 
-/// Reads services, running tasks and nodes from a manager.
+/// Reads the swarm's services and running tasks: on a manager from its
+/// cluster API; on a worker from this node's ingress network view, with
+/// the ports' protocols from `manager` (a manager's Engine API, when
+/// configured) or from this node's `DOCKER-INGRESS` rules.
 pub fn read_desired(
     d: &Docker,
     facts: &SwarmFacts,
     ingress: &IngressConfig,
+    manager: Option<&Docker>,
 ) -> Result<Desired, SwarmError> {
+    if !facts.manager {
+        let net = d.get(&format!("/networks/{}?verbose=true", facts.ingress_network))?;
+        let protocols = match manager {
+            Some(m) => super::ingress_view::protocols_from_services(&m.get("/services")?),
+            None => super::ingress_view::protocols_from_rules(&ingress_rules()),
+        };
+        return Ok(super::ingress_view::derive(
+            &net, &protocols, facts, ingress,
+        ));
+    }
     let services = d.get("/services")?;
     let tasks = d.get(&format!(
         "/tasks?{}",
@@ -551,6 +563,19 @@ pub fn read_desired(
     ))?;
     let nodes = d.get("/nodes")?;
     derive(&services, &tasks, &nodes, facts, ingress)
+}
+
+/// This node's `DOCKER-INGRESS` rules (`iptables -t nat -S
+/// DOCKER-INGRESS`), or nothing when iptables or the chain is missing
+/// (Docker writes the chain only where IPVS works).
+fn ingress_rules() -> String {
+    std::process::Command::new("iptables")
+        .args(["-t", "nat", "-S", "DOCKER-INGRESS"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// The first 12 characters of a Docker ID, as `docker ps` shows it. By
@@ -710,8 +735,23 @@ pub fn derive(
         }
     }
 
+    Ok(finish_services(
+        specs.into_values().collect(),
+        ingress,
+        facts,
+        notes,
+    ))
+}
+
+/// Validates derived services (sorted by name, tasks by address) into a
+/// [`Desired`]; a service that does not validate is left out with a note.
+pub(crate) fn finish_services(
+    mut by_name: Vec<(String, ServiceSpec)>,
+    ingress: &IngressConfig,
+    facts: &SwarmFacts,
+    mut notes: Vec<String>,
+) -> Desired {
     let mut out: Vec<Service> = Vec::new();
-    let mut by_name: Vec<(String, ServiceSpec)> = specs.into_values().collect();
     by_name.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut spec) in by_name {
         spec.tasks
@@ -727,10 +767,10 @@ pub fn derive(
             Err((key, msg)) => notes.push(format!("service {name} left out: {key}: {msg}")),
         }
     }
-    Ok(Desired {
+    Desired {
         services: out,
         notes,
-    })
+    }
 }
 
 /// Real answers of Docker 20.10 and the matching facts: shared by the
@@ -755,6 +795,7 @@ pub mod fixtures {
     pub fn facts() -> SwarmFacts {
         SwarmFacts {
             node_id: "ieau4xomuc2kmaf95o8kef0pn".into(),
+            manager: true,
             node_address: Ipv4Addr::new(198, 18, 0, 2),
             data_path_port: 4789,
             ingress_network: "g61z0msna4i4bmd4g9zxacfou".into(),

@@ -59,7 +59,13 @@ pub struct SwarmSource {
 
 /// Reads the swarm once (at startup: an error here stops `meshgate run`).
 pub fn read_once(cfg: &SwarmConfig, ingress: &IngressConfig) -> Result<Desired, SwarmError> {
-    let d = read_desired(&Docker::new(&cfg.socket), &cfg.facts, ingress)?;
+    let manager = cfg.manager.as_deref().map(Docker::new);
+    let d = read_desired(
+        &Docker::new(&cfg.socket),
+        &cfg.facts,
+        ingress,
+        manager.as_ref(),
+    )?;
     print_notes(&d.notes);
     Ok(d)
 }
@@ -192,7 +198,13 @@ impl Reader {
 
     /// One read; true when it succeeded.
     fn read(&mut self, last_print: &mut Option<(String, Instant)>) -> bool {
-        match read_desired(&self.docker, &self.cfg.facts, &self.ingress) {
+        let manager = self.cfg.manager.as_deref().map(Docker::new);
+        match read_desired(
+            &self.docker,
+            &self.cfg.facts,
+            &self.ingress,
+            manager.as_ref(),
+        ) {
             Ok(d) => {
                 let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 st.reads += 1;

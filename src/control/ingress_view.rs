@@ -1,0 +1,351 @@
+//! What every swarm node can read, worker or manager: the ingress network's
+//! load-balancer view (`GET /networks/INGRESS?verbose=true`).
+//!
+//! On a worker, Docker's cluster API (`/services`, `/tasks`, `/nodes`)
+//! answers "This node is not a swarm manager". The verbose ingress network
+//! answers on every node: `Services.<name>` has `Ports` (strings such as
+//! `"Target: 80, Publish: 8080"`) and `Tasks[]` with `EndpointIP` and
+//! `Info["Host IP"]` (the task's node, its VTEP). The view names no
+//! protocol: a TCP and a UDP port give the same string. meshgate never
+//! guesses one; it takes it from one of two sources ([`Protocols`]):
+//!
+//! - a manager's Engine API, when `swarm.manager` names one: its
+//!   `/services` give each published port with its protocol;
+//! - otherwise the DNAT rules Docker programs on every node for the
+//!   routing mesh (`iptables -t nat -S DOCKER-INGRESS`: `-p tcp --dport
+//!   8080`). They name the port's protocols but not the service, so a port
+//!   number published by two services (one TCP, one UDP) is ambiguous and
+//!   left out with a note. Docker programs them only where IPVS works.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+
+use serde_json::Value;
+
+use super::config::{IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use super::swarm::{Desired, SwarmFacts, finish_services};
+
+/// Where the protocols of published ports come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protocols {
+    /// From a manager: service name → its (published, target, protocol).
+    Manager(HashMap<String, Vec<(u16, u16, Protocol)>>),
+    /// From this node's `DOCKER-INGRESS` rules: published port → protocols.
+    Rules(HashMap<u16, BTreeSet<Protocol>>),
+}
+
+/// A manager's `/services` as [`Protocols::Manager`].
+pub fn protocols_from_services(services: &Value) -> Protocols {
+    let mut m: HashMap<String, Vec<(u16, u16, Protocol)>> = HashMap::new();
+    for s in services.as_array().into_iter().flatten() {
+        let Some(name) = s["Spec"]["Name"].as_str() else {
+            continue;
+        };
+        for p in s["Endpoint"]["Ports"].as_array().into_iter().flatten() {
+            if p["PublishMode"].as_str().unwrap_or("ingress") != "ingress" {
+                continue;
+            }
+            let proto = match p["Protocol"].as_str().unwrap_or("tcp") {
+                "tcp" => Protocol::Tcp,
+                "udp" => Protocol::Udp,
+                _ => continue,
+            };
+            let port = |k: &str| p[k].as_u64().and_then(|v| u16::try_from(v).ok());
+            if let (Some(published), Some(target)) = (port("PublishedPort"), port("TargetPort")) {
+                m.entry(name.to_string())
+                    .or_default()
+                    .push((published, target, proto));
+            }
+        }
+    }
+    Protocols::Manager(m)
+}
+
+/// `iptables -t nat -S DOCKER-INGRESS` as [`Protocols::Rules`]. Docker's
+/// rules read `-A DOCKER-INGRESS -p tcp -m tcp --dport 8080 -j DNAT
+/// --to-destination 172.18.0.2:8080`; other lines are ignored.
+pub fn protocols_from_rules(text: &str) -> Protocols {
+    let mut m: HashMap<u16, BTreeSet<Protocol>> = HashMap::new();
+    for line in text.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() != Some(&"-A") || !words.contains(&"DNAT") {
+            continue;
+        }
+        let after = |flag: &str| {
+            words
+                .iter()
+                .position(|w| *w == flag)
+                .and_then(|i| words.get(i + 1))
+        };
+        let proto = match after("-p").copied() {
+            Some("tcp") => Protocol::Tcp,
+            Some("udp") => Protocol::Udp,
+            _ => continue,
+        };
+        if let Some(port) = after("--dport").and_then(|p| p.parse::<u16>().ok()) {
+            m.entry(port).or_default().insert(proto);
+        }
+    }
+    Protocols::Rules(m)
+}
+
+/// `"Target: 80, Publish: 8080"` → (published 8080, target 80).
+fn parse_port(s: &str) -> Option<(u16, u16)> {
+    let mut target = None;
+    let mut publish = None;
+    for part in s.split(',') {
+        let (k, v) = part.split_once(':')?;
+        let v: u16 = v.trim().parse().ok()?;
+        match k.trim() {
+            "Target" => target = Some(v),
+            "Publish" => publish = Some(v),
+            _ => {}
+        }
+    }
+    Some((publish?, target?))
+}
+
+/// Turns this node's verbose ingress network into validated services.
+/// Pure: the tests feed it a real answer of a Docker 20.10 worker.
+pub fn derive(
+    net: &Value,
+    protocols: &Protocols,
+    facts: &SwarmFacts,
+    ingress: &IngressConfig,
+) -> Desired {
+    let mut notes = Vec::new();
+    let services: Vec<(&String, &Value)> = net["Services"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        // "" lists every node's ingress endpoint, not a service.
+        .filter(|(name, _)| !name.is_empty())
+        .collect();
+    // Published port → services that publish it, for the rules' ambiguity.
+    let mut by_port: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
+    let mut ports_of: BTreeMap<&str, BTreeSet<(u16, u16)>> = BTreeMap::new();
+    for (name, svc) in &services {
+        for s in svc["Ports"].as_array().into_iter().flatten() {
+            match s.as_str().and_then(parse_port) {
+                Some(pt) => {
+                    ports_of.entry(name.as_str()).or_default().insert(pt);
+                    by_port.entry(pt.0).or_default().insert(name.as_str());
+                }
+                None => notes.push(format!("service {name}: port `{s}` not understood")),
+            }
+        }
+    }
+
+    let mut specs = Vec::new();
+    for (name, svc) in &services {
+        let mut publish = Vec::new();
+        for &(published, target) in ports_of.get(name.as_str()).into_iter().flatten() {
+            let protos: Vec<Protocol> = match protocols {
+                Protocols::Manager(m) => m
+                    .get(name.as_str())
+                    .into_iter()
+                    .flatten()
+                    .filter(|&&(p, t, _)| (p, t) == (published, target))
+                    .map(|&(_, _, proto)| proto)
+                    .collect(),
+                Protocols::Rules(r) => {
+                    if by_port[&published].len() > 1 {
+                        notes.push(format!(
+                            "service {name}: port {published} left out: several services publish it and this node's rules do not say which protocol is whose (set swarm.manager)"
+                        ));
+                        continue;
+                    }
+                    r.get(&published).into_iter().flatten().copied().collect()
+                }
+            };
+            if protos.is_empty() {
+                notes.push(format!(
+                    "service {name}: port {published} left out: its protocol is not known yet ({})",
+                    match protocols {
+                        Protocols::Manager(_) => "the manager does not list it",
+                        Protocols::Rules(_) =>
+                            "no DOCKER-INGRESS rule for it on this node; set swarm.manager",
+                    }
+                ));
+            }
+            for protocol in protos {
+                publish.push(PublishSpec {
+                    published: i64::from(published),
+                    target: i64::from(target),
+                    protocol,
+                });
+            }
+        }
+        if publish.is_empty() {
+            continue;
+        }
+        let mut tasks = Vec::new();
+        for t in svc["Tasks"].as_array().into_iter().flatten() {
+            let task = t["Name"].as_str().unwrap_or("?");
+            let address = t["EndpointIP"]
+                .as_str()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            let node = t["Info"]["Host IP"]
+                .as_str()
+                .and_then(|a| a.parse::<Ipv4Addr>().ok());
+            match (address, node) {
+                (Some(address), Some(node)) if node == facts.node_address => notes.push(format!(
+                    "service {name}: task {task} ({address}) runs on this node, which meshgate cannot reach through its own NIC yet"
+                )),
+                (Some(address), Some(node)) => tasks.push(TaskSpec {
+                    address: address.to_string(),
+                    node: node.to_string(),
+                    mac: None,
+                    weight: None,
+                }),
+                _ => notes.push(format!(
+                    "service {name}: task {task} left out: no endpoint address or node in the ingress view"
+                )),
+            }
+        }
+        specs.push((
+            name.to_string(),
+            ServiceSpec {
+                name: name.to_string(),
+                scheduler: Scheduler::Rr,
+                publish,
+                tasks,
+            },
+        ));
+    }
+    finish_services(specs, ingress, facts, notes)
+}
+
+/// A real answer of a Docker 20.10.24 worker (198.18.0.11; the tasks run on
+/// the manager 198.18.0.2): `web` 8080:80/tcp, `dns` 9053:53/udp, `both`
+/// 7070:70 tcp and udp; and what its manager's `/services` says of them.
+#[doc(hidden)]
+pub mod fixtures {
+    pub const WORKER_INGRESS: &str = r#"{"Name":"ingress","Id":"qmg8j4ydpuhvb8z9ky7z80ip2","Scope":"swarm","Driver":"overlay","IPAM":{"Driver":"default","Options":null,"Config":[{"Subnet":"198.18.128.0/24","Gateway":"198.18.128.1"}]},"Ingress":true,"Containers":{"ingress-sbox":{"Name":"ingress-endpoint","EndpointID":"b365692612368e4a191266c542b6427787ff64577385463310f033f36742dd94","MacAddress":"02:42:c6:12:80:03","IPv4Address":"198.18.128.3/24","IPv6Address":""}},"Options":{"com.docker.network.driver.overlay.vxlanid_list":"4096"},"Peers":[{"Name":"5d3db19916da","IP":"198.18.0.2"},{"Name":"5ce8686dde42","IP":"198.18.0.11"}],"Services":{"":{"VIP":"<nil>","Ports":[],"LocalLBIndex":0,"Tasks":[{"Name":"ingress-endpoint","EndpointID":"b365692612368e4a191266c542b6427787ff64577385463310f033f36742dd94","EndpointIP":"198.18.128.3","Info":{"Host IP":"198.18.0.11"}},{"Name":"ingress-endpoint","EndpointID":"164a27b354e3b9301cf91ea02fb280482e92a0e42798f0c2c46e45fbf34e69f7","EndpointIP":"198.18.128.2","Info":{"Host IP":"198.18.0.2"}}]},"both":{"VIP":"198.18.128.10","Ports":["Target: 70, Publish: 7070","Target: 70, Publish: 7070"],"LocalLBIndex":257,"Tasks":[{"Name":"both.1.stakbsclu1kacdtewjo5tt74g","EndpointID":"1b0414552a2ccacb279894bee4c7d4f196dc38978b6db5bcde632d213fd72c9f","EndpointIP":"198.18.128.11","Info":{"Host IP":"198.18.0.2"}},{"Name":"both.2.8iu61c7jncjncqavw10sxg6vl","EndpointID":"6c581fa5b416f0d9409417ff594e6faf59f6f9fe5d2bb2af58c1cf42cc35b584","EndpointIP":"198.18.128.12","Info":{"Host IP":"198.18.0.2"}}]},"dns":{"VIP":"198.18.128.7","Ports":["Target: 53, Publish: 9053"],"LocalLBIndex":258,"Tasks":[{"Name":"dns.2.zm8zqwtzlej0qlq0ruj805enh","EndpointID":"a0691c737ba933daa19f7cee95f975ffdc654c1e1ef219d3508b686b5299f0ff","EndpointIP":"198.18.128.9","Info":{"Host IP":"198.18.0.2"}},{"Name":"dns.1.j0p1jbf9uwh2zytyz6zad3i5o","EndpointID":"d2b46869e0e07286288de5bac15ff66641d361d91a91c7191abf0c084810e9af","EndpointIP":"198.18.128.8","Info":{"Host IP":"198.18.0.2"}}]},"web":{"VIP":"198.18.128.4","Ports":["Target: 80, Publish: 8080"],"LocalLBIndex":256,"Tasks":[{"Name":"web.2.v09fpte3e8sdef53um76tbq0f","EndpointID":"891fa9e98148d684eaae0b16ede7cfe7c8371364f2a79eb16ef0e719c5820432","EndpointIP":"198.18.128.6","Info":{"Host IP":"198.18.0.2"}},{"Name":"web.1.sbtkhigjyfxl0tzfqi47pul7z","EndpointID":"8e92a621304614b47af0e037ea5fa416bf43ddd750c6d60e75fd04ac624ac325","EndpointIP":"198.18.128.5","Info":{"Host IP":"198.18.0.2"}}]}}}"#;
+
+    pub const MANAGER_SERVICES: &str = r#"[
+{"ID":"a","Spec":{"Name":"web"},"Endpoint":{"Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]}},
+{"ID":"b","Spec":{"Name":"dns"},"Endpoint":{"Ports":[{"Protocol":"udp","TargetPort":53,"PublishedPort":9053,"PublishMode":"ingress"}]}},
+{"ID":"c","Spec":{"Name":"both"},"Endpoint":{"Ports":[{"Protocol":"tcp","TargetPort":70,"PublishedPort":7070,"PublishMode":"ingress"},{"Protocol":"udp","TargetPort":70,"PublishedPort":7070,"PublishMode":"ingress"}]}}]"#;
+
+    /// Docker's rules for the same services, in the shape of moby's
+    /// `programIngress` (`iptables -t nat -S DOCKER-INGRESS`).
+    pub const RULES: &str = "-N DOCKER-INGRESS
+-A DOCKER-INGRESS -p tcp -m tcp --dport 8080 -j DNAT --to-destination 172.18.0.2:8080
+-A DOCKER-INGRESS -p udp -m udp --dport 9053 -j DNAT --to-destination 172.18.0.2:9053
+-A DOCKER-INGRESS -p tcp -m tcp --dport 7070 -j DNAT --to-destination 172.18.0.2:7070
+-A DOCKER-INGRESS -p udp -m udp --dport 7070 -j DNAT --to-destination 172.18.0.2:7070
+-A DOCKER-INGRESS -j RETURN
+";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::*;
+    use super::*;
+    use crate::control::swarm::fixtures::ingress;
+
+    fn worker_facts() -> SwarmFacts {
+        SwarmFacts {
+            node_id: "gmlozumb0mqdfnfjgs34d7e5j".into(),
+            node_address: Ipv4Addr::new(198, 18, 0, 11),
+            manager: false,
+            ..crate::control::swarm::fixtures::facts()
+        }
+    }
+
+    fn ports(d: &Desired, name: &str) -> Vec<String> {
+        d.services
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| {
+                s.publish
+                    .iter()
+                    .map(|p| format!("{}:{}/{}", p.published, p.target, p.protocol))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_worker_view_with_the_managers_protocols() {
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        let p = protocols_from_services(&serde_json::from_str(MANAGER_SERVICES).unwrap());
+        let d = derive(&net, &p, &worker_facts(), &ingress());
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(ports(&d, "web"), ["8080:80/tcp"]);
+        assert_eq!(ports(&d, "dns"), ["9053:53/udp"]);
+        assert_eq!(ports(&d, "both"), ["7070:70/tcp", "7070:70/udp"]);
+        let web = d.services.iter().find(|s| s.name == "web").unwrap();
+        let tasks: Vec<(String, String)> = web
+            .tasks
+            .iter()
+            .map(|t| (t.address.to_string(), t.node.to_string()))
+            .collect();
+        assert_eq!(
+            tasks,
+            [
+                ("198.18.128.5".to_string(), "198.18.0.2".to_string()),
+                ("198.18.128.6".to_string(), "198.18.0.2".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_worker_view_with_the_nodes_rules() {
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        let d = derive(
+            &net,
+            &protocols_from_rules(RULES),
+            &worker_facts(),
+            &ingress(),
+        );
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(ports(&d, "web"), ["8080:80/tcp"]);
+        assert_eq!(ports(&d, "dns"), ["9053:53/udp"]);
+        assert_eq!(ports(&d, "both"), ["7070:70/tcp", "7070:70/udp"]);
+    }
+
+    #[test]
+    fn no_protocol_no_port() {
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        // No rules (Docker without IPVS writes none): nothing is guessed.
+        let d = derive(&net, &protocols_from_rules(""), &worker_facts(), &ingress());
+        assert!(d.services.is_empty());
+        assert_eq!(d.notes.len(), 3, "{:?}", d.notes);
+        assert!(d.notes.iter().all(|n| n.contains("swarm.manager")));
+        // Two services on one port number, one TCP and one UDP: the rules
+        // cannot say whose is which.
+        let twisted = WORKER_INGRESS.replace("Publish: 9053", "Publish: 8080");
+        let rules = RULES.replace("--dport 9053", "--dport 8080");
+        let d = derive(
+            &serde_json::from_str(&twisted).unwrap(),
+            &protocols_from_rules(&rules),
+            &worker_facts(),
+            &ingress(),
+        );
+        assert_eq!(ports(&d, "web"), Vec::<String>::new());
+        assert_eq!(ports(&d, "dns"), Vec::<String>::new());
+        assert_eq!(ports(&d, "both"), ["7070:70/tcp", "7070:70/udp"]);
+        assert!(d.notes.iter().any(|n| n.contains("several services")));
+    }
+
+    #[test]
+    fn tasks_on_this_node_are_left_out_with_a_note() {
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        let p = protocols_from_services(&serde_json::from_str(MANAGER_SERVICES).unwrap());
+        let mut facts = worker_facts();
+        facts.node_address = Ipv4Addr::new(198, 18, 0, 2);
+        let d = derive(&net, &p, &facts, &ingress());
+        assert_eq!(d.notes.len(), 6, "{:?}", d.notes);
+        assert!(d.services.iter().all(|s| s.tasks.is_empty()));
+    }
+
+    #[test]
+    fn port_strings() {
+        assert_eq!(parse_port("Target: 80, Publish: 8080"), Some((8080, 80)));
+        assert_eq!(parse_port("Publish: 1, Target: 2"), Some((1, 2)));
+        assert_eq!(parse_port("Target: 80"), None);
+        assert_eq!(parse_port("garbage"), None);
+    }
+}
