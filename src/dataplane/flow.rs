@@ -176,12 +176,75 @@ pub struct FlowTable {
     worker: u16,
     workers: u16,
     ports: (u16, u16),
+    /// This worker's SNAT ports in use, per destination (protocol, task,
+    /// target port): bit `i` is the worker's `i`-th port (see [`PortBits`]).
+    in_use: hashbrown::HashMap<(u8, Ipv4Addr, u16), PortBits>,
 }
 
 /// Slots examined when looking for a flow to evict.
 const EVICTION_SAMPLE: usize = 16;
-/// SNAT ports tried before giving up.
-const PORT_PROBES: usize = 256;
+
+/// The ports of one destination that a worker has given out: one bit per
+/// port the worker owns (`first + i * workers`), so that a free port is
+/// found whenever there is one, scanning at most 1 008 words (64 512 ports
+/// with one worker) from a hashed start.
+#[derive(Debug, Clone)]
+struct PortBits {
+    words: Box<[u64]>,
+    used: u32,
+}
+
+impl PortBits {
+    fn new(ports: u32) -> PortBits {
+        PortBits {
+            words: vec![0; ports.div_ceil(64) as usize].into_boxed_slice(),
+            used: 0,
+        }
+    }
+
+    #[inline]
+    fn get(&self, i: u32) -> bool {
+        self.words[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    #[inline]
+    fn set(&mut self, i: u32, on: bool) {
+        let w = &mut self.words[(i / 64) as usize];
+        let bit = 1u64 << (i % 64);
+        if on && *w & bit == 0 {
+            *w |= bit;
+            self.used += 1;
+        } else if !on && *w & bit != 0 {
+            *w &= !bit;
+            self.used -= 1;
+        }
+    }
+
+    /// The first clear bit at or after `start`, wrapping, below `n`.
+    fn first_clear_from(&self, start: u32, n: u32) -> Option<u32> {
+        if self.used >= n {
+            return None;
+        }
+        let words = self.words.len() as u32;
+        let (w0, b0) = (start / 64, start % 64);
+        for k in 0..=words {
+            let w = (w0 + k) % words;
+            let mut free = !self.words[w as usize];
+            if k == 0 {
+                free &= u64::MAX << b0; // at or after `start` in its word
+            }
+            while free != 0 {
+                let i = w * 64 + free.trailing_zeros();
+                if i < n {
+                    return Some(i);
+                }
+                free &= free - 1;
+            }
+        }
+        // (k == words visited the start word again, unmasked.)
+        None
+    }
+}
 
 impl FlowTable {
     /// A table of `capacity` flows for worker `worker` of `workers`, with
@@ -203,6 +266,7 @@ impl FlowTable {
             worker,
             workers,
             ports,
+            in_use: hashbrown::HashMap::new(),
         };
         t.prefault();
         t
@@ -310,50 +374,70 @@ impl FlowTable {
         &mut self.slab[slot as usize]
     }
 
+    /// This worker's first SNAT port and how many it owns.
+    fn owned_ports(&self) -> (u32, u32) {
+        let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
+        let (n, w) = (u32::from(self.workers), u32::from(self.worker));
+        let first = lo + (w + n - lo % n) % n;
+        let count = if first > hi { 0 } else { (hi - first) / n + 1 };
+        (first, count)
+    }
+
     /// Picks a SNAT port for a flow to `task:target`: the client's own port
     /// when it is in range, owned by this worker and free (as Linux NAT keeps
-    /// source ports), else the next owned free port after it.
+    /// source ports), else the first free owned port from a position chosen
+    /// by the flow's hash (so that clients using the same few ports do not
+    /// pile up in one dense range). `None` only when every port this worker
+    /// owns is in use for that destination.
     fn alloc_port(
-        &self,
+        &mut self,
         protocol: u8,
         task: Ipv4Addr,
         target: u16,
         client_port: u16,
         hash: u32,
     ) -> Option<u16> {
-        let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
+        let (first, count) = self.owned_ports();
         let n = u32::from(self.workers);
-        let w = u32::from(self.worker);
-        let span = hi - lo + 1;
-        // First owned port at or after `p`, wrapping inside [lo, hi].
-        let first_owned = |p: u32| -> u32 {
-            let q = p + (w + n - p % n) % n;
-            if q > hi { lo + (w + n - lo % n) % n } else { q }
-        };
-        let free = |p: u32| {
-            self.lookup_snat(&SnatKey {
-                task,
-                target,
-                snat_port: p as u16,
-                protocol,
-            })
-            .is_none()
-        };
-        // The client's own port first, as Linux NAT keeps source ports.
+        // First flow to a destination: its bitmap (up to 8 KiB) is the one
+        // allocation of a new flow, once per destination; emptied ones are
+        // freed by `prune_ports`, off the fast path.
+        let bits = self
+            .in_use
+            .entry((protocol, task, target))
+            .or_insert_with(|| PortBits::new(count));
         let cp = u32::from(client_port);
-        if (lo..=hi).contains(&cp) && cp % n == w && free(cp) {
-            return Some(cp as u16);
-        }
-        // Then from a position chosen by the flow's hash: many clients
-        // using the same few ports do not pile up in one dense range.
-        let mut p = first_owned(lo + hash % span);
-        for _ in 0..PORT_PROBES.min(span as usize / n as usize + 1) {
-            if free(p) {
-                return Some(p as u16);
+        if cp >= first && (cp - first) % n == 0 && (cp - first) / n < count {
+            let i = (cp - first) / n;
+            if !bits.get(i) {
+                bits.set(i, true);
+                return Some(cp as u16);
             }
-            p = first_owned(if p + n > hi { lo } else { p + n });
         }
-        None
+        let i = bits.first_clear_from(hash % count.max(1), count)?;
+        bits.set(i, true);
+        Some((first + i * n) as u16)
+    }
+
+    /// Returns a SNAT port to its destination's bitmap.
+    fn release_port(&mut self, f: &Flow) {
+        let (first, count) = self.owned_ports();
+        let n = u32::from(self.workers);
+        let p = u32::from(f.snat_port);
+        if let Some(bits) = self
+            .in_use
+            .get_mut(&(f.key.protocol, f.task_addr, f.target))
+        {
+            if p >= first && (p - first) % n == 0 && (p - first) / n < count {
+                bits.set((p - first) / n, false);
+            }
+        }
+    }
+
+    /// Frees the port bitmaps of destinations with no flow (tasks that
+    /// went away): called between batches, when the tables change.
+    pub fn prune_ports(&mut self) {
+        self.in_use.retain(|_, b| b.used > 0);
     }
 
     /// Inserts a new flow (its `snat_port` is chosen here). When the table
@@ -384,10 +468,16 @@ impl FlowTable {
         flow.snat_port = port;
         let mut evicted = None;
         if self.len() >= self.capacity {
-            let victim = self.eviction_candidate(now).ok_or(InsertError::Full)?;
+            let Some(victim) = self.eviction_candidate(now) else {
+                self.release_port(&flow);
+                return Err(InsertError::Full);
+            };
             evicted = Some(Evicted(self.remove(victim)));
         }
-        let slot = self.free.pop().ok_or(InsertError::Full)?;
+        let Some(slot) = self.free.pop() else {
+            self.release_port(&flow);
+            return Err(InsertError::Full);
+        };
         self.slab[slot as usize] = flow;
         self.live[slot as usize] = true;
         self.high_water = self.high_water.max(slot as usize + 1);
@@ -419,6 +509,7 @@ impl FlowTable {
     pub fn remove(&mut self, slot: u32) -> Flow {
         let f = self.slab[slot as usize];
         debug_assert!(self.live[slot as usize]);
+        self.release_port(&f);
         let ch = self.client_hash(&f.key);
         if let Ok(e) = self.by_client.find_entry(ch, |&s| s == slot) {
             e.remove();
@@ -601,6 +692,58 @@ mod tests {
                 assert_eq!(FlowTable::owner(p, 3), w, "client port {cp} -> {p}");
                 assert!((1024..=65535).contains(&p));
             }
+        }
+    }
+
+    /// The pattern of a proxy or a large NAT in front of the cluster: 10
+    /// addresses x 10 000 consecutive source ports to three tasks. The
+    /// kept client ports form dense blocks; a port is still found for
+    /// every flow (the old linear probe of 256 ports refused ~9 % here).
+    #[test]
+    fn dense_client_port_blocks_never_trap_the_allocator() {
+        let mut t = FlowTable::new(100_000, 0, 1, (1024, 65535));
+        for a in 0..10u8 {
+            for p in 0..10_000u16 {
+                let mut f = flow(20_000 + p, 4 + (u32::from(p) % 3) as u8);
+                f.key.client = Ipv4Addr::new(198, 18, 1, a);
+                f.hash = u32::from(a) << 16 | u32::from(p);
+                t.insert(f, 0)
+                    .unwrap_or_else(|e| panic!("address {a} port {p}: {e:?}"));
+            }
+        }
+        assert_eq!(t.len(), 100_000);
+    }
+
+    /// Every port of a destination is found, then exhaustion is real, and
+    /// a freed port is found again.
+    #[test]
+    fn every_free_port_is_found() {
+        for (workers, worker) in [(1u16, 0u16), (3, 2)] {
+            let ports = (1024u16, 65535u16);
+            let mut t = FlowTable::new(70_000, worker, workers, ports);
+            let owned = (1024..=65535u32)
+                .filter(|p| p % u32::from(workers) == u32::from(worker))
+                .count();
+            let mut slots = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for i in 0..owned as u32 {
+                let mut f = flow(1024, 4); // every client on port 1024
+                f.key.client = Ipv4Addr::from(0xc612_0000 + i);
+                f.hash = i.wrapping_mul(2_654_435_761);
+                let (s, _) = t.insert(f, 0).unwrap_or_else(|e| panic!("flow {i}: {e:?}"));
+                assert!(seen.insert(t.get(s).snat_port), "port given twice");
+                slots.push(s);
+            }
+            let mut f = flow(1024, 4);
+            f.key.client = Ipv4Addr::new(198, 19, 255, 255);
+            assert_eq!(t.insert(f, 0).unwrap_err(), InsertError::PortsExhausted);
+            // Another destination is not affected.
+            assert!(t.insert(flow(1024, 5), 0).is_ok());
+            // A freed port is found again, wherever the scan starts.
+            let freed = t.remove(slots[owned / 2]).snat_port;
+            f.hash = 12345;
+            let (s, _) = t.insert(f, 0).unwrap();
+            assert_eq!(t.get(s).snat_port, freed);
         }
     }
 

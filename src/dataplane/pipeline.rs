@@ -243,6 +243,7 @@ impl Pipeline {
             .tasks
             .resize(self.snap.tasks.len(), TaskCounters::default());
         self.st.gen32 = self.snap.generation as u32;
+        self.st.flows.prune_ports();
         old
     }
 
