@@ -1,10 +1,10 @@
-//! A real two-node Docker Swarm in network namespaces, for the swarm
-//! end-to-end test.
+//! A real Docker Swarm of two or three nodes in network namespaces, for
+//! the swarm end-to-end tests.
 //!
 //! ```text
-//!   client  198.18.0.1  ──┐
-//!   manager 198.18.0.2  ──┤ switch (bridge) ├── worker 198.18.0.11
-//!     dockerd + meshgate  │                    dockerd, the tasks
+//!   client  198.18.0.1  ──┐                  ┌── worker  198.18.0.11
+//!   manager 198.18.0.2  ──┤ switch (bridge) ├┤   dockerd
+//!     dockerd             │                  └── worker2 198.18.0.12 (SwarmLab::build_with(2))
 //! ```
 //!
 //! Each dockerd runs in its namespace through `nsenter --net` (not `ip netns
@@ -30,6 +30,7 @@ use crate::lab::{LabError, enter_ns, sh};
 pub const CLIENT_ADDR: &str = "198.18.0.1";
 pub const MANAGER_ADDR: &str = "198.18.0.2";
 pub const WORKER_ADDR: &str = "198.18.0.11";
+pub const WORKER2_ADDR: &str = "198.18.0.12";
 
 /// What the lab runs, each checked before anything is built.
 const TOOLS: [(&str, &str); 4] = [
@@ -65,6 +66,7 @@ pub struct SwarmLab {
     pub dir: PathBuf,
     namespaces: Vec<String>,
     daemons: Vec<Daemon>,
+    workers: usize,
 }
 
 /// Which node a docker command goes to.
@@ -72,6 +74,19 @@ pub struct SwarmLab {
 pub enum Node {
     Manager,
     Worker,
+    /// The second worker, in a lab built with two.
+    Worker2,
+}
+
+impl Node {
+    /// The node's directory under the lab's (daemon files, socket, log).
+    fn dir_name(self) -> &'static str {
+        match self {
+            Node::Manager => "m",
+            Node::Worker => "w",
+            Node::Worker2 => "w2",
+        }
+    }
 }
 
 impl SwarmLab {
@@ -87,6 +102,15 @@ impl SwarmLab {
         format!("{}-w", self.prefix)
     }
 
+    pub fn worker2(&self) -> String {
+        format!("{}-w2", self.prefix)
+    }
+
+    /// The namespace of `node`.
+    pub fn ns(&self, node: Node) -> String {
+        format!("{}-{}", self.prefix, node.dir_name())
+    }
+
     fn switch(&self) -> String {
         format!("{}-b", self.prefix)
     }
@@ -98,10 +122,7 @@ impl SwarmLab {
 
     /// The Engine API socket of `node`'s dockerd.
     pub fn socket(&self, node: Node) -> PathBuf {
-        match node {
-            Node::Manager => self.manager_socket(),
-            Node::Worker => self.dir.join("w").join("docker.sock"),
-        }
+        self.dir.join(node.dir_name()).join("docker.sock")
     }
 
     /// `docker -H unix://SOCKET args...` against one node.
@@ -115,6 +136,13 @@ impl SwarmLab {
     /// Builds the namespaces, starts both daemons, forms the swarm and
     /// imports the busybox image on the worker.
     pub fn build() -> Result<SwarmLab, LabError> {
+        Self::build_with(1)
+    }
+
+    /// [`SwarmLab::build`] with one or two workers (every node then has
+    /// the busybox image).
+    pub fn build_with(workers: usize) -> Result<SwarmLab, LabError> {
+        assert!((1..=2).contains(&workers), "one or two workers");
         sweep_stale();
         let prefix = format!(
             "mgs{}x{}",
@@ -128,6 +156,7 @@ impl SwarmLab {
             dir,
             namespaces: Vec::new(),
             daemons: Vec::new(),
+            workers,
         };
         lab.build_inner()?;
         Ok(lab)
@@ -142,8 +171,13 @@ impl SwarmLab {
 
     fn build_inner(&mut self) -> Result<(), LabError> {
         let (b, c, m, w) = (self.switch(), self.client(), self.manager(), self.worker());
+        let w2 = self.worker2();
+        let two = self.workers == 2;
         for ns in [&b, &c, &m, &w] {
             self.add_ns(ns)?;
+        }
+        if two {
+            self.add_ns(&w2)?;
         }
         sh(&["ip", "-n", &b, "link", "add", "br0", "type", "bridge"])?;
         sh(&["ip", "-n", &b, "link", "set", "br0", "up"])?;
@@ -156,10 +190,11 @@ impl SwarmLab {
             "-qw",
             "net.bridge.bridge-nf-call-iptables=0",
         ]);
-        for (i, (ns, addr)) in [(&c, CLIENT_ADDR), (&m, MANAGER_ADDR), (&w, WORKER_ADDR)]
-            .into_iter()
-            .enumerate()
-        {
+        let mut hosts = vec![(&c, CLIENT_ADDR), (&m, MANAGER_ADDR), (&w, WORKER_ADDR)];
+        if two {
+            hosts.push((&w2, WORKER2_ADDR));
+        }
+        for (i, (ns, addr)) in hosts.into_iter().enumerate() {
             let port = format!("p{i}");
             sh(&[
                 "ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", &port,
@@ -179,8 +214,11 @@ impl SwarmLab {
             ])?;
             sh(&["ip", "-n", ns, "link", "set", "eth0", "up"])?;
         }
-        self.start_daemon(&m, "m")?;
-        self.start_daemon(&w, "w")?;
+        self.start_daemon(&m, Node::Manager)?;
+        self.start_daemon(&w, Node::Worker)?;
+        if two {
+            self.start_daemon(&w2, Node::Worker2)?;
+        }
         self.docker(
             Node::Manager,
             &[
@@ -195,19 +233,28 @@ impl SwarmLab {
             ],
         )?;
         let token = self.docker(Node::Manager, &["swarm", "join-token", "-q", "worker"])?;
-        self.docker(
-            Node::Worker,
-            &[
-                "swarm",
-                "join",
-                "--token",
-                token.trim(),
-                "--advertise-addr",
-                WORKER_ADDR,
-                &format!("{MANAGER_ADDR}:2377"),
-            ],
-        )?;
-        self.import_busybox(Node::Worker)?;
+        let mut workers = vec![(Node::Worker, WORKER_ADDR)];
+        if two {
+            workers.push((Node::Worker2, WORKER2_ADDR));
+        }
+        for (node, addr) in workers {
+            self.docker(
+                node,
+                &[
+                    "swarm",
+                    "join",
+                    "--token",
+                    token.trim(),
+                    "--advertise-addr",
+                    addr,
+                    &format!("{MANAGER_ADDR}:2377"),
+                ],
+            )?;
+            self.import_busybox(node)?;
+        }
+        if two {
+            self.import_busybox(Node::Manager)?;
+        }
         // The manager's ingress sandbox is meshgate's identity on the
         // overlay: wait until Docker has made it.
         self.wait_for("the manager's ingress-sbox", Duration::from_secs(30), |l| {
@@ -217,8 +264,8 @@ impl SwarmLab {
         Ok(())
     }
 
-    fn start_daemon(&mut self, ns: &str, name: &str) -> Result<(), LabError> {
-        let d = self.dir.join(name);
+    fn start_daemon(&mut self, ns: &str, node: Node) -> Result<(), LabError> {
+        let d = self.dir.join(node.dir_name());
         std::fs::create_dir_all(&d)?;
         // Keeps dockerd off /etc/docker: its identity key and any host
         // daemon.json stay out of the lab.
@@ -259,11 +306,6 @@ impl SwarmLab {
             socket: socket.clone(),
             child,
         });
-        let node = if name == "m" {
-            Node::Manager
-        } else {
-            Node::Worker
-        };
         self.wait_for(&format!("dockerd in {ns}"), Duration::from_secs(60), |l| {
             l.docker(node, &["info", "--format", "{{.ID}}"]).is_ok()
         })
@@ -330,7 +372,7 @@ impl SwarmLab {
 
     /// The last lines of a daemon's log, for failure messages.
     pub fn daemon_log(&self, ns: &str) -> String {
-        let name = if ns == self.manager() { "m" } else { "w" };
+        let name = ns.rsplit('-').next().unwrap_or("m");
         let log =
             std::fs::read_to_string(self.dir.join(name).join("dockerd.log")).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();

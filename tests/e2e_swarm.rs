@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, missing_tools};
+use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools};
 
 fn docker_available() -> bool {
     let missing = missing_tools();
@@ -50,8 +50,10 @@ impl Mg {
 
     /// `meshgate run ARGS` in namespace `ns`.
     fn start_in(lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
-        let stdout = lab.dir.join("meshgate.log");
-        let control = lab.dir.join("control.sock");
+        // One set of files per node: several may run at once.
+        let node = ns.rsplit('-').next().unwrap_or("m");
+        let stdout = lab.dir.join(format!("meshgate-{node}.log"));
+        let control = lab.dir.join(format!("control-{node}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
             .arg(env!("CARGO_BIN_EXE_meshgate"))
@@ -60,7 +62,7 @@ impl Mg {
             .arg("--control")
             .arg(&control)
             .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(lab.dir.join("meshgate.err")).unwrap())
+            .stderr(std::fs::File::create(lab.dir.join(format!("meshgate-{node}.err"))).unwrap())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -75,7 +77,8 @@ impl Mg {
                 panic!(
                     "meshgate exited at start ({st}):\n{}\n{}",
                     mg.log(),
-                    std::fs::read_to_string(lab.dir.join("meshgate.err")).unwrap_or_default()
+                    std::fs::read_to_string(lab.dir.join(format!("meshgate-{node}.err")))
+                        .unwrap_or_default()
                 );
             }
             assert!(
@@ -412,4 +415,107 @@ fn meshgate_on_a_worker_node() {
         .expect_err("port 8080 still answers on the worker after docker service rm");
     assert_eq!(e.kind(), std::io::ErrorKind::ConnectionRefused, "{e}");
     assert!(mg.log().contains("web: removed"), "{}", mg.log());
+}
+
+/// Three nodes, a global service (one task per node), meshgate on a worker
+/// and on the manager at the same time, each from its own node's socket.
+/// Each meshgate impersonates its own node's ingress sandbox, so the tasks'
+/// replies go back to the node the client entered by. Each leaves out the
+/// task on its own node (with a note) until meshgate reaches local tasks:
+/// the requests to a node spread over the other two tasks.
+#[test]
+fn meshgate_on_a_worker_and_the_manager_at_once() {
+    if !common::privileged() || !docker_available() {
+        return;
+    }
+    let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    lab.docker(
+        Node::Manager,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--publish",
+            "8080:80",
+            "--mode",
+            "global",
+            "--no-resolve-image",
+            "local/busybox:1",
+            "sh",
+            "-c",
+            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )
+    .unwrap();
+    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
+
+    let cfg = lab.dir.join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
+            lab.socket(Node::Worker).display(),
+            lab.manager_socket().display()
+        ),
+    )
+    .unwrap();
+    let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
+    let on_manager = Mg::start(&lab);
+    for mg in [&on_worker, &on_manager] {
+        wait_until("meshgate sees 2 tasks", Duration::from_secs(5), || {
+            mg.web_tasks() == 2
+        });
+        assert!(
+            mg.log().contains("runs on this node"),
+            "the local task's note: {}",
+            mg.log()
+        );
+    }
+    let mut all = BTreeMap::new();
+    for (mg, addr) in [(&on_worker, WORKER_ADDR), (&on_manager, MANAGER_ADDR)] {
+        let to: SocketAddr = format!("{addr}:8080").parse().unwrap();
+        let by = spread_at(&lab, to, 30);
+        assert_eq!(by.len(), 2, "answers by container through {addr}: {by:?}");
+        assert!(
+            by.values().all(|&n| n == 15),
+            "uneven through {addr}: {by:?}"
+        );
+        // This node's meshgate carried them, both ways.
+        wait_until("meshgate's counters", Duration::from_secs(3), || {
+            let ev = &mg.stats()["events"];
+            ev["forwarded"].as_u64().unwrap_or(0) >= 30 * 3
+                && ev["replies"].as_u64().unwrap_or(0) >= 30 * 3
+        });
+        for (host, n) in by {
+            *all.entry(host).or_insert(0) += n;
+        }
+    }
+    // Between them, the two ingress nodes reached every task.
+    assert_eq!(all.len(), 3, "{all:?}");
+    // The third node (no meshgate) is untouched: Docker's own mesh has no
+    // IPVS on this kernel, so its port does not answer.
+    let third: SocketAddr = format!("{WORKER2_ADDR}:8080").parse().unwrap();
+    assert!(lab.http_get(third, Duration::from_secs(2)).is_err());
+
+    lab.docker(Node::Manager, &["service", "rm", "web"])
+        .unwrap();
+    for (mg, addr) in [(&on_worker, WORKER_ADDR), (&on_manager, MANAGER_ADDR)] {
+        wait_until("meshgate drops web", Duration::from_secs(5), || {
+            mg.web_tasks() == 0
+        });
+        let to: SocketAddr = format!("{addr}:8080").parse().unwrap();
+        let e = lab
+            .http_get(to, Duration::from_secs(2))
+            .expect_err("port 8080 still answers after docker service rm");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionRefused,
+            "{addr}: {e}"
+        );
+    }
 }
