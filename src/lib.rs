@@ -4,7 +4,12 @@
 //! Layers, bottom-up: [`wire`] (header views, no I/O), [`dataplane`] (the
 //! per-packet pipeline as plain functions over frames), [`xdp`] (the only
 //! module with `unsafe`: UMEM, rings, sockets, the XDP program and its maps),
-//! [`control`] (configuration, tables, the control thread and its API).
+//! [`control`] (the configuration, the control API's protocol, netlink and
+//! Docker's Engine API), [`runtime`] (assembly: sockets, workers, the
+//! control thread, statistics, API servers, the swarm follower). Test
+//! support ships here for now: [`lab`] and [`swarm_lab`] (the namespace
+//! labs) and `dataplane::fixtures`. `docs/architecture.md` shows a
+//! packet's path through them.
 #![deny(unsafe_code)]
 
 pub mod control;

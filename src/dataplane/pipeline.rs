@@ -479,9 +479,51 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
 /// stored deltas (RFC 1624): every rewritten field is constant for a flow,
 /// so its checksum change is too. So does the TCP or UDP checksum, unless
 /// it is (or may be) partial: see [`L4Checksum`].
+///
+/// The mode is a type parameter (see [`nat`], which picks it) so that the
+/// NIC's incremental path compiles to the update alone: as a run-time
+/// test it cost the established path 32 instructions (callgrind).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat(
+    p: &mut [u8],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    delta_addrs: u16,
+    delta_l4: u16,
+    l4_checksum: L4Checksum,
+) {
+    if l4_checksum == L4Checksum::Incremental {
+        nat_with::<false>(
+            p,
+            src,
+            dst,
+            sport,
+            dport,
+            delta_addrs,
+            delta_l4,
+            l4_checksum,
+        )
+    } else {
+        nat_with::<true>(
+            p,
+            src,
+            dst,
+            sport,
+            dport,
+            delta_addrs,
+            delta_l4,
+            l4_checksum,
+        )
+    }
+}
+
+/// [`nat`] for one kind of mode: `CHECKED` is false for incremental updates.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn nat_with<const CHECKED: bool>(
     p: &mut [u8],
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -497,7 +539,7 @@ fn nat(
     };
     let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
     let partial_sum = match l4_checksum {
-        L4Checksum::CompletePartial => Some(checksum::pseudo_header(
+        L4Checksum::CompletePartial if CHECKED => Some(checksum::pseudo_header(
             Ipv4Addr::new(h[12], h[13], h[14], h[15]),
             Ipv4Addr::new(h[16], h[17], h[18], h[19]),
             proto,
@@ -532,7 +574,7 @@ fn nat(
         u[6..8].copy_from_slice(&c.to_be_bytes());
         stored
     };
-    if l4_checksum == L4Checksum::Full || partial_sum == Some(stored) {
+    if CHECKED && (l4_checksum == L4Checksum::Full || partial_sum == Some(stored)) {
         if let Some(seg) = l4.get_mut(..usize::from(total).saturating_sub(IP)) {
             fill_l4_checksum(seg, src, dst, proto);
         }
