@@ -21,6 +21,58 @@ mod demo;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else info).
+    #[arg(long, global = true, value_name = "LEVEL")]
+    log_level: Option<log::LevelFilter>,
+}
+
+/// meshgate's log lines: `meshgate: MESSAGE` (`meshgate: warning: …` and
+/// so on above info), on standard output, where the summary lines and the
+/// client commands' output go too; systemd's journal takes it from there.
+struct Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record) {
+        if !self.enabled(r.metadata()) {
+            return;
+        }
+        use std::io::Write;
+        let tag = match r.level() {
+            log::Level::Error => "error: ",
+            log::Level::Warn => "warning: ",
+            log::Level::Info => "",
+            log::Level::Debug => "debug: ",
+            log::Level::Trace => "trace: ",
+        };
+        // One write per line, so that lines from several threads never mix.
+        let line = format!("meshgate: {tag}{}\n", r.args());
+        let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// `--log-level`, else `RUST_LOG` (a plain level), else info.
+fn init_logging(flag: Option<log::LevelFilter>) -> Result<()> {
+    let level = match flag {
+        Some(l) => l,
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) => v.trim().parse().with_context(|| {
+                format!("RUST_LOG={v:?} is not a level (error, warn, info, debug, trace, off)")
+            })?,
+            Err(_) => log::LevelFilter::Info,
+        },
+    };
+    log::set_logger(&Logger).context("installing the logger")?;
+    log::set_max_level(level);
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -154,6 +206,7 @@ fn main() {
 
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    init_logging(cli.log_level)?;
     match cli.cmd {
         Cmd::Check { config } => {
             let mut cfg = Config::load(&config)?;

@@ -300,4 +300,24 @@ fn default_veth_offloads_need_full_checksums() {
     );
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
+
+    // RUST_LOG=warn keeps the info lines out (and meshgate still runs).
+    let file = std::env::temp_dir().join(format!("{}-warn.toml", lab.prefix));
+    std::fs::write(&file, lab.config_toml("")).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ingress(), "env", "RUST_LOG=warn"])
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["run", "--duration", "1", "--control"])
+        .arg(file.with_extension("sock"))
+        .arg("--config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        !text.contains("forwarding on") && !text.contains("stopped"),
+        "RUST_LOG=warn keeps info lines out: {text}"
+    );
 }

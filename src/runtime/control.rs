@@ -312,13 +312,11 @@ impl Control {
     /// Replaces the services with the swarm's newest list.
     fn apply_swarm(&mut self, services: Vec<crate::control::config::Service>) {
         for line in describe_change(&self.cfg.services, &services) {
-            println!("meshgate: swarm: {line}");
+            log::info!("swarm: {line}");
         }
         let old = std::mem::replace(&mut self.cfg.services, services);
         if let Err(e) = self.publish() {
-            eprintln!(
-                "meshgate: swarm: updating the XDP port map: {e}; keeping the previous services"
-            );
+            log::error!("swarm: updating the XDP port map: {e}; keeping the previous services");
             self.cfg.services = old;
             let _ = self.publish();
         }
@@ -382,7 +380,7 @@ impl Control {
         if n.entries != self.neighbours.entries || n.routes != self.neighbours.routes {
             self.neighbours = Arc::new(n);
             if let Err(e) = self.publish() {
-                eprintln!("meshgate: publishing neighbour change: {e}");
+                log::error!("publishing neighbour change: {e}");
             }
         }
     }

@@ -343,13 +343,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         fwd.control
             .serve_api(path)
             .map_err(|e| RunError::Setup(format!("control socket {}: {e}", path.display())))?;
-        println!("meshgate: control socket {}", path.display());
+        log::info!("control socket {}", path.display());
         if let Some(a) = fwd.control.metrics_addr() {
-            println!("meshgate: metrics on http://{a}/metrics");
+            log::info!("metrics on http://{a}/metrics");
         }
     }
-    println!(
-        "meshgate: forwarding on {iface} ({} queue(s), {} mode, {} TCP/UDP checksums); published ports answer on {}",
+    log::info!(
+        "forwarding on {iface} ({} queue(s), {} mode, {} TCP/UDP checksums); published ports answer on {}",
         fwd.workers.len(),
         if fwd.control.zero_copy() {
             "zero-copy"
@@ -371,13 +371,13 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         fwd.control.step(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
             match fwd.control.reload() {
-                Ok(msg) => println!("meshgate: reload: {msg}"),
-                Err(e) => println!("meshgate: reload rejected, tables unchanged: {e}"),
+                Ok(msg) => log::info!("reload: {msg}"),
+                Err(e) => log::warn!("reload rejected, tables unchanged: {e}"),
             }
         }
         if let Some(every) = opts.summary_every {
             if last_summary.elapsed() >= every {
-                println!("{}", fwd.control.summary_line());
+                log::info!("{}", fwd.control.summary_line());
                 write_stats(&fwd.control, opts.stats_file.as_deref());
                 last_summary = std::time::Instant::now();
             }
@@ -391,9 +391,9 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     }
     let control = fwd.shutdown();
-    println!("{}", control.summary_line());
+    log::info!("{}", control.summary_line());
     write_stats(&control, opts.stats_file.as_deref());
-    println!("meshgate: stopped; XDP program detached from {iface}");
+    log::info!("stopped; XDP program detached from {iface}");
     match died {
         Some(w) => Err(RunError::WorkerDied(w)),
         None => Ok(()),

@@ -76,7 +76,7 @@ impl Stats {
     pub fn summary_line(&self, snap: &Snapshot) -> String {
         let e = &self.events;
         let mut s = format!(
-            "meshgate {:>7.1}s  rx {}  fwd {}  replies {}  arp {}  flows {} (+{} new)  drops {}",
+            "{:>7.1}s  rx {}  fwd {}  replies {}  arp {}  flows {} (+{} new)  drops {}",
             self.started.elapsed().as_secs_f64(),
             e.rx,
             e.forwarded,

@@ -72,7 +72,7 @@ pub fn read_once(cfg: &SwarmConfig, ingress: &IngressConfig) -> Result<Desired, 
 
 fn print_notes(notes: &[String]) {
     for n in notes {
-        println!("meshgate: swarm: {n}");
+        log::info!("swarm: {n}");
     }
 }
 
@@ -209,7 +209,7 @@ impl Reader {
                 let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 st.reads += 1;
                 if st.last_error.take().is_some() {
-                    println!("meshgate: swarm: Docker answers again");
+                    log::info!("swarm: Docker answers again");
                 }
                 if st.notes != d.notes {
                     print_notes(&d.notes);
@@ -235,7 +235,7 @@ impl Reader {
                     .as_ref()
                     .is_some_and(|(m, t)| *m == msg && t.elapsed() < REPEAT_ERROR);
                 if !repeat {
-                    eprintln!("meshgate: swarm: {msg}; keeping the last known services");
+                    log::warn!("swarm: {msg}; keeping the last known services");
                     *last_print = Some((msg, Instant::now()));
                 }
                 false
