@@ -480,9 +480,10 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
 /// so its checksum change is too. So does the TCP or UDP checksum, unless
 /// it is (or may be) partial: see [`L4Checksum`].
 ///
-/// The mode is a type parameter (see [`nat`], which picks it) so that the
-/// NIC's incremental path compiles to the update alone: as a run-time
-/// test it cost the established path 32 instructions (callgrind).
+/// The mode is a type parameter of [`nat_with`], picked here once, so that
+/// the NIC's incremental path compiles to the update alone: as run-time
+/// tests inside the update the modes cost the established path 19
+/// instructions (callgrind, runs of 20 000 and 40 000 packets).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn nat(
