@@ -65,6 +65,13 @@ fn main() {
         answers.push(0xff);
         answers.extend_from_slice(NODES.as_bytes());
         write("docker_api", "answers", &answers);
+        use meshgate::control::ingress_view::fixtures::{MANAGER_SERVICES, RULES, WORKER_INGRESS};
+        for (name, protocols) in [("worker_manager", MANAGER_SERVICES), ("worker_rules", RULES)] {
+            let mut v = WORKER_INGRESS.as_bytes().to_vec();
+            v.push(0xff);
+            v.extend_from_slice(protocols.as_bytes());
+            write("docker_api", name, &v);
+        }
         write(
             "docker_api",
             "chunked",

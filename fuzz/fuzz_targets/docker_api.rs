@@ -1,8 +1,11 @@
 //! Arbitrary bytes from the Docker socket: the HTTP response parser, the
-//! chunked decoder, and the derivation of services from the three JSON
-//! answers (the input split at 0xff bytes). Errors are fine; panics are not.
+//! chunked decoder, the derivation of services from a manager's three JSON
+//! answers (the input split at 0xff bytes), and a worker's: its ingress
+//! network view with the protocols from a manager's services or from
+//! iptables rules (the first two parts). Errors are fine; panics are not.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use meshgate::control::ingress_view;
 use meshgate::control::swarm::{dechunk, derive, fixtures, parse_response};
 
 fuzz_target!(|data: &[u8]| {
@@ -11,6 +14,20 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = dechunk(data);
     let parts: Vec<&[u8]> = data.splitn(3, |&b| b == 0xff).collect();
+    if let [view, protocols, ..] = parts[..] {
+        if let Ok(view) = serde_json::from_slice(view) {
+            let facts = meshgate::control::swarm::SwarmFacts {
+                manager: false,
+                ..fixtures::facts()
+            };
+            let p = match serde_json::from_slice(protocols) {
+                Ok(services) => ingress_view::protocols_from_services(&services),
+                Err(_) => ingress_view::protocols_from_rules(&String::from_utf8_lossy(protocols)),
+            };
+            let d = ingress_view::derive(&view, &p, &facts, &fixtures::ingress());
+            assert!(meshgate::control::config::check_unique(&d.services).is_ok());
+        }
+    }
     if let [s, t, n] = parts[..] {
         if let (Ok(s), Ok(t), Ok(n)) = (
             serde_json::from_slice(s),

@@ -10,10 +10,11 @@
 //! data-plane tables from it cannot fail for a reason the file controls.
 
 use super::swarm::SwarmFacts;
+use crate::dataplane::desc::TableDesc;
+pub use crate::dataplane::desc::{Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts};
 use crate::wire::MacAddr;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
@@ -33,62 +34,6 @@ impl ConfigError {
             key: key.into(),
             message: message.into(),
         }
-    }
-}
-
-/// Transport protocol of a published port.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
-
-impl Protocol {
-    /// The IP protocol number.
-    pub fn number(self) -> u8 {
-        match self {
-            Protocol::Tcp => crate::wire::ipv4::protocol::TCP,
-            Protocol::Udp => crate::wire::ipv4::protocol::UDP,
-        }
-    }
-}
-
-impl fmt::Display for Protocol {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        })
-    }
-}
-
-/// How a service picks a task for a new flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scheduler {
-    /// Round robin over tasks with a non-zero weight: Swarm's only choice.
-    #[default]
-    Rr,
-    /// Weighted round robin.
-    Wrr,
-    /// Least connections (active flows, weighted).
-    Lc,
-    /// Maglev consistent hashing of the client's address and port: several
-    /// ingress nodes choose the same task without sharing state.
-    Maglev,
-}
-
-impl fmt::Display for Scheduler {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Scheduler::Rr => "rr",
-            Scheduler::Wrr => "wrr",
-            Scheduler::Lc => "lc",
-            Scheduler::Maglev => "maglev",
-        })
     }
 }
 
@@ -228,67 +173,6 @@ pub struct TaskSpec {
 // ---------------------------------------------------------------------------
 // Validated configuration.
 
-/// An IPv4 prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ipv4Net {
-    pub addr: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Ipv4Net {
-    pub fn mask(&self) -> u32 {
-        if self.prefix_len == 0 {
-            0
-        } else {
-            u32::MAX << (32 - self.prefix_len)
-        }
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
-    }
-
-    pub fn contains(&self, a: Ipv4Addr) -> bool {
-        u32::from(a) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-}
-
-impl fmt::Display for Ipv4Net {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix_len)
-    }
-}
-
-impl std::str::FromStr for Ipv4Net {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let (a, l) = s.split_once('/').ok_or_else(|| {
-            format!("`{s}` is not a prefix (expected ADDRESS/LENGTH, like 198.18.128.0/24)")
-        })?;
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("`{a}` is not an IPv4 address"))?;
-        let prefix_len: u8 = l
-            .parse()
-            .ok()
-            .filter(|&l| l <= 32)
-            .ok_or_else(|| format!("`{l}` is not a prefix length (0 to 32)"))?;
-        let net = Ipv4Net { addr, prefix_len };
-        if net.network() != addr {
-            return Err(format!(
-                "`{s}` has host bits set; the network is {}/{}",
-                net.network(),
-                prefix_len
-            ));
-        }
-        Ok(net)
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeConfig {
     pub interface: String,
@@ -332,28 +216,6 @@ pub struct IngressConfig {
     pub mac: MacAddr,
     /// MTU of the overlay (inner) network: the largest inner IPv4 packet.
     pub mtu: u16,
-}
-
-/// Idle timeouts of flows, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Timeouts {
-    pub tcp_syn: u32,
-    pub tcp_established: u32,
-    pub tcp_closing: u32,
-    pub tcp_close: u32,
-    pub udp: u32,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            tcp_syn: 60,
-            tcp_established: 3600,
-            tcp_closing: 120,
-            tcp_close: 10,
-            udp: 300,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,35 +280,6 @@ pub struct SwarmConfig {
     pub manager: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-pub struct Publish {
-    pub published: u16,
-    pub target: u16,
-    pub protocol: Protocol,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Task {
-    pub address: Ipv4Addr,
-    /// The underlay address of the node (VTEP) that runs the task.
-    pub node: Ipv4Addr,
-    #[serde(serialize_with = "ser_display")]
-    pub mac: MacAddr,
-    pub weight: u32,
-}
-
-fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
-    s.collect_str(v)
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Service {
-    pub name: String,
-    pub scheduler: Scheduler,
-    pub publish: Vec<Publish>,
-    pub tasks: Vec<Task>,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub node: NodeConfig,
@@ -457,6 +290,22 @@ pub struct Config {
     pub services: Vec<Service>,
     /// `Some`: services and tasks come from Docker Swarm, not the file.
     pub swarm: Option<SwarmConfig>,
+}
+
+impl Config {
+    /// What the data plane's tables are built from.
+    pub fn table_desc(&self) -> TableDesc<'_> {
+        TableDesc {
+            node_addr: self.node.address,
+            overlay_addr: self.ingress.address,
+            overlay_mac: self.ingress.mac,
+            vni: self.ingress.vni,
+            vxlan_port: self.ingress.port,
+            overlay_mtu: self.ingress.mtu,
+            timeouts: self.timeouts,
+            services: &self.services,
+        }
+    }
 }
 
 /// Reads a node's swarm facts from the socket at the given path; the

@@ -77,7 +77,7 @@ pub fn lab_neighbours() -> Neighbours {
 
 pub fn lab_snapshot_for(cfg: &Config) -> Arc<Snapshot> {
     Arc::new(Snapshot::build(
-        cfg,
+        &cfg.table_desc(),
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum: Default::default(),
@@ -988,7 +988,7 @@ pub fn partial_checksum(mut frame: Vec<u8>, ip: usize) -> Vec<u8> {
 /// A lab pipeline (worker 0 of 1) whose interface needs `l4_checksum`.
 pub fn lab_pipeline_with_checksum(l4_checksum: super::tables::L4Checksum) -> Pipeline {
     let snap = Arc::new(Snapshot::build(
-        &lab_config(),
+        &lab_config().table_desc(),
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum,

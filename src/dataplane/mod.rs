@@ -5,8 +5,13 @@
 //! the current [`tables::Snapshot`]. Nothing on the per-packet path is shared
 //! mutable state except one atomic cursor per service (round robin) and the
 //! per-task flow counts, touched once per flow event, never per packet.
+//!
+//! The tables are built from [`desc::TableDesc`], which the data plane
+//! owns: no module here but the test support (`fixtures`, `tests`) imports
+//! configuration or control types.
 
 pub mod counters;
+pub mod desc;
 pub mod fixtures;
 pub mod flow;
 pub mod pipeline;

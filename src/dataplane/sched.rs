@@ -20,8 +20,8 @@
 //!   and sends a given client to the same task without shared state; removing
 //!   one task moves little more than that task's share of clients.
 
+use super::desc::Scheduler;
 use super::tables::{ServiceShared, TaskEntry};
-use crate::control::config::Scheduler;
 use std::sync::atomic::Ordering;
 
 /// Size of a Maglev lookup table: a prime well above 100 x the task count

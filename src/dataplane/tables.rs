@@ -12,8 +12,8 @@
 //!   known; the template then holds a complete, checksummed outer header for
 //!   an empty payload.
 
+use super::desc::{Ipv4Net, Protocol, Scheduler, Service, TableDesc, Timeouts};
 use super::sched::SchedTable;
-use crate::control::config::{Config, Ipv4Net, Protocol, Scheduler, Timeouts};
 use crate::wire::{MacAddr, ethernet, ipv4, udp, vxlan};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -392,14 +392,13 @@ impl Registry {
         v
     }
 
-    /// Forgets services and tasks that are not in `cfg`, so that a task that
-    /// comes back later is a new task (its old flows ended with it).
-    fn retain(&mut self, cfg: &Config) {
+    /// Forgets services and tasks that are not in `services`, so that a
+    /// task that comes back later is a new task (its old flows ended with it).
+    fn retain(&mut self, services: &[Service]) {
         let names: std::collections::HashSet<&str> =
-            cfg.services.iter().map(|s| s.name.as_str()).collect();
+            services.iter().map(|s| s.name.as_str()).collect();
         self.services.retain(|n, _| names.contains(n.as_str()));
-        let live: std::collections::HashSet<(ServiceId, Ipv4Addr)> = cfg
-            .services
+        let live: std::collections::HashSet<(ServiceId, Ipv4Addr)> = services
             .iter()
             .filter_map(|s| self.services.get(&s.name).map(|v| (v.0, s)))
             .flat_map(|(id, s)| s.tasks.iter().map(move |t| (id, t.address)))
@@ -418,23 +417,23 @@ pub struct LinkInfo {
 
 impl Snapshot {
     /// Builds the tables for `cfg`. Marks follow the services' order in the
-    /// configuration for services the registry has not seen before.
+    /// description for services the registry has not seen before.
     pub fn build(
-        cfg: &Config,
+        cfg: &TableDesc<'_>,
         link: LinkInfo,
         neighbours: Arc<Neighbours>,
         registry: &mut Registry,
         generation: u64,
     ) -> Snapshot {
-        registry.retain(cfg);
+        registry.retain(cfg.services);
         let identity = Identity {
-            node_addr: cfg.node.address,
+            node_addr: cfg.node_addr,
             node_mac: link.mac,
-            overlay_addr: cfg.ingress.address,
-            overlay_mac: cfg.ingress.mac,
-            vni: cfg.ingress.vni,
-            vxlan_port: cfg.ingress.port,
-            overlay_mtu: cfg.ingress.mtu,
+            overlay_addr: cfg.overlay_addr,
+            overlay_mac: cfg.overlay_mac,
+            vni: cfg.vni,
+            vxlan_port: cfg.vxlan_port,
+            overlay_mtu: cfg.overlay_mtu,
             l4_checksum: link.l4_checksum,
         };
         let mut ports = PortTable::default();
@@ -463,11 +462,11 @@ impl Snapshot {
                     OuterTemplate::new(
                         link.mac,
                         m,
-                        cfg.node.address,
+                        cfg.node_addr,
                         t.node,
-                        cfg.ingress.port,
-                        cfg.ingress.vni,
-                        cfg.ingress.mac,
+                        cfg.vxlan_port,
+                        cfg.vni,
+                        cfg.overlay_mac,
                         t.mac,
                     )
                 });
@@ -644,23 +643,23 @@ mod tests {
 
     #[test]
     fn registry_keeps_ids_and_marks() {
-        let cfg = Config::parse(include_str!("../../examples/lab.toml"), "lab.toml").unwrap();
+        let cfg = crate::dataplane::fixtures::lab_config();
         let mut reg = Registry::default();
         let link = LinkInfo {
             mac: MacAddr([2, 0, 0, 0, 0, 2]),
             l4_checksum: L4Checksum::Incremental,
         };
-        let a = Snapshot::build(&cfg, link, Arc::default(), &mut reg, 1);
+        let a = Snapshot::build(&cfg.table_desc(), link, Arc::default(), &mut reg, 1);
         assert_eq!(a.services[0].mark, 0x100);
         let mut cfg2 = cfg.clone();
         cfg2.services[0].tasks.remove(0);
-        let b = Snapshot::build(&cfg2, link, Arc::default(), &mut reg, 2);
+        let b = Snapshot::build(&cfg2.table_desc(), link, Arc::default(), &mut reg, 2);
         // Surviving tasks keep their ids and shared state.
         assert_eq!(b.tasks[0].id, a.tasks[1].id);
         assert!(Arc::ptr_eq(&b.tasks[0].shared, &a.tasks[1].shared));
         assert!(!b.task_index.contains_key(&a.tasks[0].id));
         // A task that comes back is a new task.
-        let c = Snapshot::build(&cfg, link, Arc::default(), &mut reg, 3);
+        let c = Snapshot::build(&cfg.table_desc(), link, Arc::default(), &mut reg, 3);
         assert_ne!(c.tasks[0].id, a.tasks[0].id);
         assert!(
             c.tasks.iter().all(|t| t.outer.is_none()),

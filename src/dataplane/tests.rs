@@ -182,7 +182,7 @@ fn snapshot_with(
     generation: u64,
 ) -> Arc<Snapshot> {
     Arc::new(Snapshot::build(
-        cfg,
+        &cfg.table_desc(),
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum: Default::default(),
@@ -261,7 +261,7 @@ fn unresolved_tasks_get_no_new_flows_and_existing_ones_ask_for_their_node() {
     let cfg = lab_config();
     let build = |n: Neighbours, reg: &mut Registry, generation| {
         Arc::new(Snapshot::build(
-            &cfg,
+            &cfg.table_desc(),
             LinkInfo {
                 mac: NODE_MAC,
                 l4_checksum: Default::default(),

@@ -247,7 +247,7 @@ impl Control {
         let before: BTreeSet<TaskId> = self.snapshot.tasks.iter().map(|t| t.id).collect();
         let generation = self.snapshot.generation + 1;
         let snap = Arc::new(Snapshot::build(
-            &self.cfg,
+            &self.cfg.table_desc(),
             LinkInfo {
                 mac: self.link.mac,
                 l4_checksum: super::l4_checksum(self.cfg.node.checksum, &self.link),

@@ -182,7 +182,7 @@ impl Forwarder {
         let mut registry = Registry::default();
         let neighbours = Arc::new(neighbours);
         let snapshot = Arc::new(Snapshot::build(
-            &cfg,
+            &cfg.table_desc(),
             LinkInfo {
                 mac: link.mac,
                 l4_checksum: l4_checksum(cfg.node.checksum, &link),
