@@ -141,6 +141,45 @@ fn spread_at(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<String, usize
     by
 }
 
+/// `docker service create` of `web` (busybox httpd answering its hostname)
+/// publishing 8080:80, placed by `placement` (replicas, mode, constraints).
+fn create_web(lab: &SwarmLab, placement: &[&str]) {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "web",
+        "--publish",
+        "8080:80",
+    ];
+    args.extend_from_slice(placement);
+    args.extend_from_slice(&[
+        "--no-resolve-image",
+        "local/busybox:1",
+        "sh",
+        "-c",
+        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]);
+    lab.docker(Node::Manager, &args).unwrap();
+}
+
+/// The configuration of a meshgate on the worker: its own socket, and the
+/// manager's for the ports' protocols.
+fn worker_config(lab: &SwarmLab) -> PathBuf {
+    let cfg = lab.dir.join("worker.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
+            lab.socket(Node::Worker).display(),
+            lab.manager_socket().display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while !ok() {
@@ -156,28 +195,10 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    lab.docker(
-        Node::Manager,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--publish",
-            "8080:80",
-            "--replicas",
-            "3",
-            "--constraint",
-            "node.role==worker",
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
-    )
-    .unwrap();
+    create_web(
+        &lab,
+        &["--replicas", "3", "--constraint", "node.role==worker"],
+    );
     lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 3
     })
@@ -327,46 +348,16 @@ fn meshgate_on_a_worker_node() {
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
     lab.import_busybox(Node::Manager).unwrap();
-    let create = |replicas: &str| {
-        lab.docker(
-            Node::Manager,
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--name",
-                "web",
-                "--publish",
-                "8080:80",
-                "--replicas",
-                replicas,
-                "--constraint",
-                "node.role==manager",
-                "--no-resolve-image",
-                "local/busybox:1",
-                "sh",
-                "-c",
-                "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-            ],
-        )
-        .unwrap()
-    };
-    create("2");
+    create_web(
+        &lab,
+        &["--replicas", "2", "--constraint", "node.role==manager"],
+    );
     lab.wait_for("2 running tasks of web", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 2
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
 
-    let cfg = lab.dir.join("worker.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
-            lab.socket(Node::Worker).display(),
-            lab.manager_socket().display()
-        ),
-    )
-    .unwrap();
+    let cfg = worker_config(&lab);
     let mg = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
     assert!(
         mg.log()
@@ -429,41 +420,13 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
         return;
     }
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    lab.docker(
-        Node::Manager,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--publish",
-            "8080:80",
-            "--mode",
-            "global",
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
-    )
-    .unwrap();
+    create_web(&lab, &["--mode", "global"]);
     lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 3
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
 
-    let cfg = lab.dir.join("worker.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
-            lab.socket(Node::Worker).display(),
-            lab.manager_socket().display()
-        ),
-    )
-    .unwrap();
+    let cfg = worker_config(&lab);
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
     let on_manager = Mg::start(&lab);
     for mg in [&on_worker, &on_manager] {

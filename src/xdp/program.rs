@@ -227,6 +227,17 @@ mod admit {
 /// fingerprint: a multiplicative hash, not a keyed one.
 const FP_MUL: i32 = 0x9e37_79b1_u32 as i32;
 
+/// Emits `r0 = bpf_map_lookup_elem(map, &(u32)r1)`, going to `missing`
+/// when there is no entry (the key goes through the stack at r10-4).
+fn emit_lookup(a: &mut Asm, map: RawFd, missing: &'static str) {
+    a.stx(W, R10, -4, R1)
+        .ld_map_fd(R1, map)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -4)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, missing);
+}
+
 /// Emits one GCRA step (a token bucket as a theoretical arrival time):
 /// `t = max(tat, now - burst) + interval; if t > now goto over; tat = t;
 /// count += 1; goto redirect`. Expects r0 = now, r8 = interval, r9 = the
@@ -288,26 +299,16 @@ fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps) {
         .alu64_imm(Alu::Mul, R7, FP_MUL)
         .alu64_imm(Alu::Or, R7, 1)
         // The budget: r8 = interval (0: no admission control), burst at r10-16.
-        .alu64_imm(Alu::Mov, R1, 0)
-        .stx(W, R10, -4, R1)
-        .ld_map_fd(R1, m.budget)
-        .alu64_reg(Alu::Mov, R2, R10)
-        .alu64_imm(Alu::Add, R2, -4)
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "redirect")
-        .ldx(DW, R8, R0, 0)
+        .alu64_imm(Alu::Mov, R1, 0);
+    emit_lookup(a, m.budget, "redirect");
+    a.ldx(DW, R8, R0, 0)
         .jmp_imm(Jmp::Eq, R8, 0, "redirect")
         .ldx(DW, R1, R0, 8)
         .stx(DW, R10, -16, R1)
         // r9 = this queue's entry.
-        .ldx(W, R1, R6, 16)
-        .stx(W, R10, -4, R1)
-        .ld_map_fd(R1, m.admit)
-        .alu64_reg(Alu::Mov, R2, R10)
-        .alu64_imm(Alu::Add, R2, -4)
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "redirect")
-        .alu64_reg(Alu::Mov, R9, R0)
+        .ldx(W, R1, R6, 16);
+    emit_lookup(a, m.admit, "redirect");
+    a.alu64_reg(Alu::Mov, R9, R0)
         .call(helper::KTIME_GET_NS)
         .stx(DW, R10, -24, R0);
     emit_gcra(
@@ -319,16 +320,13 @@ fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps) {
     );
     // Over budget: a retransmission of a refused SYN gets a second
     // chance; any other SYN is remembered in its slot and refused.
-    a.label("syn_over")
-        .alu64_reg(Alu::Mov, R1, R7)
-        .alu64_imm(Alu::Rsh, R1, 64 - RETRY_SLOT_BITS as i32)
-        .stx(W, R10, -4, R1)
-        .ld_map_fd(R1, m.retry)
-        .alu64_reg(Alu::Mov, R2, R10)
-        .alu64_imm(Alu::Add, R2, -4)
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "syn_refuse")
-        .ldx(DW, R1, R0, 0)
+    a.label("syn_over").alu64_reg(Alu::Mov, R1, R7).alu64_imm(
+        Alu::Rsh,
+        R1,
+        64 - RETRY_SLOT_BITS as i32,
+    );
+    emit_lookup(a, m.retry, "syn_refuse");
+    a.ldx(DW, R1, R0, 0)
         .jmp_reg(Jmp::Eq, R1, R7, "syn_retry")
         .stx(DW, R0, 0, R7)
         .ja("syn_refuse")
