@@ -5,6 +5,7 @@
 //! accepts only Ethernet/IPv4 (hlen 6, plen 4), the only kind meshgate
 //! answers.
 
+use super::be16;
 use super::ethernet::MacAddr;
 use super::{Error, Result};
 use std::net::Ipv4Addr;
@@ -34,11 +35,6 @@ pub mod operation {
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {

@@ -6,6 +6,7 @@
 //! [`Packet::data`]; meshgate uses that quote to find the flow an error
 //! belongs to.
 
+use super::be16;
 use super::checksum;
 use super::{Error, Result};
 
@@ -42,11 +43,6 @@ pub mod unreachable {
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {

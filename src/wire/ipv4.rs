@@ -5,6 +5,7 @@
 //! and `total_len() >= header_len()`. Bytes past `total_len()` (Ethernet
 //! padding) are not part of the packet and [`Packet::payload`] excludes them.
 
+use super::be16;
 use super::checksum;
 use super::{Error, Result};
 use std::net::Ipv4Addr;
@@ -44,11 +45,6 @@ pub const OFFSET_MASK: u16 = 0x1fff;
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 #[inline]

@@ -39,3 +39,16 @@ pub enum Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+/// The big-endian 16-bit word at the start of `b` (which the caller has
+/// bounds-checked: a view's field range).
+#[inline]
+pub(crate) fn be16(b: &[u8]) -> u16 {
+    u16::from_be_bytes([b[0], b[1]])
+}
+
+/// The big-endian 32-bit word at the start of `b`.
+#[inline]
+pub(crate) fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}

@@ -5,6 +5,7 @@
 
 use super::checksum;
 use super::{Error, Result};
+use super::{be16, be32};
 use std::net::Ipv4Addr;
 
 /// Field ranges, from the start of the header.
@@ -37,16 +38,6 @@ pub mod flags {
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
-}
-
-#[inline]
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {

@@ -4,6 +4,7 @@
 //! header, the length field is at least 8 and at most the buffer length.
 //! [`Packet::payload`] ends at the length field, not at the buffer's end.
 
+use super::be16;
 use super::checksum;
 use super::{Error, Result};
 use std::net::Ipv4Addr;
@@ -22,11 +23,6 @@ pub const HEADER_LEN: usize = 8;
 #[derive(Debug, Clone)]
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
-}
-
-#[inline]
-fn be16(b: &[u8]) -> u16 {
-    u16::from_be_bytes([b[0], b[1]])
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
