@@ -280,6 +280,9 @@ fn default_veth_offloads_need_full_checksums() {
         log.contains("partial-completing TCP/UDP checksums"),
         "{log}"
     );
+    // The program was loaded bound to in0 with its VLAN check (veth
+    // reports stripped tags), not the fallback without it.
+    assert!(!log.contains("VLAN-tagged frames"), "{log}");
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
 

@@ -142,6 +142,7 @@ impl Forwarder {
             vxlan_port: cfg.ingress.port,
             queues: max_queue + 1,
             miss_action: action::PASS,
+            ifindex: Some(link.index),
         })?;
         let ring = (cfg.node.frames_per_queue / 2).clamp(64, 4096);
         let xsk = Xsk::open(&XskConfig {

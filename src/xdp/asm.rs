@@ -167,6 +167,12 @@ impl Asm {
         self
     }
 
+    /// Calls kernel function `btf_id` of vmlinux (`BPF_PSEUDO_KFUNC_CALL`).
+    pub fn call_kfunc(&mut self, btf_id: i32) -> &mut Self {
+        self.insns.push(insn(JMP | 0x80, 0, 2, 0, btf_id));
+        self
+    }
+
     pub fn call(&mut self, helper: i32) -> &mut Self {
         self.insns.push(insn(JMP | 0x80, 0, 0, 0, helper));
         self

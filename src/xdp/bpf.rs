@@ -298,12 +298,24 @@ impl Program {
     /// Loads an XDP program. On a verifier rejection the error carries the
     /// verifier's log.
     pub fn load_xdp(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
-        Self::load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, insns, name)
+        Self::load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, insns, name, None)
+    }
+
+    /// Loads an XDP program bound to device `ifindex` (`BPF_F_XDP_DEV_BOUND_ONLY`):
+    /// it may call the driver's metadata kfuncs, and attaches only there.
+    pub fn load_xdp_bound(insns: &[Insn], name: &str, ifindex: u32) -> Result<Program, BpfError> {
+        Self::load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, insns, name, Some(ifindex))
     }
 
     /// Loads a tc (sched_cls) program for tcx egress.
     pub fn load_tc(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
-        Self::load(PROG_TYPE_SCHED_CLS, ATTACH_TYPE_TCX_EGRESS, insns, name)
+        Self::load(
+            PROG_TYPE_SCHED_CLS,
+            ATTACH_TYPE_TCX_EGRESS,
+            insns,
+            name,
+            None,
+        )
     }
 
     fn load(
@@ -311,7 +323,10 @@ impl Program {
         attach_type: u32,
         insns: &[Insn],
         name: &str,
+        bound_to: Option<u32>,
     ) -> Result<Program, BpfError> {
+        /// `BPF_F_XDP_DEV_BOUND_ONLY`.
+        const DEV_BOUND_ONLY: u32 = 1 << 6;
         let license = CString::new("Dual MIT/GPL").expect("no NUL");
         let mut log = vec![0u8; 1 << 16];
         let attempt = |log_level: u32, log: &mut Vec<u8>| {
@@ -332,6 +347,9 @@ impl Program {
                 )
                 .name(48, name)
                 .u32(68, attach_type);
+            if let Some(ifindex) = bound_to {
+                a.u32(44, DEV_BOUND_ONLY).u32(64, ifindex);
+            }
             sys_bpf(cmd::PROG_LOAD, &mut a)
         };
         let r = attempt(0, &mut log);

@@ -9,6 +9,7 @@
 
 pub mod asm;
 pub mod bpf;
+pub mod btf;
 pub mod port;
 pub mod program;
 pub mod umem;

@@ -44,9 +44,20 @@ pub struct IngressParams {
     /// Size of the socket map: the highest queue id + 1.
     pub queues: u32,
     /// What a frame meant for a socket gets when its queue has none:
-    /// `XDP_PASS` in production; tests use `XDP_DROP` to tell it apart.
+    /// `XDP_PASS` in production; tests use `XDP_ABORTED` to tell it apart.
     pub miss_action: u32,
+    /// The device the program is for, when known: it is then loaded bound
+    /// to it and asks the driver for a VLAN tag it stripped (see
+    /// [`VLAN_TAG_KFUNC`]).
+    pub ifindex: Option<u32>,
 }
+
+/// The kfunc that reports a VLAN tag the driver took out of the frame
+/// (Linux 6.8+; veth and NICs with VLAN stripping on keep the tag as
+/// metadata, so the frame XDP sees looks untagged). A tagged frame is not
+/// meshgate's: it goes to the kernel, counted with `not_ipv4` (not an
+/// untagged IPv4 frame), as a frame with its tag still inside is.
+pub const VLAN_TAG_KFUNC: &str = "bpf_xdp_metadata_rx_vlan_tag";
 
 /// Largest number of published (protocol, port) pairs.
 pub const MAX_PORTS: u32 = 4096;
@@ -148,9 +159,22 @@ fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
         .exit();
 }
 
-fn ingress_insns(p: &IngressParams, maps: &ProgramMaps) -> Vec<bpf::Insn> {
+fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>) -> Vec<bpf::Insn> {
     let vni = p.vni.to_be_bytes();
     let mut a = Asm::new();
+    if let Some(id) = vlan_kfunc {
+        // r0 = bpf_xdp_metadata_rx_vlan_tag(ctx, &proto, &tci): 0 when tagged.
+        a.alu64_reg(Alu::Mov, R6, R1)
+            .alu64_imm(Alu::Mov, R2, 0)
+            .stx(W, R10, -8, R2)
+            .alu64_reg(Alu::Mov, R2, R10)
+            .alu64_imm(Alu::Add, R2, -8)
+            .alu64_reg(Alu::Mov, R3, R10)
+            .alu64_imm(Alu::Add, R3, -6)
+            .call_kfunc(id as i32)
+            .jmp_imm(Jmp::Eq, R0, 0, "pass_not_ipv4")
+            .alu64_reg(Alu::Mov, R1, R6);
+    }
     emit_ipv4_to(&mut a, Some(p.node_addr));
     a.ldx(B, R7, R2, 14)
         .jmp_imm(Jmp::Ne, R7, 0x45, "redirect")
@@ -425,8 +449,7 @@ impl IngressProgram {
             admit: admit.fd(),
             retry: retry.fd(),
         };
-        let insns = ingress_insns(p, &maps);
-        let prog = Program::load_xdp(&insns, "meshgate_in")?;
+        let prog = Self::load_program(p, &maps)?;
         Ok(IngressProgram {
             prog,
             xsks,
@@ -437,6 +460,29 @@ impl IngressProgram {
             retry,
             queues: p.queues.max(1),
         })
+    }
+
+    /// Loads the program: bound to `p.ifindex` with the VLAN check when the
+    /// kernel and the driver offer it, else without (and says so).
+    fn load_program(p: &IngressParams, maps: &ProgramMaps) -> Result<Program, BpfError> {
+        let plain = |why: String| {
+            if p.ifindex.is_some() {
+                log::warn!(
+                    "{why}: VLAN-tagged frames whose tag the driver strips look untagged to meshgate"
+                );
+            }
+            Program::load_xdp(&ingress_insns(p, maps, None), "meshgate_in")
+        };
+        let Some(ifindex) = p.ifindex else {
+            return plain(String::new());
+        };
+        let Some(id) = super::btf::vmlinux_func_id(VLAN_TAG_KFUNC) else {
+            return plain(format!("this kernel has no {VLAN_TAG_KFUNC} (Linux 6.8+)"));
+        };
+        match Program::load_xdp_bound(&ingress_insns(p, maps, Some(id)), "meshgate_in", ifindex) {
+            Ok(prog) => Ok(prog),
+            Err(e) => plain(format!("the driver does not report VLAN tags to XDP ({e})")),
+        }
     }
 
     /// Sets the budget of new TCP flows, per queue and second (0: none).
@@ -611,6 +657,7 @@ mod tests {
             vxlan_port: VXLAN_PORT,
             queues: 4,
             miss_action: action::ABORTED,
+            ifindex: None,
         };
         match IngressProgram::load(&p) {
             Ok(prog) => Some(prog),
