@@ -125,6 +125,16 @@ impl SwarmLab {
         self.dir.join(node.dir_name()).join("docker.sock")
     }
 
+    /// The network namespace of `node`'s ingress sandbox (Docker's
+    /// `<exec-root>/netns/ingress_sbox`).
+    pub fn sandbox(&self, node: Node) -> PathBuf {
+        self.dir
+            .join(node.dir_name())
+            .join("exec")
+            .join("netns")
+            .join("ingress_sbox")
+    }
+
     /// `docker -H unix://SOCKET args...` against one node.
     pub fn docker(&self, node: Node, args: &[&str]) -> Result<String, LabError> {
         let host = format!("unix://{}", self.socket(node).display());

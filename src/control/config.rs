@@ -96,6 +96,7 @@ struct RawIngress {
     address: String,
     mac: Option<String>,
     mtu: Option<i64>,
+    sandbox: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,7 +105,12 @@ struct RawSwarm {
     socket: Option<String>,
     resync: Option<f64>,
     manager: Option<String>,
+    sandbox: Option<String>,
 }
+
+/// Where Docker keeps the ingress sandbox's network namespace with its
+/// default `--exec-root`.
+pub const DEFAULT_SANDBOX: &str = "/var/run/docker/netns/ingress_sbox";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -216,6 +222,11 @@ pub struct IngressConfig {
     pub mac: MacAddr,
     /// MTU of the overlay (inner) network: the largest inner IPv4 packet.
     pub mtu: u16,
+    /// The network namespace of this node's ingress sandbox (Docker's
+    /// `ingress_sbox`), through whose interface on the ingress network
+    /// meshgate reaches tasks on this node. `None`: tasks on this node are
+    /// not allowed (file) or left out (swarm).
+    pub sandbox: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -472,6 +483,7 @@ impl Config {
         let err = |key: &str, msg: String| ConfigError::new(file, key, msg);
 
         // [swarm] first: it fills in [node] address and [ingress].
+        let mut swarm_sandbox = None;
         let swarm = match raw.swarm {
             None => None,
             Some(sw) => {
@@ -509,6 +521,15 @@ impl Config {
                     .map(super::swarm::parse_socket)
                     .transpose()
                     .map_err(|m| err("swarm.manager", m))?;
+                // The default sandbox only where Docker made it; a path
+                // given explicitly must exist (checked with [ingress]).
+                swarm_sandbox = match sw.sandbox {
+                    None => Path::new(DEFAULT_SANDBOX)
+                        .exists()
+                        .then(|| DEFAULT_SANDBOX.to_string()),
+                    Some(p) if p.is_empty() => None,
+                    Some(p) => Some(p),
+                };
                 Some(SwarmConfig {
                     socket,
                     resync: std::time::Duration::from_secs_f64(resync),
@@ -631,6 +652,7 @@ impl Config {
                 address: sw.facts.sandbox_address.to_string(),
                 mac: Some(sw.facts.sandbox_mac.clone()),
                 mtu: sw.facts.mtu.map(i64::from),
+                sandbox: swarm_sandbox,
             },
             (None, None) => {
                 return Err(err(
@@ -675,6 +697,32 @@ impl Config {
                 ),
             ));
         }
+        let sandbox_key = if swarm.is_some() {
+            "swarm.sandbox"
+        } else {
+            "ingress.sandbox"
+        };
+        let sandbox = match i.sandbox {
+            None => None,
+            Some(p) => {
+                let path = PathBuf::from(&p);
+                if !path.is_absolute() {
+                    return Err(err(
+                        sandbox_key,
+                        format!("`{p}` is not an absolute path (Docker's is {DEFAULT_SANDBOX})"),
+                    ));
+                }
+                if !path.exists() {
+                    return Err(err(
+                        sandbox_key,
+                        format!(
+                            "{p} does not exist: it is the ingress sandbox's network namespace, which Docker creates once the node is in a swarm (<exec-root>/netns/ingress_sbox)"
+                        ),
+                    ));
+                }
+                Some(path)
+            }
+        };
         let ingress = IngressConfig {
             vni: vni as u32,
             port,
@@ -682,6 +730,7 @@ impl Config {
             address: ia,
             mac: imac,
             mtu: mtu as u16,
+            sandbox,
         };
 
         // [timeouts]
@@ -934,11 +983,11 @@ impl Task {
                 ),
             ));
         }
-        if node == node_addr {
+        if node == node_addr && ingress.sandbox.is_none() {
             return Err((
                 "node",
                 format!(
-                    "{node} is this node (node.address); meshgate carries flows to tasks on other nodes"
+                    "{node} is this node (node.address): tasks on this node are reached through the ingress sandbox; set ingress.sandbox to its network namespace ({DEFAULT_SANDBOX} on a Docker node)"
                 ),
             ));
         }

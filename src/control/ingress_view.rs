@@ -189,9 +189,13 @@ pub fn derive(
                 .as_str()
                 .and_then(|a| a.parse::<Ipv4Addr>().ok());
             match (address, node) {
-                (Some(address), Some(node)) if node == facts.node_address => notes.push(format!(
-                    "service {name}: task {task} ({address}) runs on this node, which meshgate cannot reach through its own NIC yet"
-                )),
+                (Some(address), Some(node))
+                    if node == facts.node_address && ingress.sandbox.is_none() =>
+                {
+                    notes.push(format!(
+                        "service {name}: task {task} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
+                    ))
+                }
                 (Some(address), Some(node)) => tasks.push(TaskSpec {
                     address: address.to_string(),
                     node: node.to_string(),

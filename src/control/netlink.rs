@@ -122,12 +122,14 @@ impl Rtnl {
         }
     }
 
-    /// Facts about interface `name`.
-    pub fn link(&mut self, name: &str) -> Result<LinkFacts, NetlinkError> {
+    /// Every interface of this network namespace (of the calling
+    /// thread's), by name.
+    pub fn links(&mut self) -> Result<Vec<(String, LinkFacts)>, NetlinkError> {
         let msgs = self.request(
             RouteNetlinkMessage::GetLink(LinkMessage::default()),
             NLM_F_REQUEST | NLM_F_DUMP,
         )?;
+        let mut out = Vec::new();
         for m in msgs {
             let RouteNetlinkMessage::NewLink(l) = m else {
                 continue;
@@ -139,10 +141,10 @@ impl Rtnl {
                 mtu: 1500,
                 kind: None,
             };
-            let mut this = false;
+            let mut name = String::new();
             for a in &l.attributes {
                 match a {
-                    LinkAttribute::IfName(n) => this = n == name,
+                    LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(b) if b.len() == 6 => {
                         facts.mac = MacAddr(b[..6].try_into().expect("6 bytes"))
                     }
@@ -157,14 +159,22 @@ impl Rtnl {
                     _ => {}
                 }
             }
-            if this {
-                if let Some(q) = active_rx_queues(name, facts.index) {
-                    facts.rx_queues = q;
-                }
-                return Ok(facts);
-            }
+            out.push((name, facts));
         }
-        Err(NetlinkError::NoSuchInterface(name.to_string()))
+        Ok(out)
+    }
+
+    /// Facts about interface `name`.
+    pub fn link(&mut self, name: &str) -> Result<LinkFacts, NetlinkError> {
+        let Some((_, mut facts)) = self.links()?.into_iter().find(|(n, _)| n == name) else {
+            return Err(NetlinkError::NoSuchInterface(name.to_string()));
+        };
+        // Active queues, where sysfs shows this interface (it shows the
+        // mounter's namespace, checked by index).
+        if let Some(q) = active_rx_queues(name, facts.index) {
+            facts.rx_queues = q;
+        }
+        Ok(facts)
     }
 
     /// The IPv4 neighbours of `ifindex` with a usable link-layer address.

@@ -714,9 +714,18 @@ pub fn derive(
         };
         let node_id = t["NodeID"].as_str().unwrap_or("");
         if node_id == facts.node_id {
-            notes.push(format!(
-                "service {name}: task {short} ({address}) runs on this node, which meshgate cannot reach through its own NIC; drain this node (docker node update --availability drain {node_id}) so that tasks run elsewhere"
-            ));
+            if ingress.sandbox.is_some() {
+                spec.tasks.push(TaskSpec {
+                    address: address.to_string(),
+                    node: facts.node_address.to_string(),
+                    mac: None,
+                    weight: None,
+                });
+            } else {
+                notes.push(format!(
+                    "service {name}: task {short} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
+                ));
+            }
             continue;
         }
         match node_addr.get(node_id) {
@@ -815,6 +824,7 @@ pub mod fixtures {
             address: Ipv4Addr::new(198, 18, 128, 2),
             mac: MacAddr::docker(Ipv4Addr::new(198, 18, 128, 2)),
             mtu: 1450,
+            sandbox: None,
         }
     }
 }

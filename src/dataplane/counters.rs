@@ -82,6 +82,10 @@ reasons! {
     HandoffFull = "handoff_full",
     /// The TX ring was full.
     TxFull = "tx_full",
+    /// A frame for or from a task on this node found no room on its way
+    /// through the ingress sandbox's socket (its TX ring, or no free frame
+    /// to copy it into).
+    SandboxFull = "sandbox_full",
     /// An ICMP error that belongs to no flow.
     IcmpNoFlow = "icmp_no_flow",
     /// The buffer has no room in front of the frame for the outer headers
@@ -127,6 +131,9 @@ pub struct EventCounters {
     pub flows_evicted: u64,
     pub flows_ended: u64,
     pub handoffs: u64,
+    /// Frames received from and sent on the ingress sandbox's interface.
+    pub sandbox_rx: u64,
+    pub sandbox_tx: u64,
 }
 
 impl EventCounters {
@@ -143,6 +150,8 @@ impl EventCounters {
         self.flows_evicted += o.flows_evicted;
         self.flows_ended += o.flows_ended;
         self.handoffs += o.handoffs;
+        self.sandbox_rx += o.sandbox_rx;
+        self.sandbox_tx += o.sandbox_tx;
     }
 }
 

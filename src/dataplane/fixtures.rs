@@ -16,7 +16,7 @@ use etherparse::{PacketBuilder, TcpHeader};
 use super::counters::DropReason;
 use super::flow::ClientKey;
 use super::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
-use super::tables::{LinkInfo, Neighbours, Registry, Route, Snapshot};
+use super::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Route, Snapshot};
 use crate::control::config::Config;
 use crate::wire::MacAddr;
 
@@ -81,6 +81,7 @@ pub fn lab_snapshot_for(cfg: &Config) -> Arc<Snapshot> {
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum: Default::default(),
+            sandbox_l4_checksum: L4Checksum::CompletePartial,
         },
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
@@ -992,10 +993,99 @@ pub fn lab_pipeline_with_checksum(l4_checksum: super::tables::L4Checksum) -> Pip
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum,
+            sandbox_l4_checksum: L4Checksum::CompletePartial,
         },
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
         1,
     ));
     Pipeline::new(snap, 0, 1, 1024, (1024, 65535))
+}
+
+/// A task on the ingress node itself (reached through the sandbox).
+pub const LOCAL_TASK: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 7);
+
+/// The lab configuration with `web`'s tasks replaced by `tasks`, given as
+/// (address, node); a task whose node is `NODE` runs on the ingress node.
+pub fn config_with_tasks(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Config {
+    let mut cfg = lab_config();
+    cfg.services[0].tasks = tasks
+        .iter()
+        .map(|&(address, node)| crate::control::config::Task {
+            address,
+            node,
+            mac: MacAddr::docker(address),
+            weight: 1,
+        })
+        .collect();
+    cfg
+}
+
+/// A pipeline (worker `worker` of `workers`) whose `web` has one task on
+/// the ingress node, and also task 0 on another node when `with_remote`.
+pub fn local_pipeline(worker: u16, workers: u16, with_remote: bool) -> Pipeline {
+    let mut tasks = vec![(LOCAL_TASK, NODE)];
+    if with_remote {
+        tasks.push((TASKS[0], NODE1));
+    }
+    let snap = lab_snapshot_for(&config_with_tasks(&tasks));
+    Pipeline::new(snap, worker, workers, 1 << 16, (1024, 65535))
+}
+
+/// Runs `frame` through `p` as a frame from the sandbox's interface.
+pub fn run_local(p: &mut Pipeline, frame: &[u8]) -> (Verdict, Vec<u8>) {
+    let mut buf = vec![0u8; FIXTURE_FRAME];
+    buf[FIXTURE_HEADROOM..FIXTURE_HEADROOM + frame.len()].copy_from_slice(frame);
+    let mut f = FrameBuf::new(&mut buf, FIXTURE_HEADROOM, frame.len());
+    let v = p.process_local(&mut f);
+    (v, f.data().to_vec())
+}
+
+/// What meshgate must send out of the sandbox's interface to the local
+/// task for `client_tcp(..)`: plain Ethernet, no VXLAN.
+pub fn expected_local_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+    tcp_frame(
+        overlay_mac(),
+        MacAddr::docker(LOCAL_TASK),
+        OVERLAY,
+        LOCAL_TASK,
+        63,
+        snat,
+        TARGET,
+        seq,
+        ack,
+        f,
+        payload,
+    )
+}
+
+/// The local task's TCP reply as it arrives on the sandbox's interface.
+pub fn local_reply_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+    tcp_frame(
+        MacAddr::docker(LOCAL_TASK),
+        overlay_mac(),
+        LOCAL_TASK,
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        seq,
+        ack,
+        f,
+        payload,
+    )
+}
+
+/// The local task's UDP reply as it arrives on the sandbox's interface.
+pub fn local_reply_udp(snat: u16, payload: &[u8]) -> Vec<u8> {
+    udp_frame(
+        MacAddr::docker(LOCAL_TASK),
+        overlay_mac(),
+        LOCAL_TASK,
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        payload,
+    )
 }

@@ -12,6 +12,12 @@
 //! owns the SNAT port (hand-off if another) -> flow lookup -> reverse both
 //! translations -> decapsulate -> Ethernet to the client's next hop.
 //!
+//! Tasks on this node: the forward path ends in plain Ethernet from the
+//! sandbox's MAC to the task's ([`Verdict::Local`], sent out of the ingress
+//! sandbox's interface), and their replies enter by [`Pipeline::process_local`]
+//! (plain Ethernet and IPv4 to the sandbox) into the same flow lookup and
+//! reverse translation as replies in VXLAN.
+//!
 //! Also answered in place: ARP requests for the overlay address arriving in
 //! VXLAN; TCP resets to clients whose task is gone.
 //!
@@ -62,6 +68,9 @@ impl<'a> FrameBuf<'a> {
 pub enum Verdict {
     /// Transmit `buf[off..off + len]` on the ingress interface.
     Transmit,
+    /// Transmit `buf[off..off + len]` on the ingress sandbox's interface:
+    /// a frame for a task on this node.
+    Local,
     /// A reply whose flow belongs to worker `n`: give it the frame unchanged.
     Handoff(u16),
     Drop(DropReason),
@@ -347,9 +356,23 @@ impl Pipeline {
             Ok(v) => v,
             Err(r) => Verdict::Drop(r),
         };
+        self.account(v)
+    }
+
+    /// Runs the pipeline on one frame from the ingress sandbox's interface.
+    pub fn process_local(&mut self, f: &mut FrameBuf<'_>) -> Verdict {
+        let v = match local_reply(&self.snap, &mut self.st, f) {
+            Ok(v) => v,
+            Err(r) => Verdict::Drop(r),
+        };
+        self.account(v)
+    }
+
+    #[inline(always)]
+    fn account(&mut self, v: Verdict) -> Verdict {
         match v {
             // `tx` counts frames on the wire: the worker counts them.
-            Verdict::Transmit => {}
+            Verdict::Transmit | Verdict::Local => {}
             Verdict::Handoff(_) => self.st.events.handoffs += 1,
             Verdict::Drop(r) => self.st.drops.inc(r),
         }
@@ -878,6 +901,30 @@ fn forward(
         flow.task_index,
     );
     let (delta_addrs, delta_l4) = (flow.delta_addrs, flow.delta_l4);
+    if task.local {
+        // A task on this node: no VXLAN, the sandbox's interface is on
+        // the task's own bridge. The frame keeps its size and place.
+        nat(
+            &mut f.data_mut()[ETH..],
+            id.overlay_addr,
+            task_addr,
+            snat_port,
+            target,
+            delta_addrs,
+            delta_l4,
+            id.l4_checksum,
+        );
+        let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
+            return Err(DropReason::Truncated);
+        };
+        eth[0..6].copy_from_slice(&task.mac.0);
+        eth[6..12].copy_from_slice(&id.overlay_mac.0);
+        let c = &mut st.tasks[ti as usize];
+        c.packets_in += 1;
+        c.bytes_in += (ETH + total) as u64;
+        st.events.forwarded += 1;
+        return Ok(Verdict::Local);
+    }
     let Some(outer) = &task.outer else {
         request_resolution(st, task.node);
         return Err(DropReason::NoNeighbour);
@@ -967,13 +1014,45 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     if iph[16..20] != id.overlay_addr.octets() {
         return Err(DropReason::InnerNotForUs);
     }
+    if iph[9] == protocol::ICMP {
+        let ttl = iph[8];
+        return icmp_error(snap, st, f, total, vtep, ttl);
+    }
+    let p = &mut f.data_mut()[INNER_IP..INNER_IP + total];
+    match translate_reply(snap, st, p, vtep, id.l4_checksum)? {
+        ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
+        ReplyTo::Client { mac, task_index } => to_client(id, st, f, total, mac, task_index),
+    }
+}
+
+/// Where a task's reply goes once its flow is known.
+enum ReplyTo {
+    /// The worker that owns the flow.
+    Worker(u16),
+    /// The client, translated: its next hop's MAC and the task's index.
+    Client { mac: MacAddr, task_index: u32 },
+}
+
+/// Finds the flow of a task's reply `p` (an IPv4 packet without options,
+/// exactly `total` bytes, checked) that came from `vtep` (this node for a
+/// local task) and reverses both translations in place; `l4_checksum` is
+/// the mode for the interface it came in by.
+#[inline(always)]
+fn translate_reply(
+    snap: &Snapshot,
+    st: &mut State,
+    p: &mut [u8],
+    vtep: Ipv4Addr,
+    l4_checksum: L4Checksum,
+) -> Result<ReplyTo, DropReason> {
+    let id = &snap.identity;
+    let Some(iph) = p.first_chunk::<IP>() else {
+        return Err(DropReason::Truncated);
+    };
     let proto = iph[9];
     let ttl = iph[8];
     let task_addr = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
-    if proto == protocol::ICMP {
-        return icmp_error(snap, st, f, total, vtep, ttl);
-    }
-    let l4 = parse_l4(proto, &d[INNER_IP + IP..INNER_IP + total])?;
+    let l4 = parse_l4(proto, &p[IP..])?;
     let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
     if let Some(fl) = tcp_flags {
         if !tcp_flags_valid(fl) {
@@ -982,7 +1061,7 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     }
     let owner = FlowTable::owner(dport, st.workers);
     if owner != st.worker {
-        return Ok(Verdict::Handoff(owner));
+        return Ok(ReplyTo::Worker(owner));
     }
     let key = SnatKey {
         task: task_addr,
@@ -1020,20 +1099,71 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     }
     let (client_port, published, ti) = (flow.key.client_port, flow.key.published, flow.task_index);
     let (delta_addrs, delta_l4) = (flow.delta_addrs, flow.delta_l4);
-
-    // Reverse translation of the inner packet, then decapsulation: the
-    // inner Ethernet header becomes the frame's.
     nat(
-        &mut f.data_mut()[INNER_IP..INNER_IP + total],
+        p,
         id.node_addr,
         client,
         published,
         client_port,
         !delta_addrs,
         !delta_l4,
-        id.l4_checksum,
+        l4_checksum,
     );
-    to_client(id, st, f, total, client_mac, ti)
+    Ok(ReplyTo::Client {
+        mac: client_mac,
+        task_index: ti,
+    })
+}
+
+/// A frame from the ingress sandbox's interface: a reply of a task on
+/// this node, plain Ethernet and IPv4 to the sandbox (the capture program
+/// passes everything else to the sandbox's kernel).
+fn local_reply(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let d = f.data();
+    let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
+        return Err(DropReason::Truncated);
+    };
+    match u16::from_be_bytes([h[12], h[13]]) {
+        ethertype::IPV4 => {}
+        ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
+        ethertype::ARP => return Err(DropReason::Arp),
+        _ => return Err(DropReason::NotIpv4),
+    }
+    if h[0..6] != id.overlay_mac.0 {
+        return Err(DropReason::InnerNotForUs);
+    }
+    let Some(iph) = h[ETH..].first_chunk::<IP>() else {
+        return Err(DropReason::Truncated);
+    };
+    let total = check_ipv4(iph, d.len() - ETH)?;
+    if iph[16..20] != id.overlay_addr.octets() {
+        return Err(DropReason::InnerNotForUs);
+    }
+    if iph[9] != protocol::TCP && iph[9] != protocol::UDP {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    f.len = ETH + total;
+    let p = &mut f.data_mut()[ETH..ETH + total];
+    match translate_reply(snap, st, p, id.node_addr, id.sandbox_l4_checksum)? {
+        ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
+        ReplyTo::Client { mac, task_index } => {
+            let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
+                return Err(DropReason::Truncated);
+            };
+            eth[0..6].copy_from_slice(&mac.0);
+            eth[6..12].copy_from_slice(&id.node_mac.0);
+            let c = &mut st.tasks[task_index as usize];
+            c.packets_out += 1;
+            c.bytes_out += (ETH + total) as u64;
+            st.events.replies += 1;
+            Ok(Verdict::Transmit)
+        }
+    }
 }
 
 /// The client's MAC address for a flow's replies: resolved once, then

@@ -48,7 +48,7 @@ impl SchedTable {
     pub fn build(kind: Scheduler, members: &[u32], tasks: &[TaskEntry]) -> SchedTable {
         let eligible: Vec<(u32, u32)> = members
             .iter()
-            .filter(|&&i| tasks[i as usize].outer.is_some())
+            .filter(|&&i| tasks[i as usize].reachable())
             .map(|&i| (i, tasks[i as usize].weight))
             .filter(|&(_, w)| w > 0)
             .collect();
@@ -240,6 +240,7 @@ mod tests {
                         bytes: [0; OUTER_TEMPLATE_LEN],
                         ip_checksum: 0,
                     }),
+                    local: false,
                     shared: Arc::new(TaskShared::default()),
                 }
             })

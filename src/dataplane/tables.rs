@@ -10,7 +10,9 @@
 //!   for as long as the task exists, so flows survive unrelated changes;
 //! - `tasks[i].outer` is `Some` only when the task node's next-hop MAC is
 //!   known; the template then holds a complete, checksummed outer header for
-//!   an empty payload.
+//!   an empty payload. A task on this node (`local`) has no outer header:
+//!   its frames go out of the ingress sandbox's interface, never in VXLAN,
+//!   and its node is not a VTEP.
 
 use super::desc::{Ipv4Net, Protocol, Scheduler, Service, TableDesc, Timeouts};
 use super::sched::SchedTable;
@@ -159,7 +161,18 @@ pub struct TaskEntry {
     pub node: Ipv4Addr,
     pub weight: u32,
     pub outer: Option<OuterTemplate>,
+    /// Runs on this node: reached through the ingress sandbox's interface.
+    pub local: bool,
     pub shared: Arc<TaskShared>,
+}
+
+impl TaskEntry {
+    /// Whether frames can reach the task now: on this node, or its node's
+    /// next-hop MAC is known. Schedulers choose only reachable tasks.
+    #[inline]
+    pub fn reachable(&self) -> bool {
+        self.local || self.outer.is_some()
+    }
 }
 
 /// A published port: which service and which target port.
@@ -311,6 +324,9 @@ pub struct Identity {
     pub overlay_mtu: u16,
     /// How translated TCP and UDP checksums are made.
     pub l4_checksum: L4Checksum,
+    /// The same for frames from the ingress sandbox's interface (a veth:
+    /// its tasks' frames may carry partial checksums).
+    pub sandbox_l4_checksum: L4Checksum,
 }
 
 /// How the pipeline makes the TCP and UDP checksums of the packets it
@@ -413,6 +429,8 @@ pub struct LinkInfo {
     pub mac: MacAddr,
     /// What the interface's frames need (see [`L4Checksum`]).
     pub l4_checksum: L4Checksum,
+    /// What the ingress sandbox's interface's frames need.
+    pub sandbox_l4_checksum: L4Checksum,
 }
 
 impl Snapshot {
@@ -435,6 +453,7 @@ impl Snapshot {
             vxlan_port: cfg.vxlan_port,
             overlay_mtu: cfg.overlay_mtu,
             l4_checksum: link.l4_checksum,
+            sandbox_l4_checksum: link.sandbox_l4_checksum,
         };
         let mut ports = PortTable::default();
         let mut services = Vec::with_capacity(cfg.services.len());
@@ -456,8 +475,14 @@ impl Snapshot {
             let mut members = Vec::with_capacity(s.tasks.len());
             for t in &s.tasks {
                 let (tid, tshared) = registry.task(sid, t.address);
-                let vtep_mac = neighbours.mac_for(t.node);
-                vteps.insert(t.node, vtep_mac);
+                let local = t.node == cfg.node_addr;
+                let vtep_mac = if local {
+                    None
+                } else {
+                    let m = neighbours.mac_for(t.node);
+                    vteps.insert(t.node, m);
+                    m
+                };
                 let outer = vtep_mac.map(|m| {
                     OuterTemplate::new(
                         link.mac,
@@ -481,6 +506,7 @@ impl Snapshot {
                     node: t.node,
                     weight: t.weight,
                     outer,
+                    local,
                     shared: tshared,
                 });
             }
@@ -648,6 +674,7 @@ mod tests {
         let link = LinkInfo {
             mac: MacAddr([2, 0, 0, 0, 0, 2]),
             l4_checksum: L4Checksum::Incremental,
+            sandbox_l4_checksum: L4Checksum::CompletePartial,
         };
         let a = Snapshot::build(&cfg.table_desc(), link, Arc::default(), &mut reg, 1);
         assert_eq!(a.services[0].mark, 0x100);

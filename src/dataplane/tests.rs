@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::counters::DropReason;
 use super::fixtures::*;
 use super::pipeline::{Pipeline, Verdict};
-use super::tables::{LinkInfo, Neighbours, Registry, Snapshot};
+use super::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Snapshot};
 use crate::wire::MacAddr;
 
 fn hex(b: &[u8]) -> String {
@@ -186,6 +186,7 @@ fn snapshot_with(
         LinkInfo {
             mac: NODE_MAC,
             l4_checksum: Default::default(),
+            sandbox_l4_checksum: L4Checksum::CompletePartial,
         },
         Arc::new(lab_neighbours()),
         reg,
@@ -265,6 +266,7 @@ fn unresolved_tasks_get_no_new_flows_and_existing_ones_ask_for_their_node() {
             LinkInfo {
                 mac: NODE_MAC,
                 l4_checksum: Default::default(),
+                sandbox_l4_checksum: L4Checksum::CompletePartial,
             },
             Arc::new(n),
             reg,
@@ -413,6 +415,17 @@ proptest! {
             g[j] ^= b;
         }
         let _ = run(&mut p, &g);
+        // The sandbox's entry, with a local flow to reach.
+        let mut l = local_pipeline(0, 2, true);
+        let _ = run(&mut l, &client_tcp(40000, 1, 0, SYN, b""));
+        let _ = run_local(&mut l, &bytes);
+        let mut r = local_reply_tcp(1024, 1, 1, ACK, b"abc");
+        let i = mutate_from % r.len();
+        for (k, b) in bytes.iter().take(8).enumerate() {
+            let j = (i + k) % r.len();
+            r[j] ^= b;
+        }
+        let _ = run_local(&mut l, &r);
     }
 }
 
@@ -526,7 +539,6 @@ fn inner_l4_checksum_ok(out: &[u8]) -> bool {
 
 #[test]
 fn partial_checksums_are_completed_in_both_directions() {
-    use super::tables::L4Checksum;
     for mode in [L4Checksum::Full, L4Checksum::CompletePartial] {
         partial_checksums_completed(mode);
     }
@@ -544,7 +556,6 @@ fn partial_checksums_are_completed_in_both_directions() {
 }
 
 fn partial_checksums_completed(mode: super::tables::L4Checksum) {
-    use super::tables::L4Checksum;
     let mut p = lab_pipeline_with_checksum(mode);
     for (i, payload) in [&b""[..], b"GET / HTTP/1.1\r\n\r\n", &[0xa5; 1001]]
         .into_iter()
@@ -601,4 +612,117 @@ fn partial_checksums_completed(mode: super::tables::L4Checksum) {
         &partial_checksum(client_tcp(44000, 1, 0, SYN, b""), 14),
     );
     assert!(!inner_l4_checksum_ok(&out));
+}
+
+/// The SNAT port of a frame for the local task (plain Ethernet/IPv4/L4).
+fn local_snat(out: &[u8]) -> u16 {
+    u16::from_be_bytes([out[34], out[35]])
+}
+
+#[test]
+fn a_task_on_this_node_gets_plain_ethernet_and_its_replies_reach_the_client() {
+    let mut p = local_pipeline(0, 1, false);
+    let (v, out) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(
+        v,
+        Verdict::Local,
+        "a local task's frame goes to the sandbox"
+    );
+    let snat = local_snat(&out);
+    assert_eq!(out, expected_local_tcp(snat, 100, 0, SYN, b""));
+    // The task answers through the sandbox's interface, with a partial
+    // checksum as a veth hands it over: the client gets a complete one.
+    let reply = partial_checksum(local_reply_tcp(snat, 7, 101, SYN_ACK, b""), 14);
+    let (v, out) = run_local(&mut p, &reply);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
+    let (v, out) = run(&mut p, &client_tcp(40000, 101, 8, PSH_ACK, b"GET /"));
+    assert_eq!(v, Verdict::Local);
+    assert_eq!(out, expected_local_tcp(snat, 101, 8, PSH_ACK, b"GET /"));
+    let reply = local_reply_tcp(snat, 8, 106, PSH_ACK, b"200 OK");
+    let (v, out) = run_local(&mut p, &reply);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(40000, 8, 106, PSH_ACK, b"200 OK"));
+
+    // UDP both ways.
+    let (v, out) = run(&mut p, &client_udp(40001, b"q"));
+    assert_eq!(v, Verdict::Local);
+    let snat = local_snat(&out);
+    let (v, out) = run_local(&mut p, &partial_checksum(local_reply_udp(snat, b"a"), 14));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_udp(40001, b"a"));
+
+    let snap = p.snapshot().clone();
+    assert!(snap.tasks[0].local && snap.tasks[0].outer.is_none());
+    assert!(
+        !snap.vteps.contains_key(&NODE),
+        "this node is no VTEP: VXLAN from it is not a task's"
+    );
+    let c = p.task_counters()[0];
+    assert_eq!((c.packets_in, c.packets_out, c.flows), (3, 3, 2));
+}
+
+#[test]
+fn frames_from_the_sandbox_that_are_no_replies_are_dropped_by_reason() {
+    let mut p = local_pipeline(0, 1, false);
+    let (_, out) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    let snat = local_snat(&out);
+    // No flow with that port.
+    let (v, _) = run_local(&mut p, &local_reply_tcp(snat + 1, 7, 101, SYN_ACK, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::ReplyNoFlow));
+    // To another MAC than the sandbox's, to another address.
+    let mut other = local_reply_tcp(snat, 7, 101, SYN_ACK, b"");
+    other[0..6].copy_from_slice(&[2, 0x42, 1, 2, 3, 4]);
+    let (v, _) = run_local(&mut p, &other);
+    assert_eq!(v, Verdict::Drop(DropReason::InnerNotForUs));
+    let mut other = local_reply_tcp(snat, 7, 101, SYN_ACK, b"");
+    other[14 + 19] ^= 1;
+    fix_ip_checksum(&mut other, 14);
+    let (v, _) = run_local(&mut p, &other);
+    assert_eq!(v, Verdict::Drop(DropReason::InnerNotForUs));
+    // The same port from a task on another node is not this flow's reply.
+    let (v, _) = run(&mut p, &task_reply_tcp(0, snat, 7, 101, SYN_ACK, b""));
+    assert!(matches!(v, Verdict::Drop(_)), "{v:?}");
+    // Truncated, and not IPv4.
+    let reply = local_reply_tcp(snat, 7, 101, SYN_ACK, b"");
+    let (v, _) = run_local(&mut p, &reply[..30]);
+    assert_eq!(v, Verdict::Drop(DropReason::Truncated));
+    let mut arp = reply.clone();
+    arp[12..14].copy_from_slice(&[0x08, 0x06]);
+    let (v, _) = run_local(&mut p, &arp);
+    assert_eq!(v, Verdict::Drop(DropReason::Arp));
+    // The flow still answers.
+    let (v, _) = run_local(&mut p, &reply);
+    assert_eq!(v, Verdict::Transmit);
+}
+
+#[test]
+fn local_and_remote_tasks_share_the_round_robin() {
+    let mut p = local_pipeline(0, 1, true);
+    let (mut local, mut remote) = (0, 0);
+    for i in 0..20u16 {
+        match run(&mut p, &client_tcp(41000 + i, 1, 0, SYN, b"")).0 {
+            Verdict::Local => local += 1,
+            Verdict::Transmit => remote += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    assert_eq!((local, remote), (10, 10));
+}
+
+#[test]
+fn a_local_reply_goes_to_the_worker_owning_its_flow() {
+    // Two workers: find the owner of a flow's port, then give its reply
+    // to the other worker first, as the sandbox worker would.
+    let mut owner = local_pipeline(0, 2, false);
+    let (v, out) = run(&mut owner, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Local);
+    let snat = local_snat(&out);
+    let mut other = local_pipeline(1, 2, false);
+    let reply = local_reply_tcp(snat, 7, 101, SYN_ACK, b"");
+    let (v, _) = run_local(&mut other, &reply);
+    assert_eq!(v, Verdict::Handoff(0));
+    let (v, out) = run_local(&mut owner, &reply);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
 }

@@ -251,6 +251,7 @@ impl Control {
             LinkInfo {
                 mac: self.link.mac,
                 l4_checksum: super::l4_checksum(self.cfg.node.checksum, &self.link),
+                sandbox_l4_checksum: super::sandbox_l4_checksum(self.cfg.node.checksum),
             },
             self.neighbours.clone(),
             &mut self.registry,

@@ -17,7 +17,7 @@ use crate::dataplane::tables::TaskEntry;
 /// A task's state as the views show it. An unresolved task (its node's
 /// next-hop MAC is not known) gets no new flows: the word says so.
 fn task_state(t: &TaskEntry) -> &'static str {
-    if t.outer.is_none() {
+    if !t.reachable() {
         "unresolved-skipped"
     } else if t.weight == 0 {
         "draining"
@@ -150,7 +150,7 @@ impl Control {
         for svc in &snap.services {
             for &i in &svc.tasks {
                 let t = &snap.tasks[i as usize];
-                if t.outer.is_none() {
+                if !t.reachable() {
                     out.push_str(&format!(
                         "\nwarning: service {}: task {} is unresolved: its node {} has not answered ARP (yet), so it gets no new flows until it does",
                         svc.name, t.addr, t.node

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod control;
 pub mod handlers;
+pub mod sandbox;
 pub mod stats;
 pub mod swarm;
 pub mod worker;
@@ -32,7 +33,7 @@ use crate::xdp::umem::KERNEL_HEADROOM;
 use crate::xdp::{BindMode, Xsk, XskConfig, XskError};
 
 use self::control::Control;
-use self::worker::{Mesh, Worker, WorkerShared};
+use self::worker::{Mesh, SandboxPort, Worker, WorkerShared};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -44,6 +45,8 @@ pub enum RunError {
     Bpf(#[from] BpfError),
     #[error(transparent)]
     Xsk(#[from] XskError),
+    #[error(transparent)]
+    Sandbox(#[from] self::sandbox::SandboxError),
     #[error(
         "node.queues: queue {queue} does not exist on {interface}, which has {available} RX queue(s) (see `ethtool -l {interface}`)"
     )]
@@ -91,6 +94,9 @@ pub struct Forwarder {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     pub control: Control,
+    /// The ingress sandbox's capture program and its link (detached when
+    /// dropped), while its socket is in use.
+    sandbox_xdp: Option<(crate::xdp::program::CaptureProgram, crate::xdp::bpf::Link)>,
 }
 
 impl Forwarder {
@@ -157,6 +163,26 @@ impl Forwarder {
         for p in &xsk.ports {
             program.register_socket(p.queue(), p.raw_fd())?;
         }
+        // Tasks on this node are reached through the ingress sandbox.
+        let sandbox = match &cfg.ingress.sandbox {
+            Some(netns) => {
+                let sb = self::sandbox::open(&self::sandbox::SandboxParams {
+                    netns: netns.clone(),
+                    address: cfg.ingress.address,
+                    mac: cfg.ingress.mac,
+                    frames: cfg.node.frames_per_queue,
+                    frame_size: FRAME_SIZE,
+                    ring_size: ring,
+                })?;
+                log::info!(
+                    "tasks on this node: through {} in the ingress sandbox {}",
+                    sb.interface,
+                    netns.display()
+                );
+                Some(sb)
+            }
+            None => None,
+        };
 
         // Neighbours first, so the first snapshot can already forward.
         let watcher = Watcher::new()?;
@@ -187,6 +213,7 @@ impl Forwarder {
             LinkInfo {
                 mac: link.mac,
                 l4_checksum: l4_checksum(cfg.node.checksum, &link),
+                sandbox_l4_checksum: sandbox_l4_checksum(cfg.node.checksum),
             },
             neighbours.clone(),
             &mut registry,
@@ -203,7 +230,23 @@ impl Forwarder {
                 .map(|_| WorkerShared::new())
                 .collect::<Result<_, _>>()
                 .map_err(|e| RunError::Setup(format!("eventfd: {e}")))?,
+            local: (0..n).map(|_| Arc::new(ArrayQueue::new(4096))).collect(),
+            to_sandbox: Arc::new(ArrayQueue::new(4096)),
+            // Worker 0 serves the sandbox's socket.
+            sandbox_worker: sandbox.as_ref().map(|_| 0),
         });
+        let (mut sandbox_port, sandbox_xdp) = match sandbox {
+            Some(sb) => (
+                Some(SandboxPort::new(
+                    sb.port,
+                    sb.umem,
+                    sb.frames,
+                    cfg.node.batch_size as usize,
+                )),
+                Some((sb.program, sb.link)),
+            ),
+            None => (None, None),
+        };
         let resolve_q = Arc::new(ArrayQueue::new(1024));
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let (garbage_tx, garbage_rx) = crossbeam::channel::unbounded();
@@ -255,6 +298,7 @@ impl Forwarder {
                 batch: cfg.node.batch_size as usize,
                 poll: cfg.node.poll,
                 report_every: Duration::from_millis(250),
+                sandbox: if i == 0 { sandbox_port.take() } else { None },
             };
             let core = worker_cores[i];
             let h = std::thread::Builder::new()
@@ -306,6 +350,7 @@ impl Forwarder {
             stop,
             workers: handles,
             control,
+            sandbox_xdp,
         })
     }
 
@@ -324,6 +369,7 @@ impl Forwarder {
         }
         self.control.drain_reports();
         self.control.detach();
+        self.sandbox_xdp = None;
         self.control
     }
 }
@@ -427,5 +473,19 @@ pub fn l4_checksum(
         ChecksumSetting::Full => L4Checksum::Full,
         ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::CompletePartial,
         ChecksumSetting::Auto => L4Checksum::Incremental,
+    }
+}
+
+/// The checksum mode for frames from the ingress sandbox's interface: a
+/// veth that Docker made, whose frames may carry partial checksums, so
+/// they are completed unless every checksum is summed anew anyway.
+pub fn sandbox_l4_checksum(
+    setting: crate::control::config::ChecksumSetting,
+) -> crate::dataplane::tables::L4Checksum {
+    use crate::control::config::ChecksumSetting;
+    use crate::dataplane::tables::L4Checksum;
+    match setting {
+        ChecksumSetting::Full => L4Checksum::Full,
+        ChecksumSetting::Auto | ChecksumSetting::Incremental => L4Checksum::CompletePartial,
     }
 }

@@ -10,6 +10,16 @@
 //! lock-free queues (zero copy: all sockets share one UMEM). A frame always
 //! returns to the worker whose share it belongs to ("origin") once it is
 //! free again, so no worker's pool drains into another's.
+//!
+//! Tasks on this node: one worker (the sandbox worker) also serves the
+//! ingress sandbox's socket, which has a UMEM of its own (the sandbox's veth
+//! binds in copy mode while the NIC's sockets may be zero-copy). Frames
+//! cross between the two UMEMs by copy, in the sandbox worker only: a
+//! task's reply is copied into one of its NIC frames and then handled like
+//! any frame (handed to the worker owning the flow, if another); a frame
+//! for a local task reaches it through `Mesh::to_sandbox` and is copied
+//! into a sandbox frame for transmission. Sandbox frames never leave the
+//! sandbox worker.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +34,29 @@ use crate::dataplane::pipeline::Report;
 use crate::dataplane::tables::{Snapshot, TaskId};
 use crate::dataplane::{DropReason, FrameBuf, Pipeline, Verdict};
 use crate::xdp::{FrameToken, Port, Umem, XskStats};
+
+/// The ingress sandbox's socket and its frames, owned by the sandbox worker.
+pub struct SandboxPort {
+    pub port: Port,
+    pub umem: Arc<Umem>,
+    pub free: Vec<FrameToken>,
+    /// Frames to transmit at the end of the iteration, and scratch space
+    /// for receiving, so that no iteration allocates.
+    pending: Vec<FrameToken>,
+    scratch: Vec<FrameToken>,
+}
+
+impl SandboxPort {
+    pub fn new(port: Port, umem: Arc<Umem>, free: Vec<FrameToken>, batch: usize) -> SandboxPort {
+        SandboxPort {
+            port,
+            umem,
+            free,
+            pending: Vec::with_capacity(batch * 4),
+            scratch: Vec::with_capacity(batch * 4),
+        }
+    }
+}
 
 /// Commands from the control thread, applied between batches.
 pub enum Command {
@@ -79,6 +112,13 @@ pub struct Mesh {
     pub handoff: Vec<Arc<ArrayQueue<FrameToken>>>,
     pub returns: Vec<Arc<ArrayQueue<FrameToken>>>,
     pub shared: Vec<Arc<WorkerShared>>,
+    /// Replies of local tasks (already in the NIC's UMEM) for the worker
+    /// that owns their flow, one queue per worker.
+    pub local: Vec<Arc<ArrayQueue<FrameToken>>>,
+    /// Translated frames for local tasks, for the sandbox worker to send.
+    pub to_sandbox: Arc<ArrayQueue<FrameToken>>,
+    /// The worker that serves the sandbox's socket, if there is one.
+    pub sandbox_worker: Option<usize>,
 }
 
 pub struct Worker {
@@ -97,6 +137,8 @@ pub struct Worker {
     pub batch: usize,
     pub poll: PollMode,
     pub report_every: Duration,
+    /// The ingress sandbox's socket, on the sandbox worker only.
+    pub sandbox: Option<SandboxPort>,
 }
 
 /// Idle iterations before an adaptive worker sleeps (about 50 µs of spinning).
@@ -145,14 +187,19 @@ impl Worker {
         }
     }
 
-    /// Runs the pipeline on `t` and routes it by verdict.
+    /// Runs the pipeline on `t` (a frame from the NIC, or a local task's
+    /// reply when `local`) and routes it by verdict.
     #[inline]
-    fn handle(&mut self, mut t: FrameToken, tx: &mut Vec<FrameToken>) {
+    fn handle(&mut self, mut t: FrameToken, tx: &mut Vec<FrameToken>, local: bool) {
         let (off, len, verdict) = {
             let len = t.len() as usize;
             let (chunk, off) = self.umem.frame(&mut t);
             let mut f = FrameBuf::new(chunk, off, len);
-            let v = self.pipeline.process(&mut f);
+            let v = if local {
+                self.pipeline.process_local(&mut f)
+            } else {
+                self.pipeline.process(&mut f)
+            };
             (f.off, f.len, v)
         };
         match verdict {
@@ -160,14 +207,23 @@ impl Worker {
                 self.umem.set_data(&mut t, off, len);
                 tx.push(t);
             }
+            Verdict::Local => {
+                self.umem.set_data(&mut t, off, len);
+                self.send_to_sandbox(t);
+            }
             Verdict::Drop(_) => self.recycle(t),
             Verdict::Handoff(w) => {
                 let w = w as usize;
-                if w == self.id as usize || w >= self.mesh.handoff.len() {
+                let queues = if local {
+                    &self.mesh.local
+                } else {
+                    &self.mesh.handoff
+                };
+                if w == self.id as usize || w >= queues.len() {
                     self.pipeline.count_drop(DropReason::HandoffFull);
                     self.recycle(t);
                 } else {
-                    match self.mesh.handoff[w].push(t) {
+                    match queues[w].push(t) {
                         Ok(()) => self.mesh.shared[w].wake(),
                         Err(t) => {
                             self.pipeline.count_drop(DropReason::HandoffFull);
@@ -177,6 +233,121 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Sends a translated frame towards a local task: copied into a
+    /// sandbox frame here on the sandbox worker, else queued for it.
+    fn send_to_sandbox(&mut self, t: FrameToken) {
+        if self.sandbox.is_some() {
+            self.copy_to_sandbox(t);
+            return;
+        }
+        let Some(w) = self.mesh.sandbox_worker else {
+            // Snapshots hold local tasks only when there is a sandbox.
+            self.pipeline.count_drop(DropReason::SandboxFull);
+            self.recycle(t);
+            return;
+        };
+        match self.mesh.to_sandbox.push(t) {
+            Ok(()) => self.mesh.shared[w].wake(),
+            Err(t) => {
+                self.pipeline.count_drop(DropReason::SandboxFull);
+                self.recycle(t);
+            }
+        }
+    }
+
+    /// On the sandbox worker: copies a NIC frame into a free sandbox frame,
+    /// to be transmitted at the end of the iteration.
+    fn copy_to_sandbox(&mut self, mut t: FrameToken) {
+        let Some(sb) = self.sandbox.as_mut() else {
+            return self.recycle(t);
+        };
+        let copied = match sb.free.pop() {
+            Some(mut s) => {
+                if copy_frame(&self.umem, &mut t, &sb.umem, &mut s) {
+                    sb.pending.push(s);
+                    true
+                } else {
+                    sb.umem.reset(&mut s);
+                    sb.free.push(s);
+                    false
+                }
+            }
+            None => false,
+        };
+        if !copied {
+            self.pipeline.count_drop(DropReason::SandboxFull);
+        }
+        self.recycle(t);
+    }
+
+    /// On the sandbox worker: frames the sandbox's kernel has sent go back
+    /// to its pool, the fill ring is refilled, local tasks' replies are
+    /// received, copied into NIC frames and handled, and frames for local
+    /// tasks are sent. Returns how many frames it moved.
+    fn serve_sandbox(&mut self, tx: &mut Vec<FrameToken>, batch: u32) -> usize {
+        let Some(mut sb) = self.sandbox.take() else {
+            return 0;
+        };
+        let mut work = 0;
+        sb.port.complete(&mut sb.scratch, batch * 4);
+        for mut t in sb.scratch.drain(..) {
+            sb.umem.reset(&mut t);
+            sb.free.push(t);
+        }
+        sb.port.fill(&mut sb.free);
+        let n = sb.port.recv(&mut sb.scratch, batch);
+        self.pipeline.events_mut().sandbox_rx += n as u64;
+        // `handle` runs while the sandbox is out of `self`: a reply never
+        // goes back to the sandbox, and were it to, `send_to_sandbox` would
+        // queue it on `Mesh::to_sandbox`, drained below.
+        for mut s in sb.scratch.drain(..) {
+            let copy = match self.free.pop() {
+                Some(mut t) => {
+                    if copy_frame(&sb.umem, &mut s, &self.umem, &mut t) {
+                        Some(t)
+                    } else {
+                        self.free.push(t);
+                        None
+                    }
+                }
+                None => None,
+            };
+            sb.umem.reset(&mut s);
+            sb.free.push(s);
+            match copy {
+                Some(t) => {
+                    work += 1;
+                    self.handle(t, tx, true);
+                }
+                None => self.pipeline.count_drop(DropReason::SandboxFull),
+            }
+        }
+        self.sandbox = Some(sb);
+        for _ in 0..batch {
+            match self.mesh.to_sandbox.pop() {
+                Some(t) => {
+                    work += 1;
+                    self.copy_to_sandbox(t);
+                }
+                None => break,
+            }
+        }
+        let Some(sb) = self.sandbox.as_mut() else {
+            return work;
+        };
+        if !sb.pending.is_empty() {
+            let sent = sb.port.transmit(&mut sb.pending);
+            self.pipeline.events_mut().sandbox_tx += sent as u64;
+            for mut s in sb.pending.drain(..) {
+                self.pipeline.count_drop(DropReason::SandboxFull);
+                sb.umem.reset(&mut s);
+                sb.free.push(s);
+            }
+        }
+        sb.port.kick();
+        work
     }
 
     fn apply_commands(&mut self) {
@@ -249,6 +420,7 @@ impl Worker {
         let mut idle: u32 = 0;
         let mut last_sweep: u32 = 0;
         let inbox = self.mesh.handoff[me].clone();
+        let local_inbox = self.mesh.local[me].clone();
         let returns = self.mesh.returns[me].clone();
         let shared = self.mesh.shared[me].clone();
         let batch = self.batch as u32;
@@ -275,17 +447,27 @@ impl Worker {
             self.pipeline.events_mut().rx += n as u64;
             let mut work = n;
             for t in rx.drain(..) {
-                self.handle(t, &mut tx);
+                self.handle(t, &mut tx, false);
             }
             for _ in 0..batch {
                 match inbox.pop() {
                     Some(t) => {
                         work += 1;
-                        self.handle(t, &mut tx);
+                        self.handle(t, &mut tx, false);
                     }
                     None => break,
                 }
             }
+            for _ in 0..batch {
+                match local_inbox.pop() {
+                    Some(t) => {
+                        work += 1;
+                        self.handle(t, &mut tx, true);
+                    }
+                    None => break,
+                }
+            }
+            work += self.serve_sandbox(&mut tx, batch);
             if !tx.is_empty() {
                 self.transmit(&mut tx);
                 // The TX ring is full: the kernel is not keeping up.
@@ -317,19 +499,28 @@ impl Worker {
                 PollMode::Adaptive => SPIN_BEFORE_SLEEP,
                 PollMode::Interrupt => 1,
             };
-            if work == 0 && idle >= spin && self.port.tx_in_flight() == 0 {
+            let sandbox_in_flight = self.sandbox.as_ref().map_or(0, |s| s.port.tx_in_flight());
+            if work == 0 && idle >= spin && self.port.tx_in_flight() + sandbox_in_flight == 0 {
                 shared.sleeping.store(true, Ordering::SeqCst);
                 let mut timed_out = false;
                 if inbox.is_empty()
+                    && local_inbox.is_empty()
+                    && (self.sandbox.is_none() || self.mesh.to_sandbox.is_empty())
                     && returns.is_empty()
                     && self.commands.is_empty()
                     && !self.stop.load(Ordering::Relaxed)
                 {
                     use std::os::fd::AsFd;
-                    let mut fds = [
+                    let mut fds = vec![
                         nix::poll::PollFd::new(self.port.as_fd(), nix::poll::PollFlags::POLLIN),
                         nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN),
                     ];
+                    if let Some(sb) = &self.sandbox {
+                        fds.push(nix::poll::PollFd::new(
+                            sb.port.as_fd(),
+                            nix::poll::PollFlags::POLLIN,
+                        ));
+                    }
                     timed_out = matches!(
                         nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS)),
                         Ok(0)
@@ -353,4 +544,19 @@ impl Worker {
         }
         self.report(&mut hist);
     }
+}
+
+/// Copies the data of `from_t` (in `from`) into the empty frame `to_t` (in
+/// `to`) at the standard headroom. False when it does not fit (frames of
+/// both UMEMs have the same size, so only a corrupt length does not).
+fn copy_frame(from: &Umem, from_t: &mut FrameToken, to: &Umem, to_t: &mut FrameToken) -> bool {
+    let len = from_t.len() as usize;
+    let (src, so) = from.frame(from_t);
+    let (dst, doff) = to.frame(to_t);
+    let (Some(s), Some(d)) = (src.get(so..so + len), dst.get_mut(doff..doff + len)) else {
+        return false;
+    };
+    d.copy_from_slice(s);
+    to.set_data(to_t, doff, len);
+    true
 }
