@@ -168,6 +168,13 @@ fn print_stats(v: &Value) {
         s(&e["flows_expired"]),
         s(&e["flows_evicted"])
     );
+    if e["sandbox_rx"].as_u64().unwrap_or(0) + e["sandbox_tx"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "tasks on this node (through the ingress sandbox): sent {}  received {}",
+            s(&e["sandbox_tx"]),
+            s(&e["sandbox_rx"])
+        );
+    }
     let mut rows = vec![
         [
             "SERVICE",

@@ -6,7 +6,8 @@
 //! module with `unsafe`: UMEM, rings, sockets, the XDP program and its maps),
 //! [`control`] (the configuration, the control API's protocol, netlink and
 //! Docker's Engine API), [`runtime`] (assembly: sockets, workers, the
-//! control thread, statistics, API servers, the swarm follower). Test
+//! control thread, statistics, API servers, the swarm follower, the socket
+//! in the ingress sandbox for tasks on this node). Test
 //! support ships here for now: [`lab`] and [`swarm_lab`] (the namespace
 //! labs) and `dataplane::fixtures`. `docs/architecture.md` shows a
 //! packet's path through them.

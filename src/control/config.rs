@@ -227,6 +227,9 @@ pub struct IngressConfig {
     /// meshgate reaches tasks on this node. `None`: tasks on this node are
     /// not allowed (file) or left out (swarm).
     pub sandbox: Option<PathBuf>,
+    /// The sandbox was configured, not found at Docker's default place:
+    /// failing to open it stops meshgate instead of leaving local tasks out.
+    pub sandbox_required: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -484,6 +487,7 @@ impl Config {
 
         // [swarm] first: it fills in [node] address and [ingress].
         let mut swarm_sandbox = None;
+        let mut swarm_sandbox_given = false;
         let swarm = match raw.swarm {
             None => None,
             Some(sw) => {
@@ -523,6 +527,7 @@ impl Config {
                     .map_err(|m| err("swarm.manager", m))?;
                 // The default sandbox only where Docker made it; a path
                 // given explicitly must exist (checked with [ingress]).
+                swarm_sandbox_given = sw.sandbox.as_deref().is_some_and(|p| !p.is_empty());
                 swarm_sandbox = match sw.sandbox {
                     None => Path::new(DEFAULT_SANDBOX)
                         .exists()
@@ -697,6 +702,10 @@ impl Config {
                 ),
             ));
         }
+        let sandbox_required = match &swarm {
+            Some(_) => swarm_sandbox_given,
+            None => true,
+        };
         let sandbox_key = if swarm.is_some() {
             "swarm.sandbox"
         } else {
@@ -731,6 +740,7 @@ impl Config {
             mac: imac,
             mtu: mtu as u16,
             sandbox,
+            sandbox_required,
         };
 
         // [timeouts]
@@ -1247,6 +1257,36 @@ mod tests {
             "is missing",
         );
         expect_err("[timeouts]\n", "line 1", "missing field `node`");
+    }
+
+    #[test]
+    fn tasks_on_this_node_need_the_ingress_sandbox() {
+        let local = edit(
+            "{ address = \"198.18.128.6\", node = \"198.18.0.12\" }",
+            "{ address = \"198.18.128.6\", node = \"198.18.0.2\" }",
+        );
+        expect_err(&local, "tasks[2].node", "set ingress.sandbox");
+        // Any network namespace file will do for the check; the sandbox's
+        // interface is looked for when meshgate starts.
+        let with = local.replacen(
+            "address = \"198.18.128.2\"",
+            "address = \"198.18.128.2\"\nsandbox = \"/proc/self/ns/net\"",
+            1,
+        );
+        let c = parse(&with).unwrap();
+        assert_eq!(c.ingress.sandbox, Some(PathBuf::from("/proc/self/ns/net")));
+        assert!(c.ingress.sandbox_required);
+        assert_eq!(c.services[0].tasks[2].node, Ipv4Addr::new(198, 18, 0, 2));
+        expect_err(
+            &with.replace("/proc/self/ns/net", "ns/net"),
+            "ingress.sandbox",
+            "not an absolute path",
+        );
+        expect_err(
+            &with.replace("/proc/self/ns/net", "/nonexistent/ingress_sbox"),
+            "ingress.sandbox",
+            "does not exist",
+        );
     }
 
     #[test]

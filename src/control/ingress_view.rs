@@ -343,6 +343,16 @@ mod tests {
         let d = derive(&net, &p, &facts, &ingress());
         assert_eq!(d.notes.len(), 6, "{:?}", d.notes);
         assert!(d.services.iter().all(|s| s.tasks.is_empty()));
+        // Reached through the ingress sandbox, when meshgate has it.
+        let mut with = ingress();
+        with.sandbox = Some("/proc/self/ns/net".into());
+        let d = derive(&net, &p, &facts, &with);
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert!(
+            d.services.iter().all(
+                |s| !s.tasks.is_empty() && s.tasks.iter().all(|t| t.node == facts.node_address)
+            )
+        );
     }
 
     #[test]

@@ -825,6 +825,7 @@ pub mod fixtures {
             mac: MacAddr::docker(Ipv4Addr::new(198, 18, 128, 2)),
             mtu: 1450,
             sandbox: None,
+            sandbox_required: false,
         }
     }
 }
@@ -891,6 +892,32 @@ mod tests {
         assert_eq!(addrs, ["198.18.128.20"]);
         assert_eq!(d.notes.len(), 1, "{:?}", d.notes);
         assert!(d.notes[0].contains("runs on this node"), "{:?}", d.notes);
+
+        // With the ingress sandbox found, the local task is in, carried to
+        // this node's own address.
+        let mut with = ingress();
+        with.sandbox = Some("/proc/self/ns/net".into());
+        let d = derive(
+            &serde_json::from_str(SERVICES).unwrap(),
+            &serde_json::from_str(&tasks).unwrap(),
+            &serde_json::from_str(NODES).unwrap(),
+            &facts(),
+            &with,
+        )
+        .unwrap();
+        let tasks: Vec<(String, Ipv4Addr)> = d.services[0]
+            .tasks
+            .iter()
+            .map(|t| (t.address.to_string(), t.node))
+            .collect();
+        assert_eq!(
+            tasks,
+            [
+                ("198.18.128.18".to_string(), facts().node_address),
+                ("198.18.128.20".to_string(), Ipv4Addr::new(198, 18, 0, 11))
+            ]
+        );
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
     }
 
     #[test]

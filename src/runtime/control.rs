@@ -346,6 +346,10 @@ impl Control {
             // The file has no services in swarm mode: the swarm's stay.
             new.services = self.cfg.services.clone();
         }
+        if !new.ingress.sandbox_required {
+            // Docker's default sandbox is looked for once, at start.
+            new.ingress.sandbox = self.cfg.ingress.sandbox.clone();
+        }
         if new.node != self.cfg.node || new.ingress != self.cfg.ingress {
             return Err(
                 "[node] and [ingress] cannot change while meshgate runs; restart it to apply them"

@@ -106,6 +106,10 @@ impl Forwarder {
         opts: &RunOptions,
         stop: Arc<AtomicBool>,
     ) -> Result<Forwarder, RunError> {
+        // Tasks on this node are reached through the ingress sandbox,
+        // opened first: whether it opened decides whether the swarm's
+        // tasks on this node are in the tables.
+        let sandbox = open_sandbox(&mut cfg)?;
         // With [swarm], the first read of services and tasks happens before
         // anything is attached: a swarm meshgate cannot read is a setup
         // error, not an empty table.
@@ -163,26 +167,6 @@ impl Forwarder {
         for p in &xsk.ports {
             program.register_socket(p.queue(), p.raw_fd())?;
         }
-        // Tasks on this node are reached through the ingress sandbox.
-        let sandbox = match &cfg.ingress.sandbox {
-            Some(netns) => {
-                let sb = self::sandbox::open(&self::sandbox::SandboxParams {
-                    netns: netns.clone(),
-                    address: cfg.ingress.address,
-                    mac: cfg.ingress.mac,
-                    frames: cfg.node.frames_per_queue,
-                    frame_size: FRAME_SIZE,
-                    ring_size: ring,
-                })?;
-                log::info!(
-                    "tasks on this node: through {} in the ingress sandbox {}",
-                    sb.interface,
-                    netns.display()
-                );
-                Some(sb)
-            }
-            None => None,
-        };
 
         // Neighbours first, so the first snapshot can already forward.
         let watcher = Watcher::new()?;
@@ -371,6 +355,42 @@ impl Forwarder {
         self.control.detach();
         self.sandbox_xdp = None;
         self.control
+    }
+}
+
+/// Opens the ingress sandbox of `cfg`, if any. A sandbox found at Docker's
+/// default place that cannot be opened (no CAP_SYS_ADMIN, say) is dropped
+/// from `cfg` with a warning, so that local tasks are left out with a note
+/// rather than meshgate refusing to start; a configured one is required.
+fn open_sandbox(cfg: &mut Config) -> Result<Option<self::sandbox::Sandbox>, RunError> {
+    let Some(netns) = cfg.ingress.sandbox.clone() else {
+        return Ok(None);
+    };
+    let ring = (cfg.node.frames_per_queue / 2).clamp(64, 4096);
+    match self::sandbox::open(&self::sandbox::SandboxParams {
+        netns: netns.clone(),
+        address: cfg.ingress.address,
+        mac: cfg.ingress.mac,
+        frames: cfg.node.frames_per_queue,
+        frame_size: FRAME_SIZE,
+        ring_size: ring,
+    }) {
+        Ok(sb) => {
+            log::info!(
+                "tasks on this node: through {} in the ingress sandbox {}",
+                sb.interface,
+                netns.display()
+            );
+            Ok(Some(sb))
+        }
+        Err(e) if !cfg.ingress.sandbox_required => {
+            log::warn!(
+                "{e}; tasks on this node are left out (entering the sandbox needs CAP_SYS_ADMIN; swarm.sandbox = \"\" turns this off)"
+            );
+            cfg.ingress.sandbox = None;
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -89,6 +89,12 @@ impl Stats {
         if e.handoffs > 0 {
             s.push_str(&format!("  handoffs {}", e.handoffs));
         }
+        if e.sandbox_rx + e.sandbox_tx > 0 {
+            s.push_str(&format!(
+                "  local tasks: to {} from {}",
+                e.sandbox_tx, e.sandbox_rx
+            ));
+        }
         if self.admission.refused > 0 {
             s.push_str(&format!("  syn refused {}", self.admission.refused));
         }
