@@ -427,7 +427,8 @@ pub fn service_rm(sock: &Path, name: &str) -> Result<()> {
 /// The interface that holds this node's swarm address (`run --swarm`
 /// without `--interface`): the NIC the other nodes' VXLAN arrives on.
 pub fn swarm_interface(socket: &str) -> Result<String> {
-    use meshgate::control::swarm::{Docker, discover, parse_socket};
+    use meshgate::control::engine::{Docker, parse_socket};
+    use meshgate::control::swarm::discover;
     let path = parse_socket(socket).map_err(anyhow::Error::msg)?;
     let facts = discover(&Docker::new(&path))?;
     let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;

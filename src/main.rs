@@ -84,7 +84,7 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Read services and tasks from Docker Swarm through this manager's Engine API socket.
-        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::control::swarm::DEFAULT_DOCKER_SOCKET)]
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::control::engine::DEFAULT_DOCKER_SOCKET)]
         swarm: Option<String>,
         /// The ingress NIC, with --swarm and no --config (default: the interface that holds the swarm's node address).
         #[arg(long)]

@@ -6,7 +6,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use meshgate::control::ingress_view;
-use meshgate::control::swarm::{dechunk, derive, fixtures, parse_response};
+use meshgate::control::engine::{dechunk, parse_response};
+use meshgate::control::swarm::{derive, fixtures};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse_response(data) {

@@ -327,7 +327,7 @@ impl Config {
 pub type Discover<'a> = &'a mut dyn FnMut(&Path) -> Result<SwarmFacts, String>;
 
 fn discover_docker(socket: &Path) -> Result<SwarmFacts, String> {
-    super::swarm::discover(&super::swarm::Docker::new(socket)).map_err(|e| e.to_string())
+    super::swarm::discover(&super::engine::Docker::new(socket)).map_err(|e| e.to_string())
 }
 
 /// Where a running meshgate's configuration comes from: `run --config
@@ -427,7 +427,7 @@ pub fn swarm_text(
         )),
         Some(sw) => {
             let file_socket = sw.get("socket").and_then(|v| v.as_str());
-            let default = format!("unix://{}", super::swarm::DEFAULT_DOCKER_SOCKET);
+            let default = format!("unix://{}", super::engine::DEFAULT_DOCKER_SOCKET);
             let same = |a: &str, b: &str| {
                 a.trim_start_matches("unix://") == b.trim_start_matches("unix://")
             };
@@ -503,10 +503,10 @@ impl Config {
                         "services come from Docker Swarm when [swarm] is set; remove the [[service]] tables and use `docker service create/update/rm`".into(),
                     ));
                 }
-                let socket = super::swarm::parse_socket(
+                let socket = super::engine::parse_socket(
                     sw.socket
                         .as_deref()
-                        .unwrap_or(super::swarm::DEFAULT_DOCKER_SOCKET),
+                        .unwrap_or(super::engine::DEFAULT_DOCKER_SOCKET),
                 )
                 .map_err(|m| err("swarm.socket", m))?;
                 let facts = discover(&socket).map_err(|m| err("swarm.socket", m))?;
@@ -522,7 +522,7 @@ impl Config {
                 let manager = sw
                     .manager
                     .as_deref()
-                    .map(super::swarm::parse_socket)
+                    .map(super::engine::parse_socket)
                     .transpose()
                     .map_err(|m| err("swarm.manager", m))?;
                 // The default sandbox only where Docker made it; a path

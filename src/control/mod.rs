@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod config;
+pub mod engine;
 pub mod ingress_view;
 pub mod netlink;
 pub mod swarm;

@@ -25,7 +25,8 @@ use serde::Serialize;
 
 use super::api::Doorbell;
 use crate::control::config::{IngressConfig, Service, SwarmConfig};
-use crate::control::swarm::{Desired, Docker, EventRead, SwarmError, read_desired};
+use crate::control::engine::{Docker, EventRead};
+use crate::control::swarm::{Desired, SwarmError, read_desired};
 
 /// How long reads stay fast after an event.
 const SETTLE: Duration = Duration::from_secs(15);
