@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use meshgate::control::api::{Request, call};
+use meshgate::control::api::{
+    IpvsService, PortView, Request, ServiceView, TaskView, call, call_as,
+};
 use meshgate::control::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 
 /// Prints rows as aligned columns.
@@ -50,26 +52,16 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn ports(v: &Value) -> String {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    format!(
-                        "*:{}->{}/{}",
-                        s(&p["published"]),
-                        s(&p["target"]),
-                        s(&p["protocol"])
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        })
-        .unwrap_or_default()
+fn ports(ports: &[PortView]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn service_ls(sock: &Path) -> Result<()> {
-    let v = call(sock, &Request::Services {})?;
+    let services: Vec<ServiceView> = call_as(sock, &Request::Services {})?;
     let mut rows = vec![vec![
         "NAME".into(),
         "MARK".into(),
@@ -77,13 +69,13 @@ pub fn service_ls(sock: &Path) -> Result<()> {
         "TASKS".into(),
         "PORTS".into(),
     ]];
-    for svc in v.as_array().into_iter().flatten() {
+    for svc in services {
         rows.push(vec![
-            s(&svc["name"]),
-            format!("{:#x}", svc["mark"].as_u64().unwrap_or(0)),
-            s(&svc["scheduler"]),
-            format!("{}/{}", s(&svc["tasks_up"]), s(&svc["tasks_total"])),
-            ports(&svc["publish"]),
+            svc.name,
+            format!("{:#x}", svc.mark),
+            svc.scheduler,
+            format!("{}/{}", svc.tasks_up, svc.tasks_total),
+            ports(&svc.publish),
         ]);
     }
     print!("{}", table(&rows));
@@ -91,7 +83,7 @@ pub fn service_ls(sock: &Path) -> Result<()> {
 }
 
 pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
-    let v = call(
+    let tasks: Vec<TaskView> = call_as(
         sock,
         &Request::Tasks {
             service: name.into(),
@@ -105,18 +97,18 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
         .map(String::from)
         .to_vec(),
     ];
-    for t in v.as_array().into_iter().flatten() {
+    for t in tasks {
         rows.push(vec![
-            s(&t["address"]),
-            s(&t["node"]),
-            s(&t["mac"]),
-            s(&t["weight"]),
-            s(&t["state"]),
-            s(&t["active_flows"]),
-            s(&t["inactive_flows"]),
-            s(&t["flows"]),
-            s(&t["counters"]["packets_in"]),
-            s(&t["counters"]["packets_out"]),
+            t.address.to_string(),
+            t.node.to_string(),
+            t.mac,
+            t.weight.to_string(),
+            t.state,
+            t.active_flows.to_string(),
+            t.inactive_flows.to_string(),
+            t.flows.to_string(),
+            t.counters.packets_in.to_string(),
+            t.counters.packets_out.to_string(),
         ]);
     }
     print!("{}", table(&rows));
@@ -124,22 +116,20 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
 }
 
 pub fn ipvs(sock: &Path) -> Result<()> {
-    let v = call(sock, &Request::Ipvs {})?;
+    let services: Vec<IpvsService> = call_as(sock, &Request::Ipvs {})?;
     println!(
         "meshgate {} (IPVS-compatible view)",
         env!("CARGO_PKG_VERSION")
     );
     println!("Prot LocalAddress:Port Scheduler Flags");
     println!("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
-    for svc in v.as_array().into_iter().flatten() {
-        println!("FWM  {} {}", s(&svc["fwmark"]), s(&svc["scheduler"]));
-        for r in svc["reals"].as_array().into_iter().flatten() {
-            let addr = format!("{}:{}", s(&r["address"]), s(&r["port"]));
+    for svc in services {
+        println!("FWM  {} {}", svc.fwmark, svc.scheduler);
+        for r in svc.reals {
+            let addr = format!("{}:{}", r.address, r.port);
             println!(
                 "  -> {addr:<28} Masq    {:<6} {:<10} {}",
-                s(&r["weight"]),
-                s(&r["active"]),
-                s(&r["inactive"])
+                r.weight, r.active, r.inactive
             );
         }
     }

@@ -15,7 +15,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::{PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use super::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use crate::dataplane::counters::TaskCounters;
 
 /// A request to a running meshgate.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +81,14 @@ impl Response {
         }
     }
 
+    /// A successful answer carrying one of the views below.
+    pub fn of<T: Serialize>(data: &T) -> Response {
+        match serde_json::to_value(data) {
+            Ok(v) => Response::ok(v),
+            Err(e) => Response::err(format!("encoding the answer: {e}")),
+        }
+    }
+
     pub fn err(e: impl Into<String>) -> Response {
         Response {
             ok: false,
@@ -87,6 +96,64 @@ impl Response {
             data: Value::Null,
         }
     }
+}
+
+// The answers' data, defined once: the server builds these and the CLI
+// reads them, so a renamed field is a decoding error, not an empty column.
+
+/// A published port, in the answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortView {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+/// One service, in the answer to [`Request::Services`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: String,
+    pub mark: u32,
+    pub scheduler: String,
+    pub publish: Vec<PortView>,
+    /// Tasks that take new flows (running), and all tasks.
+    pub tasks_up: usize,
+    pub tasks_total: usize,
+}
+
+/// One task, in the answer to [`Request::Tasks`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskView {
+    pub address: Ipv4Addr,
+    pub node: Ipv4Addr,
+    pub mac: String,
+    pub weight: u32,
+    /// `running`, `draining` (weight 0) or `unresolved-skipped`.
+    pub state: String,
+    pub active_flows: u32,
+    pub inactive_flows: u32,
+    /// Flows created since the task appeared.
+    pub flows: u64,
+    pub counters: TaskCounters,
+}
+
+/// One fwmark service, in the answer to [`Request::Ipvs`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsService {
+    pub service: String,
+    pub fwmark: u32,
+    pub scheduler: String,
+    pub reals: Vec<IpvsReal>,
+}
+
+/// One real server (task) of an [`IpvsService`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsReal {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub active: u32,
+    pub inactive: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +168,11 @@ pub enum ApiError {
     Decode(#[from] serde_json::Error),
     #[error("{0}")]
     Refused(String),
+}
+
+/// Sends one request and decodes its answer's data as `T`.
+pub fn call_as<T: serde::de::DeserializeOwned>(path: &Path, req: &Request) -> Result<T, ApiError> {
+    Ok(serde_json::from_value(call(path, req)?)?)
 }
 
 /// Sends one request and waits for its answer.
@@ -128,6 +200,69 @@ pub fn call(path: &Path, req: &Request) -> Result<Value, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each view survives the trip through JSON, and a missing field is an
+    /// error rather than an empty value.
+    #[test]
+    fn views_round_trip() {
+        fn trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+            let text = serde_json::to_string(&v).unwrap();
+            assert_eq!(serde_json::from_str::<T>(&text).unwrap(), v, "{text}");
+            // Drop the first field: decoding must fail.
+            let mut obj: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+            let first = obj.keys().next().unwrap().clone();
+            obj.remove(&first);
+            assert!(
+                serde_json::from_value::<T>(Value::Object(obj)).is_err(),
+                "{first} missing went unnoticed"
+            );
+        }
+        let port = PortView {
+            published: 8080,
+            target: 80,
+            protocol: Protocol::Tcp,
+        };
+        trip(port.clone());
+        trip(ServiceView {
+            name: "web".into(),
+            mark: 0x100,
+            scheduler: "rr".into(),
+            publish: vec![port],
+            tasks_up: 2,
+            tasks_total: 3,
+        });
+        trip(TaskView {
+            address: Ipv4Addr::new(198, 18, 128, 4),
+            node: Ipv4Addr::new(198, 18, 0, 11),
+            mac: "02:42:c6:12:80:04".into(),
+            weight: 1,
+            state: "running".into(),
+            active_flows: 1,
+            inactive_flows: 2,
+            flows: 3,
+            counters: TaskCounters {
+                packets_in: 4,
+                bytes_in: 5,
+                packets_out: 6,
+                bytes_out: 7,
+                flows: 3,
+            },
+        });
+        let real = IpvsReal {
+            address: Ipv4Addr::new(198, 18, 128, 4),
+            port: 80,
+            weight: 1,
+            active: 1,
+            inactive: 0,
+        };
+        trip(real.clone());
+        trip(IpvsService {
+            service: "web".into(),
+            fwmark: 0x100,
+            scheduler: "rr".into(),
+            reals: vec![real],
+        });
+    }
 
     #[test]
     fn wire_shape() {

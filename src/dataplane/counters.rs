@@ -94,7 +94,7 @@ reasons! {
 }
 
 /// Worker-local packet and byte counts of one task, in both directions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TaskCounters {
     /// Client -> task.
     pub packets_in: u64,

@@ -8,7 +8,9 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::control::Control;
-use crate::control::api::{Request, Response};
+use crate::control::api::{
+    IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView,
+};
 use crate::control::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
 use crate::dataplane::DropReason;
 use crate::dataplane::tables::TaskEntry;
@@ -30,12 +32,12 @@ impl Control {
     /// Answers one API request.
     pub fn handle(&mut self, req: Request) -> Response {
         match req {
-            Request::Services {} => Response::ok(self.view_services()),
+            Request::Services {} => Response::of(&self.view_services()),
             Request::Tasks { service } => match self.view_tasks(&service) {
-                Ok(v) => Response::ok(v),
+                Ok(v) => Response::of(&v),
                 Err(e) => Response::err(e),
             },
-            Request::Ipvs {} => Response::ok(self.view_ipvs()),
+            Request::Ipvs {} => Response::of(&self.view_ipvs()),
             Request::Stats {} => Response::ok(self.stats_json()),
             Request::Metrics {} => Response::ok(Value::String(self.metrics_text())),
             Request::Reload {} => match self.reload() {
@@ -161,66 +163,74 @@ impl Control {
         out
     }
 
-    fn view_services(&self) -> Value {
-        let snap = self.snapshot();
-        let v: Vec<Value> = snap
+    /// The published ports of service `name`, from the configuration.
+    fn ports_of(&self, name: &str) -> Vec<PortView> {
+        self.cfg
             .services
             .iter()
-            .map(|s| {
-                let up = s.tasks.iter().filter(|&&i| task_state(&snap.tasks[i as usize]) == "running").count();
-                let ports: Vec<Value> = self
-                    .cfg
-                    .services
+            .find(|c| c.name == name)
+            .map(|c| {
+                c.publish
                     .iter()
-                    .find(|c| c.name == *s.name)
-                    .map(|c| c.publish.iter().map(|p| json!({"published": p.published, "target": p.target, "protocol": p.protocol})).collect())
-                    .unwrap_or_default();
-                json!({
-                    "name": &*s.name,
-                    "mark": s.mark,
-                    "scheduler": s.scheduler.to_string(),
-                    "publish": ports,
-                    "tasks_up": up,
-                    "tasks_total": s.tasks.len(),
-                })
+                    .map(|p| PortView {
+                        published: p.published,
+                        target: p.target,
+                        protocol: p.protocol,
+                    })
+                    .collect()
             })
-            .collect();
-        Value::Array(v)
+            .unwrap_or_default()
     }
 
-    fn view_tasks(&self, name: &str) -> Result<Value, String> {
+    fn view_services(&self) -> Vec<ServiceView> {
+        let snap = self.snapshot();
+        snap.services
+            .iter()
+            .map(|s| ServiceView {
+                name: s.name.to_string(),
+                mark: s.mark,
+                scheduler: s.scheduler.to_string(),
+                publish: self.ports_of(&s.name),
+                tasks_up: s
+                    .tasks
+                    .iter()
+                    .filter(|&&i| task_state(&snap.tasks[i as usize]) == "running")
+                    .count(),
+                tasks_total: s.tasks.len(),
+            })
+            .collect()
+    }
+
+    fn view_tasks(&self, name: &str) -> Result<Vec<TaskView>, String> {
         let snap = self.snapshot();
         let s = snap
             .services
             .iter()
             .find(|s| &*s.name == name)
             .ok_or_else(|| format!("no service named `{name}`"))?;
-        let v: Vec<Value> = s
-            .tasks
+        Ok(s.tasks
             .iter()
             .map(|&i| {
                 let t = &snap.tasks[i as usize];
                 let (active, inactive, created) = t.shared.counts();
-                json!({
-                    "address": t.addr.to_string(),
-                    "node": t.node.to_string(),
-                    "mac": t.mac.to_string(),
-                    "weight": t.weight,
-                    "state": task_state(t),
-                    "active_flows": active,
-                    "inactive_flows": inactive,
-                    "flows": created,
-                    "counters": self.stats.task(t.id),
-                })
+                TaskView {
+                    address: t.addr,
+                    node: t.node,
+                    mac: t.mac.to_string(),
+                    weight: t.weight,
+                    state: task_state(t).to_string(),
+                    active_flows: active,
+                    inactive_flows: inactive,
+                    flows: created,
+                    counters: self.stats.task(t.id),
+                }
             })
-            .collect();
-        Ok(Value::Array(v))
+            .collect())
     }
 
-    fn view_ipvs(&self) -> Value {
+    fn view_ipvs(&self) -> Vec<IpvsService> {
         let snap = self.snapshot();
-        let v: Vec<Value> = snap
-            .services
+        snap.services
             .iter()
             .map(|s| {
                 // IPVS shows a fwmark service's real servers with the port
@@ -228,26 +238,32 @@ impl Control {
                 // the port. meshgate shows the target port when the service
                 // has one, else 0.
                 let targets: std::collections::BTreeSet<u16> =
-                    self.cfg.services.iter().find(|c| c.name == *s.name).map(|c| c.publish.iter().map(|p| p.target).collect()).unwrap_or_default();
-                let port = if targets.len() == 1 { *targets.iter().next().unwrap_or(&0) } else { 0 };
-                let reals: Vec<Value> = s
-                    .tasks
-                    .iter()
-                    .map(|&i| {
-                        let t = &snap.tasks[i as usize];
-                        json!({
-                            "address": t.addr.to_string(),
-                            "port": port,
-                            "weight": t.weight,
-                            "active": t.shared.active.load(Ordering::Relaxed),
-                            "inactive": t.shared.inactive.load(Ordering::Relaxed),
+                    self.ports_of(&s.name).iter().map(|p| p.target).collect();
+                let port = match targets.len() {
+                    1 => targets.first().copied().unwrap_or(0),
+                    _ => 0,
+                };
+                IpvsService {
+                    service: s.name.to_string(),
+                    fwmark: s.mark,
+                    scheduler: s.scheduler.to_string(),
+                    reals: s
+                        .tasks
+                        .iter()
+                        .map(|&i| {
+                            let t = &snap.tasks[i as usize];
+                            IpvsReal {
+                                address: t.addr,
+                                port,
+                                weight: t.weight,
+                                active: t.shared.active.load(Ordering::Relaxed),
+                                inactive: t.shared.inactive.load(Ordering::Relaxed),
+                            }
                         })
-                    })
-                    .collect();
-                json!({"service": &*s.name, "fwmark": s.mark, "scheduler": s.scheduler.to_string(), "reals": reals})
+                        .collect(),
+                }
             })
-            .collect();
-        Value::Array(v)
+            .collect()
     }
 
     /// Statistics in the Prometheus text exposition format.
