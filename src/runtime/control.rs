@@ -66,25 +66,51 @@ pub struct Control {
     swarm: Option<SwarmSource>,
 }
 
+/// Everything the control thread takes over from the setup in
+/// `Forwarder::start`, by name.
+pub struct ControlParts {
+    pub cfg: Config,
+    /// Where the configuration came from (None: no reload).
+    pub source: Option<ConfigSource>,
+    /// The ingress interface.
+    pub link: LinkFacts,
+    pub registry: Registry,
+    /// The snapshot the workers start with.
+    pub snapshot: Arc<Snapshot>,
+    pub program: IngressProgram,
+    pub xdp_link: Link,
+    /// One command channel per worker.
+    pub workers: Vec<Sender<Command>>,
+    pub mesh: Arc<Mesh>,
+    pub reports: Receiver<WorkerReport>,
+    /// Old snapshots the workers hand back, freed here.
+    pub garbage: Receiver<Arc<Snapshot>>,
+    /// Next hops the workers ask to resolve.
+    pub resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
+    pub rtnl: Rtnl,
+    pub watcher: Watcher,
+    pub zero_copy: bool,
+}
+
 impl Control {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: Config,
-        source: Option<ConfigSource>,
-        link: LinkFacts,
-        registry: Registry,
-        snapshot: Arc<Snapshot>,
-        program: IngressProgram,
-        xdp_link: Link,
-        workers: Vec<Sender<Command>>,
-        mesh: Arc<Mesh>,
-        reports: Receiver<WorkerReport>,
-        garbage: Receiver<Arc<Snapshot>>,
-        resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
-        rtnl: Rtnl,
-        watcher: Watcher,
-        zero_copy: bool,
-    ) -> Control {
+    pub fn new(parts: ControlParts) -> Control {
+        let ControlParts {
+            cfg,
+            source,
+            link,
+            registry,
+            snapshot,
+            program,
+            xdp_link,
+            workers,
+            mesh,
+            reports,
+            garbage,
+            resolve_q,
+            rtnl,
+            watcher,
+            zero_copy,
+        } = parts;
         let n = workers.len();
         let (calls_tx, calls) = crossbeam::channel::unbounded();
         let bell = Doorbell::new().expect("eventfd");

@@ -309,23 +309,23 @@ impl Forwarder {
             XdpMode::Generic => xdp_flags::SKB_MODE,
         };
         let xdp_link = program.attach(link.index, flags, &cfg.node.interface)?;
-        let mut control = Control::new(
+        let mut control = Control::new(self::control::ControlParts {
             cfg,
-            opts.source.clone(),
+            source: opts.source.clone(),
             link,
             registry,
             snapshot,
             program,
             xdp_link,
-            command_txs,
+            workers: command_txs,
             mesh,
-            report_rx,
-            garbage_rx,
+            reports: report_rx,
+            garbage: garbage_rx,
             resolve_q,
             rtnl,
             watcher,
             zero_copy,
-        );
+        });
         control.sync_ports()?;
         control
             .follow_swarm(swarm_notes)
