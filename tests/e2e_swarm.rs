@@ -166,7 +166,28 @@ fn create_web(lab: &SwarmLab, placement: &[&str]) {
 
 /// The configuration of a meshgate on the worker: its own socket, and the
 /// manager's for the ports' protocols.
+/// Waits until `node`'s Docker lists its ingress sandbox on the ingress
+/// network: Docker makes it some time after the node joins, and meshgate
+/// refuses to start without it (as it should: it takes its place).
+fn wait_for_sandbox(lab: &SwarmLab, node: Node) {
+    lab.wait_for("the node's ingress sandbox", Duration::from_secs(60), |l| {
+        l.docker(
+            node,
+            &[
+                "network",
+                "inspect",
+                "ingress",
+                "--format",
+                "{{json .Containers}}",
+            ],
+        )
+        .is_ok_and(|out| out.contains("ingress-sbox"))
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.ns(node))));
+}
+
 fn worker_config(lab: &SwarmLab) -> PathBuf {
+    wait_for_sandbox(lab, Node::Worker);
     let cfg = lab.dir.join("worker.toml");
     std::fs::write(
         &cfg,
@@ -427,6 +448,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
 
     let with_sandbox = |node: Node, name: &str, extra: &str| {
+        wait_for_sandbox(&lab, node);
         let cfg = lab.dir.join(name);
         std::fs::write(
             &cfg,
