@@ -75,14 +75,19 @@ pub fn lab_neighbours() -> Neighbours {
     n
 }
 
+/// The lab's ingress interface, whose frames need `l4_checksum`.
+pub fn lab_link(l4_checksum: L4Checksum) -> LinkInfo {
+    LinkInfo {
+        mac: NODE_MAC,
+        l4_checksum,
+        sandbox_l4_checksum: L4Checksum::CompletePartial,
+    }
+}
+
 pub fn lab_snapshot_for(cfg: &Config) -> Arc<Snapshot> {
     Arc::new(Snapshot::build(
         &cfg.table_desc(),
-        LinkInfo {
-            mac: NODE_MAC,
-            l4_checksum: Default::default(),
-            sandbox_l4_checksum: L4Checksum::CompletePartial,
-        },
+        lab_link(L4Checksum::Incremental),
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
         1,
@@ -270,19 +275,7 @@ pub fn expected_forward_tcp(
     f: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let inner = tcp_frame(
-        overlay_mac(),
-        MacAddr::docker(TASKS[task]),
-        OVERLAY,
-        TASKS[task],
-        63,
-        snat,
-        TARGET,
-        seq,
-        ack,
-        f,
-        payload,
-    );
+    let inner = to_task_tcp(TASKS[task], snat, seq, ack, f, payload);
     let (node, mac) = task_node(task);
     vxlan_frame(
         NODE_MAC,
@@ -328,34 +321,13 @@ pub fn task_reply_tcp(
     f: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let inner = tcp_frame(
-        MacAddr::docker(TASKS[task]),
-        overlay_mac(),
-        TASKS[task],
-        OVERLAY,
-        64,
-        TARGET,
-        snat,
-        seq,
-        ack,
-        f,
-        payload,
-    );
+    let inner = from_task_tcp(TASKS[task], snat, seq, ack, f, payload);
     let (node, mac) = task_node(task);
     vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
 }
 
 pub fn task_reply_udp(task: usize, snat: u16, payload: &[u8]) -> Vec<u8> {
-    let inner = udp_frame(
-        MacAddr::docker(TASKS[task]),
-        overlay_mac(),
-        TASKS[task],
-        OVERLAY,
-        64,
-        TARGET,
-        snat,
-        payload,
-    );
+    let inner = from_task_udp(TASKS[task], snat, payload);
     let (node, mac) = task_node(task);
     vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
 }
@@ -987,14 +959,10 @@ pub fn partial_checksum(mut frame: Vec<u8>, ip: usize) -> Vec<u8> {
 }
 
 /// A lab pipeline (worker 0 of 1) whose interface needs `l4_checksum`.
-pub fn lab_pipeline_with_checksum(l4_checksum: super::tables::L4Checksum) -> Pipeline {
+pub fn lab_pipeline_with_checksum(l4_checksum: L4Checksum) -> Pipeline {
     let snap = Arc::new(Snapshot::build(
         &lab_config().table_desc(),
-        LinkInfo {
-            mac: NODE_MAC,
-            l4_checksum,
-            sandbox_l4_checksum: L4Checksum::CompletePartial,
-        },
+        lab_link(l4_checksum),
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
         1,
@@ -1041,14 +1009,14 @@ pub fn run_local(p: &mut Pipeline, frame: &[u8]) -> (Verdict, Vec<u8>) {
     (v, f.data().to_vec())
 }
 
-/// What meshgate must send out of the sandbox's interface to the local
-/// task for `client_tcp(..)`: plain Ethernet, no VXLAN.
-pub fn expected_local_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+/// A translated TCP segment from the sandbox to the task at `task`, as
+/// Ethernet on the ingress network.
+fn to_task_tcp(task: Ipv4Addr, snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
     tcp_frame(
         overlay_mac(),
-        MacAddr::docker(LOCAL_TASK),
+        MacAddr::docker(task),
         OVERLAY,
-        LOCAL_TASK,
+        task,
         63,
         snat,
         TARGET,
@@ -1059,12 +1027,20 @@ pub fn expected_local_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8
     )
 }
 
-/// The local task's TCP reply as it arrives on the sandbox's interface.
-pub fn local_reply_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+/// The TCP reply of the task at `task` to the sandbox, as Ethernet on the
+/// ingress network.
+fn from_task_tcp(
+    task: Ipv4Addr,
+    snat: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
     tcp_frame(
-        MacAddr::docker(LOCAL_TASK),
+        MacAddr::docker(task),
         overlay_mac(),
-        LOCAL_TASK,
+        task,
         OVERLAY,
         64,
         TARGET,
@@ -1076,16 +1052,32 @@ pub fn local_reply_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) 
     )
 }
 
-/// The local task's UDP reply as it arrives on the sandbox's interface.
-pub fn local_reply_udp(snat: u16, payload: &[u8]) -> Vec<u8> {
+/// The UDP reply of the task at `task` to the sandbox.
+fn from_task_udp(task: Ipv4Addr, snat: u16, payload: &[u8]) -> Vec<u8> {
     udp_frame(
-        MacAddr::docker(LOCAL_TASK),
+        MacAddr::docker(task),
         overlay_mac(),
-        LOCAL_TASK,
+        task,
         OVERLAY,
         64,
         TARGET,
         snat,
         payload,
     )
+}
+
+/// What meshgate must send out of the sandbox's interface to the local
+/// task for `client_tcp(..)`: plain Ethernet, no VXLAN.
+pub fn expected_local_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+    to_task_tcp(LOCAL_TASK, snat, seq, ack, f, payload)
+}
+
+/// The local task's TCP reply as it arrives on the sandbox's interface.
+pub fn local_reply_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) -> Vec<u8> {
+    from_task_tcp(LOCAL_TASK, snat, seq, ack, f, payload)
+}
+
+/// The local task's UDP reply as it arrives on the sandbox's interface.
+pub fn local_reply_udp(snat: u16, payload: &[u8]) -> Vec<u8> {
+    from_task_udp(LOCAL_TASK, snat, payload)
 }

@@ -671,11 +671,7 @@ mod tests {
     fn registry_keeps_ids_and_marks() {
         let cfg = crate::dataplane::fixtures::lab_config();
         let mut reg = Registry::default();
-        let link = LinkInfo {
-            mac: MacAddr([2, 0, 0, 0, 0, 2]),
-            l4_checksum: L4Checksum::Incremental,
-            sandbox_l4_checksum: L4Checksum::CompletePartial,
-        };
+        let link = crate::dataplane::fixtures::lab_link(L4Checksum::Incremental);
         let a = Snapshot::build(&cfg.table_desc(), link, Arc::default(), &mut reg, 1);
         assert_eq!(a.services[0].mark, 0x100);
         let mut cfg2 = cfg.clone();

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::counters::DropReason;
 use super::fixtures::*;
 use super::pipeline::{Pipeline, Verdict};
-use super::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Snapshot};
+use super::tables::{L4Checksum, Neighbours, Registry, Snapshot};
 use crate::wire::MacAddr;
 
 fn hex(b: &[u8]) -> String {
@@ -183,11 +183,7 @@ fn snapshot_with(
 ) -> Arc<Snapshot> {
     Arc::new(Snapshot::build(
         &cfg.table_desc(),
-        LinkInfo {
-            mac: NODE_MAC,
-            l4_checksum: Default::default(),
-            sandbox_l4_checksum: L4Checksum::CompletePartial,
-        },
+        lab_link(L4Checksum::Incremental),
         Arc::new(lab_neighbours()),
         reg,
         generation,
@@ -263,11 +259,7 @@ fn unresolved_tasks_get_no_new_flows_and_existing_ones_ask_for_their_node() {
     let build = |n: Neighbours, reg: &mut Registry, generation| {
         Arc::new(Snapshot::build(
             &cfg.table_desc(),
-            LinkInfo {
-                mac: NODE_MAC,
-                l4_checksum: Default::default(),
-                sandbox_l4_checksum: L4Checksum::CompletePartial,
-            },
+            lab_link(L4Checksum::Incremental),
             Arc::new(n),
             reg,
             generation,
@@ -401,30 +393,15 @@ proptest! {
         let mut p = lab_pipeline(0, 2);
         let _ = run(&mut p, &bytes);
         // Also mutate real frames, which reach deeper.
-        let mut f = task_reply_tcp(0, 40000, 1, 1, ACK, b"abc");
-        let i = mutate_from % f.len();
-        for (k, b) in bytes.iter().take(8).enumerate() {
-            let j = (i + k) % f.len();
-            f[j] ^= b;
-        }
+        let f = mutated(task_reply_tcp(0, 40000, 1, 1, ACK, b"abc"), &bytes, mutate_from);
         let _ = run(&mut p, &f);
-        let mut g = client_tcp(40000, 1, 0, SYN, b"abc");
-        let i = mutate_from % g.len();
-        for (k, b) in bytes.iter().take(8).enumerate() {
-            let j = (i + k) % g.len();
-            g[j] ^= b;
-        }
+        let g = mutated(client_tcp(40000, 1, 0, SYN, b"abc"), &bytes, mutate_from);
         let _ = run(&mut p, &g);
         // The sandbox's entry, with a local flow to reach.
         let mut l = local_pipeline(0, 2, true);
         let _ = run(&mut l, &client_tcp(40000, 1, 0, SYN, b""));
         let _ = run_local(&mut l, &bytes);
-        let mut r = local_reply_tcp(1024, 1, 1, ACK, b"abc");
-        let i = mutate_from % r.len();
-        for (k, b) in bytes.iter().take(8).enumerate() {
-            let j = (i + k) % r.len();
-            r[j] ^= b;
-        }
+        let r = mutated(local_reply_tcp(1024, 1, 1, ACK, b"abc"), &bytes, mutate_from);
         let _ = run_local(&mut l, &r);
     }
 }
@@ -612,6 +589,16 @@ fn partial_checksums_completed(mode: super::tables::L4Checksum) {
         &partial_checksum(client_tcp(44000, 1, 0, SYN, b""), 14),
     );
     assert!(!inner_l4_checksum_ok(&out));
+}
+
+/// `frame` with up to 8 bytes from `at` (wrapping) XORed with `bytes`.
+fn mutated(mut frame: Vec<u8>, bytes: &[u8], at: usize) -> Vec<u8> {
+    let i = at % frame.len();
+    for (k, b) in bytes.iter().take(8).enumerate() {
+        let j = (i + k) % frame.len();
+        frame[j] ^= b;
+    }
+    frame
 }
 
 /// The SNAT port of a frame for the local task (plain Ethernet/IPv4/L4).

@@ -23,7 +23,7 @@ use super::swarm::{SwarmSource, SwarmStatus};
 use super::worker::{Command, Mesh, WorkerReport};
 use crate::control::config::{Config, ConfigSource};
 use crate::control::netlink::{LinkFacts, Rtnl, Watcher};
-use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot, TaskId};
+use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
 use crate::xdp::bpf::{BpfError, Link};
 use crate::xdp::program::IngressProgram;
 
@@ -274,11 +274,7 @@ impl Control {
         let generation = self.snapshot.generation + 1;
         let snap = Arc::new(Snapshot::build(
             &self.cfg.table_desc(),
-            LinkInfo {
-                mac: self.link.mac,
-                l4_checksum: super::l4_checksum(self.cfg.node.checksum, &self.link),
-                sandbox_l4_checksum: super::sandbox_l4_checksum(self.cfg.node.checksum),
-            },
+            super::link_info(self.cfg.node.checksum, &self.link),
             self.neighbours.clone(),
             &mut self.registry,
             generation,

@@ -194,11 +194,7 @@ impl Forwarder {
         let neighbours = Arc::new(neighbours);
         let snapshot = Arc::new(Snapshot::build(
             &cfg.table_desc(),
-            LinkInfo {
-                mac: link.mac,
-                l4_checksum: l4_checksum(cfg.node.checksum, &link),
-                sandbox_l4_checksum: sandbox_l4_checksum(cfg.node.checksum),
-            },
+            link_info(cfg.node.checksum, &link),
             neighbours.clone(),
             &mut registry,
             1,
@@ -477,35 +473,33 @@ fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     }
 }
 
-/// The checksum mode for `link`: `node.checksum`, or with "auto" partial
+/// What the snapshot needs to know of the ingress interface: its MAC and
+/// how checksums are made on it and on the sandbox's interface.
+///
+/// On the ingress interface: `node.checksum`, or with "auto" partial
 /// checksums completed on virtual links (a veth passes on its sender's
 /// partial checksums; so may other links of software's making) and
 /// incremental updates on a NIC (a device without a link kind), which
-/// delivers complete checksums.
-pub fn l4_checksum(
+/// delivers complete checksums. On the sandbox's interface, a veth that
+/// Docker made, partial checksums are always completed unless every
+/// checksum is summed anew anyway.
+pub fn link_info(
     setting: crate::control::config::ChecksumSetting,
     link: &crate::control::netlink::LinkFacts,
-) -> crate::dataplane::tables::L4Checksum {
+) -> LinkInfo {
     use crate::control::config::ChecksumSetting;
     use crate::dataplane::tables::L4Checksum;
-    match setting {
-        ChecksumSetting::Incremental => L4Checksum::Incremental,
-        ChecksumSetting::Full => L4Checksum::Full,
-        ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::CompletePartial,
-        ChecksumSetting::Auto => L4Checksum::Incremental,
-    }
-}
-
-/// The checksum mode for frames from the ingress sandbox's interface: a
-/// veth that Docker made, whose frames may carry partial checksums, so
-/// they are completed unless every checksum is summed anew anyway.
-pub fn sandbox_l4_checksum(
-    setting: crate::control::config::ChecksumSetting,
-) -> crate::dataplane::tables::L4Checksum {
-    use crate::control::config::ChecksumSetting;
-    use crate::dataplane::tables::L4Checksum;
-    match setting {
-        ChecksumSetting::Full => L4Checksum::Full,
-        ChecksumSetting::Auto | ChecksumSetting::Incremental => L4Checksum::CompletePartial,
+    LinkInfo {
+        mac: link.mac,
+        l4_checksum: match setting {
+            ChecksumSetting::Incremental => L4Checksum::Incremental,
+            ChecksumSetting::Full => L4Checksum::Full,
+            ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::CompletePartial,
+            ChecksumSetting::Auto => L4Checksum::Incremental,
+        },
+        sandbox_l4_checksum: match setting {
+            ChecksumSetting::Full => L4Checksum::Full,
+            ChecksumSetting::Auto | ChecksumSetting::Incremental => L4Checksum::CompletePartial,
+        },
     }
 }
