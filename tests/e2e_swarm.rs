@@ -164,8 +164,23 @@ fn create_web(lab: &SwarmLab, placement: &[&str]) {
     lab.docker(Node::Manager, &args).unwrap();
 }
 
-/// The configuration of a meshgate on the worker: its own socket, and the
-/// manager's for the ports' protocols.
+/// [`create_web`], then waits until `tasks` of its tasks run.
+fn create_running_web(lab: &SwarmLab, placement: &[&str], tasks: usize) {
+    create_web(lab, placement);
+    lab.wait_for(
+        &format!("{tasks} running tasks of web"),
+        Duration::from_secs(90),
+        |l| l.running_tasks("web").unwrap_or(0) == tasks,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}\n{}\n{}",
+            lab.daemon_log(&lab.manager()),
+            lab.daemon_log(&lab.worker())
+        )
+    });
+}
+
 /// Waits until `node`'s Docker lists its ingress sandbox on the ingress
 /// network: Docker makes it some time after the node joins, and meshgate
 /// refuses to start without it (as it should: it takes its place).
@@ -186,19 +201,28 @@ fn wait_for_sandbox(lab: &SwarmLab, node: Node) {
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.ns(node))));
 }
 
-fn worker_config(lab: &SwarmLab) -> PathBuf {
-    wait_for_sandbox(lab, Node::Worker);
-    let cfg = lab.dir.join("worker.toml");
+/// Writes `name`: a meshgate configuration for `node` from its own
+/// Docker socket, with `extra` lines in `[swarm]`, once the node has its
+/// ingress sandbox.
+fn swarm_config(lab: &SwarmLab, node: Node, name: &str, extra: &str) -> PathBuf {
+    wait_for_sandbox(lab, node);
+    let cfg = lab.dir.join(name);
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nmanager = \"unix://{}\"\n",
-            lab.socket(Node::Worker).display(),
-            lab.manager_socket().display()
+            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\n{extra}",
+            lab.socket(node).display(),
         ),
     )
     .unwrap();
     cfg
+}
+
+/// The configuration of a meshgate on the worker: its own socket, and the
+/// manager's for the ports' protocols.
+fn worker_config(lab: &SwarmLab) -> PathBuf {
+    let manager = format!("manager = \"unix://{}\"\n", lab.manager_socket().display());
+    swarm_config(lab, Node::Worker, "worker.toml", &manager)
 }
 
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
@@ -216,14 +240,11 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    create_web(
+    create_running_web(
         &lab,
         &["--replicas", "3", "--constraint", "node.role==worker"],
+        3,
     );
-    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
-        l.running_tasks("web").unwrap_or(0) == 3
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
 
     // `check` with a [swarm] table reads the same state `run` starts from.
     let cfg = lab.dir.join("check.toml");
@@ -369,14 +390,11 @@ fn meshgate_on_a_worker_node() {
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
     lab.import_busybox(Node::Manager).unwrap();
-    create_web(
+    create_running_web(
         &lab,
         &["--replicas", "2", "--constraint", "node.role==manager"],
+        2,
     );
-    lab.wait_for("2 running tasks of web", Duration::from_secs(90), |l| {
-        l.running_tasks("web").unwrap_or(0) == 2
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
 
     let cfg = worker_config(&lab);
     let mg = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
@@ -441,32 +459,25 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
         return;
     }
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    create_web(&lab, &["--mode", "global"]);
-    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
-        l.running_tasks("web").unwrap_or(0) == 3
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
+    create_running_web(&lab, &["--mode", "global"], 3);
 
-    let with_sandbox = |node: Node, name: &str, extra: &str| {
-        wait_for_sandbox(&lab, node);
-        let cfg = lab.dir.join(name);
-        std::fs::write(
-            &cfg,
-            format!(
-                "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\nsandbox = \"{}\"\n{extra}",
-                lab.socket(node).display(),
-                lab.sandbox(node).display(),
-            ),
-        )
-        .unwrap();
-        cfg
-    };
-    let wcfg = with_sandbox(
+    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
+    let wcfg = swarm_config(
+        &lab,
         Node::Worker,
         "worker-sandbox.toml",
-        &format!("manager = \"unix://{}\"\n", lab.manager_socket().display()),
+        &format!(
+            "{}manager = \"unix://{}\"\n",
+            sandbox(Node::Worker),
+            lab.manager_socket().display()
+        ),
     );
-    let mcfg = with_sandbox(Node::Manager, "manager-sandbox.toml", "");
+    let mcfg = swarm_config(
+        &lab,
+        Node::Manager,
+        "manager-sandbox.toml",
+        &sandbox(Node::Manager),
+    );
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {

@@ -154,7 +154,7 @@ impl Forwarder {
             miss_action: action::PASS,
             ifindex: Some(link.index),
         })?;
-        let ring = (cfg.node.frames_per_queue / 2).clamp(64, 4096);
+        let ring = ring_size(cfg.node.frames_per_queue);
         let xsk = Xsk::open(&XskConfig {
             ifname: cfg.node.interface.clone(),
             queues: queues.clone(),
@@ -354,6 +354,12 @@ impl Forwarder {
     }
 }
 
+/// Ring size of a socket with `frames` frames: half of them may wait in
+/// each ring, so the other half stays free for the other rings.
+fn ring_size(frames: u32) -> u32 {
+    (frames / 2).clamp(64, 4096)
+}
+
 /// Opens the ingress sandbox of `cfg`, if any. A sandbox found at Docker's
 /// default place that cannot be opened (no CAP_SYS_ADMIN, say) is dropped
 /// from `cfg` with a warning, so that local tasks are left out with a note
@@ -362,7 +368,7 @@ fn open_sandbox(cfg: &mut Config) -> Result<Option<self::sandbox::Sandbox>, RunE
     let Some(netns) = cfg.ingress.sandbox.clone() else {
         return Ok(None);
     };
-    let ring = (cfg.node.frames_per_queue / 2).clamp(64, 4096);
+    let ring = ring_size(cfg.node.frames_per_queue);
     match self::sandbox::open(&self::sandbox::SandboxParams {
         netns: netns.clone(),
         address: cfg.ingress.address,
