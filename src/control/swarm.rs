@@ -17,7 +17,8 @@
 //! Invariants: nothing here touches the data plane; a failed or odd answer
 //! from Docker is an error value, never a panic, and never an empty service
 //! list (the caller keeps the last good one). Things that are valid in
-//! Swarm but that meshgate cannot carry (a task on this very node, SCTP)
+//! Swarm but that meshgate cannot carry (SCTP; a task on this very node
+//! when meshgate has no ingress sandbox to reach it through)
 //! are left out and reported as notes.
 //!
 //! The requests go through the Engine API client in [`super::engine`].
