@@ -22,7 +22,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use meshgate::lab::{enter_ns, sh};
+use meshgate_testkit::lab::{enter_ns, sh};
 
 pub const GEN_MAC: &str = "02:00:c6:12:01:01";
 pub const DUT_MAC: &str = "02:00:c6:12:01:02";
@@ -205,7 +205,7 @@ pub enum Running {
     },
     Drop {
         _link: meshgate::xdp::bpf::Link,
-        _prog: meshgate::xdp::program::DropProgram,
+        _prog: meshgate_testkit::programs::DropProgram,
     },
 }
 
@@ -404,7 +404,7 @@ pub fn start_baseline(lab: &BenchLab) -> Result<Running> {
         enter_ns(&dut)?;
         let mut rtnl = meshgate::control::netlink::Rtnl::new()?;
         let idx = rtnl.link("d0")?.index;
-        let prog = meshgate::xdp::program::DropProgram::load()?;
+        let prog = meshgate_testkit::programs::DropProgram::load()?;
         let link = prog
             .prog
             .attach_xdp(idx, meshgate::xdp::bpf::xdp_flags::DRV_MODE, "d0")?;

@@ -6,8 +6,8 @@
 //! buffer (a few ns, the NIC's job in production) and runs the pipeline.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use meshgate::dataplane::fixtures::*;
 use meshgate::dataplane::{FrameBuf, Pipeline, Verdict};
+use meshgate_testkit::fixtures::*;
 
 fn lab(max_flows: usize) -> Pipeline {
     Pipeline::new(lab_snapshot(), 0, 1, max_flows, (1024, 65535))

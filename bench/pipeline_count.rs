@@ -1,8 +1,8 @@
 //! The pipeline alone in a loop, for callgrind's instruction counts and a
 //! quick ns/packet: the same frames as `bench/pipeline.rs`.
 
-use meshgate::dataplane::fixtures::*;
 use meshgate::dataplane::{FrameBuf, Pipeline, Verdict};
+use meshgate_testkit::fixtures::*;
 
 fn buffer(frame: &[u8]) -> Vec<u8> {
     let mut b = vec![0u8; FIXTURE_FRAME];

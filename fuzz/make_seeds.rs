@@ -1,8 +1,8 @@
 //! Writes the seed corpus of every fuzz target from the fixture frames
-//! (`src/dataplane/fixtures.rs`) and the shipped configuration:
+//! (`testkit/src/fixtures.rs`) and the shipped configuration:
 //! `cargo run --example make_seeds` in fuzz/.
 
-use meshgate::dataplane::fixtures::*;
+use meshgate_testkit::fixtures::*;
 use std::path::Path;
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -57,7 +57,7 @@ fn main() {
     write("pipeline", "multi", &multi);
     write("config", "lab", include_bytes!("../examples/lab.toml"));
     {
-        use meshgate::control::swarm::fixtures::{NODES, SERVICES, TASKS};
+        use meshgate_testkit::docker::{NODES, SERVICES, TASKS};
         let mut answers = Vec::new();
         answers.extend_from_slice(SERVICES.as_bytes());
         answers.push(0xff);
@@ -65,7 +65,7 @@ fn main() {
         answers.push(0xff);
         answers.extend_from_slice(NODES.as_bytes());
         write("docker_api", "answers", &answers);
-        use meshgate::control::ingress_view::fixtures::{MANAGER_SERVICES, RULES, WORKER_INGRESS};
+        use meshgate_testkit::docker::{MANAGER_SERVICES, RULES, WORKER_INGRESS};
         for (name, protocols) in [("worker_manager", MANAGER_SERVICES), ("worker_rules", RULES)] {
             let mut v = WORKER_INGRESS.as_bytes().to_vec();
             v.push(0xff);

@@ -7,16 +7,19 @@
 //! [`control`] (the configuration, the control API's protocol, netlink and
 //! Docker's Engine API), [`runtime`] (assembly: sockets, workers, the
 //! control thread, statistics, API servers, the swarm follower, the socket
-//! in the ingress sandbox for tasks on this node). Test
-//! support ships here for now: [`lab`] and [`swarm_lab`] (the namespace
-//! labs) and `dataplane::fixtures`. `docs/architecture.md` shows a
-//! packet's path through them.
+//! in the ingress sandbox for tasks on this node). `docs/architecture.md`
+//! shows a packet's path through them. Test support (labs, fixtures,
+//! benchmark programs, the demo and the benchmark driver) lives in the
+//! workspace's `meshgate-testkit` crate, not here.
 #![deny(unsafe_code)]
+
+// The unit tests include test-support files that name this crate
+// `meshgate::`, as the test-support crate does.
+#[cfg(test)]
+extern crate self as meshgate;
 
 pub mod control;
 pub mod dataplane;
-pub mod lab;
 pub mod runtime;
-pub mod swarm_lab;
 pub mod wire;
 pub mod xdp;

@@ -10,7 +10,6 @@ use meshgate::control::config::{Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Sc
 use meshgate::runtime::{self, RunOptions};
 
 mod cli;
-mod demo;
 
 #[derive(Parser)]
 #[command(
@@ -131,15 +130,6 @@ enum Cmd {
     Reload {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
-    },
-    /// Build the built-in namespace lab, run meshgate on it, send requests through it and show the counters.
-    Demo {
-        /// TCP connections to make.
-        #[arg(long, default_value_t = 30)]
-        connections: u32,
-        /// Keep the lab and meshgate running until Ctrl-C, to try the other subcommands.
-        #[arg(long)]
-        keep: bool,
     },
 }
 
@@ -265,7 +255,6 @@ fn real_main() -> Result<()> {
                 None => "running on the swarm".to_string(),
             })
         }
-        Cmd::Demo { connections, keep } => demo::run(connections, keep),
         Cmd::Ipvs { control } => cli::ipvs(&control),
         Cmd::Stats {
             json,

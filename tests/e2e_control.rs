@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, default_lab, privileged, target, task_of};
-use meshgate::lab::{self, Lab, LabOptions};
+use meshgate_testkit::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
 

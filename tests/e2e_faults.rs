@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, default_lab, privileged, target, task_of};
-use meshgate::lab::tcp_request;
-use meshgate::lab::{self, Lab, LabOptions};
+use meshgate_testkit::lab::tcp_request;
+use meshgate_testkit::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(2);
 

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, default_lab, mac_of, target};
-use meshgate::lab;
+use meshgate_testkit::lab;
 
 /// Each request of an established connection must be answered within this.
 const ANSWER_WITHIN: Duration = Duration::from_secs(1);

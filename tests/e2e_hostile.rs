@@ -12,8 +12,8 @@ use std::net::{TcpStream, UdpSocket};
 use std::time::Duration;
 
 use common::{Meshgate, default_lab, inject, mac_of, target};
-use meshgate::dataplane::fixtures::*;
-use meshgate::lab;
+use meshgate_testkit::fixtures::*;
+use meshgate_testkit::lab;
 
 const T: Duration = Duration::from_secs(3);
 
@@ -323,7 +323,7 @@ fn pmtu_icmp_errors_and_unusual_udp() {
             s.connect(target()).unwrap();
             s.send(&[0u8; 1472]).unwrap();
             std::thread::sleep(Duration::from_millis(300));
-            let route = meshgate::lab::sh(&["ip", "route", "get", "198.18.0.2"]).unwrap();
+            let route = meshgate_testkit::lab::sh(&["ip", "route", "get", "198.18.0.2"]).unwrap();
             // The application hears of it (a pending EMSGSIZE)...
             let told = s.send(&[0u8; 1472]).map_err(|e| e.raw_os_error());
             // ...and then the kernel splits such datagrams into fragments

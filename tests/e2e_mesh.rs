@@ -9,7 +9,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{Meshgate, default_lab, privileged, target};
-use meshgate::lab::{self, Lab, LabOptions};
+use meshgate_testkit::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
 

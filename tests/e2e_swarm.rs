@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools};
+use meshgate_testkit::swarm_lab::{
+    MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools,
+};
 
 fn docker_available() -> bool {
     let missing = missing_tools();

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::privileged;
-use meshgate::lab::{self, sh};
+use meshgate_testkit::lab::{self, sh};
 
 /// Two namespaces and a reflector; all removed when dropped.
 struct Pair {

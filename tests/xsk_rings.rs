@@ -6,9 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::privileged;
-use meshgate::lab::{self, sh};
 use meshgate::xdp::umem::KERNEL_HEADROOM;
 use meshgate::xdp::{BindMode, Xsk, XskConfig};
+use meshgate_testkit::lab::{self, sh};
 
 struct Ns(String);
 

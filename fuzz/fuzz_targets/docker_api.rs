@@ -7,7 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use meshgate::control::ingress_view;
 use meshgate::control::engine::{dechunk, parse_response};
-use meshgate::control::swarm::{derive, fixtures};
+use meshgate::control::swarm::derive;
+use meshgate_testkit::docker as fixtures;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = parse_response(data) {

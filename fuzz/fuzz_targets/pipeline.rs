@@ -4,7 +4,7 @@
 //! lies inside its buffer with valid IPv4 header checksums.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use meshgate::dataplane::fixtures::*;
+use meshgate_testkit::fixtures::*;
 use meshgate::dataplane::{FrameBuf, Pipeline, Verdict};
 use std::sync::OnceLock;
 

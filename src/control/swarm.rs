@@ -435,59 +435,11 @@ pub(crate) fn finish_services(
     }
 }
 
-/// Real answers of Docker 20.10 and the matching facts: shared by the
-/// tests below and the fuzz target's seeds.
-#[doc(hidden)]
-pub mod fixtures {
-    use super::*;
-    use crate::wire::MacAddr;
-
-    // Answers of a Docker 20.10.24 swarm (manager 198.18.0.2, worker
-    // 198.18.0.11, `docker service create --name web --publish 8080:80
-    // --replicas 3`), trimmed to the fields meshgate reads.
-    pub const SERVICES: &str = r#"[{"ID":"xv8ctzjgiu7fe980hoe7res7z","Spec":{"Name":"web"},"Endpoint":{"Spec":{"Mode":"vip","Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}]},"Ports":[{"Protocol":"tcp","TargetPort":80,"PublishedPort":8080,"PublishMode":"ingress"}],"VirtualIPs":[{"NetworkID":"g61z0msna4i4bmd4g9zxacfou","Addr":"198.18.128.17/24"}]}}]"#;
-    pub const TASKS: &str = r#"[
-{"ID":"outnfwdsy9aq13t8awutlwcv7","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.19/24"]}]},
-{"ID":"sxs73chqr4q3kzwqhcnhx9nw9","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.18/24"]}]},
-{"ID":"yg37k5f54vvl6roq9amkmdbux","ServiceID":"xv8ctzjgiu7fe980hoe7res7z","NodeID":"rwqnic9oiedgcroolvzz3yz9g","DesiredState":"running","Status":{"State":"running"},"NetworksAttachments":[{"Network":{"ID":"g61z0msna4i4bmd4g9zxacfou","Spec":{"Name":"ingress","Ingress":true}},"Addresses":["198.18.128.20/24"]}]}]"#;
-    pub const NODES: &str = r#"[
-{"ID":"ieau4xomuc2kmaf95o8kef0pn","Spec":{"Role":"manager","Availability":"active"},"Status":{"State":"ready","Addr":"198.18.0.2"},"ManagerStatus":{"Leader":true,"Reachability":"reachable","Addr":"198.18.0.2:2377"}},
-{"ID":"rwqnic9oiedgcroolvzz3yz9g","Spec":{"Role":"worker","Availability":"active"},"Status":{"State":"ready","Addr":"198.18.0.11"}}]"#;
-
-    pub fn facts() -> SwarmFacts {
-        SwarmFacts {
-            node_id: "ieau4xomuc2kmaf95o8kef0pn".into(),
-            manager: true,
-            node_address: Ipv4Addr::new(198, 18, 0, 2),
-            data_path_port: 4789,
-            ingress_network: "g61z0msna4i4bmd4g9zxacfou".into(),
-            vni: 4096,
-            subnet: "198.18.128.0/24".into(),
-            sandbox_address: Ipv4Addr::new(198, 18, 128, 2),
-            sandbox_mac: "02:42:c6:12:80:02".into(),
-            mtu: None,
-        }
-    }
-
-    pub fn ingress() -> IngressConfig {
-        IngressConfig {
-            vni: 4096,
-            port: 4789,
-            subnet: "198.18.128.0/24".parse().unwrap(),
-            address: Ipv4Addr::new(198, 18, 128, 2),
-            mac: MacAddr::docker(Ipv4Addr::new(198, 18, 128, 2)),
-            mtu: 1450,
-            sandbox: None,
-            sandbox_required: false,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    use super::fixtures::*;
+    use crate::control::docker_fixtures::*;
 
     fn run(services: &str, tasks: &str, nodes: &str) -> Desired {
         derive(

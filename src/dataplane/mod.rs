@@ -7,11 +7,14 @@
 //! per-task flow counts, touched once per flow event, never per packet.
 //!
 //! The tables are built from [`desc::TableDesc`], which the data plane
-//! owns: no module here but the test support (`fixtures`, `tests`) imports
-//! configuration or control types.
+//! owns: no module here imports configuration or control types (the unit
+//! tests' fixtures, from the test-support crate, do).
 
 pub mod counters;
 pub mod desc;
+/// The test-support crate's fixtures, for the unit tests: not shipped.
+#[cfg(test)]
+#[path = "../../testkit/src/fixtures.rs"]
 pub mod fixtures;
 pub mod flow;
 pub mod pipeline;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate::lab::{self, Lab};
+use meshgate_testkit::lab::{self, Lab};
 
 /// True when the test may run. Lab tests need root (namespaces, XDP,
 /// AF_XDP); without it they fail with a message, unless
@@ -211,7 +211,7 @@ pub fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
     let ns = ns.to_string();
     let dev = dev.to_string();
     std::thread::spawn(move || {
-        meshgate::lab::enter_ns(&ns).unwrap();
+        meshgate_testkit::lab::enter_ns(&ns).unwrap();
         let mut xsk = meshgate::xdp::Xsk::open(&meshgate::xdp::XskConfig {
             ifname: dev,
             queues: vec![0],

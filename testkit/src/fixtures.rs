@@ -3,7 +3,7 @@
 //! seeds and the benchmarks.
 //!
 //! Every frame here is built with `etherparse`, an implementation independent
-//! of [`crate::wire`], so the expected outputs check meshgate's rewriting
+//! of [`meshgate::wire`], so the expected outputs check meshgate's rewriting
 //! byte for byte against a second opinion. The topology is the lab's
 //! (`examples/lab.toml`): client 198.18.0.1 -> node 198.18.0.2:8080, tasks
 //! 198.18.128.4 and .5 on node 198.18.0.11 and .6 on node 198.18.0.12.
@@ -13,12 +13,12 @@ use std::sync::Arc;
 
 use etherparse::{PacketBuilder, TcpHeader};
 
-use super::counters::DropReason;
-use super::flow::ClientKey;
-use super::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
-use super::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Route, Snapshot};
-use crate::control::config::Config;
-use crate::wire::MacAddr;
+use meshgate::control::config::Config;
+use meshgate::dataplane::counters::DropReason;
+use meshgate::dataplane::flow::ClientKey;
+use meshgate::dataplane::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
+use meshgate::dataplane::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Route, Snapshot};
+use meshgate::wire::MacAddr;
 
 pub const LAB_TOML: &str = include_str!("../../examples/lab.toml");
 
@@ -505,7 +505,7 @@ pub fn fix_ip_checksum(frame: &mut [u8], ip_off: usize) {
     frame[ip_off + 11] = 0;
     let ihl = usize::from(frame[ip_off] & 0x0f) * 4;
     let end = (ip_off + ihl.max(20)).min(frame.len());
-    let c = crate::wire::checksum::checksum(&frame[ip_off..end]);
+    let c = meshgate::wire::checksum::checksum(&frame[ip_off..end]);
     frame[ip_off + 10..ip_off + 12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -947,7 +947,7 @@ pub fn run_case(c: &Case) -> (Verdict, Vec<u8>) {
 /// NIC (`CHECKSUM_PARTIAL`): the TCP/UDP checksum field holds only the
 /// folded pseudo-header sum. `ip` is the IPv4 header's offset in `frame`.
 pub fn partial_checksum(mut frame: Vec<u8>, ip: usize) -> Vec<u8> {
-    use crate::wire::checksum;
+    use meshgate::wire::checksum;
     let h = &frame[ip..ip + 20];
     let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
     let src = std::net::Ipv4Addr::new(h[12], h[13], h[14], h[15]);
@@ -979,7 +979,7 @@ pub fn config_with_tasks(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Config {
     let mut cfg = lab_config();
     cfg.services[0].tasks = tasks
         .iter()
-        .map(|&(address, node)| crate::control::config::Task {
+        .map(|&(address, node)| meshgate::control::config::Task {
             address,
             node,
             mac: MacAddr::docker(address),

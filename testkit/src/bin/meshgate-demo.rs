@@ -1,4 +1,5 @@
-//! `meshgate demo`: the built-in lab, end to end, in one command.
+//! `meshgate-demo`: the built-in lab, end to end, in one command (what
+//! `tools/demo` runs). It starts the `meshgate` binary that sits beside it.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -7,10 +8,30 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use clap::Parser;
 
-use meshgate::lab::{self, Lab, LabOptions};
+use meshgate_testkit::lab::{self, Lab, LabOptions};
 
-pub fn run(connections: u32, keep: bool) -> Result<()> {
+/// Build the built-in namespace lab, run meshgate on it, send requests
+/// through it and show the counters.
+#[derive(Parser)]
+#[command(name = "meshgate-demo", version)]
+struct Args {
+    /// TCP connections to make.
+    #[arg(long, default_value_t = 30)]
+    connections: u32,
+    /// Keep the lab and meshgate running until Ctrl-C, to try meshgate's
+    /// client subcommands.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    run(args.connections, args.keep)
+}
+
+fn run(connections: u32, keep: bool) -> Result<()> {
     println!(
         "== building the lab: client, ingress node (meshgate on in0), switch, two task nodes with kernel VXLAN, three tasks"
     );
@@ -34,7 +55,13 @@ pub fn run(connections: u32, keep: bool) -> Result<()> {
     } else {
         dir.join("control.sock")
     };
-    let exe = std::env::current_exe()?;
+    let exe = std::env::current_exe()?.with_file_name("meshgate");
+    if !exe.exists() {
+        bail!(
+            "{} is missing: build it first (cargo build --release --workspace --bins, or tools/demo)",
+            exe.display()
+        );
+    }
     let mut child = Command::new("ip")
         .args(["netns", "exec", &lab.ingress()])
         .arg(&exe)

@@ -145,7 +145,7 @@ pub struct Lab {
     pub tasks: Vec<LabTask>,
     namespaces: Vec<String>,
     /// Steers frames into the ingress queues by flow hash (several queues only).
-    rss: Option<crate::xdp::program::RssSteering>,
+    rss: Option<crate::programs::RssSteering>,
 }
 
 impl Lab {
@@ -302,12 +302,11 @@ impl Lab {
             // hash instead, as a NIC's RSS does.
             let rss = self.in_ns(
                 &sw,
-                move || -> Result<crate::xdp::program::RssSteering, String> {
+                move || -> Result<crate::programs::RssSteering, String> {
                     let mut rtnl =
-                        crate::control::netlink::Rtnl::new().map_err(|e| e.to_string())?;
+                        meshgate::control::netlink::Rtnl::new().map_err(|e| e.to_string())?;
                     let idx = rtnl.link("p-in").map_err(|e| e.to_string())?.index;
-                    crate::xdp::program::RssSteering::attach(idx, "p-in", q)
-                        .map_err(|e| e.to_string())
+                    crate::programs::RssSteering::attach(idx, "p-in", q).map_err(|e| e.to_string())
                 },
             )?;
             self.rss = Some(rss.map_err(|err| LabError::Setns {
