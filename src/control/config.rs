@@ -483,363 +483,41 @@ impl Config {
     }
 
     fn from_raw(raw: RawConfig, file: &str, discover: Discover) -> Result<Config, ConfigError> {
-        let err = |key: &str, msg: String| ConfigError::new(file, key, msg);
-
+        let at = At(file);
         // [swarm] first: it fills in [node] address and [ingress].
-        let mut swarm_sandbox = None;
-        let mut swarm_sandbox_given = false;
-        let swarm = match raw.swarm {
-            None => None,
-            Some(sw) => {
-                if raw.ingress.is_some() {
-                    return Err(err(
-                        "ingress",
-                        "comes from the swarm's ingress network when [swarm] is set; remove the [ingress] table".into(),
-                    ));
-                }
-                if !raw.services.is_empty() {
-                    return Err(err(
-                        "service",
-                        "services come from Docker Swarm when [swarm] is set; remove the [[service]] tables and use `docker service create/update/rm`".into(),
-                    ));
-                }
-                let socket = super::engine::parse_socket(
-                    sw.socket
-                        .as_deref()
-                        .unwrap_or(super::engine::DEFAULT_DOCKER_SOCKET),
-                )
-                .map_err(|m| err("swarm.socket", m))?;
-                let facts = discover(&socket).map_err(|m| err("swarm.socket", m))?;
-                // A worker's Docker sends no service or task events: it
-                // reads its own ingress view (one local request) more often.
-                let resync = sw.resync.unwrap_or(if facts.manager { 2.0 } else { 0.5 });
-                if !(0.1..=600.0).contains(&resync) {
-                    return Err(err(
-                        "swarm.resync",
-                        format!("{resync} must be between 0.1 and 600 seconds"),
-                    ));
-                }
-                let manager = sw
-                    .manager
-                    .as_deref()
-                    .map(super::engine::parse_socket)
-                    .transpose()
-                    .map_err(|m| err("swarm.manager", m))?;
-                // The default sandbox only where Docker made it; a path
-                // given explicitly must exist (checked with [ingress]).
-                swarm_sandbox_given = sw.sandbox.as_deref().is_some_and(|p| !p.is_empty());
-                swarm_sandbox = match sw.sandbox {
-                    None => Path::new(DEFAULT_SANDBOX)
-                        .exists()
-                        .then(|| DEFAULT_SANDBOX.to_string()),
-                    Some(p) if p.is_empty() => None,
-                    Some(p) => Some(p),
-                };
-                Some(SwarmConfig {
-                    socket,
-                    resync: std::time::Duration::from_secs_f64(resync),
-                    facts,
-                    manager,
-                })
-            }
-        };
-
-        // [node]
-        let n = raw.node;
-        if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains(['/', ' ']) {
-            return Err(err(
-                "node.interface",
-                format!(
-                    "`{}` is not an interface name (1 to 15 characters, no '/' or spaces)",
-                    n.interface
-                ),
-            ));
-        }
-        let address = match (&n.address, &swarm) {
-            (Some(a), None) => parse_host(a).map_err(|m| err("node.address", m))?,
-            (None, None) => {
-                return Err(err(
-                    "node.address",
-                    "is missing: the address clients connect to (like 198.18.0.2)".into(),
-                ));
-            }
-            (None, Some(sw)) => sw.facts.node_address,
-            (Some(a), Some(sw)) => {
-                let a = parse_host(a).map_err(|m| err("node.address", m))?;
-                if a != sw.facts.node_address {
-                    return Err(err(
-                        "node.address",
-                        format!(
-                            "{a} is not this node's swarm address {} (docker info: NodeAddr); remove the key to use it",
-                            sw.facts.node_address
-                        ),
-                    ));
-                }
-                a
-            }
-        };
-        if let Some(q) = &n.queues {
-            if q.is_empty() {
-                return Err(err(
-                    "node.queues",
-                    "is empty; remove the key to use every queue of the interface".into(),
-                ));
-            }
-            let mut seen = HashSet::new();
-            for &id in q {
-                if !seen.insert(id) {
-                    return Err(err("node.queues", format!("queue {id} is listed twice")));
-                }
-            }
-        }
-        let frames = n.frames_per_queue.unwrap_or(4096);
-        if !(64..=1 << 20).contains(&frames) || !frames.is_power_of_two() {
-            return Err(err(
-                "node.frames_per_queue",
-                format!("{frames} must be a power of two between 64 and 1048576"),
-            ));
-        }
-        let batch = n.batch_size.unwrap_or(64);
-        if !(1..=256).contains(&batch) {
-            return Err(err(
-                "node.batch_size",
-                format!("{batch} must be between 1 and 256 (32 to 64 is best)"),
-            ));
-        }
-        let xdp_mode = match n.xdp_mode.as_deref() {
-            None | Some("native") => XdpMode::Native,
-            Some("generic") => XdpMode::Generic,
-            Some(o) => {
-                return Err(err(
-                    "node.xdp_mode",
-                    format!("`{o}` is not a mode; use \"native\" or \"generic\""),
-                ));
-            }
-        };
-        let checksum = match n.checksum.as_deref() {
-            None | Some("auto") => ChecksumSetting::Auto,
-            Some("incremental") => ChecksumSetting::Incremental,
-            Some("full") => ChecksumSetting::Full,
-            Some(o) => {
-                return Err(err(
-                    "node.checksum",
-                    format!("`{o}` is not a choice; use \"auto\", \"incremental\" or \"full\""),
-                ));
-            }
-        };
-        if let Some(c) = &n.cpus {
-            if c.is_empty() {
-                return Err(err(
-                    "node.cpus",
-                    "is empty; remove the key for the default pinning".into(),
-                ));
-            }
-        }
-        let node = NodeConfig {
-            interface: n.interface,
-            address,
-            queues: n.queues,
-            poll: n.poll,
-            frames_per_queue: frames,
-            batch_size: batch,
-            xdp_mode,
-            cpus: n.cpus,
-            checksum,
-        };
-
-        // [ingress]
-        let i = match (raw.ingress, &swarm) {
-            (Some(i), _) => i,
-            (None, Some(sw)) => RawIngress {
-                vni: Some(sw.facts.vni.into()),
-                port: Some(sw.facts.data_path_port.into()),
-                subnet: sw.facts.subnet.clone(),
-                address: sw.facts.sandbox_address.to_string(),
-                mac: Some(sw.facts.sandbox_mac.clone()),
-                mtu: sw.facts.mtu.map(i64::from),
-                sandbox: swarm_sandbox,
-            },
-            (None, None) => {
-                return Err(err(
+        if raw.swarm.is_some() {
+            if raw.ingress.is_some() {
+                return Err(at.err(
                     "ingress",
-                    "is missing: add an [ingress] table (subnet and address of the sandbox on the ingress network), or a [swarm] table to read it from Docker".into(),
+                    "comes from the swarm's ingress network when [swarm] is set; remove the [ingress] table".into(),
                 ));
             }
-        };
-        let vni = i.vni.unwrap_or(4096);
-        if !(1..=0xff_ffff).contains(&vni) {
-            return Err(err(
-                "ingress.vni",
-                format!("{vni} is out of range (1 to 16777215)"),
-            ));
-        }
-        let port = parse_port(i.port.unwrap_or(4789)).map_err(|m| err("ingress.port", m))?;
-        let subnet: Ipv4Net = i.subnet.parse().map_err(|m| err("ingress.subnet", m))?;
-        if subnet.prefix_len > 30 {
-            return Err(err(
-                "ingress.subnet",
-                format!("{subnet} is too small for a sandbox and tasks (use /30 or larger)"),
-            ));
-        }
-        let ia = parse_host(&i.address).map_err(|m| err("ingress.address", m))?;
-        check_in_subnet(ia, &subnet).map_err(|m| err("ingress.address", m))?;
-        let imac = match &i.mac {
-            Some(m) => parse_unicast_mac(m).map_err(|m| err("ingress.mac", m))?,
-            None => MacAddr::docker(ia),
-        };
-        let mtu = i.mtu.unwrap_or(1450);
-        if !(576..=9000).contains(&mtu) {
-            return Err(err(
-                "ingress.mtu",
-                format!("{mtu} is out of range (576 to 9000; Docker's overlay uses 1450)"),
-            ));
-        }
-        if ia == address {
-            return Err(err(
-                "ingress.address",
-                format!(
-                    "{ia} is the node address; the sandbox needs its own address on the overlay"
-                ),
-            ));
-        }
-        let sandbox_required = match &swarm {
-            Some(_) => swarm_sandbox_given,
-            None => true,
-        };
-        let sandbox_key = if swarm.is_some() {
-            "swarm.sandbox"
-        } else {
-            "ingress.sandbox"
-        };
-        let sandbox = match i.sandbox {
-            None => None,
-            Some(p) => {
-                let path = PathBuf::from(&p);
-                if !path.is_absolute() {
-                    return Err(err(
-                        sandbox_key,
-                        format!("`{p}` is not an absolute path (Docker's is {DEFAULT_SANDBOX})"),
-                    ));
-                }
-                if !path.exists() {
-                    return Err(err(
-                        sandbox_key,
-                        format!(
-                            "{p} does not exist: it is the ingress sandbox's network namespace, which Docker creates once the node is in a swarm (<exec-root>/netns/ingress_sbox)"
-                        ),
-                    ));
-                }
-                Some(path)
+            if !raw.services.is_empty() {
+                return Err(at.err(
+                    "service",
+                    "services come from Docker Swarm when [swarm] is set; remove the [[service]] tables and use `docker service create/update/rm`".into(),
+                ));
             }
-        };
-        let ingress = IngressConfig {
-            vni: vni as u32,
-            port,
-            subnet,
-            address: ia,
-            mac: imac,
-            mtu: mtu as u16,
-            sandbox,
-            sandbox_required,
-        };
-
-        // [timeouts]
-        let t = raw.timeouts;
-        let d = Timeouts::default();
-        let secs = |key: &str, v: Option<i64>, def: u32| -> Result<u32, ConfigError> {
-            match v {
-                None => Ok(def),
-                Some(s) if (1..=30 * 86400).contains(&s) => Ok(s as u32),
-                Some(s) => Err(err(
-                    key,
-                    format!("{s} seconds is out of range (1 to 2592000)"),
-                )),
+        }
+        let (swarm, sandbox) = match raw.swarm {
+            Some(sw) => {
+                let (sw, sandbox) = swarm_table(sw, at, discover)?;
+                (Some(sw), sandbox)
             }
+            None => (None, SwarmSandbox::default()),
         };
-        let timeouts = Timeouts {
-            tcp_syn: secs("timeouts.tcp_syn", t.tcp_syn, d.tcp_syn)?,
-            tcp_established: secs(
-                "timeouts.tcp_established",
-                t.tcp_established,
-                d.tcp_established,
-            )?,
-            tcp_closing: secs("timeouts.tcp_closing", t.tcp_closing, d.tcp_closing)?,
-            tcp_close: secs("timeouts.tcp_close", t.tcp_close, d.tcp_close)?,
-            udp: secs("timeouts.udp", t.udp, d.udp)?,
-        };
-
-        // [flows]
-        let f = raw.flows;
-        let df = FlowLimits::default();
-        let max = f.max.unwrap_or(df.max as i64);
-        if !(16..=1 << 26).contains(&max) {
-            return Err(err(
-                "flows.max",
-                format!("{max} is out of range (16 to 67108864)"),
-            ));
-        }
-        let snat_ports = match f.snat_ports {
-            None => df.snat_ports,
-            Some([lo, hi]) => {
-                let lo = parse_port(lo).map_err(|m| err("flows.snat_ports", m))?;
-                let hi = parse_port(hi).map_err(|m| err("flows.snat_ports", m))?;
-                if hi < lo || hi - lo < 63 {
-                    return Err(err(
-                        "flows.snat_ports",
-                        format!("[{lo}, {hi}] must be an increasing range of at least 64 ports"),
-                    ));
-                }
-                (lo, hi)
-            }
-        };
-        let new_per_second = f.new_per_second.unwrap_or(df.new_per_second as i64);
-        if !(0..=100_000_000).contains(&new_per_second) {
-            return Err(err(
-                "flows.new_per_second",
-                format!(
-                    "{new_per_second} is out of range (0 to 100000000; 0 admits every new flow)"
-                ),
-            ));
-        }
-        let flows = FlowLimits {
-            max: max as u32,
-            snat_ports,
-            new_per_second: new_per_second as u32,
-        };
-
-        // [control]
-        let c = raw.control;
-        let dc = ControlConfig::default();
-        let metrics = match c.metrics {
-            None => None,
-            Some(m) => Some(m.parse().map_err(|_| {
-                err(
-                    "control.metrics",
-                    format!("`{m}` is not an address:port (like 127.0.0.1:9464)"),
-                )
-            })?),
-        };
-        let stats_interval = c.stats_interval.unwrap_or(dc.stats_interval);
-        if !(stats_interval > 0.0 && stats_interval <= 3600.0) {
-            return Err(err(
-                "control.stats_interval",
-                format!("{stats_interval} must be between 0 and 3600 seconds"),
-            ));
-        }
-        let control = ControlConfig {
-            socket: c.socket.unwrap_or(dc.socket),
-            metrics,
-            stats_interval,
-        };
-
-        // [[service]]
+        let node = node_table(raw.node, swarm.as_ref(), at)?;
+        let ingress = ingress_table(raw.ingress, swarm.as_ref(), sandbox, node.address, at)?;
+        let timeouts = timeouts_table(raw.timeouts, at)?;
+        let flows = flows_table(raw.flows, at)?;
+        let control = control_table(raw.control, at)?;
         let mut services = Vec::with_capacity(raw.services.len());
         for (si, spec) in raw.services.iter().enumerate() {
-            let svc = Service::from_spec(spec, &ingress, address)
-                .map_err(|(k, m)| err(&format!("service[{si}] ({:?}).{k}", spec.name), m))?;
+            let svc = Service::from_spec(spec, &ingress, node.address)
+                .map_err(|(k, m)| at.err(&format!("service[{si}] ({:?}).{k}", spec.name), m))?;
             services.push(svc);
         }
-        check_unique(&services).map_err(|(k, m)| err(&k, m))?;
+        check_unique(&services).map_err(|(k, m)| at.err(&k, m))?;
 
         Ok(Config {
             node,
@@ -851,6 +529,381 @@ impl Config {
             swarm,
         })
     }
+}
+
+/// Where an error is: the file being read (the key comes with the error).
+#[derive(Clone, Copy)]
+struct At<'a>(&'a str);
+
+impl At<'_> {
+    fn err(self, key: &str, msg: String) -> ConfigError {
+        ConfigError::new(self.0, key, msg)
+    }
+}
+
+/// The ingress sandbox as `[swarm]` gives it: a path (Docker's default
+/// when it exists), and whether the file named it.
+#[derive(Default)]
+struct SwarmSandbox {
+    path: Option<String>,
+    given: bool,
+}
+
+/// `[swarm]`, with this node's facts from `discover`.
+fn swarm_table(
+    sw: RawSwarm,
+    at: At<'_>,
+    discover: Discover,
+) -> Result<(SwarmConfig, SwarmSandbox), ConfigError> {
+    let socket = super::engine::parse_socket(
+        sw.socket
+            .as_deref()
+            .unwrap_or(super::engine::DEFAULT_DOCKER_SOCKET),
+    )
+    .map_err(|m| at.err("swarm.socket", m))?;
+    let facts = discover(&socket).map_err(|m| at.err("swarm.socket", m))?;
+    // A worker's Docker sends no service or task events: it reads its own
+    // ingress view (one local request) more often.
+    let resync = sw.resync.unwrap_or(if facts.manager { 2.0 } else { 0.5 });
+    if !(0.1..=600.0).contains(&resync) {
+        return Err(at.err(
+            "swarm.resync",
+            format!("{resync} must be between 0.1 and 600 seconds"),
+        ));
+    }
+    let manager = sw
+        .manager
+        .as_deref()
+        .map(super::engine::parse_socket)
+        .transpose()
+        .map_err(|m| at.err("swarm.manager", m))?;
+    // The default sandbox only where Docker made it; a path given
+    // explicitly must exist (checked with [ingress]).
+    let sandbox = SwarmSandbox {
+        given: sw.sandbox.as_deref().is_some_and(|p| !p.is_empty()),
+        path: match sw.sandbox {
+            None => Path::new(DEFAULT_SANDBOX)
+                .exists()
+                .then(|| DEFAULT_SANDBOX.to_string()),
+            Some(p) if p.is_empty() => None,
+            Some(p) => Some(p),
+        },
+    };
+    Ok((
+        SwarmConfig {
+            socket,
+            resync: std::time::Duration::from_secs_f64(resync),
+            facts,
+            manager,
+        },
+        sandbox,
+    ))
+}
+
+/// `[node]`; with `[swarm]`, the address is the swarm's.
+fn node_table(
+    n: RawNode,
+    swarm: Option<&SwarmConfig>,
+    at: At<'_>,
+) -> Result<NodeConfig, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    if n.interface.is_empty() || n.interface.len() > 15 || n.interface.contains(['/', ' ']) {
+        return Err(err(
+            "node.interface",
+            format!(
+                "`{}` is not an interface name (1 to 15 characters, no '/' or spaces)",
+                n.interface
+            ),
+        ));
+    }
+    let address = match (&n.address, swarm) {
+        (Some(a), None) => parse_host(a).map_err(|m| err("node.address", m))?,
+        (None, None) => {
+            return Err(err(
+                "node.address",
+                "is missing: the address clients connect to (like 198.18.0.2)".into(),
+            ));
+        }
+        (None, Some(sw)) => sw.facts.node_address,
+        (Some(a), Some(sw)) => {
+            let a = parse_host(a).map_err(|m| err("node.address", m))?;
+            if a != sw.facts.node_address {
+                return Err(err(
+                    "node.address",
+                    format!(
+                        "{a} is not this node's swarm address {} (docker info: NodeAddr); remove the key to use it",
+                        sw.facts.node_address
+                    ),
+                ));
+            }
+            a
+        }
+    };
+    if let Some(q) = &n.queues {
+        if q.is_empty() {
+            return Err(err(
+                "node.queues",
+                "is empty; remove the key to use every queue of the interface".into(),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for &id in q {
+            if !seen.insert(id) {
+                return Err(err("node.queues", format!("queue {id} is listed twice")));
+            }
+        }
+    }
+    let frames = n.frames_per_queue.unwrap_or(4096);
+    if !(64..=1 << 20).contains(&frames) || !frames.is_power_of_two() {
+        return Err(err(
+            "node.frames_per_queue",
+            format!("{frames} must be a power of two between 64 and 1048576"),
+        ));
+    }
+    let batch = n.batch_size.unwrap_or(64);
+    if !(1..=256).contains(&batch) {
+        return Err(err(
+            "node.batch_size",
+            format!("{batch} must be between 1 and 256 (32 to 64 is best)"),
+        ));
+    }
+    let xdp_mode = match n.xdp_mode.as_deref() {
+        None | Some("native") => XdpMode::Native,
+        Some("generic") => XdpMode::Generic,
+        Some(o) => {
+            return Err(err(
+                "node.xdp_mode",
+                format!("`{o}` is not a mode; use \"native\" or \"generic\""),
+            ));
+        }
+    };
+    let checksum = match n.checksum.as_deref() {
+        None | Some("auto") => ChecksumSetting::Auto,
+        Some("incremental") => ChecksumSetting::Incremental,
+        Some("full") => ChecksumSetting::Full,
+        Some(o) => {
+            return Err(err(
+                "node.checksum",
+                format!("`{o}` is not a choice; use \"auto\", \"incremental\" or \"full\""),
+            ));
+        }
+    };
+    if let Some(c) = &n.cpus {
+        if c.is_empty() {
+            return Err(err(
+                "node.cpus",
+                "is empty; remove the key for the default pinning".into(),
+            ));
+        }
+    }
+    Ok(NodeConfig {
+        interface: n.interface,
+        address,
+        queues: n.queues,
+        poll: n.poll,
+        frames_per_queue: frames,
+        batch_size: batch,
+        xdp_mode,
+        cpus: n.cpus,
+        checksum,
+    })
+}
+
+/// `[ingress]`, or with `[swarm]` the swarm's ingress network and this
+/// node's sandbox on it.
+fn ingress_table(
+    raw: Option<RawIngress>,
+    swarm: Option<&SwarmConfig>,
+    sandbox: SwarmSandbox,
+    node_address: Ipv4Addr,
+    at: At<'_>,
+) -> Result<IngressConfig, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    let i = match (raw, swarm) {
+        (Some(i), _) => i,
+        (None, Some(sw)) => RawIngress {
+            vni: Some(sw.facts.vni.into()),
+            port: Some(sw.facts.data_path_port.into()),
+            subnet: sw.facts.subnet.clone(),
+            address: sw.facts.sandbox_address.to_string(),
+            mac: Some(sw.facts.sandbox_mac.clone()),
+            mtu: sw.facts.mtu.map(i64::from),
+            sandbox: sandbox.path,
+        },
+        (None, None) => {
+            return Err(err(
+                "ingress",
+                "is missing: add an [ingress] table (subnet and address of the sandbox on the ingress network), or a [swarm] table to read it from Docker".into(),
+            ));
+        }
+    };
+    let vni = i.vni.unwrap_or(4096);
+    if !(1..=0xff_ffff).contains(&vni) {
+        return Err(err(
+            "ingress.vni",
+            format!("{vni} is out of range (1 to 16777215)"),
+        ));
+    }
+    let port = parse_port(i.port.unwrap_or(4789)).map_err(|m| err("ingress.port", m))?;
+    let subnet: Ipv4Net = i.subnet.parse().map_err(|m| err("ingress.subnet", m))?;
+    if subnet.prefix_len > 30 {
+        return Err(err(
+            "ingress.subnet",
+            format!("{subnet} is too small for a sandbox and tasks (use /30 or larger)"),
+        ));
+    }
+    let ia = parse_host(&i.address).map_err(|m| err("ingress.address", m))?;
+    check_in_subnet(ia, &subnet).map_err(|m| err("ingress.address", m))?;
+    let imac = match &i.mac {
+        Some(m) => parse_unicast_mac(m).map_err(|m| err("ingress.mac", m))?,
+        None => MacAddr::docker(ia),
+    };
+    let mtu = i.mtu.unwrap_or(1450);
+    if !(576..=9000).contains(&mtu) {
+        return Err(err(
+            "ingress.mtu",
+            format!("{mtu} is out of range (576 to 9000; Docker's overlay uses 1450)"),
+        ));
+    }
+    if ia == node_address {
+        return Err(err(
+            "ingress.address",
+            format!("{ia} is the node address; the sandbox needs its own address on the overlay"),
+        ));
+    }
+    let sandbox_required = match swarm {
+        Some(_) => sandbox.given,
+        None => true,
+    };
+    let sandbox_key = if swarm.is_some() {
+        "swarm.sandbox"
+    } else {
+        "ingress.sandbox"
+    };
+    let sandbox_path = match i.sandbox {
+        None => None,
+        Some(p) => {
+            let path = PathBuf::from(&p);
+            if !path.is_absolute() {
+                return Err(err(
+                    sandbox_key,
+                    format!("`{p}` is not an absolute path (Docker's is {DEFAULT_SANDBOX})"),
+                ));
+            }
+            if !path.exists() {
+                return Err(err(
+                    sandbox_key,
+                    format!(
+                        "{p} does not exist: it is the ingress sandbox's network namespace, which Docker creates once the node is in a swarm (<exec-root>/netns/ingress_sbox)"
+                    ),
+                ));
+            }
+            Some(path)
+        }
+    };
+    Ok(IngressConfig {
+        vni: vni as u32,
+        port,
+        subnet,
+        address: ia,
+        mac: imac,
+        mtu: mtu as u16,
+        sandbox: sandbox_path,
+        sandbox_required,
+    })
+}
+
+/// `[timeouts]`.
+fn timeouts_table(t: RawTimeouts, at: At<'_>) -> Result<Timeouts, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    let d = Timeouts::default();
+    let secs = |key: &str, v: Option<i64>, def: u32| -> Result<u32, ConfigError> {
+        match v {
+            None => Ok(def),
+            Some(s) if (1..=30 * 86400).contains(&s) => Ok(s as u32),
+            Some(s) => Err(err(
+                key,
+                format!("{s} seconds is out of range (1 to 2592000)"),
+            )),
+        }
+    };
+    Ok(Timeouts {
+        tcp_syn: secs("timeouts.tcp_syn", t.tcp_syn, d.tcp_syn)?,
+        tcp_established: secs(
+            "timeouts.tcp_established",
+            t.tcp_established,
+            d.tcp_established,
+        )?,
+        tcp_closing: secs("timeouts.tcp_closing", t.tcp_closing, d.tcp_closing)?,
+        tcp_close: secs("timeouts.tcp_close", t.tcp_close, d.tcp_close)?,
+        udp: secs("timeouts.udp", t.udp, d.udp)?,
+    })
+}
+
+/// `[flows]`.
+fn flows_table(f: RawFlows, at: At<'_>) -> Result<FlowLimits, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    let df = FlowLimits::default();
+    let max = f.max.unwrap_or(df.max as i64);
+    if !(16..=1 << 26).contains(&max) {
+        return Err(err(
+            "flows.max",
+            format!("{max} is out of range (16 to 67108864)"),
+        ));
+    }
+    let snat_ports = match f.snat_ports {
+        None => df.snat_ports,
+        Some([lo, hi]) => {
+            let lo = parse_port(lo).map_err(|m| err("flows.snat_ports", m))?;
+            let hi = parse_port(hi).map_err(|m| err("flows.snat_ports", m))?;
+            if hi < lo || hi - lo < 63 {
+                return Err(err(
+                    "flows.snat_ports",
+                    format!("[{lo}, {hi}] must be an increasing range of at least 64 ports"),
+                ));
+            }
+            (lo, hi)
+        }
+    };
+    let new_per_second = f.new_per_second.unwrap_or(df.new_per_second as i64);
+    if !(0..=100_000_000).contains(&new_per_second) {
+        return Err(err(
+            "flows.new_per_second",
+            format!("{new_per_second} is out of range (0 to 100000000; 0 admits every new flow)"),
+        ));
+    }
+    Ok(FlowLimits {
+        max: max as u32,
+        snat_ports,
+        new_per_second: new_per_second as u32,
+    })
+}
+
+/// `[control]`.
+fn control_table(c: RawControl, at: At<'_>) -> Result<ControlConfig, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    let dc = ControlConfig::default();
+    let metrics = match c.metrics {
+        None => None,
+        Some(m) => Some(m.parse().map_err(|_| {
+            err(
+                "control.metrics",
+                format!("`{m}` is not an address:port (like 127.0.0.1:9464)"),
+            )
+        })?),
+    };
+    let stats_interval = c.stats_interval.unwrap_or(dc.stats_interval);
+    if !(stats_interval > 0.0 && stats_interval <= 3600.0) {
+        return Err(err(
+            "control.stats_interval",
+            format!("{stats_interval} must be between 0 and 3600 seconds"),
+        ));
+    }
+    Ok(ControlConfig {
+        socket: c.socket.unwrap_or(dc.socket),
+        metrics,
+        stats_interval,
+    })
 }
 
 impl Service {
