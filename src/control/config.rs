@@ -616,29 +616,7 @@ fn node_table(
             ),
         ));
     }
-    let address = match (&n.address, swarm) {
-        (Some(a), None) => parse_host(a).map_err(|m| err("node.address", m))?,
-        (None, None) => {
-            return Err(err(
-                "node.address",
-                "is missing: the address clients connect to (like 198.18.0.2)".into(),
-            ));
-        }
-        (None, Some(sw)) => sw.facts.node_address,
-        (Some(a), Some(sw)) => {
-            let a = parse_host(a).map_err(|m| err("node.address", m))?;
-            if a != sw.facts.node_address {
-                return Err(err(
-                    "node.address",
-                    format!(
-                        "{a} is not this node's swarm address {} (docker info: NodeAddr); remove the key to use it",
-                        sw.facts.node_address
-                    ),
-                ));
-            }
-            a
-        }
-    };
+    let address = node_address(n.address.as_deref(), swarm, at)?;
     if let Some(q) = &n.queues {
         if q.is_empty() {
             return Err(err(
@@ -709,6 +687,64 @@ fn node_table(
     })
 }
 
+/// `node.address`: given, or with `[swarm]` the swarm's (and then a given
+/// one must agree).
+fn node_address(
+    given: Option<&str>,
+    swarm: Option<&SwarmConfig>,
+    at: At<'_>,
+) -> Result<Ipv4Addr, ConfigError> {
+    let err = |key: &str, msg: String| at.err(key, msg);
+    Ok(match (given, swarm) {
+        (Some(a), None) => parse_host(a).map_err(|m| err("node.address", m))?,
+        (None, None) => {
+            return Err(err(
+                "node.address",
+                "is missing: the address clients connect to (like 198.18.0.2)".into(),
+            ));
+        }
+        (None, Some(sw)) => sw.facts.node_address,
+        (Some(a), Some(sw)) => {
+            let a = parse_host(a).map_err(|m| err("node.address", m))?;
+            if a != sw.facts.node_address {
+                return Err(err(
+                    "node.address",
+                    format!(
+                        "{a} is not this node's swarm address {} (docker info: NodeAddr); remove the key to use it",
+                        sw.facts.node_address
+                    ),
+                ));
+            }
+            a
+        }
+    })
+}
+
+/// `ingress.sandbox` (or `swarm.sandbox`): an absolute path that exists.
+fn sandbox_path(p: String, in_swarm: bool, at: At<'_>) -> Result<PathBuf, ConfigError> {
+    let key = if in_swarm {
+        "swarm.sandbox"
+    } else {
+        "ingress.sandbox"
+    };
+    let path = PathBuf::from(&p);
+    if !path.is_absolute() {
+        return Err(at.err(
+            key,
+            format!("`{p}` is not an absolute path (Docker's is {DEFAULT_SANDBOX})"),
+        ));
+    }
+    if !path.exists() {
+        return Err(at.err(
+            key,
+            format!(
+                "{p} does not exist: it is the ingress sandbox's network namespace, which Docker creates once the node is in a swarm (<exec-root>/netns/ingress_sbox)"
+            ),
+        ));
+    }
+    Ok(path)
+}
+
 /// `[ingress]`, or with `[swarm]` the swarm's ingress network and this
 /// node's sandbox on it.
 fn ingress_table(
@@ -775,32 +811,10 @@ fn ingress_table(
         Some(_) => sandbox.given,
         None => true,
     };
-    let sandbox_key = if swarm.is_some() {
-        "swarm.sandbox"
-    } else {
-        "ingress.sandbox"
-    };
-    let sandbox_path = match i.sandbox {
-        None => None,
-        Some(p) => {
-            let path = PathBuf::from(&p);
-            if !path.is_absolute() {
-                return Err(err(
-                    sandbox_key,
-                    format!("`{p}` is not an absolute path (Docker's is {DEFAULT_SANDBOX})"),
-                ));
-            }
-            if !path.exists() {
-                return Err(err(
-                    sandbox_key,
-                    format!(
-                        "{p} does not exist: it is the ingress sandbox's network namespace, which Docker creates once the node is in a swarm (<exec-root>/netns/ingress_sbox)"
-                    ),
-                ));
-            }
-            Some(path)
-        }
-    };
+    let sandbox_path = i
+        .sandbox
+        .map(|p| sandbox_path(p, swarm.is_some(), at))
+        .transpose()?;
     Ok(IngressConfig {
         vni: vni as u32,
         port,
