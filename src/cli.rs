@@ -12,6 +12,7 @@ use meshgate::control::api::{
     IpvsService, PortView, Request, ServiceView, TaskView, call, call_as,
 };
 use meshgate::control::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use meshgate::runtime::stats::StatsView;
 
 /// Prints rows as aligned columns.
 fn table(rows: &[Vec<String>]) -> String {
@@ -136,33 +137,29 @@ pub fn ipvs(sock: &Path) -> Result<()> {
     Ok(())
 }
 
-fn print_stats(v: &Value) {
+fn print_stats(v: &StatsView) {
     println!(
         "uptime {:.1}s  generation {}  flows {}  drops {}",
-        v["uptime_seconds"].as_f64().unwrap_or(0.0),
-        s(&v["generation"]),
-        s(&v["flows"]),
-        s(&v["drops_total"])
+        v.uptime_seconds, v.generation, v.flows, v.drops_total
     );
-    let e = &v["events"];
+    let e = &v.events;
     println!(
         "rx {}  tx {}  forwarded {}  replies {}  arp {}  resets {}  handoffs {}  flows +{} -{} expired -{} evicted",
-        s(&e["rx"]),
-        s(&e["tx"]),
-        s(&e["forwarded"]),
-        s(&e["replies"]),
-        s(&e["arp_replies"]),
-        s(&e["resets_sent"]),
-        s(&e["handoffs"]),
-        s(&e["flows_created"]),
-        s(&e["flows_expired"]),
-        s(&e["flows_evicted"])
+        e.rx,
+        e.tx,
+        e.forwarded,
+        e.replies,
+        e.arp_replies,
+        e.resets_sent,
+        e.handoffs,
+        e.flows_created,
+        e.flows_expired,
+        e.flows_evicted
     );
-    if e["sandbox_rx"].as_u64().unwrap_or(0) + e["sandbox_tx"].as_u64().unwrap_or(0) > 0 {
+    if e.sandbox_rx + e.sandbox_tx > 0 {
         println!(
             "tasks on this node (through the ingress sandbox): sent {}  received {}",
-            s(&e["sandbox_tx"]),
-            s(&e["sandbox_rx"])
+            e.sandbox_tx, e.sandbox_rx
         );
     }
     let mut rows = vec![
@@ -180,28 +177,27 @@ fn print_stats(v: &Value) {
         .map(String::from)
         .to_vec(),
     ];
-    for svc in v["services"].as_array().into_iter().flatten() {
-        for t in svc["tasks"].as_array().into_iter().flatten() {
-            let c = &t["counters"];
+    for svc in &v.services {
+        for t in &svc.tasks {
+            let c = &t.counters;
             rows.push(vec![
-                s(&svc["name"]),
-                s(&t["address"]),
-                s(&c["packets_in"]),
-                s(&c["bytes_in"]),
-                s(&c["packets_out"]),
-                s(&c["bytes_out"]),
-                s(&t["flows"]),
-                s(&t["active_flows"]),
-                s(&t["inactive_flows"]),
+                svc.name.clone(),
+                t.address.to_string(),
+                c.packets_in.to_string(),
+                c.bytes_in.to_string(),
+                c.packets_out.to_string(),
+                c.bytes_out.to_string(),
+                t.flows.to_string(),
+                t.active_flows.to_string(),
+                t.inactive_flows.to_string(),
             ]);
         }
     }
     print!("{}", table(&rows));
-    let drops: Vec<String> = v["drops"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter(|(_, n)| n.as_u64().unwrap_or(0) > 0)
+    let drops: Vec<String> = v
+        .drops
+        .iter()
+        .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
     println!(
@@ -212,22 +208,15 @@ fn print_stats(v: &Value) {
             drops.join(", ")
         }
     );
-    let a = &v["syn_admission"];
+    let a = &v.syn_admission;
     println!(
         "new TCP flows: budget {}/s per queue, admitted {}, retried {}, refused {}",
-        s(&a["budget_per_queue_per_second"]),
-        s(&a["admitted"]),
-        s(&a["retried"]),
-        s(&a["refused"])
+        a.budget_per_queue_per_second, a.admitted, a.retried, a.refused
     );
-    let b = &v["batch_latency_ns"];
+    let b = &v.batch_latency_ns;
     println!(
         "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",
-        s(&b["p50"]),
-        s(&b["p99"]),
-        s(&b["p999"]),
-        s(&b["max"]),
-        s(&b["count"])
+        b.p50, b.p99, b.p999, b.max, b.count
     );
 }
 
@@ -238,7 +227,7 @@ pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
     let clear = watch && std::io::stdout().is_terminal();
     let mut first = true;
     loop {
-        let v = call(sock, &Request::Stats {})?;
+        let v: StatsView = call_as(sock, &Request::Stats {})?;
         if clear {
             print!("\x1b[2J\x1b[H");
         } else if watch && !first {

@@ -109,9 +109,9 @@ fn fake_control(path: &std::path::Path) -> std::thread::JoinHandle<()> {
             let mut s = s.unwrap();
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line).unwrap();
-            let data = serde_json::json!({"uptime_seconds": 1.0, "generation": 1, "flows": 0,
-                "drops_total": 0, "events": {}, "drops": {}, "services": [],
-                "syn_admission": {}, "batch_latency_ns": {}});
+            // A whole answer, as a running meshgate builds it.
+            let data = meshgate::runtime::stats::Stats::new(1)
+                .view(&meshgate_testkit::fixtures::lab_snapshot(), None);
             let _ = writeln!(s, "{}", serde_json::json!({"ok": true, "data": data}));
         }
     })

@@ -117,7 +117,7 @@ impl TaskCounters {
 }
 
 /// Events that are not drops.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct EventCounters {
     pub rx: u64,
     pub tx: u64,

@@ -323,13 +323,9 @@ impl Control {
         self.swarm.as_ref().map(|s| s.status())
     }
 
-    /// Statistics as JSON, with the swarm source's state when there is one.
-    pub fn stats_json(&self) -> serde_json::Value {
-        let mut v = self.stats.to_json(self.snapshot());
-        if let (Some(st), Some(obj)) = (self.swarm_status(), v.as_object_mut()) {
-            obj.insert("swarm".into(), serde_json::to_value(st).unwrap_or_default());
-        }
-        v
+    /// All statistics, with the swarm source's state when there is one.
+    pub fn stats_view(&self) -> super::stats::StatsView {
+        self.stats.view(self.snapshot(), self.swarm_status())
     }
 
     /// Replaces the services with the swarm's newest list.

@@ -38,7 +38,7 @@ impl Control {
                 Err(e) => Response::err(e),
             },
             Request::Ipvs {} => Response::of(&self.view_ipvs()),
-            Request::Stats {} => Response::ok(self.stats_json()),
+            Request::Stats {} => Response::of(&self.stats_view()),
             Request::Metrics {} => Response::ok(Value::String(self.metrics_text())),
             Request::Reload {} => match self.reload() {
                 Ok(m) => Response::ok(json!(m)),

@@ -473,8 +473,8 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     let Some(path) = path else { return };
     let tmp = path.with_extension("tmp");
-    let json = control.stats_json();
-    if std::fs::write(&tmp, serde_json::to_vec_pretty(&json).unwrap_or_default()).is_ok() {
+    let view = control.stats_view();
+    if std::fs::write(&tmp, serde_json::to_vec_pretty(&view).unwrap_or_default()).is_ok() {
         let _ = std::fs::rename(&tmp, path);
     }
 }

@@ -3,13 +3,92 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use hdrhistogram::Histogram;
-use serde_json::{Value, json};
+use std::net::Ipv4Addr;
 
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::swarm::SwarmStatus;
 use super::worker::WorkerReport;
+use crate::dataplane::DropReason;
 use crate::dataplane::counters::{DropCounters, EventCounters, TaskCounters};
 use crate::dataplane::tables::{Snapshot, TaskId};
 use crate::xdp::XskStats;
+use crate::xdp::program::PASS_REASONS;
+
+// The answer to `stats`, defined once: the control thread builds it, the
+// CLI decodes it (a renamed field is a decoding error, not an empty
+// column), `--stats-file` and the tests read its JSON.
+
+/// All statistics, as `meshgate stats --json` prints them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub uptime_seconds: f64,
+    /// The snapshot generation in use.
+    pub generation: u64,
+    pub events: EventCounters,
+    /// Drops by reason (every reason, zeros included).
+    pub drops: BTreeMap<String, u64>,
+    pub drops_total: u64,
+    pub flows: usize,
+    pub flows_per_worker: Vec<usize>,
+    pub free_frames_per_worker: Vec<usize>,
+    pub services: Vec<ServiceStats>,
+    pub batch_latency_ns: LatencyView,
+    pub xsk: Vec<XskStats>,
+    /// Frames the XDP program passed to the kernel, by reason.
+    pub xdp_passed: BTreeMap<String, u64>,
+    pub bad_descriptors: u64,
+    pub syn_admission: AdmissionView,
+    /// In swarm mode: what the Docker follower did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmStatus>,
+}
+
+/// One service's counters and tasks in [`StatsView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStats {
+    pub name: String,
+    pub mark: u32,
+    pub scheduler: String,
+    /// Its tasks' counters summed.
+    pub counters: TaskCounters,
+    pub tasks: Vec<TaskStats>,
+}
+
+/// One task in [`ServiceStats`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStats {
+    pub address: Ipv4Addr,
+    pub node: Ipv4Addr,
+    pub weight: u32,
+    pub active_flows: u32,
+    pub inactive_flows: u32,
+    /// Flows created since the task appeared.
+    pub flows: u64,
+    pub counters: TaskCounters,
+}
+
+/// Batch processing time, in nanoseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LatencyView {
+    /// Batches measured.
+    pub count: u64,
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// The XDP program's SYN admission control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdmissionView {
+    /// New TCP flows admitted per queue and second (0: no limit).
+    pub budget_per_queue_per_second: u32,
+    pub admitted: u64,
+    pub retried: u64,
+    pub refused: u64,
+}
 
 pub struct Stats {
     pub started: Instant,
@@ -120,17 +199,15 @@ impl Stats {
     }
 
     /// Machine-readable statistics.
-    pub fn to_json(&self, snap: &Snapshot) -> Value {
-        let drops: serde_json::Map<String, Value> = crate::dataplane::DropReason::ALL
-            .iter()
-            .map(|r| (r.name().to_string(), json!(self.drops.get(*r))))
-            .collect();
-        let services: Vec<Value> = snap
+    /// The answer to `stats`: what `meshgate stats` prints and
+    /// `--stats-file` holds.
+    pub fn view(&self, snap: &Snapshot, swarm: Option<SwarmStatus>) -> StatsView {
+        let services = snap
             .services
             .iter()
             .map(|svc| {
                 let mut total = TaskCounters::default();
-                let tasks: Vec<Value> = svc
+                let tasks = svc
                     .tasks
                     .iter()
                     .map(|&i| {
@@ -138,47 +215,94 @@ impl Stats {
                         let c = self.task(t.id);
                         total.add(&c);
                         let (active, inactive, created) = t.shared.counts();
-                        json!({
-                            "address": t.addr.to_string(),
-                            "node": t.node.to_string(),
-                            "weight": t.weight,
-                            "active_flows": active,
-                            "inactive_flows": inactive,
-                            "flows": created,
-                            "counters": c,
-                        })
+                        TaskStats {
+                            address: t.addr,
+                            node: t.node,
+                            weight: t.weight,
+                            active_flows: active,
+                            inactive_flows: inactive,
+                            flows: created,
+                            counters: c,
+                        }
                     })
                     .collect();
-                json!({ "name": &*svc.name, "mark": svc.mark, "scheduler": svc.scheduler.to_string(), "counters": total, "tasks": tasks })
+                ServiceStats {
+                    name: svc.name.to_string(),
+                    mark: svc.mark,
+                    scheduler: svc.scheduler.to_string(),
+                    counters: total,
+                    tasks,
+                }
             })
             .collect();
         let h = &self.batch_ns;
-        json!({
-            "uptime_seconds": self.started.elapsed().as_secs_f64(),
-            "generation": snap.generation,
-            "events": self.events,
-            "drops": drops,
-            "drops_total": self.drops.total(),
-            "flows": self.total_flows(),
-            "flows_per_worker": self.flows,
-            "free_frames_per_worker": self.free_frames,
-            "services": services,
-            "batch_latency_ns": {
-                "count": h.len(),
-                "p50": h.value_at_quantile(0.5),
-                "p99": h.value_at_quantile(0.99),
-                "p999": h.value_at_quantile(0.999),
-                "max": h.max(),
+        StatsView {
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            generation: snap.generation,
+            events: self.events,
+            drops: DropReason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), self.drops.get(*r)))
+                .collect(),
+            drops_total: self.drops.total(),
+            flows: self.total_flows(),
+            flows_per_worker: self.flows.clone(),
+            free_frames_per_worker: self.free_frames.clone(),
+            services,
+            batch_latency_ns: LatencyView {
+                count: h.len(),
+                p50: h.value_at_quantile(0.5),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
             },
-            "xsk": self.xsk,
-            "xdp_passed": crate::xdp::program::PASS_REASONS.iter().zip(self.xdp_passed).map(|(r, n)| (r.to_string(), json!(n))).collect::<serde_json::Map<String, Value>>(),
-            "bad_descriptors": self.bad_descs.iter().sum::<u64>(),
-            "syn_admission": {
-                "budget_per_queue_per_second": self.syn_budget,
-                "admitted": self.admission.admitted,
-                "retried": self.admission.retried,
-                "refused": self.admission.refused,
+            xsk: self.xsk.clone(),
+            xdp_passed: PASS_REASONS
+                .iter()
+                .zip(self.xdp_passed)
+                .map(|(r, n)| (r.to_string(), n))
+                .collect(),
+            bad_descriptors: self.bad_descs.iter().sum(),
+            syn_admission: AdmissionView {
+                budget_per_queue_per_second: self.syn_budget,
+                admitted: self.admission.admitted,
+                retried: self.admission.retried,
+                refused: self.admission.refused,
             },
-        })
+            swarm,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The answer survives JSON both ways (what the CLI decodes is what
+    /// the control thread sent), and a missing field is an error.
+    #[test]
+    fn stats_view_round_trips() {
+        let mut stats = Stats::new(2);
+        stats.events.forwarded = 7;
+        stats.drops.inc(DropReason::NoService);
+        stats.syn_budget = 20_000;
+        stats.admission.refused = 3;
+        let snap = crate::dataplane::fixtures::lab_snapshot();
+        let swarm = SwarmStatus {
+            socket: "/var/run/docker.sock".into(),
+            reads: 2,
+            ..Default::default()
+        };
+        for view in [stats.view(&snap, None), stats.view(&snap, Some(swarm))] {
+            let text = serde_json::to_string(&view).unwrap();
+            let back: StatsView = serde_json::from_str(&text).unwrap();
+            assert_eq!(back, view);
+            assert_eq!(back.services[0].tasks.len(), 3);
+            assert_eq!(back.drops["no_service"], 1);
+            assert_eq!(back.drops.len(), DropReason::COUNT);
+            let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            v.as_object_mut().unwrap().remove("events");
+            assert!(serde_json::from_value::<StatsView>(v).is_err());
+        }
     }
 }

@@ -36,7 +36,7 @@ const SETTLE_EVERY: Duration = Duration::from_millis(250);
 const REPEAT_ERROR: Duration = Duration::from_secs(30);
 
 /// What `meshgate stats` shows about the swarm source.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct SwarmStatus {
     pub socket: String,
     /// Complete reads of services, tasks and nodes.

@@ -93,7 +93,7 @@ impl From<io::Error> for ErrnoLike {
 }
 
 /// Kernel statistics of one socket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XskStats {
     pub rx_dropped: u64,
     pub rx_invalid_descs: u64,

@@ -384,7 +384,7 @@ struct ProgramMaps {
 }
 
 /// What the SYN admission control did, all queues together.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AdmissionCounts {
     /// SYNs admitted within the budget.
     pub admitted: u64,
