@@ -24,9 +24,9 @@ use std::time::Duration;
 use crossbeam::queue::ArrayQueue;
 
 use crate::control::config::{Config, ConfigError, ConfigSource, XdpMode};
-use crate::control::netlink::{NetlinkError, Rtnl, Watcher};
+use crate::control::netlink::{LinkFacts, NetlinkError, Rtnl, Watcher};
 use crate::dataplane::Pipeline;
-use crate::dataplane::tables::{LinkInfo, Registry, Snapshot};
+use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot};
 use crate::xdp::bpf::{BpfError, action, xdp_flags};
 use crate::xdp::program::{IngressParams, IngressProgram};
 use crate::xdp::umem::KERNEL_HEADROOM;
@@ -122,76 +122,14 @@ impl Forwarder {
         }
         let mut rtnl = Rtnl::new()?;
         let link = rtnl.link(&cfg.node.interface)?;
-        let queues: Vec<u32> = match &cfg.node.queues {
-            Some(q) => q.clone(),
-            None => (0..link.rx_queues.max(1)).collect(),
-        };
-        for &q in &queues {
-            if q >= link.rx_queues.max(1) {
-                return Err(RunError::NoSuchQueue {
-                    interface: cfg.node.interface.clone(),
-                    queue: q,
-                    available: link.rx_queues,
-                });
-            }
-        }
-        if KERNEL_HEADROOM + link.mtu as usize + 14 > FRAME_SIZE as usize {
-            return Err(RunError::MtuTooLarge {
-                interface: cfg.node.interface.clone(),
-                mtu: link.mtu,
-                frame: FRAME_SIZE,
-                headroom: KERNEL_HEADROOM,
-            });
-        }
+        let queues = served_queues(&cfg, &link)?;
 
-        let max_queue = queues.iter().copied().max().unwrap_or(0);
-        let program = IngressProgram::load(&IngressParams {
-            node_addr: cfg.node.address,
-            overlay_addr: cfg.ingress.address,
-            vni: cfg.ingress.vni,
-            vxlan_port: cfg.ingress.port,
-            queues: max_queue + 1,
-            miss_action: action::PASS,
-            ifindex: Some(link.index),
-        })?;
-        let ring = ring_size(cfg.node.frames_per_queue);
-        let xsk = Xsk::open(&XskConfig {
-            ifname: cfg.node.interface.clone(),
-            queues: queues.clone(),
-            frames_per_queue: cfg.node.frames_per_queue,
-            frame_size: FRAME_SIZE,
-            ring_size: ring,
-            mode: BindMode::Auto,
-            huge_pages: true,
-        })?;
-        for p in &xsk.ports {
-            program.register_socket(p.queue(), p.raw_fd())?;
-        }
+        let (program, xsk) = open_sockets(&cfg, &link, queues)?;
 
         // Neighbours first, so the first snapshot can already forward.
         let watcher = Watcher::new()?;
-        let mut neighbours = rtnl.neighbour_table(link.index)?;
-        let missing: Vec<Ipv4Addr> = cfg
-            .services
-            .iter()
-            .flat_map(|s| s.tasks.iter().map(|t| t.node))
-            .filter(|n| neighbours.mac_for(*n).is_none())
-            .collect();
-        if !missing.is_empty() {
-            for n in &missing {
-                let _ = rtnl.resolve(link.index, neighbours.next_hop(*n));
-            }
-            // Give ARP a moment; anything still missing resolves later.
-            for _ in 0..20 {
-                std::thread::sleep(Duration::from_millis(25));
-                neighbours = rtnl.neighbour_table(link.index)?;
-                if missing.iter().all(|n| neighbours.mac_for(*n).is_some()) {
-                    break;
-                }
-            }
-        }
+        let neighbours = Arc::new(task_neighbours(&mut rtnl, &link, &cfg)?);
         let mut registry = Registry::default();
-        let neighbours = Arc::new(neighbours);
         let snapshot = Arc::new(Snapshot::build(
             &cfg.table_desc(),
             link_info(cfg.node.checksum, &link),
@@ -201,21 +139,8 @@ impl Forwarder {
         ));
 
         let n = xsk.ports.len();
-        let mesh = Arc::new(Mesh {
-            handoff: (0..n).map(|_| Arc::new(ArrayQueue::new(4096))).collect(),
-            returns: (0..n)
-                .map(|_| Arc::new(ArrayQueue::new(cfg.node.frames_per_queue as usize)))
-                .collect(),
-            shared: (0..n)
-                .map(|_| WorkerShared::new())
-                .collect::<Result<_, _>>()
-                .map_err(|e| RunError::Setup(format!("eventfd: {e}")))?,
-            local: (0..n).map(|_| Arc::new(ArrayQueue::new(4096))).collect(),
-            to_sandbox: Arc::new(ArrayQueue::new(4096)),
-            // Worker 0 serves the sandbox's socket.
-            sandbox_worker: sandbox.as_ref().map(|_| 0),
-        });
-        let (mut sandbox_port, sandbox_xdp) = match sandbox {
+        let mesh = new_mesh(n, cfg.node.frames_per_queue, sandbox.is_some())?;
+        let (sandbox_port, sandbox_xdp) = match sandbox {
             Some(sb) => (
                 Some(SandboxPort::new(
                     sb.port,
@@ -231,67 +156,28 @@ impl Forwarder {
         let (report_tx, report_rx) = crossbeam::channel::unbounded();
         let (garbage_tx, garbage_rx) = crossbeam::channel::unbounded();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
-        // Worker i's CPU: node.cpus[i], else CPU i+1 (mod n), because CPU 0
-        // usually takes most interrupts and the system's housekeeping.
-        let worker_cores: Vec<Option<core_affinity::CoreId>> = (0..n)
-            .map(|i| match &cfg.node.cpus {
-                Some(c) => c.get(i).copied().map(|id| core_affinity::CoreId { id }),
-                None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()]),
-                None => None,
-            })
-            .collect();
-        let mut command_txs = Vec::new();
-        let mut handles = Vec::new();
+        let worker_cores = worker_cores(&cfg, &cores, n);
         let Xsk {
             umem,
             ports,
             initial,
             zero_copy,
         } = xsk;
-        let max_flows = (cfg.flows.max as usize / n).max(16);
-        for (i, (port, frames)) in ports.into_iter().zip(initial).enumerate() {
-            let (ctx, crx) = crossbeam::channel::unbounded();
-            command_txs.push(ctx);
-            let mut pipeline = Pipeline::new(
-                snapshot.clone(),
-                i as u16,
-                n as u16,
-                max_flows,
-                cfg.flows.snat_ports,
-            );
-            pipeline.set_resolver(resolve_q.clone());
-            mesh.shared[i]
-                .generation
-                .store(snapshot.generation, Ordering::Release);
-            let w = Worker {
-                id: i as u16,
-                port,
-                umem: umem.clone(),
-                pipeline,
-                free: frames,
-                frames_per_queue: cfg.node.frames_per_queue,
+        let (command_txs, handles) = spawn_workers(
+            &cfg,
+            ports.into_iter().zip(initial).collect(),
+            &WorkerWiring {
+                umem,
+                snapshot: snapshot.clone(),
                 mesh: mesh.clone(),
-                commands: crx,
-                reports: report_tx.clone(),
-                garbage: garbage_tx.clone(),
+                resolve_q: resolve_q.clone(),
+                reports: report_tx,
+                garbage: garbage_tx,
                 stop: stop.clone(),
-                batch: cfg.node.batch_size as usize,
-                poll: cfg.node.poll,
-                report_every: Duration::from_millis(250),
-                sandbox: if i == 0 { sandbox_port.take() } else { None },
-            };
-            let core = worker_cores[i];
-            let h = std::thread::Builder::new()
-                .name(format!("mg-worker-{i}"))
-                .spawn(move || {
-                    if let Some(c) = core {
-                        core_affinity::set_for_current(c);
-                    }
-                    w.run();
-                })
-                .map_err(|e| RunError::Setup(format!("spawning worker {i}: {e}")))?;
-            handles.push(h);
-        }
+            },
+            &worker_cores,
+            sandbox_port,
+        )?;
 
         // The control thread (this one) and its helpers stay off the
         // workers' CPUs: a busy-polling worker preempted for a time slice
@@ -352,6 +238,204 @@ impl Forwarder {
         self.sandbox_xdp = None;
         self.control
     }
+}
+
+/// What every worker shares with the others and with the control thread.
+struct WorkerWiring {
+    umem: Arc<crate::xdp::Umem>,
+    snapshot: Arc<Snapshot>,
+    mesh: Arc<Mesh>,
+    resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
+    reports: crossbeam::channel::Sender<self::worker::WorkerReport>,
+    garbage: crossbeam::channel::Sender<Arc<Snapshot>>,
+    stop: Arc<AtomicBool>,
+}
+
+/// The workers' command channels and threads.
+type Workers = (
+    Vec<crossbeam::channel::Sender<self::worker::Command>>,
+    Vec<JoinHandle<()>>,
+);
+
+/// Starts one pinned worker per socket (with its initial frames); worker
+/// 0 also serves the sandbox's socket. Returns their command channels
+/// and threads.
+fn spawn_workers(
+    cfg: &Config,
+    sockets: Vec<(crate::xdp::Port, Vec<crate::xdp::FrameToken>)>,
+    wiring: &WorkerWiring,
+    cores: &[Option<core_affinity::CoreId>],
+    mut sandbox: Option<SandboxPort>,
+) -> Result<Workers, RunError> {
+    let n = sockets.len();
+    let max_flows = (cfg.flows.max as usize / n).max(16);
+    let mut command_txs = Vec::new();
+    let mut handles = Vec::new();
+    for (i, (port, frames)) in sockets.into_iter().enumerate() {
+        let (ctx, crx) = crossbeam::channel::unbounded();
+        command_txs.push(ctx);
+        let mut pipeline = Pipeline::new(
+            wiring.snapshot.clone(),
+            i as u16,
+            n as u16,
+            max_flows,
+            cfg.flows.snat_ports,
+        );
+        pipeline.set_resolver(wiring.resolve_q.clone());
+        wiring.mesh.shared[i]
+            .generation
+            .store(wiring.snapshot.generation, Ordering::Release);
+        let w = Worker {
+            id: i as u16,
+            port,
+            umem: wiring.umem.clone(),
+            pipeline,
+            free: frames,
+            frames_per_queue: cfg.node.frames_per_queue,
+            mesh: wiring.mesh.clone(),
+            commands: crx,
+            reports: wiring.reports.clone(),
+            garbage: wiring.garbage.clone(),
+            stop: wiring.stop.clone(),
+            batch: cfg.node.batch_size as usize,
+            poll: cfg.node.poll,
+            report_every: Duration::from_millis(250),
+            sandbox: if i == 0 { sandbox.take() } else { None },
+        };
+        let core = cores[i];
+        let h = std::thread::Builder::new()
+            .name(format!("mg-worker-{i}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    core_affinity::set_for_current(c);
+                }
+                w.run();
+            })
+            .map_err(|e| RunError::Setup(format!("spawning worker {i}: {e}")))?;
+        handles.push(h);
+    }
+    Ok((command_txs, handles))
+}
+
+/// Loads the ingress program (not attached yet) and opens one socket per
+/// served queue, registered in the program's socket map.
+fn open_sockets(
+    cfg: &Config,
+    link: &LinkFacts,
+    queues: Vec<u32>,
+) -> Result<(IngressProgram, Xsk), RunError> {
+    let max_queue = queues.iter().copied().max().unwrap_or(0);
+    let program = IngressProgram::load(&IngressParams {
+        node_addr: cfg.node.address,
+        overlay_addr: cfg.ingress.address,
+        vni: cfg.ingress.vni,
+        vxlan_port: cfg.ingress.port,
+        queues: max_queue + 1,
+        miss_action: action::PASS,
+        ifindex: Some(link.index),
+    })?;
+    let xsk = Xsk::open(&XskConfig {
+        ifname: cfg.node.interface.clone(),
+        queues,
+        frames_per_queue: cfg.node.frames_per_queue,
+        frame_size: FRAME_SIZE,
+        ring_size: ring_size(cfg.node.frames_per_queue),
+        mode: BindMode::Auto,
+        huge_pages: true,
+    })?;
+    for p in &xsk.ports {
+        program.register_socket(p.queue(), p.raw_fd())?;
+    }
+    Ok((program, xsk))
+}
+
+/// The queues to serve: `node.queues` or every queue of the interface,
+/// once the interface's queues and MTU are known to suit them.
+fn served_queues(cfg: &Config, link: &LinkFacts) -> Result<Vec<u32>, RunError> {
+    let queues: Vec<u32> = match &cfg.node.queues {
+        Some(q) => q.clone(),
+        None => (0..link.rx_queues.max(1)).collect(),
+    };
+    if let Some(&q) = queues.iter().find(|&&q| q >= link.rx_queues.max(1)) {
+        return Err(RunError::NoSuchQueue {
+            interface: cfg.node.interface.clone(),
+            queue: q,
+            available: link.rx_queues,
+        });
+    }
+    if KERNEL_HEADROOM + link.mtu as usize + 14 > FRAME_SIZE as usize {
+        return Err(RunError::MtuTooLarge {
+            interface: cfg.node.interface.clone(),
+            mtu: link.mtu,
+            frame: FRAME_SIZE,
+            headroom: KERNEL_HEADROOM,
+        });
+    }
+    Ok(queues)
+}
+
+/// The kernel's neighbour table for `link`, after asking it to resolve the
+/// tasks' nodes it lacks and giving ARP half a second; anything still
+/// missing resolves later, through the workers' requests.
+fn task_neighbours(
+    rtnl: &mut Rtnl,
+    link: &LinkFacts,
+    cfg: &Config,
+) -> Result<Neighbours, RunError> {
+    let mut neighbours = rtnl.neighbour_table(link.index)?;
+    let missing: Vec<Ipv4Addr> = cfg
+        .services
+        .iter()
+        .flat_map(|s| s.tasks.iter().map(|t| t.node))
+        .filter(|&n| n != cfg.node.address && neighbours.mac_for(n).is_none())
+        .collect();
+    if missing.is_empty() {
+        return Ok(neighbours);
+    }
+    for n in &missing {
+        let _ = rtnl.resolve(link.index, neighbours.next_hop(*n));
+    }
+    for _ in 0..20 {
+        std::thread::sleep(Duration::from_millis(25));
+        neighbours = rtnl.neighbour_table(link.index)?;
+        if missing.iter().all(|n| neighbours.mac_for(*n).is_some()) {
+            break;
+        }
+    }
+    Ok(neighbours)
+}
+
+/// The queues between `n` workers, and from and to the sandbox's socket,
+/// which worker 0 serves when there is one.
+fn new_mesh(n: usize, frames_per_queue: u32, sandbox: bool) -> Result<Arc<Mesh>, RunError> {
+    let queues = |cap: usize| (0..n).map(|_| Arc::new(ArrayQueue::new(cap))).collect();
+    Ok(Arc::new(Mesh {
+        handoff: queues(4096),
+        returns: queues(frames_per_queue as usize),
+        shared: (0..n)
+            .map(|_| WorkerShared::new())
+            .collect::<Result<_, _>>()
+            .map_err(|e| RunError::Setup(format!("eventfd: {e}")))?,
+        local: queues(4096),
+        to_sandbox: Arc::new(ArrayQueue::new(4096)),
+        sandbox_worker: sandbox.then_some(0),
+    }))
+}
+
+/// Worker i's CPU: node.cpus[i], else CPU i+1 (mod n), because CPU 0
+/// usually takes most interrupts and the system's housekeeping.
+fn worker_cores(
+    cfg: &Config,
+    cores: &[core_affinity::CoreId],
+    n: usize,
+) -> Vec<Option<core_affinity::CoreId>> {
+    (0..n)
+        .map(|i| match &cfg.node.cpus {
+            Some(c) => c.get(i).copied().map(|id| core_affinity::CoreId { id }),
+            None if !cores.is_empty() => Some(cores[(i + 1) % cores.len()]),
+            None => None,
+        })
+        .collect()
 }
 
 /// Ring size of a socket with `frames` frames: half of them may wait in
