@@ -3,7 +3,7 @@
 //! out and periodic work (sweeps, reports) is averaged over many periods
 //! (runs of 20 000 and 40 000 read 35 fewer per established packet of the
 //! same code). Repeatable on a noisy machine where timings are not;
-//! `tests/instructions.rs` guards the same counts.
+//! `testkit/tests/instructions.rs` guards the same counts.
 
 use std::path::Path;
 use std::process::Command;

@@ -907,7 +907,7 @@ fn forward(
         // Its own `nat` call rather than one shared with the VXLAN path
         // below: measured, sharing it (an `Option` of the template chosen
         // first) cost the established path 9 instructions per packet and
-        // a new flow 13 (tests/instructions.rs).
+        // a new flow 13 (testkit/tests/instructions.rs).
         nat(
             &mut f.data_mut()[ETH..],
             id.overlay_addr,

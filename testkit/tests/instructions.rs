@@ -18,7 +18,7 @@ fn total(case: &str, n: u64, dir: &std::path::Path) -> u64 {
     let st = Command::new("valgrind")
         .arg("--tool=callgrind")
         .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(meshgate_testkit::built_binary("meshgate-bench"))
+        .arg(env!("CARGO_BIN_EXE_meshgate-bench"))
         .args(["pipeline", "--case", case, "--iterations", &n.to_string()])
         .output()
         .expect("running valgrind");
