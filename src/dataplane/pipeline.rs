@@ -36,7 +36,19 @@ use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
 use super::tables::{L4Checksum, OUTER_TEMPLATE_LEN, OUTER_TTL, Snapshot, TaskEntry, TaskId};
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
-use crate::wire::{MacAddr, arp, checksum, icmp, tcp, udp, vxlan};
+use crate::wire::{
+    MacAddr, arp, at, checksum, get_addr, get_mac, get16, get24, get32, icmp, set_addr, set16, tcp,
+    udp, vxlan,
+};
+
+// Header layout comes from `src/wire` only: field ranges, shifted by the
+// headers in front of them (`at`). All constant, so every access below
+// compiles to the same load or store a literal offset would.
+use crate::wire::ethernet::field as eth_f;
+use crate::wire::icmp::field as icmp_f;
+use crate::wire::ipv4::field as ip_f;
+use crate::wire::tcp::field as tcp_f;
+use crate::wire::udp::field as udp_f;
 
 /// A frame inside a buffer with headroom: bytes `off..off + len` of `buf`.
 #[derive(Debug)]
@@ -402,24 +414,20 @@ fn release_shared(snap: &Snapshot, gen32: u32, f: &Flow) {
     }
 }
 
-#[inline]
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-
 /// Checks an IPv4 header without options; `avail` is the number of bytes
 /// from the header's start to the end of the frame. Returns the packet's
 /// total length. The fixed-size header makes every access check-free.
 #[inline(always)]
 fn check_ipv4(h: &[u8; IP], avail: usize) -> Result<usize, DropReason> {
-    if h[0] != 0x45 {
-        return Err(if h[0] >> 4 != 4 || h[0] & 0x0f < 5 {
+    let ver_ihl = h[ip_f::VER_IHL];
+    if ver_ihl != 0x45 {
+        return Err(if ver_ihl >> 4 != 4 || ver_ihl & 0x0f < 5 {
             DropReason::IpMalformed
         } else {
             DropReason::IpOptions
         });
     }
-    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let total = usize::from(get16(h, ip_f::LENGTH));
     if total < IP {
         return Err(DropReason::IpMalformed);
     }
@@ -429,7 +437,7 @@ fn check_ipv4(h: &[u8; IP], avail: usize) -> Result<usize, DropReason> {
     if checksum::ipv4_header_sum(h) != 0xffff {
         return Err(DropReason::IpChecksum);
     }
-    if u16::from_be_bytes([h[6], h[7]]) & (ipv4::FLAG_MF | ipv4::OFFSET_MASK) != 0 {
+    if get16(h, ip_f::FLG_OFF) & (ipv4::FLAG_MF | ipv4::OFFSET_MASK) != 0 {
         return Err(DropReason::IpFragment);
     }
     Ok(total)
@@ -454,22 +462,22 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
             let Some(h) = l4.first_chunk::<{ tcp::HEADER_LEN }>() else {
                 return Err(DropReason::Truncated);
             };
-            let doff = usize::from(h[12] >> 4) * 4;
+            let doff = usize::from(h[tcp_f::OFF] >> 4) * 4;
             if doff < tcp::HEADER_LEN {
                 return Err(DropReason::L4Malformed);
             }
             if doff > l4.len() {
                 return Err(DropReason::Truncated);
             }
-            let flags = h[13];
-            let seq = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
+            let flags = h[tcp_f::FLAGS];
+            let seq = get32(h, tcp_f::SEQ);
             let seq_end = seq
                 .wrapping_add((l4.len() - doff) as u32)
                 .wrapping_add(u32::from(flags & tcp::flags::SYN != 0))
                 .wrapping_add(u32::from(flags & tcp::flags::FIN != 0));
             Ok(L4 {
-                sport: u16::from_be_bytes([h[0], h[1]]),
-                dport: u16::from_be_bytes([h[2], h[3]]),
+                sport: get16(h, tcp_f::SRC_PORT),
+                dport: get16(h, tcp_f::DST_PORT),
                 flags: Some(flags),
                 seq_end,
             })
@@ -478,7 +486,7 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
             let Some(h) = l4.first_chunk::<{ udp::HEADER_LEN }>() else {
                 return Err(DropReason::Truncated);
             };
-            let ulen = usize::from(u16::from_be_bytes([h[4], h[5]]));
+            let ulen = usize::from(get16(h, udp_f::LENGTH));
             if ulen < udp::HEADER_LEN {
                 return Err(DropReason::L4Malformed);
             }
@@ -486,8 +494,8 @@ fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
                 return Err(DropReason::Truncated);
             }
             Ok(L4 {
-                sport: u16::from_be_bytes([h[0], h[1]]),
-                dport: u16::from_be_bytes([h[2], h[3]]),
+                sport: get16(h, udp_f::SRC_PORT),
+                dport: get16(h, udp_f::DST_PORT),
                 flags: None,
                 seq_end: 0,
             })
@@ -561,41 +569,41 @@ fn nat_with<const CHECKED: bool>(
     let Some(h) = iph.first_chunk_mut::<IP>() else {
         return;
     };
-    let (proto, total) = (h[9], u16::from_be_bytes([h[2], h[3]]));
+    let (proto, total) = (h[ip_f::PROTOCOL], get16(h, ip_f::LENGTH));
     let partial_sum = match l4_checksum {
         L4Checksum::CompletePartial if CHECKED => Some(checksum::pseudo_header(
-            Ipv4Addr::new(h[12], h[13], h[14], h[15]),
-            Ipv4Addr::new(h[16], h[17], h[18], h[19]),
+            get_addr(h, ip_f::SRC),
+            get_addr(h, ip_f::DST),
             proto,
             total.wrapping_sub(IP as u16),
         )),
         _ => None,
     };
-    h[8] = h[8].wrapping_sub(1);
-    h[12..16].copy_from_slice(&src.octets());
-    h[16..20].copy_from_slice(&dst.octets());
-    let c = checksum::apply_folded(u16::from_be_bytes([h[10], h[11]]), delta_addrs);
+    h[ip_f::TTL] = h[ip_f::TTL].wrapping_sub(1);
+    set_addr(h, ip_f::SRC, src);
+    set_addr(h, ip_f::DST, dst);
+    let c = checksum::apply_folded(get16(h, ip_f::CHECKSUM), delta_addrs);
     let c = checksum::apply_folded(c, checksum::TTL_DECREMENT);
-    h[10..12].copy_from_slice(&c.to_be_bytes());
+    set16(h, ip_f::CHECKSUM, c);
     let stored = if proto == protocol::TCP {
-        let Some(t) = l4.first_chunk_mut::<18>() else {
+        let Some(t) = l4.first_chunk_mut::<{ tcp_f::CHECKSUM.end }>() else {
             return;
         };
-        t[0..2].copy_from_slice(&sport.to_be_bytes());
-        t[2..4].copy_from_slice(&dport.to_be_bytes());
-        let stored = u16::from_be_bytes([t[16], t[17]]);
+        set16(t, tcp_f::SRC_PORT, sport);
+        set16(t, tcp_f::DST_PORT, dport);
+        let stored = get16(t, tcp_f::CHECKSUM);
         let c = checksum::apply_folded(stored, delta_l4);
-        t[16..18].copy_from_slice(&c.to_be_bytes());
+        set16(t, tcp_f::CHECKSUM, c);
         stored
     } else {
-        let Some(u) = l4.first_chunk_mut::<8>() else {
+        let Some(u) = l4.first_chunk_mut::<{ udp::HEADER_LEN }>() else {
             return;
         };
-        u[0..2].copy_from_slice(&sport.to_be_bytes());
-        u[2..4].copy_from_slice(&dport.to_be_bytes());
-        let stored = u16::from_be_bytes([u[6], u[7]]);
+        set16(u, udp_f::SRC_PORT, sport);
+        set16(u, udp_f::DST_PORT, dport);
+        let stored = get16(u, udp_f::CHECKSUM);
         let c = checksum::apply_folded_udp(stored, delta_l4);
-        u[6..8].copy_from_slice(&c.to_be_bytes());
+        set16(u, udp_f::CHECKSUM, c);
         stored
     };
     if CHECKED && (l4_checksum == L4Checksum::Full || partial_sum == Some(stored)) {
@@ -662,7 +670,7 @@ fn tcp_flags_valid(flags: u8) -> bool {
 
 fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
     let d = f.data();
-    let Some(et) = d.get(12..14) else {
+    let Some(et) = d.get(eth_f::ETHERTYPE) else {
         return Err(DropReason::Truncated);
     };
     match u16::from_be_bytes([et[0], et[1]]) {
@@ -678,10 +686,10 @@ fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Ver
         return Err(DropReason::Truncated);
     };
     let total = check_ipv4(iph, d.len() - ETH)?;
-    if iph[16..20] != snap.identity.node_addr.octets() {
+    if iph[ip_f::DST] != snap.identity.node_addr.octets() {
         return Err(DropReason::NotForUs);
     }
-    let proto = iph[9];
+    let proto = iph[ip_f::PROTOCOL];
     // Drop Ethernet padding: the frame is exactly its packet from here on.
     f.len = ETH + total;
     let l4 = parse_l4(proto, &f.data()[ETH + IP..])?;
@@ -769,9 +777,9 @@ fn forward(
     let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
         return Err(DropReason::Truncated);
     };
-    let proto = h[ETH + 9];
-    let ttl = h[ETH + 8];
-    let client = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
+    let proto = h[ETH + ip_f::PROTOCOL];
+    let ttl = h[ETH + ip_f::TTL];
+    let client = get_addr(&h[ETH..], ip_f::SRC);
     let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
     let port = snap.ports.get(proto, dport).ok_or(DropReason::NoService)?;
     if let Some(fl) = tcp_flags {
@@ -921,8 +929,8 @@ fn forward(
         let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
             return Err(DropReason::Truncated);
         };
-        eth[0..6].copy_from_slice(&task.mac.0);
-        eth[6..12].copy_from_slice(&id.overlay_mac.0);
+        eth[eth_f::DST].copy_from_slice(&task.mac.0);
+        eth[eth_f::SRC].copy_from_slice(&id.overlay_mac.0);
         let c = &mut st.tasks[ti as usize];
         c.packets_in += 1;
         c.bytes_in += (ETH + total) as u64;
@@ -958,11 +966,14 @@ fn forward(
     };
     *out = outer.bytes;
     let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
-    out[ETH + 2..ETH + 4].copy_from_slice(&outer_total.to_be_bytes());
-    out[ETH + 10..ETH + 12]
-        .copy_from_slice(&checksum::update16(outer.ip_checksum, 0, outer_total).to_be_bytes());
-    out[VX_UDP..VX_UDP + 2].copy_from_slice(&vxlan_source_port(hash).to_be_bytes());
-    out[VX_UDP + 4..VX_UDP + 6].copy_from_slice(&(outer_total - IP as u16).to_be_bytes());
+    set16(out, at(ip_f::LENGTH, ETH), outer_total);
+    set16(
+        out,
+        at(ip_f::CHECKSUM, ETH),
+        checksum::update16(outer.ip_checksum, 0, outer_total),
+    );
+    set16(out, at(udp_f::SRC_PORT, VX_UDP), vxlan_source_port(hash));
+    set16(out, at(udp_f::LENGTH, VX_UDP), outer_total - IP as u16);
     f.off = off;
     f.len = HEADROOM + inner_len;
 
@@ -987,39 +998,39 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     let Some(h) = d.first_chunk::<INNER_IP>() else {
         return Err(DropReason::Truncated);
     };
-    let end = VX_UDP + usize::from(u16::from_be_bytes([h[VX_UDP + 4], h[VX_UDP + 5]]));
+    let end = VX_UDP + usize::from(get16(h, at(udp_f::LENGTH, VX_UDP)));
     if end < INNER_IP {
         return Err(DropReason::Truncated);
     }
-    if h[VX_HDR] != vxlan::FLAG_I {
+    if h[VX_HDR + vxlan::field::FLAGS] != vxlan::FLAG_I {
         return Err(DropReason::VxlanBadFlags);
     }
-    if u32::from_be_bytes([0, h[VX_HDR + 4], h[VX_HDR + 5], h[VX_HDR + 6]]) != id.vni {
+    if get24(h, at(vxlan::field::VNI, VX_HDR)) != id.vni {
         return Err(DropReason::VxlanWrongVni);
     }
-    let vtep = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
+    let vtep = get_addr(&h[ETH..], ip_f::SRC);
     let Some(vtep_mac) = snap.vteps.get(&vtep) else {
         return Err(DropReason::UnknownVtep);
     };
     let vtep_mac = *vtep_mac;
-    match u16::from_be_bytes([h[INNER + 12], h[INNER + 13]]) {
+    match get16(h, at(eth_f::ETHERTYPE, INNER)) {
         ethertype::IPV4 => {}
         ethertype::ARP => return arp_reply(snap, st, f, vtep, vtep_mac),
         ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
         _ => return Err(DropReason::NotIpv4),
     }
-    if h[INNER..INNER + 6] != id.overlay_mac.0 {
+    if h[at(eth_f::DST, INNER)] != id.overlay_mac.0 {
         return Err(DropReason::InnerNotForUs);
     }
     let Some(iph) = d[INNER_IP..end].first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
     let total = check_ipv4(iph, end - INNER_IP)?;
-    if iph[16..20] != id.overlay_addr.octets() {
+    if iph[ip_f::DST] != id.overlay_addr.octets() {
         return Err(DropReason::InnerNotForUs);
     }
-    if iph[9] == protocol::ICMP {
-        let ttl = iph[8];
+    if iph[ip_f::PROTOCOL] == protocol::ICMP {
+        let ttl = iph[ip_f::TTL];
         return icmp_error(snap, st, f, total, vtep, ttl);
     }
     let p = &mut f.data_mut()[INNER_IP..INNER_IP + total];
@@ -1053,9 +1064,9 @@ fn translate_reply(
     let Some(iph) = p.first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
-    let proto = iph[9];
-    let ttl = iph[8];
-    let task_addr = Ipv4Addr::new(iph[12], iph[13], iph[14], iph[15]);
+    let proto = iph[ip_f::PROTOCOL];
+    let ttl = iph[ip_f::TTL];
+    let task_addr = get_addr(iph, ip_f::SRC);
     let l4 = parse_l4(proto, &p[IP..])?;
     let (sport, dport, tcp_flags, seq_end) = (l4.sport, l4.dport, l4.flags, l4.seq_end);
     if let Some(fl) = tcp_flags {
@@ -1132,23 +1143,23 @@ fn local_reply(
     let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
         return Err(DropReason::Truncated);
     };
-    match u16::from_be_bytes([h[12], h[13]]) {
+    match get16(h, eth_f::ETHERTYPE) {
         ethertype::IPV4 => {}
         ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
         ethertype::ARP => return Err(DropReason::Arp),
         _ => return Err(DropReason::NotIpv4),
     }
-    if h[0..6] != id.overlay_mac.0 {
+    if h[eth_f::DST] != id.overlay_mac.0 {
         return Err(DropReason::InnerNotForUs);
     }
     let Some(iph) = h[ETH..].first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
     let total = check_ipv4(iph, d.len() - ETH)?;
-    if iph[16..20] != id.overlay_addr.octets() {
+    if iph[ip_f::DST] != id.overlay_addr.octets() {
         return Err(DropReason::InnerNotForUs);
     }
-    if iph[9] != protocol::TCP && iph[9] != protocol::UDP {
+    if iph[ip_f::PROTOCOL] != protocol::TCP && iph[ip_f::PROTOCOL] != protocol::UDP {
         return Err(DropReason::UnsupportedProtocol);
     }
     f.len = ETH + total;
@@ -1204,8 +1215,8 @@ fn deliver(
     let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
         return Err(DropReason::Truncated);
     };
-    eth[0..6].copy_from_slice(&client_mac.0);
-    eth[6..12].copy_from_slice(&id.node_mac.0);
+    eth[eth_f::DST].copy_from_slice(&client_mac.0);
+    eth[eth_f::SRC].copy_from_slice(&id.node_mac.0);
     let c = &mut st.tasks[task_index as usize];
     c.packets_out += 1;
     c.bytes_out += len as u64;
@@ -1224,7 +1235,7 @@ fn arp_reply(
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
-    let ulen = be16(d, VX_UDP + 4) as usize;
+    let ulen = get16(d, at(udp_f::LENGTH, VX_UDP)) as usize;
     let a = arp::Packet::new_checked(&d[INNER + ETH..VX_UDP + ulen])
         .map_err(|_| DropReason::Truncated)?;
     let req = arp::Repr::parse(&a).map_err(|_| DropReason::ArpNotForUs)?;
@@ -1235,7 +1246,7 @@ fn arp_reply(
         request_resolution(st, vtep);
         return Err(DropReason::NoNeighbour);
     };
-    let sport = be16(d, VX_UDP);
+    let sport = get16(d, at(udp_f::SRC_PORT, VX_UDP));
     let inner_len = ETH + arp::PACKET_LEN;
     f.len = INNER + inner_len;
     let b = f.data_mut();
@@ -1337,14 +1348,15 @@ fn frag_needed(
     let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
         return Err(DropReason::Truncated);
     };
-    if h[ETH + 6] & 0x40 == 0 || !st.generated.take(st.now) {
+    let df = get16(h, at(ip_f::FLG_OFF, ETH)) & ipv4::FLAG_DF != 0;
+    if !df || !st.generated.take(st.now) {
         return Err(DropReason::TooBig);
     }
-    let client = Ipv4Addr::new(h[ETH + 12], h[ETH + 13], h[ETH + 14], h[ETH + 15]);
+    let client = get_addr(h, at(ip_f::SRC, ETH));
     // An answer to this very frame goes back to the neighbour that sent it
     // (its source MAC), as any responder does; the neighbour table may not
     // know the client yet (it ARPed microseconds ago).
-    let mac = MacAddr([h[6], h[7], h[8], h[9], h[10], h[11]]);
+    let mac = get_mac(h, eth_f::SRC);
     let q = total.min(ICMP_QUOTE);
     let mut quote = [0u8; ICMP_QUOTE];
     quote[..q].copy_from_slice(&d[ETH..ETH + q]);
@@ -1384,7 +1396,7 @@ fn icmp_error(
         return Err(DropReason::Truncated);
     };
     if !matches!(
-        m[0],
+        m[icmp_f::TYPE],
         icmp::msg_type::DST_UNREACHABLE | icmp::msg_type::TIME_EXCEEDED
     ) {
         return Err(DropReason::UnsupportedProtocol);
@@ -1393,16 +1405,18 @@ fn icmp_error(
         return Err(DropReason::L4Malformed);
     }
     let q = &m[icmp::HEADER_LEN..];
-    let qproto = q[9];
-    if q[0] != 0x45
+    let qproto = q[ip_f::PROTOCOL];
+    if q[ip_f::VER_IHL] != 0x45
         || !matches!(qproto, protocol::TCP | protocol::UDP)
-        || q[12..16] != id.overlay_addr.octets()
+        || q[ip_f::SRC] != id.overlay_addr.octets()
     {
         return Err(DropReason::IcmpNoFlow);
     }
-    let task = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
-    let snat = u16::from_be_bytes([q[20], q[21]]);
-    let target = u16::from_be_bytes([q[22], q[23]]);
+    // The quoted packet went from the sandbox to the task; TCP and UDP
+    // put their ports in the same place.
+    let task = get_addr(q, ip_f::DST);
+    let snat = get16(q, at(udp_f::SRC_PORT, IP));
+    let target = get16(q, at(udp_f::DST_PORT, IP));
     let owner = FlowTable::owner(snat, st.workers);
     if owner != st.worker {
         return Ok(Verdict::Handoff(owner));
@@ -1452,16 +1466,16 @@ fn icmp_error(
     qip.set_src_addr(client);
     qip.set_dst_addr(id.node_addr);
     qip.fill_checksum();
-    ql4[0..2].copy_from_slice(&client_port.to_be_bytes());
-    ql4[2..4].copy_from_slice(&published.to_be_bytes());
+    set16(ql4, udp_f::SRC_PORT, client_port);
+    set16(ql4, udp_f::DST_PORT, published);
     // The quoted transport checksum, when quoted: the reverse of the flow's
     // translation.
     if qproto == protocol::UDP {
-        let c = checksum::apply_folded_udp(u16::from_be_bytes([ql4[6], ql4[7]]), !delta_l4);
-        ql4[6..8].copy_from_slice(&c.to_be_bytes());
-    } else if let Some(t) = ql4.get_mut(16..18) {
-        let c = checksum::apply_folded(u16::from_be_bytes([t[0], t[1]]), !delta_l4);
-        t.copy_from_slice(&c.to_be_bytes());
+        let c = checksum::apply_folded_udp(get16(ql4, udp_f::CHECKSUM), !delta_l4);
+        set16(ql4, udp_f::CHECKSUM, c);
+    } else if ql4.len() >= tcp_f::CHECKSUM.end {
+        let c = checksum::apply_folded(get16(ql4, tcp_f::CHECKSUM), !delta_l4);
+        set16(ql4, tcp_f::CHECKSUM, c);
     }
     let mut icmp = icmp::Packet::new_unchecked(&mut msg[..]);
     icmp.fill_checksum();
@@ -1529,7 +1543,10 @@ fn send_reset(
         return Err(reason);
     }
     // Back to the neighbour that sent the segment (see `frag_needed`).
-    let mac = MacAddr(f.data()[6..12].try_into().map_err(|_| reason)?);
+    if f.data().len() < ETH {
+        return Err(reason);
+    }
+    let mac = get_mac(f.data(), eth_f::SRC);
     let seg_len = t.payload().len() as u32
         + u32::from(flags & tcp::flags::SYN != 0)
         + u32::from(flags & tcp::flags::FIN != 0);

@@ -10,7 +10,8 @@ use super::ethernet::MacAddr;
 use super::{Error, Result};
 use std::net::Ipv4Addr;
 
-mod field {
+/// Field offsets in the header: the one place the layout is written.
+pub mod field {
     use std::ops::Range;
     pub const HTYPE: Range<usize> = 0..2;
     pub const PTYPE: Range<usize> = 2..4;

@@ -87,7 +87,8 @@ pub mod ethertype {
     pub const IPV6: u16 = 0x86dd;
 }
 
-mod field {
+/// Field offsets in the header: the one place the layout is written.
+pub mod field {
     use std::ops::{Range, RangeFrom};
     pub const DST: Range<usize> = 0..6;
     pub const SRC: Range<usize> = 6..12;

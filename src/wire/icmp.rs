@@ -10,7 +10,8 @@ use super::be16;
 use super::checksum;
 use super::{Error, Result};
 
-mod field {
+/// Field offsets in the header: the one place the layout is written.
+pub mod field {
     use std::ops::{Range, RangeFrom};
     pub const TYPE: usize = 0;
     pub const CODE: usize = 1;

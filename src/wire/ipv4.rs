@@ -17,7 +17,8 @@ pub mod protocol {
     pub const UDP: u8 = 17;
 }
 
-mod field {
+/// Field offsets in the header: the one place the layout is written.
+pub mod field {
     use std::ops::Range;
     pub const VER_IHL: usize = 0;
     pub const DSCP_ECN: usize = 1;

@@ -18,6 +18,8 @@ pub mod vxlan;
 
 pub use ethernet::MacAddr;
 
+use std::ops::Range;
+
 /// Why a buffer was not accepted as a header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -39,6 +41,59 @@ pub enum Error {
 }
 
 pub type Result<T> = core::result::Result<T, Error>;
+
+// Reading and writing a field by its range, for code that holds a fixed-
+// size header (`&[u8; N]`) or has checked the length itself: with constant
+// ranges these inline to plain loads and stores, bounds checks folded.
+
+/// Shifts a field's range by `by` bytes: the field of a header that sits
+/// `by` bytes into a frame.
+pub const fn at(r: Range<usize>, by: usize) -> Range<usize> {
+    r.start + by..r.end + by
+}
+
+/// The big-endian 16-bit field `r` of `b`.
+#[inline(always)]
+pub fn get16(b: &[u8], r: Range<usize>) -> u16 {
+    u16::from_be_bytes([b[r.start], b[r.start + 1]])
+}
+
+/// The big-endian 24-bit field `r` of `b` (a VNI).
+#[inline(always)]
+pub fn get24(b: &[u8], r: Range<usize>) -> u32 {
+    u32::from_be_bytes([0, b[r.start], b[r.start + 1], b[r.start + 2]])
+}
+
+/// The big-endian 32-bit field `r` of `b`.
+#[inline(always)]
+pub fn get32(b: &[u8], r: Range<usize>) -> u32 {
+    u32::from_be_bytes([b[r.start], b[r.start + 1], b[r.start + 2], b[r.start + 3]])
+}
+
+/// The IPv4 address in field `r` of `b`.
+#[inline(always)]
+pub fn get_addr(b: &[u8], r: Range<usize>) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(b[r.start], b[r.start + 1], b[r.start + 2], b[r.start + 3])
+}
+
+/// The MAC address in field `r` of `b`.
+#[inline(always)]
+pub fn get_mac(b: &[u8], r: Range<usize>) -> MacAddr {
+    let s = r.start;
+    MacAddr([b[s], b[s + 1], b[s + 2], b[s + 3], b[s + 4], b[s + 5]])
+}
+
+/// Writes `v` big-endian into the 16-bit field `r` of `b`.
+#[inline(always)]
+pub fn set16(b: &mut [u8], r: Range<usize>, v: u16) {
+    b[r.start..r.start + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Writes the IPv4 address `a` into field `r` of `b`.
+#[inline(always)]
+pub fn set_addr(b: &mut [u8], r: Range<usize>, a: std::net::Ipv4Addr) {
+    b[r.start..r.start + 4].copy_from_slice(&a.octets());
+}
 
 /// The big-endian 16-bit word at the start of `b` (which the caller has
 /// bounds-checked: a view's field range).

@@ -13,6 +13,14 @@
 use super::{Error, Result};
 
 /// Length of the VXLAN header.
+/// Field offsets in the header: the one place the layout is written.
+pub mod field {
+    use std::ops::Range;
+    pub const FLAGS: usize = 0;
+    /// The 24-bit VNI (the byte after it is reserved).
+    pub const VNI: Range<usize> = 4..7;
+}
+
 pub const HEADER_LEN: usize = 8;
 /// The "VNI is valid" flag.
 pub const FLAG_I: u8 = 0x08;
@@ -55,13 +63,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     #[inline]
     pub fn flags(&self) -> u8 {
-        self.buffer.as_ref()[0]
+        self.buffer.as_ref()[field::FLAGS]
     }
 
     #[inline]
     pub fn vni(&self) -> u32 {
-        let b = self.buffer.as_ref();
-        u32::from_be_bytes([0, b[4], b[5], b[6]])
+        super::get24(self.buffer.as_ref(), field::VNI)
     }
 
     #[inline]
