@@ -68,7 +68,7 @@ impl SchedTable {
 
     /// Picks the task for a new flow with hash `flow_hash`, or `None` when
     /// the service has no eligible task.
-    #[inline]
+    #[inline(always)]
     pub fn pick(&self, shared: &ServiceShared, tasks: &[TaskEntry], flow_hash: u32) -> Option<u32> {
         match self {
             SchedTable::Rr(v) | SchedTable::Wrr(v) => {
