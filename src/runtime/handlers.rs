@@ -2,7 +2,6 @@
 //! shapes of `docker service ls/ps` and `ipvsadm -ln`, statistics, and
 //! validated changes of services and tasks.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use serde_json::{Value, json};
@@ -12,7 +11,6 @@ use crate::control::api::{
     IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView,
 };
 use crate::control::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
-use crate::dataplane::DropReason;
 use crate::dataplane::tables::TaskEntry;
 
 /// State of a task as `service ps` shows it.
@@ -268,176 +266,6 @@ impl Control {
 
     /// Statistics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
-        let snap = self.snapshot();
-        let st = &self.stats;
-        let mut o = String::new();
-        let family = |o: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            &mut o,
-            "meshgate_task_packets_total",
-            "counter",
-            "Packets forwarded per task and direction (in: client to task).",
-        );
-        for s in &snap.services {
-            for &i in &s.tasks {
-                let t = &snap.tasks[i as usize];
-                let c = st.task(t.id);
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_packets_total{{service=\"{}\",task=\"{}\",direction=\"in\"}} {}",
-                    s.name, t.addr, c.packets_in
-                );
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_packets_total{{service=\"{}\",task=\"{}\",direction=\"out\"}} {}",
-                    s.name, t.addr, c.packets_out
-                );
-            }
-        }
-        family(
-            &mut o,
-            "meshgate_task_bytes_total",
-            "counter",
-            "Bytes forwarded per task and direction.",
-        );
-        for s in &snap.services {
-            for &i in &s.tasks {
-                let t = &snap.tasks[i as usize];
-                let c = st.task(t.id);
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_bytes_total{{service=\"{}\",task=\"{}\",direction=\"in\"}} {}",
-                    s.name, t.addr, c.bytes_in
-                );
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_bytes_total{{service=\"{}\",task=\"{}\",direction=\"out\"}} {}",
-                    s.name, t.addr, c.bytes_out
-                );
-            }
-        }
-        family(
-            &mut o,
-            "meshgate_task_flows_total",
-            "counter",
-            "Flows created per task.",
-        );
-        for s in &snap.services {
-            for &i in &s.tasks {
-                let t = &snap.tasks[i as usize];
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_flows_total{{service=\"{}\",task=\"{}\"}} {}",
-                    s.name,
-                    t.addr,
-                    st.task(t.id).flows
-                );
-            }
-        }
-        family(
-            &mut o,
-            "meshgate_task_flows",
-            "gauge",
-            "Flows in the tables per task and state (active: established TCP).",
-        );
-        for s in &snap.services {
-            for &i in &s.tasks {
-                let t = &snap.tasks[i as usize];
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_flows{{service=\"{}\",task=\"{}\",state=\"active\"}} {}",
-                    s.name,
-                    t.addr,
-                    t.shared.active.load(Ordering::Relaxed)
-                );
-                let _ = writeln!(
-                    o,
-                    "meshgate_task_flows{{service=\"{}\",task=\"{}\",state=\"inactive\"}} {}",
-                    s.name,
-                    t.addr,
-                    t.shared.inactive.load(Ordering::Relaxed)
-                );
-            }
-        }
-        family(
-            &mut o,
-            "meshgate_drops_total",
-            "counter",
-            "Frames not forwarded, by reason.",
-        );
-        for r in DropReason::ALL {
-            let _ = writeln!(
-                o,
-                "meshgate_drops_total{{reason=\"{}\"}} {}",
-                r.name(),
-                st.drops.get(*r)
-            );
-        }
-        family(
-            &mut o,
-            "meshgate_syn_budget",
-            "gauge",
-            "New TCP flows the XDP program admits per receive queue and second (0: no limit).",
-        );
-        let _ = writeln!(o, "meshgate_syn_budget {}", st.syn_budget);
-        family(
-            &mut o,
-            "meshgate_syn_admission_total",
-            "counter",
-            "SYNs to published ports by the XDP program's verdict (retried: a refused SYN's retransmission, admitted on its second chance).",
-        );
-        let a = st.admission;
-        for (verdict, n) in [
-            ("admitted", a.admitted),
-            ("retried", a.retried),
-            ("refused", a.refused),
-        ] {
-            let _ = writeln!(
-                o,
-                "meshgate_syn_admission_total{{verdict=\"{verdict}\"}} {n}"
-            );
-        }
-        family(
-            &mut o,
-            "meshgate_events_total",
-            "counter",
-            "Data-plane events.",
-        );
-        if let Value::Object(m) = serde_json::to_value(st.events).unwrap_or_default() {
-            for (k, v) in m {
-                let _ = writeln!(o, "meshgate_events_total{{event=\"{k}\"}} {v}");
-            }
-        }
-        family(
-            &mut o,
-            "meshgate_flows",
-            "gauge",
-            "Flows in all workers' tables.",
-        );
-        let _ = writeln!(o, "meshgate_flows {}", st.total_flows());
-        family(
-            &mut o,
-            "meshgate_batch_seconds",
-            "summary",
-            "Time a worker spends on one batch.",
-        );
-        for q in [0.5, 0.9, 0.99, 0.999] {
-            let _ = writeln!(
-                o,
-                "meshgate_batch_seconds{{quantile=\"{q}\"}} {:e}",
-                st.batch_ns.value_at_quantile(q) as f64 / 1e9
-            );
-        }
-        let _ = writeln!(o, "meshgate_batch_seconds_count {}", st.batch_ns.len());
-        family(
-            &mut o,
-            "meshgate_snapshot_generation",
-            "gauge",
-            "Generation of the tables the workers use.",
-        );
-        let _ = writeln!(o, "meshgate_snapshot_generation {}", snap.generation);
-        o
+        super::metrics::render(self.snapshot(), &self.stats)
     }
 }

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod control;
 pub mod handlers;
+pub mod metrics;
 pub mod sandbox;
 pub mod stats;
 pub mod swarm;
