@@ -247,19 +247,46 @@ pub fn derive(
     facts: &SwarmFacts,
     ingress: &IngressConfig,
 ) -> Result<Desired, SwarmError> {
-    let services = services
-        .as_array()
-        .ok_or_else(|| shape("/services", "not a list"))?;
-    let tasks = tasks
-        .as_array()
-        .ok_or_else(|| shape("/tasks", "not a list"))?;
-    let nodes = nodes
-        .as_array()
-        .ok_or_else(|| shape("/nodes", "not a list"))?;
+    fn list<'v>(v: &'v Value, what: &str) -> Result<&'v [Value], SwarmError> {
+        v.as_array()
+            .map(Vec::as_slice)
+            .ok_or_else(|| shape(what, "not a list"))
+    }
+    let (services, tasks, nodes) = (
+        list(services, "/services")?,
+        list(tasks, "/tasks")?,
+        list(nodes, "/nodes")?,
+    );
     let mut notes = Vec::new();
+    let nodes = node_addresses(nodes);
+    let mut specs = published_services(services, &mut notes);
+    for t in tasks {
+        let Some((name, spec)) = t["ServiceID"].as_str().and_then(|id| specs.get_mut(id)) else {
+            continue;
+        };
+        // Desired running is not enough: a task still starting (or
+        // already failed) must not receive flows.
+        if t["DesiredState"].as_str() != Some("running")
+            || t["Status"]["State"].as_str() != Some("running")
+        {
+            continue;
+        }
+        match place_task(t, &nodes, facts, ingress) {
+            Ok(task) => spec.tasks.push(task),
+            Err(why) => notes.push(format!("service {name}: {why}")),
+        }
+    }
+    Ok(finish_services(
+        specs.into_values().collect(),
+        ingress,
+        facts,
+        notes,
+    ))
+}
 
-    // Node ID → (underlay address, ready?).
-    let mut node_addr: HashMap<&str, (Option<Ipv4Addr>, bool)> = HashMap::new();
+/// Node ID → (underlay address, ready?).
+fn node_addresses(nodes: &[Value]) -> HashMap<&str, (Option<Ipv4Addr>, bool)> {
+    let mut node_addr = HashMap::new();
     for n in nodes {
         let Some(id) = n["ID"].as_str() else { continue };
         // A manager may report Status.Addr 0.0.0.0 on some versions; its
@@ -275,134 +302,130 @@ pub fn derive(
         let ready = n["Status"]["State"].as_str() == Some("ready");
         node_addr.insert(id, (status.or(manager), ready));
     }
+    node_addr
+}
 
-    // Service ID → spec under construction.
-    let mut specs: BTreeMap<String, (String, ServiceSpec)> = BTreeMap::new();
+/// Service ID → (name, spec without tasks) of every service with a port
+/// published through the routing mesh.
+fn published_services(
+    services: &[Value],
+    notes: &mut Vec<String>,
+) -> BTreeMap<String, (String, ServiceSpec)> {
+    let mut specs = BTreeMap::new();
     for s in services {
         let (Some(id), Some(name)) = (s["ID"].as_str(), s["Spec"]["Name"].as_str()) else {
             notes.push("a service without ID or name was skipped".into());
             continue;
         };
-        // Endpoint.Ports is what Swarm allocated (published ports chosen
-        // by Swarm included); the spec only has what the user asked for.
-        let ports = s["Endpoint"]["Ports"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let mut publish = Vec::new();
-        for p in &ports {
-            let mode = p["PublishMode"].as_str().unwrap_or("ingress");
-            if mode != "ingress" {
-                continue; // host-mode ports bypass the routing mesh
-            }
-            let protocol = match p["Protocol"].as_str().unwrap_or("tcp") {
-                "tcp" => Protocol::Tcp,
-                "udp" => Protocol::Udp,
-                other => {
-                    notes.push(format!(
-                        "service {name}: port {}/{other} left out (meshgate carries TCP and UDP)",
-                        p["PublishedPort"]
-                    ));
-                    continue;
-                }
-            };
-            let (Some(published), Some(target)) =
-                (p["PublishedPort"].as_i64(), p["TargetPort"].as_i64())
-            else {
-                notes.push(format!(
-                    "service {name}: a published port without numbers was skipped"
-                ));
-                continue;
-            };
-            publish.push(PublishSpec {
-                published,
-                target,
-                protocol,
-            });
-        }
+        let publish = ingress_ports(name, s, notes);
         if publish.is_empty() {
             continue; // not published through the routing mesh
         }
-        specs.insert(
-            id.to_string(),
-            (
-                name.to_string(),
-                ServiceSpec {
-                    name: name.to_string(),
-                    scheduler: Scheduler::Rr,
-                    publish,
-                    tasks: Vec::new(),
-                },
-            ),
-        );
-    }
-
-    for t in tasks {
-        let Some((name, spec)) = t["ServiceID"].as_str().and_then(|id| specs.get_mut(id)) else {
-            continue;
+        let spec = ServiceSpec {
+            name: name.to_string(),
+            scheduler: Scheduler::Rr,
+            publish,
+            tasks: Vec::new(),
         };
-        // Desired running is not enough: a task still starting (or
-        // already failed) must not receive flows.
-        if t["DesiredState"].as_str() != Some("running")
-            || t["Status"]["State"].as_str() != Some("running")
-        {
-            continue;
+        specs.insert(id.to_string(), (name.to_string(), spec));
+    }
+    specs
+}
+
+/// A service's ports published in ingress mode.
+fn ingress_ports(name: &str, service: &Value, notes: &mut Vec<String>) -> Vec<PublishSpec> {
+    // Endpoint.Ports is what Swarm allocated (published ports chosen by
+    // Swarm included); the spec only has what the user asked for.
+    let Some(ports) = service["Endpoint"]["Ports"].as_array() else {
+        return Vec::new();
+    };
+    let mut publish = Vec::new();
+    for p in ports {
+        let mode = p["PublishMode"].as_str().unwrap_or("ingress");
+        if mode != "ingress" {
+            continue; // host-mode ports bypass the routing mesh
         }
-        let task_id = t["ID"].as_str().unwrap_or("?");
-        let short = short_id(task_id);
-        let address = t["NetworksAttachments"].as_array().and_then(|atts| {
-            atts.iter()
-                .find(|a| {
-                    a["Network"]["ID"].as_str() == Some(facts.ingress_network.as_str())
-                        || a["Network"]["Spec"]["Ingress"].as_bool() == Some(true)
-                })
-                .and_then(|a| a["Addresses"].as_array())
-                .and_then(|a| a.iter().find_map(|x| x.as_str().and_then(cidr_host)))
-        });
-        let Some(address) = address else {
+        let protocol = match p["Protocol"].as_str().unwrap_or("tcp") {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => {
+                notes.push(format!(
+                    "service {name}: port {}/{other} left out (meshgate carries TCP and UDP)",
+                    p["PublishedPort"]
+                ));
+                continue;
+            }
+        };
+        let (Some(published), Some(target)) =
+            (p["PublishedPort"].as_i64(), p["TargetPort"].as_i64())
+        else {
             notes.push(format!(
-                "service {name}: task {short} has no address on the ingress network yet"
+                "service {name}: a published port without numbers was skipped"
             ));
             continue;
         };
-        let node_id = t["NodeID"].as_str().unwrap_or("");
-        if node_id == facts.node_id {
-            if ingress.sandbox.is_some() {
-                spec.tasks.push(TaskSpec {
-                    address: address.to_string(),
-                    node: facts.node_address.to_string(),
-                    mac: None,
-                    weight: None,
-                });
-            } else {
-                notes.push(format!(
-                    "service {name}: task {short} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
+        publish.push(PublishSpec {
+            published,
+            target,
+            protocol,
+        });
+    }
+    publish
+}
+
+/// Where a running task is reached: its ingress address and its node's
+/// underlay address (this node's own for a task here, reached through the
+/// sandbox); or why it is left out.
+fn place_task(
+    t: &Value,
+    nodes: &HashMap<&str, (Option<Ipv4Addr>, bool)>,
+    facts: &SwarmFacts,
+    ingress: &IngressConfig,
+) -> Result<TaskSpec, String> {
+    let short = short_id(t["ID"].as_str().unwrap_or("?"));
+    let address = t["NetworksAttachments"].as_array().and_then(|atts| {
+        atts.iter()
+            .find(|a| {
+                a["Network"]["ID"].as_str() == Some(facts.ingress_network.as_str())
+                    || a["Network"]["Spec"]["Ingress"].as_bool() == Some(true)
+            })
+            .and_then(|a| a["Addresses"].as_array())
+            .and_then(|a| a.iter().find_map(|x| x.as_str().and_then(cidr_host)))
+    });
+    let Some(address) = address else {
+        return Err(format!(
+            "task {short} has no address on the ingress network yet"
+        ));
+    };
+    let node_id = t["NodeID"].as_str().unwrap_or("");
+    let node = if node_id == facts.node_id {
+        if ingress.sandbox.is_none() {
+            return Err(format!(
+                "task {short} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
+            ));
+        }
+        facts.node_address
+    } else {
+        match nodes.get(node_id) {
+            Some((Some(vtep), true)) => *vtep,
+            Some((Some(_), false)) => {
+                return Err(format!(
+                    "task {short} ({address}) left out: its node {node_id} is not ready"
                 ));
             }
-            continue;
+            _ => {
+                return Err(format!(
+                    "task {short} ({address}) left out: no underlay address for node {node_id}"
+                ));
+            }
         }
-        match node_addr.get(node_id) {
-            Some((Some(vtep), true)) => spec.tasks.push(TaskSpec {
-                address: address.to_string(),
-                node: vtep.to_string(),
-                mac: None,
-                weight: None,
-            }),
-            Some((Some(_), false)) => notes.push(format!(
-                "service {name}: task {short} ({address}) left out: its node {node_id} is not ready"
-            )),
-            _ => notes.push(format!(
-                "service {name}: task {short} ({address}) left out: no underlay address for node {node_id}"
-            )),
-        }
-    }
-
-    Ok(finish_services(
-        specs.into_values().collect(),
-        ingress,
-        facts,
-        notes,
-    ))
+    };
+    Ok(TaskSpec {
+        address: address.to_string(),
+        node: node.to_string(),
+        mac: None,
+        weight: None,
+    })
 }
 
 /// Validates derived services (sorted by name, tasks by address) into a
