@@ -111,16 +111,7 @@ impl Forwarder {
         // opened first: whether it opened decides whether the swarm's
         // tasks on this node are in the tables.
         let sandbox = open_sandbox(&mut cfg)?;
-        // With [swarm], the first read of services and tasks happens before
-        // anything is attached: a swarm meshgate cannot read is a setup
-        // error, not an empty table.
-        let mut swarm_notes = Vec::new();
-        if let Some(sw) = &cfg.swarm {
-            let d = self::swarm::read_once(sw, &cfg.ingress)
-                .map_err(|e| RunError::Setup(format!("reading the swarm: {e}")))?;
-            cfg.services = d.services;
-            swarm_notes = d.notes;
-        }
+        let swarm_notes = read_swarm(&mut cfg)?;
         let mut rtnl = Rtnl::new()?;
         let link = rtnl.link(&cfg.node.interface)?;
         let queues = served_queues(&cfg, &link)?;
@@ -134,28 +125,20 @@ impl Forwarder {
         let snapshot = Arc::new(Snapshot::build(
             &cfg.table_desc(),
             link_info(cfg.node.checksum, &link),
-            neighbours.clone(),
+            neighbours,
             &mut registry,
             1,
         ));
 
         let n = xsk.ports.len();
         let mesh = new_mesh(n, cfg.node.frames_per_queue, sandbox.is_some())?;
-        let (sandbox_port, sandbox_xdp) = match sandbox {
-            Some(sb) => (
-                Some(SandboxPort::new(
-                    sb.port,
-                    sb.umem,
-                    sb.frames,
-                    cfg.node.batch_size as usize,
-                )),
-                Some((sb.program, sb.link)),
-            ),
-            None => (None, None),
-        };
-        let resolve_q = Arc::new(ArrayQueue::new(1024));
-        let (report_tx, report_rx) = crossbeam::channel::unbounded();
-        let (garbage_tx, garbage_rx) = crossbeam::channel::unbounded();
+        let (sandbox_port, sandbox_xdp) = sandbox
+            .map(|sb| {
+                let port =
+                    SandboxPort::new(sb.port, sb.umem, sb.frames, cfg.node.batch_size as usize);
+                (port, (sb.program, sb.link))
+            })
+            .unzip();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let worker_cores = worker_cores(&cfg, &cores, n);
         let Xsk {
@@ -164,18 +147,11 @@ impl Forwarder {
             initial,
             zero_copy,
         } = xsk;
+        let (wiring, ends) = WorkerWiring::new(umem, &snapshot, &mesh, &stop);
         let (command_txs, handles) = spawn_workers(
             &cfg,
             ports.into_iter().zip(initial).collect(),
-            &WorkerWiring {
-                umem,
-                snapshot: snapshot.clone(),
-                mesh: mesh.clone(),
-                resolve_q: resolve_q.clone(),
-                reports: report_tx,
-                garbage: garbage_tx,
-                stop: stop.clone(),
-            },
+            &wiring,
             &worker_cores,
             sandbox_port,
         )?;
@@ -186,12 +162,11 @@ impl Forwarder {
         if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
             core_affinity::set_for_current(*free);
         }
-
-        let flags = match cfg.node.xdp_mode {
-            XdpMode::Native => xdp_flags::DRV_MODE,
-            XdpMode::Generic => xdp_flags::SKB_MODE,
-        };
-        let xdp_link = program.attach(link.index, flags, &cfg.node.interface)?;
+        let xdp_link = program.attach(
+            link.index,
+            attach_flags(cfg.node.xdp_mode),
+            &cfg.node.interface,
+        )?;
         let mut control = Control::new(self::control::ControlParts {
             cfg,
             source: opts.source.clone(),
@@ -202,9 +177,9 @@ impl Forwarder {
             xdp_link,
             workers: command_txs,
             mesh,
-            reports: report_rx,
-            garbage: garbage_rx,
-            resolve_q,
+            reports: ends.reports,
+            garbage: ends.garbage,
+            resolve_q: ends.resolve_q,
             rtnl,
             watcher,
             zero_copy,
@@ -250,6 +225,45 @@ struct WorkerWiring {
     reports: crossbeam::channel::Sender<self::worker::WorkerReport>,
     garbage: crossbeam::channel::Sender<Arc<Snapshot>>,
     stop: Arc<AtomicBool>,
+}
+
+/// The control thread's ends of the workers' queues.
+struct ControlEnds {
+    resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
+    reports: crossbeam::channel::Receiver<self::worker::WorkerReport>,
+    garbage: crossbeam::channel::Receiver<Arc<Snapshot>>,
+}
+
+impl WorkerWiring {
+    /// The workers' shared parts around the first snapshot, and the
+    /// control thread's ends of their queues.
+    fn new(
+        umem: Arc<crate::xdp::Umem>,
+        snapshot: &Arc<Snapshot>,
+        mesh: &Arc<Mesh>,
+        stop: &Arc<AtomicBool>,
+    ) -> (WorkerWiring, ControlEnds) {
+        // Bounded: a full queue means the control thread has work queued
+        // already, and the next packet asks again.
+        let resolve_q = Arc::new(ArrayQueue::new(1024));
+        let (reports, report_rx) = crossbeam::channel::unbounded();
+        let (garbage, garbage_rx) = crossbeam::channel::unbounded();
+        let wiring = WorkerWiring {
+            umem,
+            snapshot: snapshot.clone(),
+            mesh: mesh.clone(),
+            resolve_q: resolve_q.clone(),
+            reports,
+            garbage,
+            stop: stop.clone(),
+        };
+        let ends = ControlEnds {
+            resolve_q,
+            reports: report_rx,
+            garbage: garbage_rx,
+        };
+        (wiring, ends)
+    }
 }
 
 /// The workers' command channels and threads.
@@ -449,6 +463,27 @@ fn ring_size(frames: u32) -> u32 {
 /// default place that cannot be opened (no CAP_SYS_ADMIN, say) is dropped
 /// from `cfg` with a warning, so that local tasks are left out with a note
 /// rather than meshgate refusing to start; a configured one is required.
+/// The attach flags of an XDP mode.
+fn attach_flags(mode: XdpMode) -> u32 {
+    match mode {
+        XdpMode::Native => xdp_flags::DRV_MODE,
+        XdpMode::Generic => xdp_flags::SKB_MODE,
+    }
+}
+
+/// With `[swarm]`, the first read of services and tasks, into `cfg`; what
+/// was left out and why. It happens before anything is attached: a swarm
+/// meshgate cannot read is a setup error, not an empty table.
+fn read_swarm(cfg: &mut Config) -> Result<Vec<String>, RunError> {
+    let Some(sw) = &cfg.swarm else {
+        return Ok(Vec::new());
+    };
+    let d = self::swarm::read_once(sw, &cfg.ingress)
+        .map_err(|e| RunError::Setup(format!("reading the swarm: {e}")))?;
+    cfg.services = d.services;
+    Ok(d.notes)
+}
+
 fn open_sandbox(cfg: &mut Config) -> Result<Option<self::sandbox::Sandbox>, RunError> {
     let Some(netns) = cfg.ingress.sandbox.clone() else {
         return Ok(None);
