@@ -344,22 +344,20 @@ impl Pipeline {
             snap.neighbours.mac_for(flow.key.client)
         };
         let Some(mac) = mac else { return false };
-        let (seq, ack, flags) = if flow.state == FlowState::SynSent {
-            (0, flow.client_next, tcp::flags::RST | tcp::flags::ACK)
+        let reset = if flow.state == FlowState::SynSent {
+            Reset {
+                seq: 0,
+                ack: flow.client_next,
+                flags: tcp::flags::RST | tcp::flags::ACK,
+            }
         } else {
-            (flow.task_next, 0, tcp::flags::RST)
+            Reset {
+                seq: flow.task_next,
+                ack: 0,
+                flags: tcp::flags::RST,
+            }
         };
-        emit_reset(
-            &snap.identity,
-            f,
-            mac,
-            flow.key.client,
-            flow.key.client_port,
-            flow.key.published,
-            seq,
-            ack,
-            flags,
-        );
+        emit_reset(&snap.identity, f, mac, &flow.key, reset);
         self.st.events.resets_sent += 1;
         true
     }
@@ -1526,29 +1524,26 @@ fn icmp_error(
     to_client(id, st, f, total, client_mac, ti)
 }
 
-/// Writes a TCP reset from `published` on the node address to
-/// `client:client_port` into `f` (replacing its contents).
-#[allow(clippy::too_many_arguments)]
-fn emit_reset(
-    id: &super::tables::Identity,
-    f: &mut FrameBuf<'_>,
-    mac: MacAddr,
-    client: Ipv4Addr,
-    client_port: u16,
-    published: u16,
+/// The numbers of a TCP reset (RFC 9293 section 3.10.7.1).
+struct Reset {
     seq: u32,
     ack: u32,
     flags: u8,
-) {
+}
+
+/// Writes a TCP reset from the published port on the node address to the
+/// client of `key` into `f` (replacing its contents).
+fn emit_reset(id: &Identity, f: &mut FrameBuf<'_>, mac: MacAddr, key: &ClientKey, r: Reset) {
+    let client = key.client;
     f.len = ETH + IP + tcp::HEADER_LEN;
     let b = f.data_mut();
     emit_answer_headers(id, b, mac, client, protocol::TCP, tcp::HEADER_LEN);
     tcp::Repr {
-        src_port: published,
-        dst_port: client_port,
-        seq,
-        ack,
-        flags,
+        src_port: key.published,
+        dst_port: key.client_port,
+        seq: r.seq,
+        ack: r.ack,
+        flags: r.flags,
         window: 0,
         payload_len: 0,
     }
@@ -1593,16 +1588,26 @@ fn send_reset(
     let seg_len = t.payload().len() as u32
         + u32::from(flags & tcp::flags::SYN != 0)
         + u32::from(flags & tcp::flags::FIN != 0);
-    let (rseq, rack, rflags) = if flags & tcp::flags::ACK != 0 {
-        (ack, 0, tcp::flags::RST)
+    let reset = if flags & tcp::flags::ACK != 0 {
+        Reset {
+            seq: ack,
+            ack: 0,
+            flags: tcp::flags::RST,
+        }
     } else {
-        (
-            0,
-            seq.wrapping_add(seg_len),
-            tcp::flags::RST | tcp::flags::ACK,
-        )
+        Reset {
+            seq: 0,
+            ack: seq.wrapping_add(seg_len),
+            flags: tcp::flags::RST | tcp::flags::ACK,
+        }
     };
-    emit_reset(id, f, mac, client, sport, dport, rseq, rack, rflags);
+    let key = ClientKey {
+        client,
+        client_port: sport,
+        published: dport,
+        protocol: protocol::TCP,
+    };
+    emit_reset(id, f, mac, &key, reset);
     st.events.resets_sent += 1;
     st.drops.inc(reason);
     Ok(Verdict::Transmit)

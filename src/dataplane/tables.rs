@@ -83,18 +83,33 @@ pub const OUTER_TEMPLATE_LEN: usize = vxlan::ENCAP_LEN + ethernet::HEADER_LEN;
 /// TTL of the outer IPv4 header, as the Linux VXLAN driver uses by default.
 pub const OUTER_TTL: u8 = 64;
 
+/// A VXLAN tunnel from this node to a task's node (its VTEP), as the
+/// outer headers name it.
+#[derive(Debug, Clone, Copy)]
+pub struct Tunnel {
+    /// This node's MAC and the next hop's towards the VTEP.
+    pub src_mac: MacAddr,
+    pub dst_mac: MacAddr,
+    /// This node's underlay address and the VTEP's.
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// The VXLAN UDP port and the overlay's VNI.
+    pub port: u16,
+    pub vni: u32,
+}
+
 impl OuterTemplate {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        src_mac: MacAddr,
-        dst_mac: MacAddr,
-        src: Ipv4Addr,
-        dst: Ipv4Addr,
-        port: u16,
-        vni: u32,
-        inner_src: MacAddr,
-        inner_dst: MacAddr,
-    ) -> Self {
+    /// The headers in front of an inner frame from `inner_src` to
+    /// `inner_dst` (overlay MACs) carried through `tunnel`.
+    pub fn new(tunnel: &Tunnel, inner_src: MacAddr, inner_dst: MacAddr) -> Self {
+        let Tunnel {
+            src_mac,
+            dst_mac,
+            src,
+            dst,
+            port,
+            vni,
+        } = *tunnel;
         let mut b = [0u8; OUTER_TEMPLATE_LEN];
         ethernet::Repr {
             src: src_mac,
@@ -484,16 +499,15 @@ impl Snapshot {
                     m
                 };
                 let outer = vtep_mac.map(|m| {
-                    OuterTemplate::new(
-                        link.mac,
-                        m,
-                        cfg.node_addr,
-                        t.node,
-                        cfg.vxlan_port,
-                        cfg.vni,
-                        cfg.overlay_mac,
-                        t.mac,
-                    )
+                    let tunnel = Tunnel {
+                        src_mac: link.mac,
+                        dst_mac: m,
+                        src: cfg.node_addr,
+                        dst: t.node,
+                        port: cfg.vxlan_port,
+                        vni: cfg.vni,
+                    };
+                    OuterTemplate::new(&tunnel, cfg.overlay_mac, t.mac)
                 });
                 let idx = tasks.len() as u32;
                 task_index.insert(tid, idx);
@@ -549,13 +563,16 @@ mod tests {
 
     #[test]
     fn template_is_a_valid_header() {
+        let tunnel = Tunnel {
+            src_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            dst_mac: MacAddr([2, 0, 0, 0, 0, 11]),
+            src: Ipv4Addr::new(198, 18, 0, 2),
+            dst: Ipv4Addr::new(198, 18, 0, 11),
+            port: 4789,
+            vni: 4096,
+        };
         let t = OuterTemplate::new(
-            MacAddr([2, 0, 0, 0, 0, 2]),
-            MacAddr([2, 0, 0, 0, 0, 11]),
-            Ipv4Addr::new(198, 18, 0, 2),
-            Ipv4Addr::new(198, 18, 0, 11),
-            4789,
-            4096,
+            &tunnel,
             MacAddr::docker(Ipv4Addr::new(198, 18, 128, 2)),
             MacAddr::docker(Ipv4Addr::new(198, 18, 128, 4)),
         );
