@@ -402,7 +402,7 @@ pub fn start_baseline(lab: &BenchLab) -> Result<Running> {
     let dut = lab.dut.clone();
     let r = std::thread::spawn(move || -> Result<Running> {
         enter_ns(&dut)?;
-        let mut rtnl = meshgate::control::netlink::Rtnl::new()?;
+        let mut rtnl = meshgate::netlink::Rtnl::new()?;
         let idx = rtnl.link("d0")?.index;
         let prog = meshgate_testkit::programs::DropProgram::load()?;
         let link = prog

@@ -8,10 +8,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use meshgate::control::api::{
-    IpvsService, PortView, Request, ServiceView, TaskView, call, call_as,
-};
-use meshgate::control::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use meshgate::api::{IpvsService, PortView, Request, ServiceView, TaskView, call, call_as};
+use meshgate::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 use meshgate::runtime::stats::StatsView;
 
 /// Prints rows as aligned columns.
@@ -406,8 +404,9 @@ pub fn service_rm(sock: &Path, name: &str) -> Result<()> {
 /// The interface that holds this node's swarm address (`run --swarm`
 /// without `--interface`): the NIC the other nodes' VXLAN arrives on.
 pub fn swarm_interface(socket: &str) -> Result<String> {
-    use meshgate::control::engine::{Docker, parse_socket};
-    use meshgate::control::swarm::discover;
+    use meshgate::config::parse_socket;
+    use meshgate::docker::engine::Docker;
+    use meshgate::docker::swarm::discover;
     let path = parse_socket(socket).map_err(anyhow::Error::msg)?;
     let facts = discover(&Docker::new(&path))?;
     let addrs = nix::ifaddrs::getifaddrs().context("listing interface addresses")?;

@@ -2,12 +2,17 @@
 //! published ports.
 //!
 //! Layers, bottom-up: [`wire`] (header views, no I/O), [`dataplane`] (the
-//! per-packet pipeline as plain functions over frames), [`xdp`] (the only
-//! module with `unsafe`: UMEM, rings, sockets, the XDP program and its maps),
-//! [`control`] (the configuration, the control API's protocol, netlink and
-//! Docker's Engine API), [`runtime`] (assembly: sockets, workers, the
-//! control thread, statistics, API servers, the swarm follower, the socket
-//! in the ingress sandbox for tasks on this node). `docs/architecture.md`
+//! per-packet pipeline as plain functions over frames, and the description
+//! its tables are built from), [`xdp`] (the only module with `unsafe`:
+//! UMEM, rings, sockets, the XDP program and its maps), the sources of
+//! truth that translate into the data plane's types — [`config`] (the file,
+//! its validation, the command line's overrides), [`docker`] (the Engine
+//! API client and what a swarm's answers mean), [`netlink`] (links,
+//! addresses, neighbours, routes) — and [`api`] (the control API's
+//! requests and typed answers), then [`runtime`] (assembly: sockets,
+//! workers, the control thread, statistics, `/metrics`, the API servers,
+//! the swarm follower, the socket in the ingress sandbox for tasks on this
+//! node). `docs/architecture.md`
 //! shows a packet's path through them. Test support (labs, fixtures,
 //! benchmark programs, the demo and the benchmark driver) lives in the
 //! workspace's `meshgate-testkit` crate, not here.
@@ -18,8 +23,11 @@
 #[cfg(test)]
 extern crate self as meshgate;
 
-pub mod control;
+pub mod api;
+pub mod config;
 pub mod dataplane;
+pub mod docker;
+pub mod netlink;
 pub mod runtime;
 pub mod wire;
 pub mod xdp;

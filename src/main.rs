@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use meshgate::control::config::{Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
+use meshgate::config::{Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
 use meshgate::runtime::{self, RunOptions};
 
 mod cli;
@@ -83,7 +83,7 @@ enum Cmd {
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// Read services and tasks from Docker Swarm through this manager's Engine API socket.
-        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::control::engine::DEFAULT_DOCKER_SOCKET)]
+        #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::config::DEFAULT_DOCKER_SOCKET)]
         swarm: Option<String>,
         /// The ingress NIC, with --swarm and no --config (default: the interface that holds the swarm's node address).
         #[arg(long)]
@@ -199,10 +199,10 @@ fn real_main() -> Result<()> {
     init_logging(cli.log_level)?;
     match cli.cmd {
         Cmd::Check { config } => {
-            let mut cfg = Config::load(&config)?;
+            let mut cfg = Config::load_with(&config, &mut meshgate::docker::discover)?;
             if let Some(sw) = &cfg.swarm {
                 // What `run` would start with.
-                cfg.services = meshgate::runtime::swarm::read_once(sw, &cfg.ingress)
+                cfg.services = meshgate::runtime::follow::read_once(sw, &cfg.ingress)
                     .context("reading the swarm's services")?
                     .services;
             }
@@ -237,7 +237,7 @@ fn real_main() -> Result<()> {
                 swarm,
                 interface,
             };
-            let cfg = source.load()?;
+            let cfg = source.load_with(&mut meshgate::docker::discover)?;
             let control = control.unwrap_or_else(|| cfg.control.socket.clone());
             let every = Duration::from_secs_f64(cfg.control.stats_interval);
             runtime::run(

@@ -5,9 +5,9 @@
 //! iptables rules (the first two parts). Errors are fine; panics are not.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use meshgate::control::ingress_view;
-use meshgate::control::engine::{dechunk, parse_response};
-use meshgate::control::swarm::derive;
+use meshgate::docker::ingress_view;
+use meshgate::docker::engine::{dechunk, parse_response};
+use meshgate::docker::swarm::derive;
 use meshgate_testkit::docker as fixtures;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     let parts: Vec<&[u8]> = data.splitn(3, |&b| b == 0xff).collect();
     if let [view, protocols, ..] = parts[..] {
         if let Ok(view) = serde_json::from_slice(view) {
-            let facts = meshgate::control::swarm::SwarmFacts {
+            let facts = meshgate::docker::swarm::SwarmFacts {
                 manager: false,
                 ..fixtures::facts()
             };
@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
                 Err(_) => ingress_view::protocols_from_rules(&String::from_utf8_lossy(protocols)),
             };
             let d = ingress_view::derive(&view, &p, &facts, &fixtures::ingress());
-            assert!(meshgate::control::config::check_unique(&d.services).is_ok());
+            assert!(meshgate::config::check_unique(&d.services).is_ok());
         }
     }
     if let [s, t, n] = parts[..] {
@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
         ) {
             if let Ok(d) = derive(&s, &t, &n, &fixtures::facts(), &fixtures::ingress()) {
                 // Whatever Docker says, what reaches the tables is valid.
-                assert!(meshgate::control::config::check_unique(&d.services).is_ok());
+                assert!(meshgate::config::check_unique(&d.services).is_ok());
             }
         }
     }

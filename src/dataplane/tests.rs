@@ -177,7 +177,7 @@ fn handoff_between_two_workers() {
 }
 
 fn snapshot_with(
-    cfg: &crate::control::config::Config,
+    cfg: &crate::config::Config,
     reg: &mut Registry,
     generation: u64,
 ) -> Arc<Snapshot> {

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 
-use super::api::{ApiCall, ApiServer, Doorbell, MetricsServer};
+use super::follow::{SwarmSource, SwarmStatus};
+use super::servers::{ApiCall, ApiServer, Doorbell, MetricsServer};
 use super::stats::Stats;
-use super::swarm::{SwarmSource, SwarmStatus};
 use super::worker::{Command, Mesh, WorkerReport};
-use crate::control::config::{Config, ConfigSource};
-use crate::control::netlink::{LinkFacts, Rtnl, Watcher};
+use crate::config::{Config, ConfigSource};
 use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
+use crate::netlink::{LinkFacts, Rtnl, Watcher};
 use crate::xdp::bpf::{BpfError, Link};
 use crate::xdp::program::IngressProgram;
 
@@ -329,7 +329,7 @@ impl Control {
     }
 
     /// Replaces the services with the swarm's newest list.
-    fn apply_swarm(&mut self, services: Vec<crate::control::config::Service>) {
+    fn apply_swarm(&mut self, services: Vec<crate::config::Service>) {
         for line in describe_change(&self.cfg.services, &services) {
             log::info!("swarm: {line}");
         }
@@ -348,7 +348,9 @@ impl Control {
             .source
             .clone()
             .ok_or("meshgate was started without a configuration file")?;
-        let new = source.load().map_err(|e| e.to_string())?;
+        let new = source
+            .load_with(&mut crate::docker::discover)
+            .map_err(|e| e.to_string())?;
         self.apply_config(new)
     }
 
@@ -482,11 +484,8 @@ impl Control {
 }
 
 /// One line per service that appeared, went away or changed.
-fn describe_change(
-    old: &[crate::control::config::Service],
-    new: &[crate::control::config::Service],
-) -> Vec<String> {
-    let ports = |s: &crate::control::config::Service| {
+fn describe_change(old: &[crate::config::Service], new: &[crate::config::Service]) -> Vec<String> {
+    let ports = |s: &crate::config::Service| {
         s.publish
             .iter()
             .map(|p| format!("{}/{}->{}", p.published, p.protocol, p.target))

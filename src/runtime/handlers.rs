@@ -7,10 +7,8 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::control::Control;
-use crate::control::api::{
-    IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView,
-};
-use crate::control::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
+use crate::api::{IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView};
+use crate::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
 use crate::dataplane::tables::TaskEntry;
 
 /// State of a task as `service ps` shows it.
@@ -117,7 +115,7 @@ impl Control {
         &mut self,
         edit: impl FnOnce(
             &mut Config,
-            &crate::control::config::IngressConfig,
+            &crate::config::IngressConfig,
             std::net::Ipv4Addr,
         ) -> Result<(), String>,
     ) -> Response {

@@ -6,13 +6,13 @@
 //! any published port is in the program's port map, so no frame reaches a
 //! worker that cannot handle it.
 
-pub mod api;
 pub mod control;
+pub mod follow;
 pub mod handlers;
 pub mod metrics;
 pub mod sandbox;
+pub mod servers;
 pub mod stats;
-pub mod swarm;
 pub mod worker;
 
 use std::net::Ipv4Addr;
@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::control::config::{Config, ConfigError, ConfigSource, XdpMode};
-use crate::control::netlink::{LinkFacts, NetlinkError, Rtnl, Watcher};
+use crate::config::{Config, ConfigError, ConfigSource, XdpMode};
 use crate::dataplane::Pipeline;
 use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot};
+use crate::netlink::{LinkFacts, NetlinkError, Rtnl, Watcher};
 use crate::xdp::bpf::{BpfError, action, xdp_flags};
 use crate::xdp::program::{IngressParams, IngressProgram};
 use crate::xdp::umem::KERNEL_HEADROOM;
@@ -478,7 +478,7 @@ fn read_swarm(cfg: &mut Config) -> Result<Vec<String>, RunError> {
     let Some(sw) = &cfg.swarm else {
         return Ok(Vec::new());
     };
-    let d = self::swarm::read_once(sw, &cfg.ingress)
+    let d = self::follow::read_once(sw, &cfg.ingress)
         .map_err(|e| RunError::Setup(format!("reading the swarm: {e}")))?;
     cfg.services = d.services;
     Ok(d.notes)
@@ -610,10 +610,10 @@ fn write_stats(control: &Control, path: Option<&std::path::Path>) {
 /// Docker made, partial checksums are always completed unless every
 /// checksum is summed anew anyway.
 pub fn link_info(
-    setting: crate::control::config::ChecksumSetting,
-    link: &crate::control::netlink::LinkFacts,
+    setting: crate::config::ChecksumSetting,
+    link: &crate::netlink::LinkFacts,
 ) -> LinkInfo {
-    use crate::control::config::ChecksumSetting;
+    use crate::config::ChecksumSetting;
     use crate::dataplane::tables::L4Checksum;
     LinkInfo {
         mac: link.mac,

@@ -19,7 +19,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::control::netlink::Rtnl;
+use crate::netlink::Rtnl;
 use crate::wire::MacAddr;
 use crate::xdp::bpf::{Link, xdp_flags};
 use crate::xdp::program::CaptureProgram;

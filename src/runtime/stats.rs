@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::swarm::SwarmStatus;
+use super::follow::SwarmStatus;
 use super::worker::WorkerReport;
 use crate::dataplane::DropReason;
 use crate::dataplane::counters::{DropCounters, EventCounters, TaskCounters};

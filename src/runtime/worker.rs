@@ -29,7 +29,7 @@ use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
 
-use crate::control::config::PollMode;
+use crate::config::PollMode;
 use crate::dataplane::pipeline::Report;
 use crate::dataplane::tables::{Snapshot, TaskId};
 use crate::dataplane::{DropReason, FrameBuf, Pipeline, Verdict};

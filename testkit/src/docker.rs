@@ -7,8 +7,8 @@
 
 use std::net::Ipv4Addr;
 
-use meshgate::control::config::IngressConfig;
-use meshgate::control::swarm::SwarmFacts;
+use meshgate::config::IngressConfig;
+use meshgate::docker::swarm::SwarmFacts;
 use meshgate::wire::MacAddr;
 
 // Answers of a Docker 20.10.24 swarm (manager 198.18.0.2, worker

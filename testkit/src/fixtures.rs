@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use etherparse::{PacketBuilder, TcpHeader};
 
-use meshgate::control::config::Config;
+use meshgate::config::Config;
 use meshgate::dataplane::counters::DropReason;
 use meshgate::dataplane::flow::ClientKey;
 use meshgate::dataplane::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
@@ -979,7 +979,7 @@ pub fn config_with_tasks(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Config {
     let mut cfg = lab_config();
     cfg.services[0].tasks = tasks
         .iter()
-        .map(|&(address, node)| meshgate::control::config::Task {
+        .map(|&(address, node)| meshgate::config::Task {
             address,
             node,
             mac: MacAddr::docker(address),

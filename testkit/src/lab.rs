@@ -303,8 +303,7 @@ impl Lab {
             let rss = self.in_ns(
                 &sw,
                 move || -> Result<crate::programs::RssSteering, String> {
-                    let mut rtnl =
-                        meshgate::control::netlink::Rtnl::new().map_err(|e| e.to_string())?;
+                    let mut rtnl = meshgate::netlink::Rtnl::new().map_err(|e| e.to_string())?;
                     let idx = rtnl.link("p-in").map_err(|e| e.to_string())?.index;
                     crate::programs::RssSteering::attach(idx, "p-in", q).map_err(|e| e.to_string())
                 },

@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use meshgate::control::netlink::Rtnl;
+use meshgate::netlink::Rtnl;
 use meshgate::wire::MacAddr;
 use meshgate::xdp::bpf::xdp_flags;
 use meshgate::xdp::program::CaptureProgram;

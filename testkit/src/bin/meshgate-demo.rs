@@ -51,7 +51,7 @@ fn run(connections: u32, keep: bool) -> Result<()> {
     // With --keep, the default control socket, so that the client
     // commands work as the README shows them, without --control.
     let sock = if keep {
-        std::path::PathBuf::from(meshgate::control::config::DEFAULT_CONTROL_SOCKET)
+        std::path::PathBuf::from(meshgate::config::DEFAULT_CONTROL_SOCKET)
     } else {
         dir.join("control.sock")
     };

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 use super::engine::{Docker, EngineError, filters};
 
-use super::config::{
+use crate::config::{
     IngressConfig, Protocol, PublishSpec, Scheduler, Service, ServiceSpec, TaskSpec, check_unique,
 };
 
@@ -51,26 +51,7 @@ pub enum SwarmError {
     NoSandbox,
 }
 
-/// What this node's swarm state says about `[node]` and `[ingress]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SwarmFacts {
-    pub node_id: String,
-    /// A manager reads services and tasks from the cluster API; a worker
-    /// from its ingress network's view (see `ingress_view`).
-    pub manager: bool,
-    /// The node's underlay address (`docker info`: `Swarm.NodeAddr`).
-    pub node_address: Ipv4Addr,
-    /// VXLAN UDP port of the data path (`docker swarm init --data-path-port`).
-    pub data_path_port: u16,
-    pub ingress_network: String,
-    pub vni: u32,
-    pub subnet: String,
-    /// This node's ingress sandbox on the overlay.
-    pub sandbox_address: Ipv4Addr,
-    pub sandbox_mac: String,
-    /// `com.docker.network.driver.mtu` of the ingress network, if set.
-    pub mtu: Option<u16>,
-}
+pub use crate::config::SwarmFacts;
 
 fn shape(request: &str, what: impl Into<String>) -> SwarmError {
     SwarmError::Shape {
@@ -462,7 +443,7 @@ pub(crate) fn finish_services(
 mod tests {
     use super::*;
 
-    use crate::control::docker_fixtures::*;
+    use crate::docker::docker_fixtures::*;
 
     fn run(services: &str, tasks: &str, nodes: &str) -> Desired {
         derive(

@@ -22,8 +22,8 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use super::config::{IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 use super::swarm::{Desired, SwarmFacts, finish_services};
+use crate::config::{IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 
 /// Where the protocols of published ports come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,7 @@ pub fn derive(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::docker_fixtures::*;
+    use crate::docker::docker_fixtures::*;
 
     fn worker_facts() -> SwarmFacts {
         SwarmFacts {

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use crate::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 use crate::dataplane::counters::TaskCounters;
 
 /// A request to a running meshgate.

@@ -23,7 +23,7 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
-use crate::control::config::Ipv4Net;
+use crate::config::Ipv4Net;
 use crate::dataplane::tables::{Neighbours, Route};
 use crate::wire::MacAddr;
 

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
 
-use super::api::Doorbell;
-use crate::control::config::{IngressConfig, Service, SwarmConfig};
-use crate::control::engine::{Docker, EventRead};
-use crate::control::swarm::{Desired, SwarmError, read_desired};
+use super::servers::Doorbell;
+use crate::config::{IngressConfig, Service, SwarmConfig};
+use crate::docker::engine::{Docker, EventRead};
+use crate::docker::swarm::{Desired, SwarmError, read_desired};
 
 /// How long reads stay fast after an event.
 const SETTLE: Duration = Duration::from_secs(15);

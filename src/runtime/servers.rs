@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use crossbeam::channel::{Sender, bounded};
 
-use crate::control::api::{Request, Response};
+use crate::api::{Request, Response};
 
 /// A request and where to send its answer.
 pub struct ApiCall {

@@ -2,14 +2,13 @@
 //!
 //! Parsing happens in two steps. `serde` reads the file into `Raw*` structs
 //! (unknown keys are errors, with the line and column from `toml`); then
-//! [`Config::from_raw`] validates every value and builds the typed
+//! `Config::from_raw` validates every value and builds the typed
 //! [`Config`], reporting the first mistake as
 //! `FILE: KEY: what is wrong (how to fix it)`.
 //!
 //! Invariant of a [`Config`]: every field has been validated; building the
 //! data-plane tables from it cannot fail for a reason the file controls.
 
-use super::swarm::SwarmFacts;
 use crate::dataplane::desc::TableDesc;
 pub use crate::dataplane::desc::{Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts};
 use crate::wire::MacAddr;
@@ -326,8 +325,53 @@ impl Config {
 /// error says what is wrong in words.
 pub type Discover<'a> = &'a mut dyn FnMut(&Path) -> Result<SwarmFacts, String>;
 
-fn discover_docker(socket: &Path) -> Result<SwarmFacts, String> {
-    super::swarm::discover(&super::engine::Docker::new(socket)).map_err(|e| e.to_string())
+/// The discovery of a caller that has no Docker to ask: a `[swarm]`
+/// table is refused with a message that says so.
+fn no_docker(socket: &Path) -> Result<SwarmFacts, String> {
+    Err(format!(
+        "cannot ask Docker at {} here: this configuration was parsed without a Docker client (meshgate::docker::discover is one)",
+        socket.display()
+    ))
+}
+
+/// What this node's swarm state says about `[node]` and `[ingress]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmFacts {
+    pub node_id: String,
+    /// A manager reads services and tasks from the cluster API; a worker
+    /// from its ingress network's view (see `ingress_view`).
+    pub manager: bool,
+    /// The node's underlay address (`docker info`: `Swarm.NodeAddr`).
+    pub node_address: Ipv4Addr,
+    /// VXLAN UDP port of the data path (`docker swarm init --data-path-port`).
+    pub data_path_port: u16,
+    pub ingress_network: String,
+    pub vni: u32,
+    pub subnet: String,
+    /// This node's ingress sandbox on the overlay.
+    pub sandbox_address: Ipv4Addr,
+    pub sandbox_mac: String,
+    /// `com.docker.network.driver.mtu` of the ingress network, if set.
+    pub mtu: Option<u16>,
+}
+
+/// The default Engine API socket.
+pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
+
+/// Reads `docker.sock` or `unix:///path/docker.sock`.
+pub fn parse_socket(s: &str) -> Result<PathBuf, String> {
+    let path = s.strip_prefix("unix://").unwrap_or(s);
+    if s.contains("://") && !s.starts_with("unix://") {
+        return Err(format!(
+            "`{s}` is not a Unix socket; meshgate talks to the Docker Engine API over its local Unix socket (unix:///var/run/docker.sock)"
+        ));
+    }
+    if !path.starts_with('/') {
+        return Err(format!(
+            "`{s}` is not an absolute path to a Unix socket (like /var/run/docker.sock)"
+        ));
+    }
+    Ok(PathBuf::from(path))
 }
 
 /// Where a running meshgate's configuration comes from: `run --config
@@ -342,12 +386,8 @@ pub struct ConfigSource {
 }
 
 impl ConfigSource {
-    /// Reads and validates the configuration; with a swarm, asks Docker.
-    pub fn load(&self) -> Result<Config, ConfigError> {
-        self.load_with(&mut discover_docker)
-    }
-
-    /// [`ConfigSource::load`] with the swarm facts from `discover`.
+    /// Reads and validates the configuration; with a swarm, asks
+    /// `discover` (`meshgate::docker::discover`) for this node's facts.
     pub fn load_with(&self, discover: Discover) -> Result<Config, ConfigError> {
         let (text, name) = match &self.file {
             Some(path) => {
@@ -427,7 +467,7 @@ pub fn swarm_text(
         )),
         Some(sw) => {
             let file_socket = sw.get("socket").and_then(|v| v.as_str());
-            let default = format!("unix://{}", super::engine::DEFAULT_DOCKER_SOCKET);
+            let default = format!("unix://{}", DEFAULT_DOCKER_SOCKET);
             let same = |a: &str, b: &str| {
                 a.trim_start_matches("unix://") == b.trim_start_matches("unix://")
             };
@@ -453,21 +493,22 @@ pub const MAX_WEIGHT: u32 = 65535;
 
 impl Config {
     /// Reads and validates a configuration file; with `[swarm]`, asks
-    /// Docker for this node's swarm facts.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// `discover` (`meshgate::docker::discover`) for this node's facts.
+    pub fn load_with(path: &Path, discover: Discover) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(&file, "(file)", format!("cannot read: {e}")))?;
-        Self::parse(&text, &file)
+        Self::parse_with(&text, &file, discover)
     }
 
-    /// Parses and validates configuration text; `file` names it in errors.
-    /// With `[swarm]`, asks Docker for this node's swarm facts.
+    /// Parses and validates configuration text without Docker; `file`
+    /// names it in errors. A `[swarm]` table is refused: use
+    /// [`Config::parse_with`] and a discovery.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        Self::parse_with(text, file, &mut discover_docker)
+        Self::parse_with(text, file, &mut no_docker)
     }
 
-    /// [`Config::parse`] with the swarm facts from `discover` (tests, fuzzing).
+    /// [`Config::parse`] with the swarm facts from `discover`.
     pub fn parse_with(text: &str, file: &str, discover: Discover) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = match e.span() {
@@ -555,12 +596,8 @@ fn swarm_table(
     at: At<'_>,
     discover: Discover,
 ) -> Result<(SwarmConfig, SwarmSandbox), ConfigError> {
-    let socket = super::engine::parse_socket(
-        sw.socket
-            .as_deref()
-            .unwrap_or(super::engine::DEFAULT_DOCKER_SOCKET),
-    )
-    .map_err(|m| at.err("swarm.socket", m))?;
+    let socket = parse_socket(sw.socket.as_deref().unwrap_or(DEFAULT_DOCKER_SOCKET))
+        .map_err(|m| at.err("swarm.socket", m))?;
     let facts = discover(&socket).map_err(|m| at.err("swarm.socket", m))?;
     // A worker's Docker sends no service or task events: it reads its own
     // ingress view (one local request) more often.
@@ -574,7 +611,7 @@ fn swarm_table(
     let manager = sw
         .manager
         .as_deref()
-        .map(super::engine::parse_socket)
+        .map(parse_socket)
         .transpose()
         .map_err(|m| at.err("swarm.manager", m))?;
     // The default sandbox only where Docker made it; a path given
@@ -1153,10 +1190,25 @@ fn parse_unicast_mac(s: &str) -> Result<MacAddr, String> {
 mod tests {
     use super::*;
 
-    pub const LAB: &str = include_str!("../../examples/lab.toml");
+    pub const LAB: &str = include_str!("../examples/lab.toml");
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, "test.toml")
+    }
+
+    #[test]
+    fn docker_sockets() {
+        assert_eq!(
+            parse_socket("unix:///var/run/docker.sock").unwrap(),
+            PathBuf::from("/var/run/docker.sock")
+        );
+        assert_eq!(parse_socket("/x.sock").unwrap(), PathBuf::from("/x.sock"));
+        assert!(
+            parse_socket("tcp://10.0.0.1:2375")
+                .unwrap_err()
+                .contains("Unix socket")
+        );
+        assert!(parse_socket("docker.sock").is_err());
     }
 
     #[test]
@@ -1491,7 +1543,8 @@ mod swarm_tests {
         .unwrap_err();
         assert_eq!(e.key, "swarm.socket");
         assert!(e.message.contains("swarm worker"), "{e}");
-        // The real discovery names a socket that is not there.
+        // Without a Docker client, the error names the socket it would ask
+        // (the real discovery is tested in `docker`).
         let e = Config::parse(
             &format!("{MINIMAL}socket = \"/nonexistent/meshgate/docker.sock\"\n"),
             "swarm.toml",

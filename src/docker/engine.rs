@@ -13,9 +13,6 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-/// The default Engine API socket.
-pub const DEFAULT_DOCKER_SOCKET: &str = "/var/run/docker.sock";
-
 /// Largest HTTP response meshgate accepts from Docker: a swarm with
 /// thousands of tasks answers in a few MiB.
 const MAX_RESPONSE: usize = 64 << 20;
@@ -173,22 +170,6 @@ fn percent_encode(s: &str) -> String {
 /// `?filters=` with Docker's JSON filter syntax.
 pub fn filters(f: &Value) -> String {
     format!("filters={}", percent_encode(&f.to_string()))
-}
-
-/// Reads `docker.sock` or `unix:///path/docker.sock`.
-pub fn parse_socket(s: &str) -> Result<PathBuf, String> {
-    let path = s.strip_prefix("unix://").unwrap_or(s);
-    if s.contains("://") && !s.starts_with("unix://") {
-        return Err(format!(
-            "`{s}` is not a Unix socket; meshgate talks to the Docker Engine API over its local Unix socket (unix:///var/run/docker.sock)"
-        ));
-    }
-    if !path.starts_with('/') {
-        return Err(format!(
-            "`{s}` is not an absolute path to a Unix socket (like /var/run/docker.sock)"
-        ));
-    }
-    Ok(PathBuf::from(path))
 }
 
 /// A client of one Docker Engine API socket.
@@ -403,22 +384,11 @@ mod tests {
     }
 
     #[test]
-    fn query_encoding_and_sockets() {
+    fn query_encoding() {
         assert_eq!(
             filters(&serde_json::json!({"type": ["service"]})),
             "filters=%7B%22type%22%3A%5B%22service%22%5D%7D"
         );
-        assert_eq!(
-            parse_socket("unix:///var/run/docker.sock").unwrap(),
-            PathBuf::from("/var/run/docker.sock")
-        );
-        assert_eq!(parse_socket("/x.sock").unwrap(), PathBuf::from("/x.sock"));
-        assert!(
-            parse_socket("tcp://10.0.0.1:2375")
-                .unwrap_err()
-                .contains("Unix socket")
-        );
-        assert!(parse_socket("docker.sock").is_err());
     }
 
     #[test]
