@@ -8,6 +8,12 @@
 //!
 //! Invariant of a [`Config`]: every field has been validated; building the
 //! data-plane tables from it cannot fail for a reason the file controls.
+//! What the command line adds to the file (`run --swarm`, `--interface`)
+//! is merged into the text first, in [`source`].
+
+pub mod source;
+
+pub use source::{ConfigSource, swarm_text};
 
 use crate::dataplane::desc::TableDesc;
 pub use crate::dataplane::desc::{Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts};
@@ -372,120 +378,6 @@ pub fn parse_socket(s: &str) -> Result<PathBuf, String> {
         ));
     }
     Ok(PathBuf::from(path))
-}
-
-/// Where a running meshgate's configuration comes from: `run --config
-/// FILE`, `run --swarm [SOCKET]`, or both. Reloading loads it again.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConfigSource {
-    pub file: Option<PathBuf>,
-    /// `--swarm SOCKET`: services from Docker Swarm.
-    pub swarm: Option<String>,
-    /// `--interface`: the ingress NIC when there is no file.
-    pub interface: Option<String>,
-}
-
-impl ConfigSource {
-    /// Reads and validates the configuration; with a swarm, asks
-    /// `discover` (`meshgate::docker::discover`) for this node's facts.
-    pub fn load_with(&self, discover: Discover) -> Result<Config, ConfigError> {
-        let (text, name) = match &self.file {
-            Some(path) => {
-                let name = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::new(&name, "(file)", format!("cannot read: {e}")))?;
-                (Some(text), name)
-            }
-            None => (None, "--swarm".to_string()),
-        };
-        let text_of_file = text.clone();
-        let text = match &self.swarm {
-            None => text.ok_or_else(|| {
-                ConfigError::new(
-                    &name,
-                    "(command line)",
-                    "give --config FILE, or --swarm to read services from Docker Swarm",
-                )
-            })?,
-            Some(socket) => swarm_text(text.as_deref(), socket, self.interface.as_deref())
-                .map_err(|m| ConfigError::new(&name, "swarm.socket", m))?,
-        };
-        Config::parse_with(&text, &name, discover).map_err(|mut e| {
-            // A socket given on the command line is named as given there,
-            // not as the file key it was turned into.
-            if let (Some(socket), "swarm.socket") = (&self.swarm, e.key.as_str()) {
-                if !file_sets_swarm_socket(&text_of_file) {
-                    e.file = "--swarm".into();
-                    e.key = socket.clone();
-                }
-            }
-            e
-        })
-    }
-}
-
-/// True when `file` (the configuration file's text) has `swarm.socket`.
-fn file_sets_swarm_socket(file: &Option<String>) -> bool {
-    file.as_deref()
-        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
-        .is_some_and(|t| t.get("swarm").and_then(|s| s.get("socket")).is_some())
-}
-
-/// The configuration text of `run --swarm SOCKET`: the file's text with a
-/// `[swarm]` table appended when it has none (appended, so that errors
-/// keep the file's line numbers), or a minimal text naming `interface`.
-pub fn swarm_text(
-    file: Option<&str>,
-    socket: &str,
-    interface: Option<&str>,
-) -> Result<String, String> {
-    let Some(text) = file else {
-        let iface = interface.ok_or(
-            "--swarm without --config needs --interface (the ingress NIC that holds this node's swarm address)",
-        )?;
-        return Ok(format!(
-            "[node]\ninterface = {}\n\n[swarm]\nsocket = {}\n",
-            toml_string(iface),
-            toml_string(socket)
-        ));
-    };
-    if interface.is_some() {
-        return Err(
-            "--interface goes with --swarm alone; with --config, set node.interface in the file"
-                .into(),
-        );
-    }
-    // A syntax error is reported by the real parse, with its line.
-    let table: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
-        Err(_) => return Ok(text.to_string()),
-    };
-    match table.get("swarm") {
-        None => Ok(format!(
-            "{text}\n\n[swarm]\nsocket = {}\n",
-            toml_string(socket)
-        )),
-        Some(sw) => {
-            let file_socket = sw.get("socket").and_then(|v| v.as_str());
-            let default = format!("unix://{}", DEFAULT_DOCKER_SOCKET);
-            let same = |a: &str, b: &str| {
-                a.trim_start_matches("unix://") == b.trim_start_matches("unix://")
-            };
-            match file_socket {
-                Some(f) if !same(f, socket) && !same(socket, &default) => Err(format!(
-                    "--swarm {socket} and swarm.socket = {f:?} in the file disagree; keep one"
-                )),
-                _ if file_socket.is_none() && !same(socket, &default) => Err(format!(
-                    "the file has a [swarm] table; put socket = {socket:?} there instead of on the command line"
-                )),
-                _ => Ok(text.to_string()),
-            }
-        }
-    }
-}
-
-fn toml_string(s: &str) -> String {
-    toml::Value::String(s.to_string()).to_string()
 }
 
 /// Largest weight of a task.
@@ -1190,7 +1082,7 @@ fn parse_unicast_mac(s: &str) -> Result<MacAddr, String> {
 mod tests {
     use super::*;
 
-    pub const LAB: &str = include_str!("../examples/lab.toml");
+    pub const LAB: &str = include_str!("../../examples/lab.toml");
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, "test.toml")
@@ -1563,87 +1455,5 @@ mod swarm_tests {
         })
         .unwrap_err();
         assert_eq!(e.key, "ingress.vni");
-    }
-}
-
-#[cfg(test)]
-mod source_tests {
-    use super::*;
-
-    fn facts() -> SwarmFacts {
-        SwarmFacts {
-            manager: true,
-            node_id: "n1".into(),
-            node_address: Ipv4Addr::new(198, 18, 0, 2),
-            data_path_port: 4789,
-            ingress_network: "i".into(),
-            vni: 4096,
-            subnet: "198.18.128.0/24".into(),
-            sandbox_address: Ipv4Addr::new(198, 18, 128, 2),
-            sandbox_mac: "02:42:c6:12:80:02".into(),
-            mtu: None,
-        }
-    }
-
-    fn load(src: &ConfigSource) -> Result<(Config, Vec<PathBuf>), ConfigError> {
-        let mut asked = Vec::new();
-        let c = src.load_with(&mut |p: &Path| {
-            asked.push(p.to_path_buf());
-            Ok(facts())
-        })?;
-        Ok((c, asked))
-    }
-
-    #[test]
-    fn swarm_alone_needs_an_interface() {
-        let src = ConfigSource {
-            swarm: Some("unix:///run/d.sock".into()),
-            interface: Some("eth0".into()),
-            ..Default::default()
-        };
-        let (c, asked) = load(&src).unwrap();
-        assert_eq!(c.node.interface, "eth0");
-        assert_eq!(asked, [PathBuf::from("/run/d.sock")]);
-        let e = load(&ConfigSource {
-            interface: None,
-            ..src
-        })
-        .unwrap_err();
-        assert!(e.message.contains("needs --interface"), "{e}");
-        let e = load(&ConfigSource::default()).unwrap_err();
-        assert!(e.message.contains("--config FILE, or --swarm"), "{e}");
-    }
-
-    #[test]
-    fn swarm_and_a_file() {
-        let dir = std::env::temp_dir().join(format!("meshgate-src-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("m.toml");
-        let src = |text: &str, socket: &str| {
-            std::fs::write(&file, text).unwrap();
-            load(&ConfigSource {
-                file: Some(file.clone()),
-                swarm: Some(socket.into()),
-                interface: None,
-            })
-        };
-        let node = "[node]\ninterface = \"in0\"\npoll = \"busy\"\n";
-        // The file's settings stay; [swarm] comes from the command line.
-        let (c, asked) = src(node, "/run/x.sock").unwrap();
-        assert_eq!(c.node.poll, PollMode::Busy);
-        assert_eq!(asked, [PathBuf::from("/run/x.sock")]);
-        // The file's [swarm] with the default --swarm: the file's socket.
-        let with = format!("{node}[swarm]\nsocket = \"/run/y.sock\"\n");
-        let (_, asked) = src(&with, "unix:///var/run/docker.sock").unwrap();
-        assert_eq!(asked, [PathBuf::from("/run/y.sock")]);
-        assert!(src(&with, "/run/y.sock").is_ok());
-        let e = src(&with, "/run/z.sock").unwrap_err();
-        assert!(e.message.contains("disagree"), "{e}");
-        let e = src(&format!("{node}[swarm]\n"), "/run/z.sock").unwrap_err();
-        assert!(e.message.contains("put socket"), "{e}");
-        // Errors in the file keep its line numbers.
-        let e = src(&format!("{node}bogus = 1\n"), "/run/x.sock").unwrap_err();
-        assert_eq!(e.key, "line 4", "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
