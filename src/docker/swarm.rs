@@ -29,6 +29,7 @@ use std::net::Ipv4Addr;
 use serde_json::Value;
 
 use super::engine::{Docker, EngineError, filters};
+pub use crate::config::SwarmFacts;
 
 use crate::config::{
     IngressConfig, Protocol, PublishSpec, Scheduler, Service, ServiceSpec, TaskSpec, check_unique,
@@ -51,13 +52,18 @@ pub enum SwarmError {
     NoSandbox,
 }
 
-pub use crate::config::SwarmFacts;
-
 fn shape(request: &str, what: impl Into<String>) -> SwarmError {
     SwarmError::Shape {
         request: request.to_string(),
         what: what.into(),
     }
+}
+
+/// The answer to `request`, which must be a JSON list.
+fn list<'v>(v: &'v Value, request: &str) -> Result<&'v [Value], SwarmError> {
+    v.as_array()
+        .map(Vec::as_slice)
+        .ok_or_else(|| shape(request, "not a list"))
 }
 
 /// `"198.18.128.18/24"` → the address.
@@ -97,9 +103,7 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
     };
 
     let nets = d.get("/networks")?;
-    let ingress_network = nets
-        .as_array()
-        .ok_or_else(|| shape("/networks", "not a list"))?
+    let ingress_network = list(&nets, "/networks")?
         .iter()
         .find(|n| n["Ingress"].as_bool() == Some(true))
         .and_then(|n| n["Id"].as_str())
@@ -228,11 +232,6 @@ pub fn derive(
     facts: &SwarmFacts,
     ingress: &IngressConfig,
 ) -> Result<Desired, SwarmError> {
-    fn list<'v>(v: &'v Value, what: &str) -> Result<&'v [Value], SwarmError> {
-        v.as_array()
-            .map(Vec::as_slice)
-            .ok_or_else(|| shape(what, "not a list"))
-    }
     let (services, tasks, nodes) = (
         list(services, "/services")?,
         list(tasks, "/tasks")?,

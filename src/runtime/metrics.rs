@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use super::stats::Stats;
 use crate::dataplane::DropReason;
+use crate::dataplane::counters::TaskCounters;
 use crate::dataplane::tables::{Snapshot, TaskEntry};
 
 /// The exposition text of `st` over the tables of `snap`.
@@ -54,10 +55,12 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
         .iter()
         .flat_map(|s| s.tasks.iter().map(|&i| (&*s.name, &snap.tasks[i as usize])))
         .collect();
-    let per_direction =
-        |x: &mut Exposition, name: &str, value: fn(&Stats, &TaskEntry) -> [u64; 2]| {
+    // The traffic counters: one family each, a sample per task and direction.
+    let directions =
+        |x: &mut Exposition, name: &str, help: &str, pair: fn(TaskCounters) -> [u64; 2]| {
+            x.family(name, "counter", help);
             for &(service, t) in &tasks {
-                for (direction, n) in ["in", "out"].into_iter().zip(value(st, t)) {
+                for (direction, n) in ["in", "out"].into_iter().zip(pair(st.task(t.id))) {
                     x.sample(
                         name,
                         &[
@@ -70,24 +73,18 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
                 }
             }
         };
-    x.family(
+    directions(
+        x,
         "meshgate_task_packets_total",
-        "counter",
         "Packets forwarded per task and direction (in: client to task).",
+        |c| [c.packets_in, c.packets_out],
     );
-    per_direction(x, "meshgate_task_packets_total", |st, t| {
-        let c = st.task(t.id);
-        [c.packets_in, c.packets_out]
-    });
-    x.family(
+    directions(
+        x,
         "meshgate_task_bytes_total",
-        "counter",
         "Bytes forwarded per task and direction.",
+        |c| [c.bytes_in, c.bytes_out],
     );
-    per_direction(x, "meshgate_task_bytes_total", |st, t| {
-        let c = st.task(t.id);
-        [c.bytes_in, c.bytes_out]
-    });
     x.family(
         "meshgate_task_flows_total",
         "counter",
