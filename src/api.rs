@@ -115,6 +115,8 @@ pub struct ServiceView {
     pub name: String,
     pub mark: u32,
     pub scheduler: String,
+    /// `snat` (tasks see the sandbox's address) or `preserve` (the client's).
+    pub client_ip: String,
     pub publish: Vec<PortView>,
     /// Tasks that take new flows (running), and all tasks.
     pub tasks_up: usize,
@@ -130,6 +132,10 @@ pub struct TaskView {
     pub weight: u32,
     /// `running`, `draining` (weight 0) or `unresolved-skipped`.
     pub state: String,
+    /// The source address its new flows carry: `snat`, `preserve`, or
+    /// `snat-fallback` (the service preserves, but the task's node has no
+    /// return path to this node).
+    pub client_ip: String,
     pub active_flows: u32,
     pub inactive_flows: u32,
     /// Flows created since the task appeared.
@@ -143,6 +149,7 @@ pub struct IpvsService {
     pub service: String,
     pub fwmark: u32,
     pub scheduler: String,
+    pub client_ip: String,
     pub reals: Vec<IpvsReal>,
 }
 
@@ -227,6 +234,7 @@ mod tests {
             name: "web".into(),
             mark: 0x100,
             scheduler: "rr".into(),
+            client_ip: "preserve".into(),
             publish: vec![port],
             tasks_up: 2,
             tasks_total: 3,
@@ -237,6 +245,7 @@ mod tests {
             mac: "02:42:c6:12:80:04".into(),
             weight: 1,
             state: "running".into(),
+            client_ip: "snat-fallback".into(),
             active_flows: 1,
             inactive_flows: 2,
             flows: 3,
@@ -260,6 +269,7 @@ mod tests {
             service: "web".into(),
             fwmark: 0x100,
             scheduler: "rr".into(),
+            client_ip: "preserve".into(),
             reals: vec![real],
         });
     }

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use meshgate::api::{IpvsService, PortView, Request, ServiceView, TaskView, call, call_as};
-use meshgate::config::{Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use meshgate::config::{ClientIp, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 use meshgate::runtime::stats::StatsView;
 
 /// Prints rows as aligned columns.
@@ -65,6 +65,7 @@ pub fn service_ls(sock: &Path) -> Result<()> {
         "NAME".into(),
         "MARK".into(),
         "SCHEDULER".into(),
+        "CLIENT IP".into(),
         "TASKS".into(),
         "PORTS".into(),
     ]];
@@ -73,6 +74,7 @@ pub fn service_ls(sock: &Path) -> Result<()> {
             svc.name,
             format!("{:#x}", svc.mark),
             svc.scheduler,
+            svc.client_ip,
             format!("{}/{}", svc.tasks_up, svc.tasks_total),
             ports(&svc.publish),
         ]);
@@ -90,7 +92,16 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
     )?;
     let mut rows = vec![
         [
-            "TASK", "NODE", "MAC", "WEIGHT", "STATE", "ACTIVE", "INACTIVE", "FLOWS", "PKTS IN",
+            "TASK",
+            "NODE",
+            "MAC",
+            "WEIGHT",
+            "STATE",
+            "CLIENT IP",
+            "ACTIVE",
+            "INACTIVE",
+            "FLOWS",
+            "PKTS IN",
             "PKTS OUT",
         ]
         .map(String::from)
@@ -103,6 +114,7 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
             t.mac,
             t.weight.to_string(),
             t.state,
+            t.client_ip,
             t.active_flows.to_string(),
             t.inactive_flows.to_string(),
             t.flows.to_string(),
@@ -123,7 +135,13 @@ pub fn ipvs(sock: &Path) -> Result<()> {
     println!("Prot LocalAddress:Port Scheduler Flags");
     println!("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
     for svc in services {
-        println!("FWM  {} {}", svc.fwmark, svc.scheduler);
+        // ipvsadm's flags column: the one meshgate has that IPVS has not.
+        let flags = if svc.client_ip == "preserve" {
+            " client-ip=preserve"
+        } else {
+            ""
+        };
+        println!("FWM  {} {}{flags}", svc.fwmark, svc.scheduler);
         for r in svc.reals {
             let addr = format!("{}:{}", r.address, r.port);
             println!(
@@ -372,10 +390,12 @@ pub fn service_create(
     publish: &[String],
     tasks: &[String],
     scheduler: Scheduler,
+    client_ip: ClientIp,
 ) -> Result<()> {
     let spec = ServiceSpec {
         name: name.into(),
         scheduler,
+        client_ip,
         publish: publish
             .iter()
             .map(|p| parse_publish(p, true))

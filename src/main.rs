@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use meshgate::config::{Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
+use meshgate::config::{ClientIp, Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
 use meshgate::runtime::{self, RunOptions};
 
 mod cli;
@@ -172,9 +172,21 @@ enum ServiceCmd {
         task: Vec<String>,
         #[arg(long, default_value = "rr")]
         scheduler: String,
+        /// `preserve`: tasks see the client's address and port (where
+        /// their node has set up the return path); `snat`: the sandbox's.
+        #[arg(long, default_value = "snat")]
+        client_ip: String,
     },
     /// Remove a service; its ports close and its flows end.
     Rm { name: String },
+}
+
+fn client_ip(s: &str) -> Result<ClientIp> {
+    Ok(match s {
+        "snat" => ClientIp::Snat,
+        "preserve" => ClientIp::Preserve,
+        o => anyhow::bail!("`{o}` is not a client-IP mode (snat, preserve)"),
+    })
 }
 
 fn scheduler(s: &str) -> Result<Scheduler> {
@@ -290,7 +302,15 @@ fn real_main() -> Result<()> {
                 publish,
                 task,
                 scheduler: sch,
-            } => cli::service_create(&control, &name, &publish, &task, scheduler(&sch)?),
+                client_ip: mode,
+            } => cli::service_create(
+                &control,
+                &name,
+                &publish,
+                &task,
+                scheduler(&sch)?,
+                client_ip(&mode)?,
+            ),
             ServiceCmd::Rm { name } => cli::service_rm(&control, &name),
         },
     }

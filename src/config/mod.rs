@@ -16,7 +16,9 @@ pub mod source;
 pub use source::{ConfigSource, swarm_text};
 
 use crate::dataplane::desc::TableDesc;
-pub use crate::dataplane::desc::{Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts};
+pub use crate::dataplane::desc::{
+    ClientIp, Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts,
+};
 use crate::wire::MacAddr;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -151,6 +153,10 @@ pub struct ServiceSpec {
     pub name: String,
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// `"preserve"`: tasks see the client's address (Docker label
+    /// `meshgate.client-ip=preserve`).
+    #[serde(default)]
+    pub client_ip: ClientIp,
     #[serde(default)]
     pub publish: Vec<PublishSpec>,
     #[serde(default)]
@@ -885,6 +891,7 @@ impl Service {
         Ok(Service {
             name: s.name.clone(),
             scheduler: s.scheduler,
+            client_ip: s.client_ip,
             publish,
             tasks,
         })
@@ -1016,6 +1023,8 @@ impl Task {
             node,
             mac,
             weight,
+            // Known only once the task's node says so.
+            return_path: false,
         })
     }
 }
@@ -1086,6 +1095,22 @@ mod tests {
 
     fn parse(t: &str) -> Result<Config, ConfigError> {
         Config::parse(t, "test.toml")
+    }
+
+    #[test]
+    fn client_ip_is_snat_unless_preserve_is_asked_for() {
+        let lab = include_str!("../../examples/lab.toml");
+        let cfg = Config::parse(lab, "lab.toml").unwrap();
+        assert_eq!(cfg.services[0].client_ip, ClientIp::Snat);
+        let text = lab.replace("name = \"web\"", "name = \"web\"\nclient_ip = \"preserve\"");
+        assert_ne!(text, lab);
+        let cfg = Config::parse(&text, "lab.toml").unwrap();
+        assert_eq!(cfg.services[0].client_ip, ClientIp::Preserve);
+        // Until the tasks' nodes say otherwise, no task has a return path.
+        assert!(cfg.services[0].tasks.iter().all(|t| !t.return_path));
+        let bad = lab.replace("name = \"web\"", "name = \"web\"\nclient_ip = \"keep\"");
+        let e = Config::parse(&bad, "lab.toml").unwrap_err().to_string();
+        assert!(e.contains("keep") && e.contains("preserve"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,29 @@ impl fmt::Display for Scheduler {
     }
 }
 
+/// The source address a service's tasks see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientIp {
+    /// The ingress sandbox's address and a port of its own (SNAT), as
+    /// Swarm's mesh does: replies find their way back by routing alone.
+    #[default]
+    Snat,
+    /// The client's own address and port (DNAT only), for tasks whose node
+    /// has set up their return path to this node; others fall back to
+    /// `Snat`.
+    Preserve,
+}
+
+impl fmt::Display for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientIp::Snat => "snat",
+            ClientIp::Preserve => "preserve",
+        })
+    }
+}
+
 /// An IPv4 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Net {
@@ -183,6 +206,9 @@ pub struct Task {
     #[serde(serialize_with = "ser_display")]
     pub mac: MacAddr,
     pub weight: u32,
+    /// The task's replies to a client's own address come back to this
+    /// node (its node set up the return path): needed for `Preserve`.
+    pub return_path: bool,
 }
 
 fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
@@ -193,6 +219,7 @@ fn ser_display<S: serde::Serializer, T: fmt::Display>(v: &T, s: S) -> Result<S::
 pub struct Service {
     pub name: String,
     pub scheduler: Scheduler,
+    pub client_ip: ClientIp,
     pub publish: Vec<Publish>,
     pub tasks: Vec<Task>,
 }

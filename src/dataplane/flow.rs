@@ -9,8 +9,11 @@
 //! keys live in the slab, so a table entry is 4 bytes):
 //! - `by_client`: (protocol, client address, client port, published port),
 //!   the forward path's key;
-//! - `by_snat`: (protocol, task address, target port, SNAT port), the reply
-//!   path's key, unique like the kernel's NAT tuple.
+//! - `by_snat`: (protocol, task address, target port, SNAT port, peer), the
+//!   reply path's key, unique like the kernel's NAT tuple. The peer is the
+//!   reply's destination when it is not the sandbox: the client itself, for
+//!   a flow of a service that preserves the client's address (`preserve`),
+//!   whose "SNAT port" is the client's own port.
 //!
 //! Keys hash as one 64-bit word through a folded multiply with a random
 //! per-table seed (HashDoS resistance); a key's hash is computed once per
@@ -20,7 +23,9 @@
 //! - both tables and the slab hold exactly the same set of live flows;
 //! - capacity never grows after construction: no allocation on the fast path;
 //! - a SNAT port allocated by worker `w` of `n` satisfies `port % n == w`,
-//!   so any worker can tell from a reply which worker owns its flow.
+//!   so any worker can tell from a reply which worker owns its flow; a
+//!   preserving flow lives on the worker its client port names in the same
+//!   way (the pipeline hands its client's packets there).
 //!
 //! Memory: see [`table_bytes`]; measured by `bench/run` at one million flows.
 
@@ -38,13 +43,17 @@ pub struct ClientKey {
     pub protocol: u8,
 }
 
-/// Reply-path key.
+/// Reply-path key: a reply's source, destination port and, when the reply
+/// is not addressed to the sandbox, its destination (`peer`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SnatKey {
     pub task: Ipv4Addr,
     pub target: u16,
     pub snat_port: u16,
     pub protocol: u8,
+    /// The client, for a flow that keeps the client's address;
+    /// `UNSPECIFIED` for a flow translated to the sandbox's address.
+    pub peer: Ipv4Addr,
 }
 
 /// Connection state, after IPVS's simplified TCP states.
@@ -102,6 +111,9 @@ pub struct Flow {
     /// header). The reverse translation is the one's-complement negation.
     pub delta_addrs: u16,
     pub delta_l4: u16,
+    /// The task sees the client's address and port: DNAT only, and
+    /// `snat_port` is the client's port (no port taken from the bitmaps).
+    pub preserve: bool,
 }
 
 /// Bytes a flow table for `max` flows allocates, all of it up front: per
@@ -132,9 +144,12 @@ impl ClientKey {
 }
 
 impl SnatKey {
+    /// The peer shares the task's 32 bits: for one task the packing stays
+    /// one-to-one, so chosen client addresses and ports can make at most as
+    /// many keys collide as there are tasks (no hash flooding).
     #[inline(always)]
     fn packed(&self) -> u64 {
-        (u64::from(u32::from(self.task)) << 32)
+        (u64::from(u32::from(self.task) ^ u32::from(self.peer)) << 32)
             | (u64::from(self.target) << 16)
             | u64::from(self.snat_port)
     }
@@ -299,6 +314,7 @@ impl FlowTable {
             task_next: 0,
             delta_addrs: 0,
             delta_l4: 0,
+            preserve: false,
         };
         self.slab.resize(self.capacity, blank);
         for table in [&mut self.by_client, &mut self.by_snat] {
@@ -421,6 +437,9 @@ impl FlowTable {
 
     /// Returns a SNAT port to its destination's bitmap.
     fn release_port(&mut self, f: &Flow) {
+        if f.preserve {
+            return;
+        }
         let (first, count) = self.owned_ports();
         let n = u32::from(self.workers);
         let p = u32::from(f.snat_port);
@@ -456,16 +475,25 @@ impl FlowTable {
         client_hash: u64,
     ) -> Result<(u32, Option<Evicted>), InsertError> {
         debug_assert_eq!(client_hash, self.client_hash(&flow.key));
-        let port = self
-            .alloc_port(
-                flow.key.protocol,
-                flow.task_addr,
-                flow.target,
-                flow.key.client_port,
-                flow.hash,
-            )
-            .ok_or(InsertError::PortsExhausted)?;
-        flow.snat_port = port;
+        if flow.preserve {
+            debug_assert_eq!(Self::owner(flow.key.client_port, self.workers), self.worker);
+            flow.snat_port = flow.key.client_port;
+            // The same client port to the same task through another
+            // published port would share the reply key: that flow is
+            // translated to the sandbox instead, rather than lost.
+            flow.preserve = self.lookup_snat(&Self::snat_key(&flow)).is_none();
+        }
+        if !flow.preserve {
+            flow.snat_port = self
+                .alloc_port(
+                    flow.key.protocol,
+                    flow.task_addr,
+                    flow.target,
+                    flow.key.client_port,
+                    flow.hash,
+                )
+                .ok_or(InsertError::PortsExhausted)?;
+        }
         let mut evicted = None;
         if self.len() >= self.capacity {
             let Some(victim) = self.eviction_candidate(now) else {
@@ -502,6 +530,11 @@ impl FlowTable {
             target: f.target,
             snat_port: f.snat_port,
             protocol: f.key.protocol,
+            peer: if f.preserve {
+                f.key.client
+            } else {
+                Ipv4Addr::UNSPECIFIED
+            },
         }
     }
 
@@ -634,6 +667,7 @@ mod tests {
             task_next: 0,
             delta_addrs: 0,
             delta_l4: 0,
+            preserve: false,
         }
     }
 

@@ -32,6 +32,7 @@ use std::sync::atomic::Ordering;
 use crossbeam::queue::ArrayQueue;
 
 use super::counters::{DropCounters, DropReason, EventCounters, TaskCounters};
+use super::desc::ClientIp;
 use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
 use super::tables::{
     Identity, L4Checksum, OUTER_TEMPLATE_LEN, OUTER_TTL, OuterTemplate, PortEntry, Snapshot,
@@ -538,11 +539,16 @@ struct Rewrite {
 }
 
 impl Rewrite {
-    /// A client's packet of `flow`, from the overlay address to the task.
+    /// A client's packet of `flow`, from the overlay address (or the
+    /// client's own) to the task.
     #[inline(always)]
     fn to_task(flow: &Flow, overlay: Ipv4Addr) -> Self {
         Rewrite {
-            src: overlay,
+            src: if flow.preserve {
+                flow.key.client
+            } else {
+                overlay
+            },
             dst: flow.task_addr,
             sport: flow.snat_port,
             dport: flow.target,
@@ -818,8 +824,9 @@ fn forward(
         .flags
         .is_some_and(|fl| fl & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN);
     let key_hash = st.flows.client_hash(&key);
-    let (slot, task) = match known_flow(snap, st, &key, key_hash, is_syn) {
+    let (slot, task) = match known_flow(snap, st, &key, key_hash, is_syn, port) {
         Known::Flow(s, task) => (s, task),
+        Known::Elsewhere(w) => return hand_to(w),
         Known::TaskGone if proto == protocol::TCP => {
             return send_reset(snap, st, f, DropReason::TaskGone);
         }
@@ -889,12 +896,23 @@ fn to_local(
     Ok(())
 }
 
+/// `Ok(Verdict::Handoff(w))`, out of line: measured, building this verdict
+/// inside `forward` cost every established packet 20 instructions.
+#[cold]
+#[inline(never)]
+fn hand_to(w: u16) -> Result<Verdict, DropReason> {
+    Ok(Verdict::Handoff(w))
+}
+
 /// What the flow table holds for a client's packet.
 enum Known<'s> {
     /// Its flow's slot, and the task that still serves it.
     Flow(u32, &'s TaskEntry),
     /// Nothing (any more): the packet may start a flow.
     New,
+    /// Nothing here, and the flow would keep its client's address, so it
+    /// belongs to this other worker (the one its client port names).
+    Elsewhere(u16),
     /// A flow whose task is gone, now ended.
     TaskGone,
 }
@@ -913,8 +931,21 @@ fn known_flow<'s>(
     key: &ClientKey,
     key_hash: u64,
     is_syn: bool,
+    port: PortEntry,
 ) -> Known<'s> {
     let Some(s) = st.flows.lookup_client_hashed(key, key_hash) else {
+        // A flow that keeps the client's address has no SNAT port of its
+        // own to say which worker owns it: its client port says it. Its
+        // packets reaching another worker find no flow there and go on from
+        // here, so the established path pays nothing for this (inline in
+        // `forward`, this test cost every established packet 20
+        // instructions).
+        if snap.services[port.service as usize].client_ip == ClientIp::Preserve {
+            let owner = FlowTable::owner(key.client_port, st.workers);
+            if owner != st.worker {
+                return Known::Elsewhere(owner);
+            }
+        }
         return Known::New;
     };
     let gen32 = st.gen32;
@@ -970,6 +1001,7 @@ fn new_flow<'s>(
         task_next: 0,
         delta_addrs: 0,
         delta_l4: 0,
+        preserve: task.preserve,
         state: if key.protocol == protocol::TCP {
             FlowState::SynSent
         } else {
@@ -987,12 +1019,18 @@ fn new_flow<'s>(
         release_shared(snap, st.gen32, &ev.0);
         st.events.flows_evicted += 1;
     }
-    // The SNAT port is known now: fix the flow's checksum deltas.
+    // The SNAT port (and whether the flow keeps the client's address) is
+    // known now: fix the flow's checksum deltas.
     let fl = st.flows.get_mut(s);
+    let source = if fl.preserve {
+        key.client
+    } else {
+        id.overlay_addr
+    };
     (fl.delta_addrs, fl.delta_l4) = flow_deltas(
         (key.client, key.client_port),
         (id.node_addr, key.published),
-        (id.overlay_addr, fl.snat_port),
+        (source, fl.snat_port),
         (task.addr, port.target),
     );
     task.shared.created.fetch_add(1, Ordering::Relaxed);
@@ -1079,17 +1117,30 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
         return Err(DropReason::Truncated);
     };
     let total = check_ipv4(iph, end - INNER_IP)?;
-    if iph[ip_f::DST] != id.overlay_addr.octets() {
-        return Err(DropReason::InnerNotForUs);
-    }
+    // To the sandbox, or (sent to the sandbox's MAC) to a client whose
+    // address the flow keeps.
+    let peer = reply_peer(id, iph);
     if iph[ip_f::PROTOCOL] == protocol::ICMP {
         let ttl = iph[ip_f::TTL];
-        return icmp_error(snap, st, f, total, vtep, ttl);
+        return icmp_error(snap, st, f, total, vtep, ttl, peer);
     }
     let p = &mut f.data_mut()[INNER_IP..INNER_IP + total];
-    match translate_reply(snap, st, p, vtep, id.l4_checksum)? {
+    match translate_reply(snap, st, p, vtep, id.l4_checksum, peer)? {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
         ReplyTo::Client { mac, task_index } => to_client(id, st, f, total, mac, task_index),
+    }
+}
+
+/// The peer of a reply-path key for a task's packet with IPv4 header
+/// `iph`: none for a packet to the sandbox, else its destination, which
+/// only a flow that keeps its client's address can match.
+#[inline(always)]
+fn reply_peer(id: &Identity, iph: &[u8; IP]) -> Ipv4Addr {
+    let dst = get_addr(iph, ip_f::DST);
+    if dst == id.overlay_addr {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        dst
     }
 }
 
@@ -1104,7 +1155,8 @@ enum ReplyTo {
 /// Finds the flow of a task's reply `p` (an IPv4 packet without options,
 /// exactly `total` bytes, checked) that came from `vtep` (this node for a
 /// local task) and reverses both translations in place; `l4_checksum` is
-/// the mode for the interface it came in by.
+/// the mode for the interface it came in by, `peer` its key's peer
+/// ([`reply_peer`]).
 #[inline(always)]
 fn translate_reply(
     snap: &Snapshot,
@@ -1112,6 +1164,7 @@ fn translate_reply(
     p: &mut [u8],
     vtep: Ipv4Addr,
     l4_checksum: L4Checksum,
+    peer: Ipv4Addr,
 ) -> Result<ReplyTo, DropReason> {
     let id = &snap.identity;
     let Some(iph) = p.first_chunk::<IP>() else {
@@ -1136,8 +1189,15 @@ fn translate_reply(
         target: sport,
         snat_port: dport,
         protocol: proto,
+        peer,
     };
-    let slot = st.flows.lookup_snat(&key).ok_or(DropReason::ReplyNoFlow)?;
+    let Some(slot) = st.flows.lookup_snat(&key) else {
+        return Err(if peer.is_unspecified() {
+            DropReason::ReplyNoFlow
+        } else {
+            DropReason::InnerNotForUs
+        });
+    };
     let gen32 = st.gen32;
     let now = st.now;
     let flow = st.flows.get_mut(slot);
@@ -1199,15 +1259,13 @@ fn local_reply(
         return Err(DropReason::Truncated);
     };
     let total = check_ipv4(iph, d.len() - ETH)?;
-    if iph[ip_f::DST] != id.overlay_addr.octets() {
-        return Err(DropReason::InnerNotForUs);
-    }
+    let peer = reply_peer(id, iph);
     if iph[ip_f::PROTOCOL] != protocol::TCP && iph[ip_f::PROTOCOL] != protocol::UDP {
         return Err(DropReason::UnsupportedProtocol);
     }
     f.len = ETH + total;
     let p = &mut f.data_mut()[ETH..ETH + total];
-    match translate_reply(snap, st, p, id.node_addr, id.sandbox_l4_checksum)? {
+    match translate_reply(snap, st, p, id.node_addr, id.sandbox_l4_checksum, peer)? {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
         ReplyTo::Client { mac, task_index } => deliver(id, st, f, mac, task_index),
     }
@@ -1430,6 +1488,7 @@ fn icmp_error(
     total: usize,
     vtep: Ipv4Addr,
     ttl: u8,
+    peer: Ipv4Addr,
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
@@ -1449,14 +1508,20 @@ fn icmp_error(
     }
     let q = &m[icmp::HEADER_LEN..];
     let qproto = q[ip_f::PROTOCOL];
+    // The quoted packet went from the sandbox (or, for a flow that keeps
+    // its client's address, from the client the error is sent to) to the
+    // task; TCP and UDP put their ports in the same place.
+    let quoted_src = if peer.is_unspecified() {
+        id.overlay_addr
+    } else {
+        peer
+    };
     if q[ip_f::VER_IHL] != 0x45
         || !matches!(qproto, protocol::TCP | protocol::UDP)
-        || q[ip_f::SRC] != id.overlay_addr.octets()
+        || q[ip_f::SRC] != quoted_src.octets()
     {
         return Err(DropReason::IcmpNoFlow);
     }
-    // The quoted packet went from the sandbox to the task; TCP and UDP
-    // put their ports in the same place.
     let task = get_addr(q, ip_f::DST);
     let snat = get16(q, at(udp_f::SRC_PORT, IP));
     let target = get16(q, at(udp_f::DST_PORT, IP));
@@ -1471,6 +1536,7 @@ fn icmp_error(
             target,
             snat_port: snat,
             protocol: qproto,
+            peer,
         })
         .ok_or(DropReason::IcmpNoFlow)?;
     let gen32 = st.gen32;

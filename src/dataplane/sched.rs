@@ -241,6 +241,7 @@ mod tests {
                         ip_checksum: 0,
                     }),
                     local: false,
+                    preserve: false,
                     shared: Arc::new(TaskShared::default()),
                 }
             })

@@ -14,7 +14,7 @@
 //!   its frames go out of the ingress sandbox's interface, never in VXLAN,
 //!   and its node is not a VTEP.
 
-use super::desc::{Ipv4Net, Protocol, Scheduler, Service, TableDesc, Timeouts};
+use super::desc::{ClientIp, Ipv4Net, Protocol, Scheduler, Service, TableDesc, Timeouts};
 use super::sched::SchedTable;
 use crate::wire::{MacAddr, ethernet, ipv4, udp, vxlan};
 use std::net::Ipv4Addr;
@@ -178,6 +178,8 @@ pub struct TaskEntry {
     pub outer: Option<OuterTemplate>,
     /// Runs on this node: reached through the ingress sandbox's interface.
     pub local: bool,
+    /// New flows of a preserving service keep the client's address.
+    pub preserve: bool,
     pub shared: Arc<TaskShared>,
 }
 
@@ -247,6 +249,19 @@ impl PortTable {
     }
 }
 
+impl ServiceEntry {
+    /// The source address new flows to its task `t` carry: `snat`,
+    /// `preserve`, or `snat-fallback` (the service keeps clients'
+    /// addresses, but `t`'s node has no return path to this node).
+    pub fn client_ip_of(&self, t: &TaskEntry) -> &'static str {
+        match (self.client_ip, t.preserve) {
+            (ClientIp::Snat, _) => "snat",
+            (ClientIp::Preserve, true) => "preserve",
+            (ClientIp::Preserve, false) => "snat-fallback",
+        }
+    }
+}
+
 /// A service as the data plane sees it.
 #[derive(Debug, Clone)]
 pub struct ServiceEntry {
@@ -255,6 +270,7 @@ pub struct ServiceEntry {
     /// Swarm's firewall mark for the service: 0x100 + its index.
     pub mark: u32,
     pub scheduler: Scheduler,
+    pub client_ip: ClientIp,
     /// Indices into `Snapshot::tasks` of all the service's tasks.
     pub tasks: Vec<u32>,
     pub sched: SchedTable,
@@ -521,6 +537,7 @@ impl Snapshot {
                     weight: t.weight,
                     outer,
                     local,
+                    preserve: s.client_ip == ClientIp::Preserve && t.return_path,
                     shared: tshared,
                 });
             }
@@ -530,6 +547,7 @@ impl Snapshot {
                 name: s.name.as_str().into(),
                 mark,
                 scheduler: s.scheduler,
+                client_ip: s.client_ip,
                 tasks: members,
                 sched,
                 shared,

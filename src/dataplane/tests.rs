@@ -713,3 +713,218 @@ fn a_local_reply_goes_to_the_worker_owning_its_flow() {
     assert_eq!(v, Verdict::Transmit);
     assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
 }
+
+/// The inner source address and port of a frame sent to a remote task.
+fn inner_source(out: &[u8]) -> (std::net::Ipv4Addr, u16) {
+    let ip = 14 + 20 + 8 + 8 + 14;
+    let a = std::net::Ipv4Addr::new(out[ip + 12], out[ip + 13], out[ip + 14], out[ip + 15]);
+    (a, u16::from_be_bytes([out[ip + 20], out[ip + 21]]))
+}
+
+#[test]
+fn a_preserving_service_keeps_the_clients_address_both_ways() {
+    let mut p = preserve_pipeline(0, 1, [true; 3]);
+    // TCP: DNAT only; the task's reply, addressed to the client and routed
+    // to the sandbox's MAC, is translated back from the published port.
+    let (v, out) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_forward_preserved_tcp(0, 40000, 100, 0, SYN, b""),
+        "\n{}",
+        hex(&out)
+    );
+    let reply = task_reply_to_client_tcp(0, 40000, 7, 101, SYN_ACK, b"");
+    let (v, out) = run(&mut p, &reply);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
+    let (v, out) = run(&mut p, &client_tcp(40000, 101, 8, PSH_ACK, b"GET /"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_forward_preserved_tcp(0, 40000, 101, 8, PSH_ACK, b"GET /")
+    );
+    // UDP, to the next task.
+    let (v, out) = run(&mut p, &client_udp(40001, b"q"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_forward_preserved_udp(1, 40001, b"q"));
+    let (v, out) = run(&mut p, &task_reply_to_client_udp(1, 40001, b"a"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_udp(40001, b"a"));
+    // No SNAT port was taken, and a reply to the sandbox with the client's
+    // port is not one of these flows.
+    let (v, _) = run(&mut p, &task_reply_udp(1, 40001, b"a"));
+    assert_eq!(v, Verdict::Drop(DropReason::ReplyNoFlow));
+    assert_eq!(p.flows().len(), 2);
+    assert!(p.flows().iter().all(|(_, f)| f.preserve));
+}
+
+#[test]
+fn a_task_without_a_return_path_falls_back_to_snat() {
+    // Task 1's node has not set up the return path: its flows are
+    // translated to the sandbox, the others' keep the client's address.
+    let mut p = preserve_pipeline(0, 1, [true, false, true]);
+    let mut seen = Vec::new();
+    for (i, sport) in [41000u16, 41001, 41002].into_iter().enumerate() {
+        let (v, out) = run(&mut p, &client_tcp(sport, 1, 0, SYN, b""));
+        assert_eq!(v, Verdict::Transmit);
+        let (src, port) = inner_source(&out);
+        if i == 1 {
+            assert_eq!(src, OVERLAY, "task 1 sees the sandbox");
+            assert_eq!(out, expected_forward_tcp(1, sport, port, 1, 0, SYN, b""));
+            let (v, out) = run(&mut p, &task_reply_tcp(1, port, 9, 2, SYN_ACK, b""));
+            assert_eq!(v, Verdict::Transmit);
+            assert_eq!(out, expected_reply_tcp(sport, 9, 2, SYN_ACK, b""));
+        } else {
+            assert_eq!((src, port), (CLIENT, sport), "task {i} sees the client");
+        }
+        seen.push(src);
+    }
+    assert_eq!(seen, [CLIENT, OVERLAY, CLIENT]);
+}
+
+#[test]
+fn replies_to_clients_without_a_preserving_flow_are_dropped() {
+    let mut p = preserve_pipeline(0, 1, [true; 3]);
+    let (v, _) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    // Another client port, another task, and a SNAT flow's reply sent to
+    // the client's address: none is this flow's reply.
+    for frame in [
+        task_reply_to_client_tcp(0, 40001, 7, 101, SYN_ACK, b""),
+        task_reply_to_client_tcp(1, 40000, 7, 101, SYN_ACK, b""),
+    ] {
+        let (v, _) = run(&mut p, &frame);
+        assert_eq!(v, Verdict::Drop(DropReason::InnerNotForUs));
+    }
+    let mut q = lab_pipeline(0, 1);
+    let (_, out) = run(&mut q, &client_tcp(40000, 100, 0, SYN, b""));
+    let (_, snat) = inner_source(&out);
+    let (v, _) = run(
+        &mut q,
+        &task_reply_to_client_tcp(0, snat, 7, 101, SYN_ACK, b""),
+    );
+    assert_eq!(v, Verdict::Drop(DropReason::InnerNotForUs));
+    // The flow still answers.
+    let (v, _) = run(
+        &mut p,
+        &task_reply_to_client_tcp(0, 40000, 7, 101, SYN_ACK, b""),
+    );
+    assert_eq!(v, Verdict::Transmit);
+}
+
+#[test]
+fn a_preserving_flow_lives_on_the_worker_its_client_port_names() {
+    // Two workers: port 40001 is worker 1's. Its client's packets and its
+    // task's replies reaching worker 0 are handed to worker 1, unchanged.
+    let mut w0 = preserve_pipeline(0, 2, [true; 3]);
+    let mut w1 = preserve_pipeline(1, 2, [true; 3]);
+    let syn = client_tcp(40001, 100, 0, SYN, b"");
+    let (v, out) = run(&mut w0, &syn);
+    assert_eq!((v, out.as_slice()), (Verdict::Handoff(1), syn.as_slice()));
+    assert!(w0.flows().is_empty());
+    let (v, out) = run(&mut w1, &syn);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_forward_preserved_tcp(0, 40001, 100, 0, SYN, b"")
+    );
+    let reply = task_reply_to_client_tcp(0, 40001, 7, 101, SYN_ACK, b"");
+    assert_eq!(run(&mut w0, &reply).0, Verdict::Handoff(1));
+    assert_eq!(run(&mut w1, &reply).0, Verdict::Transmit);
+    // An even port stays on worker 0.
+    let (v, _) = run(&mut w0, &client_tcp(40002, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+}
+
+#[test]
+fn one_client_port_to_one_task_through_two_published_ports_falls_back_to_snat() {
+    // 8080 and 8081 both lead to web's port 80; one task. The second flow
+    // would share the first's reply key, so it gets a SNAT port instead.
+    let mut cfg = preserve_config([true; 3]);
+    let web = &mut cfg.services[0];
+    web.tasks.truncate(1);
+    web.publish.push(crate::config::Publish {
+        published: 8081,
+        target: TARGET,
+        protocol: crate::config::Protocol::Tcp,
+    });
+    let mut p = Pipeline::new(lab_snapshot_for(&cfg), 0, 1, 1024, (1024, 65535));
+    let (v, out) = run(&mut p, &client_tcp(40000, 1, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(inner_source(&out), (CLIENT, 40000));
+    let other = tcp_frame(
+        CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 8081, 1, 0, SYN, b"",
+    );
+    let (v, out) = run(&mut p, &other);
+    assert_eq!(v, Verdict::Transmit);
+    let (src, port) = inner_source(&out);
+    assert_eq!(src, OVERLAY, "the second flow is translated to the sandbox");
+    // Both flows' replies find their own flow.
+    let (v, out) = run(&mut p, &task_reply_tcp(0, port, 9, 2, SYN_ACK, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), 8081);
+    let (v, out) = run(
+        &mut p,
+        &task_reply_to_client_tcp(0, 40000, 9, 2, SYN_ACK, b""),
+    );
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), PUBLISHED);
+}
+
+#[test]
+fn an_icmp_error_about_a_preserving_flow_reaches_the_client() {
+    let mut p = preserve_pipeline(0, 1, [true; 3]);
+    let (v, fwd) = run(&mut p, &client_udp(50000, b"knock"));
+    assert_eq!(v, Verdict::Transmit);
+    let (v, out) = run(&mut p, &task_icmp_unreachable_to_client(0, &fwd[64..]));
+    assert_eq!(v, Verdict::Transmit, "{:?}", p.drops());
+    let want = icmp_unreachable_to_client(
+        &udp_frame(
+            CLIENT_MAC, NODE_MAC, CLIENT, NODE, 63, 50000, PUBLISHED, b"knock",
+        )[14..],
+    );
+    assert_eq!(out, want, "\n{}\n{}", hex(&out), hex(&want));
+}
+
+#[test]
+fn a_local_task_of_a_preserving_service_sees_the_client_too() {
+    let mut cfg = config_with_tasks(&[(LOCAL_TASK, NODE)]);
+    cfg.services[0].client_ip = crate::config::ClientIp::Preserve;
+    cfg.services[0].tasks[0].return_path = true;
+    let mut p = Pipeline::new(lab_snapshot_for(&cfg), 0, 1, 1024, (1024, 65535));
+    let (v, out) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Local);
+    let want = tcp_frame(
+        overlay_mac(),
+        MacAddr::docker(LOCAL_TASK),
+        CLIENT,
+        LOCAL_TASK,
+        63,
+        40000,
+        TARGET,
+        100,
+        0,
+        SYN,
+        b"",
+    );
+    assert_eq!(out, want);
+    // Its reply to the client, routed to the sandbox's MAC, with a veth's
+    // partial checksum.
+    let reply = tcp_frame(
+        MacAddr::docker(LOCAL_TASK),
+        overlay_mac(),
+        LOCAL_TASK,
+        CLIENT,
+        64,
+        TARGET,
+        40000,
+        7,
+        101,
+        SYN_ACK,
+        b"",
+    );
+    let (v, out) = run_local(&mut p, &partial_checksum(reply, 14));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
+}

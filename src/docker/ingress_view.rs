@@ -22,25 +22,34 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
+use super::swarm::client_ip_label;
 use super::swarm::{Desired, SwarmFacts, finish_services};
-use crate::config::{IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use crate::config::{
+    ClientIp, IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec,
+};
 
 /// Where the protocols of published ports come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocols {
-    /// From a manager: service name → its (published, target, protocol).
-    Manager(HashMap<String, Vec<(u16, u16, Protocol)>>),
+    /// From a manager: service name → its (published, target, protocol),
+    /// and the client-IP mode its labels ask for (only a manager knows).
+    Manager(
+        HashMap<String, Vec<(u16, u16, Protocol)>>,
+        HashMap<String, ClientIp>,
+    ),
     /// From this node's `DOCKER-INGRESS` rules: published port → protocols.
     Rules(HashMap<u16, BTreeSet<Protocol>>),
 }
 
 /// A manager's `/services` as [`Protocols::Manager`].
-pub fn protocols_from_services(services: &Value) -> Protocols {
+pub fn protocols_from_services(services: &Value, notes: &mut Vec<String>) -> Protocols {
     let mut m: HashMap<String, Vec<(u16, u16, Protocol)>> = HashMap::new();
+    let mut modes = HashMap::new();
     for s in services.as_array().into_iter().flatten() {
         let Some(name) = s["Spec"]["Name"].as_str() else {
             continue;
         };
+        modes.insert(name.to_string(), client_ip_label(name, s, notes));
         for p in s["Endpoint"]["Ports"].as_array().into_iter().flatten() {
             if p["PublishMode"].as_str().unwrap_or("ingress") != "ingress" {
                 continue;
@@ -58,7 +67,7 @@ pub fn protocols_from_services(services: &Value) -> Protocols {
             }
         }
     }
-    Protocols::Manager(m)
+    Protocols::Manager(m, modes)
 }
 
 /// `iptables -t nat -S DOCKER-INGRESS` as [`Protocols::Rules`]. Docker's
@@ -141,7 +150,7 @@ pub fn derive(
         let mut publish = Vec::new();
         for &(published, target) in ports_of.get(name.as_str()).into_iter().flatten() {
             let protos: Vec<Protocol> = match protocols {
-                Protocols::Manager(m) => m
+                Protocols::Manager(m, _) => m
                     .get(name.as_str())
                     .into_iter()
                     .flatten()
@@ -162,7 +171,7 @@ pub fn derive(
                 notes.push(format!(
                     "service {name}: port {published} left out: its protocol is not known yet ({})",
                     match protocols {
-                        Protocols::Manager(_) => "the manager does not list it",
+                        Protocols::Manager(..) => "the manager does not list it",
                         Protocols::Rules(_) =>
                             "no DOCKER-INGRESS rule for it on this node; set swarm.manager",
                     }
@@ -212,6 +221,11 @@ pub fn derive(
             ServiceSpec {
                 name: name.to_string(),
                 scheduler: Scheduler::Rr,
+                client_ip: match protocols {
+                    Protocols::Manager(_, modes) => modes.get(*name).copied().unwrap_or_default(),
+                    // A worker's own API shows no service labels.
+                    Protocols::Rules(_) => ClientIp::Snat,
+                },
                 publish,
                 tasks,
             },
@@ -250,7 +264,10 @@ mod tests {
     #[test]
     fn a_worker_view_with_the_managers_protocols() {
         let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
-        let p = protocols_from_services(&serde_json::from_str(MANAGER_SERVICES).unwrap());
+        let p = protocols_from_services(
+            &serde_json::from_str(MANAGER_SERVICES).unwrap(),
+            &mut Vec::new(),
+        );
         let d = derive(&net, &p, &worker_facts(), &ingress());
         assert!(d.notes.is_empty(), "{:?}", d.notes);
         assert_eq!(ports(&d, "web"), ["8080:80/tcp"]);
@@ -313,7 +330,10 @@ mod tests {
     #[test]
     fn tasks_on_this_node_are_left_out_with_a_note() {
         let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
-        let p = protocols_from_services(&serde_json::from_str(MANAGER_SERVICES).unwrap());
+        let p = protocols_from_services(
+            &serde_json::from_str(MANAGER_SERVICES).unwrap(),
+            &mut Vec::new(),
+        );
         let mut facts = worker_facts();
         facts.node_address = Ipv4Addr::new(198, 18, 0, 2);
         let d = derive(&net, &p, &facts, &ingress());

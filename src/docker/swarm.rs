@@ -32,7 +32,8 @@ use super::engine::{Docker, EngineError, filters};
 pub use crate::config::SwarmFacts;
 
 use crate::config::{
-    IngressConfig, Protocol, PublishSpec, Scheduler, Service, ServiceSpec, TaskSpec, check_unique,
+    ClientIp, IngressConfig, Protocol, PublishSpec, Scheduler, Service, ServiceSpec, TaskSpec,
+    check_unique,
 };
 
 /// Why the swarm's state could not be read.
@@ -186,13 +187,16 @@ pub fn read_desired(
 ) -> Result<Desired, SwarmError> {
     if !facts.manager {
         let net = d.get(&format!("/networks/{}?verbose=true", facts.ingress_network))?;
+        let mut label_notes = Vec::new();
         let protocols = match manager {
-            Some(m) => super::ingress_view::protocols_from_services(&m.get("/services")?),
+            Some(m) => {
+                super::ingress_view::protocols_from_services(&m.get("/services")?, &mut label_notes)
+            }
             None => super::ingress_view::protocols_from_rules(&ingress_rules()),
         };
-        return Ok(super::ingress_view::derive(
-            &net, &protocols, facts, ingress,
-        ));
+        let mut desired = super::ingress_view::derive(&net, &protocols, facts, ingress);
+        desired.notes.extend(label_notes);
+        return Ok(desired);
     }
     let services = d.get("/services")?;
     let tasks = d.get(&format!(
@@ -304,12 +308,32 @@ fn published_services(
         let spec = ServiceSpec {
             name: name.to_string(),
             scheduler: Scheduler::Rr,
+            client_ip: client_ip_label(name, s, notes),
             publish,
             tasks: Vec::new(),
         };
         specs.insert(id.to_string(), (name.to_string(), spec));
     }
     specs
+}
+
+/// The Docker label that asks meshgate to keep clients' addresses.
+pub const CLIENT_IP_LABEL: &str = "meshgate.client-ip";
+
+/// A service's client-IP mode from its `meshgate.client-ip` label
+/// (`preserve` or `snat`; absent means `snat`, as in Swarm). Any other
+/// value is noted and read as `snat`.
+pub fn client_ip_label(name: &str, service: &Value, notes: &mut Vec<String>) -> ClientIp {
+    match service["Spec"]["Labels"][CLIENT_IP_LABEL].as_str() {
+        None | Some("snat") => ClientIp::Snat,
+        Some("preserve") => ClientIp::Preserve,
+        Some(other) => {
+            notes.push(format!(
+                "service {name}: label {CLIENT_IP_LABEL}={other:?} not understood (preserve or snat); its tasks see the sandbox's address"
+            ));
+            ClientIp::Snat
+        }
+    }
 }
 
 /// A service's ports published in ingress mode.
@@ -453,6 +477,38 @@ mod tests {
             &ingress(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn the_client_ip_label_chooses_the_mode() {
+        let mut notes = Vec::new();
+        let svc = |label: &str| serde_json::json!({"Spec": {"Labels": {CLIENT_IP_LABEL: label}}});
+        assert_eq!(
+            client_ip_label("web", &svc("preserve"), &mut notes),
+            ClientIp::Preserve
+        );
+        assert_eq!(
+            client_ip_label("web", &svc("snat"), &mut notes),
+            ClientIp::Snat
+        );
+        assert_eq!(
+            client_ip_label("web", &serde_json::json!({"Spec": {}}), &mut notes),
+            ClientIp::Snat
+        );
+        assert!(notes.is_empty(), "{notes:?}");
+        assert_eq!(
+            client_ip_label("web", &svc("yes"), &mut notes),
+            ClientIp::Snat
+        );
+        assert!(
+            notes[0].contains("meshgate.client-ip=\"yes\" not understood"),
+            "{notes:?}"
+        );
+        // The real answer has no label: Swarm's SNAT.
+        assert_eq!(
+            run(SERVICES, TASKS, NODES).services[0].client_ip,
+            ClientIp::Snat
+        );
     }
 
     #[test]

@@ -186,6 +186,7 @@ impl Control {
                 name: s.name.to_string(),
                 mark: s.mark,
                 scheduler: s.scheduler.to_string(),
+                client_ip: s.client_ip.to_string(),
                 publish: self.ports_of(&s.name),
                 tasks_up: s
                     .tasks
@@ -215,6 +216,7 @@ impl Control {
                     mac: t.mac.to_string(),
                     weight: t.weight,
                     state: task_state(t).to_string(),
+                    client_ip: snap.services[t.service as usize].client_ip_of(t).into(),
                     active_flows: active,
                     inactive_flows: inactive,
                     flows: created,
@@ -243,6 +245,7 @@ impl Control {
                     service: s.name.to_string(),
                     fwmark: s.mark,
                     scheduler: s.scheduler.to_string(),
+                    client_ip: s.client_ip.to_string(),
                     reals: s
                         .tasks
                         .iter()

@@ -19,6 +19,7 @@ use crate::dataplane::tables::{Snapshot, TaskEntry};
 /// The exposition text of `st` over the tables of `snap`.
 pub fn render(snap: &Snapshot, st: &Stats) -> String {
     let mut x = Exposition::default();
+    service_families(&mut x, snap);
     task_families(&mut x, snap, st);
     node_families(&mut x, snap, st);
     x.out
@@ -45,6 +46,50 @@ impl Exposition {
             self.out.push('}');
         }
         let _ = writeln!(self.out, " {value}");
+    }
+}
+
+/// Per service: its mark, scheduler and client-IP mode, and per task the
+/// source address its new flows carry (`snat-fallback`: the service keeps
+/// clients' addresses, but the task's node has no return path here).
+fn service_families(x: &mut Exposition, snap: &Snapshot) {
+    x.family(
+        "meshgate_service_info",
+        "gauge",
+        "A service: its fwmark, scheduler and client-IP mode (snat or preserve).",
+    );
+    for s in &snap.services {
+        let mark = format!("{:#x}", s.mark);
+        x.sample(
+            "meshgate_service_info",
+            &[
+                ("service", &s.name),
+                ("fwmark", &mark),
+                ("scheduler", &s.scheduler),
+                ("client_ip", &s.client_ip),
+            ],
+            1,
+        );
+    }
+    x.family(
+        "meshgate_task_client_ip",
+        "gauge",
+        "The source address a task's new flows carry: snat, preserve or snat-fallback.",
+    );
+    for s in &snap.services {
+        for &i in &s.tasks {
+            let t = &snap.tasks[i as usize];
+            let mode = s.client_ip_of(t);
+            x.sample(
+                "meshgate_task_client_ip",
+                &[
+                    ("service", &s.name),
+                    ("task", &t.addr),
+                    ("client_ip", &mode),
+                ],
+                1,
+            );
+        }
     }
 }
 

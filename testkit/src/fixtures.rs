@@ -984,6 +984,7 @@ pub fn config_with_tasks(tasks: &[(Ipv4Addr, Ipv4Addr)]) -> Config {
             node,
             mac: MacAddr::docker(address),
             weight: 1,
+            return_path: false,
         })
         .collect();
     cfg
@@ -1080,4 +1081,141 @@ pub fn local_reply_tcp(snat: u16, seq: u32, ack: u32, f: Flags, payload: &[u8]) 
 /// The local task's UDP reply as it arrives on the sandbox's interface.
 pub fn local_reply_udp(snat: u16, payload: &[u8]) -> Vec<u8> {
     from_task_udp(LOCAL_TASK, snat, payload)
+}
+
+/// The lab configuration with `web` keeping clients' addresses
+/// (`client_ip = "preserve"`); task `i`'s node has set up its return path
+/// when `ready[i]`.
+pub fn preserve_config(ready: [bool; 3]) -> Config {
+    let mut cfg = lab_config();
+    let web = &mut cfg.services[0];
+    web.client_ip = meshgate::config::ClientIp::Preserve;
+    for (t, r) in web.tasks.iter_mut().zip(ready) {
+        t.return_path = r;
+    }
+    cfg
+}
+
+/// A pipeline (worker `worker` of `workers`) on [`preserve_config`].
+pub fn preserve_pipeline(worker: u16, workers: u16, ready: [bool; 3]) -> Pipeline {
+    let snap = lab_snapshot_for(&preserve_config(ready));
+    Pipeline::new(snap, worker, workers, 1 << 16, (1024, 65535))
+}
+
+/// What task `task` must receive for `client_tcp(sport, ..)` of a flow that
+/// keeps the client's address: DNAT only, in VXLAN.
+pub fn expected_forward_preserved_tcp(
+    task: usize,
+    sport: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let inner = tcp_frame(
+        overlay_mac(),
+        MacAddr::docker(TASKS[task]),
+        CLIENT,
+        TASKS[task],
+        63,
+        sport,
+        TARGET,
+        seq,
+        ack,
+        f,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    let hash = flow_hash(&key(sport, 6));
+    vxlan_frame(
+        NODE_MAC,
+        mac,
+        NODE,
+        node,
+        vxlan_source_port(hash),
+        VNI,
+        &inner,
+    )
+}
+
+/// [`expected_forward_preserved_tcp`] for `client_udp(sport, ..)`.
+pub fn expected_forward_preserved_udp(task: usize, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let inner = udp_frame(
+        overlay_mac(),
+        MacAddr::docker(TASKS[task]),
+        CLIENT,
+        TASKS[task],
+        63,
+        sport,
+        TARGET,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    let hash = flow_hash(&key(sport, 17));
+    vxlan_frame(
+        NODE_MAC,
+        mac,
+        NODE,
+        node,
+        vxlan_source_port(hash),
+        VNI,
+        &inner,
+    )
+}
+
+/// Task `task`'s TCP reply straight to the client at `client_port`, routed
+/// through the sandbox (to its MAC) by the return path, in VXLAN.
+pub fn task_reply_to_client_tcp(
+    task: usize,
+    client_port: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let inner = tcp_frame(
+        MacAddr::docker(TASKS[task]),
+        overlay_mac(),
+        TASKS[task],
+        CLIENT,
+        64,
+        TARGET,
+        client_port,
+        seq,
+        ack,
+        f,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+/// [`task_reply_to_client_tcp`] for UDP.
+pub fn task_reply_to_client_udp(task: usize, client_port: u16, payload: &[u8]) -> Vec<u8> {
+    let inner = udp_frame(
+        MacAddr::docker(TASKS[task]),
+        overlay_mac(),
+        TASKS[task],
+        CLIENT,
+        64,
+        TARGET,
+        client_port,
+        payload,
+    );
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+}
+
+/// Task `task`'s ICMP "port unreachable" to the client about `quoted` (the
+/// client's packet as the task received it, source address kept), in VXLAN.
+pub fn task_icmp_unreachable_to_client(task: usize, quoted: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MacAddr::docker(TASKS[task]).0, overlay_mac().0)
+        .ipv4(TASKS[task].octets(), CLIENT.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
+    let mut inner = Vec::new();
+    b.write(&mut inner, quoted).expect("fixture frame");
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
 }
