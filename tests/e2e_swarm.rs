@@ -109,7 +109,7 @@ impl Mg {
             .1
             .lines()
             .find(|l| l.starts_with("web "))
-            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|l| l.split_whitespace().nth(4))
             .and_then(|up| up.split('/').next()?.parse().ok())
             .unwrap_or(0)
     }

@@ -286,7 +286,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 11);
+        assert_eq!(seen.len(), 13);
     }
 
     #[test]
