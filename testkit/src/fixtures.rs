@@ -229,6 +229,21 @@ pub fn vxlan_frame(
     v
 }
 
+/// `inner` in VXLAN from this node to task `task`'s node, as meshgate sends
+/// a frame of the client's flow (`sport`, IP protocol `protocol`).
+fn in_vxlan_to_task(task: usize, sport: u16, protocol: u8, inner: &[u8]) -> Vec<u8> {
+    let (node, mac) = task_node(task);
+    let sport = vxlan_source_port(flow_hash(&key(sport, protocol)));
+    vxlan_frame(NODE_MAC, mac, NODE, node, sport, VNI, inner)
+}
+
+/// `inner` in VXLAN from task `task`'s node to this node, as the Linux
+/// driver sends it (source port arbitrary).
+fn in_vxlan_from_task(task: usize, inner: &[u8]) -> Vec<u8> {
+    let (node, mac) = task_node(task);
+    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, inner)
+}
+
 /// A reset meshgate sends a client from the published port (window 0).
 pub fn reset_to_client(client_port: u16, seq: u32, ack: u32, f: Flags) -> Vec<u8> {
     let mut h = tcp_header(PUBLISHED, client_port, seq, ack, f);
@@ -276,16 +291,7 @@ pub fn expected_forward_tcp(
     payload: &[u8],
 ) -> Vec<u8> {
     let inner = to_task_tcp(TASKS[task], snat, seq, ack, f, payload);
-    let (node, mac) = task_node(task);
-    vxlan_frame(
-        NODE_MAC,
-        mac,
-        NODE,
-        node,
-        vxlan_source_port(flow_hash(&key(sport, 6))),
-        VNI,
-        &inner,
-    )
+    in_vxlan_to_task(task, sport, 6, &inner)
 }
 
 pub fn expected_forward_udp(task: usize, sport: u16, snat: u16, payload: &[u8]) -> Vec<u8> {
@@ -299,16 +305,7 @@ pub fn expected_forward_udp(task: usize, sport: u16, snat: u16, payload: &[u8]) 
         TARGET,
         payload,
     );
-    let (node, mac) = task_node(task);
-    vxlan_frame(
-        NODE_MAC,
-        mac,
-        NODE,
-        node,
-        vxlan_source_port(flow_hash(&key(sport, 17))),
-        VNI,
-        &inner,
-    )
+    in_vxlan_to_task(task, sport, 17, &inner)
 }
 
 /// A task's TCP reply to the sandbox, inside VXLAN from its node, as the
@@ -322,14 +319,12 @@ pub fn task_reply_tcp(
     payload: &[u8],
 ) -> Vec<u8> {
     let inner = from_task_tcp(TASKS[task], snat, seq, ack, f, payload);
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 pub fn task_reply_udp(task: usize, snat: u16, payload: &[u8]) -> Vec<u8> {
     let inner = from_task_udp(TASKS[task], snat, payload);
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 /// What the client must receive for `task_reply_tcp`.
@@ -392,8 +387,7 @@ pub fn task_icmp_unreachable(task: usize, quoted: &[u8]) -> Vec<u8> {
         ));
     let mut inner = Vec::new();
     b.write(&mut inner, quoted).expect("fixture frame");
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 /// The client's view of `task_icmp_unreachable`: from the node address,
@@ -420,8 +414,7 @@ pub fn task_arp_request(task: usize) -> Vec<u8> {
         MacAddr::ZERO,
         OVERLAY,
     );
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 /// The answer meshgate must send back for `task_arp_request(task)`.
@@ -1125,17 +1118,7 @@ pub fn expected_forward_preserved_tcp(
         f,
         payload,
     );
-    let (node, mac) = task_node(task);
-    let hash = flow_hash(&key(sport, 6));
-    vxlan_frame(
-        NODE_MAC,
-        mac,
-        NODE,
-        node,
-        vxlan_source_port(hash),
-        VNI,
-        &inner,
-    )
+    in_vxlan_to_task(task, sport, 6, &inner)
 }
 
 /// [`expected_forward_preserved_tcp`] for `client_udp(sport, ..)`.
@@ -1150,17 +1133,7 @@ pub fn expected_forward_preserved_udp(task: usize, sport: u16, payload: &[u8]) -
         TARGET,
         payload,
     );
-    let (node, mac) = task_node(task);
-    let hash = flow_hash(&key(sport, 17));
-    vxlan_frame(
-        NODE_MAC,
-        mac,
-        NODE,
-        node,
-        vxlan_source_port(hash),
-        VNI,
-        &inner,
-    )
+    in_vxlan_to_task(task, sport, 17, &inner)
 }
 
 /// Task `task`'s TCP reply straight to the client at `client_port`, routed
@@ -1186,8 +1159,7 @@ pub fn task_reply_to_client_tcp(
         f,
         payload,
     );
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 /// [`task_reply_to_client_tcp`] for UDP.
@@ -1202,8 +1174,7 @@ pub fn task_reply_to_client_udp(task: usize, client_port: u16, payload: &[u8]) -
         client_port,
         payload,
     );
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
 
 /// Task `task`'s ICMP "port unreachable" to the client about `quoted` (the
@@ -1216,6 +1187,5 @@ pub fn task_icmp_unreachable_to_client(task: usize, quoted: &[u8]) -> Vec<u8> {
         ));
     let mut inner = Vec::new();
     b.write(&mut inner, quoted).expect("fixture frame");
-    let (node, mac) = task_node(task);
-    vxlan_frame(mac, NODE_MAC, node, NODE, 51234, VNI, &inner)
+    in_vxlan_from_task(task, &inner)
 }
