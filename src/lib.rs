@@ -8,11 +8,14 @@
 //! truth that translate into the data plane's types — [`config`] (the file,
 //! its validation, the command line's overrides), [`docker`] (the Engine
 //! API client and what a swarm's answers mean), [`netlink`] (links,
-//! addresses, neighbours, routes) — and [`api`] (the control API's
+//! addresses, neighbours, routes, policy-routing rules), [`nftables`] (one
+//! table replaced or deleted in one transaction) — and [`api`] (the control API's
 //! requests and typed answers), then [`runtime`] (assembly: sockets,
 //! workers, the control thread, statistics, `/metrics`, the API servers,
 //! the swarm follower, the socket in the ingress sandbox for tasks on this
-//! node). `docs/architecture.md`
+//! node). [`return_path`] installs, in a task's namespace on its node, the
+//! way back to the ingress node for services that preserve the client's
+//! address. `docs/architecture.md`
 //! shows a packet's path through them. Test support (labs, fixtures,
 //! benchmark programs, the demo and the benchmark driver) lives in the
 //! workspace's `meshgate-testkit` crate, not here.
@@ -28,6 +31,8 @@ pub mod config;
 pub mod dataplane;
 pub mod docker;
 pub mod netlink;
+pub mod nftables;
+pub mod return_path;
 pub mod runtime;
 pub mod wire;
 pub mod xdp;

@@ -1,5 +1,7 @@
 //! rtnetlink: the ingress interface's facts, the kernel's neighbour table and
-//! routes, resolution requests, and change notifications.
+//! routes, resolution requests, and change notifications; and, for the
+//! return path of preserved client addresses, policy-routing rules and the
+//! routes of their tables.
 //!
 //! meshgate never guesses a MAC address: next hops come from the kernel's
 //! neighbour table. A missing entry is resolved *by the kernel*: an
@@ -7,19 +9,21 @@
 //! traffic, and the answer arrives as a neighbour notification.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkHeader,
     NetlinkMessage, NetlinkPayload,
 };
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
@@ -239,6 +243,142 @@ impl Rtnl {
         }
         for r in self.routes(ifindex)? {
             n.insert_route(r);
+        }
+        Ok(n)
+    }
+
+    /// The index of the interface that holds `addr`, if one does.
+    pub fn interface_with(&mut self, addr: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+        let mut q = AddressMessage::default();
+        q.header.family = AddressFamily::Inet;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(q),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs.into_iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewAddress(a)
+                if a.attributes.iter().any(
+                    |at| matches!(at, AddressAttribute::Address(IpAddr::V4(v)) if *v == addr),
+                ) =>
+            {
+                Some(a.header.index)
+            }
+            _ => None,
+        }))
+    }
+
+    /// The IPv4 policy-routing rules as (priority, fwmark, table).
+    pub fn rules(&mut self) -> Result<Vec<(u32, u32, u32)>, NetlinkError> {
+        let mut q = RuleMessage::default();
+        q.header.family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRule(q), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut out = Vec::new();
+        for m in msgs {
+            let RouteNetlinkMessage::NewRule(r) = m else {
+                continue;
+            };
+            let (mut prio, mut mark, mut table) = (0, 0, u32::from(r.header.table));
+            for a in &r.attributes {
+                match a {
+                    RuleAttribute::Priority(p) => prio = *p,
+                    RuleAttribute::FwMark(m) => mark = *m,
+                    RuleAttribute::Table(t) => table = *t,
+                    _ => {}
+                }
+            }
+            out.push((prio, mark, table));
+        }
+        Ok(out)
+    }
+
+    fn rule_message(priority: u32, fwmark: u32, table: u32) -> RuleMessage {
+        let mut r = RuleMessage::default();
+        r.header.family = AddressFamily::Inet;
+        r.header.action = RuleAction::ToTable;
+        r.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        r.attributes = vec![
+            RuleAttribute::Priority(priority),
+            RuleAttribute::FwMark(fwmark),
+            RuleAttribute::FwMask(u32::MAX),
+            RuleAttribute::Table(table),
+        ];
+        r
+    }
+
+    /// Adds `fwmark <fwmark> lookup <table>` at `priority`.
+    pub fn add_rule(&mut self, priority: u32, fwmark: u32, table: u32) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::NewRule(Self::rule_message(priority, fwmark, table)),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_rule(
+        &mut self,
+        priority: u32,
+        fwmark: u32,
+        table: u32,
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::DelRule(Self::rule_message(priority, fwmark, table)),
+            NLM_F_REQUEST | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    fn default_route(table: u32, gateway: Ipv4Addr, oif: u32) -> RouteMessage {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        // Tables above 255 are named by the attribute alone.
+        r.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        r.header.protocol = RouteProtocol::Static;
+        r.header.scope = RouteScope::Universe;
+        r.header.kind = RouteType::Unicast;
+        r.attributes = vec![
+            RouteAttribute::Table(table),
+            RouteAttribute::Gateway(RouteAddress::Inet(gateway)),
+            RouteAttribute::Oif(oif),
+        ];
+        r
+    }
+
+    /// Sets table `table`'s default route to `via <gateway> dev <oif>`.
+    pub fn set_default_route(
+        &mut self,
+        table: u32,
+        gateway: Ipv4Addr,
+        oif: u32,
+    ) -> Result<(), NetlinkError> {
+        self.request(
+            RouteNetlinkMessage::NewRoute(Self::default_route(table, gateway, oif)),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes every IPv4 route of table `table`; returns how many.
+    pub fn flush_table(&mut self, table: u32) -> Result<usize, NetlinkError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet;
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut n = 0;
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let t = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if t == table {
+                self.request(RouteNetlinkMessage::DelRoute(r), NLM_F_REQUEST | NLM_F_ACK)?;
+                n += 1;
+            }
         }
         Ok(n)
     }

@@ -343,6 +343,7 @@ fn open_sockets(
     let program = IngressProgram::load(&IngressParams {
         node_addr: cfg.node.address,
         overlay_addr: cfg.ingress.address,
+        overlay_mac: cfg.ingress.mac,
         vni: cfg.ingress.vni,
         vxlan_port: cfg.ingress.port,
         queues: max_queue + 1,

@@ -133,7 +133,7 @@ fn open_inside(p: &SandboxParams) -> Result<Sandbox, SandboxError> {
         huge_pages: false,
     })
     .map_err(|e| setup(&p.netns, "opening the AF_XDP socket", e.to_string()))?;
-    let program = CaptureProgram::load(Some(p.address), 1)
+    let program = CaptureProgram::load(Some(p.address), Some(p.mac), 1)
         .map_err(|e| setup(&p.netns, "loading the capture program", e.to_string()))?;
     let Xsk {
         umem,

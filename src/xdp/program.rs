@@ -4,8 +4,10 @@
 //! (a) IPv4 TCP/UDP to the node address whose (protocol, destination port)
 //!     is in the `ports` map — the published ports; and
 //! (b) VXLAN (UDP to the overlay port, to the node address) with the ingress
-//!     VNI whose inner frame is IPv4 to the overlay address or ARP asking for
-//!     it.
+//!     VNI whose inner frame is IPv4 to the overlay address or to the
+//!     sandbox's MAC (a task's reply to a client whose address meshgate
+//!     preserved is addressed to the client, and routed to the sandbox), or
+//!     ARP asking for the overlay address.
 //! Everything else — ARP, ICMP, SSH, other VNIs — passes to the kernel.
 //! Frames to the node address that meshgate must count as malformed (IP
 //! options, fragments, truncated transport headers, bad VXLAN flags) are
@@ -19,7 +21,8 @@
 //! if (ip->protocol == UDP && udp->dest == htons(VXLAN_PORT)) {
 //!     if (vxlan->vni != VNI) return XDP_PASS;
 //!     if (inner->h_proto == htons(ETH_P_ARP)) return arp->tpa == OVERLAY ? redirect : XDP_PASS;
-//!     return inner->h_proto == htons(ETH_P_IP) && inner_ip->daddr == OVERLAY ? redirect : XDP_PASS;
+//!     if (inner->h_proto != htons(ETH_P_IP)) return XDP_PASS;
+//!     return inner_ip->daddr == OVERLAY || inner->h_dest == OVERLAY_MAC ? redirect : XDP_PASS;
 //! }
 //! if (!bpf_map_lookup_elem(&ports, &(ip->protocol << 16 | l4->dest))) return XDP_PASS;
 //! redirect: return bpf_redirect_map(&xsks, ctx->rx_queue_index, MISS_ACTION);
@@ -33,12 +36,16 @@ use std::os::fd::RawFd;
 
 use super::asm::{Alu, Asm, B, DW, H, Jmp, R0, R1, R2, R3, R4, R5, R6, R7, R8, R9, R10, W, helper};
 use super::bpf::{self, BpfError, Link, Map, Program, action, map_type};
+use crate::wire::MacAddr;
 
 /// Parameters of the ingress program.
 #[derive(Debug, Clone, Copy)]
 pub struct IngressParams {
     pub node_addr: Ipv4Addr,
     pub overlay_addr: Ipv4Addr,
+    /// The sandbox's MAC on the overlay: replies routed to the sandbox
+    /// carry it, whatever their destination address.
+    pub overlay_mac: MacAddr,
     pub vni: u32,
     pub vxlan_port: u16,
     /// Size of the socket map: the highest queue id + 1.
@@ -100,11 +107,23 @@ const PASS_LABELS: [&str; PASS_REASONS.len()] = [
     "pass_vxlan_not_for_sandbox",
 ];
 
+/// Emits `goto target` when the 6 bytes at r2 + `off` are `mac` (r8 is
+/// clobbered); falls through otherwise.
+fn emit_mac_is(a: &mut Asm, off: i16, mac: MacAddr, target: &'static str, other: &'static str) {
+    let m = mac.0;
+    a.ldx(W, R8, R2, off)
+        .jmp32_imm(Jmp::Ne, R8, ne32([m[0], m[1], m[2], m[3]]), other)
+        .ldx(H, R8, R2, off + 4)
+        .jmp_imm(Jmp::Eq, R8, ne16(u16::from_be_bytes([m[4], m[5]])), target)
+        .ja(other);
+}
+
 /// Emits the common prefix: Ethernet type IPv4, destination `addr` (any
-/// when `None`), protocol TCP or UDP. Leaves r2 = data, r3 = data_end,
-/// r5 = protocol, r6 = ctx. Otherwise jumps to `pass_short`,
-/// `pass_not_ipv4`, `pass_other_address` or `pass_other_protocol`.
-fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>) {
+/// when `None`) or, when `mac` is given, a frame to that MAC, protocol TCP
+/// or UDP. Leaves r2 = data, r3 = data_end, r5 = protocol, r6 = ctx.
+/// Otherwise jumps to `pass_short`, `pass_not_ipv4`, `pass_other_address`
+/// or `pass_other_protocol`.
+fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>, mac: Option<MacAddr>) {
     a.alu64_reg(Alu::Mov, R6, R1)
         .ldx(W, R2, R1, 0)
         .ldx(W, R3, R1, 4)
@@ -115,9 +134,18 @@ fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>) {
         .jmp_imm(Jmp::Ne, R5, ne16(0x0800), "pass_not_ipv4")
         .alu64_imm(Alu::Add, R4, 20)
         .jmp_reg(Jmp::Gt, R4, R3, "pass_short");
-    if let Some(addr) = addr {
-        a.ldx(W, R5, R2, 30)
-            .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass_other_address");
+    match (addr, mac) {
+        (Some(addr), None) => {
+            a.ldx(W, R5, R2, 30)
+                .jmp32_imm(Jmp::Ne, R5, ne32(addr.octets()), "pass_other_address");
+        }
+        (Some(addr), Some(mac)) => {
+            a.ldx(W, R5, R2, 30)
+                .jmp32_imm(Jmp::Eq, R5, ne32(addr.octets()), "to_us");
+            emit_mac_is(a, 0, mac, "to_us", "pass_other_address");
+            a.label("to_us");
+        }
+        (None, _) => {}
     }
     a.ldx(B, R5, R2, 23)
         .jmp_imm(Jmp::Eq, R5, 6, "l4")
@@ -175,7 +203,7 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
             .jmp_imm(Jmp::Eq, R0, 0, "pass_not_ipv4")
             .alu64_reg(Alu::Mov, R1, R6);
     }
-    emit_ipv4_to(&mut a, Some(p.node_addr));
+    emit_ipv4_to(&mut a, Some(p.node_addr), None);
     a.ldx(B, R7, R2, 14)
         .jmp_imm(Jmp::Ne, R7, 0x45, "redirect")
         .ldx(H, R7, R2, 20)
@@ -206,9 +234,16 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
         .alu64_imm(Alu::Add, R4, 84)
         .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
         .ldx(W, R8, R2, 80)
-        .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
-        .ja("pass_vxlan_not_for_sandbox")
-        .label("arp")
+        .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect");
+    // The inner Ethernet destination is at 64 - 14 = 50.
+    emit_mac_is(
+        &mut a,
+        50,
+        p.overlay_mac,
+        "redirect",
+        "pass_vxlan_not_for_sandbox",
+    );
+    a.label("arp")
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 92)
         .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
@@ -548,9 +583,12 @@ impl IngressProgram {
 }
 
 /// A program that redirects every IPv4 TCP/UDP frame to `addr` (to any
-/// address when `None`) to the queue's socket and passes everything else
-/// (ARP above all) to the kernel. The traffic generator and the benchmark's
-/// reflector use it.
+/// address when `None`), or to `mac` when given, to the queue's socket and
+/// passes everything else (ARP above all) to the kernel. The traffic
+/// generator and the benchmark's reflector use it with an address or none;
+/// the ingress sandbox with its address and MAC (its tasks' replies to
+/// clients whose address meshgate preserved are routed to the sandbox's
+/// MAC).
 #[derive(Debug)]
 pub struct CaptureProgram {
     pub prog: Program,
@@ -558,10 +596,14 @@ pub struct CaptureProgram {
 }
 
 impl CaptureProgram {
-    pub fn load(addr: Option<Ipv4Addr>, queues: u32) -> Result<CaptureProgram, BpfError> {
+    pub fn load(
+        addr: Option<Ipv4Addr>,
+        mac: Option<MacAddr>,
+        queues: u32,
+    ) -> Result<CaptureProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, queues.max(1), "mg_cap_xsks")?;
         let mut a = Asm::new();
-        emit_ipv4_to(&mut a, addr);
+        emit_ipv4_to(&mut a, addr, mac);
         emit_redirect_and_pass(&mut a, xsks.fd(), action::PASS);
         // Not counted: every reason is a plain pass. Without an address
         // nothing jumps to `pass_other_address`, and the verifier rejects
@@ -599,6 +641,7 @@ mod tests {
         let p = IngressParams {
             node_addr: NODE,
             overlay_addr: OVERLAY,
+            overlay_mac: overlay_mac(),
             vni: VNI,
             vxlan_port: VXLAN_PORT,
             queues: 4,
@@ -704,7 +747,7 @@ mod tests {
         let other_inner = {
             let inner = tcp_frame(
                 NODE1_MAC,
-                overlay_mac(),
+                crate::wire::MacAddr::docker(TASKS[1]),
                 TASKS[0],
                 TASKS[1],
                 64,
@@ -781,10 +824,15 @@ mod tests {
                 task_reply_tcp(0, 40000, 1, 1, ACK, b""),
                 REDIRECT,
             ),
+            (
+                "vxlan reply to a client, routed to the sandbox's MAC",
+                task_reply_to_client_tcp(0, 40000, 1, 1, ACK, b""),
+                REDIRECT,
+            ),
             ("vxlan arp for the sandbox", task_arp_request(0), REDIRECT),
             ("vxlan arp for someone else", arp_other, PASS),
             ("vxlan with another vni", other_vni, PASS),
-            ("vxlan for another inner address", other_inner, PASS),
+            ("vxlan for another inner address and MAC", other_inner, PASS),
             ("fragment to the node", frag, REDIRECT),
             ("truncated ethernet", vec![0u8; 14], PASS),
         ];
@@ -828,7 +876,7 @@ mod tests {
     #[test]
     fn capture_program_passes_arp() {
         let Some(_) = load() else { return };
-        let p = CaptureProgram::load(Some(NODE), 1).unwrap();
+        let p = CaptureProgram::load(Some(NODE), None, 1).unwrap();
         let plain_arp = arp_frame(
             CLIENT_MAC,
             crate::wire::MacAddr::BROADCAST,
@@ -843,7 +891,7 @@ mod tests {
         assert_eq!(p.prog.test_run(&client_udp(1, b"x")).unwrap(), PASS);
         // Without an address (the traffic generator's capture) it loads
         // and passes ARP as well.
-        let any = CaptureProgram::load(None, 1).unwrap();
+        let any = CaptureProgram::load(None, None, 1).unwrap();
         assert_eq!(any.prog.test_run(&plain_arp).unwrap(), PASS);
     }
 
