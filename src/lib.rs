@@ -15,7 +15,8 @@
 //! the swarm follower, the socket in the ingress sandbox for tasks on this
 //! node). [`return_path`] installs, in a task's namespace on its node, the
 //! way back to the ingress node for services that preserve the client's
-//! address. `docs/architecture.md`
+//! address, and [`mesh`] is what the nodes' meshgates tell each other
+//! about those ways back. `docs/architecture.md`
 //! shows a packet's path through them. Test support (labs, fixtures,
 //! benchmark programs, the demo and the benchmark driver) lives in the
 //! workspace's `meshgate-testkit` crate, not here.
@@ -30,6 +31,7 @@ pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod docker;
+pub mod mesh;
 pub mod netlink;
 pub mod nftables;
 pub mod return_path;

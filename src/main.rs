@@ -131,6 +131,28 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// On a task's node without Docker (file mode): install the return
+    /// paths of this node's tasks of services with client_ip = "preserve",
+    /// announce them to the ingress nodes every second, and remove them on
+    /// SIGTERM or SIGINT. One per node. In swarm mode `meshgate run` does
+    /// this for every local task.
+    ReturnPath {
+        /// A task: ADDRESS@NETNS, its address on the ingress network and
+        /// its network namespace (such as /run/netns/NAME); repeatable.
+        #[arg(long, required = true)]
+        task: Vec<String>,
+        /// An ingress node's sandbox address (its MAC is 02:42 + the
+        /// address, as Docker makes it); repeatable.
+        #[arg(long, required = true)]
+        sandbox: Vec<std::net::Ipv4Addr>,
+        /// This node's address: announcements leave from it.
+        #[arg(long)]
+        node: std::net::Ipv4Addr,
+        /// An ingress node's address[:port] (port: node.mesh_port, 7949
+        /// by default); repeatable.
+        #[arg(long = "announce-to", required = true)]
+        announce_to: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -197,6 +219,67 @@ fn scheduler(s: &str) -> Result<Scheduler> {
         "maglev" => Scheduler::Maglev,
         o => anyhow::bail!("`{o}` is not a scheduler (rr, wrr, lc, maglev)"),
     })
+}
+
+/// `meshgate return-path`: this node's tasks' return paths, until a signal.
+fn return_path(
+    tasks: &[String],
+    sandboxes: Vec<std::net::Ipv4Addr>,
+    node: std::net::Ipv4Addr,
+    announce_to: &[String],
+) -> Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let targets = announce_to
+        .iter()
+        .map(|t| {
+            t.parse::<std::net::SocketAddr>().or_else(|_| {
+                t.parse::<std::net::Ipv4Addr>()
+                    .map(|a| (a, meshgate::mesh::DEFAULT_PORT).into())
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("--announce-to takes ADDRESS or ADDRESS:PORT")?;
+    let ingress: std::collections::BTreeSet<_> = sandboxes
+        .into_iter()
+        .map(meshgate::return_path::IngressNode::docker)
+        .collect();
+    let plans = tasks
+        .iter()
+        .map(|t| {
+            let (addr, netns) = t
+                .split_once('@')
+                .with_context(|| format!("--task {t}: expected ADDRESS@NETNS"))?;
+            Ok(meshgate::return_path::Plan {
+                netns: netns.into(),
+                task: addr
+                    .parse()
+                    .with_context(|| format!("--task {t}: `{addr}` is not an IPv4 address"))?,
+                ingress: ingress.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    // Refuse at once what cannot work, rather than announce nothing.
+    for p in &plans {
+        meshgate::return_path::install(p)
+            .with_context(|| format!("the return path of task {}", p.task))?;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone())?;
+    }
+    let mut agent = runtime::agent::Agent::new(node)
+        .with_context(|| format!("sending announcements from {node}"))?;
+    while !stop.load(Ordering::Relaxed) {
+        agent.reconcile(plans.clone());
+        agent.announce(&targets);
+        let round = std::time::Instant::now();
+        while round.elapsed() < meshgate::mesh::INTERVAL && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    agent.stop(&targets);
+    Ok(())
 }
 
 fn main() {
@@ -267,6 +350,12 @@ fn real_main() -> Result<()> {
                 None => "running on the swarm".to_string(),
             })
         }
+        Cmd::ReturnPath {
+            task,
+            sandbox,
+            node,
+            announce_to,
+        } => return_path(&task, sandbox, node, &announce_to),
         Cmd::Ipvs { control } => cli::ipvs(&control),
         Cmd::Stats {
             json,

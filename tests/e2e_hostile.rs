@@ -230,11 +230,11 @@ fn malformed_frames_are_dropped_and_counted() {
             "xdp_passed.vxlan_other_vni",
         ),
         (
-            "vxlan for another inner address",
+            "vxlan for another inner address and MAC",
             {
                 let inner = tcp_frame(
                     CLIENT_MAC,
-                    overlay_mac(),
+                    meshgate::wire::MacAddr::docker(TASKS[1]),
                     TASKS[0],
                     TASKS[1],
                     64,
@@ -248,6 +248,28 @@ fn malformed_frames_are_dropped_and_counted() {
                 vxlan_frame(CLIENT_MAC, NODE_MAC, NODE1, NODE, 5000, VNI, &inner)
             },
             "xdp_passed.vxlan_not_for_sandbox",
+        ),
+        (
+            // Routed to the sandbox (as a preserved client's reply is) but
+            // of no flow meshgate knows.
+            "vxlan to the sandbox's MAC for another address",
+            {
+                let inner = tcp_frame(
+                    CLIENT_MAC,
+                    overlay_mac(),
+                    TASKS[0],
+                    TASKS[1],
+                    64,
+                    80,
+                    40021,
+                    1,
+                    1,
+                    ACK,
+                    b"",
+                );
+                vxlan_frame(CLIENT_MAC, NODE_MAC, NODE1, NODE, 5000, VNI, &inner)
+            },
+            "drops.inner_not_for_us",
         ),
         (
             "unpublished port",

@@ -92,6 +92,7 @@ struct RawNode {
     xdp_mode: Option<String>,
     cpus: Option<Vec<usize>>,
     checksum: Option<String>,
+    mesh_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -205,6 +206,9 @@ pub struct NodeConfig {
     pub cpus: Option<Vec<usize>>,
     /// How translated TCP/UDP checksums are made.
     pub checksum: ChecksumSetting,
+    /// The UDP port of the meshgates' announcements of return paths
+    /// (`crate::mesh`); 0: none heard or sent, every task gets SNAT.
+    pub mesh_port: u16,
 }
 
 /// `node.checksum`: how translated TCP and UDP checksums are made.
@@ -619,6 +623,7 @@ fn node_table(
         xdp_mode,
         cpus: n.cpus,
         checksum,
+        mesh_port: n.mesh_port.unwrap_or(crate::mesh::DEFAULT_PORT),
     })
 }
 

@@ -234,6 +234,53 @@ pub fn derive(
     finish_services(specs, ingress, facts, notes)
 }
 
+/// Every node's ingress endpoint and this node's containers on the
+/// ingress network, from the verbose ingress network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngressEndpoints {
+    /// (sandbox address, its node's address), one per swarm node: the
+    /// service named "" lists them.
+    pub sandboxes: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// (container ID, address) of this node's containers, the ingress
+    /// sandbox left out.
+    pub containers: Vec<(String, Ipv4Addr)>,
+}
+
+/// Reads [`IngressEndpoints`] from `GET /networks/INGRESS?verbose=true`.
+pub fn ingress_endpoints(net: &Value) -> IngressEndpoints {
+    let ip = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.split('/').next())
+            .and_then(|s| s.parse::<Ipv4Addr>().ok())
+    };
+    let sandboxes = net["Services"][""]["Tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((ip(&t["EndpointIP"])?, ip(&t["Info"]["Host IP"])?)))
+        .collect();
+    let containers = net["Containers"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(id, _)| id.as_str() != "ingress-sbox")
+        .filter_map(|(id, c)| Some((id.clone(), ip(&c["IPv4Address"])?)))
+        .collect();
+    IngressEndpoints {
+        sandboxes,
+        containers,
+    }
+}
+
+/// A container's network namespace (`GET /containers/ID/json`:
+/// `NetworkSettings.SandboxKey`, such as `/var/run/docker/netns/1a2b…`).
+pub fn sandbox_key(container: &Value) -> Option<std::path::PathBuf> {
+    container["NetworkSettings"]["SandboxKey"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(std::path::PathBuf::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -349,6 +396,39 @@ mod tests {
                 |s| !s.tasks.is_empty() && s.tasks.iter().all(|t| t.node == facts.node_address)
             )
         );
+    }
+
+    #[test]
+    fn every_nodes_sandbox_and_this_nodes_containers() {
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        let e = ingress_endpoints(&net);
+        assert_eq!(
+            e.sandboxes,
+            [
+                (
+                    Ipv4Addr::new(198, 18, 128, 3),
+                    Ipv4Addr::new(198, 18, 0, 11)
+                ),
+                (Ipv4Addr::new(198, 18, 128, 2), Ipv4Addr::new(198, 18, 0, 2)),
+            ]
+        );
+        assert!(e.containers.is_empty(), "the sandbox is not a container");
+        let with_task = WORKER_INGRESS.replace(
+            r#""Containers":{"#,
+            r#""Containers":{"9f3c":{"Name":"web.1.x","MacAddress":"02:42:c6:12:80:05","IPv4Address":"198.18.128.5/24"},"#,
+        );
+        let e = ingress_endpoints(&serde_json::from_str(&with_task).unwrap());
+        assert_eq!(
+            e.containers,
+            [("9f3c".to_string(), Ipv4Addr::new(198, 18, 128, 5))]
+        );
+        let c =
+            serde_json::json!({"NetworkSettings": {"SandboxKey": "/var/run/docker/netns/1a2b"}});
+        assert_eq!(
+            sandbox_key(&c),
+            Some(std::path::PathBuf::from("/var/run/docker/netns/1a2b"))
+        );
+        assert_eq!(sandbox_key(&serde_json::json!({})), None);
     }
 
     #[test]

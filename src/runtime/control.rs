@@ -18,11 +18,13 @@ use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 
 use super::follow::{SwarmSource, SwarmStatus};
+use super::peers::PeerListener;
 use super::servers::{ApiCall, ApiServer, Doorbell, MetricsServer};
 use super::stats::Stats;
 use super::worker::{Command, Mesh, WorkerReport};
 use crate::config::{Config, ConfigSource};
 use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
+use crate::mesh::Peers;
 use crate::netlink::{LinkFacts, Rtnl, Watcher};
 use crate::xdp::bpf::{BpfError, Link};
 use crate::xdp::program::IngressProgram;
@@ -64,6 +66,14 @@ pub struct Control {
     api_server: Option<ApiServer>,
     metrics_server: Option<MetricsServer>,
     swarm: Option<SwarmSource>,
+    /// What other nodes announce about their tasks' return paths.
+    peers: Peers,
+    peer_listener: Option<PeerListener>,
+    /// (service, task) forwarded with the client's address, for the log.
+    preserved: BTreeSet<(String, Ipv4Addr)>,
+    last_refusal_note: Option<Instant>,
+    /// Services for the local tasks' return paths (swarm mode).
+    agent_tx: Option<Sender<Vec<crate::config::Service>>>,
 }
 
 /// Everything the control thread takes over from the setup in
@@ -142,6 +152,112 @@ impl Control {
             api_server: None,
             metrics_server: None,
             swarm: None,
+            peers: Peers::default(),
+            peer_listener: None,
+            preserved: BTreeSet::new(),
+            last_refusal_note: None,
+            agent_tx: None,
+        }
+    }
+
+    /// Starts listening to the other nodes' announcements of return paths
+    /// (`node.mesh_port`; 0: not at all, every task gets SNAT).
+    pub fn listen_to_peers(&mut self) -> std::io::Result<()> {
+        if self.cfg.node.mesh_port != 0 {
+            self.peer_listener = Some(PeerListener::start(
+                self.cfg.node.address,
+                self.cfg.node.mesh_port,
+                self.bell.clone(),
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Hands every new service list to the local return-path agent.
+    pub fn feed_agent(&mut self, tx: Sender<Vec<crate::config::Service>>) {
+        let _ = tx.send(self.cfg.services.clone());
+        self.agent_tx = Some(tx);
+    }
+
+    /// The services as the tables get them: a task of a service that
+    /// preserves the client's address does so only while its node
+    /// announces a return path to this node's sandbox; else SNAT.
+    fn services_with_return_paths(&mut self) -> Vec<crate::config::Service> {
+        let sandbox = self.cfg.ingress.address;
+        let mut out = self.cfg.services.clone();
+        let mut preserved = BTreeSet::new();
+        for s in &mut out {
+            if s.client_ip != crate::config::ClientIp::Preserve {
+                continue;
+            }
+            for t in &mut s.tasks {
+                t.return_path = self.peers.ready(t.node, t.address, sandbox);
+                let key = (s.name.clone(), t.address);
+                let was = self.preserved.contains(&key);
+                if t.return_path {
+                    if !was {
+                        log::info!(
+                            "{}: task {}: the client's address is preserved (node {} announces its return path)",
+                            s.name,
+                            t.address,
+                            t.node
+                        );
+                    }
+                    preserved.insert(key);
+                } else if was {
+                    log::warn!(
+                        "{}: task {}: falls back to SNAT: node {} no longer announces a return path to this node",
+                        s.name,
+                        t.address,
+                        t.node
+                    );
+                }
+            }
+        }
+        self.preserved = preserved;
+        out
+    }
+
+    /// Takes the announcements heard since the last round; publishes when
+    /// what is ready changed.
+    fn hear_peers(&mut self) {
+        let Some(l) = &self.peer_listener else {
+            return;
+        };
+        let heard: Vec<(Ipv4Addr, Vec<u8>)> = l.datagrams.try_iter().collect();
+        let now = Instant::now();
+        let nodes: BTreeSet<Ipv4Addr> = self
+            .cfg
+            .services
+            .iter()
+            .flat_map(|s| s.tasks.iter().map(|t| t.node))
+            .collect();
+        let mut changed = false;
+        for (from, bytes) in heard {
+            match self
+                .peers
+                .receive(from, &bytes, now, |n| nodes.contains(&n))
+            {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    if self
+                        .last_refusal_note
+                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
+                    {
+                        log::warn!(
+                            "mesh: announcement {e} ({} refused so far)",
+                            self.peers.refused
+                        );
+                        self.last_refusal_note = Some(now);
+                    }
+                }
+            }
+        }
+        changed |= self.peers.expire(now);
+        if changed {
+            if let Err(e) = self.publish() {
+                log::error!("publishing return-path change: {e}");
+            }
         }
     }
 
@@ -272,8 +388,12 @@ impl Control {
         self.unpublish_stale()?;
         let before: BTreeSet<TaskId> = self.snapshot.tasks.iter().map(|t| t.id).collect();
         let generation = self.snapshot.generation + 1;
+        let services = self.services_with_return_paths();
         let snap = Arc::new(Snapshot::build(
-            &self.cfg.table_desc(),
+            &crate::dataplane::desc::TableDesc {
+                services: &services,
+                ..self.cfg.table_desc()
+            },
             super::link_info(self.cfg.node.checksum, &self.link),
             self.neighbours.clone(),
             &mut self.registry,
@@ -338,6 +458,9 @@ impl Control {
             log::error!("swarm: updating the XDP port map: {e}; keeping the previous services");
             self.cfg.services = old;
             let _ = self.publish();
+        }
+        if let Some(tx) = &self.agent_tx {
+            let _ = tx.send(self.cfg.services.clone());
         }
     }
 
@@ -470,6 +593,7 @@ impl Control {
         if let Some(new) = self.swarm.as_ref().and_then(|s| s.latest()) {
             self.apply_swarm(new);
         }
+        self.hear_peers();
         let resync = self.last_resync.elapsed() >= RESYNC_EVERY;
         if resync {
             self.revalidate_vteps();

@@ -6,10 +6,12 @@
 //! any published port is in the program's port map, so no frame reaches a
 //! worker that cannot handle it.
 
+pub mod agent;
 pub mod control;
 pub mod follow;
 pub mod handlers;
 pub mod metrics;
+pub mod peers;
 pub mod sandbox;
 pub mod servers;
 pub mod stats;
@@ -98,6 +100,8 @@ pub struct Forwarder {
     /// The ingress sandbox's capture program and its link (detached when
     /// dropped), while its socket is in use.
     sandbox_xdp: Option<(crate::xdp::program::CaptureProgram, crate::xdp::bpf::Link)>,
+    /// The return paths of this node's tasks (swarm mode); stopped first.
+    agent: Option<agent::SwarmAgent>,
 }
 
 impl Forwarder {
@@ -188,11 +192,38 @@ impl Forwarder {
         control
             .follow_swarm(swarm_notes)
             .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
+        let (cfg_address, cfg_mesh_port) = (control.cfg.node.address, control.cfg.node.mesh_port);
+        control.listen_to_peers().map_err(|e| {
+            RunError::Setup(format!(
+                "listening for other nodes' announcements on {}:{} (node.mesh_port): {e}; choose another port, the same on every node, or 0 to preserve no client address",
+                cfg_address, cfg_mesh_port
+            ))
+        })?;
+        let agent = match control.cfg.swarm.clone() {
+            Some(sw) if cfg_mesh_port != 0 => {
+                let (tx, rx) = crossbeam::channel::unbounded();
+                control.feed_agent(tx);
+                Some(
+                    agent::SwarmAgent::start(
+                        agent::SwarmAgentParams {
+                            docker: sw.socket,
+                            ingress_network: sw.facts.ingress_network,
+                            node: cfg_address,
+                            mesh_port: cfg_mesh_port,
+                        },
+                        rx,
+                    )
+                    .map_err(|e| RunError::Setup(format!("starting the return-path agent: {e}")))?,
+                )
+            }
+            _ => None,
+        };
         Ok(Forwarder {
             stop,
             workers: handles,
             control,
             sandbox_xdp,
+            agent,
         })
     }
 
@@ -203,6 +234,9 @@ impl Forwarder {
 
     /// Stops the workers, collects their last reports and detaches XDP.
     pub fn shutdown(mut self) -> Control {
+        // First: the ingress nodes hear that this node's tasks have no
+        // return path any more while this node still forwards.
+        self.agent = None;
         self.control.stop_api();
         self.stop.store(true, Ordering::SeqCst);
         self.control.wake_workers();

@@ -7,6 +7,10 @@
 //!     in0 + meshgate    │                  └─ node2 198.18.0.12 ── vxlan0 (VNI 4096) ── br ── task-c 198.18.128.6
 //! ```
 //!
+//! Each task also has `eth1` on its node's `gwbridge` (198.18.96.0/24,
+//! default route via .1), as Swarm tasks have on `docker_gwbridge`; the
+//! nodes do not forward, so nothing a task sends that way reaches a client.
+//!
 //! Every namespace name starts with `mgl<pid>x<n>-`, so two runs never
 //! collide; [`Lab`] deletes its namespaces when dropped (also when a test
 //! fails and unwinds), and building a lab first removes namespaces left by
@@ -78,6 +82,8 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 pub const INGRESS_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 2);
 pub const VNI: u32 = 4096;
+/// Each task node's docker_gwbridge (the tasks' default gateway).
+const GWBRIDGE_GATEWAY: &str = "198.18.96.1/24";
 pub const VXLAN_PORT: u16 = 4789;
 
 pub fn node_addr(i: usize) -> Ipv4Addr {
@@ -378,6 +384,26 @@ impl Lab {
             self.ip(&ns, &["link", "set", "eth0", "up"])?;
             self.ip(&node, &["link", "set", &veth, "master", "br-ingress"])?;
             self.ip(&node, &["link", "set", &veth, "up"])?;
+            // Docker gives every task with a published port a second
+            // interface on its node's docker_gwbridge, the task's default
+            // route. The node does not forward (ip_forward stays 0 here):
+            // what a task sends there never reaches a lab client.
+            if !self
+                .ip(&node, &["link", "show", "gwbridge"])
+                .is_ok_and(|o| !o.is_empty())
+            {
+                self.ip(&node, &["link", "add", "gwbridge", "type", "bridge"])?;
+                self.ip(&node, &["addr", "add", GWBRIDGE_GATEWAY, "dev", "gwbridge"])?;
+                self.ip(&node, &["link", "set", "gwbridge", "up"])?;
+            }
+            let gw_veth = format!("g-{ti}");
+            self.veth(&ns, "eth1", &node, &gw_veth, 1)?;
+            let a = format!("198.18.96.{}/24", 10 + ti);
+            self.ip(&ns, &["addr", "add", &a, "dev", "eth1"])?;
+            self.ip(&ns, &["link", "set", "eth1", "up"])?;
+            self.ip(&ns, &["route", "add", "default", "via", "198.18.96.1"])?;
+            self.ip(&node, &["link", "set", &gw_veth, "master", "gwbridge"])?;
+            self.ip(&node, &["link", "set", &gw_veth, "up"])?;
         }
         Ok(())
     }

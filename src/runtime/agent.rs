@@ -1,0 +1,282 @@
+//! The task-node side of preserving client addresses: installs the return
+//! paths of this node's tasks ([`crate::return_path`]), removes them when a
+//! task or its service's preserve mode goes away or meshgate stops, and
+//! announces which tasks have one ([`crate::mesh`]).
+//!
+//! In swarm mode a thread ([`SwarmAgent`]) finds this node's tasks of
+//! preserving services and their network namespaces through Docker, once a
+//! second; `meshgate return-path` runs the same [`Agent`] for a namespace
+//! given on the command line (the namespace lab's task nodes, where no
+//! Docker runs).
+//!
+//! Invariant: a task is announced only while its return path is installed;
+//! a stop removes every return path before it announces the empty list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::Receiver;
+
+use crate::config::{ClientIp, Service};
+use crate::docker::engine::Docker;
+use crate::docker::ingress_view::{ingress_endpoints, sandbox_key};
+use crate::mesh::{Announcement, INTERVAL, VERSION};
+use crate::return_path::{self, IngressNode, Plan};
+
+/// Installs, removes and announces return paths.
+pub struct Agent {
+    node: Ipv4Addr,
+    sock: UdpSocket,
+    installed: BTreeMap<PathBuf, Plan>,
+    /// The last error per namespace, so that it is logged once.
+    failing: BTreeMap<PathBuf, String>,
+}
+
+impl Agent {
+    /// An agent for the node at `node`; announcements leave from it.
+    pub fn new(node: Ipv4Addr) -> std::io::Result<Agent> {
+        Ok(Agent {
+            node,
+            sock: UdpSocket::bind((node, 0))?,
+            installed: BTreeMap::new(),
+            failing: BTreeMap::new(),
+        })
+    }
+
+    /// The return paths now installed.
+    pub fn installed(&self) -> impl Iterator<Item = &Plan> {
+        self.installed.values()
+    }
+
+    /// Brings the installed return paths to `want`.
+    pub fn reconcile(&mut self, want: Vec<Plan>) {
+        let wanted: BTreeSet<PathBuf> = want.iter().map(|p| p.netns.clone()).collect();
+        let gone: Vec<PathBuf> = self
+            .installed
+            .keys()
+            .filter(|k| !wanted.contains(*k))
+            .cloned()
+            .collect();
+        for netns in gone {
+            let plan = self.installed.remove(&netns).expect("listed");
+            self.remove(&netns, plan.task);
+        }
+        for plan in want {
+            if self.installed.get(&plan.netns) == Some(&plan) {
+                continue;
+            }
+            match return_path::install(&plan) {
+                Ok(()) => {
+                    log::info!(
+                        "return path of task {} installed ({}; to {} ingress sandbox(es))",
+                        plan.task,
+                        plan.netns.display(),
+                        plan.ingress.len()
+                    );
+                    self.failing.remove(&plan.netns);
+                    self.installed.insert(plan.netns.clone(), plan);
+                }
+                Err(e) => {
+                    self.installed.remove(&plan.netns);
+                    let msg = e.to_string();
+                    if self.failing.get(&plan.netns) != Some(&msg) {
+                        log::warn!(
+                            "return path of task {}: {msg}; ingress nodes give it SNAT",
+                            plan.task
+                        );
+                        self.failing.insert(plan.netns.clone(), msg);
+                    }
+                }
+            }
+        }
+    }
+
+    fn remove(&mut self, netns: &Path, task: Ipv4Addr) {
+        if !netns.exists() {
+            // The task's namespace went with the task.
+            return;
+        }
+        match return_path::remove(netns) {
+            Ok(_) => log::info!("return path of task {task} removed"),
+            Err(e) => log::warn!("return path of task {task}: removing it: {e}"),
+        }
+    }
+
+    /// What this node announces now.
+    pub fn announcement(&self) -> Announcement {
+        let mut sandboxes: Option<BTreeSet<Ipv4Addr>> = None;
+        for p in self.installed.values() {
+            let s: BTreeSet<Ipv4Addr> = p.ingress.iter().map(|n| n.sandbox).collect();
+            sandboxes = Some(match sandboxes {
+                None => s,
+                // Every task announced must reach every sandbox named.
+                Some(acc) => acc.intersection(&s).copied().collect(),
+            });
+        }
+        Announcement {
+            version: VERSION,
+            node: self.node,
+            tasks: self.installed.values().map(|p| p.task).collect(),
+            sandboxes: sandboxes.unwrap_or_default(),
+        }
+    }
+
+    /// Sends the announcement to every target; a target that cannot be
+    /// reached now is tried again next time.
+    pub fn announce(&self, targets: &[SocketAddr]) {
+        let bytes = self.announcement().encode();
+        for t in targets {
+            if let Err(e) = self.sock.send_to(&bytes, t) {
+                log::debug!("announcing to {t}: {e}");
+            }
+        }
+    }
+
+    /// Removes every return path, then announces that none is left.
+    pub fn stop(&mut self, targets: &[SocketAddr]) {
+        self.reconcile(Vec::new());
+        self.announce(targets);
+    }
+}
+
+/// What the swarm agent needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct SwarmAgentParams {
+    pub docker: PathBuf,
+    pub ingress_network: String,
+    pub node: Ipv4Addr,
+    pub mesh_port: u16,
+}
+
+/// The agent's thread in swarm mode; dropping it removes the return paths
+/// and announces so.
+pub struct SwarmAgent {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SwarmAgent {
+    pub fn start(p: SwarmAgentParams, services: Receiver<Vec<Service>>) -> std::io::Result<Self> {
+        let agent = Agent::new(p.node)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mg-return-path".into())
+            .spawn(move || run_swarm_agent(p, agent, services, st))?;
+        Ok(SwarmAgent {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SwarmAgent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// This node's tasks of services that preserve the client's address.
+pub fn local_preserving_tasks(services: &[Service], node: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
+    services
+        .iter()
+        .filter(|s| s.client_ip == ClientIp::Preserve)
+        .flat_map(|s| s.tasks.iter())
+        .filter(|t| t.node == node)
+        .map(|t| t.address)
+        .collect()
+}
+
+fn run_swarm_agent(
+    p: SwarmAgentParams,
+    mut agent: Agent,
+    updates: Receiver<Vec<Service>>,
+    stop: Arc<AtomicBool>,
+) {
+    let docker = Docker::new(&p.docker);
+    let request = format!("/networks/{}?verbose=true", p.ingress_network);
+    let mut services: Vec<Service> = Vec::new();
+    let mut netns_of: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    let mut first = true;
+    let mut last_error: Option<String> = None;
+    while !stop.load(Ordering::Relaxed) {
+        let round = Instant::now();
+        if let Some(s) = updates.try_iter().last() {
+            services = s;
+        }
+        let local = local_preserving_tasks(&services, p.node);
+        // Nothing to do and nothing done: no Docker reads. The first
+        // round always reads, to clean up after a crashed predecessor.
+        if first || !local.is_empty() || agent.installed().next().is_some() {
+            match docker.get(&request) {
+                Ok(net) => {
+                    last_error = None;
+                    let e = ingress_endpoints(&net);
+                    targets = e
+                        .sandboxes
+                        .iter()
+                        .map(|&(_, node)| SocketAddr::from((node, p.mesh_port)))
+                        .collect();
+                    let ingress: BTreeSet<IngressNode> = e
+                        .sandboxes
+                        .iter()
+                        .map(|&(sbox, _)| IngressNode::docker(sbox))
+                        .collect();
+                    let mut want = Vec::new();
+                    for (id, addr) in &e.containers {
+                        let netns = match netns_of.get(id) {
+                            Some(n) => n.clone(),
+                            None => match docker.get(&format!("/containers/{id}/json")) {
+                                Ok(c) => match sandbox_key(&c) {
+                                    Some(n) => {
+                                        netns_of.insert(id.clone(), n.clone());
+                                        n
+                                    }
+                                    None => continue,
+                                },
+                                Err(_) => continue,
+                            },
+                        };
+                        if local.contains(addr) {
+                            want.push(Plan {
+                                netns,
+                                task: *addr,
+                                ingress: ingress.clone(),
+                            });
+                        } else if first {
+                            // Left by a meshgate that did not stop cleanly,
+                            // for a service that no longer preserves.
+                            if let Ok(true) = return_path::remove(&netns) {
+                                log::info!("removed a stale return path from task {addr}");
+                            }
+                        }
+                    }
+                    netns_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
+                    agent.reconcile(want);
+                    first = false;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if last_error.as_ref() != Some(&msg) {
+                        log::warn!("return paths: reading {request}: {msg}");
+                        last_error = Some(msg);
+                    }
+                }
+            }
+            agent.announce(&targets);
+        }
+        while round.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    agent.stop(&targets);
+}
