@@ -8,6 +8,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -186,6 +187,24 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
         "{stats}"
     );
 
+    // Three open connections, one per task, that keep the client's address.
+    let mut open: Vec<(String, std::net::TcpStream)> = lab
+        .in_ns(&lab.client(), || {
+            (0..3)
+                .map(|_| {
+                    let mut s = std::net::TcpStream::connect_timeout(&target(), T).unwrap();
+                    s.set_read_timeout(Some(T)).unwrap();
+                    s.write_all(b"hello\n").unwrap();
+                    let line = lab::read_line(&mut s).unwrap();
+                    (line.split_whitespace().next().unwrap().to_string(), s)
+                })
+                .collect()
+        })
+        .unwrap();
+    open.sort_by(|a, b| a.0.cmp(&b.0));
+    let names: Vec<&str> = open.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["task-a", "task-b", "task-c"]);
+
     // Node 1's agent stops: its rules go, and the ingress node falls back
     // to SNAT for its tasks at once (the agent's last announcement).
     let mut agents = agents.into_iter();
@@ -203,6 +222,23 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
         assert!(!rules.contains("0x6d67"), "rules left behind: {rules}");
         let nft = lab.exec(&ns, &["nft", "list", "ruleset"]).unwrap();
         assert_eq!(nft.trim(), "", "an nf_tables table left behind");
+    }
+    // Their connections that kept the client's address were reset (the
+    // answers would now take the task's default route); task-c's goes on.
+    for (name, s) in &mut open {
+        let r = s.write_all(b"again\n").and_then(|_| lab::read_line(s));
+        if name == "task-c" {
+            assert!(
+                r.is_ok_and(|l| l.starts_with("task-c")),
+                "task-c's connection"
+            );
+        } else {
+            assert!(
+                r.as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+                "{name}'s connection must be reset, got {r:?}"
+            );
+        }
     }
     for (task, src) in requests(&lab, &mg, 6) {
         let want = if task == "task-c" {

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::swarm_lab::{
-    MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools,
+    CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools,
 };
 
 fn docker_available() -> bool {
@@ -556,4 +556,323 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success() && !text.contains("xdp"), "{text}");
     }
+}
+
+/// A service of two tasks on the worker, publishing `port`:80 (busybox
+/// httpd with a CGI script that prints the container's hostname and
+/// `$REMOTE_ADDR`, the address its TCP peer has) and, when given, a UDP
+/// port; `label` is added to the service.
+fn create_cgi_service(lab: &SwarmLab, name: &str, port: u16, udp: Option<u16>, label: &[&str]) {
+    let publish = format!("{port}:80");
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        name,
+        "--publish",
+        &publish,
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.role==worker",
+    ];
+    let udp = udp.map(|u| format!("{u}:{u}/udp"));
+    if let Some(u) = &udp {
+        args.extend_from_slice(&["--publish", u]);
+    }
+    args.extend_from_slice(label);
+    args.extend_from_slice(&[
+        "--no-resolve-image",
+        "local/busybox:1",
+        "sh",
+        "-c",
+        "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo $(hostname) $REMOTE_ADDR' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www",
+    ]);
+    lab.docker(Node::Manager, &args).unwrap();
+}
+
+/// The ingress sandbox's address of `node`.
+fn sandbox_address(lab: &SwarmLab, node: Node) -> String {
+    let out = lab
+        .docker(
+            node,
+            &[
+                "network",
+                "inspect",
+                "ingress",
+                "--format",
+                "{{(index .Containers \"ingress-sbox\").IPv4Address}}",
+            ],
+        )
+        .unwrap();
+    out.trim().split('/').next().unwrap().to_string()
+}
+
+/// The network namespaces of `service`'s containers on the worker.
+fn task_namespaces(lab: &SwarmLab, service: &str) -> Vec<String> {
+    let ids = lab
+        .docker(
+            Node::Worker,
+            &["ps", "-q", "--filter", &format!("name={service}.")],
+        )
+        .unwrap();
+    ids.split_whitespace()
+        .map(|id| {
+            lab.docker(
+                Node::Worker,
+                &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", id],
+            )
+            .unwrap()
+            .trim()
+            .to_string()
+        })
+        .collect()
+}
+
+/// `ARGS` run inside the network namespace at `netns`.
+fn in_netns(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// UDP servers in the containers' namespaces (what a UDP server in the
+/// container would be: the same namespace, the same kernel path) answering
+/// each datagram with the peer's address; stopped when dropped.
+struct UdpServers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpServers {
+    fn start(namespaces: &[String], port: u16) -> UdpServers {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for ns in namespaces {
+            let (ns, st) = (ns.clone(), stop.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            threads.push(std::thread::spawn(move || {
+                let f = std::fs::File::open(&ns).unwrap();
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                tx.send(()).unwrap();
+                let mut buf = [0u8; 1500];
+                while !st.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(format!("{peer}").as_bytes(), peer);
+                    }
+                }
+            }));
+            rx.recv().unwrap();
+        }
+        UdpServers { stop, threads }
+    }
+}
+
+impl Drop for UdpServers {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One datagram from the client namespace to `to`; the answer.
+fn udp_ask(lab: &SwarmLab, to: SocketAddr) -> std::io::Result<String> {
+    let ns = lab.client();
+    std::thread::spawn(move || -> std::io::Result<String> {
+        meshgate_testkit::lab::enter_ns(&ns).map_err(std::io::Error::other)?;
+        let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        s.send_to(b"who am i", to)?;
+        let mut buf = [0u8; 256];
+        let (n, _) = s.recv_from(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .join()
+    .unwrap()
+}
+
+/// The CLIENT IP column of `service ps NAME`.
+fn client_ip_modes(mg: &Mg, name: &str) -> Vec<String> {
+    common::cli_at(&mg.control, &["service", "ps", name])
+        .1
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(5).map(String::from))
+        .collect()
+}
+
+/// `n` GETs of the CGI script through `to`: (hostname, address the task
+/// saw) counted.
+fn remote_addrs(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<(String, String), usize> {
+    let mut by = BTreeMap::new();
+    for i in 0..n {
+        let body = lab
+            .http_get_path(to, "/cgi-bin/ip", Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("request {i} to {to} failed: {e}"));
+        let (host, addr) = body.split_once(' ').unwrap_or((&body, ""));
+        // httpd listens on IPv6 too: an IPv4 peer shows as [::ffff:a.b.c.d].
+        let addr = addr.trim_start_matches("[::ffff:").trim_end_matches(']');
+        *by.entry((host.to_string(), addr.to_string())).or_insert(0) += 1;
+    }
+    by
+}
+
+/// Issue 13's swarm test: a service labelled `meshgate.client-ip=preserve`
+/// and one without, both with two tasks on the worker; meshgate on both
+/// nodes, each an ingress node. The labelled service's tasks see the
+/// client's own address (TCP and UDP), the other's see the sandbox of the
+/// node the client entered by, as in Swarm; the replies of each go back
+/// through the node the client entered by. When the worker's meshgate
+/// stops, its return paths go and the manager falls back to SNAT.
+#[test]
+fn tasks_see_the_clients_own_address_on_a_real_swarm() {
+    if !common::privileged() || !docker_available() {
+        return;
+    }
+    let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    create_cgi_service(
+        &lab,
+        "web",
+        8080,
+        Some(9000),
+        &["--label", "meshgate.client-ip=preserve"],
+    );
+    create_cgi_service(&lab, "plain", 8081, None, &[]);
+    lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
+    let web_ns = task_namespaces(&lab, "web");
+    assert_eq!(web_ns.len(), 2, "{web_ns:?}");
+    let _udp = UdpServers::start(&web_ns, 9000);
+
+    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
+    let wcfg = swarm_config(
+        &lab,
+        Node::Worker,
+        "worker-client-ip.toml",
+        &format!(
+            "{}manager = \"unix://{}\"\n",
+            sandbox(Node::Worker),
+            lab.manager_socket().display()
+        ),
+    );
+    let mcfg = swarm_config(
+        &lab,
+        Node::Manager,
+        "manager-client-ip.toml",
+        &sandbox(Node::Manager),
+    );
+    let mut on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
+    let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
+    for mg in [&on_worker, &on_manager] {
+        wait_until(
+            "both tasks of web in preserve mode",
+            Duration::from_secs(10),
+            || client_ip_modes(mg, "web") == ["preserve", "preserve"],
+        );
+        assert_eq!(client_ip_modes(mg, "plain"), ["snat", "snat"]);
+    }
+    for ns in &web_ns {
+        let nft = in_netns(ns, &["nft", "list", "table", "ip", "meshgate"]);
+        assert!(nft.contains("ether saddr"), "{nft}");
+    }
+
+    let replies = |mg: &Mg| mg.stats()["events"]["replies"].as_u64().unwrap_or(0);
+    for (entry, addr, other) in [
+        (&on_manager, MANAGER_ADDR, &on_worker),
+        (&on_worker, WORKER_ADDR, &on_manager),
+    ] {
+        let node = if addr == MANAGER_ADDR {
+            Node::Manager
+        } else {
+            Node::Worker
+        };
+        let (entry_before, other_before) = (replies(entry), replies(other));
+        let web: SocketAddr = format!("{addr}:8080").parse().unwrap();
+        let by = remote_addrs(&lab, web, 20);
+        assert_eq!(by.len(), 2, "through {addr}: {by:?}");
+        for ((host, seen), n) in &by {
+            assert_eq!(
+                seen, CLIENT_ADDR,
+                "through {addr}: {host} must see the client's address"
+            );
+            assert_eq!(*n, 10, "through {addr}: {by:?}");
+        }
+        let plain: SocketAddr = format!("{addr}:8081").parse().unwrap();
+        let by = remote_addrs(&lab, plain, 20);
+        let sbox = sandbox_address(&lab, node);
+        assert!(
+            by.keys().all(|(_, seen)| *seen == sbox),
+            "through {addr}, the snat service sees {sbox}: {by:?}"
+        );
+        let udp: SocketAddr = format!("{addr}:9000").parse().unwrap();
+        for i in 0..10 {
+            let answer =
+                udp_ask(&lab, udp).unwrap_or_else(|e| panic!("datagram {i} through {addr}: {e}"));
+            assert!(
+                answer.starts_with(&format!("{CLIENT_ADDR}:")),
+                "through {addr}: {answer}"
+            );
+        }
+        // The node the client entered by carried every reply; the other
+        // carried none of them.
+        wait_until("the entry node's counters", Duration::from_secs(3), || {
+            replies(entry) >= entry_before + 40 * 3 + 10
+        });
+        assert_eq!(
+            replies(other),
+            other_before,
+            "through {addr}: a reply went through the other node"
+        );
+    }
+
+    // The worker's meshgate stops: its tasks' return paths go, and the
+    // manager gives web's tasks SNAT within a few seconds.
+    let stopped = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(on_worker.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let st = on_worker.child.wait().unwrap();
+    assert!(st.success(), "{}", on_worker.log());
+    for ns in &web_ns {
+        let rules = in_netns(ns, &["ip", "rule"]);
+        assert!(!rules.contains("0x6d67"), "rules left behind: {rules}");
+        // Docker's own tables (the embedded DNS, the ingress filter) stay.
+        let nft = in_netns(ns, &["nft", "list", "ruleset"]);
+        assert!(!nft.contains("table ip meshgate"), "{nft}");
+        assert!(nft.contains("table ip filter"), "{nft}");
+    }
+    wait_until(
+        "the manager falls back to SNAT",
+        Duration::from_secs(5),
+        || client_ip_modes(&on_manager, "web") == ["snat-fallback", "snat-fallback"],
+    );
+    eprintln!("fallback {:?} after the stop", stopped.elapsed());
+    let web: SocketAddr = format!("{MANAGER_ADDR}:8080").parse().unwrap();
+    let sbox = sandbox_address(&lab, Node::Manager);
+    let by = remote_addrs(&lab, web, 6);
+    assert!(by.keys().all(|(_, seen)| *seen == sbox), "{by:?}");
+    assert!(
+        on_manager.log().contains("falls back to SNAT"),
+        "{}",
+        on_manager.log()
+    );
 }

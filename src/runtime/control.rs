@@ -182,10 +182,14 @@ impl Control {
     /// The services as the tables get them: a task of a service that
     /// preserves the client's address does so only while its node
     /// announces a return path to this node's sandbox; else SNAT.
-    fn services_with_return_paths(&mut self) -> Vec<crate::config::Service> {
+    /// Also returns the (service, task) that just lost their return path.
+    fn services_with_return_paths(
+        &mut self,
+    ) -> (Vec<crate::config::Service>, Vec<(String, Ipv4Addr)>) {
         let sandbox = self.cfg.ingress.address;
         let mut out = self.cfg.services.clone();
         let mut preserved = BTreeSet::new();
+        let mut lost = Vec::new();
         for s in &mut out {
             if s.client_ip != crate::config::ClientIp::Preserve {
                 continue;
@@ -205,8 +209,9 @@ impl Control {
                     }
                     preserved.insert(key);
                 } else if was {
+                    lost.push(key);
                     log::warn!(
-                        "{}: task {}: falls back to SNAT: node {} no longer announces a return path to this node",
+                        "{}: task {}: falls back to SNAT: node {} no longer announces a return path to this node; its connections that kept the client's address end with a reset",
                         s.name,
                         t.address,
                         t.node
@@ -215,7 +220,7 @@ impl Control {
             }
         }
         self.preserved = preserved;
-        out
+        (out, lost)
     }
 
     /// Takes the announcements heard since the last round; publishes when
@@ -388,7 +393,7 @@ impl Control {
         self.unpublish_stale()?;
         let before: BTreeSet<TaskId> = self.snapshot.tasks.iter().map(|t| t.id).collect();
         let generation = self.snapshot.generation + 1;
-        let services = self.services_with_return_paths();
+        let (services, lost) = self.services_with_return_paths();
         let snap = Arc::new(Snapshot::build(
             &crate::dataplane::desc::TableDesc {
                 services: &services,
@@ -400,11 +405,31 @@ impl Control {
             generation,
         ));
         let after: BTreeSet<TaskId> = snap.tasks.iter().map(|t| t.id).collect();
+        // Tasks that lost their return path: their flows with the client's
+        // address would wait for answers that now take another way.
+        let no_way_back: Vec<TaskId> = snap
+            .tasks
+            .iter()
+            .filter(|t| {
+                let name = &snap.services[t.service as usize].name;
+                lost.iter().any(|(s, a)| **s == **name && *a == t.addr)
+            })
+            .map(|t| t.id)
+            .collect();
         let removed: Vec<TaskId> = before.difference(&after).copied().collect();
         for w in &self.workers {
             let _ = w.send(Command::Snapshot(snap.clone()));
             if !removed.is_empty() {
-                let _ = w.send(Command::EndFlows(removed.clone()));
+                let _ = w.send(Command::EndFlows {
+                    tasks: removed.clone(),
+                    preserving_only: false,
+                });
+            }
+            if !no_way_back.is_empty() {
+                let _ = w.send(Command::EndFlows {
+                    tasks: no_way_back.clone(),
+                    preserving_only: true,
+                });
             }
         }
         self.snapshot = snap;

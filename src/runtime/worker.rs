@@ -63,7 +63,13 @@ pub enum Command {
     /// Switch to this snapshot.
     Snapshot(Arc<Snapshot>),
     /// End every flow of these (removed) tasks now.
-    EndFlows(Vec<TaskId>),
+    /// End the flows of these tasks (only those that keep the client's
+    /// address, when `preserving_only`: their task lost its return path)
+    /// and reset their TCP clients.
+    EndFlows {
+        tasks: Vec<TaskId>,
+        preserving_only: bool,
+    },
 }
 
 /// What a worker ships to the control thread periodically.
@@ -361,11 +367,17 @@ impl Worker {
                         .generation
                         .store(g, Ordering::Release);
                 }
-                Command::EndFlows(ids) => {
-                    // The tasks are gone: end their flows now and tell TCP
-                    // clients with a reset, rather than let them wait for
-                    // answers that will never come.
-                    let ended = self.pipeline.end_flows_where(|f| ids.contains(&f.task_id));
+                Command::EndFlows {
+                    tasks,
+                    preserving_only,
+                } => {
+                    // The tasks are gone (or their answers to the client's
+                    // own address no longer come back here): end their
+                    // flows now and tell TCP clients with a reset, rather
+                    // than let them wait for answers that will never come.
+                    let ended = self.pipeline.end_flows_where(|f| {
+                        tasks.contains(&f.task_id) && (f.preserve || !preserving_only)
+                    });
                     let mut tx = Vec::new();
                     for flow in &ended {
                         let Some(mut t) = self.free.pop() else { break };

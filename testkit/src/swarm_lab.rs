@@ -406,20 +406,34 @@ impl SwarmLab {
         Ok(out.lines().filter(|l| l.starts_with("Running")).count())
     }
 
-    /// One HTTP/1.0 GET from the client namespace; returns the body.
+    /// One HTTP/1.0 GET of `/` from the client namespace; returns the body.
     pub fn http_get(&self, to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
+        self.http_get_path(to, "/", timeout)
+    }
+
+    /// One HTTP/1.0 GET of `path` from the client namespace; returns the
+    /// body.
+    pub fn http_get_path(
+        &self,
+        to: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> std::io::Result<String> {
         let ns = self.client();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: web\r\n\r\n");
         std::thread::spawn(move || -> std::io::Result<String> {
             enter_ns(&ns).map_err(std::io::Error::other)?;
             use std::io::{Read, Write};
             let mut s = TcpStream::connect_timeout(&to, timeout)?;
             s.set_read_timeout(Some(timeout))?;
-            s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")?;
+            s.write_all(request.as_bytes())?;
             let mut resp = Vec::new();
             s.read_to_end(&mut resp)?;
             let text = String::from_utf8_lossy(&resp).into_owned();
+            // A CGI script's own header lines may end in a bare newline.
             let (head, body) = text
                 .split_once("\r\n\r\n")
+                .or_else(|| text.split_once("\n\n"))
                 .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))?;
             if !head.starts_with("HTTP/1.") || !head.contains(" 200 ") {
                 return Err(std::io::Error::other(format!("HTTP error: {head}")));
