@@ -297,8 +297,12 @@ fn remove_inside(netns: &Path) -> Result<bool, ReturnPathError> {
         })
         .map(|r| r.1)
         .collect();
-    // The marks first: no packet is steered to a table being emptied.
     let had_table = nft_table_exists();
+    if !had_table && marks.is_empty() {
+        // Nothing of meshgate's: change nothing.
+        return Ok(false);
+    }
+    // The marks first: no packet is steered to a table being emptied.
     nftables::commit(nftables::replace_table_batch(
         nftables::FAMILY_IPV4,
         TABLE,

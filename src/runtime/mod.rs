@@ -1,5 +1,7 @@
 //! Assembly of a running forwarder: the XDP program, the sockets, the pinned
-//! workers and the control thread that keeps their tables in sync.
+//! workers and the control thread that keeps their tables in sync; the
+//! listener of other nodes' announcements (`peers`) and, in swarm mode, the
+//! agent that sets up the return paths of this node's tasks (`agent`).
 //!
 //! Startup order matters: the program's socket map is filled before the
 //! program is attached, and the first snapshot reaches the workers before
