@@ -148,6 +148,11 @@ enum Cmd {
         /// This node's address: announcements leave from it.
         #[arg(long)]
         node: std::net::Ipv4Addr,
+        /// A UDP target port the tasks serve for preserving services: their
+        /// answers get the task's ingress address as source even from a
+        /// socket bound to the wildcard address; repeatable.
+        #[arg(long = "udp-port")]
+        udp_port: Vec<u16>,
         /// An ingress node's address[:port] (port: node.mesh_port, 7949
         /// by default); repeatable.
         #[arg(long = "announce-to", required = true)]
@@ -226,6 +231,7 @@ fn return_path(
     tasks: &[String],
     sandboxes: Vec<std::net::Ipv4Addr>,
     node: std::net::Ipv4Addr,
+    udp_ports: &[u16],
     announce_to: &[String],
 ) -> Result<()> {
     use std::sync::Arc;
@@ -256,6 +262,7 @@ fn return_path(
                     .parse()
                     .with_context(|| format!("--task {t}: `{addr}` is not an IPv4 address"))?,
                 ingress: ingress.clone(),
+                udp_ports: udp_ports.iter().copied().collect(),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -354,8 +361,9 @@ fn real_main() -> Result<()> {
             task,
             sandbox,
             node,
+            udp_port,
             announce_to,
-        } => return_path(&task, sandbox, node, &announce_to),
+        } => return_path(&task, sandbox, node, &udp_port, &announce_to),
         Cmd::Ipvs { control } => cli::ipvs(&control),
         Cmd::Stats {
             json,

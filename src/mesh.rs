@@ -3,7 +3,7 @@
 //!
 //! A service that preserves the client's address needs, for each task, a
 //! way back from the task to the ingress node that forwarded the request
-//! ([`crate::return_path`]); only the task's node can set it up. So every
+//! (the `return_path` module); only the task's node can set it up. So every
 //! node's meshgate *announces*, once a second and to every node, the
 //! tasks on it whose return path is installed and the sandboxes it leads
 //! to; every ingress node forwards a task's connections with the client's

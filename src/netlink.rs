@@ -23,8 +23,8 @@ use netlink_packet_route::neighbour::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage, RulePortRange};
+use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use crate::config::Ipv4Net;
@@ -323,6 +323,78 @@ impl Rtnl {
         self.request(
             RouteNetlinkMessage::DelRule(Self::rule_message(priority, fwmark, table)),
             NLM_F_REQUEST | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    /// Adds `ipproto udp sport <port> lookup <table>` at `priority`.
+    pub fn add_udp_sport_rule(
+        &mut self,
+        priority: u32,
+        port: u16,
+        table: u32,
+    ) -> Result<(), NetlinkError> {
+        let mut r = RuleMessage::default();
+        r.header.family = AddressFamily::Inet;
+        r.header.action = RuleAction::ToTable;
+        r.attributes = vec![
+            RuleAttribute::Priority(priority),
+            RuleAttribute::IpProtocol(IpProtocol::Udp),
+            RuleAttribute::SourcePortRange(RulePortRange {
+                start: port,
+                end: port,
+            }),
+            RuleAttribute::Table(table),
+        ];
+        self.request(
+            RouteNetlinkMessage::NewRule(r),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+        )?;
+        Ok(())
+    }
+
+    /// Deletes every IPv4 rule at `priority` that looks up `table`;
+    /// returns how many.
+    pub fn delete_rules_to(&mut self, priority: u32, table: u32) -> Result<usize, NetlinkError> {
+        let n = self
+            .rules()?
+            .iter()
+            .filter(|&&(p, _, t)| p == priority && t == table)
+            .count();
+        for _ in 0..n {
+            let mut r = RuleMessage::default();
+            r.header.family = AddressFamily::Inet;
+            r.attributes = vec![
+                RuleAttribute::Priority(priority),
+                RuleAttribute::Table(table),
+            ];
+            self.request(RouteNetlinkMessage::DelRule(r), NLM_F_REQUEST | NLM_F_ACK)?;
+        }
+        Ok(n)
+    }
+
+    /// Sets table `table`'s default route to `dev <oif> src <source>`,
+    /// on-link: its only use is the source address it gives.
+    pub fn set_source_route(
+        &mut self,
+        table: u32,
+        oif: u32,
+        source: Ipv4Addr,
+    ) -> Result<(), NetlinkError> {
+        let mut r = RouteMessage::default();
+        r.header.address_family = AddressFamily::Inet;
+        r.header.table = RouteHeader::RT_TABLE_UNSPEC;
+        r.header.protocol = RouteProtocol::Static;
+        r.header.scope = RouteScope::Link;
+        r.header.kind = RouteType::Unicast;
+        r.attributes = vec![
+            RouteAttribute::Table(table),
+            RouteAttribute::PrefSource(RouteAddress::Inet(source)),
+            RouteAttribute::Oif(oif),
+        ];
+        self.request(
+            RouteNetlinkMessage::NewRoute(r),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
         )?;
         Ok(())
     }

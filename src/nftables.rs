@@ -84,6 +84,8 @@ pub enum Expr {
     And(Reg, Reg, Vec<u8>),
     /// reg = data.
     Immediate(Reg, Vec<u8>),
+    /// Counts the packets and bytes that reach it (`nft list` shows them).
+    Counter,
 }
 
 /// A chain with its hook.
@@ -263,6 +265,7 @@ fn expr(a: &mut Attrs<'_>, e: &Expr) {
         Expr::CmpEq(..) => "cmp",
         Expr::And(..) => "bitwise",
         Expr::Immediate(..) => "immediate",
+        Expr::Counter => "counter",
     };
     a.str(1, name).nested(2, |a| match e {
         Expr::MetaLoad(r, key) | Expr::CtLoad(r, key) => {
@@ -295,6 +298,7 @@ fn expr(a: &mut Attrs<'_>, e: &Expr) {
         Expr::Immediate(r, v) => {
             a.be32(1, *r as u32).data(2, v);
         }
+        Expr::Counter => {}
     });
 }
 

@@ -21,6 +21,17 @@
 //! request came from, whichever node that was, while several nodes carry
 //! connections to the same task.
 //!
+//! A UDP server that answers from a socket bound to the wildcard address
+//! (most do; only some ask for the request's destination with
+//! `IP_PKTINFO`) gets its source address from the route to the client,
+//! chosen before any rule sees the packet: the default route's, another
+//! interface's, so conntrack does not recognise the answer and it leaves
+//! by the default route. For the UDP target ports of the task's preserving
+//! services, the rule `ipproto udp sport P lookup` [`SOURCE_TABLE`] (one
+//! route: `default dev <ingress interface> src <task address>`) makes the
+//! source the task's ingress address; conntrack then matches the request,
+//! and the marks above route the answer.
+//!
 //! Invariants: every mark and table meshgate uses here is [`MARK_BASE`] in
 //! its upper 16 bits and the sandbox address's lower 16 bits in the rest,
 //! so it is stable while the ingress network is (a connection keeps its
@@ -43,6 +54,11 @@ const MARK_MASK: u32 = 0xffff_0000;
 
 /// The priority of meshgate's policy-routing rules: before `main` (32766).
 pub const RULE_PRIORITY: u32 = 1000;
+
+/// The table that gives UDP answers the task's ingress address as their
+/// source, and the priority of its rules (after the marks').
+pub const SOURCE_TABLE: u32 = MARK_BASE;
+const SOURCE_RULE_PRIORITY: u32 = RULE_PRIORITY + 1;
 
 /// `ARPHRD_ETHER`, the link type of an Ethernet interface.
 const ARPHRD_ETHER: u16 = 1;
@@ -82,6 +98,8 @@ pub struct Plan {
     /// is the ingress interface.
     pub task: Ipv4Addr,
     pub ingress: BTreeSet<IngressNode>,
+    /// UDP ports the task serves for preserving services (target ports).
+    pub udp_ports: BTreeSet<u16>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +119,10 @@ pub enum ReturnPathError {
         "ingress sandboxes {0} and {1} share the lower 16 bits of their addresses, which meshgate's marks are made of (ingress subnet larger than /16)"
     )]
     MarkCollision(Ipv4Addr, Ipv4Addr),
+    #[error(
+        "ingress sandbox {0}: an address whose lower 16 bits are 0 cannot be told apart in meshgate's marks (ingress subnet larger than /16)"
+    )]
+    LowBitsZero(Ipv4Addr),
     #[error("task namespace {path}: {what}: {source}")]
     Netlink {
         path: String,
@@ -127,6 +149,8 @@ pub fn chains(ifindex: u32, ingress: &BTreeSet<IngressNode>) -> Vec<Chain> {
                 // The Ethernet source: 6 bytes at offset 6.
                 Expr::LinkLayer(Reg::R1, 6, 6),
                 Expr::CmpEq(Reg::R1, n.mac.0.to_vec()),
+                // Packets per ingress node, for whoever lists the table.
+                Expr::Counter,
                 Expr::Immediate(Reg::R1, n.mark().to_ne_bytes().to_vec()),
                 Expr::CtSet(nftables::ct::MARK, Reg::R1),
             ]
@@ -160,6 +184,11 @@ pub fn chains(ifindex: u32, ingress: &BTreeSet<IngressNode>) -> Vec<Chain> {
 pub fn check_marks(ingress: &BTreeSet<IngressNode>) -> Result<(), ReturnPathError> {
     let mut seen = std::collections::HashMap::new();
     for n in ingress {
+        // Lower bits 0 would be SOURCE_TABLE's number: an address that
+        // ends so is a network address up to /16, hence a larger subnet.
+        if n.mark() == SOURCE_TABLE {
+            return Err(ReturnPathError::LowBitsZero(n.sandbox));
+        }
         if let Some(other) = seen.insert(n.mark(), n.sandbox) {
             if other != n.sandbox {
                 return Err(ReturnPathError::MarkCollision(other, n.sandbox));
@@ -266,6 +295,20 @@ fn install_inside(plan: &Plan) -> Result<(), ReturnPathError> {
         rtnl.add_rule(RULE_PRIORITY, m, m)
             .map_err(netlink(&plan.netns, "adding a rule"))?;
     }
+    // UDP answers' source address (see the module's doc).
+    rtnl.delete_rules_to(SOURCE_RULE_PRIORITY, SOURCE_TABLE)
+        .map_err(netlink(&plan.netns, "deleting a rule"))?;
+    if plan.udp_ports.is_empty() {
+        rtnl.flush_table(SOURCE_TABLE)
+            .map_err(netlink(&plan.netns, "deleting a route"))?;
+    } else {
+        rtnl.set_source_route(SOURCE_TABLE, ifindex, plan.task)
+            .map_err(netlink(&plan.netns, "adding a route"))?;
+        for &p in &plan.udp_ports {
+            rtnl.add_udp_sport_rule(SOURCE_RULE_PRIORITY, p, SOURCE_TABLE)
+                .map_err(netlink(&plan.netns, "adding a rule"))?;
+        }
+    }
     nftables::commit(nftables::replace_table_batch(
         nftables::FAMILY_IPV4,
         TABLE,
@@ -298,7 +341,11 @@ fn remove_inside(netns: &Path) -> Result<bool, ReturnPathError> {
         .map(|r| r.1)
         .collect();
     let had_table = nft_table_exists();
-    if !had_table && marks.is_empty() {
+    let source_rules = rules
+        .iter()
+        .filter(|&&(p, _, t)| p == SOURCE_RULE_PRIORITY && t == SOURCE_TABLE)
+        .count();
+    if !had_table && marks.is_empty() && source_rules == 0 {
         // Nothing of meshgate's: change nothing.
         return Ok(false);
     }
@@ -315,7 +362,11 @@ fn remove_inside(netns: &Path) -> Result<bool, ReturnPathError> {
         rtnl.flush_table(m)
             .map_err(netlink(netns, "deleting a route"))?;
     }
-    Ok(had_table || !marks.is_empty())
+    rtnl.delete_rules_to(SOURCE_RULE_PRIORITY, SOURCE_TABLE)
+        .map_err(netlink(netns, "deleting a rule"))?;
+    rtnl.flush_table(SOURCE_TABLE)
+        .map_err(netlink(netns, "deleting a route"))?;
+    Ok(true)
 }
 
 /// Whether this namespace has meshgate's table: a replacement batch that
@@ -341,6 +392,11 @@ mod tests {
         assert!(matches!(
             check_marks(&[a, far].into_iter().collect()),
             Err(ReturnPathError::MarkCollision(..))
+        ));
+        let zero = IngressNode::docker(Ipv4Addr::new(10, 1, 0, 0));
+        assert!(matches!(
+            check_marks(&[zero].into_iter().collect()),
+            Err(ReturnPathError::LowBitsZero(..))
         ));
     }
 

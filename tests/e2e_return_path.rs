@@ -151,6 +151,44 @@ fn serve(task_ns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
     h
 }
 
+/// A UDP server on the task's port 53, bound to the wildcard address (as
+/// most are), answering each datagram with the peer's address.
+fn serve_udp(task_ns: &str, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let ns = task_ns.to_string();
+    let h = std::thread::spawn(move || {
+        enter_ns(&ns).unwrap();
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        tx.send(()).unwrap();
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                let _ = s.send_to(peer.to_string().as_bytes(), peer);
+            }
+        }
+    });
+    rx.recv().unwrap();
+    h
+}
+
+/// One datagram from a sandbox to the task's port 53: the answer and the
+/// address it came from.
+fn ask_udp(sbox_ns: &str) -> std::io::Result<(String, SocketAddr)> {
+    let ns = sbox_ns.to_string();
+    std::thread::spawn(move || {
+        enter_ns(&ns).map_err(std::io::Error::other)?;
+        let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_read_timeout(Some(Duration::from_millis(1500)))?;
+        s.send_to(b"?", (TASK, 53))?;
+        let mut buf = [0u8; 512];
+        let (n, from) = s.recv_from(&mut buf)?;
+        Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+    })
+    .join()
+    .unwrap()
+}
+
 /// Connects from a sandbox to the task; the peer address the task saw.
 fn request_from(sbox_ns: &str) -> std::io::Result<String> {
     let ns = sbox_ns.to_string();
@@ -175,6 +213,7 @@ fn plan(t: &Topology, sandboxes: &[Ipv4Addr]) -> Plan {
             .iter()
             .map(|&a| IngressNode::docker(a))
             .collect::<BTreeSet<_>>(),
+        udp_ports: BTreeSet::new(),
     }
 }
 
@@ -226,10 +265,40 @@ fn replies_go_back_to_the_sandbox_each_connection_came_from() {
     let nft = in_task(&t, &["nft", "list", "table", "ip", "meshgate"]);
     assert!(nft.contains("02:42:c6:12:80:03"), "{nft}");
 
+    // A UDP server bound to the wildcard address answers from the address
+    // its default route gives (eth1's): lost, unless the rule for its port
+    // makes the source the task's ingress address.
+    let udp = serve_udp(&t.task, stop.clone());
+    assert!(
+        ask_udp(&t.sbox[1]).is_err(),
+        "without the UDP rule the answer leaves by the default route"
+    );
+    let mut with_udp = plan(&t, &[SBOX_A, SBOX_B]);
+    with_udp.udp_ports = [53].into_iter().collect();
+    return_path::install(&with_udp).unwrap();
+    for s in &t.sbox {
+        let (seen, from) = ask_udp(s).unwrap_or_else(|e| panic!("UDP through {s}: {e}"));
+        assert!(seen.starts_with(&format!("{CLIENT}:")), "{seen}");
+        assert_eq!(
+            from,
+            SocketAddr::from((TASK, 53)),
+            "answered from the task's address"
+        );
+    }
+    let rules = in_task(&t, &["ip", "rule"]);
+    assert!(
+        rules.contains("ipproto udp sport 53 lookup 1835466752"),
+        "{rules}"
+    );
+
     // Installing again with one node less is an update, not a second copy.
     return_path::install(&plan(&t, &[SBOX_A])).unwrap();
     let rules = in_task(&t, &["ip", "rule"]);
     assert_eq!(rules.matches("0x6d67").count(), 1, "{rules}");
+    assert!(
+        !rules.contains("sport 53"),
+        "no UDP port in this plan: {rules}"
+    );
     assert!(request_from(&t.sbox[0]).is_ok());
     assert!(
         request_from(&t.sbox[1]).is_err(),
@@ -237,13 +306,20 @@ fn replies_go_back_to_the_sandbox_each_connection_came_from() {
     );
 
     // Removal leaves nothing behind, and says whether there was anything.
+    let mut with_udp = plan(&t, &[SBOX_A]);
+    with_udp.udp_ports = [53].into_iter().collect();
+    return_path::install(&with_udp).unwrap();
     let netns = plan(&t, &[]).netns;
     assert!(return_path::remove(&netns).unwrap());
     assert!(
         !return_path::remove(&netns).unwrap(),
         "nothing left to remove"
     );
-    assert!(!in_task(&t, &["ip", "rule"]).contains("0x6d67"));
+    let rules = in_task(&t, &["ip", "rule"]);
+    assert!(
+        !rules.contains("0x6d67") && !rules.contains("1835466752"),
+        "{rules}"
+    );
     assert_eq!(in_task(&t, &["nft", "list", "ruleset"]).trim(), "");
     assert_eq!(
         in_task(&t, &["ip", "route", "show", "table", "1835499522"]).trim(),
@@ -253,6 +329,7 @@ fn replies_go_back_to_the_sandbox_each_connection_came_from() {
 
     stop.store(true, Ordering::Relaxed);
     server.join().unwrap();
+    udp.join().unwrap();
 }
 
 #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 
-use crate::config::{ClientIp, Service};
+use crate::config::{ClientIp, Protocol, Service};
 use crate::docker::engine::Docker;
 use crate::docker::ingress_view::{ingress_endpoints, sandbox_key};
 use crate::mesh::{Announcement, INTERVAL, VERSION};
@@ -184,15 +184,27 @@ impl Drop for SwarmAgent {
     }
 }
 
-/// This node's tasks of services that preserve the client's address.
-pub fn local_preserving_tasks(services: &[Service], node: Ipv4Addr) -> BTreeSet<Ipv4Addr> {
-    services
+/// This node's tasks of services that preserve the client's address,
+/// with the UDP target ports they serve for those services.
+pub fn local_preserving_tasks(
+    services: &[Service],
+    node: Ipv4Addr,
+) -> BTreeMap<Ipv4Addr, BTreeSet<u16>> {
+    let mut out: BTreeMap<Ipv4Addr, BTreeSet<u16>> = BTreeMap::new();
+    for s in services
         .iter()
         .filter(|s| s.client_ip == ClientIp::Preserve)
-        .flat_map(|s| s.tasks.iter())
-        .filter(|t| t.node == node)
-        .map(|t| t.address)
-        .collect()
+    {
+        let udp = s
+            .publish
+            .iter()
+            .filter(|p| p.protocol == Protocol::Udp)
+            .map(|p| p.target);
+        for t in s.tasks.iter().filter(|t| t.node == node) {
+            out.entry(t.address).or_default().extend(udp.clone());
+        }
+    }
+    out
 }
 
 fn run_swarm_agent(
@@ -246,11 +258,12 @@ fn run_swarm_agent(
                                 Err(_) => continue,
                             },
                         };
-                        if local.contains(addr) {
+                        if let Some(udp_ports) = local.get(addr) {
                             want.push(Plan {
                                 netns,
                                 task: *addr,
                                 ingress: ingress.clone(),
+                                udp_ports: udp_ports.clone(),
                             });
                         } else if first {
                             // Left by a meshgate that did not stop cleanly,
