@@ -74,8 +74,12 @@ impl Announcement {
 #[derive(Debug, Default)]
 pub struct Peers {
     heard: HashMap<Ipv4Addr, (Instant, Announcement)>,
-    /// Datagrams refused (wrong sender, unknown node, malformed).
+    /// Datagrams refused (malformed, another version, a sender speaking
+    /// for another node).
     pub refused: u64,
+    /// Announcements of nodes that run none of the tables' tasks (a node
+    /// whose last task moved away says so once more): not kept.
+    pub ignored: u64,
 }
 
 impl Peers {
@@ -100,7 +104,8 @@ impl Peers {
             return refuse(self, format!("from {from}: speaks for {}, refused", a.node));
         }
         if !task_node(from) {
-            return refuse(self, format!("from {from}: not a task's node, refused"));
+            self.ignored += 1;
+            return Ok(self.heard.remove(&from).is_some());
         }
         let changed = self
             .heard
@@ -188,13 +193,17 @@ mod tests {
         let other = Ipv4Addr::new(198, 18, 0, 99);
         let e = p.receive(other, &announcement(&[TASK]).encode(), now, |_| true);
         assert!(e.unwrap_err().contains("speaks for"));
-        let e = p.receive(NODE, &announcement(&[TASK]).encode(), now, |n| n != NODE);
-        assert!(e.unwrap_err().contains("not a task's node"));
+        // Not a task's node: not kept, not an error.
+        assert_eq!(
+            p.receive(NODE, &announcement(&[TASK]).encode(), now, |n| n != NODE),
+            Ok(false)
+        );
+        assert_eq!(p.ignored, 1);
         let e = p.receive(NODE, b"{\"version\": 2, \"node\": 1}", now, |_| true);
         assert!(e.unwrap_err().contains("version 2"));
         let e = p.receive(NODE, b"\xff\x00", now, |_| true);
         assert!(e.unwrap_err().contains("not an announcement"));
-        assert_eq!(p.refused, 4);
+        assert_eq!(p.refused, 3);
         assert!(!p.ready(NODE, TASK, SBOX));
     }
 }
