@@ -83,6 +83,33 @@ fn main() {
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}",
         );
     }
+    {
+        use meshgate::dataplane::flow::FlowState;
+        use meshgate::dataplane::handover::{FlowRecord, Origin, encode};
+        let origin = Origin {
+            worker: 0,
+            workers: 1,
+            snat_ports: (1024, 65535),
+        };
+        let r = FlowRecord {
+            protocol: 6,
+            state: FlowState::Established,
+            preserve: false,
+            client: "198.18.0.1".parse().unwrap(),
+            client_port: 40000,
+            published: 8080,
+            task: "198.18.128.4".parse().unwrap(),
+            vtep: "198.18.0.11".parse().unwrap(),
+            target: 80,
+            snat_port: 40000,
+            idle_ms: 250,
+            client_next: 1,
+            task_next: 2,
+            hash: 3,
+        };
+        write("handover", "empty", &encode(origin, &[]));
+        write("handover", "one", &encode(origin, &[r]));
+    }
     for (i, r) in [
         r#"{"cmd":"services"}"#,
         r#"{"cmd":"tasks","service":"web"}"#,

@@ -6,6 +6,9 @@
 //! mutable state except one atomic cursor per service (round robin) and the
 //! per-task flow counts, touched once per flow event, never per packet.
 //!
+//! A worker's flows can leave the process and come back ([`handover`]:
+//! the format a takeover or a crash's checkpoint carries them in).
+//!
 //! The tables are built from [`desc::TableDesc`], which the data plane
 //! owns: no module here imports configuration or control types (the unit
 //! tests' fixtures, from the test-support crate, do).
@@ -17,6 +20,7 @@ pub mod desc;
 #[path = "../../testkit/src/fixtures.rs"]
 pub mod fixtures;
 pub mod flow;
+pub mod handover;
 pub mod pipeline;
 pub mod sched;
 pub mod tables;

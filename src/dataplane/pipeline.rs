@@ -34,6 +34,7 @@ use crossbeam::queue::ArrayQueue;
 use super::counters::{DropCounters, DropReason, EventCounters, TaskCounters};
 use super::desc::ClientIp;
 use super::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError, SnatKey};
+use super::handover::{FlowRecord, HandoverError, Origin, RestoreReport};
 use super::tables::{
     Identity, L4Checksum, OUTER_TEMPLATE_LEN, OUTER_TTL, OuterTemplate, PortEntry, Snapshot,
     TaskEntry, TaskId,
@@ -289,6 +290,133 @@ impl Pipeline {
             tasks,
             flows: self.st.flows.len(),
         }
+    }
+
+    /// This worker's flows as they leave the process ([`handover`]).
+    pub fn export_flows(&self) -> (Origin, Vec<FlowRecord>) {
+        let st = &self.st;
+        let origin = Origin {
+            worker: st.worker,
+            workers: st.workers,
+            snat_ports: st.flows.snat_ports(),
+        };
+        let records = st
+            .flows
+            .live_flows()
+            .map(|f| FlowRecord {
+                protocol: f.key.protocol,
+                state: f.state,
+                preserve: f.preserve,
+                client: f.key.client,
+                client_port: f.key.client_port,
+                published: f.key.published,
+                task: f.task_addr,
+                vtep: f.vtep,
+                target: f.target,
+                snat_port: f.snat_port,
+                idle_ms: st.now.wrapping_sub(f.last_seen),
+                client_next: f.client_next,
+                task_next: f.task_next,
+                hash: f.hash,
+            })
+            .collect();
+        (origin, records)
+    }
+
+    /// Puts back flows another process exported: each to its task in this
+    /// snapshot (found by its published port and address), with its SNAT
+    /// port, state, sequence numbers and idle time. A flow whose service
+    /// or task is gone, or that clashes, is left out and counted. Flows of
+    /// another worker, worker count or SNAT range are refused whole: their
+    /// ports belong to other workers here.
+    pub fn restore_flows(
+        &mut self,
+        origin: Origin,
+        records: &[FlowRecord],
+    ) -> Result<RestoreReport, HandoverError> {
+        let here = Origin {
+            worker: self.st.worker,
+            workers: self.st.workers,
+            snat_ports: self.st.flows.snat_ports(),
+        };
+        if origin != here {
+            return Err(HandoverError::Origin {
+                found: origin,
+                here,
+            });
+        }
+        let snap = &*self.snap;
+        let st = &mut self.st;
+        let id = &snap.identity;
+        let mut report = RestoreReport::default();
+        for r in records {
+            let task = snap.ports.get(r.protocol, r.published).and_then(|port| {
+                let svc = &snap.services[port.service as usize];
+                (port.target == r.target)
+                    .then(|| {
+                        svc.tasks
+                            .iter()
+                            .copied()
+                            .find(|&i| snap.tasks[i as usize].addr == r.task)
+                    })
+                    .flatten()
+            });
+            let Some(ti) = task else {
+                report.task_gone += 1;
+                continue;
+            };
+            let task = &snap.tasks[ti as usize];
+            let key = ClientKey {
+                client: r.client,
+                client_port: r.client_port,
+                published: r.published,
+                protocol: r.protocol,
+            };
+            let source = if r.preserve {
+                key.client
+            } else {
+                id.overlay_addr
+            };
+            let (delta_addrs, delta_l4) = flow_deltas(
+                (key.client, key.client_port),
+                (id.node_addr, key.published),
+                (source, r.snat_port),
+                (task.addr, r.target),
+            );
+            let flow = Flow {
+                key,
+                task_addr: task.addr,
+                task_id: task.id,
+                task_index: ti,
+                snapshot_gen: st.gen32,
+                vtep: task.node,
+                target: r.target,
+                snat_port: r.snat_port,
+                last_seen: st.now.wrapping_sub(r.idle_ms),
+                hash: r.hash,
+                client_mac: [0; 6],
+                client_mac_valid: false,
+                state: r.state,
+                client_next: r.client_next,
+                task_next: r.task_next,
+                delta_addrs,
+                delta_l4,
+                preserve: r.preserve,
+            };
+            match st.flows.restore(flow) {
+                Ok(_) => {
+                    let c = if r.state.is_active() {
+                        &task.shared.active
+                    } else {
+                        &task.shared.inactive
+                    };
+                    c.fetch_add(1, Ordering::Relaxed);
+                    report.restored += 1;
+                }
+                Err(_) => report.refused += 1,
+            }
+        }
+        Ok(report)
     }
 
     /// Expires idle flows, examining up to `budget` table slots.

@@ -928,3 +928,80 @@ fn a_local_task_of_a_preserving_service_sees_the_client_too() {
     assert_eq!(v, Verdict::Transmit);
     assert_eq!(out, expected_reply_tcp(40000, 7, 101, SYN_ACK, b""));
 }
+
+/// Flows exported by one pipeline and restored into a fresh one (a
+/// takeover, a restart after a crash): the next packets of every flow,
+/// both ways, come out byte for byte as they would have from the first.
+#[test]
+fn flows_survive_a_handover_byte_for_byte() {
+    use super::handover::{HandoverError, RestoreReport, decode, encode};
+    let mut a = lab_pipeline(0, 1);
+    a.set_now(1_000);
+    for sport in 40000..40006 {
+        run(&mut a, &client_tcp(sport, 1, 0, SYN, b""));
+    }
+    for sport in 41000..41003 {
+        run(&mut a, &client_udp(sport, b"x"));
+    }
+    let task_of = |addr| TASKS.iter().position(|t| *t == addr).unwrap();
+    // The tasks answer the SYNs: the TCP flows are established.
+    for r in a.export_flows().1.iter().filter(|r| r.protocol == 6) {
+        let (v, _) = run(
+            &mut a,
+            &task_reply_tcp(task_of(r.task), r.snat_port, 7, 2, SYN_ACK, b""),
+        );
+        assert_eq!(v, Verdict::Transmit);
+    }
+    a.set_now(1_500);
+    let (origin, records) = a.export_flows();
+    assert_eq!(records.len(), 9);
+    assert!(records.iter().all(|r| r.idle_ms == 500));
+    let (origin, records) = decode(&encode(origin, &records)).unwrap();
+
+    let mut b = lab_pipeline(0, 1);
+    b.set_now(90_000);
+    assert_eq!(
+        b.restore_flows(origin, &records),
+        Ok(RestoreReport {
+            restored: 9,
+            task_gone: 0,
+            refused: 0
+        })
+    );
+    assert_eq!(b.flows().len(), 9);
+    assert!(b.export_flows().1.iter().all(|r| r.idle_ms == 500));
+    for r in &records {
+        let (t, p) = (task_of(r.task), r.client_port);
+        let frames = if r.protocol == 6 {
+            vec![
+                client_tcp(p, 2, 8, ACK, b"GET /"),
+                task_reply_tcp(t, r.snat_port, 8, 7, ACK, b"200 OK"),
+            ]
+        } else {
+            vec![
+                client_udp(p, b"again"),
+                task_reply_udp(t, r.snat_port, b"answer"),
+            ]
+        };
+        for f in frames {
+            let (va, out_a) = run(&mut a, &f);
+            let (vb, out_b) = run(&mut b, &f);
+            assert_eq!((va, vb), (Verdict::Transmit, Verdict::Transmit), "{r:?}");
+            assert!(out_a == out_b, "{r:?}:\n{}\n{}", hex(&out_a), hex(&out_b));
+        }
+    }
+    assert_eq!(b.flows().len(), 9, "no flow was created anew");
+
+    // The same flows again clash; a flow whose task is gone is left out;
+    // another worker's flows are refused whole.
+    let mut gone = records.clone();
+    gone[0].task = std::net::Ipv4Addr::new(198, 18, 128, 99);
+    let mut c = lab_pipeline(0, 1);
+    let report = c.restore_flows(origin, &gone).unwrap();
+    assert_eq!((report.restored, report.task_gone), (8, 1));
+    assert_eq!(c.restore_flows(origin, &records).unwrap().refused, 8);
+    assert!(matches!(
+        lab_pipeline(1, 2).restore_flows(origin, &records),
+        Err(HandoverError::Origin { .. })
+    ));
+}
