@@ -18,7 +18,9 @@ mod cmd {
     pub const MAP_DELETE_ELEM: i32 = 3;
     pub const PROG_LOAD: i32 = 5;
     pub const PROG_TEST_RUN: i32 = 10;
+    pub const OBJ_GET_INFO_BY_FD: i32 = 15;
     pub const LINK_CREATE: i32 = 28;
+    pub const LINK_UPDATE: i32 = 29;
 }
 
 /// `bpf_map_type` values meshgate uses.
@@ -132,6 +134,19 @@ fn sys_bpf(c: i32, attr: &mut Attr) -> libc::c_long {
             std::mem::size_of::<Attr>(),
         )
     }
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD`: the first `info.len()` bytes of the object's
+/// info struct (the kernel copies what fits).
+fn obj_info(fd: RawFd, info: &mut [u8], what: impl FnOnce() -> String) -> Result<(), BpfError> {
+    let mut a = Attr::new();
+    a.u32(0, fd as u32)
+        .u32(4, info.len() as u32)
+        .u64(8, info.as_mut_ptr() as u64);
+    if sys_bpf(cmd::OBJ_GET_INFO_BY_FD, &mut a) < 0 {
+        return Err(BpfError::last(what()));
+    }
+    Ok(())
 }
 
 fn fd_result(r: libc::c_long, what: impl FnOnce() -> String) -> Result<OwnedFd, BpfError> {
@@ -387,6 +402,16 @@ impl Program {
         self.fd.as_raw_fd()
     }
 
+    /// The kernel's id of the program (as `ip link` and `bpftool` show it).
+    pub fn id(&self) -> Result<u32, BpfError> {
+        // bpf_prog_info: type, id.
+        let mut info = [0u8; 16];
+        obj_info(self.fd(), &mut info, || {
+            format!("reading program {}'s id", self.name)
+        })?;
+        Ok(u32::from_ne_bytes(info[4..8].try_into().expect("4 bytes")))
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -464,8 +489,40 @@ pub struct Link {
     fd: OwnedFd,
 }
 
+/// `BPF_F_REPLACE`: update a link only if it still runs the program named.
+const F_REPLACE: u32 = 1 << 2;
+
 impl Link {
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// The id of the program the link runs now.
+    pub fn program_id(&self) -> Result<u32, BpfError> {
+        // bpf_link_info: type, id, prog_id.
+        let mut info = [0u8; 16];
+        obj_info(self.fd(), &mut info, || {
+            "reading a BPF link's program".into()
+        })?;
+        Ok(u32::from_ne_bytes(info[8..12].try_into().expect("4 bytes")))
+    }
+
+    /// Swaps the link's program for `new` in one step: every frame meets
+    /// either program, none meets no program (a takeover's switch). With
+    /// `old`, only if the link still runs `old`: another process that got
+    /// there first is not overridden.
+    pub fn update(&self, new: &Program, old: Option<&Program>) -> Result<(), BpfError> {
+        let mut a = Attr::new();
+        a.u32(0, self.fd() as u32).u32(4, new.fd() as u32);
+        if let Some(old) = old {
+            a.u32(8, F_REPLACE).u32(12, old.fd() as u32);
+        }
+        if sys_bpf(cmd::LINK_UPDATE, &mut a) < 0 {
+            return Err(BpfError::last(format!(
+                "replacing the program of a BPF link by {}",
+                new.name
+            )));
+        }
+        Ok(())
     }
 }

@@ -636,6 +636,7 @@ mod tests {
     //! without it they fail and say so, unless MESHGATE_SKIP_PRIVILEGED=1.
     use super::*;
     use crate::dataplane::fixtures::*;
+    use crate::xdp::bpf::xdp_flags;
 
     fn load() -> Option<IngressProgram> {
         let p = IngressParams {
@@ -893,6 +894,30 @@ mod tests {
         // and passes ARP as well.
         let any = CaptureProgram::load(None, None, 1).unwrap();
         assert_eq!(any.prog.test_run(&plain_arp).unwrap(), PASS);
+    }
+
+    /// A link's program is replaced in one step, and only when it still
+    /// runs the program the caller expects (a takeover's guard).
+    #[test]
+    fn a_link_swaps_its_program_atomically() {
+        let Some(_) = load() else { return };
+        std::thread::spawn(|| {
+            // A namespace of this thread's own: its `lo` is the interface.
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+            let a = CaptureProgram::load(None, None, 1).unwrap();
+            let b = CaptureProgram::load(Some(NODE), None, 1).unwrap();
+            let link = a.attach(1, xdp_flags::SKB_MODE, "lo").unwrap();
+            let (ida, idb) = (a.prog.id().unwrap(), b.prog.id().unwrap());
+            assert_ne!(ida, idb);
+            assert_eq!(link.program_id().unwrap(), ida);
+            link.update(&b.prog, Some(&a.prog)).unwrap();
+            assert_eq!(link.program_id().unwrap(), idb);
+            let e = link.update(&a.prog, Some(&a.prog)).unwrap_err();
+            assert_eq!(e.errno(), Some(libc::EPERM), "{e}");
+            assert_eq!(link.program_id().unwrap(), idb, "unchanged after a refusal");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]
