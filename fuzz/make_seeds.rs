@@ -66,7 +66,10 @@ fn main() {
         answers.extend_from_slice(NODES.as_bytes());
         write("docker_api", "answers", &answers);
         use meshgate_testkit::docker::{MANAGER_SERVICES, RULES, WORKER_INGRESS};
-        for (name, protocols) in [("worker_manager", MANAGER_SERVICES), ("worker_rules", RULES)] {
+        for (name, protocols) in [
+            ("worker_manager", MANAGER_SERVICES),
+            ("worker_rules", RULES),
+        ] {
             let mut v = WORKER_INGRESS.as_bytes().to_vec();
             v.push(0xff);
             v.extend_from_slice(protocols.as_bytes());
@@ -82,6 +85,41 @@ fn main() {
             "length",
             b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}",
         );
+    }
+    {
+        use meshgate::wire::{icmpv6, ipv6};
+        let (s, d): (std::net::Ipv6Addr, std::net::Ipv6Addr) =
+            ("2001:2::1".parse().unwrap(), "2001:2::2".parse().unwrap());
+        let mut msg = vec![0u8; 12];
+        msg[8..].copy_from_slice(b"ping");
+        icmpv6::Repr::EchoRequest { ident: 1, seq: 1 }.emit(
+            &mut icmpv6::Packet::new_unchecked(&mut msg[..]),
+            s,
+            d,
+        );
+        write("wire_icmpv6", "echo", &msg);
+        let mut too_big = vec![0u8; 48];
+        icmpv6::Repr::PacketTooBig { mtu: 1450 }.emit(
+            &mut icmpv6::Packet::new_unchecked(&mut too_big[..]),
+            s,
+            d,
+        );
+        write("wire_icmpv6", "too_big", &too_big);
+        let mut pkt = vec![0u8; ipv6::HEADER_LEN + msg.len()];
+        ipv6::Repr {
+            src: s,
+            dst: d,
+            next_header: ipv6::next_header::ICMPV6,
+            payload_len: msg.len() as u16,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .emit(&mut ipv6::Packet::new_unchecked(&mut pkt[..]));
+        pkt[ipv6::HEADER_LEN..].copy_from_slice(&msg);
+        write("wire_ipv6", "echo", &pkt);
+        pkt[6] = ipv6::next_header::FRAGMENT;
+        write("wire_ipv6", "fragment", &pkt);
     }
     {
         use meshgate::dataplane::flow::FlowState;

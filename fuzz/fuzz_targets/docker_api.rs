@@ -5,8 +5,8 @@
 //! iptables rules (the first two parts). Errors are fine; panics are not.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use meshgate::docker::ingress_view;
 use meshgate::docker::engine::{dechunk, parse_response};
+use meshgate::docker::ingress_view;
 use meshgate::docker::swarm::derive;
 use meshgate_testkit::docker as fixtures;
 
@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
                 ..fixtures::facts()
             };
             let p = match serde_json::from_slice(protocols) {
-                Ok(services) => ingress_view::protocols_from_services(&services),
+                Ok(services) => ingress_view::protocols_from_services(&services, &mut Vec::new()),
                 Err(_) => ingress_view::protocols_from_rules(&String::from_utf8_lossy(protocols)),
             };
             let d = ingress_view::derive(&view, &p, &facts, &fixtures::ingress());

@@ -10,7 +10,7 @@
 //! `HC' = ~(~HC + ~m + m')`, which, unlike equation 2, never produces the
 //! `-0` (0xffff vs 0x0000) ambiguity on a header that had a valid checksum.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// One's-complement sum of `data` as big-endian 16-bit words, not folded.
 /// An odd trailing byte is padded with zero (RFC 1071).
@@ -81,6 +81,16 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) ->
             + u64::from(protocol)
             + u64::from(length),
     )
+}
+
+/// Sum of the IPv6 pseudo-header used by TCP, UDP and ICMPv6 (RFC 8200
+/// section 8.1): both addresses, the upper-layer length as 32 bits, the
+/// next header.
+#[inline]
+pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {
+    let mut acc = sum_raw(&src.octets()) + sum_raw(&dst.octets());
+    acc += u64::from(length >> 16) + u64::from(length & 0xffff) + u64::from(next_header);
+    fold(acc)
 }
 
 /// Checksum (complemented sum) of `data`, as stored in an IPv4 or ICMP header
