@@ -77,6 +77,8 @@ pub enum HandoverError {
     Length(String),
     #[error("flow state corrupt: its checksum does not match")]
     Checksum,
+    #[error("flow state corrupt: header: {0}")]
+    Header(String),
     #[error("flow state corrupt: record {index}: {why}")]
     Record { index: usize, why: &'static str },
     #[error(
@@ -207,10 +209,14 @@ pub fn decode(bytes: &[u8]) -> Result<(Origin, Vec<FlowRecord>), HandoverError> 
         snat_ports: (u16_at(bytes, 24), u16_at(bytes, 26)),
     };
     if origin.workers == 0 || origin.worker >= origin.workers {
-        return Err(HandoverError::Length(format!(
+        return Err(HandoverError::Header(format!(
             "worker {} of {}",
             origin.worker, origin.workers
         )));
+    }
+    // Found by the fuzz target: bytes `encode` never writes.
+    if u32_at(bytes, 28) != 0 {
+        return Err(HandoverError::Header("reserved bytes are not zero".into()));
     }
     if fnv1a(body) != u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) {
         return Err(HandoverError::Checksum);
@@ -310,6 +316,9 @@ mod tests {
         let mut flipped = bytes.clone();
         flipped[HEADER_LEN + 5] ^= 1;
         assert_eq!(decode(&flipped), Err(HandoverError::Checksum));
+        let mut reserved = bytes.clone();
+        reserved[30] = 0xfa;
+        assert!(matches!(decode(&reserved), Err(HandoverError::Header(_))));
         // A record encode never writes, with a checksum that matches it.
         let mut odd = encode(origin(), &[record(0)]);
         odd[HEADER_LEN + 1] = 4; // TCP in the UDP state
