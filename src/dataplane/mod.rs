@@ -24,6 +24,7 @@ pub mod handover;
 pub mod pipeline;
 pub mod sched;
 pub mod tables;
+pub mod xlat;
 
 pub use counters::DropReason;
 pub use pipeline::{FrameBuf, Pipeline, Verdict};

@@ -1,0 +1,304 @@
+//! IPv6 ↔ IPv4 header translation for TCP and UDP, in the spirit of
+//! RFC 7915 (SIIT), in place in a frame buffer: an IPv6 client's packet
+//! becomes an IPv4 one for the overlay (the tasks stay IPv4, as in Swarm),
+//! and the task's IPv4 answer becomes IPv6 again.
+//!
+//! What is mapped (RFC 7915 sections 4.1 and 5.1): traffic class ↔ type
+//! of service, hop limit ↔ TTL, payload length ↔ total length − 20, next
+//! header ↔ protocol; IPv6 → IPv4 sets DF on packets above 1260 bytes (a
+//! smaller one may cross an IPv6 link of MTU 1280 after translation back)
+//! and identification 0 otherwise; IPv4 → IPv6 sets flow label 0. The
+//! addresses are the caller's (the pipeline chooses the sandbox's, the
+//! task's, the client's, the node's). The transport checksum is patched
+//! for the change of pseudo-header (RFC 1624); a UDP datagram from IPv4
+//! without a checksum (0, allowed there, not in IPv6) gets a full one.
+//!
+//! Invariants: the caller has checked the headers (an IPv6 fixed header
+//! followed directly by TCP or UDP, or an IPv4 header without options,
+//! with a complete transport header); these functions index only within
+//! `buf[off..off + len]` and, for IPv4 → IPv6, the 20 bytes before `off`.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::wire::checksum;
+use crate::wire::ipv4::{self, field as ip4};
+use crate::wire::ipv6::{self, field as ip6};
+use crate::wire::{at, get16, tcp, udp};
+
+/// The bytes an IPv6 header has over an IPv4 one without options.
+pub const GROWTH: usize = ipv6::HEADER_LEN - ipv4::HEADER_LEN;
+
+/// The offset of the transport checksum within its header, and whether a
+/// zero there means "none" (UDP).
+fn l4_checksum(protocol: u8) -> Option<(std::ops::Range<usize>, bool)> {
+    match protocol {
+        ipv4::protocol::TCP => Some((tcp::field::CHECKSUM, false)),
+        ipv4::protocol::UDP => Some((udp::field::CHECKSUM, true)),
+        _ => None,
+    }
+}
+
+/// Translates the IPv6 packet at `buf[off..off + len]` into IPv4 from
+/// `src` to `dst`, in place: the IPv4 header ends where the IPv6 one did,
+/// so the packet now starts at `off + GROWTH`. Returns its new (offset,
+/// length), or `None` for another upper layer than TCP or UDP.
+pub fn v6_to_v4(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Option<(usize, usize)> {
+    let h = &buf[off..off + ipv6::HEADER_LEN];
+    let protocol = h[ip6::NEXT_HEADER];
+    let (csum, udp_like) = l4_checksum(protocol)?;
+    let payload_len = get16(h, ip6::PAYLOAD_LEN);
+    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
+    let hop_limit = h[ip6::HOP_LIMIT];
+    let mut s6 = [0u8; 16];
+    let mut d6 = [0u8; 16];
+    s6.copy_from_slice(&h[ip6::SRC]);
+    d6.copy_from_slice(&h[ip6::DST]);
+    let total = ipv4::HEADER_LEN + usize::from(payload_len);
+    debug_assert_eq!(total + GROWTH, len);
+
+    // The transport checksum: out with the IPv6 pseudo-header, in with the
+    // IPv4 one (the transport header and payload do not change).
+    let l4 = off + ipv6::HEADER_LEN;
+    let c = at(csum, l4);
+    let old = get16(buf, c.clone());
+    if !(udp_like && old == 0) {
+        let out = checksum::pseudo_header_v6(
+            Ipv6Addr::from(s6),
+            Ipv6Addr::from(d6),
+            protocol,
+            u32::from(payload_len),
+        );
+        let inn = checksum::pseudo_header(src, dst, protocol, payload_len);
+        let d = checksum::combine(&[!out, inn]);
+        let new = checksum::apply_folded(old, d);
+        let new = if udp_like && new == 0 { 0xffff } else { new };
+        buf[c].copy_from_slice(&new.to_be_bytes());
+    }
+
+    let v4 = off + GROWTH;
+    let h = &mut buf[v4..v4 + ipv4::HEADER_LEN];
+    h.fill(0);
+    h[ip4::VER_IHL] = 0x45;
+    h[ip4::DSCP_ECN] = traffic_class;
+    h[ip4::LENGTH].copy_from_slice(&(total as u16).to_be_bytes());
+    // RFC 7915 5.1: DF above 1260 bytes, where a path MTU of 1280 on the
+    // IPv6 side would need it; identification 0 (nothing is fragmented).
+    if total > 1260 {
+        h[ip4::FLG_OFF].copy_from_slice(&ipv4::FLAG_DF.to_be_bytes());
+    }
+    h[ip4::TTL] = hop_limit;
+    h[ip4::PROTOCOL] = protocol;
+    h[ip4::SRC].copy_from_slice(&src.octets());
+    h[ip4::DST].copy_from_slice(&dst.octets());
+    let c = checksum::checksum(h);
+    h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    Some((v4, total))
+}
+
+/// Translates the IPv4 packet at `buf[off..off + len]` into IPv6 from
+/// `src` to `dst`, in place: the IPv6 header starts `GROWTH` bytes before
+/// `off` (the caller's headroom). Returns the new (offset, length), or
+/// `None` for another protocol than TCP or UDP or no headroom.
+pub fn v4_to_v6(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> Option<(usize, usize)> {
+    let start = off.checked_sub(GROWTH)?;
+    let h = &buf[off..off + ipv4::HEADER_LEN];
+    let protocol = h[ip4::PROTOCOL];
+    let (csum, udp_like) = l4_checksum(protocol)?;
+    let total = usize::from(get16(h, ip4::LENGTH));
+    debug_assert_eq!(total, len);
+    let payload_len = (total - ipv4::HEADER_LEN) as u16;
+    let tos = h[ip4::DSCP_ECN];
+    let ttl = h[ip4::TTL];
+    let (s4, d4) = (
+        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::SRC]).expect("4 bytes")),
+        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::DST]).expect("4 bytes")),
+    );
+
+    let l4 = off + ipv4::HEADER_LEN;
+    let c = at(csum, l4);
+    let old = get16(buf, c.clone());
+    let new = if udp_like && old == 0 {
+        // No checksum in IPv4; IPv6 requires one (RFC 7915 4.5): sum the
+        // whole datagram.
+        let ph = checksum::pseudo_header_v6(src, dst, protocol, u32::from(payload_len));
+        let body = checksum::data(&buf[l4..off + total]);
+        match !checksum::combine(&[ph, body]) {
+            0 => 0xffff,
+            c => c,
+        }
+    } else {
+        let out = checksum::pseudo_header(s4, d4, protocol, payload_len);
+        let inn = checksum::pseudo_header_v6(src, dst, protocol, u32::from(payload_len));
+        let d = checksum::combine(&[!out, inn]);
+        match checksum::apply_folded(old, d) {
+            0 if udp_like => 0xffff,
+            c => c,
+        }
+    };
+    buf[c].copy_from_slice(&new.to_be_bytes());
+
+    let h = &mut buf[start..start + ipv6::HEADER_LEN];
+    let w = (6u32 << 28) | (u32::from(tos) << 20);
+    h[ip6::VER_TC_FLOW].copy_from_slice(&w.to_be_bytes());
+    h[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+    h[ip6::NEXT_HEADER] = protocol;
+    h[ip6::HOP_LIMIT] = ttl;
+    h[ip6::SRC].copy_from_slice(&src.octets());
+    h[ip6::DST].copy_from_slice(&dst.octets());
+    Some((start, total + GROWTH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use proptest::prelude::*;
+
+    const C6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+    const N6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+    const SBOX: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 2);
+    const TASK: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 4);
+
+    /// An IPv6 packet built by etherparse (valid checksums), after
+    /// `headroom` bytes.
+    fn v6_packet(tcp: bool, payload: &[u8], headroom: usize, tc: u8, hop: u8) -> Vec<u8> {
+        let b = PacketBuilder::ipv6(C6.octets(), N6.octets(), hop);
+        let mut out = vec![0u8; headroom];
+        let mut pkt = Vec::new();
+        if tcp {
+            b.tcp(40000, 8080, 7, 64000)
+                .ack(9)
+                .write(&mut pkt, payload)
+                .unwrap();
+        } else {
+            b.udp(40000, 8080).write(&mut pkt, payload).unwrap();
+        }
+        // Traffic class: etherparse's builder leaves it 0.
+        let w = (6u32 << 28) | (u32::from(tc) << 20);
+        pkt[0..4].copy_from_slice(&w.to_be_bytes());
+        out.extend_from_slice(&pkt);
+        out
+    }
+
+    fn check_v4(buf: &[u8], tcp: bool, payload: &[u8]) {
+        let p = SlicedPacket::from_ip(buf).unwrap();
+        let Some(etherparse::NetSlice::Ipv4(ip)) = &p.net else {
+            panic!("not IPv4")
+        };
+        let h = ip.header().to_header();
+        assert_eq!(
+            h.header_checksum,
+            h.calc_header_checksum(),
+            "IPv4 header checksum"
+        );
+        assert_eq!((h.source, h.destination), (SBOX.octets(), TASK.octets()));
+        match &p.transport {
+            Some(TransportSlice::Tcp(t)) if tcp => {
+                let th = t.to_header();
+                assert_eq!(
+                    th.checksum,
+                    th.calc_checksum_ipv4(&h, payload).unwrap(),
+                    "TCP checksum over the IPv4 pseudo-header"
+                );
+            }
+            Some(TransportSlice::Udp(u)) if !tcp => {
+                let uh = u.to_header();
+                assert_eq!(
+                    uh.checksum,
+                    uh.calc_checksum_ipv4(&h, payload).unwrap(),
+                    "UDP checksum over the IPv4 pseudo-header"
+                );
+            }
+            other => panic!("transport {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_client_packet_and_its_answer_cross_the_families() {
+        for tcp in [true, false] {
+            let payload = b"GET / HTTP/1.0\r\n\r\n";
+            let mut buf = v6_packet(tcp, payload, 0, 0xb8, 61);
+            let len = buf.len();
+            let (off, l) = v6_to_v4(&mut buf, 0, len, SBOX, TASK).unwrap();
+            assert_eq!((off, l), (GROWTH, len - GROWTH));
+            let v4 = &buf[off..off + l];
+            check_v4(v4, tcp, payload);
+            assert_eq!(v4[ip4::DSCP_ECN], 0xb8, "traffic class");
+            assert_eq!(v4[ip4::TTL], 61, "hop limit");
+            assert_eq!(get16(v4, ip4::FLG_OFF), 0, "no DF below 1260 bytes");
+
+            // And back: the original packet, bytes and checksums.
+            let want = v6_packet(tcp, payload, 0, 0xb8, 61);
+            let (off6, l6) = v4_to_v6(&mut buf, off, l, C6, N6).unwrap();
+            assert_eq!((off6, l6), (0, len));
+            assert_eq!(buf, want, "tcp: {tcp}");
+        }
+    }
+
+    #[test]
+    fn large_packets_get_df_and_checksumless_udp_gets_a_checksum() {
+        let payload = vec![0x5au8; 1300];
+        let mut buf = v6_packet(true, &payload, 0, 0, 64);
+        let len = buf.len();
+        let (off, l) = v6_to_v4(&mut buf, 0, len, SBOX, TASK).unwrap();
+        assert_eq!(get16(&buf[off..], ip4::FLG_OFF), ipv4::FLAG_DF);
+        check_v4(&buf[off..off + l], true, &payload);
+
+        // A task's UDP answer without a checksum (allowed in IPv4).
+        let mut v4 = vec![0u8; GROWTH];
+        let mut pkt = Vec::new();
+        PacketBuilder::ipv4(TASK.octets(), SBOX.octets(), 64)
+            .udp(8080, 40000)
+            .write(&mut pkt, b"answer")
+            .unwrap();
+        pkt[ipv4::HEADER_LEN + 6..ipv4::HEADER_LEN + 8].copy_from_slice(&[0, 0]);
+        v4.extend_from_slice(&pkt);
+        let n = pkt.len();
+        let (off6, l6) = v4_to_v6(&mut v4, GROWTH, n, N6, C6).unwrap();
+        let p = SlicedPacket::from_ip(&v4[off6..off6 + l6]).unwrap();
+        let Some(etherparse::NetSlice::Ipv6(ip)) = &p.net else {
+            panic!("not IPv6")
+        };
+        let Some(TransportSlice::Udp(u)) = &p.transport else {
+            panic!("not UDP")
+        };
+        let uh = u.to_header();
+        assert_ne!(uh.checksum, 0, "IPv6 requires a UDP checksum");
+        assert_eq!(
+            uh.checksum,
+            uh.calc_checksum_ipv6(&ip.header().to_header(), b"answer")
+                .unwrap()
+        );
+        // ICMP and no headroom are refused.
+        assert!(v4_to_v6(&mut v4.clone(), 0, n, N6, C6).is_none());
+    }
+
+    proptest! {
+        /// Any TCP or UDP packet crosses to IPv4 with valid checksums and
+        /// comes back as it was.
+        #[test]
+        fn round_trip(tcp in any::<bool>(), payload in proptest::collection::vec(any::<u8>(), 0..1400),
+                      tc in any::<u8>(), hop in 1u8..) {
+            let mut buf = v6_packet(tcp, &payload, 0, tc, hop);
+            let want = buf.clone();
+            let len = buf.len();
+            let (off, l) = v6_to_v4(&mut buf, 0, len, SBOX, TASK).unwrap();
+            check_v4(&buf[off..off + l], tcp, &payload);
+            let (off6, l6) = v4_to_v6(&mut buf, off, l, C6, N6).unwrap();
+            prop_assert_eq!((off6, l6), (0, len));
+            prop_assert_eq!(buf, want);
+        }
+    }
+}
