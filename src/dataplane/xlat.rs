@@ -281,7 +281,7 @@ mod tests {
             uh.calc_checksum_ipv6(&ip.header().to_header(), b"answer")
                 .unwrap()
         );
-        // ICMP and no headroom are refused.
+        // Without headroom for the longer header: refused.
         assert!(v4_to_v6(&mut v4.clone(), 0, n, N6, C6).is_none());
     }
 
