@@ -119,16 +119,7 @@ fn requests(lab: &Lab, mg: &Meshgate, n: usize) -> Vec<(String, String)> {
                 lab::udp_request(target(), T)
             }
             .map_err(|e| format!("request {i} failed: {e}"))?;
-            let mut w = line.split_whitespace();
-            let task = w.next().unwrap_or_default().to_string();
-            let src = w
-                .next()
-                .unwrap_or_default()
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            out.push((task, src));
+            out.push(common::task_and_source(&line));
         }
         Ok::<_, String>(out)
     });

@@ -8,24 +8,10 @@ use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Meshgate, default_lab, privileged, target};
+use common::{Meshgate, default_lab, privileged, target, task_and_source};
 use meshgate_testkit::lab::{self, Lab, LabOptions};
 
 const T: Duration = Duration::from_secs(3);
-
-/// Splits "task-a 198.18.128.2:40000" into (task, source address seen).
-fn parse(line: &str) -> (String, String) {
-    let mut it = line.split_whitespace();
-    let task = it.next().unwrap_or_default().to_string();
-    let src = it
-        .next()
-        .unwrap_or_default()
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    (task, src)
-}
 
 #[test]
 fn routing_mesh_end_to_end() {
@@ -47,7 +33,7 @@ fn routing_mesh_end_to_end() {
         let line = a
             .as_ref()
             .unwrap_or_else(|e| panic!("a TCP connection failed: {e}\n{}", mg.log()));
-        let (task, src) = parse(line);
+        let (task, src) = task_and_source(line);
         assert_eq!(
             src, "198.18.128.2",
             "the task sees the ingress sandbox address as the source: {line}"
@@ -76,7 +62,7 @@ fn routing_mesh_end_to_end() {
         let line = a
             .as_ref()
             .unwrap_or_else(|e| panic!("a UDP exchange failed: {e}"));
-        let (task, src) = parse(line);
+        let (task, src) = task_and_source(line);
         assert_eq!(src, "198.18.128.2");
         udp_tasks.insert(task);
     }
@@ -92,8 +78,8 @@ fn routing_mesh_end_to_end() {
             let mut rotated = Vec::new();
             for _ in 0..6 {
                 long.write_all(b"again\n").unwrap();
-                kept.push(parse(&lab::read_line(&mut long).unwrap()).0);
-                rotated.push(parse(&lab::tcp_request(target(), T).unwrap()).0);
+                kept.push(task_and_source(&lab::read_line(&mut long).unwrap()).0);
+                rotated.push(task_and_source(&lab::tcp_request(target(), T).unwrap()).0);
             }
             (kept, rotated)
         })

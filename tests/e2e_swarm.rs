@@ -227,6 +227,30 @@ fn worker_config(lab: &SwarmLab) -> PathBuf {
     swarm_config(lab, Node::Worker, "worker.toml", &manager)
 }
 
+/// Configurations for meshgate on the worker (its own socket and
+/// sandbox, the manager's socket for ports and labels) and on the manager
+/// (its own socket and sandbox), named `<node>-<name>.toml`.
+fn sandbox_configs(lab: &SwarmLab, name: &str) -> (PathBuf, PathBuf) {
+    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
+    let worker = swarm_config(
+        lab,
+        Node::Worker,
+        &format!("worker-{name}.toml"),
+        &format!(
+            "{}manager = \"unix://{}\"\n",
+            sandbox(Node::Worker),
+            lab.manager_socket().display()
+        ),
+    );
+    let manager = swarm_config(
+        lab,
+        Node::Manager,
+        &format!("manager-{name}.toml"),
+        &sandbox(Node::Manager),
+    );
+    (worker, manager)
+}
+
 fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     while !ok() {
@@ -463,23 +487,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
     create_running_web(&lab, &["--mode", "global"], 3);
 
-    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
-    let wcfg = swarm_config(
-        &lab,
-        Node::Worker,
-        "worker-sandbox.toml",
-        &format!(
-            "{}manager = \"unix://{}\"\n",
-            sandbox(Node::Worker),
-            lab.manager_socket().display()
-        ),
-    );
-    let mcfg = swarm_config(
-        &lab,
-        Node::Manager,
-        "manager-sandbox.toml",
-        &sandbox(Node::Manager),
-    );
+    let (wcfg, mcfg) = sandbox_configs(&lab, "sandbox");
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {
@@ -768,23 +776,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
     assert_eq!(web_ns.len(), 2, "{web_ns:?}");
     let _udp = UdpServers::start(&web_ns, 9000);
 
-    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
-    let wcfg = swarm_config(
-        &lab,
-        Node::Worker,
-        "worker-client-ip.toml",
-        &format!(
-            "{}manager = \"unix://{}\"\n",
-            sandbox(Node::Worker),
-            lab.manager_socket().display()
-        ),
-    );
-    let mcfg = swarm_config(
-        &lab,
-        Node::Manager,
-        "manager-client-ip.toml",
-        &sandbox(Node::Manager),
-    );
+    let (wcfg, mcfg) = sandbox_configs(&lab, "client-ip");
     let mut on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {

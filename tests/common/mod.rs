@@ -37,6 +37,21 @@ pub fn task_of(line: &str) -> String {
         .to_string()
 }
 
+/// Splits a task server's reply ("task-a 198.18.128.2:40000") into the
+/// task and the source address it saw.
+pub fn task_and_source(line: &str) -> (String, String) {
+    let mut it = line.split_whitespace();
+    let task = it.next().unwrap_or_default().to_string();
+    let src = it
+        .next()
+        .unwrap_or_default()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (task, src)
+}
+
 /// The default lab with its task servers answering, or `None` when the
 /// test may not run here (see [`privileged`]). Bind both: the servers stop
 /// when their handle is dropped.
