@@ -80,6 +80,8 @@ pub struct Peers {
     /// Announcements of nodes that run none of the tables' tasks (a node
     /// whose last task moved away says so once more): not kept.
     pub ignored: u64,
+    /// Announcements taken.
+    pub accepted: u64,
 }
 
 impl Peers {
@@ -107,6 +109,7 @@ impl Peers {
             self.ignored += 1;
             return Ok(self.heard.remove(&from).is_some());
         }
+        self.accepted += 1;
         let changed = self
             .heard
             .get(&from)
@@ -121,6 +124,11 @@ impl Peers {
         self.heard
             .retain(|_, (at, _)| now.saturating_duration_since(*at) < STALE_AFTER);
         self.heard.len() != before
+    }
+
+    /// Nodes whose announcement is fresh.
+    pub fn nodes(&self) -> usize {
+        self.heard.len()
     }
 
     /// Whether `task` on `node` has a return path to `sandbox`.
@@ -159,6 +167,7 @@ mod tests {
             Ok(true)
         );
         assert!(p.ready(NODE, TASK, SBOX));
+        assert_eq!((p.accepted, p.nodes()), (1, 1));
         assert!(
             !p.ready(NODE, TASK, Ipv4Addr::new(198, 18, 128, 3)),
             "another sandbox"

@@ -177,6 +177,14 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
         0,
         "{stats}"
     );
+    let mesh = &stats["mesh"];
+    assert!(mesh["accepted"].as_u64().unwrap() >= 2, "{mesh}");
+    assert_eq!(mesh["refused"].as_u64(), Some(0), "{mesh}");
+    assert_eq!(
+        mesh["nodes"].as_u64(),
+        Some(2),
+        "both task nodes heard: {mesh}"
+    );
 
     // Three open connections, one per task, that keep the client's address.
     let mut open: Vec<(String, std::net::TcpStream)> = lab

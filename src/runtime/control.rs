@@ -259,6 +259,12 @@ impl Control {
             }
         }
         changed |= self.peers.expire(now);
+        self.stats.mesh = super::stats::MeshStats {
+            accepted: self.peers.accepted,
+            refused: self.peers.refused,
+            ignored: self.peers.ignored,
+            nodes: self.peers.nodes(),
+        };
         if changed {
             if let Err(e) = self.publish() {
                 log::error!("publishing return-path change: {e}");

@@ -162,6 +162,22 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
 /// snapshot generation.
 fn node_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
     x.family(
+        "meshgate_mesh_announcements_total",
+        "counter",
+        "Other nodes' announcements of return paths: accepted, refused (dropped), ignored (from nodes without tasks).",
+    );
+    for (result, n) in [
+        ("accepted", st.mesh.accepted),
+        ("refused", st.mesh.refused),
+        ("ignored", st.mesh.ignored),
+    ] {
+        x.sample(
+            "meshgate_mesh_announcements_total",
+            &[("result", &result)],
+            n,
+        );
+    }
+    x.family(
         "meshgate_drops_total",
         "counter",
         "Frames not forwarded, by reason.",
@@ -286,7 +302,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 13);
+        assert_eq!(seen.len(), 14);
     }
 
     #[test]

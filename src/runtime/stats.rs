@@ -43,6 +43,23 @@ pub struct StatsView {
     /// In swarm mode: what the Docker follower did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm: Option<SwarmStatus>,
+    /// Other nodes' announcements of return paths (`crate::mesh`).
+    #[serde(default)]
+    pub mesh: MeshStats,
+}
+
+/// What the announcements' listener heard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshStats {
+    /// Announcements taken.
+    pub accepted: u64,
+    /// Malformed, of another version, or from a sender speaking for
+    /// another node: dropped.
+    pub refused: u64,
+    /// From nodes that run none of the tables' tasks: not kept.
+    pub ignored: u64,
+    /// Nodes whose announcement is fresh.
+    pub nodes: usize,
 }
 
 /// One service's counters and tasks in [`StatsView`].
@@ -106,6 +123,7 @@ pub struct Stats {
     pub syn_budget: u32,
     /// What the XDP program's SYN admission control did.
     pub admission: crate::xdp::program::AdmissionCounts,
+    pub mesh: MeshStats,
 }
 
 impl Stats {
@@ -123,6 +141,7 @@ impl Stats {
             xdp_passed: [0; crate::xdp::program::PASS_REASONS.len()],
             syn_budget: 0,
             admission: Default::default(),
+            mesh: MeshStats::default(),
         }
     }
 
@@ -270,6 +289,7 @@ impl Stats {
                 refused: self.admission.refused,
             },
             swarm,
+            mesh: self.mesh,
         }
     }
 }
