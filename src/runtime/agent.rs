@@ -207,6 +207,20 @@ pub fn local_preserving_tasks(
     out
 }
 
+/// A container's network namespace, asked of Docker once per container.
+fn container_netns(
+    docker: &Docker,
+    cache: &mut BTreeMap<String, PathBuf>,
+    id: &str,
+) -> Option<PathBuf> {
+    if let Some(n) = cache.get(id) {
+        return Some(n.clone());
+    }
+    let n = sandbox_key(&docker.get(&format!("/containers/{id}/json")).ok()?)?;
+    cache.insert(id.to_string(), n.clone());
+    Some(n)
+}
+
 fn run_swarm_agent(
     p: SwarmAgentParams,
     mut agent: Agent,
@@ -245,18 +259,8 @@ fn run_swarm_agent(
                         .collect();
                     let mut want = Vec::new();
                     for (id, addr) in &e.containers {
-                        let netns = match netns_of.get(id) {
-                            Some(n) => n.clone(),
-                            None => match docker.get(&format!("/containers/{id}/json")) {
-                                Ok(c) => match sandbox_key(&c) {
-                                    Some(n) => {
-                                        netns_of.insert(id.clone(), n.clone());
-                                        n
-                                    }
-                                    None => continue,
-                                },
-                                Err(_) => continue,
-                            },
+                        let Some(netns) = container_netns(&docker, &mut netns_of, id) else {
+                            continue;
                         };
                         if let Some(udp_ports) = local.get(addr) {
                             want.push(Plan {
