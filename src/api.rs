@@ -60,6 +60,18 @@ pub enum Request {
     Remove {
         service: String,
     },
+    /// A new meshgate (`run --takeover`) asks this one for its flows: the
+    /// workers stop, their flows go to files next to the control socket,
+    /// their sockets close. Refused, and nothing changes, when `version`
+    /// (of the flow state) or the workers and SNAT ports differ.
+    Handover {
+        version: u32,
+        workers: u16,
+        snat_ports: (u16, u16),
+    },
+    /// The new meshgate's program is attached: this one reports what its
+    /// program dropped meanwhile and exits.
+    HandoverDone {},
 }
 
 /// The answer to a request.
@@ -100,6 +112,24 @@ impl Response {
 
 // The answers' data, defined once: the server builds these and the CLI
 // reads them, so a renamed field is a decoding error, not an empty column.
+
+/// The answer to [`Request::Handover`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverView {
+    /// One flow-state file per worker, in worker order.
+    pub files: Vec<std::path::PathBuf>,
+    pub flows: usize,
+    /// Takeovers before this one (the chain of processes so far).
+    pub takeovers: u64,
+    pub pid: u32,
+}
+
+/// The answer to [`Request::HandoverDone`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandoverDoneView {
+    /// Frames for meshgate that met no socket since the workers stopped.
+    pub dropped: u64,
+}
 
 /// A published port, in the answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -97,6 +97,9 @@ enum Cmd {
         /// Write statistics as JSON to this file at every summary and on exit.
         #[arg(long)]
         stats_file: Option<PathBuf>,
+        /// Take over from the meshgate serving the control socket, with its flows and without dropping a connection (an upgrade, a restart).
+        #[arg(long)]
+        takeover: bool,
     },
     /// Validate a configuration file; exits non-zero with a precise message on any mistake.
     Check {
@@ -329,6 +332,7 @@ fn real_main() -> Result<()> {
             control,
             duration,
             stats_file,
+            takeover,
         } => {
             let interface = match (&interface, &config, &swarm) {
                 (None, None, Some(socket)) => Some(cli::swarm_interface(socket)?),
@@ -350,6 +354,7 @@ fn real_main() -> Result<()> {
                     duration: duration.map(Duration::from_secs_f64),
                     control_socket: Some(control),
                     stats_file,
+                    takeover,
                 },
             )
             .with_context(|| match &config {

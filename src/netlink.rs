@@ -16,7 +16,7 @@ use netlink_packet_core::{
     NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkInfo, LinkMessage, LinkXdp};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -41,6 +41,9 @@ pub struct LinkFacts {
     /// The link's kind (`veth`, `bridge`, `vxlan`, …) for a virtual link;
     /// `None` for a device with a driver of its own (a NIC).
     pub kind: Option<String>,
+    /// The id of the XDP program attached through netlink (`ip link set
+    /// … xdp`), native or generic, if any.
+    pub xdp_program: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +147,7 @@ impl Rtnl {
                 rx_queues: 1,
                 mtu: 1500,
                 kind: None,
+                xdp_program: None,
             };
             let mut name = String::new();
             for a in &l.attributes {
@@ -154,6 +158,12 @@ impl Rtnl {
                     }
                     LinkAttribute::NumRxQueues(q) => facts.rx_queues = *q,
                     LinkAttribute::Mtu(m) => facts.mtu = *m,
+                    LinkAttribute::Xdp(xdp) => {
+                        facts.xdp_program = xdp.iter().find_map(|x| match x {
+                            LinkXdp::ProgId(id) if *id != 0 => Some(*id),
+                            _ => None,
+                        })
+                    }
                     LinkAttribute::LinkInfo(infos) => {
                         facts.kind = infos.iter().find_map(|i| match i {
                             LinkInfo::Kind(k) => Some(k.to_string()),
@@ -179,6 +189,37 @@ impl Rtnl {
             facts.rx_queues = q;
         }
         Ok(facts)
+    }
+
+    /// Attaches the XDP program `fd` to `ifindex` through netlink, as `ip
+    /// link set … xdp` does: unlike a BPF link, the attachment outlives the
+    /// process, so that a restarted meshgate finds its program still
+    /// keeping published ports from the kernel. With `expected`, only if
+    /// that program is still the one attached (`XDP_FLAGS_REPLACE`: two
+    /// processes cannot both win); without, only if none is
+    /// (`XDP_FLAGS_UPDATE_IF_NOEXIST`). `fd` = -1 detaches.
+    pub fn set_xdp(
+        &mut self,
+        ifindex: u32,
+        fd: i32,
+        mode_flags: u32,
+        expected: Option<i32>,
+    ) -> Result<(), NetlinkError> {
+        const UPDATE_IF_NOEXIST: u32 = 1 << 0;
+        const REPLACE: u32 = 1 << 4;
+        let mut l = LinkMessage::default();
+        l.header.index = ifindex;
+        let mut xdp = vec![LinkXdp::Fd(fd)];
+        match expected {
+            Some(old) => {
+                xdp.push(LinkXdp::Flags(mode_flags | REPLACE));
+                xdp.push(LinkXdp::ExpectedFd(old as u32));
+            }
+            None => xdp.push(LinkXdp::Flags(mode_flags | UPDATE_IF_NOEXIST)),
+        }
+        l.attributes.push(LinkAttribute::Xdp(xdp));
+        self.request(RouteNetlinkMessage::SetLink(l), NLM_F_REQUEST | NLM_F_ACK)?;
+        Ok(())
     }
 
     /// The IPv4 neighbours of `ifindex` with a usable link-layer address.

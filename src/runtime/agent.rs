@@ -154,9 +154,12 @@ pub struct SwarmAgentParams {
 }
 
 /// The agent's thread in swarm mode; dropping it removes the return paths
-/// and announces so.
+/// and announces so, unless it was handed over.
 pub struct SwarmAgent {
     stop: Arc<AtomicBool>,
+    /// Set with `stop` by [`SwarmAgent::hand_over`]: the successor keeps the
+    /// return paths, so they stay.
+    keep: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -164,14 +167,22 @@ impl SwarmAgent {
     pub fn start(p: SwarmAgentParams, services: Receiver<Vec<Service>>) -> std::io::Result<Self> {
         let agent = Agent::new(p.node)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
+        let keep = Arc::new(AtomicBool::new(false));
+        let (st, kp) = (stop.clone(), keep.clone());
         let thread = std::thread::Builder::new()
             .name("mg-return-path".into())
-            .spawn(move || run_swarm_agent(p, agent, services, st))?;
+            .spawn(move || run_swarm_agent(p, agent, services, st, kp))?;
         Ok(SwarmAgent {
             stop,
+            keep,
             thread: Some(thread),
         })
+    }
+
+    /// Stops the thread and leaves the return paths to the process that
+    /// takes over (its agent finds them installed and keeps them).
+    pub fn hand_over(self) {
+        self.keep.store(true, Ordering::Relaxed);
     }
 }
 
@@ -226,6 +237,7 @@ fn run_swarm_agent(
     mut agent: Agent,
     updates: Receiver<Vec<Service>>,
     stop: Arc<AtomicBool>,
+    keep: Arc<AtomicBool>,
 ) {
     let docker = Docker::new(&p.docker);
     let request = format!("/networks/{}?verbose=true", p.ingress_network);
@@ -295,5 +307,7 @@ fn run_swarm_agent(
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    agent.stop(&targets);
+    if !keep.load(Ordering::Relaxed) {
+        agent.stop(&targets);
+    }
 }

@@ -22,11 +22,12 @@ use super::peers::PeerListener;
 use super::servers::{ApiCall, ApiServer, Doorbell, MetricsServer};
 use super::stats::Stats;
 use super::worker::{Command, Mesh, WorkerReport};
+use crate::api::Response;
 use crate::config::{Config, ConfigSource};
 use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
 use crate::mesh::Peers;
 use crate::netlink::{LinkFacts, Rtnl, Watcher};
-use crate::xdp::bpf::{BpfError, Link};
+use crate::xdp::bpf::BpfError;
 use crate::xdp::program::IngressProgram;
 
 /// How often the neighbour table is re-read even without notifications.
@@ -45,7 +46,7 @@ pub struct Control {
     neighbours: Arc<Neighbours>,
     snapshot: Arc<Snapshot>,
     program: IngressProgram,
-    xdp_link: Option<Link>,
+    xdp: Option<super::attach::XdpPlace>,
     published: BTreeSet<(u8, u16)>,
     /// The SYN budget in the program's map (None: not written yet).
     syn_budget: Option<u32>,
@@ -74,6 +75,12 @@ pub struct Control {
     last_refusal_note: Option<Instant>,
     /// Services for the local tasks' return paths (swarm mode).
     agent_tx: Option<Sender<Vec<crate::config::Service>>>,
+    /// The control socket served, beside which flow states are written.
+    api_path: Option<std::path::PathBuf>,
+    /// A takeover in progress: the program's no-socket count when the
+    /// workers stopped; then true once the successor's program is in.
+    handing_over: Option<(u64, Instant)>,
+    handed_over: bool,
 }
 
 /// Everything the control thread takes over from the setup in
@@ -88,7 +95,7 @@ pub struct ControlParts {
     /// The snapshot the workers start with.
     pub snapshot: Arc<Snapshot>,
     pub program: IngressProgram,
-    pub xdp_link: Link,
+    pub xdp: super::attach::XdpPlace,
     /// One command channel per worker.
     pub workers: Vec<Sender<Command>>,
     pub mesh: Arc<Mesh>,
@@ -111,7 +118,7 @@ impl Control {
             registry,
             snapshot,
             program,
-            xdp_link,
+            xdp,
             workers,
             mesh,
             reports,
@@ -132,7 +139,7 @@ impl Control {
             neighbours: snapshot.neighbours.clone(),
             snapshot,
             program,
-            xdp_link: Some(xdp_link),
+            xdp: Some(xdp),
             published: BTreeSet::new(),
             syn_budget: None,
             workers,
@@ -157,6 +164,9 @@ impl Control {
             preserved: BTreeSet::new(),
             last_refusal_note: None,
             agent_tx: None,
+            api_path: None,
+            handing_over: None,
+            handed_over: false,
         }
     }
 
@@ -275,6 +285,7 @@ impl Control {
     /// Starts the control socket at `path` and, when configured, the
     /// Prometheus endpoint.
     pub fn serve_api(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        self.api_path = Some(path.to_path_buf());
         self.api_server = Some(ApiServer::start(
             path,
             self.calls_tx.clone(),
@@ -338,9 +349,124 @@ impl Control {
         }
     }
 
-    /// Detaches the XDP program (also happens if the process dies).
+    /// A successor asks for the flows ([`super::takeover`], step 1).
+    pub fn hand_over_flows(
+        &mut self,
+        version: u32,
+        workers: u16,
+        snat_ports: (u16, u16),
+    ) -> Response {
+        use crate::dataplane::handover::VERSION;
+        if self.handing_over.is_some() {
+            return Response::err("a takeover is already under way");
+        }
+        if version != VERSION {
+            return Response::err(format!(
+                "this meshgate hands over flow state version {VERSION}, the new one reads version {version}: it cannot take over without losing every connection; stop this one and start the new one instead (connections through this node will be reset)"
+            ));
+        }
+        let here = (self.workers.len() as u16, self.cfg.flows.snat_ports);
+        if (workers, snat_ports) != here {
+            return Response::err(format!(
+                "this meshgate runs {} worker(s) with SNAT ports {}-{}, the new one would run {workers} with {}-{}: its flows' SNAT ports would belong to other workers; keep node.queues and flows.snat_ports as they are for a takeover",
+                here.0, here.1.0, here.1.1, snat_ports.0, snat_ports.1
+            ));
+        }
+        let Some(api_path) = self.api_path.clone() else {
+            return Response::err("this meshgate serves no control socket");
+        };
+        self.handing_over = Some((self.program.no_socket_count().unwrap_or(0), Instant::now()));
+        // The successor listens on the same port; announcements missed
+        // meanwhile are repeated every second.
+        self.peer_listener = None;
+        let (tx, rx) = crossbeam::channel::unbounded();
+        for w in &self.workers {
+            let _ = w.send(Command::HandOver(tx.clone()));
+        }
+        self.wake_workers();
+        let mut exports = vec![None; self.workers.len()];
+        for _ in 0..self.workers.len() {
+            match rx.recv_timeout(Duration::from_secs(5)) {
+                Ok((origin, records)) => exports[origin.worker as usize] = Some((origin, records)),
+                Err(_) => break,
+            }
+        }
+        let mut files = Vec::new();
+        let mut flows = 0;
+        for (w, e) in exports.into_iter().enumerate() {
+            let Some((origin, records)) = e else {
+                return Response::err(format!(
+                    "worker {w} did not hand over its flows within 5 s; this meshgate no longer forwards: restart it"
+                ));
+            };
+            let path = super::takeover::flows_path(&api_path, w);
+            if let Err(e) = super::takeover::write_flows(&path, origin, &records) {
+                return Response::err(format!("writing {}: {e}", path.display()));
+            }
+            flows += records.len();
+            files.push(path);
+        }
+        log::info!("handing over {flows} flow(s) to a new meshgate; workers stopped");
+        Response::of(&crate::api::HandoverView {
+            files,
+            flows,
+            takeovers: self.stats.takeover.takeovers,
+            pid: std::process::id(),
+        })
+    }
+
+    /// The successor's program is attached (step 3).
+    pub fn hand_over_done(&mut self) -> Response {
+        let Some((base, _)) = self.handing_over else {
+            return Response::err("no takeover under way");
+        };
+        let dropped = self
+            .program
+            .no_socket_count()
+            .unwrap_or(base)
+            .saturating_sub(base);
+        self.handed_over = true;
+        log::info!(
+            "handed over; {dropped} frame(s) met no socket while neither process had one bound"
+        );
+        Response::of(&crate::api::HandoverDoneView { dropped })
+    }
+
+    /// True once a successor has taken over: this process only exits.
+    /// Also true when a successor asked for the flows and then never
+    /// reported its program attached within 30 s: this process's workers
+    /// are gone, the flows are in their files, and a restart (systemd's)
+    /// finds both the program and the flows.
+    pub fn handed_over(&self) -> bool {
+        if let Some((_, since)) = self.handing_over {
+            if !self.handed_over && since.elapsed() > Duration::from_secs(30) {
+                log::error!(
+                    "the new meshgate took the flows but did not report its program attached within 30 s; exiting (a restarted meshgate takes the flows from the files)"
+                );
+                return true;
+            }
+        }
+        self.handed_over
+    }
+
+    /// Between a successor's request and its report: the workers are
+    /// stopped on purpose.
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.is_some()
+    }
+
+    /// Leaves the program attached and stops the API for the successor.
+    pub fn hand_over_xdp(&mut self) {
+        self.stop_api();
+        if let Some(p) = self.xdp.take() {
+            p.hand_over();
+        }
+    }
+
+    /// Detaches the XDP program (a crash leaves it attached: see
+    /// [`super::attach`]).
     pub fn detach(&mut self) {
-        self.xdp_link = None;
+        self.xdp = None;
     }
 
     /// Takes the workers' reports and the XDP program's counters into the

@@ -106,6 +106,12 @@ impl Control {
                 }
                 Ok(())
             }),
+            Request::Handover {
+                version,
+                workers,
+                snat_ports,
+            } => self.hand_over_flows(version, workers, snat_ports),
+            Request::HandoverDone {} => self.hand_over_done(),
         }
     }
 

@@ -6,9 +6,12 @@
 //! Startup order matters: the program's socket map is filled before the
 //! program is attached, and the first snapshot reaches the workers before
 //! any published port is in the program's port map, so no frame reaches a
-//! worker that cannot handle it.
+//! worker that cannot handle it; the port map is full before the program
+//! is attached, so that a program replacing another's (a takeover, a
+//! restart after a crash) never passes a published port to the kernel.
 
 pub mod agent;
+pub mod attach;
 pub mod control;
 pub mod follow;
 pub mod handlers;
@@ -17,6 +20,7 @@ pub mod peers;
 pub mod sandbox;
 pub mod servers;
 pub mod stats;
+pub mod takeover;
 pub mod worker;
 
 use std::net::Ipv4Addr;
@@ -30,6 +34,7 @@ use crossbeam::queue::ArrayQueue;
 
 use crate::config::{Config, ConfigError, ConfigSource, XdpMode};
 use crate::dataplane::Pipeline;
+use crate::dataplane::handover::RestoreReport;
 use crate::dataplane::tables::{LinkInfo, Neighbours, Registry, Snapshot};
 use crate::netlink::{LinkFacts, NetlinkError, Rtnl, Watcher};
 use crate::xdp::bpf::{BpfError, action, xdp_flags};
@@ -52,6 +57,8 @@ pub enum RunError {
     Xsk(#[from] XskError),
     #[error(transparent)]
     Sandbox(#[from] self::sandbox::SandboxError),
+    #[error(transparent)]
+    Attach(#[from] self::attach::AttachError),
     #[error(
         "node.queues: queue {queue} does not exist on {interface}, which has {available} RX queue(s) (see `ethtool -l {interface}`)"
     )]
@@ -88,6 +95,9 @@ pub struct RunOptions {
     pub control_socket: Option<PathBuf>,
     /// Write the statistics as JSON here at every summary and on exit.
     pub stats_file: Option<PathBuf>,
+    /// Take over from the meshgate serving `control_socket`
+    /// ([`takeover`]).
+    pub takeover: bool,
 }
 
 /// UMEM frame size: a 1500-byte frame, the kernel's headroom and the
@@ -99,9 +109,9 @@ pub struct Forwarder {
     stop: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
     pub control: Control,
-    /// The ingress sandbox's capture program and its link (detached when
+    /// The ingress sandbox's capture program and its place (detached when
     /// dropped), while its socket is in use.
-    sandbox_xdp: Option<(crate::xdp::program::CaptureProgram, crate::xdp::bpf::Link)>,
+    sandbox_xdp: Option<(crate::xdp::program::CaptureProgram, self::attach::XdpPlace)>,
     /// The return paths of this node's tasks (swarm mode); stopped first.
     agent: Option<agent::SwarmAgent>,
 }
@@ -113,16 +123,31 @@ impl Forwarder {
         opts: &RunOptions,
         stop: Arc<AtomicBool>,
     ) -> Result<Forwarder, RunError> {
-        // Tasks on this node are reached through the ingress sandbox,
-        // opened first: whether it opened decides whether the swarm's
-        // tasks on this node are in the tables.
-        let sandbox = open_sandbox(&mut cfg)?;
-        let swarm_notes = read_swarm(&mut cfg)?;
         let mut rtnl = Rtnl::new()?;
         let link = rtnl.link(&cfg.node.interface)?;
         let queues = served_queues(&cfg, &link)?;
-
-        let (program, xsk) = open_sockets(&cfg, &link, queues)?;
+        // Loaded before a takeover's request: the verifier's time is not
+        // spent while no socket is bound.
+        let program = load_program(&cfg, &link, &queues)?;
+        let takeover_from = match (opts.takeover, &opts.control_socket) {
+            (false, _) => None,
+            (true, Some(path)) => Some(path),
+            (true, None) => {
+                return Err(RunError::Setup(
+                    "--takeover needs the running meshgate's control socket (--control)".into(),
+                ));
+            }
+        };
+        // Tasks on this node are reached through the ingress sandbox,
+        // opened first: whether it opened decides whether the swarm's
+        // tasks on this node are in the tables. In a takeover the old
+        // process holds the sandbox's socket until it hands over; the new
+        // one counts on opening it as the old one did.
+        let sandbox = match takeover_from {
+            None => open_sandbox(&mut cfg)?,
+            Some(_) => None,
+        };
+        let swarm_notes = read_swarm(&mut cfg)?;
 
         // Neighbours first, so the first snapshot can already forward.
         let watcher = Watcher::new()?;
@@ -135,6 +160,22 @@ impl Forwarder {
             &mut registry,
             1,
         ));
+        // The flow tables are allocated and touched up front (most of a
+        // second for the default flows.max), before a takeover's request.
+        let pipelines = new_pipelines(&cfg, &snapshot, queues.len());
+
+        let (sandbox, successor) = match takeover_from {
+            None => (sandbox, None),
+            Some(path) => {
+                let successor =
+                    takeover::Successor::request(path, queues.len() as u16, cfg.flows.snat_ports)
+                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                (open_sandbox(&mut cfg)?, Some(successor))
+            }
+        };
+        let carried = carried_flows(opts, successor.as_ref(), queues.len());
+
+        let xsk = open_sockets(&cfg, &program, queues)?;
 
         let n = xsk.ports.len();
         let mesh = new_mesh(n, cfg.node.frames_per_queue, sandbox.is_some())?;
@@ -142,7 +183,7 @@ impl Forwarder {
             .map(|sb| {
                 let port =
                     SandboxPort::new(sb.port, sb.umem, sb.frames, cfg.node.batch_size as usize);
-                (port, (sb.program, sb.link))
+                (port, (sb.program, sb.place))
             })
             .unzip();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -154,12 +195,13 @@ impl Forwarder {
             zero_copy,
         } = xsk;
         let (wiring, ends) = WorkerWiring::new(umem, &snapshot, &mesh, &stop);
-        let (command_txs, handles) = spawn_workers(
+        let (command_txs, handles, restored) = spawn_workers(
             &cfg,
-            ports.into_iter().zip(initial).collect(),
+            ports.into_iter().zip(initial).zip(pipelines).collect(),
             &wiring,
             &worker_cores,
             sandbox_port,
+            carried,
         )?;
 
         // The control thread (this one) and its helpers stay off the
@@ -168,11 +210,30 @@ impl Forwarder {
         if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
             core_affinity::set_for_current(*free);
         }
-        let xdp_link = program.attach(
+        // The workers have the first snapshot: the program may hand them
+        // every published port from its first frame on. A replacing
+        // program must (the old one forwarded them; until its map had
+        // them, the kernel would reset their connections).
+        program.set_syn_budget(cfg.flows.new_per_second)?;
+        for s in &cfg.services {
+            for p in &s.publish {
+                program.add_port(p.protocol.number(), p.published)?;
+            }
+        }
+        let (xdp, previous) = self::attach::XdpPlace::attach(
+            Rtnl::new()?,
             link.index,
-            attach_flags(cfg.node.xdp_mode),
             &cfg.node.interface,
+            attach_flags(cfg.node.xdp_mode),
+            &program.prog,
+            &[crate::xdp::program::INGRESS_NAME],
         )?;
+        if let self::attach::Previous::Meshgate(id) = previous {
+            log::info!(
+                "replaced the meshgate XDP program (id {id}) left on {} by the previous process",
+                cfg.node.interface
+            );
+        }
         let mut control = Control::new(self::control::ControlParts {
             cfg,
             source: opts.source.clone(),
@@ -180,7 +241,7 @@ impl Forwarder {
             registry,
             snapshot,
             program,
-            xdp_link,
+            xdp,
             workers: command_txs,
             mesh,
             reports: ends.reports,
@@ -190,6 +251,33 @@ impl Forwarder {
             watcher,
             zero_copy,
         });
+        control.stats.takeover.flows_carried = restored.restored as u64;
+        control.stats.takeover.flows_left_out = (restored.task_gone + restored.refused) as u64;
+        if let Some(successor) = successor {
+            let (pid, before) = (successor.view.pid, successor.view.takeovers);
+            let (started, released) = (successor.started, successor.released);
+            let dropped = successor.finish().unwrap_or_else(|e| {
+                log::warn!("{e}");
+                0
+            });
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let t = &mut control.stats.takeover;
+            t.takeovers = before + 1;
+            t.switch_ms = Some(ms);
+            t.switch_dropped = Some(dropped);
+            log::info!(
+                "took over from meshgate pid {pid} in {ms:.1} ms ({:.1} ms without a socket bound): {} flow(s) carried over, {} left out; {dropped} frame(s) dropped while no socket was bound",
+                released.elapsed().as_secs_f64() * 1e3,
+                restored.restored,
+                restored.task_gone + restored.refused
+            );
+        } else if restored.restored + restored.task_gone + restored.refused > 0 {
+            log::info!(
+                "restarted with the flows a previous meshgate left: {} carried over, {} left out",
+                restored.restored,
+                restored.task_gone + restored.refused
+            );
+        }
         control.sync_ports()?;
         control
             .follow_swarm(swarm_notes)
@@ -232,6 +320,26 @@ impl Forwarder {
     /// Index of a worker that has stopped (panicked), if any.
     pub fn dead_worker(&self) -> Option<usize> {
         self.workers.iter().position(|h| h.is_finished())
+    }
+
+    /// After a takeover: the workers have stopped and closed their
+    /// sockets; the program, now the successor's, stays attached and the
+    /// return paths stay in place.
+    pub fn hand_over(mut self) -> Control {
+        if let Some(a) = self.agent.take() {
+            a.hand_over();
+        }
+        self.control.hand_over_xdp();
+        self.stop.store(true, Ordering::SeqCst);
+        self.control.wake_workers();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.control.drain_reports();
+        if let Some((_, place)) = self.sandbox_xdp.take() {
+            place.hand_over();
+        }
+        self.control
     }
 
     /// Stops the workers, collects their last reports and detaches XDP.
@@ -302,10 +410,12 @@ impl WorkerWiring {
     }
 }
 
-/// The workers' command channels and threads.
+/// The workers' command channels and threads, and what became of the
+/// flows carried over.
 type Workers = (
     Vec<crossbeam::channel::Sender<self::worker::Command>>,
     Vec<JoinHandle<()>>,
+    RestoreReport,
 );
 
 /// Starts one pinned worker per socket (with its initial frames); worker
@@ -313,26 +423,29 @@ type Workers = (
 /// and threads.
 fn spawn_workers(
     cfg: &Config,
-    sockets: Vec<(crate::xdp::Port, Vec<crate::xdp::FrameToken>)>,
+    sockets: Vec<((crate::xdp::Port, Vec<crate::xdp::FrameToken>), Pipeline)>,
     wiring: &WorkerWiring,
     cores: &[Option<core_affinity::CoreId>],
     mut sandbox: Option<SandboxPort>,
+    mut carried: Vec<Option<self::worker::FlowExport>>,
 ) -> Result<Workers, RunError> {
-    let n = sockets.len();
-    let max_flows = (cfg.flows.max as usize / n).max(16);
+    let mut restored = RestoreReport::default();
     let mut command_txs = Vec::new();
     let mut handles = Vec::new();
-    for (i, (port, frames)) in sockets.into_iter().enumerate() {
+    for (i, ((port, frames), mut pipeline)) in sockets.into_iter().enumerate() {
         let (ctx, crx) = crossbeam::channel::unbounded();
         command_txs.push(ctx);
-        let mut pipeline = Pipeline::new(
-            wiring.snapshot.clone(),
-            i as u16,
-            n as u16,
-            max_flows,
-            cfg.flows.snat_ports,
-        );
         pipeline.set_resolver(wiring.resolve_q.clone());
+        if let Some((origin, records)) = carried.get_mut(i).and_then(Option::take) {
+            match pipeline.restore_flows(origin, &records) {
+                Ok(r) => {
+                    restored.restored += r.restored;
+                    restored.task_gone += r.task_gone;
+                    restored.refused += r.refused;
+                }
+                Err(e) => log::warn!("worker {i}: flows not carried over: {e}"),
+            }
+        }
         wiring.mesh.shared[i]
             .generation
             .store(wiring.snapshot.generation, Ordering::Release);
@@ -352,6 +465,7 @@ fn spawn_workers(
             poll: cfg.node.poll,
             report_every: Duration::from_millis(250),
             sandbox: if i == 0 { sandbox.take() } else { None },
+            hand_over: None,
         };
         let core = cores[i];
         let h = std::thread::Builder::new()
@@ -365,27 +479,82 @@ fn spawn_workers(
             .map_err(|e| RunError::Setup(format!("spawning worker {i}: {e}")))?;
         handles.push(h);
     }
-    Ok((command_txs, handles))
+    Ok((command_txs, handles, restored))
 }
 
-/// Loads the ingress program (not attached yet) and opens one socket per
-/// served queue, registered in the program's socket map.
-fn open_sockets(
+/// One pipeline per worker, with its flow table (its share of
+/// `flows.max`).
+fn new_pipelines(cfg: &Config, snapshot: &Arc<Snapshot>, n: usize) -> Vec<Pipeline> {
+    let max_flows = (cfg.flows.max as usize / n.max(1)).max(16);
+    (0..n)
+        .map(|i| {
+            Pipeline::new(
+                snapshot.clone(),
+                i as u16,
+                n as u16,
+                max_flows,
+                cfg.flows.snat_ports,
+            )
+        })
+        .collect()
+}
+
+/// The flows to start with, per worker: a predecessor's (a takeover), or
+/// those a stopped meshgate left beside the control socket. A state that
+/// does not validate is discarded with a warning, never half-used.
+fn carried_flows(
+    opts: &RunOptions,
+    successor: Option<&takeover::Successor>,
+    workers: usize,
+) -> Vec<Option<self::worker::FlowExport>> {
+    let files: Vec<PathBuf> = match (successor, &opts.control_socket) {
+        (Some(s), _) => s.view.files.clone(),
+        (None, Some(path)) => (0..workers)
+            .map(|w| takeover::flows_path(path, w))
+            .filter(|p| p.exists())
+            .collect(),
+        (None, None) => Vec::new(),
+    };
+    let mut out = vec![None; workers];
+    for f in files {
+        match takeover::take_flows(&f) {
+            Ok((origin, records)) if (origin.worker as usize) < workers => {
+                out[origin.worker as usize] = Some((origin, records));
+            }
+            Ok((origin, _)) => log::warn!(
+                "{}: flows of worker {} of {}; this meshgate runs {workers} worker(s): discarded",
+                f.display(),
+                origin.worker,
+                origin.workers
+            ),
+            Err(e) => log::warn!("discarded a flow state: {e}"),
+        }
+    }
+    out
+}
+
+/// Loads the ingress program (not attached yet).
+fn load_program(
     cfg: &Config,
     link: &LinkFacts,
-    queues: Vec<u32>,
-) -> Result<(IngressProgram, Xsk), RunError> {
+    queues: &[u32],
+) -> Result<IngressProgram, RunError> {
     let max_queue = queues.iter().copied().max().unwrap_or(0);
-    let program = IngressProgram::load(&IngressParams {
+    Ok(IngressProgram::load(&IngressParams {
         node_addr: cfg.node.address,
         overlay_addr: cfg.ingress.address,
         overlay_mac: cfg.ingress.mac,
         vni: cfg.ingress.vni,
         vxlan_port: cfg.ingress.port,
         queues: max_queue + 1,
-        miss_action: action::PASS,
+        miss_action: action::DROP,
         ifindex: Some(link.index),
-    })?;
+    })?)
+}
+
+/// Opens one socket per served queue, registered in the program's socket
+/// map.
+fn open_sockets(cfg: &Config, program: &IngressProgram, queues: Vec<u32>) -> Result<Xsk, RunError> {
     let xsk = Xsk::open(&XskConfig {
         ifname: cfg.node.interface.clone(),
         queues,
@@ -398,7 +567,7 @@ fn open_sockets(
     for p in &xsk.ports {
         program.register_socket(p.queue(), p.raw_fd())?;
     }
-    Ok((program, xsk))
+    Ok(xsk)
 }
 
 /// The queues to serve: `node.queues` or every queue of the interface,
@@ -564,7 +733,24 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
         .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
     let iface = cfg.node.interface.clone();
+    if let Some(path) = &opts.control_socket {
+        if !opts.takeover && std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(RunError::Setup(format!(
+                "another meshgate answers on {}: to replace it without dropping connections, start this one with --takeover; to run both, give this one another --control path (and another interface)",
+                path.display()
+            )));
+        }
+    }
     let mut fwd = Forwarder::start(cfg, &opts, stop.clone())?;
+    if let (true, Some(path)) = (opts.takeover, &opts.control_socket) {
+        // The predecessor removes its socket as it exits.
+        let t0 = std::time::Instant::now();
+        while std::os::unix::net::UnixStream::connect(path).is_ok()
+            && t0.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     if let Some(path) = &opts.control_socket {
         fwd.control
             .serve_api(path)
@@ -611,7 +797,14 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         if opts.duration.is_some_and(|d| started.elapsed() >= d) {
             break;
         }
-        if let Some(w) = fwd.dead_worker() {
+        if fwd.control.handed_over() {
+            let control = fwd.hand_over();
+            log::info!("{}", control.summary_line());
+            write_stats(&control, opts.stats_file.as_deref());
+            log::info!("taken over; exiting, the XDP program on {iface} is the new meshgate's");
+            return Ok(());
+        }
+        if let Some(w) = fwd.dead_worker().filter(|_| !fwd.control.handing_over()) {
             died = Some(w);
             break;
         }

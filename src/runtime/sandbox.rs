@@ -13,15 +13,16 @@
 //! Only the thread that opens the socket enters the namespace (setns(2) is
 //! per thread): the socket, the netlink lookup and the program's link are
 //! bound to the namespace when they are created and keep working from any
-//! thread afterwards. The link detaches the program when it is dropped.
+//! thread afterwards. The place detaches the program when it is dropped.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::attach::XdpPlace;
 use crate::netlink::Rtnl;
 use crate::wire::MacAddr;
-use crate::xdp::bpf::{Link, xdp_flags};
+use crate::xdp::bpf::xdp_flags;
 use crate::xdp::program::CaptureProgram;
 use crate::xdp::{BindMode, FrameToken, Port, Umem, Xsk, XskConfig};
 
@@ -46,10 +47,10 @@ pub struct Sandbox {
     pub umem: Arc<Umem>,
     pub frames: Vec<FrameToken>,
     pub interface: String,
-    /// Kept for as long as the socket is used; dropping `link` detaches
+    /// Kept for as long as the socket is used; dropping `place` detaches
     /// the program.
     pub program: CaptureProgram,
-    pub link: Link,
+    pub place: XdpPlace,
 }
 
 /// Why the sandbox could not be opened; each names what to check.
@@ -105,8 +106,9 @@ fn open_inside(p: &SandboxParams) -> Result<Sandbox, SandboxError> {
     let ns = std::fs::File::open(&p.netns).map_err(enter)?;
     nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| enter(std::io::Error::from(e)))?;
-    let links = Rtnl::new()
-        .and_then(|mut r| r.links())
+    let mut rtnl = Rtnl::new().map_err(|e| setup(&p.netns, "opening netlink", e.to_string()))?;
+    let links = rtnl
+        .links()
         .map_err(|e| setup(&p.netns, "listing interfaces", e.to_string()))?;
     let Some((interface, link)) = links.iter().find(|(_, l)| l.mac == p.mac).cloned() else {
         let found: Vec<String> = links
@@ -133,8 +135,13 @@ fn open_inside(p: &SandboxParams) -> Result<Sandbox, SandboxError> {
         huge_pages: false,
     })
     .map_err(|e| setup(&p.netns, "opening the AF_XDP socket", e.to_string()))?;
-    let program = CaptureProgram::load(Some(p.address), Some(p.mac), 1)
-        .map_err(|e| setup(&p.netns, "loading the capture program", e.to_string()))?;
+    let program = CaptureProgram::load(
+        Some(p.address),
+        Some(p.mac),
+        1,
+        crate::xdp::bpf::action::DROP,
+    )
+    .map_err(|e| setup(&p.netns, "loading the capture program", e.to_string()))?;
     let Xsk {
         umem,
         mut ports,
@@ -146,15 +153,23 @@ fn open_inside(p: &SandboxParams) -> Result<Sandbox, SandboxError> {
     program
         .register_socket(0, port.raw_fd())
         .map_err(|e| setup(&p.netns, "registering the socket", e.to_string()))?;
-    let link = program
-        .attach(link.index, xdp_flags::DRV_MODE, &interface)
-        .map_err(|e| setup(&p.netns, "attaching the capture program", e.to_string()))?;
+    // The netlink socket was opened in the sandbox: the place keeps
+    // working from other threads.
+    let (place, _) = XdpPlace::attach(
+        rtnl,
+        link.index,
+        &interface,
+        xdp_flags::DRV_MODE,
+        &program.prog,
+        &[crate::xdp::program::CAPTURE_NAME],
+    )
+    .map_err(|e| setup(&p.netns, "attaching the capture program", e.to_string()))?;
     Ok(Sandbox {
         port,
         umem,
         frames,
         interface,
         program,
-        link,
+        place,
     })
 }

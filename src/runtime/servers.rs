@@ -54,6 +54,9 @@ fn ask(calls: &Sender<ApiCall>, bell: &Doorbell, req: Request) -> Response {
 /// The Unix-socket server; removes its socket file when dropped.
 pub struct ApiServer {
     path: PathBuf,
+    /// The socket file this server made: after a takeover the path may
+    /// already be the successor's, which is not removed.
+    inode: Option<(u64, u64)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -82,6 +85,7 @@ impl ApiServer {
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        let inode = inode_of(path);
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
@@ -101,6 +105,7 @@ impl ApiServer {
             })?;
         Ok(ApiServer {
             path: path.to_path_buf(),
+            inode,
             stop,
             thread: Some(thread),
         })
@@ -113,8 +118,17 @@ impl Drop for ApiServer {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        if self.inode.is_some() && inode_of(&self.path) == self.inode {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
+}
+
+fn inode_of(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// Only root and meshgate's own user may use the socket (the file mode says

@@ -46,6 +46,9 @@ pub struct StatsView {
     /// Other nodes' announcements of return paths (`crate::mesh`).
     #[serde(default)]
     pub mesh: MeshStats,
+    /// Takeovers and the flows this process started with.
+    #[serde(default)]
+    pub takeover: super::takeover::TakeoverStats,
 }
 
 /// What the announcements' listener heard.
@@ -124,6 +127,7 @@ pub struct Stats {
     /// What the XDP program's SYN admission control did.
     pub admission: crate::xdp::program::AdmissionCounts,
     pub mesh: MeshStats,
+    pub takeover: super::takeover::TakeoverStats,
 }
 
 impl Stats {
@@ -142,6 +146,7 @@ impl Stats {
             syn_budget: 0,
             admission: Default::default(),
             mesh: MeshStats::default(),
+            takeover: Default::default(),
         }
     }
 
@@ -290,6 +295,7 @@ impl Stats {
             },
             swarm,
             mesh: self.mesh,
+            takeover: self.takeover,
         }
     }
 }

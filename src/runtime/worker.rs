@@ -70,7 +70,18 @@ pub enum Command {
         tasks: Vec<TaskId>,
         preserving_only: bool,
     },
+    /// Stop for good and hand the flows over (a takeover): the worker
+    /// stops receiving, exports its flows, closes its sockets (a queue
+    /// takes one socket at a time) and only then sends the export, so that
+    /// the successor's bind finds the queue free.
+    HandOver(Sender<FlowExport>),
 }
+
+/// A worker's flows, as it handed them over.
+pub type FlowExport = (
+    crate::dataplane::handover::Origin,
+    Vec<crate::dataplane::handover::FlowRecord>,
+);
 
 /// What a worker ships to the control thread periodically.
 pub struct WorkerReport {
@@ -145,6 +156,8 @@ pub struct Worker {
     pub report_every: Duration,
     /// The ingress sandbox's socket, on the sandbox worker only.
     pub sandbox: Option<SandboxPort>,
+    /// Set by [`Command::HandOver`]: where the flows go once the loop ends.
+    pub hand_over: Option<Sender<FlowExport>>,
 }
 
 /// Idle iterations before an adaptive worker sleeps (about 50 µs of spinning).
@@ -367,6 +380,7 @@ impl Worker {
                         .generation
                         .store(g, Ordering::Release);
                 }
+                Command::HandOver(to) => self.hand_over = Some(to),
                 Command::EndFlows {
                     tasks,
                     preserving_only,
@@ -438,6 +452,9 @@ impl Worker {
         let batch = self.batch as u32;
         while !self.stop.load(Ordering::Relaxed) {
             self.apply_commands();
+            if self.hand_over.is_some() {
+                break;
+            }
             let now = Instant::now();
             self.pipeline
                 .set_now(now.duration_since(start).as_millis() as u32);
@@ -555,6 +572,13 @@ impl Worker {
             }
         }
         self.report(&mut hist);
+        if let Some(to) = self.hand_over.take() {
+            let export = self.pipeline.export_flows();
+            // Closes this worker's sockets (and the sandbox's) before the
+            // successor hears that it may bind.
+            drop(self);
+            let _ = to.send(export);
+        }
     }
 }
 

@@ -18,6 +18,7 @@ mod cmd {
     pub const MAP_DELETE_ELEM: i32 = 3;
     pub const PROG_LOAD: i32 = 5;
     pub const PROG_TEST_RUN: i32 = 10;
+    pub const PROG_GET_FD_BY_ID: i32 = 13;
     pub const OBJ_GET_INFO_BY_FD: i32 = 15;
     pub const LINK_CREATE: i32 = 28;
     pub const LINK_UPDATE: i32 = 29;
@@ -322,6 +323,26 @@ impl Program {
         Self::load(PROG_TYPE_XDP, ATTACH_TYPE_XDP, insns, name, Some(ifindex))
     }
 
+    /// Opens the loaded program with kernel id `id` (one another process
+    /// attached, say) and reads its name. Needs CAP_SYS_ADMIN.
+    pub fn from_id(id: u32) -> Result<Program, BpfError> {
+        let mut a = Attr::new();
+        a.u32(0, id);
+        let r = sys_bpf(cmd::PROG_GET_FD_BY_ID, &mut a);
+        let fd = fd_result(r, || format!("opening BPF program {id}"))?;
+        // bpf_prog_info: the name is bytes 64..80, NUL-padded.
+        let mut info = [0u8; 80];
+        obj_info(fd.as_raw_fd(), &mut info, || {
+            format!("reading BPF program {id}")
+        })?;
+        let name = info[64..80]
+            .iter()
+            .take_while(|&&b| b != 0)
+            .map(|&b| b as char)
+            .collect();
+        Ok(Program { fd, name })
+    }
+
     /// Loads a tc (sched_cls) program for tcx egress.
     pub fn load_tc(insns: &[Insn], name: &str) -> Result<Program, BpfError> {
         Self::load(
@@ -410,6 +431,19 @@ impl Program {
             format!("reading program {}'s id", self.name)
         })?;
         Ok(u32::from_ne_bytes(info[4..8].try_into().expect("4 bytes")))
+    }
+
+    /// Another handle on the same program (a duplicated descriptor).
+    pub fn try_clone(&self) -> Result<Program, BpfError> {
+        let fd = self.fd.try_clone().map_err(|source| BpfError {
+            what: format!("duplicating program {}", self.name),
+            source,
+            hint: String::new(),
+        })?;
+        Ok(Program {
+            fd,
+            name: self.name.clone(),
+        })
     }
 
     pub fn name(&self) -> &str {

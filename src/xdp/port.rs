@@ -136,11 +136,20 @@ impl Xsk {
         let mut tries = 0;
         loop {
             match Self::open_once(cfg) {
-                Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) && tries < 20 => {
+                // A queue is freed shortly after its last socket closes
+                // (the kernel releases it from a work queue): a takeover's
+                // or a restart's bind waits for it, 2 s at most, in short
+                // steps, since frames are dropped until it succeeds.
+                Err(e) if e.source.raw_os_error() == Some(libc::EBUSY) && tries < 400 => {
                     tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                r => return r,
+                r => {
+                    if tries > 0 {
+                        log::info!("{}: the queue was busy for {} ms", cfg.ifname, tries * 5);
+                    }
+                    return r;
+                }
             }
         }
     }

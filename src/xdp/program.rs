@@ -51,7 +51,10 @@ pub struct IngressParams {
     /// Size of the socket map: the highest queue id + 1.
     pub queues: u32,
     /// What a frame meant for a socket gets when its queue has none:
-    /// `XDP_PASS` in production; tests use `XDP_ABORTED` to tell it apart.
+    /// `XDP_DROP` in production (the kernel, which knows none of
+    /// meshgate's flows, would answer it with a reset; a dropped segment is
+    /// retransmitted), counted ([`NO_SOCKET`]); tests use `XDP_ABORTED` to
+    /// tell it apart.
     pub miss_action: u32,
     /// The device the program is for, when known: it is then loaded bound
     /// to it and asks the driver for a VLAN tag it stripped (see
@@ -65,6 +68,11 @@ pub struct IngressParams {
 /// meshgate's: it goes to the kernel, counted with `not_ipv4` (not an
 /// untagged IPv4 frame), as a frame with its tag still inside is.
 pub const VLAN_TAG_KFUNC: &str = "bpf_xdp_metadata_rx_vlan_tag";
+
+/// The programs' names, as the kernel keeps them: a restarted meshgate
+/// replaces only programs of these names.
+pub const INGRESS_NAME: &str = "meshgate_in";
+pub const CAPTURE_NAME: &str = "meshgate_cap";
 
 /// Largest number of published (protocol, port) pairs.
 pub const MAX_PORTS: u32 = 4096;
@@ -93,6 +101,10 @@ pub const PASS_REASONS: [&str; 7] = [
     "vxlan_other_vni",
     "vxlan_not_for_sandbox",
 ];
+
+/// The slot of the program's counters after the pass reasons: frames for
+/// meshgate that met no socket on their queue (and got the miss action).
+pub const NO_SOCKET: u32 = PASS_REASONS.len() as u32;
 
 /// The program's jump target for each of [`PASS_REASONS`], in the same
 /// order (the assembler's labels are static strings; a test checks the
@@ -175,13 +187,33 @@ fn emit_counted_pass(a: &mut Asm, counters: RawFd) {
 }
 
 /// Emits the tail: "redirect" to the queue's socket in `xsks`, and "pass".
-fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32) {
+/// With `counters`, a frame whose queue has no socket (between two
+/// processes in a takeover, or after a crash until the restart binds) is
+/// counted in slot [`NO_SOCKET`] before it gets `miss_action`.
+fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32, counters: Option<RawFd>) {
     a.label("redirect")
         .ldx(W, R2, R6, 16) // ctx->rx_queue_index
         .ld_map_fd(R1, xsks)
         .alu64_imm(Alu::Mov, R3, miss_action as i32)
-        .call(helper::REDIRECT_MAP)
-        .exit()
+        .call(helper::REDIRECT_MAP);
+    if let Some(counters) = counters {
+        a.jmp_imm(Jmp::Ne, R0, miss_action as i32, "redirected")
+            .alu64_imm(Alu::Mov, R1, NO_SOCKET as i32)
+            .stx(W, R10, -8, R1)
+            .ld_map_fd(R1, counters)
+            .alu64_reg(Alu::Mov, R2, R10)
+            .alu64_imm(Alu::Add, R2, -8)
+            .call(helper::MAP_LOOKUP_ELEM)
+            .jmp_imm(Jmp::Eq, R0, 0, "missed")
+            // A per-CPU slot: no other CPU writes it, a plain add is enough.
+            .ldx(DW, R1, R0, 0)
+            .alu64_imm(Alu::Add, R1, 1)
+            .stx(DW, R0, 0, R1)
+            .label("missed")
+            .alu64_imm(Alu::Mov, R0, miss_action as i32)
+            .label("redirected");
+    }
+    a.exit()
         .label("pass")
         .alu64_imm(Alu::Mov, R0, action::PASS as i32)
         .exit();
@@ -260,7 +292,7 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
         .call(helper::MAP_LOOKUP_ELEM)
         .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port");
     emit_syn_admission(&mut a, maps);
-    emit_redirect_and_pass(&mut a, maps.xsks, p.miss_action);
+    emit_redirect_and_pass(&mut a, maps.xsks, p.miss_action, Some(maps.counters));
     emit_counted_pass(&mut a, maps.counters);
     a.finish()
 }
@@ -466,13 +498,7 @@ impl IngressProgram {
     pub fn load(p: &IngressParams) -> Result<IngressProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, p.queues.max(1), "mg_xsks")?;
         let ports = Map::create(map_type::HASH, 4, 4, MAX_PORTS, "mg_ports")?;
-        let counters = Map::create(
-            map_type::PERCPU_ARRAY,
-            4,
-            8,
-            PASS_REASONS.len() as u32,
-            "mg_pass",
-        )?;
+        let counters = Map::create(map_type::PERCPU_ARRAY, 4, 8, NO_SOCKET + 1, "mg_pass")?;
         let budget = Map::create(map_type::ARRAY, 4, 16, 1, "mg_budget")?;
         let admit = Map::create(map_type::ARRAY, 4, admit::SIZE, p.queues.max(1), "mg_admit")?;
         let retry = Map::create(map_type::ARRAY, 4, 8, 1 << RETRY_SLOT_BITS, "mg_syn_retry")?;
@@ -506,7 +532,7 @@ impl IngressProgram {
                     "{why}: VLAN-tagged frames whose tag the driver strips look untagged to meshgate"
                 );
             }
-            Program::load_xdp(&ingress_insns(p, maps, None), "meshgate_in")
+            Program::load_xdp(&ingress_insns(p, maps, None), INGRESS_NAME)
         };
         let Some(ifindex) = p.ifindex else {
             return plain(String::new());
@@ -514,7 +540,7 @@ impl IngressProgram {
         let Some(id) = super::btf::vmlinux_func_id(VLAN_TAG_KFUNC) else {
             return plain(format!("this kernel has no {VLAN_TAG_KFUNC} (Linux 6.8+)"));
         };
-        match Program::load_xdp_bound(&ingress_insns(p, maps, Some(id)), "meshgate_in", ifindex) {
+        match Program::load_xdp_bound(&ingress_insns(p, maps, Some(id)), INGRESS_NAME, ifindex) {
             Ok(prog) => Ok(prog),
             Err(e) => plain(format!("the driver does not report VLAN tags to XDP ({e})")),
         }
@@ -551,14 +577,26 @@ impl IngressProgram {
     pub fn pass_counts(&self) -> Result<[u64; PASS_REASONS.len()], BpfError> {
         let mut out = [0u64; PASS_REASONS.len()];
         for (i, o) in out.iter_mut().enumerate() {
-            if let Some(buf) = self.counters.lookup_percpu(&(i as u32).to_ne_bytes())? {
-                *o = buf
-                    .chunks_exact(8)
-                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-                    .sum();
-            }
+            *o = self.counter(i as u32)?;
         }
         Ok(out)
+    }
+
+    /// Frames for meshgate that found no socket on their queue, all CPUs.
+    pub fn no_socket_count(&self) -> Result<u64, BpfError> {
+        self.counter(NO_SOCKET)
+    }
+
+    fn counter(&self, slot: u32) -> Result<u64, BpfError> {
+        Ok(self
+            .counters
+            .lookup_percpu(&slot.to_ne_bytes())?
+            .map(|buf| {
+                buf.chunks_exact(8)
+                    .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+                    .sum()
+            })
+            .unwrap_or(0))
     }
 
     /// Publishes (protocol, port) to the program.
@@ -596,15 +634,19 @@ pub struct CaptureProgram {
 }
 
 impl CaptureProgram {
+    /// `miss_action`: what a captured frame gets while its queue has no
+    /// socket (`XDP_PASS` for tools; `XDP_DROP` for the sandbox, whose
+    /// kernel would reset the tasks' replies).
     pub fn load(
         addr: Option<Ipv4Addr>,
         mac: Option<MacAddr>,
         queues: u32,
+        miss_action: u32,
     ) -> Result<CaptureProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, queues.max(1), "mg_cap_xsks")?;
         let mut a = Asm::new();
         emit_ipv4_to(&mut a, addr, mac);
-        emit_redirect_and_pass(&mut a, xsks.fd(), action::PASS);
+        emit_redirect_and_pass(&mut a, xsks.fd(), miss_action, None);
         // Not counted: every reason is a plain pass. Without an address
         // nothing jumps to `pass_other_address`, and the verifier rejects
         // unreachable instructions.
@@ -615,7 +657,7 @@ impl CaptureProgram {
         for l in reasons {
             a.label(l).ja("pass");
         }
-        let prog = Program::load_xdp(&a.finish(), "meshgate_cap")?;
+        let prog = Program::load_xdp(&a.finish(), CAPTURE_NAME)?;
         Ok(CaptureProgram { prog, xsks })
     }
 
@@ -676,6 +718,23 @@ mod tests {
     const REDIRECT: u32 = action::ABORTED;
     const PASS: u32 = action::PASS;
     const REFUSE: u32 = action::DROP;
+
+    #[test]
+    fn frames_without_a_socket_get_the_miss_action_and_are_counted() {
+        let Some(p) = load() else { return };
+        p.add_port(6, PUBLISHED).unwrap();
+        let ack = client_tcp(40000, 7, 1, ACK, b"x");
+        assert_eq!(p.no_socket_count().unwrap(), 0);
+        for _ in 0..3 {
+            assert_eq!(p.prog.test_run(&ack).unwrap(), REDIRECT);
+        }
+        assert_eq!(p.no_socket_count().unwrap(), 3);
+        // A frame the program passes is not a miss.
+        p.remove_port(6, PUBLISHED).unwrap();
+        assert_eq!(p.prog.test_run(&ack).unwrap(), PASS);
+        assert_eq!(p.no_socket_count().unwrap(), 3);
+        assert_eq!(p.pass_counts().unwrap().iter().sum::<u64>(), 1);
+    }
 
     #[test]
     fn syn_admission_budget_and_second_chance() {
@@ -877,7 +936,7 @@ mod tests {
     #[test]
     fn capture_program_passes_arp() {
         let Some(_) = load() else { return };
-        let p = CaptureProgram::load(Some(NODE), None, 1).unwrap();
+        let p = CaptureProgram::load(Some(NODE), None, 1, action::PASS).unwrap();
         let plain_arp = arp_frame(
             CLIENT_MAC,
             crate::wire::MacAddr::BROADCAST,
@@ -892,7 +951,7 @@ mod tests {
         assert_eq!(p.prog.test_run(&client_udp(1, b"x")).unwrap(), PASS);
         // Without an address (the traffic generator's capture) it loads
         // and passes ARP as well.
-        let any = CaptureProgram::load(None, None, 1).unwrap();
+        let any = CaptureProgram::load(None, None, 1, action::PASS).unwrap();
         assert_eq!(any.prog.test_run(&plain_arp).unwrap(), PASS);
     }
 
@@ -904,8 +963,8 @@ mod tests {
         std::thread::spawn(|| {
             // A namespace of this thread's own: its `lo` is the interface.
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-            let a = CaptureProgram::load(None, None, 1).unwrap();
-            let b = CaptureProgram::load(Some(NODE), None, 1).unwrap();
+            let a = CaptureProgram::load(None, None, 1, action::PASS).unwrap();
+            let b = CaptureProgram::load(Some(NODE), None, 1, action::PASS).unwrap();
             let link = a.attach(1, xdp_flags::SKB_MODE, "lo").unwrap();
             let (ida, idb) = (a.prog.id().unwrap(), b.prog.id().unwrap());
             assert_ne!(ida, idb);

@@ -88,6 +88,8 @@ pub struct Meshgate {
     pub stdout: PathBuf,
     pub control: PathBuf,
     ns: String,
+    /// Removes `dir` when dropped (a predecessor in a takeover does not).
+    owns_dir: bool,
 }
 
 impl Meshgate {
@@ -107,8 +109,16 @@ impl Meshgate {
         }
         let cfg = dir.join("meshgate.toml");
         std::fs::write(&cfg, config).unwrap();
+        let mut m = Self::spawn(lab, dir, wrapper, &[], "stdout.log");
+        m.wait_for(&["forwarding on"]);
+        m
+    }
+
+    /// Starts `meshgate run` on the configuration in `dir`, with `args`.
+    fn spawn(lab: &Lab, dir: PathBuf, wrapper: &[&str], args: &[&str], log: &str) -> Meshgate {
+        let cfg = dir.join("meshgate.toml");
         let stats = dir.join("stats.json");
-        let stdout = dir.join("stdout.log");
+        let stdout = dir.join(log);
         let control = dir.join("control.sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ingress()])
@@ -120,11 +130,12 @@ impl Meshgate {
             .arg(&stats)
             .arg("--control")
             .arg(&control)
+            .args(args)
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawning meshgate");
-        let mut m = Meshgate {
+        Meshgate {
             child: Some(child),
             dir,
             config: cfg,
@@ -132,26 +143,75 @@ impl Meshgate {
             stdout,
             control,
             ns: lab.ingress(),
-        };
+            owns_dir: true,
+        }
+    }
+
+    /// Waits until the program is attached, the log has each of `lines`
+    /// and the statistics are written.
+    fn wait_for(&mut self, lines: &[&str]) {
         let t0 = Instant::now();
         loop {
-            if lab::xdp_attached(&m.ns, "in0").unwrap()
-                && m.log().contains("forwarding on")
-                && m.stats.exists()
+            let log = self.log();
+            if lab::xdp_attached(&self.ns, "in0").unwrap()
+                && lines.iter().all(|l| log.contains(l))
+                && self.stats.exists()
             {
                 break;
             }
-            if let Some(st) = m.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("meshgate exited at start ({st}):\n{}", m.log());
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("meshgate exited at start ({st}):\n{}", self.log());
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(15),
                 "meshgate did not start within 15 s:\n{}",
-                m.log()
+                self.log()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
-        m
+    }
+
+    /// Starts `meshgate run --takeover` on the same configuration and
+    /// control socket, waits until it has taken over and this one has
+    /// exited (successfully); returns the new one and this one's log.
+    pub fn take_over(mut self, lab: &Lab, n: usize) -> (Meshgate, String) {
+        let mut next = Self::spawn(
+            lab,
+            self.dir.clone(),
+            &[],
+            &["--takeover"],
+            &format!("stdout-{n}.log"),
+        );
+        next.wait_for(&["took over from", "forwarding on"]);
+        let mut child = self.child.take().unwrap();
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the old meshgate did not exit within 10 s of the takeover:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = self.log();
+        assert!(st.success(), "the old meshgate failed ({st}):\n{log}");
+        self.owns_dir = false;
+        (next, log)
+    }
+
+    /// Kills this meshgate with SIGKILL and starts another on the same
+    /// configuration and control socket at once.
+    pub fn kill_and_restart(mut self, lab: &Lab, n: usize) -> Meshgate {
+        let mut child = self.child.take().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        self.owns_dir = false;
+        let mut next = Self::spawn(lab, self.dir.clone(), &[], &[], &format!("stdout-{n}.log"));
+        next.wait_for(&["forwarding on"]);
+        next
     }
 
     pub fn pid(&self) -> u32 {
@@ -216,7 +276,9 @@ impl Drop for Meshgate {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

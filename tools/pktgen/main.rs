@@ -211,7 +211,7 @@ fn open(
     if !capture {
         return Ok((xsk, None));
     }
-    let prog = CaptureProgram::load(None, None, 1)?;
+    let prog = CaptureProgram::load(None, None, 1, meshgate::xdp::bpf::action::PASS)?;
     prog.register_socket(0, xsk.ports[0].raw_fd())?;
     let l = prog.attach(link.index, xdp_flags::DRV_MODE, ifname)?;
     Ok((xsk, Some((prog, l))))
@@ -389,7 +389,7 @@ fn reflect(iface: &str, addr: Ipv4Addr, duration: Option<f64>, interrupt: bool) 
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
     let mut rtnl = Rtnl::new()?;
     let link = rtnl.link(iface)?;
-    let prog = CaptureProgram::load(Some(addr), None, 1)?;
+    let prog = CaptureProgram::load(Some(addr), None, 1, meshgate::xdp::bpf::action::PASS)?;
     let mut xsk = Xsk::open(&XskConfig {
         ifname: iface.into(),
         queues: vec![0],

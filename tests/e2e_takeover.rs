@@ -1,0 +1,253 @@
+//! Takeovers in the lab: a new meshgate replaces a running one while
+//! clients talk through it, and no connection notices more than a pause.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Meshgate, default_lab, target, task_of};
+use meshgate_testkit::lab::{self, Lab};
+
+/// Long enough for TCP to retransmit a segment dropped during a switch
+/// (the minimum RTO is 200 ms; a SYN's first retransmission comes after 1 s).
+const T: Duration = Duration::from_secs(5);
+
+/// What the clients saw while meshgate changed hands.
+#[derive(Debug, Default)]
+struct Outcome {
+    requests: u64,
+    new_connections: u64,
+    failures: Vec<String>,
+}
+
+/// Six keep-alive connections asking every 250 ms, and ten new connections
+/// a second, from the client namespace until `stop`.
+fn clients(lab: &Lab, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Outcome> {
+    let ns = lab.client();
+    std::thread::spawn(move || {
+        lab::enter_ns(&ns).unwrap();
+        let keepalive: Vec<_> = (0..6)
+            .map(|i| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let mut out = Outcome::default();
+                    let mut s = match TcpStream::connect_timeout(&target(), T) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            out.failures.push(format!("keep-alive {i}: connect: {e}"));
+                            return out;
+                        }
+                    };
+                    s.set_read_timeout(Some(T)).unwrap();
+                    let mut task = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let answer = s.write_all(b"hello\n").and_then(|_| lab::read_line(&mut s));
+                        match answer {
+                            Ok(line) if line.is_empty() => {
+                                out.failures.push(format!("keep-alive {i}: closed"));
+                                return out;
+                            }
+                            Ok(line) => {
+                                let t = task_of(&line);
+                                if task.get_or_insert(t.clone()) != &t {
+                                    out.failures
+                                        .push(format!("keep-alive {i} moved from {task:?} to {t}"));
+                                    return out;
+                                }
+                                out.requests += 1;
+                            }
+                            Err(e) => {
+                                out.failures
+                                    .push(format!("keep-alive {i}: request {}: {e}", out.requests));
+                                return out;
+                            }
+                        }
+                        std::thread::sleep(Duration::from_millis(250));
+                    }
+                    out
+                })
+            })
+            .collect();
+        let fresh = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                // Ten a second, each on its own thread: a connection
+                // waiting for its SYN's retransmission does not hold up
+                // the next ones.
+                let mut handles = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    handles.push(std::thread::spawn(|| lab::tcp_request(target(), T)));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let mut out = Outcome::default();
+                for h in handles {
+                    match h.join().unwrap() {
+                        Ok(_) => out.new_connections += 1,
+                        Err(e) => out.failures.push(format!("new connection: {e}")),
+                    }
+                }
+                out
+            })
+        };
+        let mut total = Outcome::default();
+        for h in keepalive.into_iter().chain([fresh]) {
+            let o = h.join().unwrap();
+            total.requests += o.requests;
+            total.new_connections += o.new_connections;
+            total.failures.extend(o.failures);
+        }
+        total
+    })
+}
+
+#[test]
+fn five_takeovers_in_a_row_drop_no_connection() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let mut mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.5\n"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(&lab, stop.clone());
+    let t0 = Instant::now();
+    let mut old_logs = Vec::new();
+    for n in 1..=5 {
+        std::thread::sleep(Duration::from_secs(5));
+        let (next, old_log) = mg.take_over(&lab, n);
+        old_logs.push(old_log);
+        mg = next;
+    }
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(t0.elapsed()));
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.join().unwrap();
+    let log = mg.log();
+    eprintln!(
+        "{} requests on 6 keep-alive connections, {} new connections",
+        outcome.requests, outcome.new_connections
+    );
+    for l in log.lines().chain(old_logs.iter().flat_map(|l| l.lines())) {
+        if l.contains("took over") || l.contains("handed over") || l.contains("was busy") {
+            eprintln!("{l}");
+        }
+    }
+    assert!(
+        outcome.failures.is_empty(),
+        "{:?}\nlast log:\n{log}\nearlier:\n{}",
+        outcome.failures,
+        old_logs.join("\n---\n")
+    );
+    // 30 s at four a second on six connections, less the pauses (a
+    // segment dropped in a switch waits for its retransmission).
+    assert!(outcome.requests >= 6 * 80, "{outcome:?}");
+    assert!(outcome.new_connections >= 250, "{outcome:?}");
+    for old in &old_logs {
+        assert!(old.contains("handing over"), "{old}");
+        assert!(old.contains("taken over; exiting"), "{old}");
+    }
+    let (st, log, stats) = mg.stop();
+    assert!(st.success(), "{log}");
+    let t = &stats["takeover"];
+    assert_eq!(t["takeovers"], 5, "{t}");
+    assert!(t["flows_carried"].as_u64().unwrap() >= 6, "{t}");
+    assert!(t["switch_ms"].as_f64().unwrap() > 0.0, "{t}");
+}
+
+/// A takeover the running meshgate cannot honour is refused before
+/// anything changes: the old one keeps serving its connections. And a
+/// second meshgate without --takeover is refused with the flag's name.
+#[test]
+fn an_incompatible_takeover_is_refused_without_harm() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let mg = Meshgate::start(&lab, &lab.config_toml(""));
+    let run = |cfg: &str, extra: &[&str]| {
+        let path = mg.dir.join("other.toml");
+        std::fs::write(&path, cfg).unwrap();
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ingress()])
+            .arg(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .arg("--control")
+            .arg(&mg.control)
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let ns = lab.client();
+    let conn = std::thread::spawn(move || {
+        lab::enter_ns(&ns).unwrap();
+        let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"hello\n").unwrap();
+        let first = task_of(&lab::read_line(&mut s).unwrap());
+        (s, first)
+    });
+    let (mut s, first) = conn.join().unwrap();
+
+    let (ok, out) = run(&lab.config_toml(""), &[]);
+    assert!(!ok && out.contains("--takeover"), "{out}");
+
+    let other = lab.config_toml("[flows]\nsnat_ports = [20000, 40000]\n");
+    let (ok, out) = run(&other, &["--takeover"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("refused") && out.contains("flows.snat_ports"),
+        "{out}"
+    );
+
+    // A flow state of another version: refused by name, nothing stops.
+    let mut api = std::os::unix::net::UnixStream::connect(&mg.control).unwrap();
+    api.write_all(
+        b"{\"cmd\":\"handover\",\"version\":99,\"workers\":1,\"snat_ports\":[1024,65535]}\n",
+    )
+    .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&api), &mut line).unwrap();
+    assert!(
+        line.contains("\"ok\":false") && line.contains("version 99"),
+        "{line}"
+    );
+
+    // The old meshgate still serves the connection it had, on its task.
+    let again = std::thread::spawn(move || {
+        s.write_all(b"hello\n").unwrap();
+        task_of(&lab::read_line(&mut s).unwrap())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(again, first);
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains("handing over"), "{log}");
+}
+
+/// A flow state that is corrupt, foreign or of another shape is discarded
+/// with a warning, and meshgate starts and serves.
+#[test]
+fn a_corrupt_flow_state_is_discarded() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("{}-mg", lab.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("control.sock.flows.0"), b"MGFLOWS\0garbage").unwrap();
+    let mg = Meshgate::start(&lab, &lab.config_toml(""));
+    let ok = lab
+        .in_ns(&lab.client(), || lab::tcp_request(target(), T))
+        .unwrap();
+    assert!(ok.is_ok(), "{ok:?}\n{}", mg.log());
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+    assert!(log.contains("discarded a flow state"), "{log}");
+    assert!(!dir.join("control.sock.flows.0").exists());
+}
