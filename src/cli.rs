@@ -229,6 +229,19 @@ fn print_stats(v: &StatsView) {
         "new TCP flows: budget {}/s per queue, admitted {}, retried {}, refused {}",
         a.budget_per_queue_per_second, a.admitted, a.retried, a.refused
     );
+    let t = &v.takeover;
+    if t.takeovers > 0 || t.flows_carried + t.flows_left_out > 0 {
+        println!(
+            "takeovers: {}, flows carried over {} ({} left out){}",
+            t.takeovers,
+            t.flows_carried,
+            t.flows_left_out,
+            match (t.switch_ms, t.switch_dropped) {
+                (Some(ms), Some(d)) => format!(", last switch {ms:.1} ms, {d} frame(s) dropped"),
+                _ => String::new(),
+            }
+        );
+    }
     let b = &v.batch_latency_ns;
     println!(
         "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",

@@ -147,6 +147,11 @@ fn five_takeovers_in_a_row_drop_no_connection() {
         assert!(old.contains("handing over"), "{old}");
         assert!(old.contains("taken over; exiting"), "{old}");
     }
+    let human = mg.cli_ok(&["stats"]);
+    assert!(
+        human.contains("takeovers: 5, flows carried over"),
+        "{human}"
+    );
     let (st, log, stats) = mg.stop();
     assert!(st.success(), "{log}");
     let t = &stats["takeover"];
