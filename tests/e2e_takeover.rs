@@ -160,6 +160,59 @@ fn five_takeovers_in_a_row_drop_no_connection() {
     assert!(t["switch_ms"].as_f64().unwrap() > 0.0, "{t}");
 }
 
+/// SIGKILL and an immediate restart (what systemd's `Restart=always`
+/// does): the program stays attached and drops meanwhile, the restarted
+/// meshgate finds every flow in the dead one's journal, and no connection
+/// is reset or moves; new connections after the restart are answered.
+#[test]
+fn sigkill_and_an_immediate_restart_reset_no_connection() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.5\n"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = clients(&lab, stop.clone());
+    std::thread::sleep(Duration::from_secs(5));
+    let killed_at = Instant::now();
+    let mg = mg.kill_and_restart(&lab, 1);
+    let restarted_in = killed_at.elapsed();
+    std::thread::sleep(Duration::from_secs(10));
+    stop.store(true, Ordering::Relaxed);
+    let outcome = load.join().unwrap();
+    let log = mg.log();
+    eprintln!(
+        "restarted in {restarted_in:?}; {} requests on 6 keep-alive connections, {} new connections",
+        outcome.requests, outcome.new_connections
+    );
+    assert!(outcome.failures.is_empty(), "{:?}\n{log}", outcome.failures);
+    assert!(outcome.requests >= 6 * 40, "{outcome:?}");
+    assert!(outcome.new_connections >= 100, "{outcome:?}");
+    let carried: u64 = log
+        .lines()
+        .find_map(|l| {
+            l.split("restarted with the flows a previous meshgate left: ")
+                .nth(1)
+        })
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no restart line:\n{log}"));
+    assert!(carried >= 6, "{log}");
+    let journal = mg.control.with_extension("sock.journal.0");
+    assert!(journal.exists(), "{}", journal.display());
+    let mut mg = mg;
+    mg.signal("INT");
+    let st = mg.child.as_mut().unwrap().wait().unwrap();
+    assert!(st.success(), "{}", mg.log());
+    let stats = mg.stats_json();
+    assert_eq!(
+        stats["takeover"]["flows_carried"], carried,
+        "{}",
+        stats["takeover"]
+    );
+    // A clean stop removes the journal: nothing to restore next time.
+    assert!(!journal.exists(), "{}", journal.display());
+}
+
 /// A takeover the running meshgate cannot honour is refused before
 /// anything changes: the old one keeps serving its connections. And a
 /// second meshgate without --takeover is refused with the flag's name.

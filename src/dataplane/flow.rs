@@ -181,6 +181,16 @@ pub enum RestoreError {
     Full,
 }
 
+/// Where a flow table mirrors its flows so that they outlive the process
+/// (`super::journal`). Called off the per-packet path: when a flow is
+/// placed or removed, and by the expiry sweep for each live flow it visits
+/// (whose state may have changed since it was placed).
+pub trait FlowMirror: Send {
+    fn put(&mut self, slot: u32, flow: &Flow);
+    fn clear(&mut self, slot: u32);
+    fn refresh(&mut self, slot: u32, flow: &Flow);
+}
+
 /// What [`FlowTable::insert`] displaced to make room.
 #[derive(Debug, Clone, Copy)]
 pub struct Evicted(pub Flow);
@@ -204,6 +214,7 @@ pub struct FlowTable {
     /// This worker's SNAT ports in use, per destination (protocol, task,
     /// target port): bit `i` is the worker's `i`-th port (see [`PortBits`]).
     in_use: hashbrown::HashMap<(u8, Ipv4Addr, u16), PortBits>,
+    mirror: Option<Box<dyn FlowMirror>>,
 }
 
 /// Slots examined when looking for a flow to evict.
@@ -292,6 +303,7 @@ impl FlowTable {
             workers,
             ports,
             in_use: hashbrown::HashMap::new(),
+            mirror: None,
         };
         t.prefault();
         t
@@ -538,6 +550,17 @@ impl FlowTable {
         self.by_snat.insert_unique(sh, slot, |&s| {
             fold_hash(Self::snat_key(&slab[s as usize]).packed(), seed2)
         });
+        if let Some(m) = &mut self.mirror {
+            m.put(slot, &flow);
+        }
+    }
+
+    /// Mirrors every flow, now and from now on, into `m`.
+    pub fn set_mirror(&mut self, mut m: Box<dyn FlowMirror>) {
+        for (slot, f) in self.iter() {
+            m.put(slot, f);
+        }
+        self.mirror = Some(m);
     }
 
     /// Puts back a flow carried over from another process (a takeover, a
@@ -629,6 +652,9 @@ impl FlowTable {
         }
         self.live[slot as usize] = false;
         self.free.push(slot);
+        if let Some(m) = &mut self.mirror {
+            m.clear(slot);
+        }
         f
     }
 
@@ -682,6 +708,8 @@ impl FlowTable {
                 expire(&f);
                 self.remove(self.hand as u32);
                 removed += 1;
+            } else if let Some(m) = &mut self.mirror {
+                m.refresh(self.hand as u32, &f);
             }
         }
         removed
@@ -716,10 +744,12 @@ impl FlowTable {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn flow(client_port: u16, task: u8) -> Flow {
+    /// A TCP flow in SYN-SENT from 198.18.0.1:`client_port` to task
+    /// 198.18.128.`task`.
+    pub(crate) fn flow(client_port: u16, task: u8) -> Flow {
         Flow {
             key: ClientKey {
                 client: Ipv4Addr::new(198, 18, 0, 1),

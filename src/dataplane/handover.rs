@@ -27,7 +27,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::flow::FlowState;
+use super::flow::{Flow, FlowState};
 
 pub const MAGIC: [u8; 8] = *b"MGFLOWS\0";
 /// The format's version; a receiver refuses any other.
@@ -63,6 +63,28 @@ pub struct FlowRecord {
     pub client_next: u32,
     pub task_next: u32,
     pub hash: u32,
+}
+
+impl FlowRecord {
+    /// A flow as it crosses, idle for `idle_ms`.
+    pub fn of(f: &Flow, idle_ms: u32) -> FlowRecord {
+        FlowRecord {
+            protocol: f.key.protocol,
+            state: f.state,
+            preserve: f.preserve,
+            client: f.key.client,
+            client_port: f.key.client_port,
+            published: f.key.published,
+            task: f.task_addr,
+            vtep: f.vtep,
+            target: f.target,
+            snat_port: f.snat_port,
+            idle_ms,
+            client_next: f.client_next,
+            task_next: f.task_next,
+            hash: f.hash,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,7 +132,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-fn state_byte(s: FlowState) -> u8 {
+pub fn state_byte(s: FlowState) -> u8 {
     match s {
         FlowState::SynSent => 0,
         FlowState::Established => 1,
@@ -131,33 +153,61 @@ fn state_of(b: u8) -> Option<FlowState> {
     })
 }
 
+/// One record's bytes (`reserved`, byte 3, is 0 here; the journal uses it
+/// as its seal).
+pub fn encode_record(r: &FlowRecord) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    b[..4].copy_from_slice(&[r.protocol, state_byte(r.state), u8::from(r.preserve), 0]);
+    b[4..8].copy_from_slice(&r.client.octets());
+    b[8..10].copy_from_slice(&r.client_port.to_le_bytes());
+    b[10..12].copy_from_slice(&r.published.to_le_bytes());
+    b[12..16].copy_from_slice(&r.task.octets());
+    b[16..20].copy_from_slice(&r.vtep.octets());
+    b[20..22].copy_from_slice(&r.target.to_le_bytes());
+    b[22..24].copy_from_slice(&r.snat_port.to_le_bytes());
+    for (i, v) in [r.idle_ms, r.client_next, r.task_next, r.hash]
+        .into_iter()
+        .enumerate()
+    {
+        b[24 + 4 * i..28 + 4 * i].copy_from_slice(&v.to_le_bytes());
+    }
+    b
+}
+
+/// A header: `magic`, the version, the record size, `count`, the origin,
+/// a reserved zero and `checksum`.
+pub fn encode_header(
+    magic: [u8; 8],
+    origin: Origin,
+    count: u32,
+    checksum: u64,
+) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..8].copy_from_slice(&magic);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(RECORD_LEN as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&count.to_le_bytes());
+    h[20..22].copy_from_slice(&origin.worker.to_le_bytes());
+    h[22..24].copy_from_slice(&origin.workers.to_le_bytes());
+    h[24..26].copy_from_slice(&origin.snat_ports.0.to_le_bytes());
+    h[26..28].copy_from_slice(&origin.snat_ports.1.to_le_bytes());
+    h[32..40].copy_from_slice(&checksum.to_le_bytes());
+    h
+}
+
 /// Encodes a worker's flows.
 pub fn encode(origin: Origin, records: &[FlowRecord]) -> Vec<u8> {
     let mut body = Vec::with_capacity(records.len() * RECORD_LEN);
     for r in records {
-        body.extend_from_slice(&[r.protocol, state_byte(r.state), u8::from(r.preserve), 0]);
-        body.extend_from_slice(&r.client.octets());
-        body.extend_from_slice(&r.client_port.to_le_bytes());
-        body.extend_from_slice(&r.published.to_le_bytes());
-        body.extend_from_slice(&r.task.octets());
-        body.extend_from_slice(&r.vtep.octets());
-        body.extend_from_slice(&r.target.to_le_bytes());
-        body.extend_from_slice(&r.snat_port.to_le_bytes());
-        for v in [r.idle_ms, r.client_next, r.task_next, r.hash] {
-            body.extend_from_slice(&v.to_le_bytes());
-        }
+        body.extend_from_slice(&encode_record(r));
     }
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-    out.extend_from_slice(&MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    out.extend_from_slice(&(RECORD_LEN as u32).to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
-    out.extend_from_slice(&origin.worker.to_le_bytes());
-    out.extend_from_slice(&origin.workers.to_le_bytes());
-    out.extend_from_slice(&origin.snat_ports.0.to_le_bytes());
-    out.extend_from_slice(&origin.snat_ports.1.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    out.extend_from_slice(&fnv1a(&body).to_le_bytes());
+    out.extend_from_slice(&encode_header(
+        MAGIC,
+        origin,
+        records.len() as u32,
+        fnv1a(&body),
+    ));
     out.extend_from_slice(&body);
     out
 }
@@ -174,9 +224,10 @@ fn addr_at(b: &[u8], at: usize) -> Ipv4Addr {
     Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
-/// Decodes and checks a state written by [`encode`].
-pub fn decode(bytes: &[u8]) -> Result<(Origin, Vec<FlowRecord>), HandoverError> {
-    if bytes.len() < 12 || bytes[..8] != MAGIC {
+/// Checks a header with `magic` and the body length it announces; the
+/// origin, the count and the checksum field.
+pub fn decode_header(bytes: &[u8], magic: [u8; 8]) -> Result<(Origin, usize, u64), HandoverError> {
+    if bytes.len() < 12 || bytes[..8] != magic {
         return Err(HandoverError::Foreign);
     }
     let version = u32_at(bytes, 8);
@@ -218,39 +269,54 @@ pub fn decode(bytes: &[u8]) -> Result<(Origin, Vec<FlowRecord>), HandoverError> 
     if u32_at(bytes, 28) != 0 {
         return Err(HandoverError::Header("reserved bytes are not zero".into()));
     }
-    if fnv1a(body) != u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) {
+    let checksum = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes"));
+    Ok((origin, count, checksum))
+}
+
+/// Decodes and checks one record (byte 3 must be 0).
+pub fn decode_record(r: &[u8]) -> Result<FlowRecord, &'static str> {
+    if r.len() != RECORD_LEN {
+        return Err("truncated");
+    }
+    let protocol = r[0];
+    let state = state_of(r[1]).ok_or("unknown state")?;
+    match (protocol, state) {
+        (6, FlowState::Udp) => return Err("a TCP flow in the UDP state"),
+        (17, s) if s != FlowState::Udp => return Err("a UDP flow in a TCP state"),
+        (6 | 17, _) => {}
+        _ => return Err("neither TCP nor UDP"),
+    }
+    if r[2] > 1 || r[3] != 0 {
+        return Err("malformed flags");
+    }
+    Ok(FlowRecord {
+        protocol,
+        state,
+        preserve: r[2] == 1,
+        client: addr_at(r, 4),
+        client_port: u16_at(r, 8),
+        published: u16_at(r, 10),
+        task: addr_at(r, 12),
+        vtep: addr_at(r, 16),
+        target: u16_at(r, 20),
+        snat_port: u16_at(r, 22),
+        idle_ms: u32_at(r, 24),
+        client_next: u32_at(r, 28),
+        task_next: u32_at(r, 32),
+        hash: u32_at(r, 36),
+    })
+}
+
+/// Decodes and checks a state written by [`encode`].
+pub fn decode(bytes: &[u8]) -> Result<(Origin, Vec<FlowRecord>), HandoverError> {
+    let (origin, count, checksum) = decode_header(bytes, MAGIC)?;
+    let body = &bytes[HEADER_LEN..];
+    if fnv1a(body) != checksum {
         return Err(HandoverError::Checksum);
     }
     let mut out = Vec::with_capacity(count);
     for (index, r) in body.chunks_exact(RECORD_LEN).enumerate() {
-        let bad = |why| HandoverError::Record { index, why };
-        let protocol = r[0];
-        let state = state_of(r[1]).ok_or(bad("unknown state"))?;
-        match (protocol, state) {
-            (6, FlowState::Udp) => return Err(bad("a TCP flow in the UDP state")),
-            (17, s) if s != FlowState::Udp => return Err(bad("a UDP flow in a TCP state")),
-            (6 | 17, _) => {}
-            _ => return Err(bad("neither TCP nor UDP")),
-        }
-        if r[2] > 1 || r[3] != 0 {
-            return Err(bad("malformed flags"));
-        }
-        out.push(FlowRecord {
-            protocol,
-            state,
-            preserve: r[2] == 1,
-            client: addr_at(r, 4),
-            client_port: u16_at(r, 8),
-            published: u16_at(r, 10),
-            task: addr_at(r, 12),
-            vtep: addr_at(r, 16),
-            target: u16_at(r, 20),
-            snat_port: u16_at(r, 22),
-            idle_ms: u32_at(r, 24),
-            client_next: u32_at(r, 28),
-            task_next: u32_at(r, 32),
-            hash: u32_at(r, 36),
-        });
+        out.push(decode_record(r).map_err(|why| HandoverError::Record { index, why })?);
     }
     Ok((origin, out))
 }

@@ -7,7 +7,8 @@
 //! per-task flow counts, touched once per flow event, never per packet.
 //!
 //! A worker's flows can leave the process and come back ([`handover`]:
-//! the format a takeover or a crash's checkpoint carries them in).
+//! the format a takeover carries them in; [`journal`]: the same records
+//! mirrored slot by slot into memory that outlives a crash).
 //!
 //! The tables are built from [`desc::TableDesc`], which the data plane
 //! owns: no module here imports configuration or control types (the unit
@@ -21,6 +22,7 @@ pub mod desc;
 pub mod fixtures;
 pub mod flow;
 pub mod handover;
+pub mod journal;
 pub mod pipeline;
 pub mod sched;
 pub mod tables;

@@ -303,24 +303,15 @@ impl Pipeline {
         let records = st
             .flows
             .live_flows()
-            .map(|f| FlowRecord {
-                protocol: f.key.protocol,
-                state: f.state,
-                preserve: f.preserve,
-                client: f.key.client,
-                client_port: f.key.client_port,
-                published: f.key.published,
-                task: f.task_addr,
-                vtep: f.vtep,
-                target: f.target,
-                snat_port: f.snat_port,
-                idle_ms: st.now.wrapping_sub(f.last_seen),
-                client_next: f.client_next,
-                task_next: f.task_next,
-                hash: f.hash,
-            })
+            .map(|f| FlowRecord::of(f, st.now.wrapping_sub(f.last_seen)))
             .collect();
         (origin, records)
+    }
+
+    /// Mirrors this worker's flows into `m` from now on
+    /// ([`super::journal`]), starting with those it has.
+    pub fn set_journal(&mut self, m: Box<dyn super::flow::FlowMirror>) {
+        self.st.flows.set_mirror(m);
     }
 
     /// Puts back flows another process exported: each to its task in this

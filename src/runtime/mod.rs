@@ -202,6 +202,7 @@ impl Forwarder {
             &worker_cores,
             sandbox_port,
             carried,
+            opts.control_socket.as_deref(),
         )?;
 
         // The control thread (this one) and its helpers stay off the
@@ -428,8 +429,10 @@ fn spawn_workers(
     cores: &[Option<core_affinity::CoreId>],
     mut sandbox: Option<SandboxPort>,
     mut carried: Vec<Option<self::worker::FlowExport>>,
+    journals: Option<&std::path::Path>,
 ) -> Result<Workers, RunError> {
     let mut restored = RestoreReport::default();
+    let n = sockets.len();
     let mut command_txs = Vec::new();
     let mut handles = Vec::new();
     for (i, ((port, frames), mut pipeline)) in sockets.into_iter().enumerate() {
@@ -444,6 +447,24 @@ fn spawn_workers(
                     restored.refused += r.refused;
                 }
                 Err(e) => log::warn!("worker {i}: flows not carried over: {e}"),
+            }
+        }
+        if let Some(control) = journals {
+            let path = takeover::journal_path(control, i);
+            let len = crate::dataplane::journal::journal_len(pipeline.flows().capacity());
+            match crate::xdp::shm::SharedFile::create(&path, len) {
+                Ok(mem) => pipeline.set_journal(Box::new(crate::dataplane::journal::Journal::new(
+                    mem,
+                    crate::dataplane::handover::Origin {
+                        worker: i as u16,
+                        workers: n as u16,
+                        snat_ports: cfg.flows.snat_ports,
+                    },
+                ))),
+                Err(e) => log::warn!(
+                    "worker {i}: no flow journal ({}: {e}); its flows will not survive a crash",
+                    path.display()
+                ),
             }
         }
         wiring.mesh.shared[i]
@@ -507,15 +528,27 @@ fn carried_flows(
     successor: Option<&takeover::Successor>,
     workers: usize,
 ) -> Vec<Option<self::worker::FlowExport>> {
+    let mut out = vec![None; workers];
     let files: Vec<PathBuf> = match (successor, &opts.control_socket) {
         (Some(s), _) => s.view.files.clone(),
-        (None, Some(path)) => (0..workers)
-            .map(|w| takeover::flows_path(path, w))
-            .filter(|p| p.exists())
-            .collect(),
+        (None, Some(path)) => {
+            // A crash: each worker's journal. (A handover's files, left by
+            // a takeover that did not finish, take precedence: they are
+            // the last word of a process that stopped on purpose.)
+            for (w, slot) in out.iter_mut().enumerate() {
+                match takeover::read_journal(&takeover::journal_path(path, w)) {
+                    None => {}
+                    Some(Ok((origin, flows))) => *slot = Some((origin, flows)),
+                    Some(Err(e)) => log::warn!("discarded a flow journal: {e}"),
+                }
+            }
+            (0..workers)
+                .map(|w| takeover::flows_path(path, w))
+                .filter(|p| p.exists())
+                .collect()
+        }
         (None, None) => Vec::new(),
     };
-    let mut out = vec![None; workers];
     for f in files {
         match takeover::take_flows(&f) {
             Ok((origin, records)) if (origin.worker as usize) < workers => {
@@ -809,9 +842,17 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             break;
         }
     }
+    let workers = fwd.workers.len();
     let control = fwd.shutdown();
     log::info!("{}", control.summary_line());
     write_stats(&control, opts.stats_file.as_deref());
+    // Stopped on purpose, the program detached: the flows end here, and
+    // a later start must not take them for a crash's.
+    if let Some(path) = &opts.control_socket {
+        for w in 0..workers {
+            let _ = std::fs::remove_file(takeover::journal_path(path, w));
+        }
+    }
     log::info!("stopped; XDP program detached from {iface}");
     match died {
         Some(w) => Err(RunError::WorkerDied(w)),

@@ -1,9 +1,11 @@
 //! A deterministic guard on the pipeline's cost: instructions per packet
 //! counted by callgrind (the difference of runs of 100 000 and 300 000
 //! packets, as `bench/run` counts them), which do not depend on the
-//! machine's load as timings do. The budgets are today's counts (545, 700,
-//! 1 152) with a little room; the targets (200 per established packet) are
-//! in bench/README.md.
+//! machine's load as timings do. The budgets are today's counts (568, 726,
+//! 1 204: a new flow pays 10 for the crash journal's hooks even with no
+//! journal attached, as here; measured 1 194 before them) with a little
+//! room; the targets (200 per established
+//! packet) are in bench/README.md.
 //!
 //! Needs valgrind (`tools/setup` installs it); without it the test fails
 //! and says so, unless MESHGATE_SKIP_VALGRIND=1 opts out.
@@ -11,7 +13,7 @@
 use std::process::Command;
 
 /// (case, budget in instructions per packet).
-const BUDGETS: [(&str, u64); 3] = [("established", 570), ("reply", 740), ("new", 1200)];
+const BUDGETS: [(&str, u64); 3] = [("established", 570), ("reply", 740), ("new", 1215)];
 
 fn total(case: &str, n: u64, dir: &std::path::Path) -> u64 {
     let out = dir.join(format!("cg.{case}.{n}"));
