@@ -147,6 +147,17 @@ fn main() {
         };
         write("handover", "empty", &encode(origin, &[]));
         write("handover", "one", &encode(origin, &[r]));
+        // A journal of three slots: one flow, one free, one torn.
+        use meshgate::dataplane::handover::{encode_header, encode_record};
+        use meshgate::dataplane::journal::{JOURNAL_MAGIC, LIVE};
+        let mut j = encode_header(JOURNAL_MAGIC, origin, 3, 0).to_vec();
+        let mut slot = encode_record(&r);
+        slot[3] = LIVE;
+        j.extend_from_slice(&slot);
+        j.extend_from_slice(&[0; 40]);
+        slot[3] = 0;
+        j.extend_from_slice(&slot);
+        write("journal", "three", &j);
     }
     for (i, r) in [
         r#"{"cmd":"services"}"#,

@@ -2,9 +2,11 @@
 //! published ports.
 //!
 //! Layers, bottom-up: [`wire`] (header views, no I/O), [`dataplane`] (the
-//! per-packet pipeline as plain functions over frames, and the description
-//! its tables are built from), [`xdp`] (the only module with `unsafe`:
-//! UMEM, rings, sockets, the XDP program and its maps), the sources of
+//! per-packet pipeline as plain functions over frames, the description
+//! its tables are built from, and the formats a worker's flows leave the
+//! process in: a takeover's handover and a crash's journal), [`xdp`] (the
+//! only module with `unsafe`: UMEM, rings, sockets, the XDP program and
+//! its maps, the shared file the journal is written to), the sources of
 //! truth that translate into the data plane's types — [`config`] (the file,
 //! its validation, the command line's overrides), [`docker`] (the Engine
 //! API client and what a swarm's answers mean), [`netlink`] (links,
@@ -13,7 +15,8 @@
 //! requests and typed answers), then [`runtime`] (assembly: sockets,
 //! workers, the control thread, statistics, `/metrics`, the API servers,
 //! the swarm follower, the socket in the ingress sandbox for tasks on this
-//! node). [`return_path`] installs, in a task's namespace on its node, the
+//! node, the XDP programs' places on their interfaces, which outlive the
+//! process, and the takeover of a running meshgate by a new one). [`return_path`] installs, in a task's namespace on its node, the
 //! way back to the ingress node for services that preserve the client's
 //! address, and [`mesh`] is what the nodes' meshgates tell each other
 //! about those ways back. `docs/architecture.md`

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::swarm_lab::{
@@ -52,9 +53,38 @@ impl Mg {
 
     /// `meshgate run ARGS` in namespace `ns`.
     fn start_in(lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
+        Self::start_as(lab, ns, args, "", "forwarding on")
+    }
+
+    /// `meshgate run ARGS --takeover` in namespace `ns`, on this one's
+    /// control socket: returns the new one once it has taken over and
+    /// this one has exited successfully.
+    fn take_over(mut self, lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
+        let mut args = args.to_vec();
+        args.push("--takeover");
+        let next = Self::start_as(lab, ns, &args, "-next", "took over from");
+        let t0 = Instant::now();
+        let st = loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                break st;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the old meshgate did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(st.success(), "{st}:\n{}", self.log());
+        next
+    }
+
+    /// `meshgate run ARGS` in `ns`, logging to a file tagged `tag`; waits
+    /// for `ready` in the log.
+    fn start_as(lab: &SwarmLab, ns: &str, args: &[&str], tag: &str, ready: &str) -> Mg {
         // One set of files per node: several may run at once.
         let node = ns.rsplit('-').next().unwrap_or("m");
-        let stdout = lab.dir.join(format!("meshgate-{node}.log"));
+        let stdout = lab.dir.join(format!("meshgate-{node}{tag}.log"));
         let control = lab.dir.join(format!("control-{node}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -64,7 +94,9 @@ impl Mg {
             .arg("--control")
             .arg(&control)
             .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(std::fs::File::create(lab.dir.join(format!("meshgate-{node}.err"))).unwrap())
+            .stderr(
+                std::fs::File::create(lab.dir.join(format!("meshgate-{node}{tag}.err"))).unwrap(),
+            )
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -74,12 +106,12 @@ impl Mg {
             control,
         };
         let t0 = Instant::now();
-        while !mg.log().contains("forwarding on") {
+        while !mg.log().contains(ready) || !mg.log().contains("forwarding on") {
             if let Some(st) = mg.child.try_wait().unwrap() {
                 panic!(
                     "meshgate exited at start ({st}):\n{}\n{}",
                     mg.log(),
-                    std::fs::read_to_string(lab.dir.join(format!("meshgate-{node}.err")))
+                    std::fs::read_to_string(lab.dir.join(format!("meshgate-{node}{tag}.err")))
                         .unwrap_or_default()
                 );
             }
@@ -530,6 +562,44 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     }
     // Both reached the same three tasks.
     assert_eq!(all.len(), 3, "{all:?}");
+
+    // The worker's meshgate is taken over (it reads Docker again, then
+    // takes the flows, the NIC's program and the sandbox's) while a
+    // client keeps asking through the worker: no request fails, and the
+    // new one spreads over the three tasks, through its sandbox too.
+    let asking = AtomicBool::new(true);
+    let (on_worker, (asked, failures)) = std::thread::scope(|sc| {
+        let asker = sc.spawn(|| {
+            let to: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
+            let mut failures = Vec::new();
+            let mut n = 0;
+            while asking.load(Ordering::Relaxed) {
+                match lab.http_get(to, Duration::from_secs(5)) {
+                    Ok(_) => n += 1,
+                    Err(e) => failures.push(e.to_string()),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (n, failures)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let next = on_worker.take_over(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
+        std::thread::sleep(Duration::from_secs(2));
+        asking.store(false, Ordering::Relaxed);
+        (next, asker.join().unwrap())
+    });
+    assert!(failures.is_empty(), "{failures:?}\n{}", on_worker.log());
+    assert!(asked >= 20, "{asked}");
+    let to: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
+    let by = spread_at(&lab, to, 30);
+    assert_eq!(by.len(), 3, "after the takeover: {by:?}");
+    wait_until("the new meshgate's sandbox", Duration::from_secs(3), || {
+        on_worker.stats()["events"]["sandbox_rx"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 9
+    });
+    assert_eq!(on_worker.stats()["takeover"]["takeovers"], 1);
     // The third node (no meshgate) is untouched: Docker's own mesh has no
     // IPVS on this kernel, so its port does not answer.
     let third: SocketAddr = format!("{WORKER2_ADDR}:8080").parse().unwrap();
