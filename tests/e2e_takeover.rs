@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, default_lab, target, task_of};
+use meshgate::dataplane::{handover, journal};
 use meshgate_testkit::lab::{self, Lab};
 
 /// Long enough for TCP to retransmit a segment dropped during a switch
@@ -299,6 +300,20 @@ fn a_corrupt_flow_state_is_discarded() {
     let dir = std::env::temp_dir().join(format!("{}-mg", lab.prefix));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("control.sock.flows.0"), b"MGFLOWS\0garbage").unwrap();
+    // A journal of another shape: two workers' worth of header, one here.
+    let mut journal = handover::encode_header(
+        journal::JOURNAL_MAGIC,
+        handover::Origin {
+            worker: 1,
+            workers: 2,
+            snat_ports: (1024, 65535),
+        },
+        1,
+        0,
+    )
+    .to_vec();
+    journal.extend_from_slice(&[0; handover::RECORD_LEN]);
+    std::fs::write(dir.join("control.sock.journal.0"), &journal).unwrap();
     let mg = Meshgate::start(&lab, &lab.config_toml(""));
     let ok = lab
         .in_ns(&lab.client(), || lab::tcp_request(target(), T))
@@ -307,5 +322,7 @@ fn a_corrupt_flow_state_is_discarded() {
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
     assert!(log.contains("discarded a flow state"), "{log}");
+    assert!(log.contains("flows not carried over"), "{log}");
+    assert!(log.contains("worker 1 of 2"), "{log}");
     assert!(!dir.join("control.sock.flows.0").exists());
 }

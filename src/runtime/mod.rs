@@ -78,7 +78,7 @@ pub enum RunError {
     },
     #[error("{0}")]
     Setup(String),
-    #[error("worker {0} stopped unexpectedly (panic); the XDP program has been detached")]
+    #[error("worker {0} stopped unexpectedly; the XDP program has been detached")]
     WorkerDied(usize),
 }
 
@@ -757,6 +757,15 @@ fn open_sandbox(cfg: &mut Config) -> Result<Option<self::sandbox::Sandbox>, RunE
 
 /// `meshgate run`: forwards until SIGINT/SIGTERM (or `opts.duration`).
 pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
+    // A panic anywhere is a bug: the process ends at once, as on SIGKILL,
+    // so that the XDP programs stay (dropping, not resetting) and the
+    // journals keep the flows for the restart; unwinding would detach the
+    // programs and end every flow through the node.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
