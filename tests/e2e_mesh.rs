@@ -106,9 +106,17 @@ fn routing_mesh_end_to_end() {
         "the client resolved the node address by ARP: {neigh}"
     );
 
-    // Counters: meshgate forwarded and counted what the test sent.
-    std::thread::sleep(Duration::from_millis(700));
-    let live = mg.stats_json();
+    // Counters: meshgate forwarded and counted what the test sent. The
+    // statistics file is written every 0.5 s from reports the workers send
+    // every 250 ms: wait for the last of them.
+    let t0 = std::time::Instant::now();
+    let mut live = mg.stats_json();
+    while live["events"]["flows_created"].as_u64() != Some(40)
+        && t0.elapsed() < Duration::from_secs(3)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        live = mg.stats_json();
+    }
     let flows = live["events"]["flows_created"].as_u64().unwrap();
     assert_eq!(flows, 30 + 3 + 1 + 6, "flows created: {live}");
     assert!(

@@ -132,11 +132,7 @@ impl Forwarder {
         let takeover_from = match (opts.takeover, &opts.control_socket) {
             (false, _) => None,
             (true, Some(path)) => Some(path),
-            (true, None) => {
-                return Err(RunError::Setup(
-                    "--takeover needs the running meshgate's control socket (--control)".into(),
-                ));
-            }
+            (true, None) => return Err(RunError::Setup(TAKEOVER_NEEDS_SOCKET.into())),
         };
         // Tasks on this node are reached through the ingress sandbox,
         // opened first: whether it opened decides whether the swarm's
@@ -149,17 +145,7 @@ impl Forwarder {
         };
         let swarm_notes = read_swarm(&mut cfg)?;
 
-        // Neighbours first, so the first snapshot can already forward.
-        let watcher = Watcher::new()?;
-        let neighbours = Arc::new(task_neighbours(&mut rtnl, &link, &cfg)?);
-        let mut registry = Registry::default();
-        let snapshot = Arc::new(Snapshot::build(
-            &cfg.table_desc(),
-            link_info(cfg.node.checksum, &link),
-            neighbours,
-            &mut registry,
-            1,
-        ));
+        let (watcher, registry, snapshot) = first_snapshot(&mut rtnl, &link, &cfg)?;
         // The flow tables are allocated and touched up front (most of a
         // second for the default flows.max), before a takeover's request.
         let pipelines = new_pipelines(&cfg, &snapshot, queues.len());
@@ -211,16 +197,7 @@ impl Forwarder {
         if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
             core_affinity::set_for_current(*free);
         }
-        // The workers have the first snapshot: the program may hand them
-        // every published port from its first frame on. A replacing
-        // program must (the old one forwarded them; until its map had
-        // them, the kernel would reset their connections).
-        program.set_syn_budget(cfg.flows.new_per_second)?;
-        for s in &cfg.services {
-            for p in &s.publish {
-                program.add_port(p.protocol.number(), p.published)?;
-            }
-        }
+        publish_ports(&cfg, &program)?;
         let (xdp, previous) = self::attach::XdpPlace::attach(
             Rtnl::new()?,
             link.index,
@@ -252,63 +229,12 @@ impl Forwarder {
             watcher,
             zero_copy,
         });
-        control.stats.takeover.flows_carried = restored.restored as u64;
-        control.stats.takeover.flows_left_out = (restored.task_gone + restored.refused) as u64;
-        if let Some(successor) = successor {
-            let (pid, before) = (successor.view.pid, successor.view.takeovers);
-            let (started, released) = (successor.started, successor.released);
-            let dropped = successor.finish().unwrap_or_else(|e| {
-                log::warn!("{e}");
-                0
-            });
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            let t = &mut control.stats.takeover;
-            t.takeovers = before + 1;
-            t.switch_ms = Some(ms);
-            t.switch_dropped = Some(dropped);
-            log::info!(
-                "took over from meshgate pid {pid} in {ms:.1} ms ({:.1} ms without a socket bound): {} flow(s) carried over, {} left out; {dropped} frame(s) dropped while no socket was bound",
-                released.elapsed().as_secs_f64() * 1e3,
-                restored.restored,
-                restored.task_gone + restored.refused
-            );
-        } else if restored.restored + restored.task_gone + restored.refused > 0 {
-            log::info!(
-                "restarted with the flows a previous meshgate left: {} carried over, {} left out",
-                restored.restored,
-                restored.task_gone + restored.refused
-            );
-        }
+        report_carried(&mut control, successor, restored);
         control.sync_ports()?;
         control
             .follow_swarm(swarm_notes)
             .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
-        let (cfg_address, cfg_mesh_port) = (control.cfg.node.address, control.cfg.node.mesh_port);
-        control.listen_to_peers().map_err(|e| {
-            RunError::Setup(format!(
-                "listening for other nodes' announcements on {}:{} (node.mesh_port): {e}; choose another port, the same on every node, or 0 to preserve no client address",
-                cfg_address, cfg_mesh_port
-            ))
-        })?;
-        let agent = match control.cfg.swarm.clone() {
-            Some(sw) if cfg_mesh_port != 0 => {
-                let (tx, rx) = crossbeam::channel::unbounded();
-                control.feed_agent(tx);
-                Some(
-                    agent::SwarmAgent::start(
-                        agent::SwarmAgentParams {
-                            docker: sw.socket,
-                            ingress_network: sw.facts.ingress_network,
-                            node: cfg_address,
-                            mesh_port: cfg_mesh_port,
-                        },
-                        rx,
-                    )
-                    .map_err(|e| RunError::Setup(format!("starting the return-path agent: {e}")))?,
-                )
-            }
-            _ => None,
-        };
+        let agent = start_mesh(&mut control)?;
         Ok(Forwarder {
             stop,
             workers: handles,
@@ -450,22 +376,7 @@ fn spawn_workers(
             }
         }
         if let Some(control) = journals {
-            let path = takeover::journal_path(control, i);
-            let len = crate::dataplane::journal::journal_len(pipeline.flows().capacity());
-            match crate::xdp::shm::SharedFile::create(&path, len) {
-                Ok(mem) => pipeline.set_journal(Box::new(crate::dataplane::journal::Journal::new(
-                    mem,
-                    crate::dataplane::handover::Origin {
-                        worker: i as u16,
-                        workers: n as u16,
-                        snat_ports: cfg.flows.snat_ports,
-                    },
-                ))),
-                Err(e) => log::warn!(
-                    "worker {i}: no flow journal ({}: {e}); its flows will not survive a crash",
-                    path.display()
-                ),
-            }
+            open_journal(&mut pipeline, control, i, n, cfg.flows.snat_ports);
         }
         wiring.mesh.shared[i]
             .generation
@@ -501,6 +412,137 @@ fn spawn_workers(
         handles.push(h);
     }
     Ok((command_txs, handles, restored))
+}
+
+/// Gives worker `i` of `n` a fresh crash journal beside the control socket
+/// (after its carried flows are in, which the journal then holds too).
+fn open_journal(
+    pipeline: &mut Pipeline,
+    control: &std::path::Path,
+    i: usize,
+    n: usize,
+    snat_ports: (u16, u16),
+) {
+    use crate::dataplane::handover::Origin;
+    use crate::dataplane::journal::{Journal, journal_len};
+    let path = takeover::journal_path(control, i);
+    match crate::xdp::shm::SharedFile::create(&path, journal_len(pipeline.flows().capacity())) {
+        Ok(mem) => pipeline.set_journal(Box::new(Journal::new(
+            mem,
+            Origin {
+                worker: i as u16,
+                workers: n as u16,
+                snat_ports,
+            },
+        ))),
+        Err(e) => log::warn!(
+            "worker {i}: no flow journal ({}: {e}); its flows will not survive a crash",
+            path.display()
+        ),
+    }
+}
+
+/// The listener of other nodes' announcements and, in swarm mode, the
+/// return-path agent of this node's tasks.
+fn start_mesh(control: &mut Control) -> Result<Option<agent::SwarmAgent>, RunError> {
+    let (cfg_address, cfg_mesh_port) = (control.cfg.node.address, control.cfg.node.mesh_port);
+    control.listen_to_peers().map_err(|e| {
+        RunError::Setup(format!(
+            "listening for other nodes' announcements on {}:{} (node.mesh_port): {e}; choose another port, the same on every node, or 0 to preserve no client address",
+            cfg_address, cfg_mesh_port
+        ))
+    })?;
+    let Some(sw) = control.cfg.swarm.clone().filter(|_| cfg_mesh_port != 0) else {
+        return Ok(None);
+    };
+    let (tx, rx) = crossbeam::channel::unbounded();
+    control.feed_agent(tx);
+    agent::SwarmAgent::start(
+        agent::SwarmAgentParams {
+            docker: sw.socket,
+            ingress_network: sw.facts.ingress_network,
+            node: cfg_address,
+            mesh_port: cfg_mesh_port,
+        },
+        rx,
+    )
+    .map(Some)
+    .map_err(|e| RunError::Setup(format!("starting the return-path agent: {e}")))
+}
+
+const TAKEOVER_NEEDS_SOCKET: &str =
+    "--takeover needs the running meshgate's control socket (--control)";
+
+/// The kernel's neighbour notifications, the task registry and the first
+/// snapshot; neighbours first, so that it can already forward.
+fn first_snapshot(
+    rtnl: &mut Rtnl,
+    link: &LinkFacts,
+    cfg: &Config,
+) -> Result<(Watcher, Registry, Arc<Snapshot>), RunError> {
+    let watcher = Watcher::new()?;
+    let neighbours = Arc::new(task_neighbours(rtnl, link, cfg)?);
+    let mut registry = Registry::default();
+    let snapshot = Arc::new(Snapshot::build(
+        &cfg.table_desc(),
+        link_info(cfg.node.checksum, link),
+        neighbours,
+        &mut registry,
+        1,
+    ));
+    Ok((watcher, registry, snapshot))
+}
+
+/// Fills the program's port map and SYN budget before it is attached.
+/// The workers have the first snapshot, so the program may hand them every
+/// published port from its first frame on; a replacing program must (the
+/// old one forwarded them; until its map had them, the kernel would reset
+/// their connections).
+fn publish_ports(cfg: &Config, program: &IngressProgram) -> Result<(), RunError> {
+    program.set_syn_budget(cfg.flows.new_per_second)?;
+    for s in &cfg.services {
+        for p in &s.publish {
+            program.add_port(p.protocol.number(), p.published)?;
+        }
+    }
+    Ok(())
+}
+
+/// Ends a takeover (the old process reports its drops and exits) and puts
+/// what was carried over into the statistics and the log.
+fn report_carried(
+    control: &mut Control,
+    successor: Option<takeover::Successor>,
+    restored: RestoreReport,
+) {
+    let left_out = restored.task_gone + restored.refused;
+    control.stats.takeover.flows_carried = restored.restored as u64;
+    control.stats.takeover.flows_left_out = left_out as u64;
+    let Some(successor) = successor else {
+        if restored.restored + left_out > 0 {
+            log::info!(
+                "restarted with the flows a previous meshgate left: {} carried over, {left_out} left out",
+                restored.restored
+            );
+        }
+        return;
+    };
+    let (pid, before) = (successor.view.pid, successor.view.takeovers);
+    let (started, released) = (successor.started, successor.released);
+    let dropped = successor.finish().unwrap_or_else(|e| {
+        log::warn!("{e}");
+        0
+    });
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let t = &mut control.stats.takeover;
+    t.takeovers = before + 1;
+    t.switch_ms = Some(ms);
+    t.switch_dropped = Some(dropped);
+    log::info!(
+        "took over from meshgate pid {pid} in {ms:.1} ms ({:.1} ms without a socket bound): {} flow(s) carried over, {left_out} left out; {dropped} frame(s) dropped while no socket was bound",
+        released.elapsed().as_secs_f64() * 1e3,
+        restored.restored,
+    );
 }
 
 /// One pipeline per worker, with its flow table (its share of
