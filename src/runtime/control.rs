@@ -435,13 +435,13 @@ impl Control {
     /// True once a successor has taken over: this process only exits.
     /// Also true when a successor asked for the flows and then never
     /// reported its program attached within 30 s: this process's workers
-    /// are gone, the flows are in their files, and a restart (systemd's)
+    /// are gone, their journals hold the flows, and a restart (systemd's)
     /// finds both the program and the flows.
     pub fn handed_over(&self) -> bool {
         if let Some((_, since)) = self.handing_over {
             if !self.handed_over && since.elapsed() > Duration::from_secs(30) {
                 log::error!(
-                    "the new meshgate took the flows but did not report its program attached within 30 s; exiting (a restarted meshgate takes the flows from the files)"
+                    "the new meshgate took the flows but did not report its program attached within 30 s; exiting with the program attached (a restarted meshgate takes the flows from this one's journals)"
                 );
                 return true;
             }
@@ -744,8 +744,19 @@ impl Control {
         let notified = self.wait(wait) && self.watcher.changed();
         self.bell.clear();
         while let Ok(call) = self.calls.try_recv() {
-            let resp = self.handle(call.req);
+            let resp = match (&call.req, self.handing_over.is_some()) {
+                (crate::api::Request::HandoverDone {}, _) | (_, false) => self.handle(call.req),
+                (_, true) => Response::err(
+                    "this meshgate is handing over to a new one; ask the new one in a moment",
+                ),
+            };
             let _ = call.reply.send(resp);
+        }
+        if self.handing_over.is_some() {
+            // The workers are gone and the program is the successor's
+            // soon: no snapshot, port or neighbour work until this
+            // process exits (a port removed now would reach the kernel).
+            return;
         }
         if let Some(new) = self.swarm.as_ref().and_then(|s| s.latest()) {
             self.apply_swarm(new);
