@@ -75,6 +75,12 @@ fn sealed(s: &mut [u8], body: impl FnOnce(&mut [u8])) {
 
 impl<M: AsMut<[u8]> + Send> FlowMirror for Journal<M> {
     fn put(&mut self, slot: u32, flow: &Flow) {
+        if flow.key.v6 {
+            // Format 1 has no room for an IPv6 client's address: such a
+            // flow is not carried (its slot stays free).
+            self.clear(slot);
+            return;
+        }
         let rec = encode_record(&FlowRecord::of(flow, 0));
         if let Some(s) = self.slot(slot) {
             sealed(s, |s| {
@@ -93,7 +99,7 @@ impl<M: AsMut<[u8]> + Send> FlowMirror for Journal<M> {
     fn refresh(&mut self, slot: u32, flow: &Flow) {
         let state = handover::state_byte(flow.state);
         if let Some(s) = self.slot(slot) {
-            if s[STATE] != state {
+            if s[SEAL] == LIVE && s[STATE] != state {
                 sealed(s, |s| s[STATE] = state);
             }
         }

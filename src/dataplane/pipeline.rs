@@ -303,6 +303,8 @@ impl Pipeline {
         let records = st
             .flows
             .live_flows()
+            // Format 1 has no room for an IPv6 client's address.
+            .filter(|f| !f.key.v6)
             .map(|f| FlowRecord::of(f, st.now.wrapping_sub(f.last_seen)))
             .collect();
         (origin, records)
@@ -362,6 +364,7 @@ impl Pipeline {
                 client_port: r.client_port,
                 published: r.published,
                 protocol: r.protocol,
+                v6: false,
             };
             let source = if r.preserve {
                 key.client
@@ -938,6 +941,7 @@ fn forward(
         client_port: l4.sport,
         published: l4.dport,
         protocol: proto,
+        v6: false,
     };
     let is_syn = l4
         .flags
@@ -1794,6 +1798,7 @@ fn send_reset(
         client_port: sport,
         published: dport,
         protocol: protocol::TCP,
+        v6: false,
     };
     emit_reset(id, f, mac, &key, reset);
     st.events.resets_sent += 1;

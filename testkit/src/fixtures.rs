@@ -276,6 +276,7 @@ fn key(sport: u16, protocol: u8) -> ClientKey {
         client_port: sport,
         published: PUBLISHED,
         protocol,
+        v6: false,
     }
 }
 

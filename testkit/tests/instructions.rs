@@ -1,11 +1,15 @@
 //! A deterministic guard on the pipeline's cost: instructions per packet
 //! counted by callgrind (the difference of runs of 100 000 and 300 000
 //! packets, as `bench/run` counts them), which do not depend on the
-//! machine's load as timings do. The budgets are today's counts (568, 726,
-//! 1 204: a new flow pays 10 for the crash journal's hooks even with no
-//! journal attached, as here; measured 1 194 before them) with a little
-//! room; the targets (200 per established
-//! packet) are in bench/README.md.
+//! machine's load as timings do. The budgets are today's counts (570, 726,
+//! 1 229) with a little room; the targets (200 per established packet) are
+//! in bench/README.md. What moved them last: the crash journal's hooks, 10
+//! per new flow even with no journal attached, as here (1 194 -> 1 204);
+//! IPv6 clients' keys, 2 per established packet (568 -> 570) and 24 per
+//! "new" flow that are not per packet at all: the "new" case recreates its
+//! 2^17-flow table every 60 000 flows (SNAT ports run out), callgrind counts
+//! that setup too, and the table now clears 16 more bytes per slot (room
+//! for an IPv6 client's address).
 //!
 //! Needs valgrind (`tools/setup` installs it); without it the test fails
 //! and says so, unless MESHGATE_SKIP_VALGRIND=1 opts out.
@@ -13,7 +17,7 @@
 use std::process::Command;
 
 /// (case, budget in instructions per packet).
-const BUDGETS: [(&str, u64); 3] = [("established", 570), ("reply", 740), ("new", 1215)];
+const BUDGETS: [(&str, u64); 3] = [("established", 575), ("reply", 740), ("new", 1240)];
 
 fn total(case: &str, n: u64, dir: &std::path::Path) -> u64 {
     let out = dir.join(format!("cg.{case}.{n}"));
