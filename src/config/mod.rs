@@ -22,7 +22,7 @@ pub use crate::dataplane::desc::{
 use crate::wire::MacAddr;
 use serde::Deserialize;
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 /// A configuration mistake, located by file and key.
@@ -83,6 +83,7 @@ struct RawConfig {
 struct RawNode {
     interface: String,
     address: Option<String>,
+    address6: Option<String>,
     queues: Option<Vec<u32>>,
     #[serde(default)]
     poll: PollMode,
@@ -195,6 +196,9 @@ pub struct TaskSpec {
 pub struct NodeConfig {
     pub interface: String,
     pub address: Ipv4Addr,
+    /// Published ports answer IPv6 clients on this address too (the
+    /// overlay and the tasks stay IPv4); `None`: IPv4 only.
+    pub address6: Option<Ipv6Addr>,
     /// `None`: every queue of the interface.
     pub queues: Option<Vec<u32>>,
     pub poll: PollMode,
@@ -326,6 +330,7 @@ impl Config {
     pub fn table_desc(&self) -> TableDesc<'_> {
         TableDesc {
             node_addr: self.node.address,
+            node_addr6: self.node.address6,
             overlay_addr: self.ingress.address,
             overlay_mac: self.ingress.mac,
             vni: self.ingress.vni,
@@ -556,6 +561,11 @@ fn node_table(
         ));
     }
     let address = node_address(n.address.as_deref(), swarm, at)?;
+    let address6 = n
+        .address6
+        .as_deref()
+        .map(|a| node_address6(a).map_err(|m| err("node.address6", m)))
+        .transpose()?;
     if let Some(q) = &n.queues {
         if q.is_empty() {
             return Err(err(
@@ -616,6 +626,7 @@ fn node_table(
     Ok(NodeConfig {
         interface: n.interface,
         address,
+        address6,
         queues: n.queues,
         poll: n.poll,
         frames_per_queue: frames,
@@ -625,6 +636,24 @@ fn node_table(
         checksum,
         mesh_port: n.mesh_port.unwrap_or(crate::mesh::DEFAULT_PORT),
     })
+}
+
+/// `node.address6`: a unicast IPv6 address clients can reach.
+fn node_address6(a: &str) -> Result<Ipv6Addr, String> {
+    let addr: Ipv6Addr = a
+        .parse()
+        .map_err(|_| format!("`{a}` is not an IPv6 address (like \"2001:db8::2\")"))?;
+    if addr.is_unspecified() || addr.is_loopback() || addr.is_multicast() {
+        return Err(format!(
+            "{addr} is not a unicast address clients can reach; use the node's global IPv6 address"
+        ));
+    }
+    if addr.to_ipv4_mapped().is_some() {
+        return Err(format!(
+            "{addr} is an IPv4-mapped address; give the IPv4 address as node.address"
+        ));
+    }
+    Ok(addr)
 }
 
 /// `node.address`: given, or with `[swarm]` the swarm's (and then a given

@@ -26,8 +26,11 @@ reasons! {
     Truncated = "truncated",
     /// An 802.1Q or 802.1ad tagged frame.
     Vlan = "vlan",
-    /// IPv6 or another non-IPv4 EtherType.
+    /// Another EtherType than IPv4, or IPv6 when `node.address6` is not set.
     NotIpv4 = "not_ipv4",
+    /// IPv6 with an extension header (meshgate forwards TCP and UDP right
+    /// after the fixed header only).
+    Ipv6ExtensionHeader = "ipv6_extension_header",
     /// ARP outside VXLAN (the kernel answers those; the XDP program passes them).
     Arp = "arp",
     /// IPv4 version, header length or total length impossible.
@@ -88,6 +91,9 @@ reasons! {
     SandboxFull = "sandbox_full",
     /// An ICMP error that belongs to no flow.
     IcmpNoFlow = "icmp_no_flow",
+    /// An ICMP error about an IPv6 client's flow (not translated to ICMPv6
+    /// yet).
+    IcmpIpv6Client = "icmp_ipv6_client",
     /// The buffer has no room in front of the frame for the outer headers
     /// (a setup error: the UMEM headroom is too small).
     NoHeadroom = "no_headroom",

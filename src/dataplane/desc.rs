@@ -17,6 +17,8 @@ use crate::wire::MacAddr;
 pub struct TableDesc<'a> {
     /// The node address: published ports answer on it; also its VTEP.
     pub node_addr: Ipv4Addr,
+    /// The node's IPv6 address, when published ports answer IPv6 clients.
+    pub node_addr6: Option<std::net::Ipv6Addr>,
     /// This node's ingress-sandbox address and MAC on the overlay.
     pub overlay_addr: Ipv4Addr,
     pub overlay_mac: MacAddr,

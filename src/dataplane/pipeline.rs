@@ -42,8 +42,8 @@ use super::tables::{
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
 use crate::wire::{
-    MacAddr, arp, at, checksum, get_addr, get_mac, get16, get24, get32, icmp, set_addr, set16, tcp,
-    udp, vxlan,
+    MacAddr, arp, at, checksum, get_addr, get_mac, get16, get24, get32, icmp, icmpv6, ipv6,
+    set_addr, set16, tcp, udp, vxlan,
 };
 
 // Header layout comes from `src/wire` only: field ranges, shifted by the
@@ -111,6 +111,20 @@ pub fn flow_hash(k: &ClientKey) -> u32 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     (x ^ (x >> 31)) as u32
+}
+
+/// [`flow_hash`] of an IPv6 client's flow: its key's `client` is a keyed,
+/// per-table digest, so the hash folds the address itself instead (still
+/// unseeded: Maglev agrees across nodes for IPv6 clients too).
+#[inline]
+pub fn flow_hash6(k: &ClientKey, client6: &[u8; 16]) -> u32 {
+    let w = |i: usize| u32::from_be_bytes(client6[i..i + 4].try_into().expect("4 bytes"));
+    let folded = w(0) ^ w(4).rotate_left(8) ^ w(8).rotate_left(16) ^ w(12).rotate_left(24);
+    flow_hash(&ClientKey {
+        client: Ipv4Addr::from(folded),
+        v6: true,
+        ..*k
+    }) ^ 0x6666_0006
 }
 
 /// The VXLAN source port for a flow hash: 49152-65535 (RFC 7348 section 5).
@@ -457,7 +471,9 @@ impl Pipeline {
     /// False when the flow is not TCP, already reset, or the client's next
     /// hop is unknown.
     pub fn reset_for_flow(&mut self, flow: &Flow, f: &mut FrameBuf<'_>) -> bool {
-        if flow.key.protocol != protocol::TCP || flow.state == FlowState::Closed {
+        // An ended flow no longer has its IPv6 client's address at hand: its
+        // client learns from its next segment's reset (`tcp_no_flow`).
+        if flow.key.protocol != protocol::TCP || flow.state == FlowState::Closed || flow.key.v6 {
             return false;
         }
         let snap = &*self.snap;
@@ -812,6 +828,7 @@ fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Ver
     };
     match u16::from_be_bytes([et[0], et[1]]) {
         ethertype::IPV4 => {}
+        ethertype::IPV6 => return forward6(snap, st, f),
         ethertype::VLAN | ethertype::QINQ => return Err(DropReason::Vlan),
         ethertype::ARP => return Err(DropReason::Arp),
         _ => return Err(DropReason::NotIpv4),
@@ -833,7 +850,181 @@ fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Ver
     if proto == protocol::UDP && l4.dport == snap.identity.vxlan_port {
         return reply(snap, st, f);
     }
-    forward(snap, st, f, l4)
+    forward::<false>(snap, st, f, l4, &NO_CLIENT6)
+}
+
+/// The IPv6 client argument of the IPv4 instances of the generic steps.
+const NO_CLIENT6: [u8; 16] = [0; 16];
+
+/// An IPv6 client's packet to a published port on `node.address6`
+/// (RFC 7915 in spirit; the overlay and the tasks stay IPv4): checked as
+/// strictly as IPv4 (no extension header, no fragment), answered with
+/// Packet Too Big when its IPv4 form would not fit the overlay, then
+/// translated in place into IPv4 from the client's digest
+/// ([`FlowTable::digest6`]) to the node address, so that the IPv4 steps
+/// forward it unchanged, its flow keyed by the whole IPv6 address.
+#[inline(never)]
+fn forward6(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let Some(node6) = id.node_addr6 else {
+        return Err(DropReason::NotIpv4);
+    };
+    let d = f.data();
+    let p = ipv6::Packet::new_checked(&d[ETH..]).map_err(|e| match e {
+        crate::wire::Error::Truncated => DropReason::Truncated,
+        _ => DropReason::IpMalformed,
+    })?;
+    let r = ipv6::Repr::parse(&p).map_err(|e| match e {
+        crate::wire::Error::Fragment => DropReason::IpFragment,
+        crate::wire::Error::Unsupported => DropReason::Ipv6ExtensionHeader,
+        crate::wire::Error::Truncated => DropReason::Truncated,
+        _ => DropReason::IpMalformed,
+    })?;
+    if r.dst != node6 {
+        return Err(DropReason::NotForUs);
+    }
+    let proto = r.next_header;
+    if proto != protocol::TCP && proto != protocol::UDP {
+        return Err(DropReason::UnsupportedProtocol);
+    }
+    let payload = usize::from(r.payload_len);
+    // Drop Ethernet padding: the frame is exactly its packet from here on.
+    f.len = ETH + ipv6::HEADER_LEN + payload;
+    let l4 = parse_l4(proto, &f.data()[ETH + ipv6::HEADER_LEN..])?;
+    snap.ports
+        .get(proto, l4.dport)
+        .ok_or(DropReason::NoService)?;
+    if IP + payload > usize::from(id.overlay_mtu) {
+        return packet_too_big6(snap, st, f, node6, r.src);
+    }
+    let c6 = r.src.octets();
+    let digest = st.flows.digest6(&c6);
+    // A partial checksum (a veth's offload: the pseudo-header's sum only)
+    // would come out of the translation's update as garbage: it becomes
+    // the IPv4 pseudo-header's sum, partial again, which the IPv4 steps
+    // complete.
+    let csum_at = ETH + ipv6::HEADER_LEN + l4_checksum_offset(proto);
+    let stored = get16(f.data(), csum_at..csum_at + 2);
+    let partial = id.l4_checksum != L4Checksum::Incremental
+        && stored == checksum::pseudo_header_v6(r.src, r.dst, proto, u32::from(r.payload_len));
+    let (off, len) = (f.off + ETH, ipv6::HEADER_LEN + payload);
+    let Some((v4, total)) = super::xlat::v6_to_v4(f.buf, off, len, digest, id.node_addr) else {
+        return Err(DropReason::UnsupportedProtocol);
+    };
+    if partial {
+        let ph = checksum::pseudo_header(digest, id.node_addr, proto, r.payload_len);
+        f.buf[v4 + IP + l4_checksum_offset(proto)..][..2].copy_from_slice(&ph.to_be_bytes());
+    }
+    // The Ethernet header moves up to the IPv4 packet.
+    let eth = f.off;
+    f.buf.copy_within(eth..eth + ETH - 2, v4 - ETH);
+    f.off = v4 - ETH;
+    f.len = ETH + total;
+    set16(f.data_mut(), eth_f::ETHERTYPE, ethertype::IPV4);
+    let l4 = parse_l4(proto, &f.data()[ETH + IP..])?;
+    forward::<true>(snap, st, f, l4, &c6)
+}
+
+/// Where a TCP or UDP header keeps its checksum.
+#[inline(always)]
+fn l4_checksum_offset(proto: u8) -> usize {
+    if proto == protocol::TCP {
+        tcp_f::CHECKSUM.start
+    } else {
+        udp_f::CHECKSUM.start
+    }
+}
+
+/// Turns the IPv4 packet in `f` (translated, addressed to an IPv6 client's
+/// digest) into IPv6 from the node's IPv6 address to `client6`, in place:
+/// it grows by [`super::xlat::GROWTH`] bytes into the headroom, and the
+/// Ethernet header, its addresses kept, moves with it.
+#[inline(never)]
+fn to_ipv6(id: &Identity, f: &mut FrameBuf<'_>, client6: &[u8; 16]) -> Result<(), DropReason> {
+    let Some(node6) = id.node_addr6 else {
+        return Err(DropReason::NotIpv4);
+    };
+    let (eth, len) = (f.off, f.len);
+    let Some(start) = eth.checked_sub(super::xlat::GROWTH) else {
+        return Err(DropReason::NoHeadroom);
+    };
+    // First the Ethernet header, out of the way of the IPv6 header that
+    // will cover its old place.
+    f.buf.copy_within(eth..eth + ETH - 2, start);
+    let Some((v6, total)) = super::xlat::v4_to_v6(
+        f.buf,
+        eth + ETH,
+        len - ETH,
+        node6,
+        std::net::Ipv6Addr::from(*client6),
+    ) else {
+        return Err(DropReason::UnsupportedProtocol);
+    };
+    debug_assert_eq!(v6, start + ETH);
+    f.off = start;
+    f.len = ETH + total;
+    set16(f.data_mut(), eth_f::ETHERTYPE, ethertype::IPV6);
+    Ok(())
+}
+
+/// Answers an IPv6 client's packet that would not fit the overlay once
+/// translated with ICMPv6 Packet Too Big (RFC 8201: routers do not
+/// fragment IPv6), quoting as much of it as fits in 1280 bytes, with the
+/// largest IPv6 packet that does fit: the overlay MTU plus the 20 bytes
+/// the translation takes off.
+fn packet_too_big6(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    node6: std::net::Ipv6Addr,
+    client6: std::net::Ipv6Addr,
+) -> Result<Verdict, DropReason> {
+    if !st.generated.take(st.now) {
+        return Err(DropReason::TooBig);
+    }
+    let id = &snap.identity;
+    let d = f.data();
+    let mac = get_mac(d, eth_f::SRC);
+    let packet = f.len - ETH;
+    let room = usize::from(ipv6::MIN_MTU) - ipv6::HEADER_LEN - icmpv6::HEADER_LEN;
+    let q = packet.min(room);
+    let head = ETH + ipv6::HEADER_LEN + icmpv6::HEADER_LEN;
+    // The quote moves back by the answer's headers; the buffer holds the
+    // frame, so its room after the frame's start is enough.
+    let (off, end) = (f.off, f.off + ETH + q);
+    if off + head + q > f.buf.len() || end > f.buf.len() {
+        return Err(DropReason::TooBig);
+    }
+    f.buf.copy_within(off + ETH..end, off + head);
+    f.len = head + q;
+    let b = f.data_mut();
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: mac,
+        ethertype: ethertype::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    ipv6::Repr {
+        src: node6,
+        dst: client6,
+        next_header: ipv6::next_header::ICMPV6,
+        payload_len: (icmpv6::HEADER_LEN + q) as u16,
+        hop_limit: 64,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut b[ETH..]));
+    icmpv6::Repr::PacketTooBig {
+        mtu: u32::from(id.overlay_mtu) + super::xlat::GROWTH as u32,
+    }
+    .emit(
+        &mut icmpv6::Packet::new_unchecked(&mut b[ETH + ipv6::HEADER_LEN..]),
+        node6,
+        client6,
+    );
+    st.drops.inc(DropReason::TooBig);
+    st.events.icmp_sent += 1;
+    Ok(Verdict::Transmit)
 }
 
 /// Resolves a flow's task in the current snapshot, re-linking it after a
@@ -844,7 +1035,9 @@ fn flow_task<'s>(snap: &'s Snapshot, gen32: u32, flow: &mut Flow) -> Option<&'s 
         let i = *snap.task_index.get(&flow.task_id)?;
         flow.task_index = i;
         flow.snapshot_gen = gen32;
-        flow.client_mac_valid = false;
+        // An IPv6 client's MAC is the neighbour its packets came from,
+        // not the neighbour table's: it stays.
+        flow.client_mac_valid = flow.key.v6;
     }
     snap.tasks.get(flow.task_index as usize)
 }
@@ -906,11 +1099,12 @@ fn move_shared(task: &TaskEntry, to_active: bool) {
 /// packet, `l4` its parsed transport header): finds or makes its flow,
 /// translates it and sends it to the flow's task, in VXLAN or, for a task
 /// on this node, as it is.
-fn forward(
+fn forward<const V6: bool>(
     snap: &Snapshot,
     st: &mut State,
     f: &mut FrameBuf<'_>,
     l4: L4,
+    c6: &[u8; 16],
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let total = f.len - ETH;
@@ -941,17 +1135,17 @@ fn forward(
         client_port: l4.sport,
         published: l4.dport,
         protocol: proto,
-        v6: false,
+        v6: V6,
     };
     let is_syn = l4
         .flags
         .is_some_and(|fl| fl & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN);
     let key_hash = st.flows.client_hash(&key);
-    let (slot, task) = match known_flow(snap, st, &key, key_hash, is_syn, port) {
+    let (slot, task) = match known_flow::<V6>(snap, st, &key, key_hash, is_syn, port, c6) {
         Known::Flow(s, task) => (s, task),
         Known::Elsewhere(w) => return hand_to(w),
         Known::TaskGone if proto == protocol::TCP => {
-            return send_reset(snap, st, f, DropReason::TaskGone);
+            return send_reset::<V6>(snap, st, f, DropReason::TaskGone, c6);
         }
         // A datagram of a gone task's flow starts a new flow.
         Known::New | Known::TaskGone => {
@@ -959,9 +1153,17 @@ fn forward(
                 // As the kernel answers a segment of a connection it does
                 // not know: a reset, so that clients of a restarted or
                 // evicted flow learn it at once.
-                return send_reset(snap, st, f, DropReason::TcpNoFlow);
+                return send_reset::<V6>(snap, st, f, DropReason::TcpNoFlow, c6);
             }
-            new_flow(snap, st, key, key_hash, port, l4.seq_end)?
+            // An IPv6 client's replies go back to the neighbour its
+            // packets came from: the kernel's IPv4 neighbour table knows
+            // nothing of it.
+            let mac6 = if V6 {
+                get_mac(f.data(), eth_f::SRC).0
+            } else {
+                [0; 6]
+            };
+            new_flow::<V6>(snap, st, key, key_hash, port, l4.seq_end, c6, mac6)?
         }
     };
 
@@ -1051,20 +1253,27 @@ enum Known<'s> {
 /// `new_flow` out of line 550/700/1210, `flow_deltas` out of line
 /// 542/700/1173, as here 545/700/1152.
 #[inline]
-fn known_flow<'s>(
+fn known_flow<'s, const V6: bool>(
     snap: &'s Snapshot,
     st: &mut State,
     key: &ClientKey,
     key_hash: u64,
     is_syn: bool,
     port: PortEntry,
+    c6: &[u8; 16],
 ) -> Known<'s> {
-    let Some(s) = st.flows.lookup_client_hashed(key, key_hash) else {
+    let found = if V6 {
+        st.flows.lookup_client6_hashed(key, c6, key_hash)
+    } else {
+        st.flows.lookup_client_hashed(key, key_hash)
+    };
+    let Some(s) = found else {
         // A flow that keeps the client's address has no SNAT port of its
         // own to say which worker owns it: its client port says it. Its
         // packets reaching another worker find no flow there and go on from
-        // here, so the test runs only on a miss.
-        if snap.services[port.service as usize].client_ip == ClientIp::Preserve {
+        // here, so the test runs only on a miss. (An IPv6 client's address
+        // cannot be kept: the tasks are IPv4.)
+        if !V6 && snap.services[port.service as usize].client_ip == ClientIp::Preserve {
             let owner = FlowTable::owner(key.client_port, st.workers);
             if owner != st.worker {
                 return Known::Elsewhere(owner);
@@ -1092,17 +1301,24 @@ fn known_flow<'s>(
 /// enters it in the flow table (which picks its SNAT port); returns its
 /// slot and the task.
 #[inline(always)]
-fn new_flow<'s>(
+#[allow(clippy::too_many_arguments)]
+fn new_flow<'s, const V6: bool>(
     snap: &'s Snapshot,
     st: &mut State,
     key: ClientKey,
     key_hash: u64,
     port: PortEntry,
     client_next: u32,
+    c6: &[u8; 16],
+    mac6: [u8; 6],
 ) -> Result<(u32, &'s TaskEntry), DropReason> {
     let id = &snap.identity;
     let svc = &snap.services[port.service as usize];
-    let hash = flow_hash(&key);
+    let hash = if V6 {
+        flow_hash6(&key, c6)
+    } else {
+        flow_hash(&key)
+    };
     let ti = svc
         .sched
         .pick(&svc.shared, &snap.tasks, hash)
@@ -1119,13 +1335,13 @@ fn new_flow<'s>(
         snat_port: 0,
         last_seen: st.now,
         hash,
-        client_mac: [0; 6],
-        client_mac_valid: false,
+        client_mac: mac6,
+        client_mac_valid: V6,
         client_next,
         task_next: 0,
         delta_addrs: 0,
         delta_l4: 0,
-        preserve: task.preserve,
+        preserve: task.preserve && !V6,
         state: if key.protocol == protocol::TCP {
             FlowState::SynSent
         } else {
@@ -1139,6 +1355,9 @@ fn new_flow<'s>(
             InsertError::Full => DropReason::FlowTableFull,
             InsertError::PortsExhausted => DropReason::SnatExhausted,
         })?;
+    if V6 {
+        st.flows.set_client6(s, c6);
+    }
     if let Some(ev) = evicted {
         release_shared(snap, st.gen32, &ev.0);
         st.events.flows_evicted += 1;
@@ -1251,7 +1470,20 @@ fn reply(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Verdic
     let p = &mut f.data_mut()[INNER_IP..INNER_IP + total];
     match translate_reply(snap, st, p, vtep, id.l4_checksum, peer)? {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
-        ReplyTo::Client { mac, task_index } => to_client(id, st, f, total, mac, task_index),
+        ReplyTo::Client {
+            mac,
+            task_index,
+            v6_slot: None,
+        } => to_client(id, st, f, total, mac, task_index),
+        ReplyTo::Client {
+            mac,
+            task_index,
+            v6_slot: Some(slot),
+        } => {
+            f.off += INNER;
+            f.len = ETH + total;
+            deliver6(id, st, f, mac, task_index, slot)
+        }
     }
 }
 
@@ -1272,8 +1504,14 @@ fn reply_peer(id: &Identity, iph: &[u8; IP]) -> Ipv4Addr {
 enum ReplyTo {
     /// The worker that owns the flow.
     Worker(u16),
-    /// The client, translated: its next hop's MAC and the task's index.
-    Client { mac: MacAddr, task_index: u32 },
+    /// The client, translated: its next hop's MAC and the task's index;
+    /// for an IPv6 client, the flow's slot (its address is there), the
+    /// packet to be made IPv6 once addressed.
+    Client {
+        mac: MacAddr,
+        task_index: u32,
+        v6_slot: Option<u32>,
+    },
 }
 
 /// Finds the flow of a task's reply `p` (an IPv4 packet without options,
@@ -1349,11 +1587,16 @@ fn translate_reply(
             move_shared(task, to_active);
         }
     }
-    let (rw, ti) = (Rewrite::to_client(flow, id.node_addr), flow.task_index);
+    let (rw, ti, v6) = (
+        Rewrite::to_client(flow, id.node_addr),
+        flow.task_index,
+        flow.key.v6,
+    );
     nat(p, rw, l4_checksum);
     Ok(ReplyTo::Client {
         mac: client_mac,
         task_index: ti,
+        v6_slot: v6.then_some(slot),
     })
 }
 
@@ -1391,7 +1634,16 @@ fn local_reply(
     let p = &mut f.data_mut()[ETH..ETH + total];
     match translate_reply(snap, st, p, id.node_addr, id.sandbox_l4_checksum, peer)? {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
-        ReplyTo::Client { mac, task_index } => deliver(id, st, f, mac, task_index),
+        ReplyTo::Client {
+            mac,
+            task_index,
+            v6_slot: None,
+        } => deliver(id, st, f, mac, task_index),
+        ReplyTo::Client {
+            mac,
+            task_index,
+            v6_slot: Some(slot),
+        } => deliver6(id, st, f, mac, task_index, slot),
     }
 }
 
@@ -1447,6 +1699,24 @@ fn deliver(
     c.bytes_out += len as u64;
     st.events.replies += 1;
     Ok(Verdict::Transmit)
+}
+
+/// [`deliver`] for an IPv6 client's flow (in `slot`): the reply, addressed
+/// and counted, becomes IPv6 (20 bytes longer; the task's counters count
+/// what left the task).
+#[inline(never)]
+fn deliver6(
+    id: &super::tables::Identity,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    client_mac: MacAddr,
+    task_index: u32,
+    slot: u32,
+) -> Result<Verdict, DropReason> {
+    let v = deliver(id, st, f, client_mac, task_index)?;
+    let c6 = *st.flows.client6(slot);
+    to_ipv6(id, f, &c6)?;
+    Ok(v)
 }
 
 /// Answers an ARP request for the overlay address that arrived in VXLAN,
@@ -1668,6 +1938,9 @@ fn icmp_error(
     if flow.vtep != vtep {
         return Err(DropReason::ReplyWrongVtep);
     }
+    if flow.key.v6 {
+        return Err(DropReason::IcmpIpv6Client);
+    }
     if flow_task(snap, gen32, flow).is_none() {
         return Err(DropReason::TaskGone);
     }
@@ -1748,11 +2021,12 @@ fn emit_reset(id: &Identity, f: &mut FrameBuf<'_>, mac: MacAddr, key: &ClientKey
 
 /// Turns a client's TCP segment into a reset from the published port, in
 /// place (RFC 9293 section 3.10.7.1), for a connection whose task is gone.
-fn send_reset(
+fn send_reset<const V6: bool>(
     snap: &Snapshot,
     st: &mut State,
     f: &mut FrameBuf<'_>,
     reason: DropReason,
+    c6: &[u8; 16],
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let d = f.data();
@@ -1801,6 +2075,10 @@ fn send_reset(
         v6: false,
     };
     emit_reset(id, f, mac, &key, reset);
+    if V6 {
+        // The client's segment was translated from IPv6: so is the reset.
+        to_ipv6(id, f, c6).map_err(|_| reason)?;
+    }
     st.events.resets_sent += 1;
     st.drops.inc(reason);
     Ok(Verdict::Transmit)

@@ -345,6 +345,8 @@ impl From<Timeouts> for TimeoutTicks {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Identity {
     pub node_addr: Ipv4Addr,
+    /// Published ports answer IPv6 clients here (`None`: IPv4 only).
+    pub node_addr6: Option<std::net::Ipv6Addr>,
     /// MAC of the ingress interface.
     pub node_mac: MacAddr,
     pub overlay_addr: Ipv4Addr,
@@ -477,6 +479,7 @@ impl Snapshot {
         registry.retain(cfg.services);
         let identity = Identity {
             node_addr: cfg.node_addr,
+            node_addr6: cfg.node_addr6,
             node_mac: link.mac,
             overlay_addr: cfg.overlay_addr,
             overlay_mac: cfg.overlay_mac,

@@ -51,7 +51,7 @@ fn fixture_table() {
 #[test]
 fn every_drop_is_counted_once() {
     for c in cases() {
-        let mut p = lab_pipeline(0, c.workers);
+        let mut p = c.pipeline();
         for s in &c.setup {
             run(&mut p, s);
         }
@@ -1004,4 +1004,252 @@ fn flows_survive_a_handover_byte_for_byte() {
         lab_pipeline(1, 2).restore_flows(origin, &records),
         Err(HandoverError::Origin { .. })
     ));
+}
+
+// ---------------------------------------------------------------------------
+// IPv6 clients (issue 15): translated to IPv4 for the overlay and back.
+
+fn c6(last: u16) -> std::net::Ipv6Addr {
+    std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, last)
+}
+
+#[test]
+fn an_ipv6_clients_connection_is_translated_both_ways_byte_for_byte() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let (v, out) = run(&mut p, &client6_tcp(CLIENT6, 40000, 1000, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    let want = expected_forward6_tcp(CLIENT6, 0, 40000, 40000, 1000, 0, SYN, b"");
+    assert!(out == want, "got:\n{}\nwant:\n{}", hex(&out), hex(&want));
+    let (v, out) = run(&mut p, &task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b""));
+    assert_eq!(v, Verdict::Transmit);
+    let want = expected_reply6_tcp(CLIENT6, 40000, 5000, 1001, SYN_ACK, b"");
+    assert!(out == want, "got:\n{}\nwant:\n{}", hex(&out), hex(&want));
+    // Data both ways on the established flow.
+    let (v, out) = run(
+        &mut p,
+        &client6_tcp(CLIENT6, 40000, 1001, 5001, PSH_ACK, b"GET /"),
+    );
+    assert_eq!(v, Verdict::Transmit);
+    let want = expected_forward6_tcp(CLIENT6, 0, 40000, 40000, 1001, 5001, PSH_ACK, b"GET /");
+    assert!(out == want, "got:\n{}\nwant:\n{}", hex(&out), hex(&want));
+    let (v, out) = run(
+        &mut p,
+        &task_reply_tcp(0, 40000, 5001, 1006, PSH_ACK, b"200 OK"),
+    );
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_reply6_tcp(CLIENT6, 40000, 5001, 1006, PSH_ACK, b"200 OK")
+    );
+    // UDP likewise.
+    let (v, _) = run(&mut p, &client6_udp(CLIENT6, 41000, b"q"));
+    assert_eq!(v, Verdict::Transmit);
+    let (v, out) = run(&mut p, &task_reply_udp(1, 41000, b"answer"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, expected_reply6_udp(CLIENT6, 41000, b"answer"));
+}
+
+#[test]
+fn ipv6_clients_spread_10_10_10_and_are_told_apart_by_address() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let mut per_task = [0; 3];
+    for i in 0..30u16 {
+        let (v, out) = run(&mut p, &client6_tcp(c6(100 + i), 40000, 1, 0, SYN, b""));
+        assert_eq!(v, Verdict::Transmit);
+        per_task[task_of(&out)] += 1;
+    }
+    assert_eq!(per_task, [10, 10, 10]);
+    // Thirty clients, one client port: thirty flows, each its own SNAT port
+    // towards its task, each reply to its own client.
+    assert_eq!(p.flows().len(), 30);
+    let (v, out) = run(&mut p, &client6_tcp(c6(101), 40000, 2, 0, ACK, b"x"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(task_of(&out), 1, "the second client's flow keeps its task");
+}
+
+#[test]
+fn ipv6_input_meshgate_does_not_forward_is_dropped_by_reason() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let syn = client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"");
+    let with = |at: usize, b: u8| {
+        let mut f = syn.clone();
+        f[at] = b;
+        f
+    };
+    let cases: Vec<(&str, Vec<u8>, DropReason)> = vec![
+        (
+            "hop-by-hop header",
+            with(14 + 6, 0),
+            DropReason::Ipv6ExtensionHeader,
+        ),
+        (
+            "routing header",
+            with(14 + 6, 43),
+            DropReason::Ipv6ExtensionHeader,
+        ),
+        ("fragment header", with(14 + 6, 44), DropReason::IpFragment),
+        (
+            "ICMPv6 to the node",
+            with(14 + 6, 58),
+            DropReason::UnsupportedProtocol,
+        ),
+        (
+            "version 4 in an IPv6 frame",
+            with(14, 0x45),
+            DropReason::IpMalformed,
+        ),
+        (
+            "multicast source",
+            with(14 + 8, 0xff),
+            DropReason::IpMalformed,
+        ),
+        (
+            "another destination",
+            with(14 + 39, 9),
+            DropReason::NotForUs,
+        ),
+        ("hop limit 1", with(14 + 7, 1), DropReason::TtlExpired),
+        (
+            "truncated header",
+            syn[..14 + 30].to_vec(),
+            DropReason::Truncated,
+        ),
+        (
+            "payload length beyond the frame",
+            with(14 + 5, 200),
+            DropReason::Truncated,
+        ),
+        (
+            "unpublished port",
+            with(14 + 40 + 3, 81),
+            DropReason::NoService,
+        ),
+    ];
+    for (name, frame, reason) in cases {
+        let before = p.drops().total();
+        let (v, _) = run(&mut p, &frame);
+        assert_eq!(v, Verdict::Drop(reason), "{name}");
+        assert_eq!(p.drops().total(), before + 1, "{name}: counted once");
+    }
+    // Without node.address6, IPv6 is not meshgate's at all.
+    let (v, _) = run(&mut lab_pipeline(0, 1), &syn);
+    assert_eq!(v, Verdict::Drop(DropReason::NotIpv4));
+}
+
+#[test]
+fn a_too_big_ipv6_packet_gets_packet_too_big_with_the_overlay_mtu_plus_20() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    // 1450 bytes of IPv4 fit the overlay: 1430 of IPv6 payload... one more
+    // does not.
+    let fits = client6_udp(CLIENT6, 41000, &[7; 1430 - 8]);
+    assert_eq!(run(&mut p, &fits).0, Verdict::Transmit);
+    let big = client6_udp(CLIENT6, 41001, &[7; 1431 - 8]);
+    let (v, out) = run(&mut p, &big);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(p.drops().get(DropReason::TooBig), 1);
+    let pkt = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &pkt.net else {
+        panic!("not IPv6: {}", hex(&out))
+    };
+    let h = ip.header();
+    assert_eq!(h.source_addr(), NODE6);
+    assert_eq!(h.destination_addr(), CLIENT6);
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &pkt.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv6Type::PacketTooBig { mtu: 1470 }
+    );
+    let want = icmp
+        .header()
+        .icmp_type
+        .calc_checksum(h.source(), h.destination(), icmp.payload())
+        .unwrap();
+    assert_eq!(icmp.checksum(), want);
+    // The quote is the offending packet's start, within 1280 bytes in all.
+    assert_eq!(out.len(), 14 + 1280);
+    assert_eq!(icmp.payload(), &big[14..14 + 1280 - 48]);
+}
+
+#[test]
+fn partial_checksums_of_ipv6_clients_are_completed() {
+    for mode in [L4Checksum::CompletePartial, L4Checksum::Full] {
+        let mut p = lab_pipeline6(mode);
+        for udp in [false, true] {
+            let mut frame = if udp {
+                client6_udp(CLIENT6, 41000, b"question")
+            } else {
+                client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"")
+            };
+            // What a veth hands over: the field holds the pseudo-header sum.
+            let len = (frame.len() - 14 - 40) as u32;
+            let proto = if udp { 17 } else { 6 };
+            let ph = crate::wire::checksum::pseudo_header_v6(CLIENT6, NODE6, proto, len);
+            let at = 14 + 40 + if udp { 6 } else { 16 };
+            frame[at..at + 2].copy_from_slice(&ph.to_be_bytes());
+            let (v, out) = run(&mut p, &frame);
+            assert_eq!(v, Verdict::Transmit, "{mode:?} udp {udp}");
+            assert!(
+                inner_l4_checksum_ok(&out),
+                "{mode:?} udp {udp}: {}",
+                hex(&out)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stray_ipv6_segment_gets_an_ipv6_reset() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let (v, out) = run(&mut p, &client6_tcp(CLIENT6, 40000, 77, 99, ACK, b"x"));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(p.drops().get(DropReason::TcpNoFlow), 1);
+    let pkt = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &pkt.net else {
+        panic!("not IPv6: {}", hex(&out))
+    };
+    let h = ip.header().to_header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (NODE6, CLIENT6));
+    let Some(etherparse::TransportSlice::Tcp(t)) = &pkt.transport else {
+        panic!("not TCP")
+    };
+    assert!(t.rst());
+    assert_eq!(
+        (t.source_port(), t.destination_port(), t.sequence_number()),
+        (PUBLISHED, 40000, 99)
+    );
+    assert_eq!(
+        t.checksum(),
+        t.to_header().calc_checksum_ipv6(&h, t.payload()).unwrap()
+    );
+}
+
+#[test]
+fn ipv6_flows_are_not_handed_over_in_format_1() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    run(&mut p, &client6_tcp(CLIENT6, 40000, 1, 0, SYN, b""));
+    run(&mut p, &client_tcp(40001, 1, 0, SYN, b""));
+    let (_, records) = p.export_flows();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].client, CLIENT);
+}
+
+proptest! {
+    /// Arbitrary IPv6 frames never panic and every verdict is counted.
+    #[test]
+    fn arbitrary_ipv6_frames_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300), from in 14usize..120, sport in 1u16..=65535) {
+        let mut p = lab_pipeline6(L4Checksum::CompletePartial);
+        let mut frame = client6_tcp(CLIENT6, sport, 1, 0, SYN, b"0123456789");
+        for (i, b) in bytes.iter().enumerate() {
+            if let Some(x) = frame.get_mut(from + i) {
+                *x = *b;
+            }
+        }
+        let before = (p.drops().total(), p.events().forwarded);
+        let (v, _) = run(&mut p, &frame);
+        if let Verdict::Drop(_) = v {
+            prop_assert_eq!(p.drops().total(), before.0 + 1);
+        }
+    }
 }

@@ -617,6 +617,7 @@ fn load_program(
     let max_queue = queues.iter().copied().max().unwrap_or(0);
     Ok(IngressProgram::load(&IngressParams {
         node_addr: cfg.node.address,
+        node_addr6: cfg.node.address6,
         overlay_addr: cfg.ingress.address,
         overlay_mac: cfg.ingress.mac,
         vni: cfg.ingress.vni,

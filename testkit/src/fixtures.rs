@@ -8,7 +8,7 @@
 //! (`examples/lab.toml`): client 198.18.0.1 -> node 198.18.0.2:8080, tasks
 //! 198.18.128.4 and .5 on node 198.18.0.11 and .6 on node 198.18.0.12.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
 use etherparse::{PacketBuilder, TcpHeader};
@@ -16,7 +16,9 @@ use etherparse::{PacketBuilder, TcpHeader};
 use meshgate::config::Config;
 use meshgate::dataplane::counters::DropReason;
 use meshgate::dataplane::flow::ClientKey;
-use meshgate::dataplane::pipeline::{FrameBuf, Pipeline, Verdict, flow_hash, vxlan_source_port};
+use meshgate::dataplane::pipeline::{
+    FrameBuf, Pipeline, Verdict, flow_hash, flow_hash6, vxlan_source_port,
+};
 use meshgate::dataplane::tables::{L4Checksum, LinkInfo, Neighbours, Registry, Route, Snapshot};
 use meshgate::wire::MacAddr;
 
@@ -476,6 +478,8 @@ pub enum Expect {
 pub struct Case {
     pub name: &'static str,
     pub workers: u16,
+    /// Run on a pipeline that answers IPv6 clients ([`lab_pipeline6`]).
+    pub ipv6: bool,
     pub setup: Vec<Vec<u8>>,
     pub input: Vec<u8>,
     pub expect: Expect,
@@ -485,9 +489,29 @@ fn case(name: &'static str, setup: Vec<Vec<u8>>, input: Vec<u8>, expect: Expect)
     Case {
         name,
         workers: 1,
+        ipv6: false,
         setup,
         input,
         expect,
+    }
+}
+
+/// A case for a pipeline that answers IPv6 clients.
+fn case6(name: &'static str, setup: Vec<Vec<u8>>, input: Vec<u8>, expect: Expect) -> Case {
+    Case {
+        ipv6: true,
+        ..case(name, setup, input, expect)
+    }
+}
+
+impl Case {
+    /// A fresh pipeline of the kind this case runs on.
+    pub fn pipeline(&self) -> Pipeline {
+        if self.ipv6 {
+            lab_pipeline6(L4Checksum::Incremental)
+        } else {
+            lab_pipeline(0, self.workers)
+        }
     }
 }
 
@@ -905,10 +929,73 @@ pub fn cases() -> Vec<Case> {
     v.push(Case {
         name: "reply owned by another worker",
         workers: 2,
+        ipv6: false,
         setup: vec![],
         input: task_reply_tcp(0, 40001, 1, 1, ACK, b""),
         expect: Expect::Handoff(1),
     });
+    // IPv6 clients (node.address6): translated to IPv4 for the overlay and
+    // back; what meshgate does not forward, dropped by reason.
+    let syn6 = client6_tcp(CLIENT6, 40000, 1000, 0, SYN, b"");
+    let syn6_with = |at: usize, b: u8| {
+        let mut f = syn6.clone();
+        f[at] = b;
+        f
+    };
+    v.extend([
+        case6(
+            "IPv6 SYN to the published port",
+            vec![],
+            syn6.clone(),
+            Expect::Frame(expected_forward6_tcp(
+                CLIENT6, 0, 40000, 40000, 1000, 0, SYN, b"",
+            )),
+        ),
+        case6(
+            "task's SYN-ACK to an IPv6 client",
+            vec![syn6.clone()],
+            task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b""),
+            Expect::Frame(expected_reply6_tcp(
+                CLIENT6, 40000, 5000, 1001, SYN_ACK, b"",
+            )),
+        ),
+        case6(
+            "IPv6 UDP answered in IPv6",
+            vec![client6_udp(CLIENT6, 41000, b"q")],
+            task_reply_udp(0, 41000, b"a"),
+            Expect::Frame(expected_reply6_udp(CLIENT6, 41000, b"a")),
+        ),
+        case6(
+            "IPv6 hop-by-hop options header",
+            vec![],
+            syn6_with(14 + 6, 0),
+            Expect::Drop(DropReason::Ipv6ExtensionHeader),
+        ),
+        case6(
+            "IPv6 fragment header",
+            vec![],
+            syn6_with(14 + 6, 44),
+            Expect::Drop(DropReason::IpFragment),
+        ),
+        case6(
+            "IPv6 hop limit 1",
+            vec![],
+            syn6_with(14 + 7, 1),
+            Expect::Drop(DropReason::TtlExpired),
+        ),
+        case6(
+            "IPv6 truncated header",
+            vec![],
+            syn6[..14 + 39].to_vec(),
+            Expect::Drop(DropReason::Truncated),
+        ),
+        case(
+            "IPv6 without node.address6",
+            vec![],
+            syn6.clone(),
+            Expect::Drop(DropReason::NotIpv4),
+        ),
+    ]);
     v
 }
 
@@ -924,7 +1011,7 @@ pub fn run(p: &mut Pipeline, frame: &[u8]) -> (Verdict, Vec<u8>) {
 
 /// Runs one case on a fresh pipeline; returns (verdict, output frame).
 pub fn run_case(c: &Case) -> (Verdict, Vec<u8>) {
-    let mut p = lab_pipeline(0, c.workers);
+    let mut p = c.pipeline();
     for (i, s) in c.setup.iter().enumerate() {
         let (v, _) = run(&mut p, s);
         assert_eq!(
@@ -1189,4 +1276,109 @@ pub fn task_icmp_unreachable_to_client(task: usize, quoted: &[u8]) -> Vec<u8> {
     let mut inner = Vec::new();
     b.write(&mut inner, quoted).expect("fixture frame");
     in_vxlan_from_task(task, &inner)
+}
+
+/// The lab's IPv6 client and the node's IPv6 address (`node.address6`),
+/// from the IPv6 benchmarking prefix.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
+
+/// The lab configuration answering IPv6 clients on [`NODE6`].
+pub fn lab_config6() -> Config {
+    let mut cfg = lab_config();
+    cfg.node.address6 = Some(NODE6);
+    cfg
+}
+
+/// A pipeline (worker 0 of 1) on the lab tables with `node.address6`.
+pub fn lab_pipeline6(l4_checksum: L4Checksum) -> Pipeline {
+    let snap = Arc::new(Snapshot::build(
+        &lab_config6().table_desc(),
+        lab_link(l4_checksum),
+        Arc::new(lab_neighbours()),
+        &mut Registry::default(),
+        1,
+    ));
+    Pipeline::new(snap, 0, 1, 1024, (1024, 65535))
+}
+
+/// An IPv6 client's segment (from `client`) to the published port.
+pub fn client6_tcp(
+    client: Ipv6Addr,
+    sport: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC.0, NODE_MAC.0)
+        .ipv6(client.octets(), NODE6.octets(), 64)
+        .tcp_header(tcp_header(sport, PUBLISHED, seq, ack, f));
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
+}
+
+/// An IPv6 client's datagram to the published port.
+pub fn client6_udp(client: Ipv6Addr, sport: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC.0, NODE_MAC.0)
+        .ipv6(client.octets(), NODE6.octets(), 64)
+        .udp(sport, PUBLISHED);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
+}
+
+/// What meshgate must send to task `task` for `client6_tcp(client, sport,
+/// ...)`: the same as for an IPv4 client but for the VXLAN source port
+/// (the flow's hash folds the IPv6 address) and DF, which translation sets
+/// only above 1260 bytes (RFC 7915 5.1).
+#[allow(clippy::too_many_arguments)]
+pub fn expected_forward6_tcp(
+    client: Ipv6Addr,
+    task: usize,
+    sport: u16,
+    snat: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut inner = to_task_tcp(TASKS[task], snat, seq, ack, f, payload);
+    inner[14 + 6] &= !0x40;
+    fix_ip_checksum(&mut inner, 14);
+    let (node, mac) = task_node(task);
+    let k = ClientKey {
+        v6: true,
+        ..key(sport, 6)
+    };
+    let vx = vxlan_source_port(flow_hash6(&k, &client.octets()));
+    vxlan_frame(NODE_MAC, mac, NODE, node, vx, VNI, &inner)
+}
+
+/// What an IPv6 client must receive for `task_reply_tcp`.
+pub fn expected_reply6_tcp(
+    client: Ipv6Addr,
+    client_port: u16,
+    seq: u32,
+    ack: u32,
+    f: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv6(NODE6.octets(), client.octets(), 63)
+        .tcp_header(tcp_header(PUBLISHED, client_port, seq, ack, f));
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
+}
+
+/// What an IPv6 client must receive for `task_reply_udp`.
+pub fn expected_reply6_udp(client: Ipv6Addr, client_port: u16, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv6(NODE6.octets(), client.octets(), 63)
+        .udp(PUBLISHED, client_port);
+    let mut v = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut v, payload).expect("fixture frame");
+    v
 }

@@ -62,6 +62,9 @@ pub struct LabOptions {
     pub tasks: Vec<(String, usize)>,
     /// Number of task nodes.
     pub nodes: usize,
+    /// IPv6 on the ingress interface ([`INGRESS6_ADDR`]) and a second
+    /// client that has only IPv6 ([`Lab::client6`], [`CLIENT6_ADDR`]).
+    pub ipv6: bool,
 }
 
 impl Default for LabOptions {
@@ -74,11 +77,16 @@ impl Default for LabOptions {
                 ("task-c".into(), 1),
             ],
             nodes: 2,
+            ipv6: false,
         }
     }
 }
 
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// The IPv6-only client and the ingress node's IPv6 address (the IPv6
+/// benchmarking prefix, RFC 5180).
+pub const CLIENT6_ADDR: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 1);
+pub const INGRESS6_ADDR: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, 2);
 pub const INGRESS_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
 pub const OVERLAY_ADDR: Ipv4Addr = Ipv4Addr::new(198, 18, 128, 2);
 pub const VNI: u32 = 4096;
@@ -165,6 +173,24 @@ impl Lab {
 
     pub fn ingress(&self) -> String {
         self.ns("ingress")
+    }
+
+    /// The client with only an IPv6 path to the ingress node (a lab built
+    /// with `ipv6`).
+    pub fn client6(&self) -> String {
+        self.ns("client6")
+    }
+
+    /// Turns IPv6 on in `ns` (every lab namespace starts without it).
+    fn enable_ipv6(&self, ns: &str, dev: &str) -> Result<(), LabError> {
+        for k in [
+            "net.ipv6.conf.all.disable_ipv6=0".to_string(),
+            "net.ipv6.conf.default.disable_ipv6=0".to_string(),
+            format!("net.ipv6.conf.{dev}.disable_ipv6=0"),
+        ] {
+            self.exec(ns, &["sysctl", "-qw", &k])?;
+        }
+        Ok(())
     }
 
     pub fn switch(&self) -> String {
@@ -301,6 +327,27 @@ impl Lab {
         for p in ["p-client", "p-in"] {
             self.ip(&sw, &["link", "set", p, "master", "br0"])?;
             self.ip(&sw, &["link", "set", p, "up"])?;
+        }
+        if self.opts.ipv6 {
+            // As a dual-stack node: the kernel keeps answering neighbour
+            // discovery and ping on the IPv6 address (the XDP program
+            // passes them). No duplicate address detection: the lab's
+            // addresses are unique, and DAD would delay the test by a second.
+            let a6 = format!("{INGRESS6_ADDR}/64");
+            self.enable_ipv6(&ingress, "in0")?;
+            self.ip(&ingress, &["-6", "addr", "add", &a6, "dev", "in0", "nodad"])?;
+            let client6 = self.client6();
+            self.add_ns(&client6)?;
+            self.veth(&client6, "eth0", &sw, "p-client6", q)?;
+            self.enable_ipv6(&client6, "eth0")?;
+            let c6 = format!("{CLIENT6_ADDR}/64");
+            self.ip(
+                &client6,
+                &["-6", "addr", "add", &c6, "dev", "eth0", "nodad"],
+            )?;
+            self.ip(&client6, &["link", "set", "eth0", "up"])?;
+            self.ip(&sw, &["link", "set", "p-client6", "master", "br0"])?;
+            self.ip(&sw, &["link", "set", "p-client6", "up"])?;
         }
         if q > 1 {
             // A bridge sends every forwarded frame on one transmit queue of

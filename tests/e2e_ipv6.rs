@@ -1,0 +1,162 @@
+//! IPv6 published ports in the lab: a client with only an IPv6 path to the
+//! ingress node talks to the published port; meshgate translates its
+//! packets to IPv4 for the overlay (the tasks see the sandbox's IPv4
+//! address) and the answers back to IPv6, while IPv4 clients go on as
+//! before and the kernel keeps answering ping and neighbour discovery.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::{Meshgate, privileged, target, task_and_source};
+use meshgate_testkit::lab::{self, INGRESS6_ADDR, Lab, LabOptions};
+
+const T: Duration = Duration::from_secs(3);
+
+fn target6() -> SocketAddr {
+    SocketAddr::from((INGRESS6_ADDR, 8080))
+}
+
+fn lab6() -> Option<(Lab, lab::Servers)> {
+    if !privileged() {
+        return None;
+    }
+    let lab = Lab::build(LabOptions {
+        ipv6: true,
+        ..LabOptions::default()
+    })
+    .expect("lab");
+    let servers = lab.start_servers().expect("servers");
+    Some((lab, servers))
+}
+
+fn config6(lab: &Lab) -> String {
+    lab.config_toml("[control]\nstats_interval = 0.5\n")
+        .replacen(
+            "[node]\n",
+            &format!("[node]\naddress6 = \"{INGRESS6_ADDR}\"\n"),
+            1,
+        )
+}
+
+#[test]
+fn an_ipv6_only_client_reaches_every_task_while_ipv4_goes_on() {
+    let Some((lab, _servers)) = lab6() else {
+        return;
+    };
+    let mg = Meshgate::start(&lab, &config6(&lab));
+
+    // IPv4 clients at the same time.
+    let v4 = {
+        let ns = lab.client();
+        std::thread::spawn(move || {
+            lab::enter_ns(&ns).unwrap();
+            (0..30)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+    };
+    let answers = lab
+        .in_ns(&lab.client6(), || {
+            (0..30)
+                .map(|_| lab::tcp_request(target6(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let mut per_task: BTreeMap<String, u32> = BTreeMap::new();
+    for a in &answers {
+        let line = a
+            .as_ref()
+            .unwrap_or_else(|e| panic!("an IPv6 connection failed: {e}\n{}", mg.log()));
+        let (task, src) = task_and_source(line);
+        assert_eq!(src, "198.18.128.2", "the task sees the sandbox: {line}");
+        *per_task.entry(task).or_default() += 1;
+    }
+    let v4 = v4.join().unwrap();
+    assert!(v4.iter().all(|a| a.is_ok()), "IPv4 meanwhile: {v4:?}");
+    // Both families share the round robin: 60 connections, 20 each.
+    let mut v4_tasks: BTreeMap<String, u32> = BTreeMap::new();
+    for a in &v4 {
+        *v4_tasks
+            .entry(task_and_source(a.as_ref().unwrap()).0)
+            .or_default() += 1;
+    }
+    for (t, n) in &v4_tasks {
+        *per_task.entry(t.clone()).or_default() += n;
+    }
+    assert_eq!(
+        per_task,
+        BTreeMap::from([
+            ("task-a".into(), 20),
+            ("task-b".into(), 20),
+            ("task-c".into(), 20)
+        ])
+    );
+
+    // UDP: answered from the address and port the client asked.
+    let (from, answer) = lab
+        .in_ns(
+            &lab.client6(),
+            || -> std::io::Result<(SocketAddr, String)> {
+                let s = UdpSocket::bind("[::]:0")?;
+                s.set_read_timeout(Some(T))?;
+                s.send_to(b"hello\n", target6())?;
+                let mut buf = [0u8; 512];
+                let (n, from) = s.recv_from(&mut buf)?;
+                Ok((from, String::from_utf8_lossy(&buf[..n]).into_owned()))
+            },
+        )
+        .unwrap()
+        .unwrap_or_else(|e| panic!("UDP over IPv6: {e}\n{}", mg.log()));
+    assert_eq!(from, target6());
+    assert!(answer.starts_with("task-"), "{answer}");
+
+    // The kernel still answers ping on the node's IPv6 address.
+    lab.exec(
+        &lab.client6(),
+        &[
+            "ping",
+            "-6",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            &INGRESS6_ADDR.to_string(),
+        ],
+    )
+    .expect("ping -6 to the node");
+
+    // Too big for the overlay once translated: Packet Too Big, and the
+    // client's kernel learns the path MTU (1450 + 20). Linux takes a PTB
+    // through the socket that sent the packet: it stays open meanwhile.
+    let route = lab
+        .in_ns(&lab.client6(), || -> std::io::Result<String> {
+            let s = UdpSocket::bind("[::]:0")?;
+            assert_eq!(s.send_to(&[0u8; 1452], target6())?, 1452);
+            let mut route = String::new();
+            for _ in 0..20 {
+                let out = std::process::Command::new("ip")
+                    .args(["-6", "route", "get", &INGRESS6_ADDR.to_string()])
+                    .output()?;
+                route = String::from_utf8_lossy(&out.stdout).into_owned();
+                if route.contains("mtu 1470") {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(route)
+        })
+        .unwrap()
+        .unwrap();
+    assert!(route.contains("mtu 1470"), "{route}\n{}", mg.log());
+
+    let (st, log, stats) = mg.stop();
+    assert!(st.success(), "{log}");
+    assert!(stats["drops"]["too_big"].as_u64().unwrap() >= 1, "{stats}");
+    assert!(
+        stats["events"]["icmp_sent"].as_u64().unwrap() >= 1,
+        "{stats}"
+    );
+}
