@@ -80,8 +80,12 @@ impl ApiServer {
                     ),
                 ));
             }
-            // A socket left by a meshgate that died.
-            std::fs::remove_file(path)?;
+            // A socket left by a meshgate that died, or by one that is
+            // exiting after a takeover and may remove it first.
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            }
         }
         let listener = UnixListener::bind(path)?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::lab::{self, Lab};
@@ -132,7 +132,7 @@ impl Meshgate {
             .arg(&control)
             .args(args)
             .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(Stdio::inherit())
+            .stderr(std::fs::File::create(stdout.with_extension("err")).unwrap())
             .spawn()
             .expect("spawning meshgate");
         Meshgate {
@@ -160,7 +160,11 @@ impl Meshgate {
                 break;
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("meshgate exited at start ({st}):\n{}", self.log());
+                panic!(
+                    "meshgate exited at start ({st}):\n{}\n{}",
+                    self.log(),
+                    std::fs::read_to_string(self.stdout.with_extension("err")).unwrap_or_default()
+                );
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(15),
