@@ -48,16 +48,8 @@ fn an_ipv6_only_client_reaches_every_task_while_ipv4_goes_on() {
     };
     let mg = Meshgate::start(&lab, &config6(&lab));
 
-    // IPv4 clients at the same time.
-    let v4 = {
-        let ns = lab.client();
-        std::thread::spawn(move || {
-            lab::enter_ns(&ns).unwrap();
-            (0..30)
-                .map(|_| lab::tcp_request(target(), T))
-                .collect::<Vec<_>>()
-        })
-    };
+    // 30 connections from the IPv6-only client: 10/10/10, and every task
+    // sees the sandbox's IPv4 address.
     let answers = lab
         .in_ns(&lab.client6(), || {
             (0..30)
@@ -74,26 +66,43 @@ fn an_ipv6_only_client_reaches_every_task_while_ipv4_goes_on() {
         assert_eq!(src, "198.18.128.2", "the task sees the sandbox: {line}");
         *per_task.entry(task).or_default() += 1;
     }
-    let v4 = v4.join().unwrap();
-    assert!(v4.iter().all(|a| a.is_ok()), "IPv4 meanwhile: {v4:?}");
-    // Both families share the round robin: 60 connections, 20 each.
-    let mut v4_tasks: BTreeMap<String, u32> = BTreeMap::new();
-    for a in &v4 {
-        *v4_tasks
-            .entry(task_and_source(a.as_ref().unwrap()).0)
-            .or_default() += 1;
-    }
-    for (t, n) in &v4_tasks {
-        *per_task.entry(t.clone()).or_default() += n;
-    }
     assert_eq!(
         per_task,
         BTreeMap::from([
-            ("task-a".into(), 20),
-            ("task-b".into(), 20),
-            ("task-c".into(), 20)
+            ("task-a".into(), 10),
+            ("task-b".into(), 10),
+            ("task-c".into(), 10)
         ])
     );
+
+    // IPv4 and IPv6 clients at the same time, sharing the round robin.
+    let v4 = {
+        let ns = lab.client();
+        std::thread::spawn(move || {
+            lab::enter_ns(&ns).unwrap();
+            (0..30)
+                .map(|_| lab::tcp_request(target(), T))
+                .collect::<Vec<_>>()
+        })
+    };
+    let v6 = lab
+        .in_ns(&lab.client6(), || {
+            (0..30)
+                .map(|_| lab::tcp_request(target6(), T))
+                .collect::<Vec<_>>()
+        })
+        .unwrap();
+    let v4 = v4.join().unwrap();
+    assert!(v4.iter().all(|a| a.is_ok()), "IPv4 meanwhile: {v4:?}");
+    assert!(v6.iter().all(|a| a.is_ok()), "IPv6 meanwhile: {v6:?}");
+    let mut both: BTreeMap<String, u32> = BTreeMap::new();
+    for a in v4.iter().chain(&v6) {
+        *both
+            .entry(task_and_source(a.as_ref().unwrap()).0)
+            .or_default() += 1;
+    }
+    assert_eq!(both.values().sum::<u32>(), 60);
+    assert!(both.values().all(|&n| n == 20), "{both:?}");
 
     // UDP: answered from the address and port the client asked.
     let (from, answer) = lab
@@ -159,4 +168,11 @@ fn an_ipv6_only_client_reaches_every_task_while_ipv4_goes_on() {
         stats["events"]["icmp_sent"].as_u64().unwrap() >= 1,
         "{stats}"
     );
+    // IPv6 clients' share of the events: 60 connections of theirs and one
+    // UDP exchange (the too-big datagram was answered, not forwarded).
+    let ev = &stats["events"];
+    assert_eq!(ev["ipv6_flows_created"], 61, "{ev}");
+    assert!(ev["ipv6_forwarded"].as_u64().unwrap() >= 61 * 2, "{ev}");
+    assert!(ev["ipv6_replies"].as_u64().unwrap() >= 61 * 2, "{ev}");
+    assert!(ev["flows_created"].as_u64().unwrap() >= 61 + 30, "{ev}");
 }

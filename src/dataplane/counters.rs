@@ -140,6 +140,14 @@ pub struct EventCounters {
     /// Frames received from and sent on the ingress sandbox's interface.
     pub sandbox_rx: u64,
     pub sandbox_tx: u64,
+    /// Of `forwarded`, `replies` and `flows_created`: those of IPv6
+    /// clients (`node.address6`).
+    #[serde(default)]
+    pub ipv6_forwarded: u64,
+    #[serde(default)]
+    pub ipv6_replies: u64,
+    #[serde(default)]
+    pub ipv6_flows_created: u64,
 }
 
 impl EventCounters {
@@ -158,6 +166,9 @@ impl EventCounters {
         self.handoffs += o.handoffs;
         self.sandbox_rx += o.sandbox_rx;
         self.sandbox_tx += o.sandbox_tx;
+        self.ipv6_forwarded += o.ipv6_forwarded;
+        self.ipv6_replies += o.ipv6_replies;
+        self.ipv6_flows_created += o.ipv6_flows_created;
     }
 }
 

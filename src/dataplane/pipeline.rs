@@ -1183,6 +1183,9 @@ fn forward<const V6: bool>(
     if task.local {
         to_local(f, rw, task, id)?;
         count_in(st, ti, ETH + total);
+        if V6 {
+            st.events.ipv6_forwarded += 1;
+        }
         return Ok(Verdict::Local);
     }
     let Some(outer) = &task.outer else {
@@ -1196,6 +1199,9 @@ fn forward<const V6: bool>(
     nat(&mut f.data_mut()[ETH..], rw, id.l4_checksum);
     encapsulate(f, outer, hash)?;
     count_in(st, ti, ETH + total);
+    if V6 {
+        st.events.ipv6_forwarded += 1;
+    }
     Ok(Verdict::Transmit)
 }
 
@@ -1357,6 +1363,7 @@ fn new_flow<'s, const V6: bool>(
         })?;
     if V6 {
         st.flows.set_client6(s, c6);
+        st.events.ipv6_flows_created += 1;
     }
     if let Some(ev) = evicted {
         release_shared(snap, st.gen32, &ev.0);
@@ -1716,6 +1723,7 @@ fn deliver6(
     let v = deliver(id, st, f, client_mac, task_index)?;
     let c6 = *st.flows.client6(slot);
     to_ipv6(id, f, &c6)?;
+    st.events.ipv6_replies += 1;
     Ok(v)
 }
 
