@@ -308,6 +308,40 @@ impl Rtnl {
         }))
     }
 
+    /// The global unicast IPv6 addresses of interface `ifindex` (no
+    /// link-local, unique-local or deprecated-by-scope ones), as the
+    /// kernel lists them.
+    pub fn global_ipv6(&mut self, ifindex: u32) -> Result<Vec<std::net::Ipv6Addr>, NetlinkError> {
+        let mut q = AddressMessage::default();
+        q.header.family = AddressFamily::Inet6;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(q),
+            NLM_F_REQUEST | NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == ifindex => {
+                    a.attributes.iter().find_map(|at| match at {
+                        AddressAttribute::Address(IpAddr::V6(v)) => Some(*v),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            })
+            .filter(|v| {
+                let first = v.segments()[0];
+                // fe80::/10 link-local, fc00::/7 unique local, multicast,
+                // loopback: no client from outside reaches those.
+                first & 0xffc0 != 0xfe80
+                    && first & 0xfe00 != 0xfc00
+                    && !v.is_multicast()
+                    && !v.is_loopback()
+                    && !v.is_unspecified()
+            })
+            .collect())
+    }
+
     /// The IPv4 policy-routing rules as (priority, fwmark, table).
     pub fn rules(&mut self) -> Result<Vec<(u32, u32, u32)>, NetlinkError> {
         let mut q = RuleMessage::default();
@@ -601,5 +635,40 @@ impl Watcher {
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         use std::os::fd::AsFd;
         self.sock.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(args: &[&str]) {
+        let st = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(st.success(), "ip {args:?}");
+    }
+
+    /// In a network namespace of the test thread's own (root needed).
+    #[test]
+    fn global_ipv6_leaves_out_link_local_and_unique_local_addresses() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("a network namespace of its own (run the tests as root)");
+            ip(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
+            ip(&["link", "set", "d0", "up"]);
+            ip(&["-6", "addr", "add", "fd00::9/64", "dev", "d0", "nodad"]);
+            ip(&["-6", "addr", "add", "2001:2::9/64", "dev", "d0", "nodad"]);
+            ip(&["-6", "addr", "add", "fe80::9/64", "dev", "d0", "nodad"]);
+            let mut r = Rtnl::new().unwrap();
+            let d0 = r.link("d0").unwrap().index;
+            let want: Vec<std::net::Ipv6Addr> = vec!["2001:2::9".parse().unwrap()];
+            assert_eq!(r.global_ipv6(d0).unwrap(), want);
+            let lo = r.link("lo").unwrap().index;
+            assert!(r.global_ipv6(lo).unwrap().is_empty());
+        })
+        .join()
+        .unwrap();
     }
 }

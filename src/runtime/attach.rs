@@ -162,3 +162,57 @@ impl Drop for XdpPlace {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! On `lo` of a network namespace of the test thread's own: needs
+    //! root, like the XDP program tests.
+    use super::*;
+    use crate::xdp::bpf::action;
+    use crate::xdp::program::{CAPTURE_NAME, CaptureProgram};
+
+    fn attached(rtnl: &mut Rtnl) -> Option<u32> {
+        rtnl.link("lo").unwrap().xdp_program
+    }
+
+    #[test]
+    fn a_place_replaces_only_meshgates_program_and_leaves_a_successors_alone() {
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("a network namespace of its own (run the tests as root)");
+            let mut rtnl = Rtnl::new().unwrap();
+            let mode = xdp_flags::SKB_MODE;
+            let a = CaptureProgram::load(None, None, 1, action::PASS).unwrap();
+            let b = CaptureProgram::load(None, None, 1, action::PASS).unwrap();
+            let (ida, idb) = (a.prog.id().unwrap(), b.prog.id().unwrap());
+            let ours = [CAPTURE_NAME];
+
+            let (pa, prev) = XdpPlace::attach(Rtnl::new().unwrap(), 1, "lo", mode, &a.prog, &ours).unwrap();
+            assert_eq!(prev, Previous::None);
+            assert_eq!(attached(&mut rtnl), Some(ida));
+            // A successor replaces it in one step...
+            let (pb, prev) = XdpPlace::attach(Rtnl::new().unwrap(), 1, "lo", mode, &b.prog, &ours).unwrap();
+            assert_eq!(prev, Previous::Meshgate(ida));
+            assert_eq!(attached(&mut rtnl), Some(idb));
+            // ...and the predecessor's detach leaves the successor's program.
+            drop(pa);
+            assert_eq!(attached(&mut rtnl), Some(idb));
+            // A program of another name is not replaced.
+            let e = XdpPlace::attach(Rtnl::new().unwrap(), 1, "lo", mode, &a.prog, &["other"])
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(&e, AttachError::Foreign { name, id, .. } if name == CAPTURE_NAME && *id == idb),
+                "{e}"
+            );
+            // Handed over, the program stays; dropped, it goes.
+            pb.hand_over();
+            assert_eq!(attached(&mut rtnl), Some(idb));
+            let (pa, _) = XdpPlace::attach(Rtnl::new().unwrap(), 1, "lo", mode, &a.prog, &ours).unwrap();
+            drop(pa);
+            assert_eq!(attached(&mut rtnl), None);
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -650,6 +650,10 @@ impl Control {
             // Docker's default sandbox is looked for once, at start.
             new.ingress.sandbox = self.cfg.ingress.sandbox.clone();
         }
+        if new.swarm.is_some() && new.node.address6.is_none() {
+            // So is the interface's IPv6 address, in swarm mode.
+            new.node.address6 = self.cfg.node.address6;
+        }
         if new.node != self.cfg.node || new.ingress != self.cfg.ingress {
             return Err(
                 "[node] and [ingress] cannot change while meshgate runs; restart it to apply them"

@@ -126,6 +126,7 @@ impl Forwarder {
         let mut rtnl = Rtnl::new()?;
         let link = rtnl.link(&cfg.node.interface)?;
         let queues = served_queues(&cfg, &link)?;
+        swarm_address6(&mut cfg, &mut rtnl, &link)?;
         // Loaded before a takeover's request: the verifier's time is not
         // spent while no socket is bound.
         let program = load_program(&cfg, &link, &queues)?;
@@ -751,6 +752,29 @@ fn attach_flags(mode: XdpMode) -> u32 {
         XdpMode::Native => xdp_flags::DRV_MODE,
         XdpMode::Generic => xdp_flags::SKB_MODE,
     }
+}
+
+/// In swarm mode without `node.address6`: the ingress interface's global
+/// IPv6 address, if it has one, so that published ports answer IPv6
+/// clients where the node has IPv6 (Swarm's own ingress does not).
+fn swarm_address6(cfg: &mut Config, rtnl: &mut Rtnl, link: &LinkFacts) -> Result<(), RunError> {
+    if cfg.swarm.is_none() || cfg.node.address6.is_some() {
+        return Ok(());
+    }
+    let found = rtnl.global_ipv6(link.index)?;
+    if let Some(&a) = found.first() {
+        log::info!(
+            "IPv6 clients: published ports answer on {a} too, {}'s global address (node.address6 chooses another{})",
+            cfg.node.interface,
+            if found.len() > 1 {
+                "; it has several"
+            } else {
+                ""
+            }
+        );
+        cfg.node.address6 = Some(a);
+    }
+    Ok(())
 }
 
 /// With `[swarm]`, the first read of services and tasks, into `cfg`; what
