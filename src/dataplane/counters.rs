@@ -91,9 +91,7 @@ reasons! {
     SandboxFull = "sandbox_full",
     /// An ICMP error that belongs to no flow.
     IcmpNoFlow = "icmp_no_flow",
-    /// An ICMP error about an IPv6 client's flow (not translated to ICMPv6
-    /// yet).
-    IcmpIpv6Client = "icmp_ipv6_client",
+
     /// The buffer has no room in front of the frame for the outer headers
     /// (a setup error: the UMEM headroom is too small).
     NoHeadroom = "no_headroom",

@@ -1946,14 +1946,14 @@ fn icmp_error(
     if flow.vtep != vtep {
         return Err(DropReason::ReplyWrongVtep);
     }
-    if flow.key.v6 {
-        return Err(DropReason::IcmpIpv6Client);
-    }
     if flow_task(snap, gen32, flow).is_none() {
         return Err(DropReason::TaskGone);
     }
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
+    }
+    if flow.key.v6 {
+        return icmp_error6(snap, st, f, total, ttl, slot);
     }
     let (client, client_port, published, delta_l4, ti) = (
         flow.key.client,
@@ -1995,6 +1995,120 @@ fn icmp_error(
     icmp.fill_checksum();
 
     to_client(id, st, f, total, client_mac, ti)
+}
+
+/// RFC 7915 section 4.2: what an ICMPv4 error (`msg_type`, `code`, the
+/// next-hop MTU of "fragmentation needed") is in ICMPv6; `None` for one
+/// that has no counterpart (it is dropped).
+pub fn icmp4_to_6(msg_type: u8, code: u8, mtu: u16) -> Option<icmpv6::Repr> {
+    use icmpv6::unreachable as u6;
+    Some(match (msg_type, code) {
+        (icmp::msg_type::DST_UNREACHABLE, 0 | 1 | 5 | 6 | 7 | 8 | 11 | 12) => {
+            icmpv6::Repr::DstUnreachable { code: u6::NO_ROUTE }
+        }
+        (icmp::msg_type::DST_UNREACHABLE, 9 | 10 | 13 | 15) => icmpv6::Repr::DstUnreachable {
+            code: u6::ADMIN_PROHIBITED,
+        },
+        (icmp::msg_type::DST_UNREACHABLE, icmp::unreachable::PORT) => {
+            icmpv6::Repr::DstUnreachable { code: u6::PORT }
+        }
+        // The next header field of the IPv6 header (offset 6).
+        (icmp::msg_type::DST_UNREACHABLE, icmp::unreachable::PROTOCOL) => {
+            icmpv6::Repr::ParamProblem {
+                code: 1,
+                pointer: 6,
+            }
+        }
+        // An IPv6 packet is 20 bytes longer than its IPv4 form; no IPv6
+        // link is below 1280. An MTU of 0 (a pre-RFC 1191 router) says
+        // nothing to go by.
+        (icmp::msg_type::DST_UNREACHABLE, icmp::unreachable::FRAG_NEEDED) if mtu > 0 => {
+            icmpv6::Repr::PacketTooBig {
+                mtu: (u32::from(mtu) + super::xlat::GROWTH as u32).max(u32::from(ipv6::MIN_MTU)),
+            }
+        }
+        (icmp::msg_type::TIME_EXCEEDED, c @ (0 | 1)) => icmpv6::Repr::TimeExceeded { code: c },
+        _ => return None,
+    })
+}
+
+/// Bytes of the quoted transport header and data in an ICMPv6 error
+/// meshgate translates (the quoted IPv6 header comes on top).
+const ICMP6_QUOTE_L4: usize = ICMP_QUOTE - IP;
+
+/// [`icmp_error`] for an IPv6 client's flow (in `slot`): the error is
+/// translated to ICMPv6 (RFC 7915 4.2) from the node's IPv6 address, and
+/// the quoted packet is the client's own, as it sent it: its IPv6 header,
+/// then its ports and what follows of the transport header.
+fn icmp_error6(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    total: usize,
+    ttl: u8,
+    slot: u32,
+) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let Some(node6) = id.node_addr6 else {
+        return Err(DropReason::NotIpv4);
+    };
+    let flow = st.flows.get(slot);
+    let (client_port, published, ti) = (flow.key.client_port, flow.key.published, flow.task_index);
+    let client_mac = MacAddr(flow.client_mac);
+    let client6 = std::net::Ipv6Addr::from(*st.flows.client6(slot));
+    let msg = &f.data()[INNER_IP + IP..INNER_IP + total];
+    let Some(m) = msg.first_chunk::<{ icmp::HEADER_LEN + IP + 8 }>() else {
+        return Err(DropReason::Truncated);
+    };
+    let Some(repr) = icmp4_to_6(m[icmp_f::TYPE], m[icmp_f::CODE], get16(m, icmp_f::MTU)) else {
+        return Err(DropReason::UnsupportedProtocol);
+    };
+    let q = &m[icmp::HEADER_LEN..];
+    let (qproto, qttl, qtotal) = (q[ip_f::PROTOCOL], q[ip_f::TTL], get16(q, ip_f::LENGTH));
+    let ql4 = &msg[icmp::HEADER_LEN + IP..];
+    let l4n = ql4.len().min(ICMP6_QUOTE_L4);
+    let mut quote = [0u8; ipv6::HEADER_LEN + ICMP6_QUOTE_L4];
+    ipv6::Repr {
+        src: client6,
+        dst: node6,
+        next_header: qproto,
+        payload_len: qtotal.saturating_sub(IP as u16),
+        hop_limit: qttl,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(
+        &mut quote[..ipv6::HEADER_LEN],
+    ));
+    let ql = &mut quote[ipv6::HEADER_LEN..ipv6::HEADER_LEN + l4n];
+    ql.copy_from_slice(&ql4[..l4n]);
+    set16(ql, udp_f::SRC_PORT, client_port);
+    set16(ql, udp_f::DST_PORT, published);
+    let qlen = ipv6::HEADER_LEN + l4n;
+
+    // The answer replaces the inner frame: Ethernet, IPv6, ICMPv6, quote.
+    f.off += INNER;
+    f.len = ETH + ipv6::HEADER_LEN + icmpv6::HEADER_LEN + qlen;
+    if f.off + f.len > f.buf.len() {
+        return Err(DropReason::Truncated);
+    }
+    let b = f.data_mut();
+    set16(b, eth_f::ETHERTYPE, ethertype::IPV6);
+    ipv6::Repr {
+        src: node6,
+        dst: client6,
+        next_header: ipv6::next_header::ICMPV6,
+        payload_len: (icmpv6::HEADER_LEN + qlen) as u16,
+        hop_limit: ttl - 1,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut b[ETH..]));
+    let icmp6 = &mut b[ETH + ipv6::HEADER_LEN..];
+    icmp6[icmpv6::HEADER_LEN..].copy_from_slice(&quote[..qlen]);
+    repr.emit(&mut icmpv6::Packet::new_unchecked(icmp6), node6, client6);
+    st.events.ipv6_replies += 1;
+    deliver(id, st, f, client_mac, ti)
 }
 
 /// The numbers of a TCP reset (RFC 9293 section 3.10.7.1).

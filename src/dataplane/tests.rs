@@ -1253,3 +1253,73 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn an_icmp_error_about_an_ipv6_flow_reaches_the_client_as_icmpv6() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let (v, fwd) = run(&mut p, &client6_udp(CLIENT6, 41000, b"knock"));
+    assert_eq!(v, Verdict::Transmit);
+    let (v, out) = run(&mut p, &task_icmp_unreachable(0, &fwd[64..]));
+    assert_eq!(v, Verdict::Transmit, "{:?}", p.drops());
+    let pkt = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+    let Some(etherparse::NetSlice::Ipv6(ip)) = &pkt.net else {
+        panic!("not IPv6: {}", hex(&out))
+    };
+    let h = ip.header();
+    assert_eq!((h.source_addr(), h.destination_addr()), (NODE6, CLIENT6));
+    assert_eq!(
+        &out[..12],
+        &[&CLIENT_MAC.0[..], &NODE_MAC.0[..]].concat()[..]
+    );
+    let Some(etherparse::TransportSlice::Icmpv6(icmp)) = &pkt.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(
+        icmp.icmp_type(),
+        etherparse::Icmpv6Type::DestinationUnreachable(
+            etherparse::icmpv6::DestUnreachableCode::Port
+        )
+    );
+    let want = icmp
+        .header()
+        .icmp_type
+        .calc_checksum(h.source(), h.destination(), icmp.payload())
+        .unwrap();
+    assert_eq!(icmp.checksum(), want);
+    // The quote is the client's own datagram as it sent it.
+    let q = etherparse::Ipv6HeaderSlice::from_slice(icmp.payload()).unwrap();
+    assert_eq!((q.source_addr(), q.destination_addr()), (CLIENT6, NODE6));
+    let ports = &icmp.payload()[40..44];
+    assert_eq!(
+        ports,
+        &[&41000u16.to_be_bytes()[..], &PUBLISHED.to_be_bytes()[..]].concat()[..]
+    );
+}
+
+#[test]
+fn icmpv4_errors_map_to_icmpv6_as_rfc_7915_says() {
+    use super::pipeline::icmp4_to_6;
+    use crate::wire::icmpv6::Repr;
+    assert_eq!(icmp4_to_6(3, 3, 0), Some(Repr::DstUnreachable { code: 4 }));
+    assert_eq!(icmp4_to_6(3, 1, 0), Some(Repr::DstUnreachable { code: 0 }));
+    assert_eq!(icmp4_to_6(3, 13, 0), Some(Repr::DstUnreachable { code: 1 }));
+    assert_eq!(
+        icmp4_to_6(3, 2, 0),
+        Some(Repr::ParamProblem {
+            code: 1,
+            pointer: 6
+        })
+    );
+    assert_eq!(
+        icmp4_to_6(3, 4, 1400),
+        Some(Repr::PacketTooBig { mtu: 1420 })
+    );
+    assert_eq!(
+        icmp4_to_6(3, 4, 576),
+        Some(Repr::PacketTooBig { mtu: 1280 }),
+        "never below 1280"
+    );
+    assert_eq!(icmp4_to_6(3, 4, 0), None);
+    assert_eq!(icmp4_to_6(11, 0, 0), Some(Repr::TimeExceeded { code: 0 }));
+    assert_eq!(icmp4_to_6(5, 0, 0), None, "redirect");
+}
