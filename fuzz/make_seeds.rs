@@ -144,6 +144,7 @@ fn main() {
             client_next: 1,
             task_next: 2,
             hash: 3,
+            client6: None,
         };
         write("handover", "empty", &encode(origin, &[]));
         write("handover", "one", &encode(origin, &[r]));

@@ -287,3 +287,37 @@ fn hostile_ipv6_frames_are_dropped_and_counted_by_reason() {
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
 }
+
+/// An IPv6 client's connection keeps its task through a takeover and
+/// through SIGKILL and a restart (flow-state format 2 carries its address).
+#[test]
+fn an_ipv6_connection_survives_a_takeover_and_a_crash() {
+    use std::io::Write;
+    let Some((lab, _servers)) = lab6() else {
+        return;
+    };
+    let mg = Meshgate::start(&lab, &config6(&lab));
+    let mut s = lab
+        .in_ns(&lab.client6(), || {
+            std::net::TcpStream::connect_timeout(&target6(), T)
+        })
+        .unwrap()
+        .unwrap();
+    // Long enough for a retransmission after the restart.
+    s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut ask = |what: &str| -> String {
+        s.write_all(b"hello\n").unwrap();
+        let line = lab::read_line(&mut s).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(!line.is_empty(), "{what}: closed");
+        common::task_of(&line)
+    };
+    let task = ask("before");
+    let (mg, _) = mg.take_over(&lab, 1);
+    assert_eq!(ask("after the takeover"), task);
+    let mg = mg.kill_and_restart(&lab, 2);
+    assert_eq!(ask("after SIGKILL and a restart"), task);
+    let log = mg.log();
+    assert!(log.contains("restarted with the flows"), "{log}");
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+}

@@ -194,7 +194,9 @@ pub enum RestoreError {
 /// placed or removed, and by the expiry sweep for each live flow it visits
 /// (whose state may have changed since it was placed).
 pub trait FlowMirror: Send {
-    fn put(&mut self, slot: u32, flow: &Flow);
+    /// `client6`: the flow's IPv6 client, when its key is `v6` (put again
+    /// once the address is in place, see [`FlowTable::set_client6`]).
+    fn put(&mut self, slot: u32, flow: &Flow, client6: &[u8; 16]);
     fn clear(&mut self, slot: u32);
     fn refresh(&mut self, slot: u32, flow: &Flow);
 }
@@ -448,6 +450,9 @@ impl FlowTable {
     pub fn set_client6(&mut self, slot: u32, addr: &[u8; 16]) {
         debug_assert!(self.slab[slot as usize].key.v6);
         self.client6[slot as usize] = *addr;
+        if let Some(m) = &mut self.mirror {
+            m.put(slot, &self.slab[slot as usize], addr);
+        }
     }
 
     #[inline]
@@ -612,14 +617,14 @@ impl FlowTable {
             fold_hash(Self::snat_key(&slab[s as usize]).packed(), seed2)
         });
         if let Some(m) = &mut self.mirror {
-            m.put(slot, &flow);
+            m.put(slot, &flow, &self.client6[slot as usize]);
         }
     }
 
     /// Mirrors every flow, now and from now on, into `m`.
     pub fn set_mirror(&mut self, mut m: Box<dyn FlowMirror>) {
         for (slot, f) in self.iter() {
-            m.put(slot, f);
+            m.put(slot, f, &self.client6[slot as usize]);
         }
         self.mirror = Some(m);
     }

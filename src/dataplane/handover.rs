@@ -2,23 +2,27 @@
 //! a crash's checkpoint share this format.
 //!
 //! A worker's flows become [`FlowRecord`]s: what identifies a flow across
-//! processes (its keys, its task by address, its SNAT port, its TCP state
-//! and sequence numbers, how long it has been idle) and nothing that is
-//! only meaningful inside one process (task ids, snapshot indices, cached
-//! MACs, checksum deltas: the receiver derives them again from its own
-//! tables, see `Pipeline::restore_flows`).
+//! processes (its keys, an IPv6 client's address, its task by address, its
+//! SNAT port, its TCP state and sequence numbers, how long it has been idle,
+//! an IPv6 client's neighbour) and nothing that is only meaningful inside
+//! one process (task ids, snapshot indices, key digests, checksum deltas:
+//! the receiver derives them again from its own tables, see
+//! `Pipeline::restore_flows`).
 //!
-//! Layout, little-endian, 40-byte header then 40-byte records:
+//! Layout, little-endian, 40-byte header then 64-byte records:
 //!
 //! ```text
 //! header: magic "MGFLOWS\0" | version u32 | record size u32 | count u32 |
 //!         worker u16 | workers u16 | SNAT ports lo u16, hi u16 | 0 u32 |
 //!         FNV-1a 64 of the records
-//! record: protocol u8 | state u8 | preserve u8 | 0 u8 | client [4] |
-//!         client port u16 | published u16 | task [4] | vtep [4] |
-//!         target u16 | SNAT port u16 | idle ms u32 | client next u32 |
-//!         task next u32 | hash u32
+//! record: protocol u8 | state u8 | flags u8 (1 preserve, 2 IPv6) | 0 u8 |
+//!         client [4] (0 for IPv6) | client port u16 | published u16 |
+//!         task [4] | vtep [4] | target u16 | SNAT port u16 | idle ms u32 |
+//!         client next u32 | task next u32 | hash u32 |
+//!         IPv6 client [16] | IPv6 client's neighbour MAC [6] | 0 u16
 //! ```
+//!
+//! Version 2 added the last 24 bytes of a record (IPv6 clients).
 //!
 //! Invariants: [`decode`] trusts nothing. A state of another version, a
 //! foreign or truncated file, a checksum mismatch or a record that could
@@ -31,9 +35,9 @@ use super::flow::{Flow, FlowState};
 
 pub const MAGIC: [u8; 8] = *b"MGFLOWS\0";
 /// The format's version; a receiver refuses any other.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 40;
-pub const RECORD_LEN: usize = 40;
+pub const RECORD_LEN: usize = 64;
 
 /// What the worker that wrote a state was: its flows' SNAT ports belong to
 /// it (`port % workers == worker`), so only the same worker of the same
@@ -63,16 +67,28 @@ pub struct FlowRecord {
     pub client_next: u32,
     pub task_next: u32,
     pub hash: u32,
+    /// An IPv6 client's address (`client` is then unspecified) and the
+    /// neighbour its packets came from, where its replies go.
+    pub client6: Option<(std::net::Ipv6Addr, [u8; 6])>,
 }
 
 impl FlowRecord {
-    /// A flow as it crosses, idle for `idle_ms`.
-    pub fn of(f: &Flow, idle_ms: u32) -> FlowRecord {
+    /// A flow as it crosses, idle for `idle_ms`; `client6` is its IPv6
+    /// client's address when its key is `v6`.
+    pub fn of(f: &Flow, idle_ms: u32, client6: &[u8; 16]) -> FlowRecord {
         FlowRecord {
             protocol: f.key.protocol,
             state: f.state,
             preserve: f.preserve,
-            client: f.key.client,
+            client: if f.key.v6 {
+                Ipv4Addr::UNSPECIFIED
+            } else {
+                f.key.client
+            },
+            client6: f
+                .key
+                .v6
+                .then(|| (std::net::Ipv6Addr::from(*client6), f.client_mac)),
             client_port: f.key.client_port,
             published: f.key.published,
             task: f.task_addr,
@@ -157,7 +173,12 @@ fn state_of(b: u8) -> Option<FlowState> {
 /// as its seal).
 pub fn encode_record(r: &FlowRecord) -> [u8; RECORD_LEN] {
     let mut b = [0u8; RECORD_LEN];
-    b[..4].copy_from_slice(&[r.protocol, state_byte(r.state), u8::from(r.preserve), 0]);
+    let flags = u8::from(r.preserve) | if r.client6.is_some() { 2 } else { 0 };
+    b[..4].copy_from_slice(&[r.protocol, state_byte(r.state), flags, 0]);
+    if let Some((a, mac)) = r.client6 {
+        b[40..56].copy_from_slice(&a.octets());
+        b[56..62].copy_from_slice(&mac);
+    }
     b[4..8].copy_from_slice(&r.client.octets());
     b[8..10].copy_from_slice(&r.client_port.to_le_bytes());
     b[10..12].copy_from_slice(&r.published.to_le_bytes());
@@ -286,13 +307,33 @@ pub fn decode_record(r: &[u8]) -> Result<FlowRecord, &'static str> {
         (6 | 17, _) => {}
         _ => return Err("neither TCP nor UDP"),
     }
-    if r[2] > 1 || r[3] != 0 {
+    if r[2] & !3 != 0 || r[3] != 0 || r[62..64] != [0, 0] {
         return Err("malformed flags");
     }
+    let (preserve, v6) = (r[2] & 1 != 0, r[2] & 2 != 0);
+    let client6 = if v6 {
+        if preserve {
+            return Err("an IPv6 client's flow cannot keep its address");
+        }
+        if r[4..8] != [0; 4] {
+            return Err("an IPv6 client with an IPv4 address");
+        }
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&r[40..56]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&r[56..62]);
+        Some((std::net::Ipv6Addr::from(a), mac))
+    } else {
+        if r[40..62].iter().any(|&b| b != 0) {
+            return Err("an IPv4 client with an IPv6 address");
+        }
+        None
+    };
     Ok(FlowRecord {
         protocol,
         state,
-        preserve: r[2] == 1,
+        preserve,
+        client6,
         client: addr_at(r, 4),
         client_port: u16_at(r, 8),
         published: u16_at(r, 10),
@@ -354,12 +395,28 @@ mod tests {
             client_next: i.wrapping_mul(31),
             task_next: i.wrapping_mul(17),
             hash: i.wrapping_mul(2_654_435_761),
+            client6: None,
+        }
+    }
+
+    /// Every fifth record an IPv6 client's.
+    fn mixed(i: u32) -> FlowRecord {
+        let r = record(i);
+        if i % 5 != 4 {
+            return r;
+        }
+        let a = std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, i as u16);
+        FlowRecord {
+            preserve: false,
+            client: Ipv4Addr::UNSPECIFIED,
+            client6: Some((a, [2, 0, 0, 0, 0, i as u8])),
+            ..r
         }
     }
 
     #[test]
     fn a_state_reads_back_as_written() {
-        let recs: Vec<FlowRecord> = (0..100).map(record).collect();
+        let recs: Vec<FlowRecord> = (0..100).map(mixed).collect();
         let bytes = encode(origin(), &recs);
         assert_eq!(bytes.len(), HEADER_LEN + 100 * RECORD_LEN);
         assert_eq!(decode(&bytes), Ok((origin(), recs)));
@@ -371,10 +428,10 @@ mod tests {
         let bytes = encode(origin(), &[record(0), record(1)]);
         assert_eq!(decode(b"{\"flows\": []}"), Err(HandoverError::Foreign));
         let mut newer = bytes.clone();
-        newer[8..12].copy_from_slice(&2u32.to_le_bytes());
+        newer[8..12].copy_from_slice(&3u32.to_le_bytes());
         let e = decode(&newer).unwrap_err();
-        assert_eq!(e, HandoverError::Version { found: 2 });
-        assert!(e.to_string().contains("version 2"), "{e}");
+        assert_eq!(e, HandoverError::Version { found: 3 });
+        assert!(e.to_string().contains("version 3"), "{e}");
         assert!(matches!(
             decode(&bytes[..bytes.len() - 1]),
             Err(HandoverError::Length(_))
@@ -410,7 +467,7 @@ mod tests {
         /// Any records encode and decode to themselves.
         #[test]
         fn round_trip(seeds in proptest::collection::vec(any::<u32>(), 0..50)) {
-            let recs: Vec<FlowRecord> = seeds.iter().map(|&s| record(s)).collect();
+            let recs: Vec<FlowRecord> = seeds.iter().map(|&s| mixed(s)).collect();
             prop_assert_eq!(decode(&encode(origin(), &recs)), Ok((origin(), recs)));
         }
     }

@@ -74,14 +74,8 @@ fn sealed(s: &mut [u8], body: impl FnOnce(&mut [u8])) {
 }
 
 impl<M: AsMut<[u8]> + Send> FlowMirror for Journal<M> {
-    fn put(&mut self, slot: u32, flow: &Flow) {
-        if flow.key.v6 {
-            // Format 1 has no room for an IPv6 client's address: such a
-            // flow is not carried (its slot stays free).
-            self.clear(slot);
-            return;
-        }
-        let rec = encode_record(&FlowRecord::of(flow, 0));
+    fn put(&mut self, slot: u32, flow: &Flow, client6: &[u8; 16]) {
+        let rec = encode_record(&FlowRecord::of(flow, 0, client6));
         if let Some(s) = self.slot(slot) {
             sealed(s, |s| {
                 s[..SEAL].copy_from_slice(&rec[..SEAL]);
@@ -173,36 +167,53 @@ mod tests {
     fn sealed_flows_are_read_back_and_cleared_ones_are_not() {
         let mut j = journal(8);
         let (a, mut b) = (flow(40000, 1), flow(40001, 2));
-        j.put(2, &a);
-        j.put(5, &b);
+        j.put(2, &a, &[0; 16]);
+        j.put(5, &b, &[0; 16]);
         let got = read(&j.mem).unwrap();
         assert_eq!(got.origin, origin());
         assert_eq!(got.unreadable, 0);
         assert_eq!(
             got.flows,
-            vec![FlowRecord::of(&a, 0), FlowRecord::of(&b, 0)]
+            vec![
+                FlowRecord::of(&a, 0, &[0; 16]),
+                FlowRecord::of(&b, 0, &[0; 16])
+            ]
         );
         // The sweep's refresh carries a state change; a removal clears.
         b.state = FlowState::Established;
         j.refresh(5, &b);
         j.clear(2);
         let got = read(&j.mem).unwrap();
-        assert_eq!(got.flows, vec![FlowRecord::of(&b, 0)]);
+        assert_eq!(got.flows, vec![FlowRecord::of(&b, 0, &[0; 16])]);
         // Out of range: nothing written, nothing panics.
-        j.put(8, &a);
+        j.put(8, &a, &[0; 16]);
         assert_eq!(read(&j.mem).unwrap().flows.len(), 1);
+    }
+
+    #[test]
+    fn an_ipv6_clients_flow_is_journaled_with_its_address() {
+        let mut j = journal(2);
+        let mut f = flow(40000, 1);
+        f.key.v6 = true;
+        f.client_mac = [2, 0, 0, 0, 0, 9];
+        let a: std::net::Ipv6Addr = "2001:2::1".parse().unwrap();
+        j.put(1, &f, &a.octets());
+        let got = read(&j.mem).unwrap();
+        assert_eq!(got.flows.len(), 1);
+        assert_eq!(got.flows[0].client6, Some((a, [2, 0, 0, 0, 0, 9])));
+        assert!(got.flows[0].client.is_unspecified());
     }
 
     #[test]
     fn a_torn_slot_is_skipped_and_a_foreign_journal_refused() {
         let mut j = journal(4);
-        j.put(0, &flow(40000, 1));
-        j.put(1, &flow(40001, 1));
+        j.put(0, &flow(40000, 1), &[0; 16]);
+        j.put(1, &flow(40001, 1), &[0; 16]);
         // Killed between unseal and seal: the slot is skipped.
         j.mem[HEADER_LEN + SEAL] = 0;
         // A seal no writer makes, and a sealed slot that does not decode.
         j.mem[HEADER_LEN + RECORD_LEN + SEAL] = 0x5a;
-        j.put(2, &flow(40002, 1));
+        j.put(2, &flow(40002, 1), &[0; 16]);
         j.mem[HEADER_LEN + 2 * RECORD_LEN] = 99; // neither TCP nor UDP
         let got = read(&j.mem).unwrap();
         assert!(got.flows.is_empty(), "{got:?}");
@@ -222,7 +233,7 @@ mod tests {
     struct Calls(Arc<Mutex<Vec<Call>>>);
 
     impl FlowMirror for Calls {
-        fn put(&mut self, slot: u32, f: &Flow) {
+        fn put(&mut self, slot: u32, f: &Flow, _: &[u8; 16]) {
             self.0.lock().unwrap().push(("put", slot, f.state));
         }
         fn clear(&mut self, slot: u32) {

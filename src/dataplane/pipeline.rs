@@ -316,10 +316,10 @@ impl Pipeline {
         };
         let records = st
             .flows
-            .live_flows()
-            // Format 1 has no room for an IPv6 client's address.
-            .filter(|f| !f.key.v6)
-            .map(|f| FlowRecord::of(f, st.now.wrapping_sub(f.last_seen)))
+            .iter()
+            .map(|(slot, f)| {
+                FlowRecord::of(f, st.now.wrapping_sub(f.last_seen), st.flows.client6(slot))
+            })
             .collect();
         (origin, records)
     }
@@ -373,12 +373,16 @@ impl Pipeline {
                 continue;
             };
             let task = &snap.tasks[ti as usize];
+            let c6 = r.client6.map(|(a, mac)| (a.octets(), mac));
             let key = ClientKey {
-                client: r.client,
+                client: match &c6 {
+                    Some((a, _)) => st.flows.digest6(a),
+                    None => r.client,
+                },
                 client_port: r.client_port,
                 published: r.published,
                 protocol: r.protocol,
-                v6: false,
+                v6: c6.is_some(),
             };
             let source = if r.preserve {
                 key.client
@@ -402,8 +406,8 @@ impl Pipeline {
                 snat_port: r.snat_port,
                 last_seen: st.now.wrapping_sub(r.idle_ms),
                 hash: r.hash,
-                client_mac: [0; 6],
-                client_mac_valid: false,
+                client_mac: c6.map_or([0; 6], |(_, mac)| mac),
+                client_mac_valid: c6.is_some(),
                 state: r.state,
                 client_next: r.client_next,
                 task_next: r.task_next,
@@ -412,7 +416,10 @@ impl Pipeline {
                 preserve: r.preserve,
             };
             match st.flows.restore(flow) {
-                Ok(_) => {
+                Ok(slot) => {
+                    if let Some((a, _)) = &c6 {
+                        st.flows.set_client6(slot, a);
+                    }
                     let c = if r.state.is_active() {
                         &task.shared.active
                     } else {

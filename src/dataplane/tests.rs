@@ -1226,13 +1226,37 @@ fn a_stray_ipv6_segment_gets_an_ipv6_reset() {
 }
 
 #[test]
-fn ipv6_flows_are_not_handed_over_in_format_1() {
-    let mut p = lab_pipeline6(L4Checksum::Incremental);
-    run(&mut p, &client6_tcp(CLIENT6, 40000, 1, 0, SYN, b""));
-    run(&mut p, &client_tcp(40001, 1, 0, SYN, b""));
-    let (_, records) = p.export_flows();
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0].client, CLIENT);
+fn ipv6_flows_survive_a_handover() {
+    let mut old = lab_pipeline6(L4Checksum::Incremental);
+    run(&mut old, &client6_tcp(CLIENT6, 40000, 1000, 0, SYN, b""));
+    run(&mut old, &client6_tcp(c6(7), 40000, 1000, 0, SYN, b""));
+    run(&mut old, &client_tcp(40001, 1, 0, SYN, b""));
+    let (origin, records) = old.export_flows();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records.iter().filter(|r| r.client6.is_some()).count(), 2);
+    let bytes = super::handover::encode(origin, &records);
+    let (origin, records) = super::handover::decode(&bytes).unwrap();
+    let mut new = lab_pipeline6(L4Checksum::Incremental);
+    let r = new.restore_flows(origin, &records).unwrap();
+    assert_eq!(r.restored, 3);
+    // The task's answer reaches the IPv6 client, from the same SNAT port.
+    let (v, out) = run(
+        &mut new,
+        &task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b""),
+    );
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_reply6_tcp(CLIENT6, 40000, 5000, 1001, SYN_ACK, b"")
+    );
+    // And the client's next segment goes to the same task with it.
+    let (v, out) = run(&mut new, &client6_tcp(CLIENT6, 40000, 1001, 5001, ACK, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(
+        out,
+        expected_forward6_tcp(CLIENT6, 0, 40000, 40000, 1001, 5001, ACK, b"")
+    );
+    assert_eq!(task_of(&out), 0);
 }
 
 proptest! {

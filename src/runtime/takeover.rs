@@ -52,7 +52,7 @@ pub fn flows_path(control: &Path, worker: usize) -> PathBuf {
 }
 
 /// `<control socket>.journal.<worker>`: the worker's crash journal
-/// (`dataplane::journal`), 40 bytes per flow of its share of `flows.max`.
+/// (`dataplane::journal`), 64 bytes per flow of its share of `flows.max`.
 pub fn journal_path(control: &Path, worker: usize) -> PathBuf {
     let mut name = control.as_os_str().to_owned();
     name.push(format!(".journal.{worker}"));
@@ -242,8 +242,10 @@ mod tests {
         assert!(!path.exists(), "a state is used once");
         let e = take_flows(&path).unwrap_err();
         assert!(e.contains("c.sock.flows.0"), "{e}");
-        // Version 1, then nothing.
-        std::fs::write(&path, b"MGFLOWS\0\x01\0\0\0").unwrap();
+        // This version, then nothing.
+        let mut truncated = b"MGFLOWS\0".to_vec();
+        truncated.extend_from_slice(&crate::dataplane::handover::VERSION.to_le_bytes());
+        std::fs::write(&path, &truncated).unwrap();
         let e = take_flows(&path).unwrap_err();
         assert!(e.contains("truncated"), "{e}");
         assert!(!path.exists());
