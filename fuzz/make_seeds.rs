@@ -155,7 +155,7 @@ fn main() {
         let mut slot = encode_record(&r);
         slot[3] = LIVE;
         j.extend_from_slice(&slot);
-        j.extend_from_slice(&[0; 40]);
+        j.extend_from_slice(&[0; meshgate::dataplane::handover::RECORD_LEN]);
         slot[3] = 0;
         j.extend_from_slice(&slot);
         write("journal", "three", &j);
