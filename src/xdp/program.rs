@@ -288,7 +288,7 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
         .jmp32_imm(Jmp::Eq, R8, ne32(p.overlay_addr.octets()), "redirect")
         .ja("pass_vxlan_not_for_sandbox");
     if let Some(addr6) = p.node_addr6 {
-        emit_ipv6(&mut a, addr6, maps.ports);
+        emit_ipv6(&mut a, addr6, maps);
     }
     a.label("lookup")
         .alu64_imm(Alu::Lsh, R5, 16)
@@ -299,7 +299,7 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
         .alu64_imm(Alu::Add, R2, -4)
         .call(helper::MAP_LOOKUP_ELEM)
         .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port");
-    emit_syn_admission(&mut a, maps);
+    emit_syn_admission(&mut a, maps, &SYN_V4);
     emit_redirect_and_pass(&mut a, maps.xsks, p.miss_action, Some(maps.counters));
     emit_counted_pass(&mut a, maps.counters);
     a.finish()
@@ -310,8 +310,8 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
 /// redirected; so are an extension header or a fragment to `addr6` (the
 /// pipeline drops and counts them; the kernel would answer a published
 /// port with a reset); ICMPv6 (neighbour discovery, echo) and everything
-/// else pass. The SYN admission control reads IPv4 offsets and is not
-/// applied here yet.
+/// else pass. New TCP flows pass the same SYN admission control as IPv4's
+/// (the same budget and buckets per queue), by their own offsets.
 ///
 /// In C:
 /// ```c
@@ -324,9 +324,9 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
 /// }
 /// if (l4 + 4 > end) goto redirect;
 /// if (!bpf_map_lookup_elem(&ports, &(nexthdr << 16 | l4->dest))) return XDP_PASS;
-/// goto redirect;
+/// goto syn_admission; /* as IPv4's, at IPv6's offsets */
 /// ```
-fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, ports: RawFd) {
+fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, maps: &ProgramMaps) {
     let o = addr6.octets();
     a.label("ipv6")
         .alu64_reg(Alu::Mov, R4, R2)
@@ -353,12 +353,12 @@ fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, ports: RawFd) {
         .alu64_imm(Alu::Lsh, R5, 16)
         .alu64_reg(Alu::Or, R5, R7)
         .stx(W, R10, -4, R5)
-        .ld_map_fd(R1, ports)
+        .ld_map_fd(R1, maps.ports)
         .alu64_reg(Alu::Mov, R2, R10)
         .alu64_imm(Alu::Add, R2, -4)
         .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port")
-        .ja("redirect");
+        .jmp_imm(Jmp::Eq, R0, 0, "pass_unpublished_port");
+    emit_syn_admission(a, maps, &SYN_V6);
 }
 
 /// Slots of the table of refused SYNs (2^21 fingerprints, 16 MiB): at
@@ -432,24 +432,29 @@ fn emit_gcra(a: &mut Asm, tat: i16, count: i16, l: [&'static str; 3], over: &'st
 /// The per-queue entries are written without atomics: a queue's frames
 /// are processed by one NAPI context at a time (native XDP), so there is
 /// one writer per entry.
-fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps) {
+fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps, at: &SynAt) {
+    let l4 = at.l4;
     a.ldx(W, R2, R6, 0)
         .ldx(W, R3, R6, 4)
         .alu64_reg(Alu::Mov, R4, R2)
-        .alu64_imm(Alu::Add, R4, 48)
+        .alu64_imm(Alu::Add, R4, i32::from(l4) + 14)
         .jmp_reg(Jmp::Gt, R4, R3, "redirect")
-        .ldx(B, R5, R2, 23)
+        .ldx(B, R5, R2, at.proto)
         .jmp_imm(Jmp::Ne, R5, 6, "redirect")
-        .ldx(B, R5, R2, 47)
+        .ldx(B, R5, R2, l4 + 13)
         .alu32_imm(Alu::And, R5, 0x12)
-        .jmp_imm(Jmp::Ne, R5, 0x02, "redirect")
-        // r7 = fingerprint of (source, ports, sequence number), never 0.
-        .ldx(W, R7, R2, 26)
-        .alu64_imm(Alu::Mul, R7, FP_MUL)
-        .ldx(W, R5, R2, 34)
+        .jmp_imm(Jmp::Ne, R5, 0x02, "redirect");
+    // r7 = fingerprint of (source, ports, sequence number), never 0.
+    a.ldx(W, R7, R2, at.src[0]).alu64_imm(Alu::Mul, R7, FP_MUL);
+    for &w in &at.src[1..] {
+        a.ldx(W, R5, R2, w)
+            .alu64_reg(Alu::Xor, R7, R5)
+            .alu64_imm(Alu::Mul, R7, FP_MUL);
+    }
+    a.ldx(W, R5, R2, l4)
         .alu64_reg(Alu::Xor, R7, R5)
         .alu64_imm(Alu::Mul, R7, FP_MUL)
-        .ldx(W, R5, R2, 38)
+        .ldx(W, R5, R2, l4 + 4)
         .alu64_reg(Alu::Xor, R7, R5)
         .alu64_imm(Alu::Mul, R7, FP_MUL)
         .alu64_imm(Alu::Or, R7, 1)
@@ -466,43 +471,80 @@ fn emit_syn_admission(a: &mut Asm, m: &ProgramMaps) {
     a.alu64_reg(Alu::Mov, R9, R0)
         .call(helper::KTIME_GET_NS)
         .stx(DW, R10, -24, R0);
-    emit_gcra(
-        a,
-        admit::TAT,
-        admit::ADMITTED,
-        ["new_low", "new_max", "new_keep"],
-        "syn_over",
-    );
+    let l = &at.labels;
+    emit_gcra(a, admit::TAT, admit::ADMITTED, l.new, l.over);
     // Over budget: a retransmission of a refused SYN gets a second
     // chance; any other SYN is remembered in its slot and refused.
-    a.label("syn_over").alu64_reg(Alu::Mov, R1, R7).alu64_imm(
+    a.label(l.over).alu64_reg(Alu::Mov, R1, R7).alu64_imm(
         Alu::Rsh,
         R1,
         64 - RETRY_SLOT_BITS as i32,
     );
-    emit_lookup(a, m.retry, "syn_refuse");
+    emit_lookup(a, m.retry, l.refuse);
     a.ldx(DW, R1, R0, 0)
-        .jmp_reg(Jmp::Eq, R1, R7, "syn_retry")
+        .jmp_reg(Jmp::Eq, R1, R7, l.retry)
         .stx(DW, R0, 0, R7)
-        .ja("syn_refuse")
-        .label("syn_retry")
+        .ja(l.refuse)
+        .label(l.retry)
         .alu64_imm(Alu::Mov, R1, 0)
         .stx(DW, R0, 0, R1)
         .ldx(DW, R0, R10, -24);
-    emit_gcra(
-        a,
-        admit::RETRY_TAT,
-        admit::RETRIED,
-        ["retry_low", "retry_max", "retry_keep"],
-        "syn_refuse",
-    );
-    a.label("syn_refuse")
+    emit_gcra(a, admit::RETRY_TAT, admit::RETRIED, l.retry_gcra, l.refuse);
+    a.label(l.refuse)
         .ldx(DW, R1, R9, admit::REFUSED)
         .alu64_imm(Alu::Add, R1, 1)
         .stx(DW, R9, admit::REFUSED, R1)
         .alu64_imm(Alu::Mov, R0, action::DROP as i32)
         .exit();
 }
+
+/// Where the SYN admission control finds a family's fields, and its
+/// labels (one set per copy of the code).
+struct SynAt {
+    /// The transport header.
+    l4: i16,
+    /// The IP protocol (IPv4) or next header (IPv6).
+    proto: i16,
+    /// 32-bit words of the source address that go into the fingerprint.
+    src: &'static [i16],
+    labels: SynLabels,
+}
+
+struct SynLabels {
+    over: &'static str,
+    retry: &'static str,
+    refuse: &'static str,
+    new: [&'static str; 3],
+    retry_gcra: [&'static str; 3],
+}
+
+const SYN_V4: SynAt = SynAt {
+    l4: 34,
+    proto: 23,
+    src: &[26],
+    labels: SynLabels {
+        over: "syn_over",
+        retry: "syn_retry",
+        refuse: "syn_refuse",
+        new: ["new_low", "new_max", "new_keep"],
+        retry_gcra: ["retry_low", "retry_max", "retry_keep"],
+    },
+};
+
+/// IPv6: the source's last 64 bits (what tells clients apart within
+/// their networks) go into the fingerprint.
+const SYN_V6: SynAt = SynAt {
+    l4: 54,
+    proto: 20,
+    src: &[30, 34],
+    labels: SynLabels {
+        over: "syn6_over",
+        retry: "syn6_retry",
+        refuse: "syn6_refuse",
+        new: ["new6_low", "new6_max", "new6_keep"],
+        retry_gcra: ["retry6_low", "retry6_max", "retry6_keep"],
+    },
+};
 
 /// The file descriptors of the ingress program's maps.
 struct ProgramMaps {
@@ -836,6 +878,43 @@ mod tests {
         let v4_only = load().unwrap();
         v4_only.add_port(6, PUBLISHED).unwrap();
         assert_eq!(v4_only.prog.test_run(&syn).unwrap(), PASS);
+    }
+
+    #[test]
+    fn ipv6_syns_pass_the_same_admission_control() {
+        let Some(p) = load_with(Some(NODE6)) else {
+            return;
+        };
+        p.add_port(6, PUBLISHED).unwrap();
+        let run = |f: &[u8]| p.prog.test_run(f).unwrap();
+        let syn = |port: u16, seq: u32| client6_tcp(CLIENT6, port, seq, 0, SYN, b"");
+        p.set_syn_budget(1).unwrap();
+        assert_eq!(run(&syn(41000, 1)), REDIRECT, "within the budget");
+        assert_eq!(run(&syn(41001, 2)), REFUSE, "over the budget");
+        assert_eq!(run(&syn(41001, 2)), REDIRECT, "its retransmission");
+        assert_eq!(run(&syn(41002, 3)), REFUSE);
+        // Another client's SYN is another fingerprint.
+        assert_eq!(
+            run(&client6_tcp(
+                "2001:2::7".parse().unwrap(),
+                41002,
+                3,
+                0,
+                SYN,
+                b""
+            )),
+            REFUSE
+        );
+        // Segments of established flows are not SYNs: never refused.
+        assert_eq!(run(&client6_tcp(CLIENT6, 41003, 5, 1, ACK, b"x")), REDIRECT);
+        assert_eq!(
+            p.admission_counts().unwrap(),
+            AdmissionCounts {
+                admitted: 1,
+                retried: 1,
+                refused: 3,
+            }
+        );
     }
 
     #[test]
