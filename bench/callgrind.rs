@@ -32,12 +32,13 @@ fn total(bin: &Path, case: &str, n: u64, dir: &Path) -> Result<u64> {
         .context("no total in the callgrind output")
 }
 
-/// (case, instructions per packet) for new, established and reply.
+/// (case, instructions per packet) for new, established and reply, and
+/// an IPv6 client's established segments and replies.
 pub fn instructions(bin: &Path) -> Result<Vec<(&'static str, u64)>> {
     let dir = std::env::temp_dir().join(format!("mg-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut v = Vec::new();
-    for case in ["new", "established", "reply"] {
+    for case in ["new", "established", "reply", "established6", "reply6"] {
         let a = total(bin, case, 100_000, &dir)?;
         let b = total(bin, case, 300_000, &dir)?;
         v.push((case, (b.saturating_sub(a)) / 200_000));

@@ -21,12 +21,30 @@ fn one(p: &mut Pipeline, b: &mut [u8], frame: &[u8]) -> Verdict {
 pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
     // A fixed table size, so that setup costs the same whatever the
     // iteration count (callgrind subtracts two runs).
-    let mut p = Pipeline::new(lab_snapshot(), 0, 1, 1 << 10, (1024, 65535));
-    let syn = client_tcp(40000, 1, 0, SYN, b"");
+    // The IPv6 cases: an IPv6 client's flow (node.address6), translated.
+    let v6 = case.ends_with('6');
+    let snap = if v6 {
+        lab_snapshot_for(&lab_config6())
+    } else {
+        lab_snapshot()
+    };
+    let mut p = Pipeline::new(snap, 0, 1, 1 << 10, (1024, 65535));
+    let syn = if v6 {
+        client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"")
+    } else {
+        client_tcp(40000, 1, 0, SYN, b"")
+    };
     let mut b = buffer(&syn);
     anyhow::ensure!(one(&mut p, &mut b, &syn) == Verdict::Transmit);
     let start;
     match case {
+        "established6" => {
+            let data = client6_tcp(CLIENT6, 40000, 2, 1, PSH_ACK, b"");
+            start = std::time::Instant::now();
+            for _ in 0..iterations {
+                std::hint::black_box(one(&mut p, &mut b, &data));
+            }
+        }
         "established" => {
             let data = client_tcp(40000, 2, 1, PSH_ACK, b"");
             start = std::time::Instant::now();
@@ -34,7 +52,7 @@ pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
                 std::hint::black_box(one(&mut p, &mut b, &data));
             }
         }
-        "reply" => {
+        "reply" | "reply6" => {
             let reply = task_reply_tcp(0, 40000, 9, 2, ACK, b"");
             start = std::time::Instant::now();
             for _ in 0..iterations {
@@ -66,7 +84,9 @@ pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
             }
             return Ok(elapsed.as_nanos() as f64 / iterations.max(1) as f64);
         }
-        other => anyhow::bail!("unknown case `{other}` (new, established, reply)"),
+        other => {
+            anyhow::bail!("unknown case `{other}` (new, established, reply, established6, reply6)")
+        }
     }
     let ns = start.elapsed().as_nanos() as f64 / iterations.max(1) as f64;
     anyhow::ensure!(

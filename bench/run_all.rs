@@ -208,7 +208,7 @@ pub fn run(o: &Opts) -> Result<Value> {
 
     // The pipeline alone.
     let mut pipeline = json!({});
-    for case in ["new", "established", "reply"] {
+    for case in ["new", "established", "reply", "established6", "reply6"] {
         let ns = pipeline_count::run(case, if o.quick { 1_000_000 } else { 5_000_000 })?;
         pipeline[case] = json!({ "ns_per_packet": ns });
     }
