@@ -443,9 +443,8 @@ impl FlowTable {
 
     /// Records the IPv6 client of the flow just inserted in `slot` (its
     /// key `v6`, its `client` the [`Self::digest6`] of `addr`). Separate
-    /// from `insert_hashed`, which stays with one caller: measured, a
-    /// second one made the compiler call it rather than inline it, 24
-    /// instructions more per new flow.
+    /// from `insert_hashed`, so that an IPv4 client's insert does not
+    /// carry the address.
     #[inline]
     pub fn set_client6(&mut self, slot: u32, addr: &[u8; 16]) {
         debug_assert!(self.slab[slot as usize].key.v6);
