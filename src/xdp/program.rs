@@ -7,14 +7,19 @@
 //!     VNI whose inner frame is IPv4 to the overlay address or to the
 //!     sandbox's MAC (a task's reply to a client whose address meshgate
 //!     preserved is addressed to the client, and routed to the sandbox), or
-//!     ARP asking for the overlay address.
-//! Everything else — ARP, ICMP, SSH, other VNIs — passes to the kernel.
+//!     ARP asking for the overlay address; and
+//! (c) with `node.address6`, IPv6 TCP/UDP to a published port on it, and
+//!     IPv6 extension headers and fragments to it (see `emit_ipv6`).
+//! Everything else — ARP, ICMP, ICMPv6, SSH, other VNIs — passes to the
+//! kernel. A frame for a queue without a socket gets the miss action
+//! (`XDP_DROP`, counted), never the kernel, which would reset its flow.
 //! Frames to the node address that meshgate must count as malformed (IP
 //! options, fragments, truncated transport headers, bad VXLAN flags) are
 //! redirected too, so that the user-space pipeline counts them by reason.
 //!
 //! In C, the ingress program reads:
 //! ```c
+//! if (eth->h_proto == htons(ETH_P_IPV6) && NODE6) goto ipv6; /* emit_ipv6 */
 //! if (eth->h_proto != htons(ETH_P_IP) || ip->daddr != NODE) return XDP_PASS;
 //! if (ip->protocol != TCP && ip->protocol != UDP) return XDP_PASS;
 //! if (ip->ihl != 5 || ip->frag_off & htons(0x3fff) || l4 + 4 > end) goto redirect;
