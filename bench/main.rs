@@ -52,6 +52,9 @@ enum Cmd {
         /// Trials in a row on the same setup.
         #[arg(long, default_value_t = 3)]
         repeat: u32,
+        /// IPv6 clients (UDP, meshgate only; --size at least 82).
+        #[arg(long)]
+        ipv6: bool,
     },
     /// The whole benchmark.
     Run {
@@ -90,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             seconds,
             interrupt,
             repeat,
+            ipv6,
         } => {
             let kind = match path.as_str() {
                 "kernel" => paths::PathKind::Kernel,
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
                         seconds,
                         count: None,
                         sleep: interrupt,
+                        v6: ipv6,
                     },
                 )?;
                 println!("{}", serde_json::to_string(&t)?);

@@ -30,6 +30,9 @@ pub const GEN: &str = "198.18.1.1";
 pub const DUT: &str = "198.18.1.2";
 /// First client address of the generated flows.
 pub const CLIENTS: &str = "198.18.64.1";
+/// The same for IPv6 clients, and meshgate's `node.address6`.
+pub const CLIENTS6: &str = "2001:2:0:40::1";
+pub const DUT6: &str = "2001:2::1:2";
 const TASKS: [&str; 3] = ["198.18.128.4", "198.18.128.5", "198.18.128.6"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -373,7 +376,7 @@ pub fn start(
                 .map(|t| format!("{{ address = \"{t}\", node = \"{GEN}\" }}"))
                 .collect();
             let text = format!(
-                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\npoll = \"{}\"\ncpus = [1]\n\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{extra_cfg}\n[control]\nstats_interval = 1\n\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
+                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\naddress6 = \"{DUT6}\"\npoll = \"{}\"\ncpus = [1]\n\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{extra_cfg}\n[control]\nstats_interval = 1\n\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
                 if interrupt { "interrupt" } else { "busy" },
                 task_list.join(", ")
             );
@@ -447,6 +450,8 @@ pub struct Load {
     pub count: Option<u64>,
     /// The generator sleeps between bursts (CPU measurements).
     pub sleep: bool,
+    /// IPv6 clients (UDP) to meshgate's `node.address6`.
+    pub v6: bool,
 }
 
 pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
@@ -483,6 +488,11 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
     if l.sleep {
         args.push("--sleep".into());
     }
+    if l.v6 {
+        for a in ["--src6", CLIENTS6, "--dst6", DUT6] {
+            args.push(a.into());
+        }
+    }
     let out = Command::new("ip").args(&args).output()?;
     if !out.status.success() {
         bail!(
@@ -500,6 +510,7 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
 
 /// Highest rate (packets per second delivered) with at most `max_loss`
 /// loss: a flat-out run, then a binary search of the offered rate.
+#[allow(clippy::too_many_arguments)]
 pub fn max_rate(
     lab: &BenchLab,
     bins: &Bins,
@@ -508,6 +519,7 @@ pub fn max_rate(
     seconds: f64,
     steps: u32,
     max_loss: f64,
+    v6: bool,
 ) -> Result<(f64, Trial)> {
     let flat = trial(
         lab,
@@ -519,6 +531,7 @@ pub fn max_rate(
             seconds,
             count: None,
             sleep: false,
+            v6,
         },
     )?;
     if flat.loss <= max_loss {
@@ -538,6 +551,7 @@ pub fn max_rate(
                 seconds,
                 count: None,
                 sleep: false,
+                v6,
             },
         )?;
         if t.loss <= max_loss {
@@ -564,6 +578,7 @@ pub fn max_rate(
                     seconds,
                     count: None,
                     sleep: false,
+                    v6: false,
                 },
             )?;
             Ok((t.rx_pps, t))

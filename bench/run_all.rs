@@ -69,7 +69,7 @@ pub fn run(o: &Opts) -> Result<Value> {
             let _path = paths::start(&lab, &o.bins, kind, false, "", &tasks)?;
             for &(flows, size) in &combos {
                 let (rate, at_max) =
-                    paths::max_rate(&lab, &o.bins, flows, size, secs, steps, MAX_LOSS)?;
+                    paths::max_rate(&lab, &o.bins, flows, size, secs, steps, MAX_LOSS, false)?;
                 let half = paths::trial(
                     &lab,
                     &o.bins,
@@ -80,6 +80,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                         seconds: secs,
                         count: None,
                         sleep: false,
+                        v6: false,
                     },
                 )?;
                 log(&format!(
@@ -131,6 +132,48 @@ pub fn run(o: &Opts) -> Result<Value> {
         }
     }
 
+    // IPv6 clients through meshgate (UDP to node.address6), at the smallest
+    // IPv6 frame that carries the generator's marker: 82 bytes (no IPv6
+    // frame is 64 bytes: its headers alone take 62). One round; the IPv4
+    // row of the same round sets the comparison.
+    let ipv6 = {
+        log("meshgate: IPv6 clients");
+        let _path = paths::start(&lab, &o.bins, PathKind::Meshgate, false, "", &tasks)?;
+        let size = pktgen_min_v6_frame();
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let (rate, at_max) =
+                paths::max_rate(&lab, &o.bins, 1000, size, secs, steps, MAX_LOSS, v6)?;
+            let half = paths::trial(
+                &lab,
+                &o.bins,
+                Load {
+                    flows: 1000,
+                    size,
+                    rate: (rate / 2.0) as u64,
+                    seconds: secs,
+                    count: None,
+                    sleep: false,
+                    v6,
+                },
+            )?;
+            log(&format!(
+                "meshgate {} flows=1000 size={size}: {:.3} Mpps (loss {:.4} %), at half rate p50 {:.1} us p99 {:.1} us",
+                if v6 { "IPv6" } else { "IPv4" },
+                rate / 1e6,
+                at_max.loss * 100.0,
+                half.p50_us,
+                half.p99_us
+            ));
+            out.push(json!({
+                "family": if v6 { "ipv6" } else { "ipv4" },
+                "flows": 1000, "frame_bytes": size, "mpps": rate / 1e6, "loss": at_max.loss,
+                "p50_us": half.p50_us, "p99_us": half.p99_us, "p999_us": half.p999_us,
+            }));
+        }
+        out
+    };
+
     // Phase 2: CPU per forwarded packet at an offered rate every path
     // carries: half of the slowest path's maximum, per combination. The
     // generator alone (d0 dropping in XDP) is measured at the same rates and
@@ -161,6 +204,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                     seconds: secs * 2.0,
                     count: None,
                     sleep: true,
+                    v6: false,
                 },
             )?;
             baseline.push(t.cpu_busy_s / t.duration_s);
@@ -180,6 +224,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                     seconds: secs * 2.0,
                     count: None,
                     sleep: true,
+                    v6: false,
                 },
             )?;
             // CPU seconds per second, net of the generator, per packet delivered.
@@ -253,6 +298,7 @@ pub fn run(o: &Opts) -> Result<Value> {
         "mode": if o.quick { "quick" } else { "full" },
         "max_loss": MAX_LOSS,
         "runs": rows,
+        "ipv6": ipv6,
         "pipeline": pipeline,
         "memory": memory,
         "summary": summary,
@@ -297,6 +343,7 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
             seconds: 60.0,
             count: Some(FLOWS),
             sleep: false,
+            v6: false,
         },
     )?;
     std::thread::sleep(Duration::from_millis(2500));
@@ -319,7 +366,10 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
         "rss_bytes_table_1m_empty": empty,
         "rss_bytes_table_1m_full": full,
         "bytes_per_flow_measured": (full.saturating_sub(small)) as f64 / 1_048_576.0,
-        "bytes_per_flow_documented": meshgate::dataplane::flow::table_bytes(1 << 20) as f64 / 1_048_576.0,
+        // The table, and the crash journal beside the control socket (a
+        // shared mapping, resident like the table).
+        "bytes_per_flow_documented": meshgate::dataplane::flow::table_bytes(1 << 20) as f64 / 1_048_576.0
+            + meshgate::dataplane::handover::RECORD_LEN as f64,
         "drops_by_reason": stats["drops"].as_object().map(|m| m.iter().filter(|(_, v)| v.as_u64() != Some(0)).map(|(k, v)| (k.clone(), v.clone())).collect::<serde_json::Map<_, _>>()),
     }))
 }
@@ -354,8 +404,21 @@ pub fn table(v: &Value) -> String {
         sm["meshgate_vs_ceiling_cpu"].as_f64().unwrap_or(f64::NAN),
         sm["meshgate_vs_kernel_p99"].as_f64().unwrap_or(f64::NAN),
     ));
+    for r in v["ipv6"].as_array().into_iter().flatten() {
+        s.push_str(&format!(
+            "meshgate {} clients, {} flows, {} B: {:.3} Mpps (loss {:.4} %), p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us\n",
+            r["family"].as_str().unwrap_or(""),
+            r["flows"].as_u64().unwrap_or(0),
+            r["frame_bytes"].as_u64().unwrap_or(0),
+            r["mpps"].as_f64().unwrap_or(f64::NAN),
+            r["loss"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            r["p50_us"].as_f64().unwrap_or(f64::NAN),
+            r["p99_us"].as_f64().unwrap_or(f64::NAN),
+            r["p999_us"].as_f64().unwrap_or(f64::NAN),
+        ));
+    }
     let p = &v["pipeline"];
-    for case in ["new", "established", "reply"] {
+    for case in ["new", "established", "reply", "established6", "reply6"] {
         s.push_str(&format!(
             "pipeline {case:<12} {:>7.1} ns/packet  {:>5} instructions/packet\n",
             p[case]["ns_per_packet"].as_f64().unwrap_or(f64::NAN),
@@ -377,4 +440,10 @@ pub fn table(v: &Value) -> String {
         ));
     }
     s
+}
+
+/// The smallest IPv6 frame the generator sends (with the FCS).
+fn pktgen_min_v6_frame() -> usize {
+    // Ethernet 14, IPv6 40, UDP 8, the marker 16, FCS 4 (tools/pktgen/frames.rs).
+    14 + 40 + 8 + 16 + 4
 }

@@ -7,7 +7,7 @@
 //! bits of the send time in the acknowledgment field and the marker 0x4d47
 //! ("MG") as window, since a 64-byte SYN has no room for a payload.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Result, ensure};
 use meshgate::wire::{MacAddr, checksum};
@@ -34,7 +34,13 @@ pub struct FlowSet {
     len: usize,
     /// Flows per source address; beyond, the next address is used.
     ports_per_addr: u32,
+    /// IPv6 instead (source of the first flow, destination): UDP only.
+    v6: Option<(Ipv6Addr, Ipv6Addr)>,
 }
+
+/// The smallest IPv6 UDP frame that carries the marker, with the FCS:
+/// Ethernet 14, IPv6 40, UDP 8, marker 16, FCS 4.
+pub const MIN_V6_FRAME: usize = 14 + 40 + 8 + 16 + 4;
 
 impl FlowSet {
     #[allow(clippy::too_many_arguments)]
@@ -72,12 +78,68 @@ impl FlowSet {
             flows,
             len: size - 4,
             ports_per_addr,
+            v6: None,
         })
+    }
+
+    /// Sends IPv6 UDP from `src` (the first flow's address) to `dst`
+    /// instead (as an IPv6 client of `node.address6`).
+    pub fn with_ipv6(mut self, src: Ipv6Addr, dst: Ipv6Addr) -> Result<FlowSet> {
+        ensure!(self.proto == Proto::Udp, "IPv6 frames are UDP only");
+        ensure!(
+            self.len + 4 >= MIN_V6_FRAME,
+            "--size must be at least {MIN_V6_FRAME} bytes for IPv6 (with FCS)"
+        );
+        self.v6 = Some((src, dst));
+        Ok(self)
+    }
+
+    /// [`Self::write`] for IPv6: the same flows, the source address's low
+    /// 32 bits counting up as the IPv4 one does.
+    fn write6(&self, b: &mut [u8], seq: u32, ts: u64, (src, dst): (Ipv6Addr, Ipv6Addr)) -> usize {
+        let flow = seq % self.flows;
+        let src = Ipv6Addr::from(u128::from(src) + u128::from(flow / self.ports_per_addr));
+        let sport = (FIRST_PORT + flow % self.ports_per_addr) as u16;
+        let b = &mut b[..self.len];
+        b[..6].copy_from_slice(&self.dmac.0);
+        b[6..12].copy_from_slice(&self.smac.0);
+        b[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let plen = (self.len - 14 - 40) as u16;
+        let ip = &mut b[14..54];
+        ip[..4].copy_from_slice(&(6u32 << 28).to_be_bytes());
+        ip[4..6].copy_from_slice(&plen.to_be_bytes());
+        ip[6] = 17;
+        ip[7] = 64;
+        ip[8..24].copy_from_slice(&src.octets());
+        ip[24..40].copy_from_slice(&dst.octets());
+        let l4 = &mut b[54..];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&self.port.to_be_bytes());
+        l4[4..6].copy_from_slice(&plen.to_be_bytes());
+        l4[6..8].copy_from_slice(&[0, 0]);
+        l4[8..12].copy_from_slice(&MAGIC);
+        l4[12..16].copy_from_slice(&seq.to_be_bytes());
+        l4[16..24].copy_from_slice(&ts.to_be_bytes());
+        l4[24..].fill(0);
+        // IPv6 requires the UDP checksum (RFC 8200 8.1).
+        let sum = checksum::combine(&[
+            checksum::pseudo_header_v6(src, dst, 17, u32::from(plen)),
+            checksum::data(l4),
+        ]);
+        let c = match !sum {
+            0 => 0xffff,
+            c => c,
+        };
+        l4[6..8].copy_from_slice(&c.to_be_bytes());
+        self.len
     }
 
     /// Writes packet number `seq` (flow `seq % flows`) sent at `ts` ns into
     /// `b`; returns its length.
     pub fn write(&self, b: &mut [u8], seq: u32, ts: u64) -> usize {
+        if let Some(v6) = self.v6 {
+            return self.write6(b, seq, ts, v6);
+        }
         let flow = seq % self.flows;
         let src = Ipv4Addr::from(u32::from(self.src) + flow / self.ports_per_addr);
         let sport = (FIRST_PORT + flow % self.ports_per_addr) as u16;

@@ -64,6 +64,12 @@ enum Cmd {
         /// Destination MAC (default: resolved through the kernel).
         #[arg(long)]
         dst_mac: Option<MacAddr>,
+        /// Send IPv6 UDP from this address (the first flow's) to --dst6
+        /// instead (MACs as for --dst).
+        #[arg(long, requires = "dst6")]
+        src6: Option<std::net::Ipv6Addr>,
+        #[arg(long, requires = "src6")]
+        dst6: Option<std::net::Ipv6Addr>,
         #[arg(long, default_value_t = 8080)]
         port: u16,
         #[arg(long, value_enum, default_value = "udp")]
@@ -233,6 +239,7 @@ fn send(
     sleep: bool,
     ports_per_addr: u32,
     no_capture: bool,
+    v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
 ) -> Result<SendReport> {
     let mut rtnl = Rtnl::new()?;
     let link = rtnl.link(iface)?;
@@ -251,6 +258,10 @@ fn send(
         size,
         ports_per_addr,
     )?;
+    let set = match v6 {
+        Some((s6, d6)) => set.with_ipv6(s6, d6)?,
+        None => set,
+    };
     let (mut xsk, _capture) = open(iface, 8192, !no_capture)?;
     let umem = xsk.umem.clone();
     let port_ = &mut xsk.ports[0];
@@ -450,6 +461,8 @@ fn main() -> Result<()> {
             src,
             dst,
             dst_mac,
+            src6,
+            dst6,
             port,
             proto,
             flows,
@@ -483,6 +496,7 @@ fn main() -> Result<()> {
                 sleep,
                 ports_per_addr,
                 no_capture,
+                src6.zip(dst6),
             )
             .context("meshgate-pktgen send")?;
             if json {
