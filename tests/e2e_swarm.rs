@@ -454,11 +454,41 @@ fn meshgate_on_a_worker_node() {
         2,
     );
 
+    // The worker's interface and the client also have IPv6 (a dual-stack
+    // network): in swarm mode meshgate answers on the interface's global
+    // IPv6 address without being told.
+    for (ns, addr) in [
+        (lab.worker(), "2001:2::21/64"),
+        (lab.client(), "2001:2::1/64"),
+    ] {
+        for k in [
+            "net.ipv6.conf.all.disable_ipv6=0",
+            "net.ipv6.conf.default.disable_ipv6=0",
+            "net.ipv6.conf.eth0.disable_ipv6=0",
+        ] {
+            let st = Command::new("ip")
+                .args(["netns", "exec", &ns, "sysctl", "-qw", k])
+                .status()
+                .unwrap();
+            assert!(st.success(), "{ns}: sysctl {k}");
+        }
+        let st = Command::new("ip")
+            .args(["-n", &ns, "-6", "addr", "add", addr, "dev", "eth0", "nodad"])
+            .status()
+            .unwrap();
+        assert!(st.success(), "{ns}: {addr}");
+    }
     let cfg = worker_config(&lab);
     let mg = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
     assert!(
         mg.log()
             .contains(&format!("published ports answer on {WORKER_ADDR}")),
+        "{}",
+        mg.log()
+    );
+    assert!(
+        mg.log()
+            .contains("IPv6 clients: published ports answer on 2001:2::21 too"),
         "{}",
         mg.log()
     );
@@ -469,6 +499,10 @@ fn meshgate_on_a_worker_node() {
     let by = spread_at(&lab, at_worker, 20);
     assert_eq!(by.len(), 2, "answers by container: {by:?}");
     assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
+    // And over IPv6, which Swarm's own ingress does not answer.
+    let at_worker6: SocketAddr = "[2001:2::21]:8080".parse().unwrap();
+    let by6 = spread_at(&lab, at_worker6, 4);
+    assert_eq!(by6.len(), 2, "answers over IPv6 by container: {by6:?}");
     wait_until("meshgate's counters", Duration::from_secs(3), || {
         let ev = &mg.stats()["events"];
         ev["forwarded"].as_u64().unwrap_or(0) >= 20 * 3
