@@ -75,6 +75,36 @@ fn an_ipv6_only_client_reaches_every_task_while_ipv4_goes_on() {
         ])
     );
 
+    // The IPVS view counts them (closed connections: inactive), and
+    // /metrics labels IPv6 clients' share.
+    let ipvs = mg.cli_ok(&["ipvs"]);
+    let inactive: u64 = ipvs
+        .lines()
+        .filter(|l| l.contains("Masq"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum();
+    assert!(inactive >= 30, "{ipvs}");
+    let t0 = std::time::Instant::now();
+    loop {
+        let metrics = meshgate::api::call(&mg.control, &meshgate::api::Request::Metrics {})
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let sample = metrics
+            .lines()
+            .find(|l| l.starts_with("meshgate_events_total{event=\"ipv6_flows_created\"}"))
+            .and_then(|l| l.split_whitespace().last()?.parse::<u64>().ok());
+        if sample == Some(30) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "ipv6_flows_created: {sample:?}\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     // IPv4 and IPv6 clients at the same time, sharing the round robin.
     let v4 = {
         let ns = lab.client();
