@@ -12,6 +12,10 @@
 //! client's address); the IPv6 stage of the pipeline, 3 per established
 //! packet (the EtherType dispatch), 9 per reply (telling IPv6 flows' replies
 //! apart) and 9 per new flow (570/726/1 229 -> 573/735/1 238).
+//! The binary this test runs is built by `cargo test --release --workspace`
+//! in CI, whose unified features read up to 9 more than a lone
+//! `cargo build --release --bin meshgate-bench` (new flow: 1 247 against
+//! 1 238 on 2026-12-02), hence the room.
 //!
 //! Needs valgrind (`tools/setup` installs it); without it the test fails
 //! and says so, unless MESHGATE_SKIP_VALGRIND=1 opts out.
@@ -19,7 +23,7 @@
 use std::process::Command;
 
 /// (case, budget in instructions per packet).
-const BUDGETS: [(&str, u64); 3] = [("established", 578), ("reply", 742), ("new", 1245)];
+const BUDGETS: [(&str, u64); 3] = [("established", 585), ("reply", 750), ("new", 1265)];
 
 fn total(case: &str, n: u64, dir: &std::path::Path) -> u64 {
     let out = dir.join(format!("cg.{case}.{n}"));
