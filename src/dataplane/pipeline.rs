@@ -974,6 +974,37 @@ fn to_ipv6(id: &Identity, f: &mut FrameBuf<'_>, client6: &[u8; 16]) -> Result<()
     Ok(())
 }
 
+/// Writes the Ethernet and IPv6 headers of an answer meshgate sends an
+/// IPv6 client (from the node, to the neighbour `mac`) into `b`.
+#[allow(clippy::too_many_arguments)]
+fn emit_answer6_headers(
+    id: &Identity,
+    b: &mut [u8],
+    mac: MacAddr,
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    next_header: u8,
+    payload_len: usize,
+    hop_limit: u8,
+) {
+    ethernet::Repr {
+        src: id.node_mac,
+        dst: mac,
+        ethertype: ethertype::IPV6,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
+    ipv6::Repr {
+        src,
+        dst,
+        next_header,
+        payload_len: payload_len as u16,
+        hop_limit,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .emit(&mut ipv6::Packet::new_unchecked(&mut b[ETH..]));
+}
+
 /// Answers an IPv6 client's packet that would not fit the overlay once
 /// translated with ICMPv6 Packet Too Big (RFC 8201: routers do not
 /// fragment IPv6), quoting as much of it as fits in 1280 bytes, with the
@@ -1005,22 +1036,16 @@ fn packet_too_big6(
     f.buf.copy_within(off + ETH..end, off + head);
     f.len = head + q;
     let b = f.data_mut();
-    ethernet::Repr {
-        src: id.node_mac,
-        dst: mac,
-        ethertype: ethertype::IPV6,
-    }
-    .emit(&mut ethernet::Frame::new_unchecked(&mut b[..]));
-    ipv6::Repr {
-        src: node6,
-        dst: client6,
-        next_header: ipv6::next_header::ICMPV6,
-        payload_len: (icmpv6::HEADER_LEN + q) as u16,
-        hop_limit: 64,
-        traffic_class: 0,
-        flow_label: 0,
-    }
-    .emit(&mut ipv6::Packet::new_unchecked(&mut b[ETH..]));
+    emit_answer6_headers(
+        id,
+        b,
+        mac,
+        node6,
+        client6,
+        ipv6::next_header::ICMPV6,
+        icmpv6::HEADER_LEN + q,
+        64,
+    );
     icmpv6::Repr::PacketTooBig {
         mtu: u32::from(id.overlay_mtu) + super::xlat::GROWTH as u32,
     }
@@ -2100,17 +2125,16 @@ fn icmp_error6(
         return Err(DropReason::Truncated);
     }
     let b = f.data_mut();
-    set16(b, eth_f::ETHERTYPE, ethertype::IPV6);
-    ipv6::Repr {
-        src: node6,
-        dst: client6,
-        next_header: ipv6::next_header::ICMPV6,
-        payload_len: (icmpv6::HEADER_LEN + qlen) as u16,
-        hop_limit: ttl - 1,
-        traffic_class: 0,
-        flow_label: 0,
-    }
-    .emit(&mut ipv6::Packet::new_unchecked(&mut b[ETH..]));
+    emit_answer6_headers(
+        id,
+        b,
+        client_mac,
+        node6,
+        client6,
+        ipv6::next_header::ICMPV6,
+        icmpv6::HEADER_LEN + qlen,
+        ttl - 1,
+    );
     let icmp6 = &mut b[ETH + ipv6::HEADER_LEN..];
     icmp6[icmpv6::HEADER_LEN..].copy_from_slice(&quote[..qlen]);
     repr.emit(&mut icmpv6::Packet::new_unchecked(icmp6), node6, client6);

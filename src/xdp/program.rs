@@ -176,24 +176,30 @@ fn emit_ipv4_to(a: &mut Asm, addr: Option<Ipv4Addr>, mac: Option<MacAddr>, ipv6:
         .label("l4");
 }
 
+/// Emits: add one to the per-CPU counter whose slot is the u32 at r10-8,
+/// falling through (or going to `missing` when the lookup fails, which it
+/// cannot for a slot below the map's size). Clobbers r0-r5.
+fn emit_count(a: &mut Asm, counters: RawFd, missing: &'static str) {
+    a.ld_map_fd(R1, counters)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, -8)
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, missing)
+        // A per-CPU slot: no other CPU writes it, a plain add is enough.
+        .ldx(DW, R1, R0, 0)
+        .alu64_imm(Alu::Add, R1, 1)
+        .stx(DW, R0, 0, R1);
+}
+
 /// Emits one label per pass reason that records the reason in r9 and goes
 /// to `count`, which adds one to the reason's per-CPU counter and passes.
 fn emit_counted_pass(a: &mut Asm, counters: RawFd) {
     for (i, l) in PASS_LABELS.iter().enumerate() {
         a.label(l).alu64_imm(Alu::Mov, R9, i as i32).ja("count");
     }
-    a.label("count")
-        .stx(W, R10, -8, R9)
-        .ld_map_fd(R1, counters)
-        .alu64_reg(Alu::Mov, R2, R10)
-        .alu64_imm(Alu::Add, R2, -8)
-        .call(helper::MAP_LOOKUP_ELEM)
-        .jmp_imm(Jmp::Eq, R0, 0, "pass")
-        // A per-CPU slot: no other CPU writes it, a plain add is enough.
-        .ldx(DW, R1, R0, 0)
-        .alu64_imm(Alu::Add, R1, 1)
-        .stx(DW, R0, 0, R1)
-        .ja("pass");
+    a.label("count").stx(W, R10, -8, R9);
+    emit_count(a, counters, "pass");
+    a.ja("pass");
 }
 
 /// Emits the tail: "redirect" to the queue's socket in `xsks`, and "pass".
@@ -209,17 +215,9 @@ fn emit_redirect_and_pass(a: &mut Asm, xsks: RawFd, miss_action: u32, counters: 
     if let Some(counters) = counters {
         a.jmp_imm(Jmp::Ne, R0, miss_action as i32, "redirected")
             .alu64_imm(Alu::Mov, R1, NO_SOCKET as i32)
-            .stx(W, R10, -8, R1)
-            .ld_map_fd(R1, counters)
-            .alu64_reg(Alu::Mov, R2, R10)
-            .alu64_imm(Alu::Add, R2, -8)
-            .call(helper::MAP_LOOKUP_ELEM)
-            .jmp_imm(Jmp::Eq, R0, 0, "missed")
-            // A per-CPU slot: no other CPU writes it, a plain add is enough.
-            .ldx(DW, R1, R0, 0)
-            .alu64_imm(Alu::Add, R1, 1)
-            .stx(DW, R0, 0, R1)
-            .label("missed")
+            .stx(W, R10, -8, R1);
+        emit_count(a, counters, "missed");
+        a.label("missed")
             .alu64_imm(Alu::Mov, R0, miss_action as i32)
             .label("redirected");
     }
