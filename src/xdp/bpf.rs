@@ -21,7 +21,6 @@ mod cmd {
     pub const PROG_GET_FD_BY_ID: i32 = 13;
     pub const OBJ_GET_INFO_BY_FD: i32 = 15;
     pub const LINK_CREATE: i32 = 28;
-    pub const LINK_UPDATE: i32 = 29;
 }
 
 /// `bpf_map_type` values meshgate uses.
@@ -523,40 +522,8 @@ pub struct Link {
     fd: OwnedFd,
 }
 
-/// `BPF_F_REPLACE`: update a link only if it still runs the program named.
-const F_REPLACE: u32 = 1 << 2;
-
 impl Link {
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
-    }
-
-    /// The id of the program the link runs now.
-    pub fn program_id(&self) -> Result<u32, BpfError> {
-        // bpf_link_info: type, id, prog_id.
-        let mut info = [0u8; 16];
-        obj_info(self.fd(), &mut info, || {
-            "reading a BPF link's program".into()
-        })?;
-        Ok(u32::from_ne_bytes(info[8..12].try_into().expect("4 bytes")))
-    }
-
-    /// Swaps the link's program for `new` in one step: every frame meets
-    /// either program, none meets no program (a takeover's switch). With
-    /// `old`, only if the link still runs `old`: another process that got
-    /// there first is not overridden.
-    pub fn update(&self, new: &Program, old: Option<&Program>) -> Result<(), BpfError> {
-        let mut a = Attr::new();
-        a.u32(0, self.fd() as u32).u32(4, new.fd() as u32);
-        if let Some(old) = old {
-            a.u32(8, F_REPLACE).u32(12, old.fd() as u32);
-        }
-        if sys_bpf(cmd::LINK_UPDATE, &mut a) < 0 {
-            return Err(BpfError::last(format!(
-                "replacing the program of a BPF link by {}",
-                new.name
-            )));
-        }
-        Ok(())
     }
 }

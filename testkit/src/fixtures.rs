@@ -1311,22 +1311,24 @@ pub fn client6_tcp(
     f: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC.0, NODE_MAC.0)
-        .ipv6(client.octets(), NODE6.octets(), 64)
-        .tcp_header(tcp_header(sport, PUBLISHED, seq, ack, f));
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("fixture frame");
-    v
+    tcp6_frame(
+        (CLIENT_MAC, NODE_MAC),
+        (client, NODE6),
+        64,
+        tcp_header(sport, PUBLISHED, seq, ack, f),
+        payload,
+    )
 }
 
 /// An IPv6 client's datagram to the published port.
 pub fn client6_udp(client: Ipv6Addr, sport: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC.0, NODE_MAC.0)
-        .ipv6(client.octets(), NODE6.octets(), 64)
-        .udp(sport, PUBLISHED);
-    let mut v = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut v, payload).expect("fixture frame");
-    v
+    udp6_frame(
+        (CLIENT_MAC, NODE_MAC),
+        (client, NODE6),
+        64,
+        (sport, PUBLISHED),
+        payload,
+    )
 }
 
 /// What meshgate must send to task `task` for `client6_tcp(client, sport,
@@ -1365,19 +1367,55 @@ pub fn expected_reply6_tcp(
     f: Flags,
     payload: &[u8],
 ) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
-        .ipv6(NODE6.octets(), client.octets(), 63)
-        .tcp_header(tcp_header(PUBLISHED, client_port, seq, ack, f));
+    tcp6_frame(
+        (NODE_MAC, CLIENT_MAC),
+        (NODE6, client),
+        63,
+        tcp_header(PUBLISHED, client_port, seq, ack, f),
+        payload,
+    )
+}
+
+/// What an IPv6 client must receive for `task_reply_udp`.
+pub fn expected_reply6_udp(client: Ipv6Addr, client_port: u16, payload: &[u8]) -> Vec<u8> {
+    udp6_frame(
+        (NODE_MAC, CLIENT_MAC),
+        (NODE6, client),
+        63,
+        (PUBLISHED, client_port),
+        payload,
+    )
+}
+
+/// A TCP segment over IPv6, as an Ethernet frame: (source, destination) MACs
+/// and addresses, hop limit, header and payload.
+fn tcp6_frame(
+    (smac, dmac): (MacAddr, MacAddr),
+    (src, dst): (Ipv6Addr, Ipv6Addr),
+    hop: u8,
+    h: TcpHeader,
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac.0, dmac.0)
+        .ipv6(src.octets(), dst.octets(), hop)
+        .tcp_header(h);
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).expect("fixture frame");
     v
 }
 
-/// What an IPv6 client must receive for `task_reply_udp`.
-pub fn expected_reply6_udp(client: Ipv6Addr, client_port: u16, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
-        .ipv6(NODE6.octets(), client.octets(), 63)
-        .udp(PUBLISHED, client_port);
+/// A UDP datagram over IPv6 from port `ports.0` to `ports.1`, as an
+/// Ethernet frame.
+fn udp6_frame(
+    (smac, dmac): (MacAddr, MacAddr),
+    (src, dst): (Ipv6Addr, Ipv6Addr),
+    hop: u8,
+    (sport, dport): (u16, u16),
+    payload: &[u8],
+) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(smac.0, dmac.0)
+        .ipv6(src.octets(), dst.octets(), hop)
+        .udp(sport, dport);
     let mut v = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut v, payload).expect("fixture frame");
     v
