@@ -36,6 +36,9 @@ pub enum Request {
     Stats {},
     /// Statistics in the Prometheus text format.
     Metrics {},
+    /// What the status page shows: the node, services and tasks with
+    /// their rates, drops, batch latency, the forwarded rate's history.
+    Status {},
     /// Re-read the configuration file.
     Reload {},
     /// Change a service.

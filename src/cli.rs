@@ -11,6 +11,7 @@ use serde_json::Value;
 use meshgate::api::{IpvsService, PortView, Request, ServiceView, TaskView, call, call_as};
 use meshgate::config::{ClientIp, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 use meshgate::runtime::stats::StatsView;
+use meshgate::runtime::status::StatusView;
 
 /// Prints rows as aligned columns.
 fn table(rows: &[Vec<String>]) -> String {
@@ -273,6 +274,12 @@ pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_secs(1));
     }
+}
+
+pub fn status(sock: &Path) -> Result<()> {
+    let v: StatusView = call_as(sock, &Request::Status {})?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 pub fn reload(sock: &Path) -> Result<()> {

@@ -13,7 +13,7 @@
 //! addresses, neighbours, routes, policy-routing rules), [`nftables`] (one
 //! table replaced or deleted in one transaction) — and [`api`] (the control API's
 //! requests and typed answers), then [`runtime`] (assembly: sockets,
-//! workers, the control thread, statistics, `/metrics`, the API servers,
+//! workers, the control thread, statistics, `/metrics`, the status page, the API servers,
 //! the swarm follower, the socket in the ingress sandbox for tasks on this
 //! node, the XDP programs' places on their interfaces, which outlive the
 //! process, and the takeover of a running meshgate by a new one). [`return_path`] installs, in a task's namespace on its node, the

@@ -129,6 +129,12 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// What the status page shows, as JSON (the page reads the same from
+    /// `GET /status.json` on the `control.metrics` listener).
+    Status {
+        #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
+        control: PathBuf,
+    },
     /// Re-read the configuration file of a running meshgate (as SIGHUP does).
     Reload {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
@@ -375,6 +381,7 @@ fn real_main() -> Result<()> {
             watch,
             control,
         } => cli::stats(&control, json, watch),
+        Cmd::Status { control } => cli::status(&control),
         Cmd::Reload { control } => cli::reload(&control),
         Cmd::Service { cmd, control } => match cmd {
             ServiceCmd::Ls => cli::service_ls(&control),

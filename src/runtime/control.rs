@@ -58,6 +58,8 @@ pub struct Control {
     rtnl: Rtnl,
     watcher: Watcher,
     pub stats: Stats,
+    /// Per-second rates for the status page.
+    pub rates: super::status::RateSampler,
     last_resync: Instant,
     resolving: HashMap<Ipv4Addr, Instant>,
     zero_copy: bool,
@@ -131,6 +133,7 @@ impl Control {
         let n = workers.len();
         let (calls_tx, calls) = crossbeam::channel::unbounded();
         let bell = Doorbell::new().expect("eventfd");
+        let stats = Stats::new(n);
         Control {
             cfg,
             source,
@@ -149,7 +152,8 @@ impl Control {
             resolve_q,
             rtnl,
             watcher,
-            stats: Stats::new(n),
+            rates: super::status::RateSampler::new(stats.started),
+            stats,
             last_resync: Instant::now(),
             resolving: HashMap::new(),
             zero_copy,
@@ -482,6 +486,7 @@ impl Control {
             self.stats.admission = c;
         }
         self.stats.syn_budget = self.cfg.flows.new_per_second;
+        self.rates.sample(Instant::now(), &self.stats);
         while self.garbage.try_recv().is_ok() {}
     }
 

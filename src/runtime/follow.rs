@@ -48,6 +48,12 @@ pub struct SwarmStatus {
     pub last_error: Option<String>,
     /// What the last read left out, and why.
     pub notes: Vec<String>,
+    /// When the last read succeeded.
+    #[serde(skip)]
+    pub last_read: Option<Instant>,
+    /// Its age when this status was taken.
+    #[serde(default)]
+    pub last_read_age_seconds: Option<f64>,
 }
 
 /// The running follower; dropping it stops both threads.
@@ -132,7 +138,9 @@ impl SwarmSource {
     }
 
     pub fn status(&self) -> SwarmStatus {
-        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+        let mut s = self.status.lock().map(|s| s.clone()).unwrap_or_default();
+        s.last_read_age_seconds = s.last_read.map(|t| t.elapsed().as_secs_f64());
+        s
     }
 }
 
@@ -209,6 +217,7 @@ impl Reader {
             Ok(d) => {
                 let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
                 st.reads += 1;
+                st.last_read = Some(Instant::now());
                 if st.last_error.take().is_some() {
                     log::info!("swarm: Docker answers again");
                 }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::control::Control;
+use super::status::{StatusService, StatusTask, StatusView};
 use crate::api::{IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView};
 use crate::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
 use crate::dataplane::tables::TaskEntry;
@@ -36,6 +37,7 @@ impl Control {
             Request::Ipvs {} => Response::of(&self.view_ipvs()),
             Request::Stats {} => Response::of(&self.stats_view()),
             Request::Metrics {} => Response::ok(Value::String(self.metrics_text())),
+            Request::Status {} => Response::of(&self.status_view()),
             Request::Reload {} => match self.reload() {
                 Ok(m) => Response::ok(json!(m)),
                 Err(e) => Response::err(format!("reload rejected, tables unchanged: {e}")),
@@ -269,6 +271,47 @@ impl Control {
                 }
             })
             .collect()
+    }
+
+    /// The status page's data: the views of `service ls` and `service ps`
+    /// with each task's rates, and the node's statistics.
+    pub fn status_view(&self) -> StatusView {
+        let snap = self.snapshot();
+        let services = self
+            .view_services()
+            .into_iter()
+            .zip(&snap.services)
+            .map(|(service, s)| StatusService {
+                tasks: s
+                    .tasks
+                    .iter()
+                    .zip(self.view_tasks(&service.name).unwrap_or_default())
+                    .map(|(&i, task)| StatusTask {
+                        rate: self.rates.task(snap.tasks[i as usize].id),
+                        task,
+                    })
+                    .collect(),
+                service,
+            })
+            .collect();
+        let v = self.stats_view();
+        StatusView {
+            node: self.cfg.node.address,
+            node6: self.cfg.node.address6,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            mode: if v.swarm.is_some() { "swarm" } else { "file" }.to_string(),
+            uptime_seconds: v.uptime_seconds,
+            generation: v.generation,
+            swarm: v.swarm,
+            services,
+            flows: v.flows,
+            drops: v.drops,
+            drops_total: v.drops_total,
+            drops_per_second: self.rates.drops(),
+            batch_latency_ns: v.batch_latency_ns,
+            batch_histogram: super::status::histogram(&self.stats),
+            rate: self.rates.view(),
+        }
     }
 
     /// Statistics in the Prometheus text exposition format.

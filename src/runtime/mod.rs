@@ -20,6 +20,7 @@ pub mod peers;
 pub mod sandbox;
 pub mod servers;
 pub mod stats;
+pub mod status;
 pub mod takeover;
 pub mod worker;
 

@@ -181,12 +181,18 @@ fn serve(s: UnixStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
     }
 }
 
-/// The Prometheus endpoint: `GET /metrics` over plain HTTP/1.0.
+/// The HTTP listener of `control.metrics`: `GET /metrics` (Prometheus),
+/// `GET /` (the status page) and `GET /status.json` (its data), over
+/// HTTP/1.0, read-only. It has no authentication: bind it to a management
+/// address, never to one that faces the internet.
 pub struct MetricsServer {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     pub addr: SocketAddr,
 }
+
+/// Connections served at once; more wait in the listen backlog.
+const HTTP_CONCURRENT: usize = 8;
 
 impl MetricsServer {
     pub fn start(
@@ -199,34 +205,106 @@ impl MetricsServer {
         l.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
-        let thread = std::thread::Builder::new().name("mg-metrics".into()).spawn(move || {
-            while !st.load(Ordering::Relaxed) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        let _ = s.set_nonblocking(false);
-                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 1024];
-                        let n = s.read(&mut buf).unwrap_or(0);
-                        let head = String::from_utf8_lossy(&buf[..n]);
-                        let resp = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics\r") {
-                            let r = ask(&calls, &bell, Request::Metrics {});
-                            let body = r.data.as_str().unwrap_or_default().to_string();
-                            format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}", body.len())
-                        } else {
-                            "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string()
-                        };
-                        let _ = s.write_all(resp.as_bytes());
+        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let thread = std::thread::Builder::new()
+            .name("mg-metrics".into())
+            .spawn(move || {
+                while !st.load(Ordering::Relaxed) {
+                    if busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
                     }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    match l.accept() {
+                        Ok((s, _)) => {
+                            let (calls, bell, busy) = (calls.clone(), bell.clone(), busy.clone());
+                            busy.fetch_add(1, Ordering::AcqRel);
+                            let spawned = std::thread::Builder::new().name("mg-http".into()).spawn(
+                                move || {
+                                    serve_http(s, &calls, &bell);
+                                    busy.fetch_sub(1, Ordering::AcqRel);
+                                },
+                            );
+                            if spawned.is_err() {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(MetricsServer {
             stop,
             thread: Some(thread),
             addr,
         })
     }
+}
+
+/// The page may run its inline script and style and fetch from here;
+/// nothing else, from nowhere else.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:";
+
+/// One request on one connection.
+fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut head = Vec::with_capacity(1024);
+    let mut buf = [0u8; 1024];
+    while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let line = head
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, kind, body, extra): (&str, &str, std::borrow::Cow<'_, str>, &str) =
+        match (method, path) {
+            ("GET", "/metrics") => {
+                let r = ask(calls, bell, Request::Metrics {});
+                let body = r.data.as_str().unwrap_or_default().to_string();
+                ("200 OK", "text/plain; version=0.0.4", body.into(), "")
+            }
+            ("GET", "/" | "/index.html") => (
+                "200 OK",
+                "text/html; charset=utf-8",
+                super::status::PAGE.into(),
+                "",
+            ),
+            ("GET", "/status.json") => {
+                let r = ask(calls, bell, Request::Status {});
+                let body = if r.ok {
+                    serde_json::to_string(&r.data).unwrap_or_default()
+                } else {
+                    serde_json::json!({ "error": r.error }).to_string()
+                };
+                let status = if r.ok {
+                    "200 OK"
+                } else {
+                    "503 Service Unavailable"
+                };
+                (status, "application/json", body.into(), "")
+            }
+            ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into(), ""),
+            _ => (
+                "405 Method Not Allowed",
+                "text/plain",
+                "read-only: GET /, /status.json or /metrics\n".into(),
+                "Allow: GET\r\n",
+            ),
+        };
+    let resp = format!(
+        "HTTP/1.0 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nContent-Security-Policy: {PAGE_POLICY}\r\n{extra}Connection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(resp.as_bytes());
+    let _ = s.write_all(body.as_bytes());
 }
 
 impl Drop for MetricsServer {

@@ -1,6 +1,7 @@
 //! meshgate's test support, kept out of the shipped crate: the namespace
 //! labs ([`lab`], [`swarm_lab`]), the pipeline's fixture frames and tables
-//! ([`fixtures`]), recorded Docker answers ([`docker`]) and the programs
+//! ([`fixtures`]), recorded Docker answers ([`docker`]), a headless
+//! browser for the status page ([`browser`]) and the programs
 //! only the benchmark and the labs load ([`programs`]). A dev-dependency of
 //! meshgate's tests and benchmark; the benchmark driver and the demo are
 //! this crate's binaries, and its tests include the callgrind guard
@@ -10,6 +11,7 @@
 //! meshgate's own unit tests include `fixtures.rs` and `docker.rs` by path,
 //! which is why those two name everything through `meshgate::` paths.
 
+pub mod browser;
 pub mod docker;
 pub mod fixtures;
 pub mod lab;
