@@ -129,6 +129,14 @@ enum Cmd {
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
+    /// Writes the man pages (meshgate.1, meshgate-SUBCOMMAND.1) and the
+    /// bash, zsh and fish completions into a directory (for packagers:
+    /// tools/package).
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// What the status page shows, as JSON (the page reads the same from
     /// `GET /status.json` on the `control.metrics` listener).
     Status {
@@ -298,6 +306,28 @@ fn return_path(
     Ok(())
 }
 
+/// Man pages and shell completions, generated from the command line's
+/// own definition so that they cannot drift from it.
+fn generate_docs(out: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    let man = out.join("man");
+    let comp = out.join("completions");
+    std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
+    std::fs::create_dir_all(&comp).with_context(|| format!("creating {}", comp.display()))?;
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("writing man pages into {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "meshgate", &comp)
+            .with_context(|| format!("writing {shell} completions into {}", comp.display()))?;
+    }
+    Ok(())
+}
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("meshgate: error: {e:#}");
@@ -382,6 +412,7 @@ fn real_main() -> Result<()> {
             control,
         } => cli::stats(&control, json, watch),
         Cmd::Status { control } => cli::status(&control),
+        Cmd::GenerateDocs { out } => generate_docs(&out),
         Cmd::Reload { control } => cli::reload(&control),
         Cmd::Service { cmd, control } => match cmd {
             ServiceCmd::Ls => cli::service_ls(&control),

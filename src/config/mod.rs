@@ -1409,6 +1409,30 @@ mod swarm_tests {
 
     const MINIMAL: &str = "[node]\ninterface = \"eth0\"\n[swarm]\n";
 
+    /// The Debian package's default configuration (deploy/meshgate.toml)
+    /// is valid on a swarm node as shipped, and every key it comments out
+    /// is valid too when uncommented.
+    #[test]
+    fn the_packaged_default_configuration_is_valid() {
+        let text = include_str!("../../deploy/meshgate.toml");
+        let c = parse(text).unwrap();
+        assert_eq!(c.node.interface, "eth0");
+        assert!(c.swarm.is_some());
+        assert_eq!(c.control.metrics, None);
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                // Commented keys and tables, not the prose.
+                Some(k) if k.starts_with('[') || k.split_whitespace().nth(1) == Some("=") => k,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = parse(&uncommented).unwrap_or_else(|e| panic!("{e}\n{uncommented}"));
+        assert_eq!(c.flows.snat_ports, (1024, 65535));
+        assert!(c.control.metrics.is_some());
+    }
+
     #[test]
     fn swarm_fills_node_and_ingress() {
         let c = parse(MINIMAL).unwrap();
