@@ -100,6 +100,9 @@ enum Cmd {
         /// Take over from the meshgate serving the control socket, with its flows and without dropping a connection (an upgrade, a restart).
         #[arg(long)]
         takeover: bool,
+        /// Serve the status page, /status.json and /metrics on ADDR:PORT (over the file's control.metrics); read-only, without authentication: never on an address that faces the internet.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics: Option<String>,
     },
     /// Validate a configuration file; exits non-zero with a precise message on any mistake.
     Check {
@@ -369,6 +372,7 @@ fn real_main() -> Result<()> {
             duration,
             stats_file,
             takeover,
+            metrics,
         } => {
             let interface = match (&interface, &config, &swarm) {
                 (None, None, Some(socket)) => Some(cli::swarm_interface(socket)?),
@@ -378,6 +382,7 @@ fn real_main() -> Result<()> {
                 file: config.clone(),
                 swarm,
                 interface,
+                metrics,
             };
             let cfg = source.load_with(&mut meshgate::docker::discover)?;
             let control = control.unwrap_or_else(|| cfg.control.socket.clone());

@@ -15,6 +15,9 @@ pub struct ConfigSource {
     pub swarm: Option<String>,
     /// `--interface`: the ingress NIC when there is no file.
     pub interface: Option<String>,
+    /// `--metrics ADDR:PORT`: the HTTP listener (status page, `/metrics`),
+    /// over the file's `control.metrics`.
+    pub metrics: Option<String>,
 }
 
 impl ConfigSource {
@@ -42,7 +45,7 @@ impl ConfigSource {
             Some(socket) => swarm_text(text.as_deref(), socket, self.interface.as_deref())
                 .map_err(|m| ConfigError::new(&name, "swarm.socket", m))?,
         };
-        Config::parse_with(&text, &name, discover).map_err(|mut e| {
+        let mut cfg = Config::parse_with(&text, &name, discover).map_err(|mut e| {
             // A socket given on the command line is named as given there,
             // not as the file key it was turned into.
             if let (Some(socket), "swarm.socket") = (&self.swarm, e.key.as_str()) {
@@ -52,7 +55,13 @@ impl ConfigSource {
                 }
             }
             e
-        })
+        })?;
+        if let Some(m) = &self.metrics {
+            cfg.control.metrics = Some(m.parse().map_err(|_| {
+                ConfigError::new("--metrics", m, "not an address:port (like 127.0.0.1:9464)")
+            })?);
+        }
+        Ok(cfg)
     }
 }
 
@@ -163,12 +172,25 @@ mod tests {
         assert_eq!(asked, [PathBuf::from("/run/d.sock")]);
         let e = load(&ConfigSource {
             interface: None,
-            ..src
+            ..src.clone()
         })
         .unwrap_err();
         assert!(e.message.contains("needs --interface"), "{e}");
         let e = load(&ConfigSource::default()).unwrap_err();
         assert!(e.message.contains("--config FILE, or --swarm"), "{e}");
+        // --metrics: the status page and /metrics without a file.
+        let (c, _) = load(&ConfigSource {
+            metrics: Some("127.0.0.1:9464".into()),
+            ..src.clone()
+        })
+        .unwrap();
+        assert_eq!(c.control.metrics, Some(([127, 0, 0, 1], 9464).into()));
+        let e = load(&ConfigSource {
+            metrics: Some("localhost".into()),
+            ..src
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("--metrics"), "{e}");
     }
 
     #[test]
@@ -181,7 +203,7 @@ mod tests {
             load(&ConfigSource {
                 file: Some(file.clone()),
                 swarm: Some(socket.into()),
-                interface: None,
+                ..Default::default()
             })
         };
         let node = "[node]\ninterface = \"in0\"\npoll = \"busy\"\n";
