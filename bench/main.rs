@@ -143,13 +143,32 @@ fn main() -> anyhow::Result<()> {
                 callgrind: (!no_callgrind).then(std::env::current_exe).transpose()?,
             };
             let v = run_all::run(&opts)?;
+            // A run whose CPU rounds disagree is kept beside the results
+            // file, never in its place: its ratios are noise.
+            let noisy = v["summary"]["cpu_not_meaningful"]
+                .as_str()
+                .map(str::to_string);
             if let Some(p) = &out {
-                paths::write_json(p, &v)?;
+                let to = match &noisy {
+                    None => p.clone(),
+                    Some(_) => p.with_extension("rejected.json"),
+                };
+                paths::write_json(&to, &v)?;
+                if let Some(why) = &noisy {
+                    eprintln!(
+                        "[bench] {} left as it was; this run is in {}: {why}",
+                        p.display(),
+                        to.display()
+                    );
+                }
             }
             if json {
                 println!("{}", serde_json::to_string(&v)?);
             } else {
                 print!("{}", run_all::table(&v));
+            }
+            if noisy.is_some() {
+                std::process::exit(3);
             }
             Ok(())
         }

@@ -31,6 +31,76 @@ struct Sample {
     p999: f64,
 }
 
+/// Rounds of the CPU measurement.
+const CPU_ROUNDS: usize = 3;
+
+/// The widest spread (max / min of the rounds' meshgate/reflector ratio)
+/// at which the median ratio is still committed as a result.
+pub const MAX_CPU_RATIO_SPREAD: f64 = 1.5;
+
+/// One round's CPU per packet of one path and load.
+struct CpuSample {
+    round: usize,
+    kind: PathKind,
+    flows: u32,
+    size: usize,
+    ns: f64,
+    loss: f64,
+}
+
+fn cpu_load(flows: u32, size: usize, rate: u64, secs: f64) -> Load {
+    Load {
+        flows,
+        size,
+        rate,
+        seconds: secs * 2.0,
+        count: None,
+        sleep: true,
+        v6: false,
+    }
+}
+
+/// The middle value (of the sorted values; NaN when there are none).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// max / min of the values (NaN when there are none, or one is not a
+/// positive number).
+fn spread(v: &[f64]) -> f64 {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if v.is_empty() || v.iter().any(|x| !x.is_finite() || *x <= 0.0) {
+        f64::NAN
+    } else {
+        max / min
+    }
+}
+
+/// Why the CPU ratio of a run cannot be read, if it cannot: too few
+/// rounds measured, or rounds that disagree by more than
+/// [`MAX_CPU_RATIO_SPREAD`].
+pub fn cpu_verdict(ratio_rounds: &[f64]) -> Option<String> {
+    if ratio_rounds.len() < 2 {
+        return Some(format!(
+            "{} round(s) of meshgate/reflector CPU measured, at least 2 needed",
+            ratio_rounds.len()
+        ));
+    }
+    let s = spread(ratio_rounds);
+    if s.is_nan() || s > MAX_CPU_RATIO_SPREAD {
+        return Some(format!(
+            "the rounds' meshgate/reflector CPU ratios {ratio_rounds:.2?} differ by {s:.2} x (more than {MAX_CPU_RATIO_SPREAD} x): the machine was too busy; run again"
+        ));
+    }
+    None
+}
+
 fn log(msg: &str) {
     eprintln!("[bench] {msg}");
 }
@@ -105,14 +175,6 @@ pub fn run(o: &Opts) -> Result<Value> {
             }
         }
     }
-    let median = |mut v: Vec<f64>| -> f64 {
-        v.sort_by(|a, b| a.total_cmp(b));
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            v[v.len() / 2]
-        }
-    };
     let mut rows: Vec<Value> = Vec::new();
     for kind in kinds {
         for &(flows, size) in &combos {
@@ -189,66 +251,99 @@ pub fn run(o: &Opts) -> Result<Value> {
             ((min * 1e6 / 2.0) as u64).max(1000)
         })
         .collect();
-    let mut baseline = Vec::new();
-    {
-        log("generator alone: cpu");
-        let _b = paths::start_baseline(&lab)?;
-        for (i, &(flows, size)) in combos.iter().enumerate() {
-            let t = paths::trial(
-                &lab,
-                &o.bins,
-                Load {
+    // CPU per packet drifts more than anything else on a shared machine
+    // (one quick run read 6.3 x the reflector, the next 1.33 x): it is
+    // measured in CPU_ROUNDS rounds, each with its own baseline and every
+    // path in turn, and the spread of the rounds is reported beside the
+    // medians. The ratios are taken within each round (paired), then their
+    // median; a run whose ratio spread is too wide is flagged.
+    let mut cpu: Vec<CpuSample> = Vec::new();
+    for round in 0..CPU_ROUNDS {
+        let mut baseline = Vec::new();
+        {
+            log(&format!(
+                "generator alone: cpu (round {}/{CPU_ROUNDS})",
+                round + 1
+            ));
+            let _b = paths::start_baseline(&lab)?;
+            for (i, &(flows, size)) in combos.iter().enumerate() {
+                let t = paths::trial(&lab, &o.bins, cpu_load(flows, size, fixed[i], secs))?;
+                baseline.push(t.cpu_busy_s / t.duration_s);
+            }
+        }
+        for kind in kinds {
+            log(&format!(
+                "{}: cpu (round {}/{CPU_ROUNDS})",
+                kind.name(),
+                round + 1
+            ));
+            let _path = paths::start(&lab, &o.bins, kind, true, "", &tasks)?;
+            for (i, &(flows, size)) in combos.iter().enumerate() {
+                let t = paths::trial(&lab, &o.bins, cpu_load(flows, size, fixed[i], secs))?;
+                // CPU seconds per second, net of the generator, per packet delivered.
+                let net = (t.cpu_busy_s / t.duration_s - baseline[i]).max(0.0);
+                let ns = if t.rx_pps > 0.0 {
+                    net / t.rx_pps * 1e9
+                } else {
+                    f64::NAN
+                };
+                log(&format!(
+                    "{} flows={flows} size={size}: {ns:.0} ns CPU per packet at {} pps (loss {:.4} %)",
+                    kind.name(),
+                    fixed[i],
+                    t.loss * 100.0
+                ));
+                cpu.push(CpuSample {
+                    round,
+                    kind,
                     flows,
                     size,
-                    rate: fixed[i],
-                    seconds: secs * 2.0,
-                    count: None,
-                    sleep: true,
-                    v6: false,
-                },
-            )?;
-            baseline.push(t.cpu_busy_s / t.duration_s);
+                    ns,
+                    loss: t.loss,
+                });
+            }
         }
     }
-    for kind in kinds {
-        log(&format!("{}: cpu", kind.name()));
-        let _path = paths::start(&lab, &o.bins, kind, true, "", &tasks)?;
-        for (i, &(flows, size)) in combos.iter().enumerate() {
-            let t = paths::trial(
-                &lab,
-                &o.bins,
-                Load {
-                    flows,
-                    size,
-                    rate: fixed[i],
-                    seconds: secs * 2.0,
-                    count: None,
-                    sleep: true,
-                    v6: false,
-                },
-            )?;
-            // CPU seconds per second, net of the generator, per packet delivered.
-            let net = (t.cpu_busy_s / t.duration_s - baseline[i]).max(0.0);
-            let per_packet_ns = if t.rx_pps > 0.0 {
-                net / t.rx_pps * 1e9
-            } else {
-                f64::NAN
-            };
+    for (i, &(flows, size)) in combos.iter().enumerate() {
+        for kind in kinds {
+            let mine: Vec<&CpuSample> = cpu
+                .iter()
+                .filter(|x| x.kind == kind && x.flows == flows && x.size == size)
+                .collect();
+            let ns: Vec<f64> = mine.iter().map(|x| x.ns).collect();
             if let Some(r) = rows.iter_mut().find(|r| {
                 r["path"] == kind.name() && r["flows"] == flows && r["frame_bytes"] == size
             }) {
-                r["cpu_ns_per_packet"] = json!(per_packet_ns);
+                r["cpu_ns_per_packet"] = json!(median(ns.clone()));
+                r["cpu_rounds_ns"] = json!(ns);
+                r["cpu_spread"] = json!(spread(&ns));
                 r["cpu_offered_mpps"] = json!(fixed[i] as f64 / 1e6);
-                r["cpu_loss"] = json!(t.loss);
+                r["cpu_loss"] = json!(median(mine.iter().map(|x| x.loss).collect()));
             }
-            log(&format!(
-                "{} flows={flows} size={size}: {:.0} ns CPU per packet at {} pps (loss {:.4} %)",
-                kind.name(),
-                per_packet_ns,
-                fixed[i],
-                t.loss * 100.0
-            ));
         }
+    }
+    // meshgate / reflector, per round, at 1 000 flows and 64 B.
+    let paired = |a: PathKind, b: PathKind| -> Vec<f64> {
+        (0..CPU_ROUNDS)
+            .filter_map(|round| {
+                let at = |k: PathKind| {
+                    cpu.iter()
+                        .find(|x| {
+                            x.round == round && x.kind == k && x.flows == 1000 && x.size == 64
+                        })
+                        .map(|x| x.ns)
+                };
+                Some(at(a)? / at(b)?)
+            })
+            .collect()
+    };
+    let vs_ceiling = paired(PathKind::Meshgate, PathKind::Ceiling);
+    let vs_kernel = paired(PathKind::Kernel, PathKind::Meshgate);
+    let cpu_verdict = cpu_verdict(&vs_ceiling);
+    if let Some(why) = &cpu_verdict {
+        log(&format!(
+            "CPU per packet is not meaningful in this run: {why}"
+        ));
     }
 
     // The pipeline alone.
@@ -288,9 +383,14 @@ pub fn run(o: &Opts) -> Result<Value> {
     };
     let summary = json!({
         "meshgate_vs_ceiling_rate": ratio(&m["mpps"], &c["mpps"]),
-        "kernel_vs_meshgate_cpu": ratio(&k["cpu_ns_per_packet"], &m["cpu_ns_per_packet"]),
+        "kernel_vs_meshgate_cpu": median(vs_kernel.clone()),
+        "kernel_vs_meshgate_cpu_rounds": vs_kernel,
         "meshgate_vs_kernel_rate": ratio(&m["mpps"], &k["mpps"]),
-        "meshgate_vs_ceiling_cpu": ratio(&m["cpu_ns_per_packet"], &c["cpu_ns_per_packet"]),
+        "meshgate_vs_ceiling_cpu": median(vs_ceiling.clone()),
+        "meshgate_vs_ceiling_cpu_rounds": vs_ceiling,
+        "meshgate_vs_ceiling_cpu_spread": spread(&paired(PathKind::Meshgate, PathKind::Ceiling)),
+        // None: the CPU ratios may be read; else why they may not.
+        "cpu_not_meaningful": cpu_verdict,
         "meshgate_vs_kernel_p99": ratio(&m["p99_us"], &k["p99_us"]),
     });
     Ok(json!({
@@ -404,6 +504,24 @@ pub fn table(v: &Value) -> String {
         sm["meshgate_vs_ceiling_cpu"].as_f64().unwrap_or(f64::NAN),
         sm["meshgate_vs_kernel_p99"].as_f64().unwrap_or(f64::NAN),
     ));
+    if let Some(rounds) = sm["meshgate_vs_ceiling_cpu_rounds"].as_array() {
+        let rounds: Vec<String> = rounds
+            .iter()
+            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        s.push_str(&format!(
+            "meshgate/ceiling CPU by round {} (spread {:.2} x): {}\n",
+            rounds.join(", "),
+            sm["meshgate_vs_ceiling_cpu_spread"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            sm["cpu_not_meaningful"]
+                .as_str()
+                .map_or("the rounds agree".to_string(), |w| format!(
+                    "NOT MEANINGFUL: {w}"
+                ))
+        ));
+    }
     for r in v["ipv6"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "meshgate {} clients, {} flows, {} B: {:.3} Mpps (loss {:.4} %), p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us\n",
@@ -446,4 +564,21 @@ pub fn table(v: &Value) -> String {
 fn pktgen_min_v6_frame() -> usize {
     // Ethernet 14, IPv6 40, UDP 8, the marker 16, FCS 4 (tools/pktgen/frames.rs).
     14 + 40 + 8 + 16 + 4
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_rounds_that_disagree_are_flagged() {
+        // The two quick runs of issue 17: 6.3 x, then 1.33 x.
+        assert!(cpu_verdict(&[6.3, 1.33, 1.4]).is_some());
+        assert!(cpu_verdict(&[1.30, 1.33, 1.41]).is_none());
+        assert!(cpu_verdict(&[1.3]).is_some());
+        assert!(cpu_verdict(&[1.3, f64::NAN]).is_some());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert!((spread(&[2.0, 1.0, 1.5]) - 2.0).abs() < 1e-12);
+        assert!(spread(&[0.0, 1.0]).is_nan());
+    }
 }
