@@ -55,6 +55,10 @@ enum Cmd {
         /// IPv6 clients (UDP, meshgate only; --size at least 82).
         #[arg(long)]
         ipv6: bool,
+        /// A meshgate setting for this trial, TABLE.KEY=VALUE in TOML
+        /// (node.batch_size=16, control.stats_interval=3600); repeats.
+        #[arg(long = "set", value_name = "TABLE.KEY=VALUE")]
+        settings: Vec<String>,
     },
     /// The whole benchmark.
     Run {
@@ -94,6 +98,7 @@ fn main() -> anyhow::Result<()> {
             interrupt,
             repeat,
             ipv6,
+            settings,
         } => {
             let kind = match path.as_str() {
                 "kernel" => paths::PathKind::Kernel,
@@ -103,7 +108,14 @@ fn main() -> anyhow::Result<()> {
             };
             let bins = bins()?;
             let lab = paths::BenchLab::build()?;
-            let _running = paths::start(&lab, &bins, kind, interrupt, "", &paths::default_tasks())?;
+            let _running = paths::start(
+                &lab,
+                &bins,
+                kind,
+                interrupt,
+                &settings.join("\n"),
+                &paths::default_tasks(),
+            )?;
             for _ in 0..repeat {
                 let t = paths::trial(
                     &lab,

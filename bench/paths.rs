@@ -371,12 +371,32 @@ pub fn start(
         }
         PathKind::Meshgate => {
             let cfg = lab.dir.join("meshgate.toml");
+            // `TABLE.KEY=VALUE` lines of the extra configuration go into
+            // their table ([node] and [control] are written here); other
+            // text is appended as it is.
+            let mut node_extra = String::new();
+            let mut control_extra = String::new();
+            let mut rest = String::new();
+            for l in extra_cfg.lines() {
+                if let Some(kv) = l.strip_prefix("node.") {
+                    node_extra.push_str(&format!("{kv}\n"));
+                } else if let Some(kv) = l.strip_prefix("control.") {
+                    control_extra.push_str(&format!("{kv}\n"));
+                } else {
+                    rest.push_str(&format!("{l}\n"));
+                }
+            }
+            let stats_interval = if control_extra.contains("stats_interval") {
+                String::new()
+            } else {
+                "stats_interval = 1\n".to_string()
+            };
             let task_list: Vec<String> = tasks
                 .iter()
                 .map(|t| format!("{{ address = \"{t}\", node = \"{GEN}\" }}"))
                 .collect();
             let text = format!(
-                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\naddress6 = \"{DUT6}\"\npoll = \"{}\"\ncpus = [1]\n\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{extra_cfg}\n[control]\nstats_interval = 1\n\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
+                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\naddress6 = \"{DUT6}\"\npoll = \"{}\"\ncpus = [1]\n{node_extra}\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{rest}\n[control]\n{stats_interval}{control_extra}\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
                 if interrupt { "interrupt" } else { "busy" },
                 task_list.join(", ")
             );
