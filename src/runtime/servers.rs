@@ -248,6 +248,8 @@ const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style
 fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    // A client that stops reading must not hold one of the few slots.
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
