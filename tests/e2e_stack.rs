@@ -315,6 +315,9 @@ fn the_stack_runs_meshgate_on_every_node_and_stack_rm_restores_them() {
     for ((node, _), was) in nodes.iter().zip(before) {
         let v = status(&lab, *node).unwrap();
         assert_eq!(v["mode"], "swarm");
+        // The page's "last Docker read": recent, as reads run every 0.5 to 2 s.
+        let age = v["swarm"]["last_read_age_seconds"].as_f64();
+        assert!(age.is_some_and(|a| a < 30.0), "{node:?}: last read {age:?}");
         let now = web_packets_in(&v);
         assert!(
             now >= was + 10 * 3,
