@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -533,12 +533,7 @@ fn api_rejects_bad_changes_and_serves_metrics() {
     std::thread::sleep(Duration::from_millis(400));
     let stats = mg.cli_ok(&["stats", "--json"]);
     assert!(stats.contains("\"flows_created\": 1"), "{stats}");
-    let log = mg.log();
-    let url = log
-        .lines()
-        .find_map(|l| l.strip_prefix("meshgate: metrics on http://"))
-        .expect("metrics address in the log");
-    let addr: SocketAddr = url.trim_end_matches("/metrics").parse().unwrap();
+    let addr = mg.metrics_addr();
     let body = lab
         .in_ns(&lab.ingress(), move || {
             use std::io::Read;

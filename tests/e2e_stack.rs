@@ -15,27 +15,15 @@
 //!
 //! Needs root and Docker, as tests/e2e_swarm.rs.
 
+mod common;
+
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::lab::enter_ns;
-use meshgate_testkit::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, missing_tools};
-
-fn docker_available() -> bool {
-    let missing = missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("MESHGATE_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("skipped: {missing:?} missing and MESHGATE_SKIP_DOCKER=1");
-        return false;
-    }
-    panic!(
-        "the stack test needs {missing:?}: run tools/setup, or set MESHGATE_SKIP_DOCKER=1 to skip it on a machine without Docker"
-    );
-}
+use meshgate_testkit::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR};
 
 /// One HTTP/1.0 GET from namespace `ns`: (status line, body).
 fn http_in(ns: &str, to: SocketAddr, path: &str) -> std::io::Result<(String, String)> {
@@ -128,15 +116,7 @@ fn docker_env(lab: &SwarmLab, args: &[&str], env: &[(&str, String)]) -> String {
 
 #[test]
 fn the_stack_runs_meshgate_on_every_node_and_stack_rm_restores_them() {
-    if !nix::unistd::geteuid().is_root() {
-        assert_eq!(
-            std::env::var("MESHGATE_SKIP_PRIVILEGED").as_deref(),
-            Ok("1"),
-            "this test builds a swarm in namespaces: run it as root (or set MESHGATE_SKIP_PRIVILEGED=1)"
-        );
-        return;
-    }
-    if !docker_available() {
+    if !common::privileged() || !common::docker_available() {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

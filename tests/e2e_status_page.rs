@@ -45,12 +45,7 @@ fn status_page_shows_services_tasks_and_live_rates_in_a_browser() {
         &lab,
         &lab.config_toml("[control]\nmetrics = \"127.0.0.1:0\"\n"),
     );
-    let log = mg.log();
-    let url = log
-        .lines()
-        .find_map(|l| l.strip_prefix("meshgate: metrics on http://"))
-        .expect("metrics address in the log");
-    let addr: SocketAddr = url.trim_end_matches("/metrics").parse().unwrap();
+    let addr = mg.metrics_addr();
     let page = format!("http://{addr}/");
 
     // Connections, one after another, for as long as the test looks.

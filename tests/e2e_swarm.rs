@@ -17,25 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::swarm_lab::{
-    CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR, missing_tools,
+    CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR,
 };
-
-fn docker_available() -> bool {
-    let missing = missing_tools();
-    if missing.is_empty() {
-        return true;
-    }
-    if std::env::var("MESHGATE_SKIP_DOCKER").as_deref() == Ok("1") {
-        eprintln!("skipped: {missing:?} missing and MESHGATE_SKIP_DOCKER=1");
-        return false;
-    }
-    let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
-    panic!(
-        "the swarm test needs {:?}, which are not installed: run tools/setup (apt-get install {}), or set MESHGATE_SKIP_DOCKER=1 to skip it on a machine without Docker",
-        missing.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
-        pkgs.join(" ")
-    );
-}
 
 /// `meshgate run --swarm` in the manager's namespace; killed if dropped.
 struct Mg {
@@ -294,7 +277,7 @@ fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Dura
 
 #[test]
 fn meshgate_takes_over_a_real_swarms_ingress() {
-    if !common::privileged() || !docker_available() {
+    if !common::privileged() || !common::docker_available() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
@@ -443,7 +426,7 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
 /// read them from). The tasks run on the manager.
 #[test]
 fn meshgate_on_a_worker_node() {
-    if !common::privileged() || !docker_available() {
+    if !common::privileged() || !common::docker_available() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
@@ -547,7 +530,7 @@ fn meshgate_on_a_worker_node() {
 /// node spread over all three tasks, the local one included.
 #[test]
 fn meshgate_on_a_worker_and_the_manager_at_once() {
-    if !common::privileged() || !docker_available() {
+    if !common::privileged() || !common::docker_available() {
         return;
     }
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
@@ -862,7 +845,7 @@ fn remote_addrs(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<(String, S
 /// stops, its return paths go and the manager falls back to SNAT.
 #[test]
 fn tasks_see_the_clients_own_address_on_a_real_swarm() {
-    if !common::privileged() || !docker_available() {
+    if !common::privileged() || !common::docker_available() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));

@@ -24,6 +24,26 @@ pub fn privileged() -> bool {
     );
 }
 
+/// True when the swarm tests may run: Docker and the lab's tools are
+/// installed. Without them the test fails and names what is missing,
+/// unless MESHGATE_SKIP_DOCKER=1 opts out explicitly.
+pub fn docker_available() -> bool {
+    let missing = meshgate_testkit::swarm_lab::missing_tools();
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("MESHGATE_SKIP_DOCKER").as_deref() == Ok("1") {
+        eprintln!("skipped: {missing:?} missing and MESHGATE_SKIP_DOCKER=1");
+        return false;
+    }
+    let pkgs: Vec<&str> = missing.iter().map(|(_, p)| *p).collect();
+    panic!(
+        "this test needs {:?}, which are not installed: run tools/setup (apt-get install {}), or set MESHGATE_SKIP_DOCKER=1 to skip it on a machine without Docker",
+        missing.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+        pkgs.join(" ")
+    );
+}
+
 /// The lab's published port: web's 8080 on the ingress node.
 pub fn target() -> std::net::SocketAddr {
     (lab::INGRESS_ADDR, 8080).into()
@@ -224,6 +244,16 @@ impl Meshgate {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stdout).unwrap_or_default()
+    }
+
+    /// The address of the HTTP listener (`control.metrics`), from the log.
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let log = self.log();
+        let url = log
+            .lines()
+            .find_map(|l| l.strip_prefix("meshgate: metrics on http://"))
+            .expect("metrics address in the log");
+        url.trim_end_matches("/metrics").parse().unwrap()
     }
 
     pub fn signal(&self, sig: &str) {
