@@ -163,26 +163,7 @@ fn the_stack_runs_meshgate_on_every_node_and_stack_rm_restores_them() {
     }
 
     // A global service published on 8080: a task on each node.
-    lab.docker(
-        Node::Manager,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--publish",
-            "8080:80",
-            "--mode",
-            "global",
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
-    )
-    .unwrap();
+    lab.create_web(&["--mode", "global"]).unwrap();
     lab.wait_for("2 running tasks of web", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 2
     })

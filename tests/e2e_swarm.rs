@@ -158,32 +158,9 @@ fn spread_at(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<String, usize
     by
 }
 
-/// `docker service create` of `web` (busybox httpd answering its hostname)
-/// publishing 8080:80, placed by `placement` (replicas, mode, constraints).
-fn create_web(lab: &SwarmLab, placement: &[&str]) {
-    let mut args = vec![
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        "web",
-        "--publish",
-        "8080:80",
-    ];
-    args.extend_from_slice(placement);
-    args.extend_from_slice(&[
-        "--no-resolve-image",
-        "local/busybox:1",
-        "sh",
-        "-c",
-        "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-    ]);
-    lab.docker(Node::Manager, &args).unwrap();
-}
-
-/// [`create_web`], then waits until `tasks` of its tasks run.
+/// [`SwarmLab::create_web`], then waits until `tasks` of its tasks run.
 fn create_running_web(lab: &SwarmLab, placement: &[&str], tasks: usize) {
-    create_web(lab, placement);
+    lab.create_web(placement).unwrap();
     lab.wait_for(
         &format!("{tasks} running tasks of web"),
         Duration::from_secs(90),

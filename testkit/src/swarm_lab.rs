@@ -389,6 +389,30 @@ impl SwarmLab {
         lines[lines.len().saturating_sub(20)..].join("\n")
     }
 
+    /// `docker service create` of `web` (busybox httpd answering its
+    /// hostname) publishing 8080:80, placed by `placement` (replicas,
+    /// mode, constraints).
+    pub fn create_web(&self, placement: &[&str]) -> Result<String, LabError> {
+        let mut args = vec![
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--publish",
+            "8080:80",
+        ];
+        args.extend_from_slice(placement);
+        args.extend_from_slice(&[
+            "--no-resolve-image",
+            "local/busybox:1",
+            "sh",
+            "-c",
+            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ]);
+        self.docker(Node::Manager, &args)
+    }
+
     /// Tasks of `service` that Docker reports running, as (name, state).
     pub fn running_tasks(&self, service: &str) -> Result<usize, LabError> {
         let out = self.docker(
