@@ -102,7 +102,7 @@ enum Cmd {
         takeover: bool,
         /// Serve the status page, /status.json and /metrics on ADDR:PORT (over the file's control.metrics); read-only, without authentication: never on an address that faces the internet.
         #[arg(long, value_name = "ADDR:PORT")]
-        metrics: Option<String>,
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Validate a configuration file; exits non-zero with a precise message on any mistake.
     Check {

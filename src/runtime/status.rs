@@ -135,48 +135,47 @@ impl RateSampler {
         }
     }
 
-    /// Takes a sample when a second has passed since the last one.
+    /// Takes a sample when a second has passed since the last one (the
+    /// control thread calls this every round; the counters are copied
+    /// only when a sample is taken).
     pub fn sample(&mut self, now: Instant, st: &Stats) {
-        let next = Sample {
+        if let Some(last) = &self.last {
+            let dt = now.saturating_duration_since(last.at);
+            if dt < Duration::from_secs(1) {
+                return;
+            }
+            let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.as_secs_f64();
+            self.tasks = st
+                .tasks
+                .iter()
+                .map(|(id, c)| {
+                    let was = last.tasks.get(id).copied().unwrap_or_default();
+                    let r = TaskRate {
+                        packets_in: per_s(c.packets_in, was.packets_in),
+                        bytes_in: per_s(c.bytes_in, was.bytes_in),
+                        packets_out: per_s(c.packets_out, was.packets_out),
+                        bytes_out: per_s(c.bytes_out, was.bytes_out),
+                    };
+                    (*id, r)
+                })
+                .collect();
+            self.drops = per_s(st.drops.total(), last.drops);
+            if self.history.len() == HISTORY {
+                self.history.pop_front();
+            }
+            self.history.push_back(RatePoint {
+                t: now.saturating_duration_since(self.started).as_secs_f64(),
+                forwarded: per_s(st.events.forwarded, last.forwarded),
+                replies: per_s(st.events.replies, last.replies),
+            });
+        }
+        self.last = Some(Sample {
             at: now,
             forwarded: st.events.forwarded,
             replies: st.events.replies,
             drops: st.drops.total(),
             tasks: st.tasks.clone(),
-        };
-        let Some(last) = &self.last else {
-            self.last = Some(next);
-            return;
-        };
-        let dt = now.saturating_duration_since(last.at);
-        if dt < Duration::from_secs(1) {
-            return;
-        }
-        let per_s = |a: u64, b: u64| a.saturating_sub(b) as f64 / dt.as_secs_f64();
-        self.tasks = next
-            .tasks
-            .iter()
-            .map(|(id, c)| {
-                let was = last.tasks.get(id).copied().unwrap_or_default();
-                let r = TaskRate {
-                    packets_in: per_s(c.packets_in, was.packets_in),
-                    bytes_in: per_s(c.bytes_in, was.bytes_in),
-                    packets_out: per_s(c.packets_out, was.packets_out),
-                    bytes_out: per_s(c.bytes_out, was.bytes_out),
-                };
-                (*id, r)
-            })
-            .collect();
-        self.drops = per_s(next.drops, last.drops);
-        if self.history.len() == HISTORY {
-            self.history.pop_front();
-        }
-        self.history.push_back(RatePoint {
-            t: now.saturating_duration_since(self.started).as_secs_f64(),
-            forwarded: per_s(next.forwarded, last.forwarded),
-            replies: per_s(next.replies, last.replies),
         });
-        self.last = Some(next);
     }
 
     pub fn task(&self, id: TaskId) -> TaskRate {

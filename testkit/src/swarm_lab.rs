@@ -443,7 +443,18 @@ impl SwarmLab {
         path: &str,
         timeout: Duration,
     ) -> std::io::Result<String> {
-        let ns = self.client();
+        Self::http_get_in(&self.client(), to, path, timeout)
+    }
+
+    /// One HTTP/1.0 GET of `path` from namespace `ns` (a node's own
+    /// loopback, say); the body of a 200 answer, else an error.
+    pub fn http_get_in(
+        ns: &str,
+        to: SocketAddr,
+        path: &str,
+        timeout: Duration,
+    ) -> std::io::Result<String> {
+        let ns = ns.to_string();
         let request = format!("GET {path} HTTP/1.0\r\nHost: web\r\n\r\n");
         std::thread::spawn(move || -> std::io::Result<String> {
             enter_ns(&ns).map_err(std::io::Error::other)?;
