@@ -309,8 +309,15 @@ fn hostile_ipv6_frames_are_dropped_and_counted_by_reason() {
         let d = after[group][reason].as_u64().unwrap() - before[group][reason].as_u64().unwrap();
         if group == "drops" {
             assert_eq!(d, *n, "{where_}: counted {d}, sent {n}\n{after}");
+        } else if *where_ == "xdp_passed.other_address" {
+            // Shared with the client's own IPv6 stack, which sends router
+            // solicitations and MLD reports to multicast addresses in its
+            // first seconds (up to 4 s apart, so their number in this
+            // window varies: 5 extra were seen in one CI run). What can be
+            // asserted: the frame was passed, not forwarded or dropped.
+            assert!(d >= *n, "{where_}: counted {d}, sent {n}");
         } else {
-            // Shared with the lab's own neighbour discovery now and then.
+            // Shared with the lab's own traffic now and then.
             assert!(d >= *n && d <= n + 4, "{where_}: counted {d}, sent {n}");
         }
     }
