@@ -745,8 +745,11 @@ fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checksum: L4Check
     h[ip_f::TTL] = h[ip_f::TTL].wrapping_sub(1);
     set_addr(h, ip_f::SRC, src);
     set_addr(h, ip_f::DST, dst);
-    let c = checksum::apply_folded(get16(h, ip_f::CHECKSUM), delta_addrs);
-    let c = checksum::apply_folded(c, checksum::TTL_DECREMENT);
+    let c = checksum::apply_folded2(
+        get16(h, ip_f::CHECKSUM),
+        delta_addrs,
+        checksum::TTL_DECREMENT,
+    );
     set16(h, ip_f::CHECKSUM, c);
     let stored = if proto == protocol::TCP {
         let Some(t) = l4.first_chunk_mut::<{ tcp_f::CHECKSUM.end }>() else {
@@ -1100,6 +1103,10 @@ fn seq_after(a: u32, b: u32) -> bool {
 fn tcp_transition(flow: &mut Flow, flags: u8, from_task: bool) -> Option<bool> {
     use tcp::flags::*;
     let before = flow.state;
+    // Most segments change nothing: said first, without a store.
+    if flags & (RST | FIN) == 0 && !(from_task && before == FlowState::SynSent) {
+        return None;
+    }
     flow.state = if flags & RST != 0 {
         FlowState::Closed
     } else if flags & FIN != 0 && before != FlowState::Closed {
@@ -1436,10 +1443,12 @@ fn encapsulate(f: &mut FrameBuf<'_>, outer: &OuterTemplate, hash: u32) -> Result
     *out = outer.bytes;
     let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
     set16(out, at(ip_f::LENGTH, ETH), outer_total);
+    // The template's checksum was taken with a total length of 0: the
+    // length's change from 0 is the length itself (RFC 1624; it is never 0).
     set16(
         out,
         at(ip_f::CHECKSUM, ETH),
-        checksum::update16(outer.ip_checksum, 0, outer_total),
+        checksum::apply_folded(outer.ip_checksum, outer_total),
     );
     set16(out, at(udp_f::SRC_PORT, VX_UDP), vxlan_source_port(hash));
     set16(out, at(udp_f::LENGTH, VX_UDP), outer_total - IP as u16);

@@ -52,8 +52,10 @@ pub fn fold(acc: u64) -> u16 {
 /// the fixed length lets the compiler drop every bounds check.
 #[inline]
 pub fn ipv4_header_sum(h: &[u8; 20]) -> u16 {
-    let w = |i: usize| u64::from(u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
-    fold(w(0) + w(4) + w(8) + w(12) + w(16))
+    // Summed in the machine's byte order, swapped once at the end: the
+    // one's-complement sum does not depend on byte order (RFC 1071, 2.B).
+    let w = |i: usize| u64::from(u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]));
+    u16::from_be(fold(w(0) + w(4) + w(8) + w(12) + w(16)))
 }
 
 /// Folded one's-complement sum of `data`.
@@ -173,6 +175,16 @@ pub fn apply_folded(hc: u16, d: u16) -> u16 {
     !(((s & 0xffff) + (s >> 16)) as u16)
 }
 
+/// Applies two folded changes at once: `apply_folded(apply_folded(hc, a), b)`
+/// with one fold.
+#[inline]
+pub fn apply_folded2(hc: u16, a: u16, b: u16) -> u16 {
+    // Three 16-bit values sum to at most 0x2fffd: two end-around carries.
+    let s = u32::from(!hc) + u32::from(a) + u32::from(b);
+    let s = (s & 0xffff) + (s >> 16);
+    !(((s & 0xffff) + (s >> 16)) as u16)
+}
+
 /// Like [`apply_folded`] for a UDP checksum: zero (absent) stays zero, a
 /// computed zero is sent as 0xffff.
 #[inline]
@@ -261,6 +273,18 @@ mod tests {
     }
 
     proptest! {
+        /// The byte-order-free fast sum is the sum of big-endian words.
+        #[test]
+        fn fast_header_sum_is_the_sum(h in any::<[u8; 20]>()) {
+            prop_assert_eq!(ipv4_header_sum(&h), data(&h));
+        }
+
+        /// Two folded changes applied at once equal them applied in turn.
+        #[test]
+        fn two_changes_at_once(hc in any::<u16>(), a in any::<u16>(), b in any::<u16>()) {
+            prop_assert_eq!(apply_folded2(hc, a, b), apply_folded(apply_folded(hc, a), b));
+        }
+
         /// Incrementally updating a valid checksum after rewriting any words
         /// gives the same result as recomputing it from scratch.
         #[test]
