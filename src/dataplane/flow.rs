@@ -116,6 +116,7 @@ pub struct Flow {
     /// (RFC 1624 sum of `!old + new`, folded): addresses only (the IPv4
     /// header), and addresses with ports (the TCP/UDP pseudo-header and
     /// header). The reverse translation is the one's-complement negation.
+    /// In the wire's byte order (as `wire::get16_ne` reads a checksum).
     pub delta_addrs: u16,
     pub delta_l4: u16,
     /// The task sees the client's address and port: DNAT only, and

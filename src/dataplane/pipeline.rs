@@ -42,8 +42,8 @@ use super::tables::{
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::ipv4::{self, protocol};
 use crate::wire::{
-    MacAddr, arp, at, checksum, get_addr, get_mac, get16, get24, get32, icmp, icmpv6, ipv6,
-    set_addr, set16, tcp, udp, vxlan,
+    MacAddr, arp, at, checksum, get_addr, get_mac, get16, get16_ne, get24, get32, icmp, icmpv6,
+    ipv6, set_addr, set16, set16_ne, tcp, udp, vxlan,
 };
 
 // Header layout comes from `src/wire` only: field ranges, shifted by the
@@ -755,21 +755,18 @@ fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checksum: L4Check
     h[ip_f::TTL] = h[ip_f::TTL].wrapping_sub(1);
     set_addr(h, ip_f::SRC, src);
     set_addr(h, ip_f::DST, dst);
-    let c = checksum::apply_folded2(
-        get16(h, ip_f::CHECKSUM),
-        delta_addrs,
-        checksum::TTL_DECREMENT,
-    );
-    set16(h, ip_f::CHECKSUM, c);
+    // Checksums and their deltas in the wire's byte order: no swaps.
+    let c = checksum::apply_folded2(get16_ne(h, ip_f::CHECKSUM), delta_addrs, TTL_DECREMENT_NE);
+    set16_ne(h, ip_f::CHECKSUM, c);
     let stored = if proto == protocol::TCP {
         let Some(t) = l4.first_chunk_mut::<{ tcp_f::CHECKSUM.end }>() else {
             return;
         };
         set16(t, tcp_f::SRC_PORT, sport);
         set16(t, tcp_f::DST_PORT, dport);
-        let stored = get16(t, tcp_f::CHECKSUM);
+        let stored = get16_ne(t, tcp_f::CHECKSUM);
         let c = checksum::apply_folded(stored, delta_l4);
-        set16(t, tcp_f::CHECKSUM, c);
+        set16_ne(t, tcp_f::CHECKSUM, c);
         stored
     } else {
         let Some(u) = l4.first_chunk_mut::<{ udp::HEADER_LEN }>() else {
@@ -777,12 +774,12 @@ fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checksum: L4Check
         };
         set16(u, udp_f::SRC_PORT, sport);
         set16(u, udp_f::DST_PORT, dport);
-        let stored = get16(u, udp_f::CHECKSUM);
+        let stored = get16_ne(u, udp_f::CHECKSUM);
         let c = checksum::apply_folded_udp(stored, delta_l4);
-        set16(u, udp_f::CHECKSUM, c);
+        set16_ne(u, udp_f::CHECKSUM, c);
         stored
     };
-    if CHECKED && (l4_checksum == L4Checksum::Full || partial_sum == Some(stored)) {
+    if CHECKED && (l4_checksum == L4Checksum::Full || partial_sum == Some(u16::from_be(stored))) {
         if let Some(seg) = l4.get_mut(..usize::from(total).saturating_sub(IP)) {
             fill_l4_checksum(seg, src, dst, proto);
         }
@@ -814,9 +811,13 @@ fn fill_l4_checksum(seg: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, proto: u8) {
     seg[at..at + 2].copy_from_slice(&c.to_be_bytes());
 }
 
+/// [`checksum::TTL_DECREMENT`] in the wire's byte order ([`get16_ne`]).
+const TTL_DECREMENT_NE: u16 = checksum::TTL_DECREMENT.to_be();
+
 /// The checksum deltas of a flow's forward translation: the packet from
 /// `client` to `published` (addresses and ports) leaves from `snat` to
-/// `task`.
+/// `task`. In the wire's byte order ([`get16_ne`]), as the flow stores
+/// them.
 #[inline(always)]
 fn flow_deltas(
     (client, client_port): (Ipv4Addr, u16),
@@ -828,7 +829,7 @@ fn flow_deltas(
     d.addr(client, overlay).addr(node, task);
     let addrs = d.folded();
     d.word(client_port, snat).word(published, target);
-    (addrs, d.folded())
+    (addrs.to_be(), d.folded().to_be())
 }
 
 /// Valid TCP flag combinations (after Linux conntrack's `tcp_valid_flags`),
@@ -1459,11 +1460,13 @@ fn encapsulate(f: &mut FrameBuf<'_>, outer: &OuterTemplate, hash: u32) -> Result
     let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
     set16(out, at(ip_f::LENGTH, ETH), outer_total);
     // The template's checksum was taken with a total length of 0: the
-    // length's change from 0 is the length itself (RFC 1624; it is never 0).
-    set16(
+    // length's change from 0 is the length itself (RFC 1624; it is never
+    // 0), added in the wire's byte order, as the checksum lies.
+    let c = get16_ne(out, at(ip_f::CHECKSUM, ETH));
+    set16_ne(
         out,
         at(ip_f::CHECKSUM, ETH),
-        checksum::apply_folded(outer.ip_checksum, outer_total),
+        checksum::apply_folded(c, outer_total.to_be()),
     );
     set16(out, at(udp_f::SRC_PORT, VX_UDP), vxlan_source_port(hash));
     set16(out, at(udp_f::LENGTH, VX_UDP), outer_total - IP as u16);
@@ -2042,11 +2045,11 @@ fn icmp_error(
     // The quoted transport checksum, when quoted: the reverse of the flow's
     // translation.
     if qproto == protocol::UDP {
-        let c = checksum::apply_folded_udp(get16(ql4, udp_f::CHECKSUM), !delta_l4);
-        set16(ql4, udp_f::CHECKSUM, c);
+        let c = checksum::apply_folded_udp(get16_ne(ql4, udp_f::CHECKSUM), !delta_l4);
+        set16_ne(ql4, udp_f::CHECKSUM, c);
     } else if ql4.len() >= tcp_f::CHECKSUM.end {
-        let c = checksum::apply_folded(get16(ql4, tcp_f::CHECKSUM), !delta_l4);
-        set16(ql4, tcp_f::CHECKSUM, c);
+        let c = checksum::apply_folded(get16_ne(ql4, tcp_f::CHECKSUM), !delta_l4);
+        set16_ne(ql4, tcp_f::CHECKSUM, c);
     }
     let mut icmp = icmp::Packet::new_unchecked(&mut msg[..]);
     icmp.fill_checksum();

@@ -238,7 +238,6 @@ mod tests {
                     weight: w,
                     outer: Some(OuterTemplate {
                         bytes: [0; OUTER_TEMPLATE_LEN],
-                        ip_checksum: 0,
                     }),
                     local: false,
                     preserve: false,

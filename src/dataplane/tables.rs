@@ -72,9 +72,10 @@ pub struct ServiceShared {
 /// header from the sandbox to the task.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OuterTemplate {
+    /// The outer IPv4 header has total length 0 and the checksum that
+    /// goes with it: both are patched per frame (the checksum by the
+    /// length alone, RFC 1624).
     pub bytes: [u8; OUTER_TEMPLATE_LEN],
-    /// IPv4 header checksum with total length 0 (patched incrementally).
-    pub ip_checksum: u16,
 }
 
 /// Outer Ethernet + IPv4 + UDP + VXLAN + inner Ethernet.
@@ -135,7 +136,6 @@ impl OuterTemplate {
         .emit(&mut ip);
         ip.set_total_len(0);
         ip.fill_checksum();
-        let ip_checksum = ip.checksum();
         let udp_off = ip_off + ipv4::HEADER_LEN;
         udp::Repr {
             src_port: 0,
@@ -157,10 +157,7 @@ impl OuterTemplate {
             ethertype: ethernet::ethertype::IPV4,
         }
         .emit(&mut ethernet::Frame::new_unchecked(&mut b[in_off..]));
-        OuterTemplate {
-            bytes: b,
-            ip_checksum,
-        }
+        OuterTemplate { bytes: b }
     }
 }
 
@@ -602,7 +599,8 @@ mod tests {
         let mut b = t.bytes;
         let total = 20 + 8 + 8 + 14 + 40u16;
         b[16..18].copy_from_slice(&total.to_be_bytes());
-        b[24..26].copy_from_slice(&checksum::update16(t.ip_checksum, 0, total).to_be_bytes());
+        let c = u16::from_be_bytes([b[24], b[25]]);
+        b[24..26].copy_from_slice(&checksum::update16(c, 0, total).to_be_bytes());
         let (ip, _) = etherparse::Ipv4Header::from_slice(&b[14..]).unwrap();
         assert_eq!(ip.header_checksum, ip.calc_header_checksum());
         assert!(ip.dont_fragment);

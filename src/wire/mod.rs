@@ -91,6 +91,21 @@ pub fn set16(b: &mut [u8], r: Range<usize>, v: u16) {
     b[r.start..r.start + 2].copy_from_slice(&v.to_be_bytes());
 }
 
+/// The 16-bit field `r` of `b` as it lies in memory (the machine's byte
+/// order): for a checksum, whose one's-complement arithmetic gives the
+/// same bytes in either byte order (RFC 1071, 2.B), so that updating one
+/// needs no byte swaps.
+#[inline(always)]
+pub fn get16_ne(b: &[u8], r: Range<usize>) -> u16 {
+    u16::from_ne_bytes([b[r.start], b[r.start + 1]])
+}
+
+/// Writes `v`, a value of [`get16_ne`]'s byte order, into field `r` of `b`.
+#[inline(always)]
+pub fn set16_ne(b: &mut [u8], r: Range<usize>, v: u16) {
+    b[r.start..r.start + 2].copy_from_slice(&v.to_ne_bytes());
+}
+
 /// Writes the IPv4 address `a` into field `r` of `b`.
 #[inline(always)]
 pub fn set_addr(b: &mut [u8], r: Range<usize>, a: std::net::Ipv4Addr) {
