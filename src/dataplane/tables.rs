@@ -197,9 +197,13 @@ pub struct PortEntry {
 }
 
 /// Published ports, indexed directly by (TCP or UDP, port): one load per
-/// packet instead of a hash lookup. 512 KiB per snapshot.
+/// packet instead of a hash lookup. 512 KiB per snapshot. A fixed-size
+/// array, so that the lookup needs no bounds check.
 #[derive(Clone)]
-pub struct PortTable(Box<[u32]>);
+pub struct PortTable(Box<[u32; PORT_SLOTS]>);
+
+/// One slot per TCP port, then one per UDP port.
+const PORT_SLOTS: usize = 2 << 16;
 
 impl std::fmt::Debug for PortTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,7 +217,8 @@ impl std::fmt::Debug for PortTable {
 
 impl Default for PortTable {
     fn default() -> Self {
-        PortTable(vec![0u32; 2 << 16].into_boxed_slice())
+        let slots: Box<[u32]> = vec![0u32; PORT_SLOTS].into_boxed_slice();
+        PortTable(slots.try_into().expect("PORT_SLOTS entries"))
     }
 }
 
