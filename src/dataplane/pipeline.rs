@@ -885,9 +885,9 @@ fn classify(snap: &Snapshot, st: &mut State, f: &mut FrameBuf<'_>) -> Result<Ver
     }
     let ip = Ip4::of(iph);
     let proto = ip.proto;
+    let l4 = parse_l4(proto, &d[ETH + IP..ETH + total])?;
     // Drop Ethernet padding: the frame is exactly its packet from here on.
     f.len = ETH + total;
-    let l4 = parse_l4(proto, &f.data()[ETH + IP..])?;
     if proto == protocol::UDP && l4.dport == snap.identity.vxlan_port {
         return reply(snap, st, f);
     }
