@@ -1282,12 +1282,20 @@ fn forward<const V6: bool>(
         request_resolution(st, task.node);
         return Err(DropReason::NoNeighbour);
     };
-    if f.off < HEADROOM {
+    // The headroom and the frame as one slice, bounds-checked once (with
+    // less headroom than that, `off` wraps past the frame's end: `None`).
+    let (off, inner_len) = (f.off.wrapping_sub(HEADROOM), f.len);
+    let Some(out) = f.buf.get_mut(off..f.off + inner_len) else {
         return Err(DropReason::NoHeadroom);
-    }
+    };
+    let Some((encap, inner)) = out.split_first_chunk_mut::<{ OUTER_TEMPLATE_LEN }>() else {
+        return Err(DropReason::Truncated);
+    };
     // DNAT + SNAT of the inner packet.
-    nat(&mut f.data_mut()[ETH..], rw, id.l4_checksum);
-    encapsulate(f, outer, hash)?;
+    nat(inner, rw, id.l4_checksum);
+    encapsulate(encap, outer, hash, inner_len);
+    f.off = off;
+    f.len = HEADROOM + inner_len;
     count_in(st, ti, ETH + total);
     if V6 {
         st.events.ipv6_forwarded += 1;
@@ -1480,17 +1488,17 @@ fn new_flow<'s, const V6: bool>(
     Ok((s, task))
 }
 
-/// Puts the task's outer headers (VXLAN) in front of the translated frame,
-/// into its headroom; the template's last 14 bytes (the inner Ethernet
-/// header) overwrite the client's Ethernet header. `hash` picks the outer
-/// UDP source port.
+/// Writes the task's outer headers (VXLAN) into `out`, the headroom in
+/// front of a translated frame of `inner_len` bytes and that frame's
+/// Ethernet header, which the template's last 14 bytes (the inner Ethernet
+/// header) overwrite. `hash` picks the outer UDP source port.
 #[inline(always)]
-fn encapsulate(f: &mut FrameBuf<'_>, outer: &OuterTemplate, hash: u32) -> Result<(), DropReason> {
-    let inner_len = f.len;
-    let off = f.off - HEADROOM;
-    let Some(out) = f.buf[off..].first_chunk_mut::<{ OUTER_TEMPLATE_LEN }>() else {
-        return Err(DropReason::NoHeadroom);
-    };
+fn encapsulate(
+    out: &mut [u8; OUTER_TEMPLATE_LEN],
+    outer: &OuterTemplate,
+    hash: u32,
+    inner_len: usize,
+) {
     *out = outer.bytes;
     let outer_total = (IP + udp::HEADER_LEN + vxlan::HEADER_LEN + inner_len) as u16;
     set16(out, at(ip_f::LENGTH, ETH), outer_total);
@@ -1505,9 +1513,6 @@ fn encapsulate(f: &mut FrameBuf<'_>, outer: &OuterTemplate, hash: u32) -> Result
     );
     set16(out, at(udp_f::SRC_PORT, VX_UDP), vxlan_source_port(hash));
     set16(out, at(udp_f::LENGTH, VX_UDP), outer_total - IP as u16);
-    f.off = off;
-    f.len = HEADROOM + inner_len;
-    Ok(())
 }
 
 /// A packet of `len` bytes (Ethernet and IPv4) forwarded to task `ti`.

@@ -1347,3 +1347,26 @@ fn icmpv4_errors_map_to_icmpv6_as_rfc_7915_says() {
     assert_eq!(icmp4_to_6(11, 0, 0), Some(Repr::TimeExceeded { code: 0 }));
     assert_eq!(icmp4_to_6(5, 0, 0), None, "redirect");
 }
+
+/// A frame with less headroom in front of it than the VXLAN headers take
+/// is dropped, counted and left as it was; with exactly enough it goes.
+#[test]
+fn a_frame_without_room_for_the_outer_headers_is_dropped() {
+    let mut p = lab_pipeline(0, 1);
+    let syn = client_tcp(41000, 1, 0, SYN, b"");
+    let headroom = super::pipeline::HEADROOM;
+    for (room, want) in [
+        (0, Verdict::Drop(DropReason::NoHeadroom)),
+        (headroom - 1, Verdict::Drop(DropReason::NoHeadroom)),
+        (headroom, Verdict::Transmit),
+    ] {
+        let mut buf = vec![0u8; room + syn.len()];
+        buf[room..].copy_from_slice(&syn);
+        let mut f = crate::dataplane::FrameBuf::new(&mut buf, room, syn.len());
+        assert_eq!(p.process(&mut f), want, "headroom {room}");
+        if want != Verdict::Transmit {
+            assert_eq!(f.data(), &syn[..], "headroom {room}: frame changed");
+        }
+    }
+    assert_eq!(p.drops().get(DropReason::NoHeadroom), 2);
+}
