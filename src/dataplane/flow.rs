@@ -460,7 +460,7 @@ impl FlowTable {
         self.lookup_client_hashed(k, self.client_hash(k))
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn lookup_snat(&self, k: &SnatKey) -> Option<u32> {
         let h = self.snat_hash(k);
         self.by_snat

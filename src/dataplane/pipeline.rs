@@ -1829,6 +1829,8 @@ fn deliver6(
 
 /// Answers an ARP request for the overlay address that arrived in VXLAN,
 /// in place, back to the VTEP that sent it.
+#[cold]
+#[inline(never)]
 fn arp_reply(
     snap: &Snapshot,
     st: &mut State,
@@ -1983,6 +1985,8 @@ fn frag_needed(
 /// unreachable", a "fragmentation needed" from the task's side) back to the
 /// client, as NAT does: the error's addresses, and the quoted packet's
 /// addresses and ports, are reversed, and every checksum is redone.
+#[cold]
+#[inline(never)]
 fn icmp_error(
     snap: &Snapshot,
     st: &mut State,
