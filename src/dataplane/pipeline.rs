@@ -870,41 +870,6 @@ fn flow_deltas(
     (addrs, l4)
 }
 
-#[cfg(test)]
-mod deltas_tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A translation that changes nothing: every word's `!old + new` is
-    /// 0xffff, "minus zero", in both forms.
-    #[test]
-    fn identity_deltas_are_minus_zero() {
-        let (a, b) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
-        assert_eq!(flow_deltas((a, 1), (b, 2), (a, 1), (b, 2)), (0xffff, 0xffff));
-    }
-
-    proptest! {
-        /// The word-order shortcut gives exactly the deltas of
-        /// `checksum::Delta`, swapped into the wire's byte order.
-        #[test]
-        fn flow_deltas_agree(
-            a in any::<[u32; 4]>(),
-            ports in any::<[u16; 4]>(),
-        ) {
-            let ip = |i: usize| Ipv4Addr::from(a[i]);
-            let mut d = checksum::Delta::new();
-            d.addr(ip(0), ip(2)).addr(ip(1), ip(3));
-            let addrs = d.folded();
-            d.word(ports[0], ports[2]).word(ports[1], ports[3]);
-            let want = (addrs.to_be(), d.folded().to_be());
-            prop_assert_eq!(
-                flow_deltas((ip(0), ports[0]), (ip(1), ports[1]), (ip(2), ports[2]), (ip(3), ports[3])),
-                want
-            );
-        }
-    }
-}
-
 /// Valid TCP flag combinations (after Linux conntrack's `tcp_valid_flags`),
 /// ignoring PSH, ECE and CWR.
 #[inline(always)]
@@ -2359,4 +2324,42 @@ fn send_reset<const V6: bool>(
     st.events.resets_sent += 1;
     st.drops.inc(reason);
     Ok(Verdict::Transmit)
+}
+
+#[cfg(test)]
+mod deltas_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A translation that changes nothing: every word's `!old + new` is
+    /// 0xffff, "minus zero", in both forms.
+    #[test]
+    fn identity_deltas_are_minus_zero() {
+        let (a, b) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
+        assert_eq!(
+            flow_deltas((a, 1), (b, 2), (a, 1), (b, 2)),
+            (0xffff, 0xffff)
+        );
+    }
+
+    proptest! {
+        /// The word-order shortcut gives exactly the deltas of
+        /// `checksum::Delta`, swapped into the wire's byte order.
+        #[test]
+        fn flow_deltas_agree(
+            a in any::<[u32; 4]>(),
+            ports in any::<[u16; 4]>(),
+        ) {
+            let ip = |i: usize| Ipv4Addr::from(a[i]);
+            let mut d = checksum::Delta::new();
+            d.addr(ip(0), ip(2)).addr(ip(1), ip(3));
+            let addrs = d.folded();
+            d.word(ports[0], ports[2]).word(ports[1], ports[3]);
+            let want = (addrs.to_be(), d.folded().to_be());
+            prop_assert_eq!(
+                flow_deltas((ip(0), ports[0]), (ip(1), ports[1]), (ip(2), ports[2]), (ip(3), ports[3])),
+                want
+            );
+        }
+    }
 }
