@@ -222,6 +222,10 @@ pub struct FlowTable {
     worker: u16,
     workers: u16,
     ports: (u16, u16),
+    /// This worker's first SNAT port and how many it owns: fixed by
+    /// `worker`, `workers` and `ports`, computed once (three divisions a
+    /// new flow saved).
+    owned: (u32, u32),
     /// This worker's SNAT ports in use, per destination (protocol, task,
     /// target port): bit `i` is the worker's `i`-th port (see [`PortBits`]).
     in_use: hashbrown::HashMap<(u8, Ipv4Addr, u16), PortBits>,
@@ -295,6 +299,16 @@ impl PortBits {
     }
 }
 
+/// The first SNAT port of `ports` (inclusive) that worker `worker` of
+/// `workers` owns, and how many it owns.
+fn owned_ports(ports: (u16, u16), worker: u16, workers: u16) -> (u32, u32) {
+    let (lo, hi) = (u32::from(ports.0), u32::from(ports.1));
+    let (n, w) = (u32::from(workers), u32::from(worker));
+    let first = lo + (w + n - lo % n) % n;
+    let count = if first > hi { 0 } else { (hi - first) / n + 1 };
+    (first, count)
+}
+
 impl FlowTable {
     /// A table of `capacity` flows for worker `worker` of `workers`, with
     /// SNAT ports in `ports` (inclusive).
@@ -315,6 +329,7 @@ impl FlowTable {
             worker,
             workers,
             ports,
+            owned: owned_ports(ports, worker, workers),
             in_use: hashbrown::HashMap::new(),
             mirror: None,
             client6: vec![[0; 16]; capacity],
@@ -479,12 +494,9 @@ impl FlowTable {
     }
 
     /// This worker's first SNAT port and how many it owns.
+    #[inline(always)]
     fn owned_ports(&self) -> (u32, u32) {
-        let (lo, hi) = (u32::from(self.ports.0), u32::from(self.ports.1));
-        let (n, w) = (u32::from(self.workers), u32::from(self.worker));
-        let first = lo + (w + n - lo % n) % n;
-        let count = if first > hi { 0 } else { (hi - first) / n + 1 };
-        (first, count)
+        self.owned
     }
 
     /// Picks a SNAT port for a flow to `task:target`: the client's own port
