@@ -250,7 +250,7 @@ mod tests {
     #[test]
     fn the_table_tells_its_mirror_every_placement_removal_and_sweep() {
         let mut t = FlowTable::new(16, 0, 1, (1024, 65535));
-        let (s0, _) = t.insert(flow(40000, 1), 0).unwrap();
+        let s0 = t.insert(flow(40000, 1), 0).unwrap();
         let calls = Calls::default();
         t.set_mirror(Box::new(calls.clone()));
         // Flows placed before the mirror are put when it is set.
@@ -258,7 +258,7 @@ mod tests {
             calls.0.lock().unwrap()[..],
             [("put", s0, FlowState::SynSent)]
         );
-        let (s1, _) = t.insert(flow(40001, 1), 0).unwrap();
+        let s1 = t.insert(flow(40001, 1), 0).unwrap();
         t.get_mut(s1).state = FlowState::Established;
         t.remove(s0);
         // The sweep refreshes live flows it keeps.

@@ -1469,7 +1469,7 @@ fn new_flow<'s, const V6: bool>(
             FlowState::Udp
         },
     };
-    let (s, evicted) = st
+    let s = st
         .flows
         .insert_hashed(flow, st.now, key_hash)
         .map_err(|e| match e {
@@ -1480,7 +1480,7 @@ fn new_flow<'s, const V6: bool>(
         st.flows.set_client6(s, c6);
         st.events.ipv6_flows_created += 1;
     }
-    if let Some(ev) = evicted {
+    if let Some(ev) = st.flows.take_evicted() {
         release_shared(snap, st.gen32, &ev.0);
         st.events.flows_evicted += 1;
     }
