@@ -1370,3 +1370,124 @@ fn a_frame_without_room_for_the_outer_headers_is_dropped() {
     }
     assert_eq!(p.drops().get(DropReason::NoHeadroom), 2);
 }
+
+/// The VTEP test after the flow lookup (`translate_reply`) still refuses
+/// what the test before it refused: a reply whose flow names a node that
+/// no longer runs a task (the task's address now lives on another node),
+/// without ending the flow, and the same flow's reply from the node that
+/// now runs it is the wrong VTEP for the flow.
+#[test]
+fn a_reply_from_a_node_that_is_no_longer_a_vtep_is_refused() {
+    let mut reg = Registry::default();
+    let cfg = config_with_tasks(&[(TASKS[0], NODE1)]);
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    let (v, fwd) = run(&mut p, &client_udp(50000, b"q"));
+    assert_eq!(v, Verdict::Transmit);
+    let snat = u16::from_be_bytes([fwd[84], fwd[85]]);
+    // The answer from NODE1 is fine while the task is there.
+    let (v, _) = run(&mut p, &task_reply_udp(0, snat, b"a"));
+    assert_eq!(v, Verdict::Transmit, "{:?}", p.drops());
+    // The same task address, now on NODE2: NODE1 runs no task any more.
+    let moved = config_with_tasks(&[(TASKS[0], NODE2)]);
+    p.set_snapshot(snapshot_with(&moved, &mut reg, 2));
+    let (v, _) = run(&mut p, &task_reply_udp(0, snat, b"a"));
+    assert_eq!(v, Verdict::Drop(DropReason::UnknownVtep));
+    assert_eq!(p.flows().len(), 1, "the flow stays");
+    let inner = udp_frame(
+        MacAddr::docker(TASKS[0]),
+        overlay_mac(),
+        TASKS[0],
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        b"a",
+    );
+    let from_node2 = vxlan_frame(NODE2_MAC, NODE_MAC, NODE2, NODE, 51234, VNI, &inner);
+    let (v, _) = run(&mut p, &from_node2);
+    assert_eq!(v, Verdict::Drop(DropReason::ReplyWrongVtep));
+}
+
+/// A VXLAN frame claiming this node's own address as its VTEP matches a
+/// local task's flow by the flow's VTEP, but this node is no VTEP of the
+/// snapshot's: refused, as a frame from an unknown node.
+#[test]
+fn vxlan_from_this_nodes_own_address_is_refused() {
+    let cfg = config_with_tasks(&[(LOCAL_TASK, NODE)]);
+    let mut p = Pipeline::new(lab_snapshot_for(&cfg), 0, 1, 1024, (1024, 65535));
+    let (v, out) = run(&mut p, &client_tcp(40000, 100, 0, SYN, b""));
+    assert_eq!(v, Verdict::Local);
+    let snat = u16::from_be_bytes([out[34], out[35]]);
+    let inner = tcp_frame(
+        MacAddr::docker(LOCAL_TASK),
+        overlay_mac(),
+        LOCAL_TASK,
+        OVERLAY,
+        64,
+        TARGET,
+        snat,
+        7,
+        101,
+        SYN_ACK,
+        b"",
+    );
+    let spoofed = vxlan_frame(NODE1_MAC, NODE_MAC, NODE, NODE, 51234, VNI, &inner);
+    let (v, _) = run(&mut p, &spoofed);
+    assert_eq!(v, Verdict::Drop(DropReason::UnknownVtep));
+}
+
+/// Frames from an unknown node are counted as such whatever else is
+/// wrong with them or wherever they would go: not handed to another
+/// worker, not answered.
+#[test]
+fn unknown_vtep_comes_first() {
+    let stranger = std::net::Ipv4Addr::new(198, 18, 0, 99);
+    let inner_to = |snat: u16| {
+        udp_frame(
+            MacAddr::docker(TASKS[0]),
+            overlay_mac(),
+            TASKS[0],
+            OVERLAY,
+            64,
+            TARGET,
+            snat,
+            b"a",
+        )
+    };
+    // Two workers: port 1025 belongs to worker 1, so worker 0 would hand
+    // the reply over if the node were known.
+    let mut p = lab_pipeline(0, 2);
+    let known = vxlan_frame(
+        NODE1_MAC,
+        NODE_MAC,
+        NODE1,
+        NODE,
+        51234,
+        VNI,
+        &inner_to(1025),
+    );
+    assert_eq!(run(&mut p, &known).0, Verdict::Handoff(1));
+    let unknown = vxlan_frame(
+        NODE1_MAC,
+        NODE_MAC,
+        stranger,
+        NODE,
+        51234,
+        VNI,
+        &inner_to(1025),
+    );
+    assert_eq!(
+        run(&mut p, &unknown).0,
+        Verdict::Drop(DropReason::UnknownVtep)
+    );
+    // A bad inner header from an unknown node: the node is what counts.
+    let mut bad = inner_to(1024);
+    bad[14 + 10] ^= 0xff; // the inner IPv4 checksum
+    let unknown = vxlan_frame(NODE1_MAC, NODE_MAC, stranger, NODE, 51234, VNI, &bad);
+    assert_eq!(
+        run(&mut p, &unknown).0,
+        Verdict::Drop(DropReason::UnknownVtep)
+    );
+    let known = vxlan_frame(NODE1_MAC, NODE_MAC, NODE1, NODE, 51234, VNI, &bad);
+    assert_eq!(run(&mut p, &known).0, Verdict::Drop(DropReason::IpChecksum));
+}
