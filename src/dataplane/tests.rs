@@ -1393,16 +1393,7 @@ fn a_reply_from_a_node_that_is_no_longer_a_vtep_is_refused() {
     let (v, _) = run(&mut p, &task_reply_udp(0, snat, b"a"));
     assert_eq!(v, Verdict::Drop(DropReason::UnknownVtep));
     assert_eq!(p.flows().len(), 1, "the flow stays");
-    let inner = udp_frame(
-        MacAddr::docker(TASKS[0]),
-        overlay_mac(),
-        TASKS[0],
-        OVERLAY,
-        64,
-        TARGET,
-        snat,
-        b"a",
-    );
+    let inner = from_task_udp(TASKS[0], snat, b"a");
     let from_node2 = vxlan_frame(NODE2_MAC, NODE_MAC, NODE2, NODE, 51234, VNI, &inner);
     let (v, _) = run(&mut p, &from_node2);
     assert_eq!(v, Verdict::Drop(DropReason::ReplyWrongVtep));
@@ -1442,18 +1433,7 @@ fn vxlan_from_this_nodes_own_address_is_refused() {
 #[test]
 fn unknown_vtep_comes_first() {
     let stranger = std::net::Ipv4Addr::new(198, 18, 0, 99);
-    let inner_to = |snat: u16| {
-        udp_frame(
-            MacAddr::docker(TASKS[0]),
-            overlay_mac(),
-            TASKS[0],
-            OVERLAY,
-            64,
-            TARGET,
-            snat,
-            b"a",
-        )
-    };
+    let inner_to = |snat: u16| from_task_udp(TASKS[0], snat, b"a");
     // Two workers: port 1025 belongs to worker 1, so worker 0 would hand
     // the reply over if the node were known.
     let mut p = lab_pipeline(0, 2);

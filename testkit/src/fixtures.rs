@@ -1135,7 +1135,8 @@ fn from_task_tcp(
 }
 
 /// The UDP reply of the task at `task` to the sandbox.
-fn from_task_udp(task: Ipv4Addr, snat: u16, payload: &[u8]) -> Vec<u8> {
+/// A task's UDP datagram to the sandbox's SNAT port `snat`, before VXLAN.
+pub fn from_task_udp(task: Ipv4Addr, snat: u16, payload: &[u8]) -> Vec<u8> {
     udp_frame(
         MacAddr::docker(task),
         overlay_mac(),
