@@ -136,7 +136,10 @@ fn main() -> anyhow::Result<()> {
                     // stats file is rewritten every second).
                     std::thread::sleep(std::time::Duration::from_millis(1200));
                     let st = paths::meshgate_stats(&lab);
-                    eprintln!("meshgate: drops {} xsk {}", st["drops"], st["xsk"]);
+                    eprintln!(
+                        "meshgate: drops {} xsk {} batch_latency_ns {}",
+                        st["drops"], st["xsk"], st["batch_latency_ns"]
+                    );
                 }
             }
             Ok(())

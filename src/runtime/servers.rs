@@ -4,11 +4,12 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -57,8 +58,7 @@ pub struct ApiServer {
     /// The socket file this server made: after a takeover the path may
     /// already be the successor's, which is not removed.
     inode: Option<(u64, u64)>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    accept: AcceptLoop,
 }
 
 impl ApiServer {
@@ -91,37 +91,30 @@ impl ApiServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = inode_of(path);
         listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("mg-api".into())
-            .spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((s, _)) => {
-                            let calls = calls.clone();
-                            let bell = bell.clone();
-                            std::thread::spawn(move || serve(s, &calls, &bell));
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        let accept = AcceptLoop::spawn("mg-api", listener, move |listener| {
+            // Every connection queued by now (the listener does not block).
+            loop {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let calls = calls.clone();
+                        let bell = bell.clone();
+                        std::thread::spawn(move || serve(s, &calls, &bell));
                     }
+                    Err(e) => return accept_pause(&e),
                 }
-            })?;
+            }
+        })?;
         Ok(ApiServer {
             path: path.to_path_buf(),
             inode,
-            stop,
-            thread: Some(thread),
+            accept,
         })
     }
 }
 
 impl Drop for ApiServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.accept.stop();
         if self.inode.is_some() && inode_of(&self.path) == self.inode {
             let _ = std::fs::remove_file(&self.path);
         }
@@ -186,8 +179,8 @@ fn serve(s: UnixStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
 /// HTTP/1.0, read-only. It has no authentication: bind it to a management
 /// address, never to one that faces the internet.
 pub struct MetricsServer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    /// Held for its `Drop`, which ends the accept loop.
+    _accept: AcceptLoop,
     pub addr: SocketAddr,
 }
 
@@ -203,40 +196,123 @@ impl MetricsServer {
         let l = TcpListener::bind(addr)?;
         let addr = l.local_addr()?;
         l.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = stop.clone();
-        let busy = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let thread = std::thread::Builder::new()
-            .name("mg-metrics".into())
-            .spawn(move || {
-                while !st.load(Ordering::Relaxed) {
-                    if busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
-                        std::thread::sleep(Duration::from_millis(5));
-                        continue;
-                    }
-                    match l.accept() {
-                        Ok((s, _)) => {
-                            let (calls, bell, busy) = (calls.clone(), bell.clone(), busy.clone());
-                            busy.fetch_add(1, Ordering::AcqRel);
-                            let spawned = std::thread::Builder::new().name("mg-http".into()).spawn(
-                                move || {
-                                    serve_http(s, &calls, &bell);
-                                    busy.fetch_sub(1, Ordering::AcqRel);
-                                },
-                            );
-                            if spawned.is_err() {
-                                std::thread::sleep(Duration::from_millis(20));
-                            }
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                    }
+        let busy = Arc::new(AtomicUsize::new(0));
+        let accept = AcceptLoop::spawn("mg-metrics", l, move |l| {
+            loop {
+                if busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
+                    // Full: the rest wait in the backlog; look again soon.
+                    return Some(Duration::from_millis(5));
                 }
-            })?;
+                let s = match l.accept() {
+                    Ok((s, _)) => s,
+                    Err(e) => return accept_pause(&e),
+                };
+                let (calls, bell, busy) = (calls.clone(), bell.clone(), busy.clone());
+                busy.fetch_add(1, Ordering::AcqRel);
+                let spawned = std::thread::Builder::new()
+                    .name("mg-http".into())
+                    .spawn(move || {
+                        serve_http(s, &calls, &bell);
+                        busy.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    // Out of threads: this connection is dropped (its
+                    // client sees it closed); try the next ones later.
+                    return Some(Duration::from_millis(20));
+                }
+            }
+        })?;
         Ok(MetricsServer {
-            stop,
-            thread: Some(thread),
+            _accept: accept,
             addr,
         })
+    }
+}
+
+/// After a failed `accept`: none (wait for the next connection) when the
+/// backlog was empty, else a pause, so that an error that persists (out of
+/// descriptors) is not retried in a spin while the backlog stays readable.
+fn accept_pause(e: &std::io::Error) -> Option<Duration> {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock => None,
+        std::io::ErrorKind::Interrupted => Some(Duration::ZERO),
+        _ => Some(Duration::from_millis(20)),
+    }
+}
+
+/// A listener's accept loop on a thread of its own, asleep in `poll(2)`
+/// until a connection or [`AcceptLoop::stop`] arrives: a node's idle
+/// meshgate makes no periodic wake-ups here (such wake-ups land on the
+/// CPU the control thread shares with everything but the workers).
+struct AcceptLoop {
+    stop: Arc<nix::sys::eventfd::EventFd>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl AcceptLoop {
+    /// Runs `ready` whenever `listener` may have connections to accept
+    /// (it must not block: the listener is non-blocking). When `ready`
+    /// returns a pause, the listener is not watched for that long (a
+    /// connection waiting in the backlog would wake `poll` at once), then
+    /// `ready` runs again.
+    fn spawn<L: AsFd + Send + 'static>(
+        name: &str,
+        listener: L,
+        mut ready: impl FnMut(&L) -> Option<Duration> + Send + 'static,
+    ) -> std::io::Result<AcceptLoop> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let stop = Arc::new(nix::sys::eventfd::EventFd::from_flags(
+            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
+        )?);
+        let st = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let mut pause: Option<Duration> = None;
+                loop {
+                    let mut fds = [
+                        PollFd::new(st.as_fd(), PollFlags::POLLIN),
+                        PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+                    ];
+                    let (watched, timeout) = match pause {
+                        Some(d) => (
+                            1,
+                            PollTimeout::try_from(d.as_millis() as u32).unwrap_or(PollTimeout::MAX),
+                        ),
+                        None => (2, PollTimeout::NONE),
+                    };
+                    match poll(&mut fds[..watched], timeout) {
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        // Not expected of poll on valid descriptors; never
+                        // spin on it.
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                        Ok(_) => {}
+                    }
+                    // The stop signal is never read: it stays set.
+                    if fds[0].any().unwrap_or(false) {
+                        return;
+                    }
+                    pause = ready(&listener);
+                }
+            })?;
+        Ok(AcceptLoop {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Ends the loop and waits for its thread.
+    fn stop(&mut self) {
+        let _ = self.stop.write(1);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 
@@ -309,11 +385,102 @@ fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbe
     let _ = s.write_all(body.as_bytes());
 }
 
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+
+    /// The thread of this process named `name`, and how many times it has
+    /// been put on a CPU (`schedstat`'s third field).
+    fn runs_of(name: &str) -> Option<u64> {
+        for t in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                let s = std::fs::read_to_string(t.path().join("schedstat")).ok()?;
+                return s.split_whitespace().nth(2)?.parse().ok();
+            }
         }
+        None
+    }
+
+    /// A directory removed when dropped (also when the test fails).
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn listener(tag: &str) -> (TempDir, PathBuf, UnixListener) {
+        let dir = std::env::temp_dir().join(format!("mg-accept-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temporary directory");
+        let dir = TempDir(dir);
+        let path = dir.0.join("s.sock");
+        let l = UnixListener::bind(&path).expect("bind");
+        l.set_nonblocking(true).expect("non-blocking");
+        (dir, path, l)
+    }
+
+    #[test]
+    fn an_idle_accept_loop_sleeps_and_wakes_for_a_connection() {
+        let (_dir, path, l) = listener("idle");
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut al = AcceptLoop::spawn("mg-test-idle", l, move |l| {
+            while let Ok((s, _)) = l.accept() {
+                let _ = tx.send(s);
+            }
+            None
+        })
+        .expect("spawn");
+        std::thread::sleep(Duration::from_millis(50));
+        let before = runs_of("mg-test-idle").expect("the loop's thread in /proc/self/task");
+        std::thread::sleep(Duration::from_millis(400));
+        let after = runs_of("mg-test-idle").expect("the loop's thread");
+        // The old loop slept 20 ms between tries: 20 runs here.
+        assert!(
+            after - before <= 1,
+            "an idle accept loop ran {} times in 400 ms",
+            after - before
+        );
+        let _c = UnixStream::connect(&path).expect("connect");
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the connection was not accepted"
+        );
+        al.stop();
+        assert!(
+            runs_of("mg-test-idle").is_none(),
+            "the loop's thread outlived stop()"
+        );
+    }
+
+    #[test]
+    fn a_paused_accept_loop_does_not_spin_on_a_waiting_connection() {
+        let (_dir, path, l) = listener("full");
+        let calls = Arc::new(AtomicU32::new(0));
+        let n = calls.clone();
+        // Never accepts, as a server at its limit: the connection stays in
+        // the backlog and keeps the listener readable.
+        let _al = AcceptLoop::spawn("mg-test-full", l, move |_| {
+            n.fetch_add(1, Ordering::Relaxed);
+            Some(Duration::from_millis(50))
+        })
+        .expect("spawn");
+        let _c = UnixStream::connect(&path).expect("connect");
+        std::thread::sleep(Duration::from_millis(500));
+        let c = calls.load(Ordering::Relaxed);
+        assert!(
+            (1..=12).contains(&c),
+            "a 50 ms pause over 500 ms ran the accept step {c} times"
+        );
+    }
+
+    #[test]
+    fn a_persistent_accept_error_pauses() {
+        let e = std::io::Error::from_raw_os_error(nix::libc::EMFILE);
+        assert_eq!(accept_pause(&e), Some(Duration::from_millis(20)));
+        let e = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(accept_pause(&e), None);
     }
 }

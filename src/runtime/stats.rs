@@ -139,7 +139,7 @@ impl Stats {
             tasks: BTreeMap::new(),
             flows: vec![0; workers],
             free_frames: vec![0; workers],
-            batch_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
+            batch_ns: Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds"),
             xsk: vec![XskStats::default(); workers],
             bad_descs: vec![0; workers],
             xdp_passed: [0; crate::xdp::program::PASS_REASONS.len()],

@@ -441,7 +441,7 @@ impl Worker {
         let mut tx: Vec<FrameToken> = Vec::with_capacity(self.batch * 2);
         let mut done: Vec<FrameToken> = Vec::with_capacity(self.batch * 4);
         let mut hist =
-            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 2).expect("valid bounds");
         let mut last_report = Instant::now();
         let mut idle: u32 = 0;
         let mut last_sweep: u32 = 0;
