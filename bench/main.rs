@@ -137,8 +137,8 @@ fn main() -> anyhow::Result<()> {
                     std::thread::sleep(std::time::Duration::from_millis(1200));
                     let st = paths::meshgate_stats(&lab);
                     eprintln!(
-                        "meshgate: drops {} xsk {} batch_latency_ns {}",
-                        st["drops"], st["xsk"], st["batch_latency_ns"]
+                        "meshgate: drops {} xsk {} batch_latency_ns {} snapshot generation {}",
+                        st["drops"], st["xsk"], st["batch_latency_ns"], st["generation"]
                     );
                 }
             }

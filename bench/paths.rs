@@ -391,13 +391,21 @@ pub fn start(
             } else {
                 "stats_interval = 1\n".to_string()
             };
+            // `--set node.poll=...` chooses the poll strategy itself.
+            let poll = if node_extra.contains("poll") {
+                String::new()
+            } else {
+                format!(
+                    "poll = \"{}\"\n",
+                    if interrupt { "interrupt" } else { "busy" }
+                )
+            };
             let task_list: Vec<String> = tasks
                 .iter()
                 .map(|t| format!("{{ address = \"{t}\", node = \"{GEN}\" }}"))
                 .collect();
             let text = format!(
-                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\naddress6 = \"{DUT6}\"\npoll = \"{}\"\ncpus = [1]\n{node_extra}\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{rest}\n[control]\n{stats_interval}{control_extra}\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
-                if interrupt { "interrupt" } else { "busy" },
+                "[node]\ninterface = \"d0\"\naddress = \"{DUT}\"\naddress6 = \"{DUT6}\"\n{poll}cpus = [1]\n{node_extra}\n[ingress]\nvni = 4096\nport = 4789\nsubnet = \"198.18.128.0/24\"\naddress = \"198.18.128.2\"\n\n{rest}\n[control]\n{stats_interval}{control_extra}\n[[service]]\nname = \"web\"\npublish = [ {{ published = 8080, target = 80, protocol = \"udp\" }}, {{ published = 8080, target = 80, protocol = \"tcp\" }} ]\ntasks = [ {} ]\n",
                 task_list.join(", ")
             );
             std::fs::write(&cfg, text)?;

@@ -236,6 +236,13 @@ pub fn run(o: &Opts) -> Result<Value> {
         out
     };
 
+    // Phase 1b: the tail, meshgate against the reflector at one offered
+    // rate (half of the slower one's maximum), in interleaved blocks of
+    // short trials. One trial's p99 on this machine ranges over 30 x
+    // (hypervisor stalls): the median of many trials, both paths taking
+    // turns, is what can be compared. See bench/README.md, "Tail latency".
+    let tail = tail(&lab, o, &rows, &tasks)?;
+
     // Phase 2: CPU per forwarded packet at an offered rate every path
     // carries: half of the slowest path's maximum, per combination. The
     // generator alone (d0 dropping in XDP) is measured at the same rates and
@@ -392,6 +399,8 @@ pub fn run(o: &Opts) -> Result<Value> {
         // None: the CPU ratios may be read; else why they may not.
         "cpu_not_meaningful": cpu_verdict,
         "meshgate_vs_kernel_p99": ratio(&m["p99_us"], &k["p99_us"]),
+        "meshgate_vs_ceiling_p99": tail["meshgate_vs_ceiling_p99"],
+        "meshgate_vs_ceiling_p999": tail["meshgate_vs_ceiling_p999"],
     });
     Ok(json!({
         "machine": paths::machine(),
@@ -399,10 +408,123 @@ pub fn run(o: &Opts) -> Result<Value> {
         "max_loss": MAX_LOSS,
         "runs": rows,
         "ipv6": ipv6,
+        "tail": tail,
         "pipeline": pipeline,
         "memory": memory,
         "summary": summary,
     }))
+}
+
+/// Blocks of the tail phase, and trials per path in each block.
+const TAIL_BLOCKS: (usize, usize) = (6, 10);
+const TAIL_TRIALS_PER_BLOCK: usize = 3;
+
+/// Quartiles (25th, 50th, 75th percentile) of the values, nearest rank.
+fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return [f64::NAN; 3];
+    }
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    [at(0.25), at(0.5), at(0.75)]
+}
+
+/// The tail phase: meshgate and the reflector spinning, at one offered
+/// rate, 1 000 flows, 64 B; blocks in which each path starts, sends one
+/// warm-up trial (not counted: the first trial after a start pays the
+/// UMEM's page faults) and then `TAIL_TRIALS_PER_BLOCK` one-second
+/// trials. Per path, the median and quartiles of the trials' p50, p99 and
+/// p99.9.
+fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Value> {
+    let (flows, size) = (1000, 64);
+    let kinds = [PathKind::Ceiling, PathKind::Meshgate];
+    let slower = rows
+        .iter()
+        .filter(|r| r["flows"] == flows && r["frame_bytes"] == size)
+        .filter(|r| kinds.iter().any(|k| r["path"] == k.name()))
+        .filter_map(|r| r["mpps"].as_f64())
+        .fold(f64::MAX, f64::min);
+    if slower == f64::MAX {
+        return Ok(Value::Null);
+    }
+    let rate = ((slower * 1e6 / 2.0) as u64).max(1000);
+    let blocks = if o.quick {
+        TAIL_BLOCKS.0
+    } else {
+        TAIL_BLOCKS.1
+    };
+    let load = Load {
+        flows,
+        size,
+        rate,
+        seconds: 1.0,
+        count: None,
+        sleep: false,
+        v6: false,
+    };
+    let mut trials: Vec<(PathKind, paths::Trial)> = Vec::new();
+    for b in 0..blocks {
+        for kind in kinds {
+            log(&format!(
+                "{}: tail at {rate} pps (block {}/{blocks})",
+                kind.name(),
+                b + 1
+            ));
+            let _path = paths::start(lab, &o.bins, kind, false, "", tasks)?;
+            paths::trial(
+                lab,
+                &o.bins,
+                Load {
+                    seconds: 0.5,
+                    ..load
+                },
+            )?;
+            for _ in 0..TAIL_TRIALS_PER_BLOCK {
+                trials.push((kind, paths::trial(lab, &o.bins, load)?));
+            }
+        }
+    }
+    let mut out = json!({
+        "offered_mpps": rate as f64 / 1e6,
+        "flows": flows,
+        "frame_bytes": size,
+        "blocks": blocks,
+        "trials_per_block": TAIL_TRIALS_PER_BLOCK,
+    });
+    let mut medians = Vec::new();
+    for kind in kinds {
+        let mine: Vec<&paths::Trial> = trials
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, t)| t)
+            .collect();
+        let col = |f: fn(&paths::Trial) -> f64| mine.iter().map(|t| f(t)).collect::<Vec<_>>();
+        let (p50, p99, p999) = (
+            quartiles(col(|t| t.p50_us)),
+            quartiles(col(|t| t.p99_us)),
+            quartiles(col(|t| t.p999_us)),
+        );
+        log(&format!(
+            "{}: tail over {} trials: p50 {:.1} us, p99 {:.1} us (quartiles {:.1}-{:.1}), p99.9 {:.1} us",
+            kind.name(),
+            mine.len(),
+            p50[1],
+            p99[1],
+            p99[0],
+            p99[2],
+            p999[1]
+        ));
+        out[kind.name()] = json!({
+            "p50_us": p50[1], "p99_us": p99[1], "p999_us": p999[1],
+            "p99_quartiles_us": [p99[0], p99[2]], "p999_quartiles_us": [p999[0], p999[2]],
+            "trials_p99_us": col(|t| t.p99_us), "trials_p999_us": col(|t| t.p999_us),
+            "loss": median(col(|t| t.loss)),
+        });
+        medians.push((p99[1], p999[1]));
+    }
+    out["meshgate_vs_ceiling_p99"] = json!(medians[1].0 / medians[0].0);
+    out["meshgate_vs_ceiling_p999"] = json!(medians[1].1 / medians[0].1);
+    Ok(out)
 }
 
 /// Resident memory of meshgate with one million flows in its table.
@@ -522,6 +644,25 @@ pub fn table(v: &Value) -> String {
                 ))
         ));
     }
+    let t = &v["tail"];
+    if t.is_object() {
+        let n = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "tail at {:.3} Mpps, median of {} one-second trials per path: p99 meshgate {:.1} / ceiling {:.1} us = {:.2} x (quartiles {:.1}-{:.1} / {:.1}-{:.1}), p99.9 {:.1} / {:.1} us = {:.2} x\n",
+            n(&t["offered_mpps"]),
+            t["meshgate"]["trials_p99_us"].as_array().map_or(0, |a| a.len()),
+            n(&t["meshgate"]["p99_us"]),
+            n(&t["ceiling"]["p99_us"]),
+            n(&t["meshgate_vs_ceiling_p99"]),
+            n(&t["meshgate"]["p99_quartiles_us"][0]),
+            n(&t["meshgate"]["p99_quartiles_us"][1]),
+            n(&t["ceiling"]["p99_quartiles_us"][0]),
+            n(&t["ceiling"]["p99_quartiles_us"][1]),
+            n(&t["meshgate"]["p999_us"]),
+            n(&t["ceiling"]["p999_us"]),
+            n(&t["meshgate_vs_ceiling_p999"]),
+        ));
+    }
     for r in v["ipv6"].as_array().into_iter().flatten() {
         s.push_str(&format!(
             "meshgate {} clients, {} flows, {} B: {:.3} Mpps (loss {:.4} %), p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us\n",
@@ -580,5 +721,14 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert!((spread(&[2.0, 1.0, 1.5]) - 2.0).abs() < 1e-12);
         assert!(spread(&[0.0, 1.0]).is_nan());
+    }
+
+    #[test]
+    fn quartiles_of_trials() {
+        // Nine trials' p99: one stalled trial moves the median not at all.
+        let v = vec![40.0, 38.0, 1937.0, 45.0, 41.0, 39.0, 44.0, 42.0, 43.0];
+        assert_eq!(quartiles(v), [40.0, 42.0, 44.0]);
+        assert_eq!(quartiles(vec![7.0]), [7.0; 3]);
+        assert!(quartiles(Vec::new())[1].is_nan());
     }
 }
