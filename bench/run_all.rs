@@ -20,6 +20,7 @@ const MAX_LOSS: f64 = 0.001;
 
 /// One round's numbers of one path and load.
 struct Sample {
+    round: usize,
     kind: PathKind,
     flows: u32,
     size: usize,
@@ -162,6 +163,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                     half.p99_us
                 ));
                 samples.push(Sample {
+                    round,
                     kind,
                     flows,
                     size,
@@ -344,6 +346,19 @@ pub fn run(o: &Opts) -> Result<Value> {
             })
             .collect()
     };
+    // The rates' ratio the same way: per round (the paths minutes apart at
+    // most), then the median.
+    let rate_rounds: Vec<f64> = (0..rounds)
+        .filter_map(|round| {
+            let at = |k: PathKind| {
+                samples
+                    .iter()
+                    .find(|x| x.round == round && x.kind == k && x.flows == 1000 && x.size == 64)
+                    .map(|x| x.rate)
+            };
+            Some(at(PathKind::Meshgate)? / at(PathKind::Ceiling)?)
+        })
+        .collect();
     let vs_ceiling = paired(PathKind::Meshgate, PathKind::Ceiling);
     let vs_kernel = paired(PathKind::Kernel, PathKind::Meshgate);
     let cpu_verdict = cpu_verdict(&vs_ceiling);
@@ -389,7 +404,10 @@ pub fn run(o: &Opts) -> Result<Value> {
         _ => Value::Null,
     };
     let summary = json!({
+        // The medians' ratio, and the median of the rounds' ratios.
         "meshgate_vs_ceiling_rate": ratio(&m["mpps"], &c["mpps"]),
+        "meshgate_vs_ceiling_rate_paired": median(rate_rounds.clone()),
+        "meshgate_vs_ceiling_rate_rounds": rate_rounds,
         "kernel_vs_meshgate_cpu": median(vs_kernel.clone()),
         "kernel_vs_meshgate_cpu_rounds": vs_kernel,
         "meshgate_vs_kernel_rate": ratio(&m["mpps"], &k["mpps"]),
@@ -626,6 +644,19 @@ pub fn table(v: &Value) -> String {
         sm["meshgate_vs_ceiling_cpu"].as_f64().unwrap_or(f64::NAN),
         sm["meshgate_vs_kernel_p99"].as_f64().unwrap_or(f64::NAN),
     ));
+    if let Some(rounds) = sm["meshgate_vs_ceiling_rate_rounds"].as_array() {
+        let rounds: Vec<String> = rounds
+            .iter()
+            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        s.push_str(&format!(
+            "meshgate/ceiling rate by round {}: median {:.2}\n",
+            rounds.join(", "),
+            sm["meshgate_vs_ceiling_rate_paired"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        ));
+    }
     if let Some(rounds) = sm["meshgate_vs_ceiling_cpu_rounds"].as_array() {
         let rounds: Vec<String> = rounds
             .iter()
