@@ -615,6 +615,16 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
 }
 
 /// A human-readable table of a result.
+/// Per-round ratios as "0.80, 0.65, 0.87", or `None` when the run has none.
+fn rounds_text(rounds: &Value) -> Option<String> {
+    let r: Vec<String> = rounds
+        .as_array()?
+        .iter()
+        .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    Some(r.join(", "))
+}
+
 pub fn table(v: &Value) -> String {
     let mut s = String::new();
     s.push_str(&format!(
@@ -644,27 +654,17 @@ pub fn table(v: &Value) -> String {
         sm["meshgate_vs_ceiling_cpu"].as_f64().unwrap_or(f64::NAN),
         sm["meshgate_vs_kernel_p99"].as_f64().unwrap_or(f64::NAN),
     ));
-    if let Some(rounds) = sm["meshgate_vs_ceiling_rate_rounds"].as_array() {
-        let rounds: Vec<String> = rounds
-            .iter()
-            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
-            .collect();
+    if let Some(rounds) = rounds_text(&sm["meshgate_vs_ceiling_rate_rounds"]) {
         s.push_str(&format!(
-            "meshgate/ceiling rate by round {}: median {:.2}\n",
-            rounds.join(", "),
+            "meshgate/ceiling rate by round {rounds}: median {:.2}\n",
             sm["meshgate_vs_ceiling_rate_paired"]
                 .as_f64()
                 .unwrap_or(f64::NAN)
         ));
     }
-    if let Some(rounds) = sm["meshgate_vs_ceiling_cpu_rounds"].as_array() {
-        let rounds: Vec<String> = rounds
-            .iter()
-            .map(|x| format!("{:.2}", x.as_f64().unwrap_or(f64::NAN)))
-            .collect();
+    if let Some(rounds) = rounds_text(&sm["meshgate_vs_ceiling_cpu_rounds"]) {
         s.push_str(&format!(
-            "meshgate/ceiling CPU by round {} (spread {:.2} x): {}\n",
-            rounds.join(", "),
+            "meshgate/ceiling CPU by round {rounds} (spread {:.2} x): {}\n",
             sm["meshgate_vs_ceiling_cpu_spread"]
                 .as_f64()
                 .unwrap_or(f64::NAN),
