@@ -614,7 +614,6 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
     }))
 }
 
-/// A human-readable table of a result.
 /// Per-round ratios as "0.80, 0.65, 0.87", or `None` when the run has none.
 fn rounds_text(rounds: &Value) -> Option<String> {
     let r: Vec<String> = rounds
@@ -625,6 +624,7 @@ fn rounds_text(rounds: &Value) -> Option<String> {
     Some(r.join(", "))
 }
 
+/// A human-readable table of a result.
 pub fn table(v: &Value) -> String {
     let mut s = String::new();
     s.push_str(&format!(
