@@ -34,7 +34,8 @@ enum Cmd {
     },
     /// One path, one load: for profiling and for trying a change.
     Trial {
-        /// kernel, ceiling or meshgate.
+        /// kernel, ceiling, ceiling-vxlan (the reflector, its frames put in
+        /// VXLAN as meshgate's are) or meshgate.
         #[arg(long)]
         path: String,
         #[arg(long, default_value_t = 1000)]
@@ -100,11 +101,18 @@ fn main() -> anyhow::Result<()> {
             ipv6,
             settings,
         } => {
+            let mut settings = settings;
             let kind = match path.as_str() {
                 "kernel" => paths::PathKind::Kernel,
                 "ceiling" => paths::PathKind::Ceiling,
+                "ceiling-vxlan" => {
+                    settings.push(paths::ENCAP.to_string());
+                    paths::PathKind::Ceiling
+                }
                 "meshgate" => paths::PathKind::Meshgate,
-                o => anyhow::bail!("`{o}` is not a path (kernel, ceiling, meshgate)"),
+                o => {
+                    anyhow::bail!("`{o}` is not a path (kernel, ceiling, ceiling-vxlan, meshgate)")
+                }
             };
             let bins = bins()?;
             let lab = paths::BenchLab::build()?;

@@ -259,6 +259,10 @@ pub struct Bins {
     pub pktgen: PathBuf,
 }
 
+/// The reflector's setting (in `start`'s `extra_cfg`) that puts its
+/// frames in VXLAN.
+pub const ENCAP: &str = "encap";
+
 /// Sets up a path. `interrupt`: the AF_XDP paths sleep when idle (for CPU
 /// measurements) instead of spinning (for rates).
 pub fn start(
@@ -360,6 +364,11 @@ pub fn start(
             ];
             if interrupt {
                 args.push("--interrupt".into());
+            }
+            // `encap`: the reflector's frames grow by VXLAN's 50 bytes to
+            // the generator, as meshgate's do (`trial --path ceiling-vxlan`).
+            if extra_cfg.lines().any(|l| l.trim() == ENCAP) {
+                args.extend(["--encap-to".into(), GEN.into()]);
             }
             let mut child = Command::new("ip")
                 .args(&args)

@@ -118,6 +118,12 @@ enum Cmd {
         /// Sleep in poll() when idle instead of spinning.
         #[arg(long)]
         interrupt: bool,
+        /// Also put each frame in VXLAN to this VTEP (50 bytes in front,
+        /// from a template with four fields patched, as meshgate's
+        /// encapsulation does; no translation): the ceiling of an AF_XDP
+        /// forwarder whose frames grow as meshgate's do.
+        #[arg(long)]
+        encap_to: Option<Ipv4Addr>,
     },
 }
 
@@ -394,7 +400,63 @@ fn send(
     })
 }
 
-fn reflect(iface: &str, addr: Ipv4Addr, duration: Option<f64>, interrupt: bool) -> Result<u64> {
+/// Outer Ethernet, IPv4, UDP and VXLAN headers.
+const VXLAN_OUTER: usize = 14 + 20 + 8 + 8;
+
+/// The outer headers of `reflect --encap-to` for frames from `frame` (its
+/// source MAC is the VTEP's next hop), and the IPv4 header's sum without
+/// its total length.
+fn vxlan_template(frame: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> ([u8; VXLAN_OUTER], u16) {
+    let mut t = [0u8; VXLAN_OUTER];
+    t[..6].copy_from_slice(&frame[6..12]);
+    t[6..12].copy_from_slice(&frame[..6]);
+    t[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut t[14..34];
+    ip[0] = 0x45;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&from.octets());
+    ip[16..20].copy_from_slice(&to.octets());
+    let sum = !meshgate::wire::checksum::checksum(ip);
+    t[36..38].copy_from_slice(&4789u16.to_be_bytes());
+    t[42] = 0x08; // VNI present
+    t[46..49].copy_from_slice(&4096u32.to_be_bytes()[1..]);
+    (t, sum)
+}
+
+/// Writes the outer headers in front of the frame at `buf[off..off + len]`
+/// and returns where the VXLAN frame starts (`None`: no room in front).
+fn encapsulate(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    (tmpl, sum): &([u8; VXLAN_OUTER], u16),
+) -> Option<usize> {
+    let f = buf.get(off..off + len)?.get(..38)?;
+    // The entropy port from the inner addresses and ports.
+    let w = |i: usize| u32::from_ne_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
+    let h = (w(26) ^ w(30) ^ w(34)).wrapping_mul(0x9e37_79b1);
+    let (ip_len, udp_len) = ((len + 36) as u16, (len + 16) as u16);
+    let s = u32::from(*sum) + u32::from(ip_len);
+    let s = (s & 0xffff) + (s >> 16);
+    let csum = !((s & 0xffff) + (s >> 16)) as u16;
+    let start = off.checked_sub(VXLAN_OUTER)?;
+    let o = &mut buf[start..off];
+    o.copy_from_slice(tmpl);
+    o[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    o[24..26].copy_from_slice(&csum.to_be_bytes());
+    o[34..36].copy_from_slice(&(0xc000 | (h >> 18) as u16).to_be_bytes());
+    o[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    Some(start)
+}
+
+fn reflect(
+    iface: &str,
+    addr: Ipv4Addr,
+    duration: Option<f64>,
+    interrupt: bool,
+    encap_to: Option<Ipv4Addr>,
+) -> Result<u64> {
     let stop = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone())?;
     signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone())?;
@@ -420,6 +482,7 @@ fn reflect(iface: &str, addr: Ipv4Addr, duration: Option<f64>, interrupt: bool) 
     let mut rx = Vec::with_capacity(64);
     let mut done = Vec::with_capacity(256);
     let mut reflected = 0u64;
+    let mut template: Option<([u8; VXLAN_OUTER], u16)> = None;
     // The same loop shape and batch size as meshgate's workers.
     while !stop.load(Ordering::Relaxed)
         && duration.is_none_or(|d| start.elapsed().as_secs_f64() < d)
@@ -432,12 +495,23 @@ fn reflect(iface: &str, addr: Ipv4Addr, duration: Option<f64>, interrupt: bool) 
         port.fill(&mut free);
         let n = port.recv(&mut rx, 64);
         for t in rx.iter_mut() {
+            let len = t.len() as usize;
             let (chunk, off) = umem.frame(t);
-            let f = &mut chunk[off..];
+            let f = &mut chunk[off..off + len];
+            if f.len() < 34 {
+                continue;
+            }
+            if let (Some(to), None) = (encap_to, &template) {
+                template = Some(vxlan_template(f, addr, to));
+            }
             let mut macs = [0u8; 12];
             macs.copy_from_slice(&f[..12]);
             f[..6].copy_from_slice(&macs[6..12]);
             f[6..12].copy_from_slice(&macs[..6]);
+            let Some(tmpl) = &template else { continue };
+            if let Some(start) = encapsulate(chunk, off, len, tmpl) {
+                umem.set_data(t, start, len + VXLAN_OUTER);
+            }
         }
         reflected += n as u64;
         port.transmit(&mut rx);
@@ -537,11 +611,53 @@ fn main() -> Result<()> {
             cpu,
             duration,
             interrupt,
+            encap_to,
         } => {
             pin(cpu);
-            let n = reflect(&iface, addr, duration, interrupt)?;
+            let n = reflect(&iface, addr, duration, interrupt, encap_to)?;
             println!("reflected {n} frames");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_encapsulating_reflector_sends_what_the_generator_reads_as_vxlan() {
+        let set = FlowSet::new(
+            MacAddr([2, 0, 0xc6, 0x12, 1, 1]),
+            MacAddr([2, 0, 0xc6, 0x12, 1, 2]),
+            "198.18.64.1".parse().unwrap(),
+            "198.18.1.2".parse().unwrap(),
+            8080,
+            Proto::Udp,
+            1000,
+            64,
+            50_000,
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 2048];
+        let off = KERNEL_HEADROOM;
+        let len = set.write(&mut buf[off..], 7, 1_000);
+        let tmpl = vxlan_template(
+            &buf[off..off + len],
+            "198.18.1.2".parse().unwrap(),
+            "198.18.1.1".parse().unwrap(),
+        );
+        let start = encapsulate(&mut buf, off, len, &tmpl).expect("room in front");
+        let v = &buf[start..off + len];
+        assert_eq!(v.len(), len + 50);
+        assert_eq!(frames::latency_ns(v, 5_000), Some(4_000));
+        let ip: &[u8; 20] = v[14..34].try_into().unwrap();
+        assert_eq!(meshgate::wire::checksum::ipv4_header_sum(ip), 0xffff);
+        assert_eq!(u16::from_be_bytes([v[16], v[17]]) as usize, len + 36);
+        assert_eq!(u16::from_be_bytes([v[38], v[39]]) as usize, len + 16);
+        assert!(u16::from_be_bytes([v[34], v[35]]) >= 49152);
+        assert_eq!(&v[..6], &[2, 0, 0xc6, 0x12, 1, 1], "to the VTEP's next hop");
+        // No room in front: the frame is left as it is.
+        assert_eq!(encapsulate(&mut buf, 10, len, &tmpl), None);
     }
 }
