@@ -34,7 +34,7 @@ enum Cmd {
     },
     /// One path, one load: for profiling and for trying a change.
     Trial {
-        /// kernel, ceiling, ceiling-vxlan (the reflector, its frames put in
+        /// kernel, ceiling, ceiling_vxlan (the reflector, its frames put in
         /// VXLAN as meshgate's are) or meshgate.
         #[arg(long)]
         path: String,
@@ -101,17 +101,13 @@ fn main() -> anyhow::Result<()> {
             ipv6,
             settings,
         } => {
-            let mut settings = settings;
             let kind = match path.as_str() {
                 "kernel" => paths::PathKind::Kernel,
                 "ceiling" => paths::PathKind::Ceiling,
-                "ceiling-vxlan" => {
-                    settings.push(paths::ENCAP.to_string());
-                    paths::PathKind::Ceiling
-                }
+                "ceiling_vxlan" | "ceiling-vxlan" => paths::PathKind::CeilingVxlan,
                 "meshgate" => paths::PathKind::Meshgate,
                 o => {
-                    anyhow::bail!("`{o}` is not a path (kernel, ceiling, ceiling-vxlan, meshgate)")
+                    anyhow::bail!("`{o}` is not a path (kernel, ceiling, ceiling_vxlan, meshgate)")
                 }
             };
             let bins = bins()?;

@@ -35,11 +35,15 @@ pub const CLIENTS6: &str = "2001:2:0:40::1";
 pub const DUT6: &str = "2001:2::1:2";
 const TASKS: [&str; 3] = ["198.18.128.4", "198.18.128.5", "198.18.128.6"];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PathKind {
     Kernel,
     Ceiling,
+    /// The reflector with its frames put in VXLAN (50 bytes longer, as
+    /// meshgate's are): the ceiling of a forwarder that encapsulates.
+    #[serde(rename = "ceiling_vxlan")]
+    CeilingVxlan,
     Meshgate,
 }
 
@@ -48,6 +52,7 @@ impl PathKind {
         match self {
             PathKind::Kernel => "kernel",
             PathKind::Ceiling => "ceiling",
+            PathKind::CeilingVxlan => "ceiling_vxlan",
             PathKind::Meshgate => "meshgate",
         }
     }
@@ -259,10 +264,6 @@ pub struct Bins {
     pub pktgen: PathBuf,
 }
 
-/// The reflector's setting (in `start`'s `extra_cfg`) that puts its
-/// frames in VXLAN.
-pub const ENCAP: &str = "encap";
-
 /// Sets up a path. `interrupt`: the AF_XDP paths sleep when idle (for CPU
 /// measurements) instead of spinning (for rates).
 pub fn start(
@@ -348,7 +349,7 @@ pub fn start(
             }
             Ok(Running::Kernel { dut: d.clone() })
         }
-        PathKind::Ceiling => {
+        PathKind::Ceiling | PathKind::CeilingVxlan => {
             let mut args: Vec<String> = vec![
                 "netns".into(),
                 "exec".into(),
@@ -365,9 +366,8 @@ pub fn start(
             if interrupt {
                 args.push("--interrupt".into());
             }
-            // `encap`: the reflector's frames grow by VXLAN's 50 bytes to
-            // the generator, as meshgate's do (`trial --path ceiling-vxlan`).
-            if extra_cfg.lines().any(|l| l.trim() == ENCAP) {
+            if kind == PathKind::CeilingVxlan {
+                // To the generator, the task node of meshgate's path.
                 args.extend(["--encap-to".into(), GEN.into()]);
             }
             let mut child = Command::new("ip")

@@ -121,7 +121,12 @@ pub fn run(o: &Opts) -> Result<Value> {
         ]
     };
     let (secs, steps) = if o.quick { (1.0, 3) } else { (2.0, 5) };
-    let kinds = [PathKind::Kernel, PathKind::Ceiling, PathKind::Meshgate];
+    let kinds = [
+        PathKind::Kernel,
+        PathKind::Ceiling,
+        PathKind::CeilingVxlan,
+        PathKind::Meshgate,
+    ];
     let tasks = paths::default_tasks();
 
     // Phase 1: highest rate with <= 0.1 % loss, and latency at half of it,
@@ -348,17 +353,24 @@ pub fn run(o: &Opts) -> Result<Value> {
     };
     // The rates' ratio the same way: per round (the paths minutes apart at
     // most), then the median.
-    let rate_rounds: Vec<f64> = (0..rounds)
-        .filter_map(|round| {
-            let at = |k: PathKind| {
-                samples
-                    .iter()
-                    .find(|x| x.round == round && x.kind == k && x.flows == 1000 && x.size == 64)
-                    .map(|x| x.rate)
-            };
-            Some(at(PathKind::Meshgate)? / at(PathKind::Ceiling)?)
-        })
-        .collect();
+    let rate_paired = |a: PathKind, b: PathKind| -> Vec<f64> {
+        (0..rounds)
+            .filter_map(|round| {
+                let at = |k: PathKind| {
+                    samples
+                        .iter()
+                        .find(|x| {
+                            x.round == round && x.kind == k && x.flows == 1000 && x.size == 64
+                        })
+                        .map(|x| x.rate)
+                };
+                Some(at(a)? / at(b)?)
+            })
+            .collect()
+    };
+    let rate_rounds = rate_paired(PathKind::Meshgate, PathKind::Ceiling);
+    let rate_rounds_vxlan = rate_paired(PathKind::Meshgate, PathKind::CeilingVxlan);
+    let vs_vxlan = paired(PathKind::Meshgate, PathKind::CeilingVxlan);
     let vs_ceiling = paired(PathKind::Meshgate, PathKind::Ceiling);
     let vs_kernel = paired(PathKind::Kernel, PathKind::Meshgate);
     let cpu_verdict = cpu_verdict(&vs_ceiling);
@@ -419,6 +431,14 @@ pub fn run(o: &Opts) -> Result<Value> {
         "meshgate_vs_kernel_p99": ratio(&m["p99_us"], &k["p99_us"]),
         "meshgate_vs_ceiling_p99": tail["meshgate_vs_ceiling_p99"],
         "meshgate_vs_ceiling_p999": tail["meshgate_vs_ceiling_p999"],
+        // Against the reflector whose frames grow by VXLAN's 50 bytes as
+        // meshgate's do: what is left is meshgate's own work.
+        "meshgate_vs_ceiling_vxlan_rate_paired": median(rate_rounds_vxlan.clone()),
+        "meshgate_vs_ceiling_vxlan_rate_rounds": rate_rounds_vxlan,
+        "meshgate_vs_ceiling_vxlan_cpu": median(vs_vxlan.clone()),
+        "meshgate_vs_ceiling_vxlan_cpu_rounds": vs_vxlan,
+        "meshgate_vs_ceiling_vxlan_p99": tail["meshgate_vs_ceiling_vxlan_p99"],
+        "meshgate_vs_ceiling_vxlan_p999": tail["meshgate_vs_ceiling_vxlan_p999"],
     });
     Ok(json!({
         "machine": paths::machine(),
@@ -455,11 +475,16 @@ fn quartiles(mut v: Vec<f64>) -> [f64; 3] {
 /// p99.9.
 fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Value> {
     let (flows, size) = (1000, 64);
-    let kinds = [PathKind::Ceiling, PathKind::Meshgate];
+    let kinds = [
+        PathKind::Ceiling,
+        PathKind::CeilingVxlan,
+        PathKind::Meshgate,
+    ];
+    // The rate: half of the slower of meshgate and the plain reflector.
     let slower = rows
         .iter()
         .filter(|r| r["flows"] == flows && r["frame_bytes"] == size)
-        .filter(|r| kinds.iter().any(|k| r["path"] == k.name()))
+        .filter(|r| r["path"] == "ceiling" || r["path"] == "meshgate")
         .filter_map(|r| r["mpps"].as_f64())
         .fold(f64::MAX, f64::min);
     if slower == f64::MAX {
@@ -509,7 +534,7 @@ fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Va
         "blocks": blocks,
         "trials_per_block": TAIL_TRIALS_PER_BLOCK,
     });
-    let mut medians = Vec::new();
+    let mut medians = std::collections::HashMap::new();
     for kind in kinds {
         let mine: Vec<&paths::Trial> = trials
             .iter()
@@ -538,10 +563,14 @@ fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Va
             "trials_p99_us": col(|t| t.p99_us), "trials_p999_us": col(|t| t.p999_us),
             "loss": median(col(|t| t.loss)),
         });
-        medians.push((p99[1], p999[1]));
+        medians.insert(kind, (p99[1], p999[1]));
     }
-    out["meshgate_vs_ceiling_p99"] = json!(medians[1].0 / medians[0].0);
-    out["meshgate_vs_ceiling_p999"] = json!(medians[1].1 / medians[0].1);
+    let m = medians[&PathKind::Meshgate];
+    for reference in [PathKind::Ceiling, PathKind::CeilingVxlan] {
+        let r = medians[&reference];
+        out[format!("meshgate_vs_{}_p99", reference.name())] = json!(m.0 / r.0);
+        out[format!("meshgate_vs_{}_p999", reference.name())] = json!(m.1 / r.1);
+    }
     Ok(out)
 }
 
@@ -628,12 +657,12 @@ fn rounds_text(rounds: &Value) -> Option<String> {
 pub fn table(v: &Value) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "{:<9} {:>7} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9}\n",
+        "{:<13} {:>7} {:>6} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9}\n",
         "path", "flows", "bytes", "Mpps", "loss%", "CPU ns/p", "p50 us", "p99 us", "p99.9 us"
     ));
     for r in v["runs"].as_array().into_iter().flatten() {
         s.push_str(&format!(
-            "{:<9} {:>7} {:>6} {:>8.3} {:>8.4} {:>9.0} {:>8.1} {:>8.1} {:>9.1}\n",
+            "{:<13} {:>7} {:>6} {:>8.3} {:>8.4} {:>9.0} {:>8.1} {:>8.1} {:>9.1}\n",
             r["path"].as_str().unwrap_or(""),
             r["flows"].as_u64().unwrap_or(0),
             r["frame_bytes"].as_u64().unwrap_or(0),
@@ -673,6 +702,17 @@ pub fn table(v: &Value) -> String {
                 .map_or("the rounds agree".to_string(), |w| format!(
                     "NOT MEANINGFUL: {w}"
                 ))
+        ));
+    }
+    if let Some(rounds) = rounds_text(&sm["meshgate_vs_ceiling_vxlan_rate_rounds"]) {
+        let n = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+        s.push_str(&format!(
+            "meshgate/ceiling_vxlan (the reflector's frames in VXLAN): rate by round {rounds}: median {:.2}; CPU by round {}: median {:.2}; p99 {:.2} x, p99.9 {:.2} x\n",
+            n(&sm["meshgate_vs_ceiling_vxlan_rate_paired"]),
+            rounds_text(&sm["meshgate_vs_ceiling_vxlan_cpu_rounds"]).unwrap_or_default(),
+            n(&sm["meshgate_vs_ceiling_vxlan_cpu"]),
+            n(&sm["meshgate_vs_ceiling_vxlan_p99"]),
+            n(&sm["meshgate_vs_ceiling_vxlan_p999"]),
         ));
     }
     let t = &v["tail"];
