@@ -546,7 +546,11 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
 }
 
 /// Highest rate (packets per second delivered) with at most `max_loss`
-/// loss: a flat-out run, then a binary search of the offered rate.
+/// loss: a flat-out run, then a binary search of the offered rate between
+/// half and all of what the flat-out run delivered, from 95 % of it.
+/// (The search once ran from zero: one lossy trial at 95 % halved the
+/// next guess, and with three steps the result fell at 48 % or 71 % of
+/// the flat-out rate by the luck of that one trial.)
 #[allow(clippy::too_many_arguments)]
 pub fn max_rate(
     lab: &BenchLab,
@@ -574,7 +578,7 @@ pub fn max_rate(
     if flat.loss <= max_loss {
         return Ok((flat.rx_pps, flat));
     }
-    let (mut lo, mut hi) = (0.0f64, flat.tx_pps);
+    let (mut lo, mut hi) = (flat.rx_pps * 0.5, flat.tx_pps);
     let mut best: Option<(f64, Trial)> = None;
     let mut guess = flat.rx_pps * 0.95;
     for _ in 0..steps {
@@ -604,18 +608,19 @@ pub fn max_rate(
     match best {
         Some(b) => Ok(b),
         None => {
-            // Nothing passed: report the lowest rate tried, with its loss.
+            // Nothing passed: a quarter of the flat-out rate, reported
+            // with its loss (which says if that failed too).
             let t = trial(
                 lab,
                 bins,
                 Load {
                     flows,
                     size,
-                    rate: (hi / 4.0) as u64,
+                    rate: (flat.rx_pps / 4.0) as u64,
                     seconds,
                     count: None,
                     sleep: false,
-                    v6: false,
+                    v6,
                 },
             )?;
             Ok((t.rx_pps, t))
