@@ -1508,9 +1508,10 @@ fn new_flow<'s, const V6: bool>(
 /// Writes the task's outer headers (VXLAN) into `out`, the headroom in
 /// front of a translated frame of `inner_len` bytes and that frame's
 /// Ethernet header, which the template's last 14 bytes (the inner Ethernet
-/// header) overwrite. `hash` picks the outer UDP source port.
+/// header) overwrite. `hash` picks the outer UDP source port. Public for
+/// the benchmark's VXLAN reflector, which encapsulates as meshgate does.
 #[inline(always)]
-fn encapsulate(
+pub fn encapsulate(
     out: &mut [u8; OUTER_TEMPLATE_LEN],
     outer: &OuterTemplate,
     hash: u32,

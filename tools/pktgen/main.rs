@@ -25,8 +25,9 @@ use clap::{Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use meshgate::dataplane::tables::{OUTER_TEMPLATE_LEN, OuterTemplate, Tunnel};
 use meshgate::netlink::Rtnl;
-use meshgate::wire::MacAddr;
+use meshgate::wire::{MacAddr, vxlan};
 use meshgate::xdp::bpf::xdp_flags;
 use meshgate::xdp::program::CaptureProgram;
 use meshgate::xdp::umem::KERNEL_HEADROOM;
@@ -118,9 +119,8 @@ enum Cmd {
         /// Sleep in poll() when idle instead of spinning.
         #[arg(long)]
         interrupt: bool,
-        /// Also put each frame in VXLAN to this VTEP (50 bytes in front,
-        /// from a template with four fields patched, as meshgate's
-        /// encapsulation does; no translation): the ceiling of an AF_XDP
+        /// Also put each frame in VXLAN to this VTEP with meshgate's own
+        /// encapsulation (no translation): the ceiling of an AF_XDP
         /// forwarder whose frames grow as meshgate's do.
         #[arg(long)]
         encap_to: Option<Ipv4Addr>,
@@ -400,53 +400,40 @@ fn send(
     })
 }
 
-/// Outer Ethernet, IPv4, UDP and VXLAN headers.
-const VXLAN_OUTER: usize = 14 + 20 + 8 + 8;
+/// Bytes the VXLAN encapsulation adds in front of a frame.
+const VXLAN_OUTER: usize = vxlan::ENCAP_LEN;
 
-/// The outer headers of `reflect --encap-to` for frames from `frame` (its
-/// source MAC is the VTEP's next hop), and the IPv4 header's sum without
-/// its total length.
-fn vxlan_template(frame: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> ([u8; VXLAN_OUTER], u16) {
-    let mut t = [0u8; VXLAN_OUTER];
-    t[..6].copy_from_slice(&frame[6..12]);
-    t[6..12].copy_from_slice(&frame[..6]);
-    t[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip = &mut t[14..34];
-    ip[0] = 0x45;
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&from.octets());
-    ip[16..20].copy_from_slice(&to.octets());
-    let sum = !meshgate::wire::checksum::checksum(ip);
-    t[36..38].copy_from_slice(&4789u16.to_be_bytes());
-    t[42] = 0x08; // VNI present
-    t[46..49].copy_from_slice(&4096u32.to_be_bytes()[1..]);
-    (t, sum)
+/// meshgate's outer headers for `reflect --encap-to`, from `frame` (its
+/// source MAC is the VTEP's next hop, its destination this side's MAC),
+/// with the inner Ethernet header of the reflected frame.
+fn vxlan_template(frame: &[u8], from: Ipv4Addr, to: Ipv4Addr) -> OuterTemplate {
+    let mac = |at: usize| MacAddr(frame[at..at + 6].try_into().expect("6 bytes"));
+    let (peer, me) = (mac(6), mac(0));
+    let tunnel = Tunnel {
+        src_mac: me,
+        dst_mac: peer,
+        src: from,
+        dst: to,
+        port: vxlan::DEFAULT_PORT,
+        vni: 4096,
+    };
+    OuterTemplate::new(&tunnel, me, peer)
 }
 
-/// Writes the outer headers in front of the frame at `buf[off..off + len]`
-/// and returns where the VXLAN frame starts (`None`: no room in front).
-fn encapsulate(
-    buf: &mut [u8],
-    off: usize,
-    len: usize,
-    (tmpl, sum): &([u8; VXLAN_OUTER], u16),
-) -> Option<usize> {
+/// Puts the frame at `buf[off..off + len]` in VXLAN with meshgate's own
+/// `encapsulate` and returns where the VXLAN frame starts (`None`: too
+/// short, or no room in front).
+fn encapsulate(buf: &mut [u8], off: usize, len: usize, tmpl: &OuterTemplate) -> Option<usize> {
     let f = buf.get(off..off + len)?.get(..38)?;
-    // The entropy port from the inner addresses and ports.
+    // The entropy from the inner addresses and ports (meshgate's flows
+    // carry a hash of their key).
     let w = |i: usize| u32::from_ne_bytes([f[i], f[i + 1], f[i + 2], f[i + 3]]);
-    let h = (w(26) ^ w(30) ^ w(34)).wrapping_mul(0x9e37_79b1);
-    let (ip_len, udp_len) = ((len + 36) as u16, (len + 16) as u16);
-    let s = u32::from(*sum) + u32::from(ip_len);
-    let s = (s & 0xffff) + (s >> 16);
-    let csum = !((s & 0xffff) + (s >> 16)) as u16;
+    let hash = (w(26) ^ w(30) ^ w(34)).wrapping_mul(0x9e37_79b1) >> 16;
     let start = off.checked_sub(VXLAN_OUTER)?;
-    let o = &mut buf[start..off];
-    o.copy_from_slice(tmpl);
-    o[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    o[24..26].copy_from_slice(&csum.to_be_bytes());
-    o[34..36].copy_from_slice(&(0xc000 | (h >> 18) as u16).to_be_bytes());
-    o[38..40].copy_from_slice(&udp_len.to_be_bytes());
+    let out = buf
+        .get_mut(start..)?
+        .first_chunk_mut::<OUTER_TEMPLATE_LEN>()?;
+    meshgate::dataplane::pipeline::encapsulate(out, tmpl, hash, len);
     Some(start)
 }
 
@@ -482,7 +469,7 @@ fn reflect(
     let mut rx = Vec::with_capacity(64);
     let mut done = Vec::with_capacity(256);
     let mut reflected = 0u64;
-    let mut template: Option<([u8; VXLAN_OUTER], u16)> = None;
+    let mut template: Option<OuterTemplate> = None;
     // The same loop shape and batch size as meshgate's workers.
     while !stop.load(Ordering::Relaxed)
         && duration.is_none_or(|d| start.elapsed().as_secs_f64() < d)
@@ -501,17 +488,19 @@ fn reflect(
             if f.len() < 34 {
                 continue;
             }
-            if let (Some(to), None) = (encap_to, &template) {
-                template = Some(vxlan_template(f, addr, to));
+            if let Some(to) = encap_to {
+                // The template's inner Ethernet header replaces the
+                // frame's, as meshgate's does.
+                let tmpl = template.get_or_insert_with(|| vxlan_template(f, addr, to));
+                if let Some(start) = encapsulate(chunk, off, len, tmpl) {
+                    umem.set_data(t, start, len + VXLAN_OUTER);
+                }
+                continue;
             }
             let mut macs = [0u8; 12];
             macs.copy_from_slice(&f[..12]);
             f[..6].copy_from_slice(&macs[6..12]);
             f[6..12].copy_from_slice(&macs[..6]);
-            let Some(tmpl) = &template else { continue };
-            if let Some(start) = encapsulate(chunk, off, len, tmpl) {
-                umem.set_data(t, start, len + VXLAN_OUTER);
-            }
         }
         reflected += n as u64;
         port.transmit(&mut rx);
@@ -648,6 +637,7 @@ mod tests {
             "198.18.1.1".parse().unwrap(),
         );
         let start = encapsulate(&mut buf, off, len, &tmpl).expect("room in front");
+        assert_eq!(start, off - VXLAN_OUTER);
         let v = &buf[start..off + len];
         assert_eq!(v.len(), len + 50);
         assert_eq!(frames::latency_ns(v, 5_000), Some(4_000));
