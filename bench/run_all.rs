@@ -484,7 +484,11 @@ fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Va
     let slower = rows
         .iter()
         .filter(|r| r["flows"] == flows && r["frame_bytes"] == size)
-        .filter(|r| r["path"] == "ceiling" || r["path"] == "meshgate")
+        .filter(|r| {
+            [PathKind::Ceiling, PathKind::Meshgate]
+                .iter()
+                .any(|k| r["path"] == k.name())
+        })
         .filter_map(|r| r["mpps"].as_f64())
         .fold(f64::MAX, f64::min);
     if slower == f64::MAX {
