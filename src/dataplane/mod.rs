@@ -30,6 +30,3 @@ pub mod xlat;
 
 pub use counters::DropReason;
 pub use pipeline::{FrameBuf, Pipeline, Verdict};
-
-#[cfg(test)]
-mod tests;

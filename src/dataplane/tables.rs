@@ -681,7 +681,7 @@ mod tests {
         assert_eq!(n.mac_for(Ipv4Addr::new(198, 18, 0, 1)), None);
     }
 
-    /// What the workers do (see `pipeline::move_shared` and the flow's
+    /// What the workers do (see `pipeline::track::move_shared` and the flow's
     /// creation) against what a view reads: never more flows than created.
     #[test]
     fn task_counts_never_show_more_flows_than_created() {

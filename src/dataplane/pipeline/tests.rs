@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::counters::DropReason;
-use super::fixtures::*;
-use super::pipeline::{Pipeline, Verdict};
-use super::tables::{L4Checksum, Neighbours, Registry, Snapshot};
+use super::{Pipeline, Verdict};
+use crate::dataplane::counters::DropReason;
+use crate::dataplane::fixtures::*;
+use crate::dataplane::tables::{L4Checksum, Neighbours, Registry, Snapshot};
 use crate::wire::MacAddr;
 
 fn hex(b: &[u8]) -> String {
@@ -416,7 +416,7 @@ fn generated_resets_are_rate_limited() {
     let mut p = lab_pipeline(0, 1);
     p.set_now(1_000);
     let mut sent = 0;
-    for i in 0..(super::pipeline::GENERATED_PER_TICK + 50) {
+    for i in 0..(super::GENERATED_PER_TICK + 50) {
         let (v, _) = run(&mut p, &client_tcp(30000 + i as u16, 5, 9, ACK, b""));
         if v == Verdict::Transmit {
             sent += 1;
@@ -424,10 +424,10 @@ fn generated_resets_are_rate_limited() {
             assert_eq!(v, Verdict::Drop(DropReason::TcpNoFlow));
         }
     }
-    assert_eq!(sent, super::pipeline::GENERATED_PER_TICK);
+    assert_eq!(sent, super::GENERATED_PER_TICK);
     assert_eq!(
         p.drops().get(DropReason::TcpNoFlow),
-        u64::from(super::pipeline::GENERATED_PER_TICK) + 50
+        u64::from(super::GENERATED_PER_TICK) + 50
     );
     // The next tick has a fresh budget.
     p.set_now(1_100);
@@ -532,7 +532,7 @@ fn partial_checksums_are_completed_in_both_directions() {
     assert!(inner_l4_checksum_ok(&out));
 }
 
-fn partial_checksums_completed(mode: super::tables::L4Checksum) {
+fn partial_checksums_completed(mode: crate::dataplane::tables::L4Checksum) {
     let mut p = lab_pipeline_with_checksum(mode);
     for (i, payload) in [&b""[..], b"GET / HTTP/1.1\r\n\r\n", &[0xa5; 1001]]
         .into_iter()
@@ -934,7 +934,7 @@ fn a_local_task_of_a_preserving_service_sees_the_client_too() {
 /// both ways, come out byte for byte as they would have from the first.
 #[test]
 fn flows_survive_a_handover_byte_for_byte() {
-    use super::handover::{HandoverError, RestoreReport, decode, encode};
+    use crate::dataplane::handover::{HandoverError, RestoreReport, decode, encode};
     let mut a = lab_pipeline(0, 1);
     a.set_now(1_000);
     for sport in 40000..40006 {
@@ -1234,8 +1234,8 @@ fn ipv6_flows_survive_a_handover() {
     let (origin, records) = old.export_flows();
     assert_eq!(records.len(), 3);
     assert_eq!(records.iter().filter(|r| r.client6.is_some()).count(), 2);
-    let bytes = super::handover::encode(origin, &records);
-    let (origin, records) = super::handover::decode(&bytes).unwrap();
+    let bytes = crate::dataplane::handover::encode(origin, &records);
+    let (origin, records) = crate::dataplane::handover::decode(&bytes).unwrap();
     let mut new = lab_pipeline6(L4Checksum::Incremental);
     let r = new.restore_flows(origin, &records).unwrap();
     assert_eq!(r.restored, 3);
@@ -1322,7 +1322,7 @@ fn an_icmp_error_about_an_ipv6_flow_reaches_the_client_as_icmpv6() {
 
 #[test]
 fn icmpv4_errors_map_to_icmpv6_as_rfc_7915_says() {
-    use super::pipeline::icmp4_to_6;
+    use super::icmp4_to_6;
     use crate::wire::icmpv6::Repr;
     assert_eq!(icmp4_to_6(3, 3, 0), Some(Repr::DstUnreachable { code: 4 }));
     assert_eq!(icmp4_to_6(3, 1, 0), Some(Repr::DstUnreachable { code: 0 }));
@@ -1354,7 +1354,7 @@ fn icmpv4_errors_map_to_icmpv6_as_rfc_7915_says() {
 fn a_frame_without_room_for_the_outer_headers_is_dropped() {
     let mut p = lab_pipeline(0, 1);
     let syn = client_tcp(41000, 1, 0, SYN, b"");
-    let headroom = super::pipeline::HEADROOM;
+    let headroom = super::HEADROOM;
     for (room, want) in [
         (0, Verdict::Drop(DropReason::NoHeadroom)),
         (headroom - 1, Verdict::Drop(DropReason::NoHeadroom)),
