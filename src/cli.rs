@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use meshgate::api::{IpvsService, PortView, Request, ServiceView, TaskView, call, call_as};
 use meshgate::config::{ClientIp, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
-use meshgate::runtime::stats::StatsView;
-use meshgate::runtime::status::StatusView;
+use meshgate::runtime::serve::stats::StatsView;
+use meshgate::runtime::serve::status::StatusView;
 
 /// Prints rows as aligned columns.
 fn table(rows: &[Vec<String>]) -> String {

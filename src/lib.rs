@@ -30,11 +30,11 @@
 #[cfg(test)]
 extern crate self as meshgate;
 
+pub mod announce;
 pub mod api;
 pub mod config;
 pub mod dataplane;
 pub mod docker;
-pub mod mesh;
 pub mod netlink;
 pub mod nftables;
 pub mod return_path;

@@ -173,7 +173,7 @@ enum Cmd {
         /// socket bound to the wildcard address; repeatable.
         #[arg(long = "udp-port")]
         udp_port: Vec<u16>,
-        /// An ingress node's address[:port] (port: node.mesh_port, 7949
+        /// An ingress node's address[:port] (port: node.announce_port, 7949
         /// by default); repeatable.
         #[arg(long = "announce-to", required = true)]
         announce_to: Vec<String>,
@@ -261,7 +261,7 @@ fn return_path(
         .map(|t| {
             t.parse::<std::net::SocketAddr>().or_else(|_| {
                 t.parse::<std::net::Ipv4Addr>()
-                    .map(|a| (a, meshgate::mesh::DEFAULT_PORT).into())
+                    .map(|a| (a, meshgate::announce::DEFAULT_PORT).into())
             })
         })
         .collect::<Result<Vec<_>, _>>()
@@ -295,13 +295,13 @@ fn return_path(
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let mut agent = runtime::agent::Agent::new(node)
+    let mut agent = runtime::swarm::agent::Agent::new(node)
         .with_context(|| format!("sending announcements from {node}"))?;
     while !stop.load(Ordering::Relaxed) {
         agent.reconcile(plans.clone());
         agent.announce(&targets);
         let round = std::time::Instant::now();
-        while round.elapsed() < meshgate::mesh::INTERVAL && !stop.load(Ordering::Relaxed) {
+        while round.elapsed() < meshgate::announce::INTERVAL && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -346,7 +346,7 @@ fn real_main() -> Result<()> {
             let mut cfg = Config::load_with(&config, &mut meshgate::docker::discover)?;
             if let Some(sw) = &cfg.swarm {
                 // What `run` would start with.
-                cfg.services = meshgate::runtime::follow::read_once(sw, &cfg.ingress)
+                cfg.services = meshgate::runtime::swarm::follow::read_once(sw, &cfg.ingress)
                     .context("reading the swarm's services")?
                     .services;
             }

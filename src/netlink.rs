@@ -638,6 +638,37 @@ impl Watcher {
     }
 }
 
+/// What the snapshot needs to know of the ingress interface: its MAC and
+/// how checksums are made on it and on the sandbox's interface.
+///
+/// On the ingress interface: `node.checksum`, or with "auto" partial
+/// checksums completed on virtual links (a veth passes on its sender's
+/// partial checksums; so may other links of software's making) and
+/// incremental updates on a NIC (a device without a link kind), which
+/// delivers complete checksums. On the sandbox's interface, a veth that
+/// Docker made, partial checksums are always completed unless every
+/// checksum is summed anew anyway.
+pub fn link_info(
+    setting: crate::config::ChecksumSetting,
+    link: &LinkFacts,
+) -> crate::dataplane::tables::LinkInfo {
+    use crate::config::ChecksumSetting;
+    use crate::dataplane::tables::L4Checksum;
+    crate::dataplane::tables::LinkInfo {
+        mac: link.mac,
+        l4_checksum: match setting {
+            ChecksumSetting::Incremental => L4Checksum::Incremental,
+            ChecksumSetting::Full => L4Checksum::Full,
+            ChecksumSetting::Auto if link.kind.is_some() => L4Checksum::CompletePartial,
+            ChecksumSetting::Auto => L4Checksum::Incremental,
+        },
+        sandbox_l4_checksum: match setting {
+            ChecksumSetting::Full => L4Checksum::Full,
+            ChecksumSetting::Auto | ChecksumSetting::Incremental => L4Checksum::CompletePartial,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

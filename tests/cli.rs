@@ -110,7 +110,7 @@ fn fake_control(path: &std::path::Path) -> std::thread::JoinHandle<()> {
             let mut line = String::new();
             BufReader::new(&s).read_line(&mut line).unwrap();
             // A whole answer, as a running meshgate builds it.
-            let data = meshgate::runtime::stats::Stats::new(1)
+            let data = meshgate::runtime::serve::stats::Stats::new(1)
                 .view(&meshgate_testkit::fixtures::lab_snapshot(), None);
             let _ = writeln!(s, "{}", serde_json::json!({"ok": true, "data": data}));
         }

@@ -177,13 +177,13 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
         0,
         "{stats}"
     );
-    let mesh = &stats["mesh"];
-    assert!(mesh["accepted"].as_u64().unwrap() >= 2, "{mesh}");
-    assert_eq!(mesh["refused"].as_u64(), Some(0), "{mesh}");
+    let heard = &stats["announcements"];
+    assert!(heard["accepted"].as_u64().unwrap() >= 2, "{heard}");
+    assert_eq!(heard["refused"].as_u64(), Some(0), "{heard}");
     assert_eq!(
-        mesh["nodes"].as_u64(),
+        heard["nodes"].as_u64(),
         Some(2),
-        "both task nodes heard: {mesh}"
+        "both task nodes heard: {heard}"
     );
 
     // Three open connections, one per task, that keep the client's address.
@@ -212,7 +212,7 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
     assert!(first.stop().success());
     wait_for_modes(&mg, &["snat-fallback", "snat-fallback", "preserve"]);
     assert!(
-        stopped.elapsed() < meshgate::mesh::STALE_AFTER,
+        stopped.elapsed() < meshgate::announce::STALE_AFTER,
         "the fallback came with the last announcement, not with staleness"
     );
     for task in [0, 1] {

@@ -93,7 +93,9 @@ struct RawNode {
     xdp_mode: Option<String>,
     cpus: Option<Vec<usize>>,
     checksum: Option<String>,
-    mesh_port: Option<u16>,
+    /// Read as `mesh_port` too, its earlier name.
+    #[serde(alias = "mesh_port")]
+    announce_port: Option<u16>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -211,8 +213,8 @@ pub struct NodeConfig {
     /// How translated TCP/UDP checksums are made.
     pub checksum: ChecksumSetting,
     /// The UDP port of the meshgates' announcements of return paths
-    /// (`crate::mesh`); 0: none heard or sent, every task gets SNAT.
-    pub mesh_port: u16,
+    /// (`crate::announce`); 0: none heard or sent, every task gets SNAT.
+    pub announce_port: u16,
 }
 
 /// `node.checksum`: how translated TCP and UDP checksums are made.
@@ -634,7 +636,7 @@ fn node_table(
         xdp_mode,
         cpus: n.cpus,
         checksum,
-        mesh_port: n.mesh_port.unwrap_or(crate::mesh::DEFAULT_PORT),
+        announce_port: n.announce_port.unwrap_or(crate::announce::DEFAULT_PORT),
     })
 }
 
@@ -1145,6 +1147,21 @@ mod tests {
         let bad = lab.replace("name = \"web\"", "name = \"web\"\nclient_ip = \"keep\"");
         let e = Config::parse(&bad, "lab.toml").unwrap_err().to_string();
         assert!(e.contains("keep") && e.contains("preserve"), "{e}");
+    }
+
+    #[test]
+    fn the_announcement_port_keeps_its_earlier_name() {
+        let lab = include_str!("../../examples/lab.toml");
+        assert_eq!(
+            Config::parse(lab, "lab.toml").unwrap().node.announce_port,
+            crate::announce::DEFAULT_PORT
+        );
+        for key in ["announce_port", "mesh_port"] {
+            let text = lab.replacen("[node]\n", &format!("[node]\n{key} = 7000\n"), 1);
+            assert_ne!(text, lab);
+            let cfg = Config::parse(&text, "lab.toml").unwrap();
+            assert_eq!(cfg.node.announce_port, 7000, "{key}");
+        }
     }
 
     #[test]

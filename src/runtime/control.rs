@@ -17,15 +17,16 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 
-use super::follow::{SwarmSource, SwarmStatus};
-use super::peers::PeerListener;
-use super::servers::{ApiCall, ApiServer, Doorbell, MetricsServer};
-use super::stats::Stats;
-use super::worker::{Command, Mesh, WorkerReport};
+use super::doorbell::Doorbell;
+use super::serve::servers::{ApiCall, ApiServer, MetricsServer};
+use super::serve::stats::Stats;
+use super::swarm::follow::{SwarmSource, SwarmStatus};
+use super::swarm::peers::PeerListener;
+use super::worker::{Command, Exchange, WorkerReport};
+use crate::announce::Peers;
 use crate::api::Response;
 use crate::config::{Config, ConfigSource};
 use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
-use crate::mesh::Peers;
 use crate::netlink::{LinkFacts, Rtnl, Watcher};
 use crate::xdp::bpf::BpfError;
 use crate::xdp::program::IngressProgram;
@@ -51,7 +52,7 @@ pub struct Control {
     /// The SYN budget in the program's map (None: not written yet).
     syn_budget: Option<u32>,
     workers: Vec<Sender<Command>>,
-    mesh: Arc<Mesh>,
+    exchange: Arc<Exchange>,
     reports: Receiver<WorkerReport>,
     garbage: Receiver<Arc<Snapshot>>,
     resolve_q: Arc<ArrayQueue<Ipv4Addr>>,
@@ -59,7 +60,7 @@ pub struct Control {
     watcher: Watcher,
     pub stats: Stats,
     /// Per-second rates for the status page.
-    pub rates: super::status::RateSampler,
+    pub rates: super::serve::status::RateSampler,
     last_resync: Instant,
     resolving: HashMap<Ipv4Addr, Instant>,
     zero_copy: bool,
@@ -100,7 +101,7 @@ pub struct ControlParts {
     pub xdp: super::attach::XdpPlace,
     /// One command channel per worker.
     pub workers: Vec<Sender<Command>>,
-    pub mesh: Arc<Mesh>,
+    pub exchange: Arc<Exchange>,
     pub reports: Receiver<WorkerReport>,
     /// Old snapshots the workers hand back, freed here.
     pub garbage: Receiver<Arc<Snapshot>>,
@@ -122,7 +123,7 @@ impl Control {
             program,
             xdp,
             workers,
-            mesh,
+            exchange,
             reports,
             garbage,
             resolve_q,
@@ -146,13 +147,13 @@ impl Control {
             published: BTreeSet::new(),
             syn_budget: None,
             workers,
-            mesh,
+            exchange,
             reports,
             garbage,
             resolve_q,
             rtnl,
             watcher,
-            rates: super::status::RateSampler::new(stats.started),
+            rates: super::serve::status::RateSampler::new(stats.started),
             stats,
             last_resync: Instant::now(),
             resolving: HashMap::new(),
@@ -175,12 +176,12 @@ impl Control {
     }
 
     /// Starts listening to the other nodes' announcements of return paths
-    /// (`node.mesh_port`; 0: not at all, every task gets SNAT).
+    /// (`node.announce_port`; 0: not at all, every task gets SNAT).
     pub fn listen_to_peers(&mut self) -> std::io::Result<()> {
-        if self.cfg.node.mesh_port != 0 {
+        if self.cfg.node.announce_port != 0 {
             self.peer_listener = Some(PeerListener::start(
                 self.cfg.node.address,
-                self.cfg.node.mesh_port,
+                self.cfg.node.announce_port,
                 self.bell.clone(),
             )?);
         }
@@ -263,17 +264,14 @@ impl Control {
                         .last_refusal_note
                         .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
                     {
-                        log::warn!(
-                            "mesh: announcement {e} ({} refused so far)",
-                            self.peers.refused
-                        );
+                        log::warn!("announcement {e} ({} refused so far)", self.peers.refused);
                         self.last_refusal_note = Some(now);
                     }
                 }
             }
         }
         changed |= self.peers.expire(now);
-        self.stats.mesh = super::stats::MeshStats {
+        self.stats.announcements = super::serve::stats::AnnounceStats {
             accepted: self.peers.accepted,
             refused: self.peers.refused,
             ignored: self.peers.ignored,
@@ -348,7 +346,7 @@ impl Control {
     }
 
     pub fn wake_workers(&self) {
-        for s in &self.mesh.shared {
+        for s in &self.exchange.shared {
             s.wake();
         }
     }
@@ -536,7 +534,7 @@ impl Control {
                 services: &services,
                 ..self.cfg.table_desc()
             },
-            super::link_info(self.cfg.node.checksum, &self.link),
+            crate::netlink::link_info(self.cfg.node.checksum, &self.link),
             self.neighbours.clone(),
             &mut self.registry,
             generation,
@@ -574,7 +572,7 @@ impl Control {
         let deadline = Instant::now() + Duration::from_secs(1);
         while Instant::now() < deadline {
             if self
-                .mesh
+                .exchange
                 .shared
                 .iter()
                 .all(|s| s.generation.load(Ordering::Acquire) >= generation)
@@ -606,7 +604,7 @@ impl Control {
     }
 
     /// All statistics, with the swarm source's state when there is one.
-    pub fn stats_view(&self) -> super::stats::StatsView {
+    pub fn stats_view(&self) -> super::serve::stats::StatsView {
         self.stats.view(self.snapshot(), self.swarm_status())
     }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use serde_json::{Value, json};
 
 use super::control::Control;
-use super::status::{StatusService, StatusTask, StatusView};
+use super::serve::status::{StatusService, StatusTask, StatusView};
 use crate::api::{IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView};
 use crate::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
 use crate::dataplane::tables::TaskEntry;
@@ -309,13 +309,13 @@ impl Control {
             drops_total: v.drops_total,
             drops_per_second: self.rates.drops(),
             batch_latency_ns: v.batch_latency_ns,
-            batch_histogram: super::status::histogram(&self.stats),
+            batch_histogram: super::serve::status::histogram(&self.stats),
             rate: self.rates.view(),
         }
     }
 
     /// Statistics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
-        super::metrics::render(self.snapshot(), &self.stats)
+        super::serve::metrics::render(self.snapshot(), &self.stats)
     }
 }

@@ -17,7 +17,7 @@
 //! cross between the two UMEMs by copy, in the sandbox worker only: a
 //! task's reply is copied into one of its NIC frames and then handled like
 //! any frame (handed to the worker owning the flow, if another); a frame
-//! for a local task reaches it through `Mesh::to_sandbox` and is copied
+//! for a local task reaches it through `Exchange::to_sandbox` and is copied
 //! into a sandbox frame for transmission. Sandbox frames never leave the
 //! sandbox worker.
 
@@ -125,7 +125,7 @@ impl WorkerShared {
 
 /// The queues between workers: hand-offs (frames to process) and returns
 /// (free frames going home), one of each per worker.
-pub struct Mesh {
+pub struct Exchange {
     pub handoff: Vec<Arc<ArrayQueue<FrameToken>>>,
     pub returns: Vec<Arc<ArrayQueue<FrameToken>>>,
     pub shared: Vec<Arc<WorkerShared>>,
@@ -145,7 +145,7 @@ pub struct Worker {
     pub pipeline: Pipeline,
     pub free: Vec<FrameToken>,
     pub frames_per_queue: u32,
-    pub mesh: Arc<Mesh>,
+    pub exchange: Arc<Exchange>,
     pub commands: Receiver<Command>,
     pub reports: Sender<WorkerReport>,
     /// Old snapshots go back to the control thread to be freed there.
@@ -181,11 +181,11 @@ impl Worker {
         let o = self.origin(&t);
         if o == self.id as usize {
             self.free.push(t);
-        } else if let Err(t) = self.mesh.returns[o].push(t) {
+        } else if let Err(t) = self.exchange.returns[o].push(t) {
             // Its home queue is full: keep it; the pools even out later.
             self.free.push(t);
         } else {
-            self.mesh.shared[o].wake();
+            self.exchange.shared[o].wake();
         }
     }
 
@@ -234,16 +234,16 @@ impl Worker {
             Verdict::Handoff(w) => {
                 let w = w as usize;
                 let queues = if local {
-                    &self.mesh.local
+                    &self.exchange.local
                 } else {
-                    &self.mesh.handoff
+                    &self.exchange.handoff
                 };
                 if w == self.id as usize || w >= queues.len() {
                     self.pipeline.count_drop(DropReason::HandoffFull);
                     self.recycle(t);
                 } else {
                     match queues[w].push(t) {
-                        Ok(()) => self.mesh.shared[w].wake(),
+                        Ok(()) => self.exchange.shared[w].wake(),
                         Err(t) => {
                             self.pipeline.count_drop(DropReason::HandoffFull);
                             self.recycle(t);
@@ -261,14 +261,14 @@ impl Worker {
             self.copy_to_sandbox(t);
             return;
         }
-        let Some(w) = self.mesh.sandbox_worker else {
+        let Some(w) = self.exchange.sandbox_worker else {
             // Snapshots hold local tasks only when there is a sandbox.
             self.pipeline.count_drop(DropReason::SandboxFull);
             self.recycle(t);
             return;
         };
-        match self.mesh.to_sandbox.push(t) {
-            Ok(()) => self.mesh.shared[w].wake(),
+        match self.exchange.to_sandbox.push(t) {
+            Ok(()) => self.exchange.shared[w].wake(),
             Err(t) => {
                 self.pipeline.count_drop(DropReason::SandboxFull);
                 self.recycle(t);
@@ -320,7 +320,7 @@ impl Worker {
         self.pipeline.events_mut().sandbox_rx += n as u64;
         // `handle` runs while the sandbox is out of `self`: a reply never
         // goes back to the sandbox, and were it to, `send_to_sandbox` would
-        // queue it on `Mesh::to_sandbox`, drained below.
+        // queue it on `Exchange::to_sandbox`, drained below.
         for mut s in sb.scratch.drain(..) {
             let copy = match self.free.pop() {
                 Some(mut t) => {
@@ -345,7 +345,7 @@ impl Worker {
         }
         self.sandbox = Some(sb);
         for _ in 0..batch {
-            match self.mesh.to_sandbox.pop() {
+            match self.exchange.to_sandbox.pop() {
                 Some(t) => {
                     work += 1;
                     self.copy_to_sandbox(t);
@@ -376,7 +376,7 @@ impl Worker {
                     let g = s.generation;
                     let old = self.pipeline.set_snapshot(s);
                     let _ = self.garbage.send(old);
-                    self.mesh.shared[self.id as usize]
+                    self.exchange.shared[self.id as usize]
                         .generation
                         .store(g, Ordering::Release);
                 }
@@ -445,10 +445,10 @@ impl Worker {
         let mut last_report = Instant::now();
         let mut idle: u32 = 0;
         let mut last_sweep: u32 = 0;
-        let inbox = self.mesh.handoff[me].clone();
-        let local_inbox = self.mesh.local[me].clone();
-        let returns = self.mesh.returns[me].clone();
-        let shared = self.mesh.shared[me].clone();
+        let inbox = self.exchange.handoff[me].clone();
+        let local_inbox = self.exchange.local[me].clone();
+        let returns = self.exchange.returns[me].clone();
+        let shared = self.exchange.shared[me].clone();
         let batch = self.batch as u32;
         while !self.stop.load(Ordering::Relaxed) {
             self.apply_commands();
@@ -534,7 +534,7 @@ impl Worker {
                 let mut timed_out = false;
                 if inbox.is_empty()
                     && local_inbox.is_empty()
-                    && (self.sandbox.is_none() || self.mesh.to_sandbox.is_empty())
+                    && (self.sandbox.is_none() || self.exchange.to_sandbox.is_empty())
                     && returns.is_empty()
                     && self.commands.is_empty()
                     && !self.stop.load(Ordering::Relaxed)

@@ -75,3 +75,86 @@ fn modules_form_no_cycle_and_the_data_plane_stands_alone() {
         }
     }
 }
+
+/// The runtime's parts: each file at `src/runtime/`'s root is one (`mod`
+/// for `mod.rs`), each folder one → the parts its shipped code names
+/// (`super::x` from the root, `crate::runtime::x` from anywhere).
+fn runtime_graph() -> BTreeMap<String, BTreeSet<String>> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src/runtime");
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for f in files {
+        let rel = f
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let at_root = !rel.contains('/');
+        let part = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        let text = std::fs::read_to_string(&f).unwrap();
+        let shipped = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let mut named = BTreeSet::new();
+        let mut paths = vec!["crate::runtime::"];
+        if at_root {
+            paths.push("super::");
+            paths.push("self::");
+        }
+        for p in paths {
+            for (i, _) in shipped.match_indices(p) {
+                let name: String = shipped[i + p.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                // `super::{…}` or `super::Type` from a root file: the
+                // runtime's own module.
+                let name = if name.is_empty() || name.starts_with(|c: char| c.is_uppercase()) {
+                    "mod".to_string()
+                } else {
+                    name
+                };
+                named.insert(name);
+            }
+        }
+        named.remove(&part);
+        g.entry(part).or_default().extend(named);
+    }
+    g
+}
+
+#[test]
+fn the_runtime_parts_form_no_cycle_and_serve_and_swarm_stay_out_of_the_assembly() {
+    let g = runtime_graph();
+    for part in ["mod", "start", "control", "worker", "serve", "swarm"] {
+        assert!(g.contains_key(part), "no runtime part {part}: {g:?}");
+    }
+    // What meshgate serves and its part of the swarm are put together by
+    // the assembly, and never reach back into it.
+    for leaf in ["serve", "swarm"] {
+        for assembly in ["mod", "start", "control", "handlers"] {
+            assert!(
+                !g[leaf].contains(assembly),
+                "runtime::{leaf} names runtime::{assembly}: {g:?}"
+            );
+        }
+    }
+    assert!(
+        !g["swarm"].contains("serve"),
+        "runtime::swarm names runtime::serve: {g:?}"
+    );
+    for start in g.keys() {
+        let mut seen = BTreeSet::new();
+        let mut todo: Vec<&String> = g[start].iter().collect();
+        while let Some(m) = todo.pop() {
+            assert_ne!(m, start, "a cycle in the runtime through {start}: {g:?}");
+            if seen.insert(m) {
+                todo.extend(g.get(m).into_iter().flatten());
+            }
+        }
+    }
+}

@@ -15,7 +15,7 @@
 //! after [`STALE_AFTER`].
 //!
 //! An announcement is a small JSON datagram on UDP port [`DEFAULT_PORT`]
-//! (`node.mesh_port`) between node addresses. It is accepted only from
+//! (`node.announce_port`) between node addresses. It is accepted only from
 //! the node it speaks for, and only from a node the tables name as a
 //! task's node; it carries a version, and one of another version is
 //! ignored with a note in the log. Like Swarm's own gossip (port 7946),

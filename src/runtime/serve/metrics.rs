@@ -162,20 +162,16 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
 /// snapshot generation.
 fn node_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
     x.family(
-        "meshgate_mesh_announcements_total",
+        "meshgate_announcements_total",
         "counter",
         "Other nodes' announcements of return paths: accepted, refused (dropped), ignored (from nodes without tasks).",
     );
     for (result, n) in [
-        ("accepted", st.mesh.accepted),
-        ("refused", st.mesh.refused),
-        ("ignored", st.mesh.ignored),
+        ("accepted", st.announcements.accepted),
+        ("refused", st.announcements.refused),
+        ("ignored", st.announcements.ignored),
     ] {
-        x.sample(
-            "meshgate_mesh_announcements_total",
-            &[("result", &result)],
-            n,
-        );
+        x.sample("meshgate_announcements_total", &[("result", &result)], n);
     }
     x.family(
         "meshgate_drops_total",

@@ -1,7 +1,7 @@
 //! The task-node side of preserving client addresses: installs the return
 //! paths of this node's tasks ([`crate::return_path`]), removes them when a
 //! task or its service's preserve mode goes away or meshgate stops, and
-//! announces which tasks have one ([`crate::mesh`]).
+//! announces which tasks have one ([`crate::announce`]).
 //!
 //! In swarm mode a thread ([`SwarmAgent`]) finds this node's tasks of
 //! preserving services and their network namespaces through Docker, once a
@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 
+use crate::announce::{Announcement, INTERVAL, VERSION};
 use crate::config::{ClientIp, Protocol, Service};
 use crate::docker::engine::Docker;
 use crate::docker::ingress_view::{ingress_endpoints, sandbox_key};
-use crate::mesh::{Announcement, INTERVAL, VERSION};
 use crate::return_path::{self, IngressNode, Plan};
 
 /// Installs, removes and announces return paths.
@@ -150,7 +150,7 @@ pub struct SwarmAgentParams {
     pub docker: PathBuf,
     pub ingress_network: String,
     pub node: Ipv4Addr,
-    pub mesh_port: u16,
+    pub announce_port: u16,
 }
 
 /// The agent's thread in swarm mode; dropping it removes the return paths
@@ -262,7 +262,7 @@ fn run_swarm_agent(
                     targets = e
                         .sandboxes
                         .iter()
-                        .map(|&(_, node)| SocketAddr::from((node, p.mesh_port)))
+                        .map(|&(_, node)| SocketAddr::from((node, p.announce_port)))
                         .collect();
                     let ingress: BTreeSet<IngressNode> = e
                         .sandboxes

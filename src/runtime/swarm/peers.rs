@@ -1,5 +1,5 @@
-//! The ingress side of [`crate::mesh`]: a thread that receives the other
-//! nodes' announcements of return paths on `node.address:node.mesh_port`
+//! The ingress side of [`crate::announce`]: a thread that receives the other
+//! nodes' announcements of return paths on `node.address:node.announce_port`
 //! and hands them to the control thread, which decides what they mean.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crossbeam::channel::{Receiver, Sender};
 
-use super::servers::Doorbell;
+use crate::runtime::doorbell::Doorbell;
 
 /// Datagrams waiting for the control thread, at most: a flood of them
 /// must not grow memory; what does not fit is dropped (a real node
@@ -33,7 +33,7 @@ impl PeerListener {
         let stop = Arc::new(AtomicBool::new(false));
         let st = stop.clone();
         let thread = std::thread::Builder::new()
-            .name("mg-mesh-listen".into())
+            .name("mg-announce".into())
             .spawn(move || listen(sock, tx, bell, st))?;
         Ok(PeerListener {
             datagrams,

@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::follow::SwarmStatus;
 use super::stats::{LatencyView, Stats};
 use crate::api::{ServiceView, TaskView};
 use crate::dataplane::counters::TaskCounters;
 use crate::dataplane::tables::TaskId;
+use crate::runtime::swarm::follow::SwarmStatus;
 
 /// The page at `/`.
 pub const PAGE: &str = include_str!("status.html");

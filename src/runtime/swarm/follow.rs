@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
 
-use super::servers::Doorbell;
 use crate::config::{IngressConfig, Service, SwarmConfig};
 use crate::docker::engine::{Docker, EventRead};
 use crate::docker::swarm::{Desired, SwarmError, read_desired};
+use crate::runtime::doorbell::Doorbell;
 
 /// How long reads stay fast after an event.
 const SETTLE: Duration = Duration::from_secs(15);

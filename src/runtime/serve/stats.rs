@@ -8,11 +8,11 @@ use std::net::Ipv4Addr;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use super::follow::SwarmStatus;
-use super::worker::WorkerReport;
 use crate::dataplane::DropReason;
 use crate::dataplane::counters::{DropCounters, EventCounters, TaskCounters};
 use crate::dataplane::tables::{Snapshot, TaskId};
+use crate::runtime::swarm::follow::SwarmStatus;
+use crate::runtime::worker::WorkerReport;
 use crate::xdp::XskStats;
 use crate::xdp::program::PASS_REASONS;
 
@@ -43,17 +43,17 @@ pub struct StatsView {
     /// In swarm mode: what the Docker follower did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swarm: Option<SwarmStatus>,
-    /// Other nodes' announcements of return paths (`crate::mesh`).
+    /// Other nodes' announcements of return paths (`crate::announce`).
     #[serde(default)]
-    pub mesh: MeshStats,
+    pub announcements: AnnounceStats,
     /// Takeovers and the flows this process started with.
     #[serde(default)]
-    pub takeover: super::takeover::TakeoverStats,
+    pub takeover: crate::runtime::takeover::TakeoverStats,
 }
 
 /// What the announcements' listener heard.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MeshStats {
+pub struct AnnounceStats {
     /// Announcements taken.
     pub accepted: u64,
     /// Malformed, of another version, or from a sender speaking for
@@ -126,8 +126,8 @@ pub struct Stats {
     pub syn_budget: u32,
     /// What the XDP program's SYN admission control did.
     pub admission: crate::xdp::program::AdmissionCounts,
-    pub mesh: MeshStats,
-    pub takeover: super::takeover::TakeoverStats,
+    pub announcements: AnnounceStats,
+    pub takeover: crate::runtime::takeover::TakeoverStats,
 }
 
 impl Stats {
@@ -145,7 +145,7 @@ impl Stats {
             xdp_passed: [0; crate::xdp::program::PASS_REASONS.len()],
             syn_budget: 0,
             admission: Default::default(),
-            mesh: MeshStats::default(),
+            announcements: AnnounceStats::default(),
             takeover: Default::default(),
         }
     }
@@ -294,7 +294,7 @@ impl Stats {
                 refused: self.admission.refused,
             },
             swarm,
-            mesh: self.mesh,
+            announcements: self.announcements,
             takeover: self.takeover,
         }
     }

@@ -2,6 +2,7 @@
 //! Prometheus `/metrics` endpoint. Both hand requests to the control thread
 //! through a channel and wake it; neither touches data-plane state.
 
+use crate::runtime::doorbell::Doorbell;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsFd;
@@ -21,25 +22,6 @@ use crate::api::{Request, Response};
 pub struct ApiCall {
     pub req: Request,
     pub reply: Sender<Response>,
-}
-
-/// Wakes the control thread when a call is queued.
-pub struct Doorbell(pub nix::sys::eventfd::EventFd);
-
-impl Doorbell {
-    pub fn new() -> std::io::Result<Arc<Doorbell>> {
-        Ok(Arc::new(Doorbell(nix::sys::eventfd::EventFd::from_flags(
-            nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
-        )?)))
-    }
-
-    pub fn ring(&self) {
-        let _ = self.0.write(1);
-    }
-
-    pub fn clear(&self) {
-        let _ = self.0.read();
-    }
 }
 
 fn ask(calls: &Sender<ApiCall>, bell: &Doorbell, req: Request) -> Response {
