@@ -103,13 +103,17 @@ fn malformed_frames_are_dropped_and_counted() {
             "drops.ip_fragment",
         ),
         (
-            "later fragment",
+            // Its first fragment was never seen: the kernel's, as the node's
+            // own traffic is.
+            "later fragment of no first fragment",
             with_ip_edit(client_udp(40007, b"frag"), |f| {
+                // Another datagram than the first fragment's above.
+                f[18..20].copy_from_slice(&0x6d67u16.to_be_bytes());
                 f[20] = 0x00;
                 f[21] = 0x10;
                 fix_ip_checksum(f, 14);
             }),
-            "drops.ip_fragment",
+            "xdp_passed.fragment_not_ours",
         ),
         (
             "ttl 1",
@@ -349,8 +353,8 @@ fn pmtu_icmp_errors_and_unusual_udp() {
             // The application hears of it (a pending EMSGSIZE)...
             let told = s.send(&[0u8; 1472]).map_err(|e| e.raw_os_error());
             // ...and then the kernel splits such datagrams into fragments
-            // that fit 1450 (meshgate does not reassemble: it counts and
-            // drops fragments).
+            // that fit 1450 (meshgate does not forward fragments yet: it
+            // counts and drops those of its published ports).
             s.send(&[0u8; 1472]).unwrap();
             (route, told)
         })

@@ -230,6 +230,20 @@ fn hostile_ipv6_frames_are_dropped_and_counted_by_reason() {
         f
     };
     let syn = || client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"");
+    // A fragment header (RFC 8200 4.5) of datagram `id` at `offset` (8-byte
+    // units), more fragments following, in front of the frame's transport
+    // header.
+    let frag6 = |f: Vec<u8>, offset: u16, id: u32| {
+        let mut out = f[..54].to_vec();
+        out[20] = 44;
+        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        out[18..20].copy_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[f[20], 0]);
+        out.extend_from_slice(&((offset << 3) | 1).to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&f[54..]);
+        out
+    };
     let edit = |mut f: Vec<u8>, at: usize, bytes: &[u8]| {
         f[at..at + bytes.len()].copy_from_slice(bytes);
         f
@@ -251,7 +265,16 @@ fn hostile_ipv6_frames_are_dropped_and_counted_by_reason() {
             edit(syn(), 14 + 6, &[60]),
             "drops.ipv6_extension_header",
         ),
-        ("fragment", edit(syn(), 14 + 6, &[44]), "drops.ip_fragment"),
+        (
+            "first fragment to the published port",
+            frag6(client6_udp(CLIENT6, 40002, b"frag"), 0, 1),
+            "drops.ip_fragment",
+        ),
+        (
+            "later fragment of no first fragment: the kernel's",
+            frag6(client6_udp(CLIENT6, 40003, b"frag"), 1, 2),
+            "xdp_passed.fragment_not_ours",
+        ),
         (
             "truncated TCP header",
             syn()[..14 + 40 + 10].to_vec(),

@@ -60,6 +60,7 @@ pub enum Jmp {
     Eq = 0x10,
     Gt = 0x20,
     Ne = 0x50,
+    Lt = 0xa0,
 }
 
 /// `BPF_PSEUDO_MAP_FD`: the 64-bit immediate is a map file descriptor.
@@ -68,6 +69,7 @@ const PSEUDO_MAP_FD: u8 = 1;
 /// Helper function ids.
 pub mod helper {
     pub const MAP_LOOKUP_ELEM: i32 = 1;
+    pub const MAP_UPDATE_ELEM: i32 = 2;
     pub const KTIME_GET_NS: i32 = 5;
     pub const GET_HASH_RECALC: i32 = 34;
     pub const SET_HASH_INVALID: i32 = 41;

@@ -28,6 +28,7 @@ pub mod map_type {
     pub const HASH: u32 = 1;
     pub const ARRAY: u32 = 2;
     pub const PERCPU_ARRAY: u32 = 6;
+    pub const LRU_HASH: u32 = 9;
     pub const XSKMAP: u32 = 17;
 }
 

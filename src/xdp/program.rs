@@ -8,21 +8,30 @@
 //!     sandbox's MAC (a task's reply to a client whose address meshgate
 //!     preserved is addressed to the client, and routed to the sandbox), or
 //!     ARP asking for the overlay address; and
-//! (c) with `node.address6`, IPv6 TCP/UDP to a published port on it, and
-//!     IPv6 extension headers and fragments to it (see `emit_ipv6`).
-//! Everything else — ARP, ICMP, ICMPv6, SSH, other VNIs — passes to the
-//! kernel. A frame for a queue without a socket gets the miss action
-//! (`XDP_DROP`, counted), never the kernel, which would reset its flow.
-//! Frames to the node address that meshgate must count as malformed (IP
-//! options, fragments, truncated transport headers, bad VXLAN flags) are
-//! redirected too, so that the user-space pipeline counts them by reason.
+//! (c) with `node.address6`, IPv6 TCP/UDP to a published port on it, the
+//!     fragments of its datagrams, and IPv6 extension headers to it (see
+//!     `emit_ipv6`); and
+//! (d) the fragments of a datagram whose first fragment went to a
+//!     published port (IPv4 and IPv6).
+//! Everything else — ARP, ICMP, ICMPv6, SSH, other VNIs, the node's own
+//! services — passes to the kernel. A frame for a queue without a socket
+//! gets the miss action (`XDP_DROP`, counted), never the kernel, which
+//! would reset its flow. Frames to a published port that meshgate must
+//! count as malformed (IP options, truncated transport headers, bad VXLAN
+//! flags) are redirected too, so that the user-space pipeline counts them
+//! by reason; with IP options or fragmented, the node's own traffic is the
+//! kernel's (see `emit_options` and `emit_fragments`: a later fragment
+//! follows its datagram's first one, remembered in `mg_frags`).
 //!
 //! In C, the ingress program reads:
 //! ```c
 //! if (eth->h_proto == htons(ETH_P_IPV6) && NODE6) goto ipv6; /* emit_ipv6 */
 //! if (eth->h_proto != htons(ETH_P_IP) || ip->daddr != NODE) return XDP_PASS;
 //! if (ip->protocol != TCP && ip->protocol != UDP) return XDP_PASS;
-//! if (ip->ihl != 5 || ip->frag_off & htons(0x3fff) || l4 + 4 > end) goto redirect;
+//! if (ip->version != 4 || ip->ihl < 5) goto redirect;
+//! if (ip->frag_off & htons(0x3fff)) goto fragment;  /* emit_fragments */
+//! if (ip->ihl != 5) goto options;                   /* emit_options */
+//! if (l4 + 4 > end) goto redirect;
 //! if (ip->protocol == UDP && udp->dest == htons(VXLAN_PORT)) {
 //!     if (vxlan->vni != VNI) return XDP_PASS;
 //!     if (inner->h_proto == htons(ETH_P_ARP)) return arp->tpa == OVERLAY ? redirect : XDP_PASS;
@@ -99,7 +108,7 @@ pub fn port_key(protocol: u8, port: u16) -> [u8; 4] {
 
 /// Why the ingress program passed a frame to the kernel; counted per CPU
 /// in the `mg_pass` map and reported as `xdp_passed`.
-pub const PASS_REASONS: [&str; 7] = [
+pub const PASS_REASONS: [&str; 8] = [
     "short",
     "not_ipv4",
     "other_address",
@@ -107,6 +116,7 @@ pub const PASS_REASONS: [&str; 7] = [
     "unpublished_port",
     "vxlan_other_vni",
     "vxlan_not_for_sandbox",
+    "fragment_not_ours",
 ];
 
 /// The slot of the program's counters after the pass reasons: frames for
@@ -124,6 +134,7 @@ const PASS_LABELS: [&str; PASS_REASONS.len()] = [
     "pass_unpublished_port",
     "pass_vxlan_other_vni",
     "pass_vxlan_not_for_sandbox",
+    "pass_fragment_not_ours",
 ];
 
 /// Emits `goto target` when the 6 bytes at r2 + `off` are `mac` (r8 is
@@ -244,11 +255,22 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
             .alu64_reg(Alu::Mov, R1, R6);
     }
     emit_ipv4_to(&mut a, Some(p.node_addr), None, p.node_addr6.is_some());
+    // r7 = the header's length in bytes, r4 = data + r7 (the transport
+    // header at r4 + 14): a malformed version or length is the
+    // pipeline's to count; options and fragments have their own branches.
     a.ldx(B, R7, R2, 14)
-        .jmp_imm(Jmp::Ne, R7, 0x45, "redirect")
-        .ldx(H, R7, R2, 20)
-        .alu32_imm(Alu::And, R7, ne16(0x3fff))
-        .jmp_imm(Jmp::Ne, R7, 0, "redirect")
+        .alu64_reg(Alu::Mov, R8, R7)
+        .alu64_imm(Alu::And, R8, 0xf0)
+        .jmp_imm(Jmp::Ne, R8, 0x40, "redirect")
+        .alu64_imm(Alu::And, R7, 0x0f)
+        .jmp_imm(Jmp::Lt, R7, 5, "redirect")
+        .alu64_imm(Alu::Lsh, R7, 2)
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_reg(Alu::Add, R4, R7)
+        .ldx(H, R8, R2, 20)
+        .alu32_imm(Alu::And, R8, ne16(0x3fff))
+        .jmp_imm(Jmp::Ne, R8, 0, "fragment")
+        .jmp_imm(Jmp::Ne, R7, 20, "options")
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 38)
         .jmp_reg(Jmp::Gt, R4, R3, "redirect")
@@ -293,6 +315,8 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
     if let Some(addr6) = p.node_addr6 {
         emit_ipv6(&mut a, addr6, maps);
     }
+    emit_options(&mut a, maps.ports);
+    emit_fragments(&mut a, maps, p.node_addr6.is_some());
     a.label("lookup");
     emit_port_lookup(&mut a, maps.ports);
     emit_syn_admission(&mut a, maps, &SYN_V4);
@@ -317,10 +341,10 @@ fn emit_port_lookup(a: &mut Asm, ports: RawFd) {
 
 /// The IPv6 branch of the ingress program, entered at "ipv6" with r2 =
 /// data, r3 = data_end: TCP or UDP to a published port on `addr6` is
-/// redirected; so are an extension header or a fragment to `addr6` (the
-/// pipeline drops and counts them; the kernel would answer a published
-/// port with a reset); ICMPv6 (neighbour discovery, echo) and everything
-/// else pass. New TCP flows pass the same SYN admission control as IPv4's
+/// redirected; so is an extension header to `addr6` (the pipeline drops
+/// and counts them; the kernel would answer a published port with a
+/// reset); a fragment goes to `emit_fragments`; ICMPv6 (neighbour
+/// discovery, echo) and everything else pass. New TCP flows pass the same SYN admission control as IPv4's
 /// (the same budget and buckets per queue), by their own offsets.
 ///
 /// In C:
@@ -329,7 +353,8 @@ fn emit_port_lookup(a: &mut Asm, ports: RawFd) {
 /// if (ip6->daddr != NODE6) return XDP_PASS;
 /// switch (ip6->nexthdr) {
 /// case TCP: case UDP: break;
-/// case HOPOPTS: case ROUTING: case FRAGMENT: case DSTOPTS: goto redirect;
+/// case FRAGMENT: goto fragment6;                     /* emit_fragments */
+/// case HOPOPTS: case ROUTING: case DSTOPTS: goto redirect;
 /// default: return XDP_PASS;
 /// }
 /// if (l4 + 4 > end) goto redirect;
@@ -352,7 +377,7 @@ fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, maps: &ProgramMaps) {
         .jmp_imm(Jmp::Eq, R5, 17, "l4_6")
         .jmp_imm(Jmp::Eq, R5, 0, "redirect")
         .jmp_imm(Jmp::Eq, R5, 43, "redirect")
-        .jmp_imm(Jmp::Eq, R5, 44, "redirect")
+        .jmp_imm(Jmp::Eq, R5, 44, "fragment6")
         .jmp_imm(Jmp::Eq, R5, 60, "redirect")
         .ja("pass_other_protocol")
         .label("l4_6")
@@ -362,6 +387,161 @@ fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, maps: &ProgramMaps) {
         .ldx(H, R7, R2, 56);
     emit_port_lookup(a, maps.ports);
     emit_syn_admission(a, maps, &SYN_V6);
+}
+
+/// IPv4 with options to the node (r4 = data + header length, r5 =
+/// protocol): redirected when its destination port is published (the
+/// pipeline refuses options and counts them), else the kernel's, as the
+/// node's own traffic. No admission control: the pipeline drops it anyway.
+fn emit_options(a: &mut Asm, ports: RawFd) {
+    a.label("options")
+        .alu64_reg(Alu::Mov, R1, R4)
+        .alu64_imm(Alu::Add, R1, 18)
+        .jmp_reg(Jmp::Gt, R1, R3, "redirect")
+        .ldx(H, R7, R4, 16);
+    emit_port_lookup(a, ports);
+    a.ja("redirect");
+}
+
+/// How long after a datagram's first fragment its later fragments still
+/// follow it to meshgate, in units of 2^20 ns (about 30 s: Linux's
+/// `ipfrag_time`).
+pub const FRAGMENT_TIMEOUT_UNITS: i32 = 28_610;
+
+/// Datagrams whose fragments the program remembers at once (an LRU table:
+/// a flood of first fragments evicts the oldest).
+pub const FRAGMENT_SLOTS: u32 = 8192;
+
+/// The fragment table's key on the stack: the source address (IPv4 in its
+/// first 4 bytes), the identification (IPv4's 16 bits in the first two of
+/// four), the protocol, the family (4 or 6), two zero bytes.
+const FRAG_KEY: i16 = -48;
+const FRAG_KEY_LEN: u32 = 24;
+const FRAG_TIME: i16 = -56;
+
+/// Fragments to the node, IPv4 (entered at "fragment": r8 = its MF and
+/// offset bits, r4 = data + header length, r5 = protocol) and IPv6
+/// (at "fragment6", after the address check).
+///
+/// A datagram is meshgate's when its first fragment, the one with the
+/// transport header, goes to a published port: the first fragment is
+/// redirected and its (source, identification, protocol) remembered in
+/// `mg_frags`, so that the later fragments, which carry no ports, follow
+/// it. Every other fragment is the kernel's, as if meshgate were not
+/// there: a later fragment whose first one was not a published port's
+/// (or not seen, or more than [`FRAGMENT_TIMEOUT_UNITS`] ago) passes,
+/// counted as `fragment_not_ours`.
+///
+/// In C:
+/// ```c
+/// key = { src, id, proto, family };
+/// if (offset == 0) {
+///     if (l4 + 4 > end) return XDP_PASS;             /* short */
+///     if (!bpf_map_lookup_elem(&ports, &(proto << 16 | l4->dest))) return XDP_PASS;
+///     now = bpf_ktime_get_ns();
+///     bpf_map_update_elem(&frags, &key, &now, BPF_ANY);
+///     goto redirect;
+/// }
+/// t = bpf_map_lookup_elem(&frags, &key);
+/// if (!t || (bpf_ktime_get_ns() - *t) >> 20 > TIMEOUT) return XDP_PASS;
+/// goto redirect;
+/// ```
+fn emit_fragments(a: &mut Asm, m: &ProgramMaps, ipv6: bool) {
+    // IPv4: r8 = MF and offset (as loaded), r4 = data + header length.
+    a.label("fragment");
+    emit_zero_frag_key(a);
+    a.ldx(W, R1, R2, 26)
+        .stx(W, R10, FRAG_KEY, R1)
+        .ldx(H, R1, R2, 18)
+        .stx(H, R10, FRAG_KEY + 16, R1)
+        .stx(B, R10, FRAG_KEY + 20, R5)
+        .alu64_imm(Alu::Mov, R1, 4)
+        .stx(B, R10, FRAG_KEY + 21, R1)
+        .alu32_imm(Alu::And, R8, ne16(0x1fff))
+        .jmp_imm(Jmp::Ne, R8, 0, "fragment_later")
+        .alu64_reg(Alu::Mov, R1, R4)
+        .alu64_imm(Alu::Add, R1, 18)
+        .jmp_reg(Jmp::Gt, R1, R3, "pass_short")
+        .ldx(H, R7, R4, 16)
+        .ja("fragment_first");
+    // Emitted only with an IPv6 branch: the verifier refuses code that
+    // nothing reaches.
+    if ipv6 {
+        emit_fragment6(a);
+    }
+    // A first fragment: r5 = protocol, r7 = destination port.
+    a.label("fragment_first");
+    emit_port_lookup(a, m.ports);
+    a.call(helper::KTIME_GET_NS)
+        .stx(DW, R10, FRAG_TIME, R0)
+        .ld_map_fd(R1, m.frags)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, i32::from(FRAG_KEY))
+        .alu64_reg(Alu::Mov, R3, R10)
+        .alu64_imm(Alu::Add, R3, i32::from(FRAG_TIME))
+        .alu64_imm(Alu::Mov, R4, 0)
+        .call(helper::MAP_UPDATE_ELEM)
+        .ja("redirect");
+    // A later fragment: its datagram's, if the first one was meshgate's.
+    a.label("fragment_later")
+        .ld_map_fd(R1, m.frags)
+        .alu64_reg(Alu::Mov, R2, R10)
+        .alu64_imm(Alu::Add, R2, i32::from(FRAG_KEY))
+        .call(helper::MAP_LOOKUP_ELEM)
+        .jmp_imm(Jmp::Eq, R0, 0, "pass_fragment_not_ours")
+        .ldx(DW, R9, R0, 0)
+        .call(helper::KTIME_GET_NS)
+        .alu64_reg(Alu::Sub, R0, R9)
+        .alu64_imm(Alu::Rsh, R0, 20)
+        .jmp_imm(
+            Jmp::Gt,
+            R0,
+            FRAGMENT_TIMEOUT_UNITS,
+            "pass_fragment_not_ours",
+        )
+        .ja("redirect");
+}
+
+/// Emits the zeroing of the fragment key's bytes (the verifier reads a
+/// map key only from initialised stack).
+fn emit_zero_frag_key(a: &mut Asm) {
+    a.alu64_imm(Alu::Mov, R1, 0);
+    for i in 0..(FRAG_KEY_LEN as i16 / 8) {
+        a.stx(DW, R10, FRAG_KEY + 8 * i, R1);
+    }
+}
+
+/// The IPv6 half of [`emit_fragments`], at "fragment6": the fragment
+/// header (RFC 8200 4.5) right after the fixed header gives the key; a
+/// first fragment's TCP or UDP header follows it.
+fn emit_fragment6(a: &mut Asm) {
+    a.label("fragment6")
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 62)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short");
+    emit_zero_frag_key(a);
+    for i in 0..4i16 {
+        a.ldx(W, R1, R2, 22 + 4 * i)
+            .stx(W, R10, FRAG_KEY + 4 * i, R1);
+    }
+    a.ldx(W, R1, R2, 58)
+        .stx(W, R10, FRAG_KEY + 16, R1)
+        .ldx(B, R5, R2, 54)
+        .stx(B, R10, FRAG_KEY + 20, R5)
+        .alu64_imm(Alu::Mov, R1, 6)
+        .stx(B, R10, FRAG_KEY + 21, R1)
+        .ldx(H, R8, R2, 56)
+        .alu32_imm(Alu::And, R8, ne16(0xfff8))
+        .jmp_imm(Jmp::Ne, R8, 0, "fragment_later")
+        .jmp_imm(Jmp::Eq, R5, 6, "fragment6_l4")
+        .jmp_imm(Jmp::Eq, R5, 17, "fragment6_l4")
+        .ja("pass_other_protocol")
+        .label("fragment6_l4")
+        .alu64_reg(Alu::Mov, R4, R2)
+        .alu64_imm(Alu::Add, R4, 66)
+        .jmp_reg(Jmp::Gt, R4, R3, "pass_short")
+        .ldx(H, R7, R2, 64)
+        .ja("fragment_first");
 }
 
 /// Slots of the table of refused SYNs (2^21 fingerprints, 16 MiB): at
@@ -557,6 +737,7 @@ struct ProgramMaps {
     budget: RawFd,
     admit: RawFd,
     retry: RawFd,
+    frags: RawFd,
 }
 
 /// What the SYN admission control did, all queues together.
@@ -600,6 +781,9 @@ pub struct IngressProgram {
     pub admit: Map,
     /// Fingerprints of refused SYNs, for their retransmissions.
     pub retry: Map,
+    /// Datagrams whose first fragment went to a published port
+    /// ([`emit_fragments`]).
+    pub frags: Map,
     queues: u32,
 }
 
@@ -611,6 +795,13 @@ impl IngressProgram {
         let budget = Map::create(map_type::ARRAY, 4, 16, 1, "mg_budget")?;
         let admit = Map::create(map_type::ARRAY, 4, admit::SIZE, p.queues.max(1), "mg_admit")?;
         let retry = Map::create(map_type::ARRAY, 4, 8, 1 << RETRY_SLOT_BITS, "mg_syn_retry")?;
+        let frags = Map::create(
+            map_type::LRU_HASH,
+            FRAG_KEY_LEN,
+            8,
+            FRAGMENT_SLOTS,
+            "mg_frags",
+        )?;
         let maps = ProgramMaps {
             xsks: xsks.fd(),
             ports: ports.fd(),
@@ -618,6 +809,7 @@ impl IngressProgram {
             budget: budget.fd(),
             admit: admit.fd(),
             retry: retry.fd(),
+            frags: frags.fd(),
         };
         let prog = Self::load_program(p, &maps)?;
         Ok(IngressProgram {
@@ -628,6 +820,7 @@ impl IngressProgram {
             budget,
             admit,
             retry,
+            frags,
             queues: p.queues.max(1),
         })
     }
@@ -855,7 +1048,7 @@ mod tests {
             PASS,
             "ICMPv6: neighbour discovery, echo"
         );
-        for eh in [0u8, 43, 44, 60] {
+        for eh in [0u8, 43, 60] {
             assert_eq!(
                 run(&with(14 + 6, eh)),
                 REDIRECT,
@@ -1130,6 +1323,152 @@ mod tests {
             p.pass_counts().unwrap()[0],
             1,
             "a truncated IPv4 frame is short"
+        );
+    }
+
+    /// `f`, an IPv4 frame, as a fragment at `offset` (8-byte units) of
+    /// the datagram `id`, more fragments following when `mf`.
+    fn frag4(mut f: Vec<u8>, offset: u16, mf: bool, id: u16) -> Vec<u8> {
+        f[18..20].copy_from_slice(&id.to_be_bytes());
+        let v = offset | if mf { 0x2000 } else { 0 };
+        f[20..22].copy_from_slice(&v.to_be_bytes());
+        fix_ip_checksum(&mut f, 14);
+        f
+    }
+
+    /// `f`, an IPv6 frame, with a fragment header (RFC 8200 4.5) between
+    /// its fixed header and its transport header.
+    fn frag6(f: &[u8], offset: u16, mf: bool, id: u32) -> Vec<u8> {
+        let mut out = f[..54].to_vec();
+        out[20] = 44;
+        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        out[18..20].copy_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[f[20], 0]);
+        out.extend_from_slice(&((offset << 3) | u16::from(mf)).to_be_bytes());
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&f[54..]);
+        out
+    }
+
+    /// `f`, an IPv4 frame, with four bytes of IP options (NOPs).
+    fn with_options(f: &[u8]) -> Vec<u8> {
+        let mut out = f[..34].to_vec();
+        out.extend_from_slice(&[1, 1, 1, 1]);
+        out.extend_from_slice(&f[34..]);
+        out[14] = 0x46;
+        let len = u16::from_be_bytes([f[16], f[17]]) + 4;
+        out[16..18].copy_from_slice(&len.to_be_bytes());
+        fix_ip_checksum(&mut out, 14);
+        out
+    }
+
+    fn passed(p: &IngressProgram, reason: &str) -> u64 {
+        let i = PASS_REASONS.iter().position(|r| *r == reason).unwrap();
+        p.pass_counts().unwrap()[i]
+    }
+
+    /// The node's own fragmented traffic is the kernel's: only a datagram
+    /// whose first fragment goes to a published port is meshgate's, and
+    /// its later fragments (which carry no ports) follow it.
+    #[test]
+    fn fragments_follow_their_first_fragment_and_the_rest_is_the_kernels() {
+        let Some(p) = load_with(Some(NODE6)) else {
+            return;
+        };
+        p.add_port(17, PUBLISHED).unwrap();
+        let run = |f: &[u8]| p.prog.test_run(f).unwrap();
+        let to = |port: u16| {
+            udp_frame(
+                CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, port, &[7; 64],
+            )
+        };
+        // A published port's datagram, first fragment first.
+        assert_eq!(run(&frag4(to(PUBLISHED), 0, true, 1)), REDIRECT, "first");
+        assert_eq!(run(&frag4(to(PUBLISHED), 9, true, 1)), REDIRECT, "middle");
+        assert_eq!(run(&frag4(to(PUBLISHED), 18, false, 1)), REDIRECT, "last");
+        // The node's own service: every fragment passes.
+        assert_eq!(
+            run(&frag4(to(9999), 0, true, 2)),
+            PASS,
+            "first, unpublished"
+        );
+        assert_eq!(run(&frag4(to(9999), 9, false, 2)), PASS, "its last");
+        // Later fragments of no first fragment seen, of another source, of
+        // another protocol: the kernel's, whatever their bytes look like.
+        let before = passed(&p, "fragment_not_ours");
+        assert_eq!(
+            run(&frag4(to(PUBLISHED), 9, false, 3)),
+            PASS,
+            "no first seen"
+        );
+        let other = udp_frame(
+            CLIENT_MAC, NODE_MAC, TASKS[0], NODE, 64, 40000, PUBLISHED, b"x",
+        );
+        assert_eq!(run(&frag4(other, 9, false, 1)), PASS, "another source");
+        let tcp = client_tcp(40000, 1, 1, ACK, &[7; 64]);
+        assert_eq!(run(&frag4(tcp, 9, false, 1)), PASS, "another protocol");
+        assert_eq!(passed(&p, "fragment_not_ours"), before + 3);
+        // A first fragment too short to hold the ports is the kernel's.
+        let short = frag4(to(PUBLISHED), 0, true, 4);
+        assert_eq!(run(&short[..14 + 20 + 2]), PASS, "a tiny first fragment");
+        // IPv6, the same.
+        let to6 = |port: u16| {
+            let mut f = client6_udp(CLIENT6, 40000, &[7; 64]);
+            f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&port.to_be_bytes());
+            f
+        };
+        assert_eq!(
+            run(&frag6(&to6(PUBLISHED), 0, true, 7)),
+            REDIRECT,
+            "IPv6 first"
+        );
+        assert_eq!(
+            run(&frag6(&to6(PUBLISHED), 9, false, 7)),
+            REDIRECT,
+            "IPv6 last"
+        );
+        assert_eq!(
+            run(&frag6(&to6(9999), 0, true, 8)),
+            PASS,
+            "IPv6, unpublished"
+        );
+        assert_eq!(run(&frag6(&to6(9999), 9, false, 8)), PASS, "its last");
+        assert_eq!(
+            run(&frag6(&to6(PUBLISHED), 9, false, 9)),
+            PASS,
+            "IPv6, no first seen"
+        );
+        // The IPv4 and IPv6 tables do not mix: datagram 7 is IPv6's.
+        assert_eq!(run(&frag4(to(PUBLISHED), 9, false, 7)), PASS);
+    }
+
+    /// IPv4 options: a published port's are the pipeline's to refuse and
+    /// count; the node's own reach its kernel.
+    #[test]
+    fn ip_options_to_the_node_reach_its_kernel() {
+        let Some(p) = load() else { return };
+        p.add_port(6, PUBLISHED).unwrap();
+        let run = |f: &[u8]| p.prog.test_run(f).unwrap();
+        let ssh = tcp_frame(
+            CLIENT_MAC, NODE_MAC, CLIENT, NODE, 64, 40000, 22, 1, 0, SYN, b"",
+        );
+        assert_eq!(run(&with_options(&ssh)), PASS, "ssh with options");
+        assert_eq!(
+            run(&with_options(&client_tcp(40000, 1, 0, SYN, b""))),
+            REDIRECT
+        );
+        let mut bad = client_tcp(40000, 1, 0, SYN, b"");
+        bad[14] = 0x44;
+        fix_ip_checksum(&mut bad, 14);
+        assert_eq!(
+            run(&bad),
+            REDIRECT,
+            "a malformed header: the pipeline counts it"
+        );
+        assert_eq!(
+            run(&with_options(&ssh)[..14 + 24 + 2]),
+            REDIRECT,
+            "truncated: counted"
         );
     }
 
