@@ -6,9 +6,11 @@
 //!
 //! * every service with a port published in `ingress` mode becomes a
 //!   service with those ports (Swarm's `PublishedPort` and `TargetPort`);
-//! * every task whose desired and current states are `running` and that
-//!   has an address on the ingress network becomes a task, carried to the
-//!   underlay address of its node (`Status.Addr` of the node);
+//! * every task whose current state is `running` and that has an address
+//!   on the ingress network becomes a task, carried to the underlay address
+//!   of its node (`Status.Addr` of the node); one that Swarm is stopping
+//!   (its desired state no longer `running`) gets weight 0, drained as
+//!   Swarm's own mesh drains it;
 //! * `[node] address` and the whole `[ingress]` table come from this node:
 //!   `NodeAddr`, the ingress network's VNI, subnet and MTU, and the address
 //!   and MAC of this node's ingress sandbox (`ingress-sbox`), whose place on
@@ -201,7 +203,8 @@ pub fn read_desired(
     let services = d.get("/services")?;
     let tasks = d.get(&format!(
         "/tasks?{}",
-        filters(&serde_json::json!({ "desired-state": ["running"] }))
+        // Tasks being stopped too: they are drained while they run.
+        filters(&serde_json::json!({ "desired-state": ["running", "shutdown", "remove"] }))
     ))?;
     let nodes = d.get("/nodes")?;
     derive(&services, &tasks, &nodes, facts, ingress)
@@ -248,14 +251,23 @@ pub fn derive(
         let Some((name, spec)) = t["ServiceID"].as_str().and_then(|id| specs.get_mut(id)) else {
             continue;
         };
-        // Desired running is not enough: a task still starting (or
-        // already failed) must not receive flows.
-        if t["DesiredState"].as_str() != Some("running")
-            || t["Status"]["State"].as_str() != Some("running")
-        {
+        // Running is what counts: a task still starting (or already
+        // failed) must not receive flows.
+        if t["Status"]["State"].as_str() != Some("running") {
             continue;
         }
         match place_task(t, &nodes, facts, ingress) {
+            // A task Swarm is stopping (a rolling update, a scale-down, a
+            // drained node: its desired state is no longer `running`)
+            // whose container still runs is drained, as Swarm's own mesh
+            // drains it (weight 0 before the stop signal): no new flows,
+            // its flows go on until it is gone.
+            Ok(task) if t["DesiredState"].as_str() != Some("running") => {
+                spec.tasks.push(TaskSpec {
+                    weight: Some(0),
+                    ..task
+                })
+            }
             Ok(task) => spec.tasks.push(task),
             Err(why) => notes.push(format!("service {name}: {why}")),
         }
@@ -582,6 +594,53 @@ mod tests {
             ]
         );
         assert!(d.notes.is_empty(), "{:?}", d.notes);
+    }
+
+    /// A rolling update, a scale-down or a drained node: Swarm sets the
+    /// task's desired state to `shutdown` (or `remove`) while its
+    /// container still runs, then stops it. Meanwhile it is drained;
+    /// once it no longer runs it is gone.
+    #[test]
+    fn tasks_being_stopped_are_drained_until_they_stop() {
+        let stopping = TASKS.replacen(
+            r#""DesiredState":"running","Status":{"State":"running"}"#,
+            r#""DesiredState":"shutdown","Status":{"State":"running"}"#,
+            1,
+        );
+        assert_ne!(stopping, TASKS);
+        let d = run(SERVICES, &stopping, NODES);
+        let weights: Vec<(String, u32)> = d.services[0]
+            .tasks
+            .iter()
+            .map(|t| (t.address.to_string(), t.weight))
+            .collect();
+        let drained: Vec<_> = weights.iter().filter(|(_, w)| *w == 0).collect();
+        assert_eq!(drained.len(), 1, "{weights:?}");
+        assert_eq!(
+            weights.len(),
+            3,
+            "the stopping task is still there: {weights:?}"
+        );
+        // `remove` (a removed service or a scale-down) drains as well.
+        let removing = stopping.replacen(
+            r#""DesiredState":"shutdown""#,
+            r#""DesiredState":"remove""#,
+            1,
+        );
+        let d = run(SERVICES, &removing, NODES);
+        assert_eq!(
+            d.services[0].tasks.iter().filter(|t| t.weight == 0).count(),
+            1
+        );
+        // Stopped: gone.
+        let stopped = stopping.replacen(
+            r#""DesiredState":"shutdown","Status":{"State":"running"}"#,
+            r#""DesiredState":"shutdown","Status":{"State":"shutdown"}"#,
+            1,
+        );
+        let d = run(SERVICES, &stopped, NODES);
+        assert_eq!(d.services[0].tasks.len(), 2);
+        assert!(d.services[0].tasks.iter().all(|t| t.weight == 1));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! service list equal to the swarm's.
 //!
 //! * The reader re-reads services, running tasks and nodes every
-//!   `swarm.resync` and, for a while after any event, every 250 ms: a
-//!   `docker service scale` is one service event, but its tasks reach
-//!   `running` seconds later and Swarm sends no event for that.
+//!   `swarm.resync` and, for a while after any event or any change it
+//!   read, every 250 ms: a `docker service scale` is one service event,
+//!   but its tasks reach `running` seconds later, and a rolling update
+//!   stops and starts tasks for as long as it lasts, and Swarm sends no
+//!   event for a task.
 //! * The listener holds `GET /events` open (service, node and network
 //!   events) so that changes are seen at once rather than at the next
 //!   resync.
@@ -185,7 +187,14 @@ impl Reader {
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
-            let ok = self.read(&mut last_print);
+            let read = self.read(&mut last_print);
+            if read == Some(true) {
+                // The swarm is moving (a rolling update replaces its tasks
+                // one after the other, and Swarm sends no event for a
+                // task): keep reading fast until it rests.
+                settle_until = settle_until.max(Instant::now() + SETTLE);
+            }
+            let ok = read.is_some();
             failures = if ok { 0 } else { failures.saturating_add(1) };
             let wait = if !ok {
                 // 0.5 s, 1 s, 2 s ... up to the resync period.
@@ -205,8 +214,8 @@ impl Reader {
         self.status.lock().unwrap_or_else(|e| e.into_inner()).events
     }
 
-    /// One read; true when it succeeded.
-    fn read(&mut self, last_print: &mut Option<(String, Instant)>) -> bool {
+    /// One read: `None` when it failed, else whether the services changed.
+    fn read(&mut self, last_print: &mut Option<(String, Instant)>) -> Option<bool> {
         let manager = self.cfg.manager.as_deref().map(Docker::new);
         match read_desired(
             &self.docker,
@@ -227,13 +236,14 @@ impl Reader {
                 }
                 drop(st);
                 *last_print = None;
-                if d.services != self.last {
+                let changed = d.services != self.last;
+                if changed {
                     self.last = d.services.clone();
                     if self.tx.send(d.services).is_ok() {
                         self.bell.ring();
                     }
                 }
-                true
+                Some(changed)
             }
             Err(e) => {
                 let msg = e.to_string();
@@ -248,7 +258,7 @@ impl Reader {
                     log::warn!("swarm: {msg}; keeping the last known services");
                     *last_print = Some((msg, Instant::now()));
                 }
-                false
+                None
             }
         }
     }
