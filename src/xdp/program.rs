@@ -255,22 +255,19 @@ fn ingress_insns(p: &IngressParams, maps: &ProgramMaps, vlan_kfunc: Option<u32>)
             .alu64_reg(Alu::Mov, R1, R6);
     }
     emit_ipv4_to(&mut a, Some(p.node_addr), None, p.node_addr6.is_some());
-    // r7 = the header's length in bytes, r4 = data + r7 (the transport
-    // header at r4 + 14): a malformed version or length is the
-    // pipeline's to count; options and fragments have their own branches.
+    // r7 = the header's length in 32-bit words: a malformed version or
+    // length is the pipeline's to count; options and fragments have their
+    // own branches.
     a.ldx(B, R7, R2, 14)
         .alu64_reg(Alu::Mov, R8, R7)
         .alu64_imm(Alu::And, R8, 0xf0)
         .jmp_imm(Jmp::Ne, R8, 0x40, "redirect")
         .alu64_imm(Alu::And, R7, 0x0f)
         .jmp_imm(Jmp::Lt, R7, 5, "redirect")
-        .alu64_imm(Alu::Lsh, R7, 2)
-        .alu64_reg(Alu::Mov, R4, R2)
-        .alu64_reg(Alu::Add, R4, R7)
         .ldx(H, R8, R2, 20)
         .alu32_imm(Alu::And, R8, ne16(0x3fff))
         .jmp_imm(Jmp::Ne, R8, 0, "fragment")
-        .jmp_imm(Jmp::Ne, R7, 20, "options")
+        .jmp_imm(Jmp::Ne, R7, 5, "options")
         .alu64_reg(Alu::Mov, R4, R2)
         .alu64_imm(Alu::Add, R4, 38)
         .jmp_reg(Jmp::Gt, R4, R3, "redirect")
@@ -389,19 +386,47 @@ fn emit_ipv6(a: &mut Asm, addr6: std::net::Ipv6Addr, maps: &ProgramMaps) {
     emit_syn_admission(a, maps, &SYN_V6);
 }
 
-/// IPv4 with options to the node (r4 = data + header length, r5 =
-/// protocol): redirected when its destination port is published (the
-/// pipeline refuses options and counts them), else the kernel's, as the
-/// node's own traffic. No admission control: the pipeline drops it anyway.
+/// IPv4 with options to the node (r7 = the header's length in words, 6
+/// to 15; r5 = protocol): redirected when its destination port is
+/// published (the pipeline refuses options and counts them), else the
+/// kernel's, as the node's own traffic. One branch per length, each with
+/// constant offsets: the verifier refuses pointer arithmetic with a
+/// variable to a program loaded without CAP_PERFMON, as meshgate's
+/// systemd unit loads it. No admission control: the pipeline drops these.
 fn emit_options(a: &mut Asm, ports: RawFd) {
-    a.label("options")
-        .alu64_reg(Alu::Mov, R1, R4)
-        .alu64_imm(Alu::Add, R1, 18)
-        .jmp_reg(Jmp::Gt, R1, R3, "redirect")
-        .ldx(H, R7, R4, 16);
+    a.label("options");
+    for (i, l) in OPTION_LABELS.iter().enumerate() {
+        a.jmp_imm(Jmp::Eq, R7, i as i32 + 6, l);
+    }
+    a.ja("redirect");
+    for (i, l) in OPTION_LABELS.iter().enumerate() {
+        // The destination port is 2 bytes into the transport header.
+        let dport = 14 + 4 * (i as i16 + 6) + 2;
+        a.label(l)
+            .alu64_reg(Alu::Mov, R1, R2)
+            .alu64_imm(Alu::Add, R1, i32::from(dport) + 2)
+            .jmp_reg(Jmp::Gt, R1, R3, "redirect")
+            .ldx(H, R7, R2, dport)
+            .ja("options_port");
+    }
+    a.label("options_port");
     emit_port_lookup(a, ports);
     a.ja("redirect");
 }
+
+/// [`emit_options`]' branches, for header lengths of 6 to 15 words.
+const OPTION_LABELS: [&str; 10] = [
+    "options6",
+    "options7",
+    "options8",
+    "options9",
+    "options10",
+    "options11",
+    "options12",
+    "options13",
+    "options14",
+    "options15",
+];
 
 /// How long after a datagram's first fragment its later fragments still
 /// follow it to meshgate, in units of 2^20 ns (about 30 s: Linux's
@@ -420,8 +445,8 @@ const FRAG_KEY_LEN: u32 = 24;
 const FRAG_TIME: i16 = -56;
 
 /// Fragments to the node, IPv4 (entered at "fragment": r8 = its MF and
-/// offset bits, r4 = data + header length, r5 = protocol) and IPv6
-/// (at "fragment6", after the address check).
+/// offset bits, r7 = the header's length in words, r5 = protocol) and
+/// IPv6 (at "fragment6", after the address check).
 ///
 /// A datagram is meshgate's when its first fragment, the one with the
 /// transport header, goes to a published port: the first fragment is
@@ -447,8 +472,11 @@ const FRAG_TIME: i16 = -56;
 /// goto redirect;
 /// ```
 fn emit_fragments(a: &mut Asm, m: &ProgramMaps, ipv6: bool) {
-    // IPv4: r8 = MF and offset (as loaded), r4 = data + header length.
-    a.label("fragment");
+    // IPv4: r8 = MF and offset (as loaded), r7 = the header's length in
+    // words. With options as well, its ports are not at a constant offset
+    // (see `emit_options`): the kernel's.
+    a.label("fragment")
+        .jmp_imm(Jmp::Ne, R7, 5, "pass_fragment_not_ours");
     emit_zero_frag_key(a);
     a.ldx(W, R1, R2, 26)
         .stx(W, R10, FRAG_KEY, R1)
@@ -459,10 +487,10 @@ fn emit_fragments(a: &mut Asm, m: &ProgramMaps, ipv6: bool) {
         .stx(B, R10, FRAG_KEY + 21, R1)
         .alu32_imm(Alu::And, R8, ne16(0x1fff))
         .jmp_imm(Jmp::Ne, R8, 0, "fragment_later")
-        .alu64_reg(Alu::Mov, R1, R4)
-        .alu64_imm(Alu::Add, R1, 18)
+        .alu64_reg(Alu::Mov, R1, R2)
+        .alu64_imm(Alu::Add, R1, 38)
         .jmp_reg(Jmp::Gt, R1, R3, "pass_short")
-        .ldx(H, R7, R4, 16)
+        .ldx(H, R7, R2, 36)
         .ja("fragment_first");
     // Emitted only with an IPv6 branch: the verifier refuses code that
     // nothing reaches.
