@@ -179,7 +179,7 @@ fn the_control_socket_refuses_other_users() {
     assert!(st.success(), "{log}");
 }
 
-/// The capabilities the README documents are enough: meshgate runs as
+/// The capabilities docs/install.md documents are enough: meshgate runs as
 /// `nobody` with only those and forwards; without CAP_BPF it stops at once
 /// and names what is missing.
 #[test]

@@ -46,7 +46,7 @@ fn syn_flood_flat_out() {
         return;
     };
     // The default budget unless MESHGATE_FLOOD_BUDGET says otherwise (how
-    // the default was chosen: see the README's flood section).
+    // the default was chosen: see docs/security.md, floods).
     let budget = std::env::var("MESHGATE_FLOOD_BUDGET")
         .map(|b| format!("new_per_second = {b}\n"))
         .unwrap_or_default();

@@ -3,7 +3,7 @@
 //! ingress namespace) rendering `/` twice, a few seconds apart.
 //!
 //! `MESHGATE_SCREENSHOT=docs/status-page.png` also saves a screenshot of
-//! the page (the README's picture is made this way), 900 CSS pixels wide
+//! the page (the picture in the README and docs/operating.md is made this way), 900 CSS pixels wide
 //! unless `MESHGATE_SCREENSHOT_WIDTH` says otherwise (390: a phone).
 
 mod common;

@@ -267,7 +267,7 @@ pub struct FlowLimits {
 
 /// The default SYN budget per queue and second: what one worker admits
 /// while its established flows keep their latency (measured in
-/// `tests/e2e_flood.rs`; see the README's flood section).
+/// `tests/e2e_flood.rs`; see docs/security.md, floods).
 pub const DEFAULT_NEW_PER_SECOND: u32 = 20_000;
 
 impl Default for FlowLimits {

@@ -49,7 +49,7 @@ fn run(connections: u32, keep: bool) -> Result<()> {
     );
 
     // With --keep, the default control socket, so that the client
-    // commands work as the README shows them, without --control.
+    // commands work as docs/operating.md shows them, without --control.
     let sock = if keep {
         std::path::PathBuf::from(meshgate::config::DEFAULT_CONTROL_SOCKET)
     } else {
@@ -135,13 +135,18 @@ fn run(connections: u32, keep: bool) -> Result<()> {
             "== the lab stays up; meshgate serves {}; in another terminal, try:",
             sock.display()
         );
-        println!("   meshgate service ls");
-        println!("   meshgate service ps web");
-        println!("   meshgate ipvs");
-        println!("   meshgate stats --watch");
+        // The binary it started: nothing has put it on the PATH.
+        let mg = exe.display();
+        println!("   sudo {mg} service ls");
+        println!("   sudo {mg} service ps web");
+        println!("   sudo {mg} ipvs");
+        println!("   sudo {mg} stats --watch");
         println!(
-            "   ip netns exec {} bash   # a shell on the client (198.18.0.1); the published port is 198.18.0.2:8080",
+            "   sudo ip netns exec {} bash -c 'exec 3<>/dev/tcp/198.18.0.2/8080; echo hello >&3; head -1 <&3'",
             lab.client()
+        );
+        println!(
+            "      (the client, 198.18.0.1, asks the published port: a task answers with its name and the address it saw)"
         );
         println!("== press Ctrl-C to stop meshgate and remove the lab");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
