@@ -20,7 +20,7 @@ mod cli;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
-    /// Log level: error, warn, info, debug or trace (default: RUST_LOG, else info).
+    /// Log level of `run`: error, warn, info, debug, trace or off (default: RUST_LOG, else info).
     #[arg(long, global = true, value_name = "LEVEL")]
     log_level: Option<log::LevelFilter>,
 }
@@ -82,7 +82,7 @@ enum Cmd {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// Read services and tasks from Docker Swarm through this manager's Engine API socket.
+        /// Read services and tasks from Docker Swarm through this node's Engine API socket (a manager's or a worker's).
         #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = meshgate::config::DEFAULT_DOCKER_SOCKET)]
         swarm: Option<String>,
         /// The ingress NIC, with --swarm and no --config (default: the interface that holds the swarm's node address).

@@ -94,6 +94,8 @@ fn debian_package_installs_a_verified_unit_man_pages_and_completions() {
         "./usr/share/bash-completion/completions/meshgate",
         "./usr/share/zsh/vendor-completions/_meshgate",
         "./usr/share/fish/vendor_completions.d/meshgate.fish",
+        // The configuration file's comments send the reader there.
+        "./usr/share/doc/meshgate/docs/configuration.md",
     ] {
         assert!(
             list.lines().any(|l| l.ends_with(path)),

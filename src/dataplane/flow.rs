@@ -566,8 +566,9 @@ impl FlowTable {
     /// is full, evicts the best candidate among a sample of slots: an
     /// unfinished or closed flow first, else the least recently seen.
     /// Returns the flow's slot; a flow evicted to make room waits in
-    /// [`Self::take_evicted`] (not returned: measured, returning it by
-    /// value copied some 70 bytes on every new flow: 29 instructions).
+    /// [`Self::take_evicted`] (not returned: returning it by value copied
+    /// some 70 bytes on every new flow; bench/README.md, "Choices the counts
+    /// made").
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<u32, InsertError> {
         let h = self.client_hash(&flow.key);
         self.insert_hashed(flow, now, h)

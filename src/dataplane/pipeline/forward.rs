@@ -181,9 +181,9 @@ pub(super) fn forward<const V6: bool>(
 /// Translates a client's packet for a task on this node: no VXLAN, the
 /// sandbox's interface is on the task's own bridge, and the frame keeps
 /// its size and place. Its own `nat` call rather than one shared with the
-/// VXLAN path: measured, sharing it (an `Option` of the template chosen
-/// first) cost the established path 9 instructions per packet and a new
-/// flow 13 (testkit/tests/instructions.rs).
+/// VXLAN path: sharing it (an `Option` of the template chosen first)
+/// cost both the established path and new flows instructions
+/// (bench/README.md, "Choices the counts made").
 #[inline(always)]
 pub(super) fn to_local(
     f: &mut FrameBuf<'_>,
@@ -200,11 +200,10 @@ pub(super) fn to_local(
     Ok(())
 }
 
-/// `Ok(Verdict::Handoff(w))`, out of line. Measured (callgrind,
-/// established flow): `forward` returning this verdict at all costs every
-/// established packet about 20 instructions of register pressure, wherever
-/// the test sits; built out of line, 5 of them are saved (572 -> 567).
-/// See bench/README.md.
+/// `Ok(Verdict::Handoff(w))`, out of line: `forward` returning this
+/// verdict at all costs every established packet register pressure,
+/// wherever the test sits, and built out of line it costs less
+/// (bench/README.md, "Choices the counts made").
 #[cold]
 #[inline(never)]
 pub(super) fn hand_to(w: u16) -> Result<Verdict, DropReason> {
@@ -227,10 +226,8 @@ pub(super) enum Known<'s> {
 /// Looks a client's packet up in the flow table and settles what its flow
 /// there (if any) means: a SYN on a closing flow and a flow whose task has
 /// gone end it. The inlining attributes of this step, `new_flow`,
-/// `flow_deltas` and `SchedTable::pick` were chosen by measurement
-/// (callgrind, established / reply / new flow): all inline 556/700/1213,
-/// `new_flow` out of line 550/700/1210, `flow_deltas` out of line
-/// 542/700/1173, as here 545/700/1152.
+/// `flow_deltas` and `SchedTable::pick` were chosen by callgrind's counts
+/// (bench/README.md, "Choices the counts made").
 #[inline]
 pub(super) fn known_flow<'s, const V6: bool>(
     snap: &'s Snapshot,

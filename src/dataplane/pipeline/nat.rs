@@ -20,9 +20,9 @@ use std::net::Ipv4Addr;
 /// it is (or may be) partial: see [`L4Checksum`].
 ///
 /// The mode is a type parameter of [`nat_with`], picked here once, so that
-/// the NIC's incremental path compiles to the update alone: as run-time
-/// tests inside the update the modes cost the established path 19
-/// instructions (callgrind, runs of 20 000 and 40 000 packets).
+/// the NIC's incremental path compiles to the update alone, without the
+/// run-time tests of the mode inside the update (bench/README.md, "Choices
+/// the counts made").
 #[inline(always)]
 pub(super) fn nat(p: &mut [u8], rw: Rewrite, l4_checksum: L4Checksum) {
     if l4_checksum == L4Checksum::Incremental {
@@ -171,9 +171,10 @@ pub(super) const TTL_DECREMENT_NE: u16 = checksum::TTL_DECREMENT.to_be();
 /// them.
 ///
 /// Summed in the wire's byte order directly, in 32 bits with two folds
-/// (the sums are bounded): measured, [`checksum::Delta`]'s 64-bit
-/// accumulator and general fold, then two swaps, cost each new flow 9
-/// instructions. `flow_deltas_agree` checks the two against each other.
+/// (the sums are bounded): [`checksum::Delta`]'s 64-bit accumulator and
+/// general fold, then two swaps, cost each new flow more (bench/README.md,
+/// "Choices the counts made"). `flow_deltas_agree` checks the two against
+/// each other.
 #[inline(always)]
 pub(super) fn flow_deltas(
     (client, client_port): (Ipv4Addr, u16),

@@ -47,9 +47,8 @@ pub(super) fn check_ipv4(h: &[u8; IP], avail: usize) -> Result<usize, DropReason
 
 /// The parts of a TCP or UDP header the pipeline uses. Eight bytes at
 /// most, so that it travels in a register (the sequence number is read
-/// apart, by [`tcp_seq_end`], where it is needed: measured, a 12-byte
-/// `L4` passed through the stack cost each established packet 15
-/// instructions).
+/// apart, by [`tcp_seq_end`], where it is needed: a 12-byte `L4` goes
+/// through the stack; bench/README.md, "Choices the counts made").
 #[derive(Clone, Copy)]
 pub(super) struct L4 {
     pub(super) sport: u16,
@@ -59,8 +58,9 @@ pub(super) struct L4 {
 }
 
 /// The parts of a checked IPv4 header [`forward`] uses, read once by its
-/// caller and passed in a register (measured: reading them again from the
-/// frame cost each established packet 8 instructions).
+/// caller and passed in a register (reading them again from the frame
+/// costs each established packet more; bench/README.md, "Choices the counts
+/// made").
 #[derive(Clone, Copy)]
 pub(super) struct Ip4 {
     pub(super) client: Ipv4Addr,

@@ -46,8 +46,8 @@ pub(super) fn reply(
     let r = reply_from(snap, st, f, vtep, end);
     // Only a node that runs a task (a VTEP of the snapshot's) is listened
     // to. A reply translated for a client has passed that test already
-    // (in `translate_reply`, mostly without a table lookup: measured, 30
-    // instructions a reply); every other outcome is tested here, so that
+    // (in `translate_reply`, mostly without a table lookup, which saves a
+    // reply instructions); every other outcome is tested here, so that
     // a frame from an unknown node is counted as such whatever else is
     // wrong with it, as when the test came first.
     match r {
@@ -294,8 +294,8 @@ pub(super) fn local_reply(
 
 /// The client's MAC address for a flow's replies: resolved once, then
 /// kept in the flow.
-// Inlined, like `to_client`: measured, the calls cost 12 instructions per
-// reply (callgrind, `meshgate-bench pipeline --case reply`).
+// Inlined, like `to_client`: on the reply path the calls cost more than
+// the bodies (bench/README.md, "Choices the counts made").
 #[inline(always)]
 pub(super) fn client_mac(snap: &Snapshot, flow: &mut Flow) -> Option<MacAddr> {
     if !flow.client_mac_valid {
