@@ -45,17 +45,34 @@ impl ConfigSource {
             Some(socket) => swarm_text(text.as_deref(), socket, self.interface.as_deref())
                 .map_err(|m| ConfigError::new(&name, "swarm.socket", m))?,
         };
+        // `--swarm SOCKET` over a file's own [swarm] table: the flag wins,
+        // as flags do; the file's text stays as it is (its line numbers in
+        // errors), and Docker is asked at the flag's socket.
+        let over = match &self.swarm {
+            Some(socket) if overrides_file_socket(text_of_file.as_deref(), socket) => Some(
+                super::parse_socket(socket).map_err(|m| ConfigError::new("--swarm", socket, m))?,
+            ),
+            _ => None,
+        };
+        let mut redirected = |p: &std::path::Path| match &over {
+            Some(o) => discover(o),
+            None => discover(p),
+        };
+        let discover: Discover = &mut redirected;
         let mut cfg = Config::parse_with(&text, &name, discover).map_err(|mut e| {
             // A socket given on the command line is named as given there,
             // not as the file key it was turned into.
             if let (Some(socket), "swarm.socket") = (&self.swarm, e.key.as_str()) {
-                if !file_sets_swarm_socket(&text_of_file) {
+                if over.is_some() || !file_sets_swarm_socket(&text_of_file) {
                     e.file = "--swarm".into();
                     e.key = socket.clone();
                 }
             }
             e
         })?;
+        if let (Some(o), Some(sw)) = (over, cfg.swarm.as_mut()) {
+            sw.socket = o;
+        }
         if self.metrics.is_some() {
             cfg.control.metrics = self.metrics;
         }
@@ -99,28 +116,37 @@ pub fn swarm_text(
         Ok(t) => t,
         Err(_) => return Ok(text.to_string()),
     };
-    match table.get("swarm") {
-        None => Ok(format!(
+    if table.contains_key("swarm") {
+        // The file's own table, its socket unless the flag names another
+        // one, which `load_with` then uses (`overrides_file_socket`).
+        Ok(text.to_string())
+    } else {
+        Ok(format!(
             "{text}\n\n[swarm]\nsocket = {}\n",
             toml_string(socket)
-        )),
-        Some(sw) => {
-            let file_socket = sw.get("socket").and_then(|v| v.as_str());
-            let default = format!("unix://{}", DEFAULT_DOCKER_SOCKET);
-            let same = |a: &str, b: &str| {
-                a.trim_start_matches("unix://") == b.trim_start_matches("unix://")
-            };
-            match file_socket {
-                Some(f) if !same(f, socket) && !same(socket, &default) => Err(format!(
-                    "--swarm {socket} and swarm.socket = {f:?} in the file disagree; keep one"
-                )),
-                _ if file_socket.is_none() && !same(socket, &default) => Err(format!(
-                    "the file has a [swarm] table; put socket = {socket:?} there instead of on the command line"
-                )),
-                _ => Ok(text.to_string()),
-            }
-        }
+        ))
     }
+}
+
+/// True when `--swarm SOCKET` names another socket than the file's own
+/// `[swarm]` table does (its `socket`, or Docker's default without one):
+/// the flag wins. `--swarm` without a socket (the default) leaves the
+/// file's.
+fn overrides_file_socket(file: Option<&str>, socket: &str) -> bool {
+    let Some(table) = file.and_then(|t| toml::from_str::<toml::Table>(t).ok()) else {
+        return false;
+    };
+    let Some(sw) = table.get("swarm") else {
+        return false;
+    };
+    let default = format!("unix://{}", DEFAULT_DOCKER_SOCKET);
+    let same =
+        |a: &str, b: &str| a.trim_start_matches("unix://") == b.trim_start_matches("unix://");
+    let file_socket = sw
+        .get("socket")
+        .and_then(|v| v.as_str())
+        .unwrap_or(&default);
+    !same(socket, &default) && !same(socket, file_socket)
 }
 
 fn toml_string(s: &str) -> String {
@@ -208,10 +234,24 @@ mod tests {
         let (_, asked) = src(&with, "unix:///var/run/docker.sock").unwrap();
         assert_eq!(asked, [PathBuf::from("/run/y.sock")]);
         assert!(src(&with, "/run/y.sock").is_ok());
-        let e = src(&with, "/run/z.sock").unwrap_err();
-        assert!(e.message.contains("disagree"), "{e}");
-        let e = src(&format!("{node}[swarm]\n"), "/run/z.sock").unwrap_err();
-        assert!(e.message.contains("put socket"), "{e}");
+        // Another socket on the command line wins over the file's, as
+        // flags do, with or without a socket in the file's [swarm].
+        let (c, asked) = src(&with, "/run/z.sock").unwrap();
+        assert_eq!(asked, [PathBuf::from("/run/z.sock")]);
+        assert_eq!(c.swarm.unwrap().socket, PathBuf::from("/run/z.sock"));
+        let (c, asked) = src(
+            &format!("{node}[swarm]\nresync = 3.0\n"),
+            "unix:///run/z.sock",
+        )
+        .unwrap();
+        assert_eq!(asked, [PathBuf::from("/run/z.sock")]);
+        let sw = c.swarm.unwrap();
+        assert_eq!(
+            (sw.socket, sw.resync.as_secs()),
+            (PathBuf::from("/run/z.sock"), 3)
+        );
+        let e = src(&with, "tcp://host:2375").unwrap_err();
+        assert!(e.message.contains("not a Unix socket"), "{e}");
         // Errors in the file keep its line numbers.
         let e = src(&format!("{node}bogus = 1\n"), "/run/x.sock").unwrap_err();
         assert_eq!(e.key, "line 4", "{e}");
