@@ -17,6 +17,31 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// A source file's text without its unit tests: they may read fixtures
+/// from anywhere; what ships may not.
+fn shipped(text: &str) -> &str {
+    text.split("#[cfg(test)]\nmod tests").next().unwrap()
+}
+
+/// `dataplane` of `dataplane/pipeline/mod.rs`, `api` of `api.rs`.
+fn first_component(rel: &str) -> String {
+    rel.split('/')
+        .next()
+        .unwrap()
+        .trim_end_matches(".rs")
+        .to_string()
+}
+
+/// The identifiers right after each `prefix` in `text`.
+fn names_after<'t>(text: &'t str, prefix: &'t str) -> impl Iterator<Item = String> + 't {
+    text.match_indices(prefix).map(move |(i, _)| {
+        text[i + prefix.len()..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    })
+}
+
 /// Top-level module → the top-level modules its shipped code names.
 fn graph() -> BTreeMap<String, BTreeSet<String>> {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../src");
@@ -28,21 +53,11 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         if ["lib.rs", "main.rs", "cli.rs"].contains(&rel.as_str()) || rel.ends_with("/tests.rs") {
             continue;
         }
-        let top = rel
-            .split('/')
-            .next()
-            .unwrap()
-            .trim_end_matches(".rs")
-            .to_string();
+        let top = first_component(&rel);
         let text = std::fs::read_to_string(&f).unwrap();
-        // Unit tests may read fixtures from anywhere; what ships may not.
-        let shipped = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let shipped = shipped(&text);
         let deps = g.entry(top.clone()).or_default();
-        for (i, _) in shipped.match_indices("crate::") {
-            let name: String = shipped[i + 7..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
+        for name in names_after(shipped, "crate::") {
             if name != top && !name.is_empty() {
                 deps.insert(name);
             }
@@ -64,16 +79,7 @@ fn modules_form_no_cycle_and_the_data_plane_stands_alone() {
         "the data plane imports configuration or control"
     );
     assert!(g["wire"].is_empty(), "wire imports {:?}", g["wire"]);
-    for start in g.keys() {
-        let mut seen = BTreeSet::new();
-        let mut todo: Vec<&String> = g[start].iter().collect();
-        while let Some(m) = todo.pop() {
-            assert_ne!(m, start, "an import cycle through {start}: {g:?}");
-            if seen.insert(m) {
-                todo.extend(g.get(m).into_iter().flatten());
-            }
-        }
-    }
+    assert_acyclic(&g, "the library's modules");
 }
 
 /// The runtime's parts: each file at `src/runtime/`'s root is one (`mod`
@@ -91,14 +97,9 @@ fn runtime_graph() -> BTreeMap<String, BTreeSet<String>> {
             .to_string_lossy()
             .into_owned();
         let at_root = !rel.contains('/');
-        let part = rel
-            .split('/')
-            .next()
-            .unwrap()
-            .trim_end_matches(".rs")
-            .to_string();
+        let part = first_component(&rel);
         let text = std::fs::read_to_string(&f).unwrap();
-        let shipped = text.split("#[cfg(test)]\nmod tests").next().unwrap();
+        let shipped = shipped(&text);
         let mut named = BTreeSet::new();
         let mut paths = vec!["crate::runtime::"];
         if at_root {
@@ -106,11 +107,7 @@ fn runtime_graph() -> BTreeMap<String, BTreeSet<String>> {
             paths.push("self::");
         }
         for p in paths {
-            for (i, _) in shipped.match_indices(p) {
-                let name: String = shipped[i + p.len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
+            for name in names_after(shipped, p) {
                 // `super::{…}` or `super::Type` from a root file: the
                 // runtime's own module.
                 let name = if name.is_empty() || name.starts_with(|c: char| c.is_uppercase()) {
@@ -147,11 +144,16 @@ fn the_runtime_parts_form_no_cycle_and_serve_and_swarm_stay_out_of_the_assembly(
         !g["swarm"].contains("serve"),
         "runtime::swarm names runtime::serve: {g:?}"
     );
+    assert_acyclic(&g, "the runtime's parts");
+}
+
+/// Fails on a cycle in `g` (what names what), saying where.
+fn assert_acyclic(g: &BTreeMap<String, BTreeSet<String>>, what: &str) {
     for start in g.keys() {
         let mut seen = BTreeSet::new();
         let mut todo: Vec<&String> = g[start].iter().collect();
         while let Some(m) = todo.pop() {
-            assert_ne!(m, start, "a cycle in the runtime through {start}: {g:?}");
+            assert_ne!(m, start, "a cycle among {what} through {start}: {g:?}");
             if seen.insert(m) {
                 todo.extend(g.get(m).into_iter().flatten());
             }
