@@ -63,7 +63,9 @@ impl ConfigSource {
             // A socket given on the command line is named as given there,
             // not as the file key it was turned into.
             if let (Some(socket), "swarm.socket") = (&self.swarm, e.key.as_str()) {
-                if over.is_some() || !file_sets_swarm_socket(&text_of_file) {
+                if over.is_some()
+                    || !matches!(file_swarm_socket(text_of_file.as_deref()), Some(Some(_)))
+                {
                     e.file = "--swarm".into();
                     e.key = socket.clone();
                 }
@@ -80,11 +82,17 @@ impl ConfigSource {
     }
 }
 
-/// True when `file` (the configuration file's text) has `swarm.socket`.
-fn file_sets_swarm_socket(file: &Option<String>) -> bool {
-    file.as_deref()
-        .and_then(|t| toml::from_str::<toml::Table>(t).ok())
-        .is_some_and(|t| t.get("swarm").and_then(|s| s.get("socket")).is_some())
+/// The file's `[swarm]` table as far as its socket goes: `None` without
+/// a table (or a file that does not parse: its real parse reports it),
+/// else the table's `socket`, if it names one.
+fn file_swarm_socket(file: Option<&str>) -> Option<Option<String>> {
+    let table = toml::from_str::<toml::Table>(file?).ok()?;
+    let sw = table.get("swarm")?;
+    Some(
+        sw.get("socket")
+            .and_then(|v| v.as_str())
+            .map(str::to_string),
+    )
 }
 
 /// The configuration text of `run --swarm SOCKET`: the file's text with a
@@ -133,20 +141,13 @@ pub fn swarm_text(
 /// the flag wins. `--swarm` without a socket (the default) leaves the
 /// file's.
 fn overrides_file_socket(file: Option<&str>, socket: &str) -> bool {
-    let Some(table) = file.and_then(|t| toml::from_str::<toml::Table>(t).ok()) else {
-        return false;
-    };
-    let Some(sw) = table.get("swarm") else {
+    let Some(file_socket) = file_swarm_socket(file) else {
         return false;
     };
     let default = format!("unix://{}", DEFAULT_DOCKER_SOCKET);
     let same =
         |a: &str, b: &str| a.trim_start_matches("unix://") == b.trim_start_matches("unix://");
-    let file_socket = sw
-        .get("socket")
-        .and_then(|v| v.as_str())
-        .unwrap_or(&default);
-    !same(socket, &default) && !same(socket, file_socket)
+    !same(socket, &default) && !same(socket, file_socket.as_deref().unwrap_or(&default))
 }
 
 fn toml_string(s: &str) -> String {
