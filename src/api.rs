@@ -163,8 +163,15 @@ pub struct TaskView {
     pub node: Ipv4Addr,
     pub mac: String,
     pub weight: u32,
-    /// `running`, `draining` (weight 0) or `unresolved-skipped`.
+    /// `running`, `draining` (weight 0), `ejected` (passive health took
+    /// it out of new-flow selection for a while) or `unresolved-skipped`.
     pub state: String,
+    /// Times passive health ejected the task, and what is left of the
+    /// current ejection.
+    #[serde(default)]
+    pub ejections: u64,
+    #[serde(default)]
+    pub ejected_for_ms: u32,
     /// The source address its new flows carry: `snat`, `preserve`, or
     /// `snat-fallback` (the service preserves, but the task's node has no
     /// return path to this node).
@@ -277,7 +284,9 @@ mod tests {
             node: Ipv4Addr::new(198, 18, 0, 11),
             mac: "02:42:c6:12:80:04".into(),
             weight: 1,
-            state: "running".into(),
+            state: "ejected".into(),
+            ejections: 2,
+            ejected_for_ms: 9_000,
             client_ip: "snat-fallback".into(),
             active_flows: 1,
             inactive_flows: 2,

@@ -9,7 +9,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use meshgate::api::{IpvsService, PortView, Request, ServiceView, TaskView, call, call_as};
-use meshgate::config::{ClientIp, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
+use meshgate::config::{
+    ClientIp, OutlierDetection, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec,
+};
 use meshgate::runtime::serve::stats::StatsView;
 use meshgate::runtime::serve::status::StatusView;
 
@@ -102,6 +104,7 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
             "ACTIVE",
             "INACTIVE",
             "FLOWS",
+            "EJECTIONS",
             "PKTS IN",
             "PKTS OUT",
         ]
@@ -114,11 +117,20 @@ pub fn service_ps(sock: &Path, name: &str) -> Result<()> {
             t.node.to_string(),
             t.mac,
             t.weight.to_string(),
-            t.state,
+            if t.ejected_for_ms > 0 {
+                format!(
+                    "{} ({:.0} s left)",
+                    t.state,
+                    f64::from(t.ejected_for_ms) / 1e3
+                )
+            } else {
+                t.state
+            },
             t.client_ip,
             t.active_flows.to_string(),
             t.inactive_flows.to_string(),
             t.flows.to_string(),
+            t.ejections.to_string(),
             t.counters.packets_in.to_string(),
             t.counters.packets_out.to_string(),
         ]);
@@ -411,11 +423,13 @@ pub fn service_create(
     tasks: &[String],
     scheduler: Scheduler,
     client_ip: ClientIp,
+    outlier_detection: OutlierDetection,
 ) -> Result<()> {
     let spec = ServiceSpec {
         name: name.into(),
         scheduler,
         client_ip,
+        outlier_detection,
         publish: publish
             .iter()
             .map(|p| parse_publish(p, true))

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-use meshgate::config::{ClientIp, Config, ConfigSource, DEFAULT_CONTROL_SOCKET, Scheduler};
+use meshgate::config::{
+    ClientIp, Config, ConfigSource, DEFAULT_CONTROL_SOCKET, OutlierDetection, Scheduler,
+};
 use meshgate::runtime::{self, RunOptions};
 
 mod cli;
@@ -223,6 +225,10 @@ enum ServiceCmd {
         /// their node has set up the return path); `snat`: the sandbox's.
         #[arg(long, default_value = "snat")]
         client_ip: String,
+        /// `off`: no passive health checks of the tasks (`on`: tasks that
+        /// refuse or leave new connections unanswered get none for a while).
+        #[arg(long, default_value = "on")]
+        outlier_detection: String,
     },
     /// Remove a service; its ports close and its flows end.
     Rm { name: String },
@@ -233,6 +239,14 @@ fn client_ip(s: &str) -> Result<ClientIp> {
         "snat" => ClientIp::Snat,
         "preserve" => ClientIp::Preserve,
         o => anyhow::bail!("`{o}` is not a client-IP mode (snat, preserve)"),
+    })
+}
+
+fn outlier_detection(s: &str) -> Result<OutlierDetection> {
+    Ok(match s {
+        "on" => OutlierDetection::On,
+        "off" => OutlierDetection::Off,
+        o => anyhow::bail!("`{o}` is not an outlier-detection mode (on, off)"),
     })
 }
 
@@ -448,6 +462,7 @@ fn real_main() -> Result<()> {
                 task,
                 scheduler: sch,
                 client_ip: mode,
+                outlier_detection: od,
             } => cli::service_create(
                 &control,
                 &name,
@@ -455,6 +470,7 @@ fn real_main() -> Result<()> {
                 &task,
                 scheduler(&sch)?,
                 client_ip(&mode)?,
+                outlier_detection(&od)?,
             ),
             ServiceCmd::Rm { name } => cli::service_rm(&control, &name),
         },

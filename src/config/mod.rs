@@ -17,7 +17,7 @@ pub use source::{ConfigSource, swarm_text};
 
 use crate::dataplane::desc::TableDesc;
 pub use crate::dataplane::desc::{
-    ClientIp, Ipv4Net, Protocol, Publish, Scheduler, Service, Task, Timeouts,
+    ClientIp, Ipv4Net, OutlierDetection, Protocol, Publish, Scheduler, Service, Task, Timeouts,
 };
 use crate::wire::MacAddr;
 use serde::Deserialize;
@@ -161,6 +161,10 @@ pub struct ServiceSpec {
     /// `meshgate.client-ip=preserve`).
     #[serde(default)]
     pub client_ip: ClientIp,
+    /// `"off"`: no passive health checks of the tasks (Docker label
+    /// `meshgate.outlier-detection=off`); on by default.
+    #[serde(default)]
+    pub outlier_detection: OutlierDetection,
     #[serde(default)]
     pub publish: Vec<PublishSpec>,
     #[serde(default)]
@@ -928,6 +932,7 @@ impl Service {
             name: s.name.clone(),
             scheduler: s.scheduler,
             client_ip: s.client_ip,
+            outlier_detection: s.outlier_detection,
             publish,
             tasks,
         })

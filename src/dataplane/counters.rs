@@ -91,6 +91,10 @@ reasons! {
     SandboxFull = "sandbox_full",
     /// An ICMP error that belongs to no flow.
     IcmpNoFlow = "icmp_no_flow",
+    /// A task's reset in answer to a client's SYN, held back while another
+    /// task of the service is healthy: the client's retransmitted SYN goes
+    /// there (passive health, once per connection).
+    TaskRefused = "task_refused",
 
     /// The buffer has no room in front of the frame for the outer headers
     /// (a setup error: the UMEM headroom is too small).
@@ -146,6 +150,15 @@ pub struct EventCounters {
     pub ipv6_replies: u64,
     #[serde(default)]
     pub ipv6_flows_created: u64,
+    /// Passive health: tasks taken out of new-flow selection, ejections
+    /// the service's cap (half its tasks) refused, and retransmitted SYNs
+    /// sent to another task than their first's.
+    #[serde(default)]
+    pub tasks_ejected: u64,
+    #[serde(default)]
+    pub ejections_capped: u64,
+    #[serde(default)]
+    pub syns_moved: u64,
 }
 
 impl EventCounters {
@@ -167,6 +180,19 @@ impl EventCounters {
         self.ipv6_forwarded += o.ipv6_forwarded;
         self.ipv6_replies += o.ipv6_replies;
         self.ipv6_flows_created += o.ipv6_flows_created;
+        self.tasks_ejected += o.tasks_ejected;
+        self.ejections_capped += o.ejections_capped;
+        self.syns_moved += o.syns_moved;
+    }
+
+    /// Counts what a recorded failure did (`super::health`).
+    pub fn count_health(&mut self, o: super::health::Outcome) {
+        use super::health::Outcome;
+        match o {
+            Outcome::Counted => {}
+            Outcome::Ejected => self.tasks_ejected += 1,
+            Outcome::Capped => self.ejections_capped += 1,
+        }
     }
 }
 

@@ -110,6 +110,31 @@ impl fmt::Display for ClientIp {
     }
 }
 
+/// Whether passive health checks a service's tasks (outlier detection,
+/// `crate::dataplane::health`): file key `outlier_detection`, Docker label
+/// `meshgate.outlier-detection`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutlierDetection {
+    /// Tasks that refuse or leave new connections unanswered are taken
+    /// out of new-flow selection for a while, and a refused client's
+    /// retransmission goes to a healthy task.
+    #[default]
+    On,
+    /// Every eligible task gets new flows whatever it answers, and its
+    /// resets reach the clients as they are.
+    Off,
+}
+
+impl fmt::Display for OutlierDetection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutlierDetection::On => "on",
+            OutlierDetection::Off => "off",
+        })
+    }
+}
+
 /// An IPv4 prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ipv4Net {
@@ -222,6 +247,7 @@ pub struct Service {
     pub name: String,
     pub scheduler: Scheduler,
     pub client_ip: ClientIp,
+    pub outlier_detection: OutlierDetection,
     pub publish: Vec<Publish>,
     pub tasks: Vec<Task>,
 }

@@ -122,6 +122,9 @@ pub struct Flow {
     /// The task sees the client's address and port: DNAT only, and
     /// `snat_port` is the client's port (no port taken from the bitmaps).
     pub preserve: bool,
+    /// TCP: a task's reset to this connection's SYN was held back once
+    /// (`super::health`); the next one reaches the client.
+    pub held_reset: bool,
 }
 
 /// Bytes a flow table for `max` flows allocates, all of it up front: per
@@ -370,6 +373,7 @@ impl FlowTable {
             delta_addrs: 0,
             delta_l4: 0,
             preserve: false,
+            held_reset: false,
         };
         self.slab.resize(self.capacity, blank);
         // Zeroed pages are mapped on first touch: touch one entry of each.
@@ -866,6 +870,7 @@ pub(crate) mod tests {
             delta_addrs: 0,
             delta_l4: 0,
             preserve: false,
+            held_reset: false,
         }
     }
 

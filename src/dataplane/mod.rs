@@ -22,6 +22,7 @@ pub mod desc;
 pub mod fixtures;
 pub mod flow;
 pub mod handover;
+pub mod health;
 pub mod journal;
 pub mod pipeline;
 pub mod sched;

@@ -14,12 +14,15 @@
 //!   its frames go out of the ingress sandbox's interface, never in VXLAN,
 //!   and its node is not a VTEP.
 
-use super::desc::{ClientIp, Ipv4Net, Protocol, Scheduler, Service, TableDesc, Timeouts};
+use super::desc::{
+    ClientIp, Ipv4Net, OutlierDetection, Protocol, Scheduler, Service, TableDesc, Timeouts,
+};
+use super::health::TaskHealth;
 use super::sched::SchedTable;
 use crate::wire::{MacAddr, ethernet, ipv4, udp, vxlan};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 /// Stable identity of a task across snapshots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +43,8 @@ pub struct TaskShared {
     /// before it adds it to `inactive` (Release), so a reader that loads
     /// the two states first (Acquire) never sees more flows than created.
     pub created: AtomicU64,
+    /// Passive health: what the task's answers to new connections said.
+    pub health: TaskHealth,
 }
 
 impl TaskShared {
@@ -65,6 +70,9 @@ impl TaskShared {
 #[derive(Debug, Default)]
 pub struct ServiceShared {
     pub cursor: AtomicU64,
+    /// Taken while a worker ejects one of the service's tasks
+    /// ([`super::health`]).
+    pub ejecting: AtomicBool,
 }
 
 /// Outer headers for one task: Ethernet to the next hop of the task's node,
@@ -273,6 +281,8 @@ pub struct ServiceEntry {
     pub mark: u32,
     pub scheduler: Scheduler,
     pub client_ip: ClientIp,
+    /// Passive health checks the service's tasks ([`super::health`]).
+    pub outlier_detection: OutlierDetection,
     /// Indices into `Snapshot::tasks` of all the service's tasks.
     pub tasks: Vec<u32>,
     pub sched: SchedTable,
@@ -553,6 +563,7 @@ impl Snapshot {
                 mark,
                 scheduler: s.scheduler,
                 client_ip: s.client_ip,
+                outlier_detection: s.outlier_detection,
                 tasks: members,
                 sched,
                 shared,

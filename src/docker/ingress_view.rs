@@ -22,20 +22,22 @@ use std::net::Ipv4Addr;
 
 use serde_json::Value;
 
-use super::swarm::client_ip_label;
 use super::swarm::{Desired, SwarmFacts, finish_services};
+use super::swarm::{client_ip_label, outlier_label};
 use crate::config::{
-    ClientIp, IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec,
+    ClientIp, IngressConfig, OutlierDetection, Protocol, PublishSpec, Scheduler, ServiceSpec,
+    TaskSpec,
 };
 
 /// Where the protocols of published ports come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocols {
     /// From a manager: service name → its (published, target, protocol),
-    /// and the client-IP mode its labels ask for (only a manager knows).
+    /// and the client-IP mode and outlier detection its labels ask for
+    /// (only a manager knows).
     Manager(
         HashMap<String, Vec<(u16, u16, Protocol)>>,
-        HashMap<String, ClientIp>,
+        HashMap<String, (ClientIp, OutlierDetection)>,
     ),
     /// From this node's `DOCKER-INGRESS` rules: published port → protocols.
     Rules(HashMap<u16, BTreeSet<Protocol>>),
@@ -49,7 +51,13 @@ pub fn protocols_from_services(services: &Value, notes: &mut Vec<String>) -> Pro
         let Some(name) = s["Spec"]["Name"].as_str() else {
             continue;
         };
-        modes.insert(name.to_string(), client_ip_label(name, s, notes));
+        modes.insert(
+            name.to_string(),
+            (
+                client_ip_label(name, s, notes),
+                outlier_label(name, s, notes),
+            ),
+        );
         for p in s["Endpoint"]["Ports"].as_array().into_iter().flatten() {
             if p["PublishMode"].as_str().unwrap_or("ingress") != "ingress" {
                 continue;
@@ -221,10 +229,18 @@ pub fn derive(
             ServiceSpec {
                 name: name.to_string(),
                 scheduler: Scheduler::Rr,
+                // A worker's own API shows no service labels: the defaults.
                 client_ip: match protocols {
-                    Protocols::Manager(_, modes) => modes.get(*name).copied().unwrap_or_default(),
-                    // A worker's own API shows no service labels.
+                    Protocols::Manager(_, modes) => {
+                        modes.get(*name).map(|m| m.0).unwrap_or_default()
+                    }
                     Protocols::Rules(_) => ClientIp::Snat,
+                },
+                outlier_detection: match protocols {
+                    Protocols::Manager(_, modes) => {
+                        modes.get(*name).map(|m| m.1).unwrap_or_default()
+                    }
+                    Protocols::Rules(_) => OutlierDetection::On,
                 },
                 publish,
                 tasks,

@@ -34,8 +34,8 @@ use super::engine::{Docker, EngineError, filters};
 pub use crate::config::SwarmFacts;
 
 use crate::config::{
-    ClientIp, IngressConfig, Protocol, PublishSpec, Scheduler, Service, ServiceSpec, TaskSpec,
-    check_unique,
+    ClientIp, IngressConfig, OutlierDetection, Protocol, PublishSpec, Scheduler, Service,
+    ServiceSpec, TaskSpec, check_unique,
 };
 
 /// Why the swarm's state could not be read.
@@ -321,6 +321,7 @@ fn published_services(
             name: name.to_string(),
             scheduler: Scheduler::Rr,
             client_ip: client_ip_label(name, s, notes),
+            outlier_detection: outlier_label(name, s, notes),
             publish,
             tasks: Vec::new(),
         };
@@ -344,6 +345,26 @@ pub fn client_ip_label(name: &str, service: &Value, notes: &mut Vec<String>) -> 
                 "service {name}: label {CLIENT_IP_LABEL}={other:?} not understood (preserve or snat); its tasks see the sandbox's address"
             ));
             ClientIp::Snat
+        }
+    }
+}
+
+/// The Docker label that turns passive health checks of a service's
+/// tasks off (or on: the default).
+pub const OUTLIER_LABEL: &str = "meshgate.outlier-detection";
+
+/// A service's outlier detection from its `meshgate.outlier-detection`
+/// label (`on` or `off`; absent means `on`). Any other value is noted and
+/// read as `on`.
+pub fn outlier_label(name: &str, service: &Value, notes: &mut Vec<String>) -> OutlierDetection {
+    match service["Spec"]["Labels"][OUTLIER_LABEL].as_str() {
+        None | Some("on") => OutlierDetection::On,
+        Some("off") => OutlierDetection::Off,
+        Some(other) => {
+            notes.push(format!(
+                "service {name}: label {OUTLIER_LABEL}={other:?} not understood (on or off); its tasks are health-checked"
+            ));
+            OutlierDetection::On
         }
     }
 }

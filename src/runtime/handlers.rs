@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use super::control::Control;
 use super::serve::status::{StatusService, StatusTask, StatusView};
+use super::worker::clock_ms;
 use crate::api::{IpvsReal, IpvsService, PortView, Request, Response, ServiceView, TaskView};
 use crate::config::{Config, MAX_WEIGHT, Publish, Service, Task, check_unique};
 use crate::dataplane::tables::TaskEntry;
@@ -15,11 +16,13 @@ use crate::dataplane::tables::TaskEntry;
 /// State of a task as `service ps` shows it.
 /// A task's state as the views show it. An unresolved task (its node's
 /// next-hop MAC is not known) gets no new flows: the word says so.
-fn task_state(t: &TaskEntry) -> &'static str {
+fn task_state(t: &TaskEntry, now: u32) -> &'static str {
     if !t.reachable() {
         "unresolved-skipped"
     } else if t.weight == 0 {
         "draining"
+    } else if t.shared.health.ejected(now) {
+        "ejected"
     } else {
         "running"
     }
@@ -188,6 +191,7 @@ impl Control {
 
     fn view_services(&self) -> Vec<ServiceView> {
         let snap = self.snapshot();
+        let now = clock_ms();
         snap.services
             .iter()
             .map(|s| ServiceView {
@@ -199,7 +203,7 @@ impl Control {
                 tasks_up: s
                     .tasks
                     .iter()
-                    .filter(|&&i| task_state(&snap.tasks[i as usize]) == "running")
+                    .filter(|&&i| task_state(&snap.tasks[i as usize], now) == "running")
                     .count(),
                 tasks_total: s.tasks.len(),
             })
@@ -213,6 +217,7 @@ impl Control {
             .iter()
             .find(|s| &*s.name == name)
             .ok_or_else(|| format!("no service named `{name}`"))?;
+        let now = clock_ms();
         Ok(s.tasks
             .iter()
             .map(|&i| {
@@ -223,7 +228,9 @@ impl Control {
                     node: t.node,
                     mac: t.mac.to_string(),
                     weight: t.weight,
-                    state: task_state(t).to_string(),
+                    state: task_state(t, now).to_string(),
+                    ejections: t.shared.health.ejections(),
+                    ejected_for_ms: t.shared.health.ejected_for(now),
                     client_ip: snap.services[t.service as usize].client_ip_of(t).into(),
                     active_flows: active,
                     inactive_flows: inactive,
@@ -316,6 +323,6 @@ impl Control {
 
     /// Statistics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
-        super::serve::metrics::render(self.snapshot(), &self.stats)
+        super::serve::metrics::render(self.snapshot(), &self.stats, clock_ms())
     }
 }

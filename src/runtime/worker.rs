@@ -25,6 +25,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// The start of the workers' millisecond clock ([`Pipeline::set_now`]),
+/// one for the process: what a worker writes by it into state the workers
+/// share (a task's ejection, `crate::dataplane::health`) means the same
+/// to the others and to the control thread ([`clock_ms`]).
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The workers' clock now, in milliseconds (wrapping).
+pub fn clock_ms() -> u32 {
+    epoch().elapsed().as_millis() as u32
+}
+
 use crossbeam::channel::{Receiver, Sender};
 use crossbeam::queue::ArrayQueue;
 use hdrhistogram::Histogram;
@@ -436,7 +450,7 @@ impl Worker {
     /// The poll loop; returns when `stop` is set.
     pub fn run(mut self) {
         let me = self.id as usize;
-        let start = Instant::now();
+        let start = epoch();
         let mut rx: Vec<FrameToken> = Vec::with_capacity(self.batch);
         let mut tx: Vec<FrameToken> = Vec::with_capacity(self.batch * 2);
         let mut done: Vec<FrameToken> = Vec::with_capacity(self.batch * 4);

@@ -1421,3 +1421,13 @@ fn udp6_frame(
     b.write(&mut v, payload).expect("fixture frame");
     v
 }
+
+/// A reset with an acknowledgment: what a stack answers a SYN to a port
+/// nothing listens on.
+pub const RST_ACK: Flags = Flags {
+    syn: false,
+    ack: true,
+    fin: false,
+    rst: true,
+    psh: false,
+};

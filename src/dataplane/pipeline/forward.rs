@@ -8,10 +8,11 @@ use super::parse::{Ip4, L4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
     end_flow, flow_task, move_shared, release_shared, request_resolution, tcp_transition,
 };
-use super::{ETH, FrameBuf, HEADROOM, IP, State, VX_UDP, Verdict};
-use crate::dataplane::counters::DropReason;
-use crate::dataplane::desc::ClientIp;
+use super::{ETH, FrameBuf, HEADROOM, IP, Retry, State, VX_UDP, Verdict};
+use crate::dataplane::counters::{DropReason, EventCounters};
+use crate::dataplane::desc::{ClientIp, OutlierDetection};
 use crate::dataplane::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError};
+use crate::dataplane::health::{self, Failure};
 use crate::dataplane::tables::{
     Identity, OUTER_TEMPLATE_LEN, OuterTemplate, PortEntry, Snapshot, TaskEntry,
 };
@@ -257,10 +258,12 @@ pub(super) fn known_flow<'s, const V6: bool>(
         }
         return Known::New;
     };
-    let gen32 = st.gen32;
+    let (gen32, now) = (st.gen32, st.now);
     let flow = st.flows.get_mut(s);
-    if is_syn && matches!(flow.state, FlowState::Closing | FlowState::Closed) {
-        // The client reuses its port for a new connection: schedule anew.
+    if is_syn
+        && flow.state != FlowState::Established
+        && syn_ends(snap, flow, &mut st.events, &mut st.retry, gen32, now)
+    {
         end_flow(snap, st, s);
         return Known::New;
     }
@@ -271,6 +274,61 @@ pub(super) fn known_flow<'s, const V6: bool>(
             Known::TaskGone
         }
     }
+}
+
+/// A SYN for a flow that is not established: whether it ends the flow, to
+/// be scheduled anew. It does when the client reuses its port for a new
+/// connection after a close, and when it retransmits a SYN whose reset
+/// was held back or that its task left unanswered, and passive health
+/// sends it to another task (`crate::dataplane::health`; `retry` says
+/// which task to avoid). Out of line: most packets are no such SYN.
+#[cold]
+#[inline(never)]
+fn syn_ends(
+    snap: &Snapshot,
+    flow: &mut Flow,
+    events: &mut EventCounters,
+    retry: &mut Retry,
+    gen32: u32,
+    now: u32,
+) -> bool {
+    if matches!(flow.state, FlowState::Closing | FlowState::Closed) {
+        if flow.held_reset {
+            if let Some(task) = flow_task(snap, gen32, flow) {
+                if outlier_detection(snap, task) {
+                    *retry = Retry {
+                        avoid: flow.task_index,
+                        held: true,
+                    };
+                }
+            }
+        }
+        return true;
+    }
+    let retransmitted = now.wrapping_sub(flow.last_seen) >= health::MIN_RETRANSMISSION_MS;
+    if flow.state != FlowState::SynSent || !retransmitted {
+        return false;
+    }
+    match flow_task(snap, gen32, flow) {
+        Some(task) if outlier_detection(snap, task) => {}
+        _ => return false,
+    }
+    let ti = flow.task_index;
+    events.count_health(health::record_failure(snap, ti, Failure::Unanswered, now));
+    if !health::healthy_other(snap, ti, now) {
+        return false;
+    }
+    *retry = Retry {
+        avoid: ti,
+        held: flow.held_reset,
+    };
+    events.syns_moved += 1;
+    true
+}
+
+/// Whether passive health checks `task`'s service.
+fn outlier_detection(snap: &Snapshot, task: &TaskEntry) -> bool {
+    snap.services[task.service as usize].outlier_detection == OutlierDetection::On
 }
 
 /// Schedules a new flow for `key` to one of the service's tasks and
@@ -295,10 +353,14 @@ pub(super) fn new_flow<'s, const V6: bool>(
     } else {
         flow_hash(&key)
     };
-    let ti = svc
+    let Retry { avoid, held } = std::mem::replace(&mut st.retry, Retry::NONE);
+    let mut ti = svc
         .sched
         .pick(&svc.shared, &snap.tasks, hash)
         .ok_or(DropReason::NoTask)?;
+    if ti == avoid || snap.tasks[ti as usize].shared.health.ejected(st.now) {
+        ti = health::pick_other(svc, &snap.tasks, hash, avoid, st.now).unwrap_or(ti);
+    }
     let task = &snap.tasks[ti as usize];
     let flow = Flow {
         key,
@@ -318,6 +380,7 @@ pub(super) fn new_flow<'s, const V6: bool>(
         delta_addrs: 0,
         delta_l4: 0,
         preserve: task.preserve && !V6,
+        held_reset: held,
         state: if key.protocol == protocol::TCP {
             FlowState::SynSent
         } else {

@@ -57,6 +57,8 @@ mod reply;
 mod track;
 
 #[cfg(test)]
+mod health_tests;
+#[cfg(test)]
 mod tests;
 
 use answer::{Reset, emit_reset};
@@ -168,7 +170,30 @@ struct State {
     carried: Vec<(TaskId, TaskCounters)>,
     resolve: Option<Arc<ArrayQueue<Ipv4Addr>>>,
     generated: RateLimit,
+    /// For the next new flow only (`forward::new_flow` takes it).
+    retry: Retry,
 }
+
+/// What an ended flow of a client port leaves its next flow: set where a
+/// SYN ends it (`forward::syn_ends`), taken by the new flow.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    /// The task index to schedule away from ([`NO_TASK`]: none).
+    avoid: u32,
+    /// The connection had a task's reset held back already
+    /// (`crate::dataplane::health`).
+    held: bool,
+}
+
+impl Retry {
+    const NONE: Retry = Retry {
+        avoid: NO_TASK,
+        held: false,
+    };
+}
+
+/// No task: a [`Retry`] with nothing to avoid.
+const NO_TASK: u32 = u32::MAX;
 
 /// One worker's pipeline: its snapshot, flow table and counters.
 pub struct Pipeline {
@@ -203,6 +228,7 @@ impl Pipeline {
                     tick: u32::MAX,
                     left: 0,
                 },
+                retry: Retry::NONE,
             },
             snap,
         }
@@ -398,6 +424,7 @@ impl Pipeline {
                 delta_addrs,
                 delta_l4,
                 preserve: r.preserve,
+                held_reset: false,
             };
             match st.flows.restore(flow) {
                 Ok(slot) => {

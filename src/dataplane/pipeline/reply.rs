@@ -9,15 +9,17 @@ use super::track::{
     end_flow, flow_task, move_shared, request_resolution, seq_after, tcp_transition,
 };
 use super::{ETH, FrameBuf, INNER, INNER_IP, IP, State, VX_HDR, VX_UDP, Verdict};
-use crate::dataplane::counters::DropReason;
+use crate::dataplane::counters::{DropReason, EventCounters};
+use crate::dataplane::desc::OutlierDetection;
 use crate::dataplane::flow::{Flow, FlowState, FlowTable, SnatKey};
+use crate::dataplane::health::{self, Failure};
 use crate::dataplane::tables::{Identity, L4Checksum, Snapshot};
 use crate::wire::ethernet::ethertype;
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
 use crate::wire::ipv4::protocol;
 use crate::wire::udp::field as udp_f;
-use crate::wire::{MacAddr, at, get_addr, get16, get24, vxlan};
+use crate::wire::{MacAddr, at, get_addr, get16, get24, tcp, vxlan};
 use std::net::Ipv4Addr;
 
 pub(super) fn reply(
@@ -214,6 +216,12 @@ pub(super) fn translate_reply<const VXLAN: bool>(
         end_flow(snap, st, slot);
         return Err(DropReason::TaskGone);
     };
+    if tcp_flags.is_some_and(|fl| fl & tcp::flags::RST != 0)
+        && flow.state == FlowState::SynSent
+        && hold_refusal(snap, &mut st.events, flow, now)
+    {
+        return Err(DropReason::TaskRefused);
+    }
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
@@ -230,6 +238,10 @@ pub(super) fn translate_reply<const VXLAN: bool>(
         }
         if let Some(to_active) = tcp_transition(flow, fl, true) {
             move_shared(task, to_active);
+            if to_active {
+                // Its SYN-ACK: the task serves.
+                task.shared.health.success(now);
+            }
         }
     }
     let (rw, ti, v6) = (
@@ -243,6 +255,30 @@ pub(super) fn translate_reply<const VXLAN: bool>(
         task_index: ti,
         v6_slot: v6.then_some(slot),
     })
+}
+
+/// A task's reset in answer to a client's SYN (the flow, relinked to the
+/// current snapshot, is in SYN-SENT): records the refusal, and holds the
+/// reset back when the service checks its tasks' health, this connection
+/// had none held yet and another task is healthy. The flow closes, so
+/// that the client's retransmitted SYN is scheduled anew, away from this
+/// task (`super::forward::syn_again`).
+#[cold]
+#[inline(never)]
+fn hold_refusal(snap: &Snapshot, events: &mut EventCounters, flow: &mut Flow, now: u32) -> bool {
+    let ti = flow.task_index;
+    let service = snap.tasks[ti as usize].service;
+    if snap.services[service as usize].outlier_detection != OutlierDetection::On {
+        return false;
+    }
+    events.count_health(health::record_failure(snap, ti, Failure::Refused, now));
+    if flow.held_reset || !health::healthy_other(snap, ti, now) {
+        return false;
+    }
+    flow.held_reset = true;
+    // SYN-SENT and CLOSED are both inactive: the shared counts stay.
+    flow.state = FlowState::Closed;
+    true
 }
 
 /// A frame from the ingress sandbox's interface: a reply of a task on

@@ -16,11 +16,13 @@ use crate::dataplane::DropReason;
 use crate::dataplane::counters::TaskCounters;
 use crate::dataplane::tables::{Snapshot, TaskEntry};
 
-/// The exposition text of `st` over the tables of `snap`.
-pub fn render(snap: &Snapshot, st: &Stats) -> String {
+/// The exposition text of `st` over the tables of `snap`, at `now` on the
+/// workers' clock (for passive health's ejections).
+pub fn render(snap: &Snapshot, st: &Stats, now: u32) -> String {
     let mut x = Exposition::default();
     service_families(&mut x, snap);
     task_families(&mut x, snap, st);
+    health_families(&mut x, snap, now);
     node_families(&mut x, snap, st);
     x.out
 }
@@ -158,6 +160,36 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
     }
 }
 
+/// Per task: whether passive health has it out of new-flow selection
+/// now, and how often it did.
+fn health_families(x: &mut Exposition, snap: &Snapshot, now: u32) {
+    let tasks = || {
+        snap.services
+            .iter()
+            .flat_map(|s| s.tasks.iter().map(|&i| (&s.name, &snap.tasks[i as usize])))
+    };
+    x.family(
+        "meshgate_task_ejected",
+        "gauge",
+        "1 while passive health keeps a task out of new-flow selection.",
+    );
+    for (service, t) in tasks() {
+        let labels: [(&str, &dyn Display); 2] = [("service", service), ("task", &t.addr)];
+        let ejected = u8::from(t.shared.health.ejected(now));
+        x.sample("meshgate_task_ejected", &labels, ejected);
+    }
+    x.family(
+        "meshgate_task_ejections_total",
+        "counter",
+        "Times passive health took a task out of new-flow selection.",
+    );
+    for (service, t) in tasks() {
+        let labels: [(&str, &dyn Display); 2] = [("service", service), ("task", &t.addr)];
+        let n = t.shared.health.ejections();
+        x.sample("meshgate_task_ejections_total", &labels, n);
+    }
+}
+
 /// The node's drops, SYN admission, events, flows, batch latency and
 /// snapshot generation.
 fn node_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
@@ -260,7 +292,7 @@ mod tests {
         st.tasks.get_mut(&id).unwrap().packets_in = 11;
         st.tasks.get_mut(&id).unwrap().bytes_out = 1100;
         snap.tasks[0].shared.active.fetch_add(2, Ordering::Relaxed);
-        let text = render(&snap, &st);
+        let text = render(&snap, &st, 0);
         let task = snap.tasks[1].addr;
         for line in [
             format!(
@@ -273,6 +305,8 @@ mod tests {
                 "meshgate_task_flows{{service=\"web\",task=\"{}\",state=\"active\"}} 2",
                 snap.tasks[0].addr
             ),
+            format!("meshgate_task_ejected{{service=\"web\",task=\"{task}\"}} 0"),
+            format!("meshgate_task_ejections_total{{service=\"web\",task=\"{task}\"}} 0"),
             "meshgate_syn_budget 5".into(),
             "meshgate_events_total{event=\"forwarded\"} 9".into(),
             "meshgate_flows 7".into(),
@@ -298,7 +332,7 @@ mod tests {
                 );
             }
         }
-        assert_eq!(seen.len(), 14);
+        assert_eq!(seen.len(), 16);
     }
 
     #[test]
