@@ -503,7 +503,10 @@ impl Lab {
     pub fn start_servers(&self) -> Result<Servers, LabError> {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
+        let mut closing = Vec::new();
         for ti in 0..self.tasks.len() {
+            let close = Arc::new(AtomicBool::new(false));
+            closing.push(close.clone());
             let ns = self.task_ns(ti);
             let name = self.tasks[ti].name.clone();
             let addr = self.tasks[ti].address;
@@ -523,7 +526,7 @@ impl Lab {
                     }
                 };
                 let _ = tx.send(Ok(()));
-                tcp_server(l, n2, st);
+                tcp_server(l, n2, st, close);
             }));
             rx.recv().map_err(|_| LabError::Setns {
                 ns: self.task_ns(ti),
@@ -552,7 +555,11 @@ impl Lab {
                 err: "server thread died".into(),
             })??;
         }
-        Ok(Servers { stop, threads })
+        Ok(Servers {
+            stop,
+            threads,
+            closing,
+        })
     }
 }
 
@@ -580,6 +587,17 @@ pub fn enter_ns(ns: &str) -> Result<(), LabError> {
 pub struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// Per task: its TCP server closes its listening socket.
+    closing: Vec<Arc<AtomicBool>>,
+}
+
+impl Servers {
+    /// Task `ti`'s TCP server stops accepting, as a graceful server does on
+    /// SIGTERM: its listening socket closes (new connections are refused
+    /// with a reset) while its connections continue.
+    pub fn stop_accepting(&self, ti: usize) {
+        self.closing[ti].store(true, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Servers {
@@ -591,9 +609,13 @@ impl Drop for Servers {
     }
 }
 
-fn tcp_server(l: TcpListener, name: String, stop: Arc<AtomicBool>) {
+fn tcp_server(l: TcpListener, name: String, stop: Arc<AtomicBool>, close: Arc<AtomicBool>) {
     l.set_nonblocking(true).ok();
     while !stop.load(Ordering::Relaxed) {
+        if close.load(Ordering::Relaxed) {
+            drop(l);
+            return;
+        }
         match l.accept() {
             Ok((s, peer)) => {
                 let name = name.clone();
