@@ -36,7 +36,14 @@ fuzz_target!(|data: &[u8]| {
             serde_json::from_slice(t),
             serde_json::from_slice(n),
         ) {
-            if let Ok(d) = derive(&s, &t, &n, &fixtures::facts(), &fixtures::ingress()) {
+            if let Ok(d) = derive(
+                &s,
+                &t,
+                &n,
+                &fixtures::facts(),
+                &fixtures::ingress(),
+                &mut Default::default(),
+            ) {
                 // Whatever Docker says, what reaches the tables is valid.
                 assert!(meshgate::config::check_unique(&d.services).is_ok());
             }

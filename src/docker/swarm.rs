@@ -186,6 +186,7 @@ pub fn read_desired(
     facts: &SwarmFacts,
     ingress: &IngressConfig,
     manager: Option<&Docker>,
+    memory: &mut ServiceMemory,
 ) -> Result<Desired, SwarmError> {
     if !facts.manager {
         let net = d.get(&format!("/networks/{}?verbose=true", facts.ingress_network))?;
@@ -207,8 +208,15 @@ pub fn read_desired(
         filters(&serde_json::json!({ "desired-state": ["running", "shutdown", "remove"] }))
     ))?;
     let nodes = d.get("/nodes")?;
-    derive(&services, &tasks, &nodes, facts, ingress)
+    derive(&services, &tasks, &nodes, facts, ingress, memory)
 }
+
+/// What a manager's earlier reads showed of each published service (by
+/// service ID): a removed service leaves `/services` at once, while its
+/// tasks run on through their stop grace period, and only this says
+/// which ports their flows came in by.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceMemory(BTreeMap<String, (String, ServiceSpec)>);
 
 /// This node's `DOCKER-INGRESS` rules (`iptables -t nat -S
 /// DOCKER-INGRESS`), or nothing when iptables or the chain is missing
@@ -232,12 +240,18 @@ fn short_id(id: &str) -> &str {
 
 /// Turns the Engine API's answers into validated services. Pure: the
 /// fixtures below are real answers of Docker 20.10.
+///
+/// A service removed since an earlier read (`memory`) stays while its
+/// tasks run, every task drained: its flows go on, and it takes no new
+/// ones, as Swarm's own mesh drains a removed service's tasks. It yields
+/// to a live service with its name or one of its ports.
 pub fn derive(
     services: &Value,
     tasks: &Value,
     nodes: &Value,
     facts: &SwarmFacts,
     ingress: &IngressConfig,
+    memory: &mut ServiceMemory,
 ) -> Result<Desired, SwarmError> {
     let (services, tasks, nodes) = (
         list(services, "/services")?,
@@ -247,6 +261,8 @@ pub fn derive(
     let mut notes = Vec::new();
     let nodes = node_addresses(nodes);
     let mut specs = published_services(services, &mut notes);
+    let removed = removed_services(&specs, memory);
+    specs.extend(removed.iter().map(|(id, v)| (id.clone(), v.clone())));
     for t in tasks {
         let Some((name, spec)) = t["ServiceID"].as_str().and_then(|id| specs.get_mut(id)) else {
             continue;
@@ -262,7 +278,12 @@ pub fn derive(
             // whose container still runs is drained, as Swarm's own mesh
             // drains it (weight 0 before the stop signal): no new flows,
             // its flows go on until it is gone.
-            Ok(task) if t["DesiredState"].as_str() != Some("running") => {
+            Ok(task)
+                if t["DesiredState"].as_str() != Some("running")
+                    || t["ServiceID"]
+                        .as_str()
+                        .is_some_and(|id| removed.contains_key(id)) =>
+            {
                 spec.tasks.push(TaskSpec {
                     weight: Some(0),
                     ..task
@@ -272,12 +293,58 @@ pub fn derive(
             Err(why) => notes.push(format!("service {name}: {why}")),
         }
     }
+    for id in removed.keys() {
+        match specs.get(id) {
+            Some((_, spec)) if spec.tasks.is_empty() => {
+                specs.remove(id);
+            }
+            Some((name, spec)) => notes.push(format!(
+                "service {name} was removed: its {} running tasks drain",
+                spec.tasks.len()
+            )),
+            None => {}
+        }
+    }
+    memory.0 = specs
+        .iter()
+        .map(|(id, (name, spec))| {
+            let spec = ServiceSpec {
+                tasks: Vec::new(),
+                ..spec.clone()
+            };
+            (id.clone(), (name.clone(), spec))
+        })
+        .collect();
     Ok(finish_services(
         specs.into_values().collect(),
         ingress,
         facts,
         notes,
     ))
+}
+
+/// The services of `memory` that `live` (this read's published services)
+/// no longer has, unless a live one has taken their name or a port.
+fn removed_services(
+    live: &BTreeMap<String, (String, ServiceSpec)>,
+    memory: &ServiceMemory,
+) -> BTreeMap<String, (String, ServiceSpec)> {
+    let port = |p: &PublishSpec| (p.published, p.protocol);
+    let names: std::collections::HashSet<&str> = live.values().map(|v| v.0.as_str()).collect();
+    let ports: std::collections::HashSet<_> = live
+        .values()
+        .flat_map(|v| v.1.publish.iter().map(port))
+        .collect();
+    memory
+        .0
+        .iter()
+        .filter(|(id, (name, spec))| {
+            !live.contains_key(*id)
+                && !names.contains(name.as_str())
+                && !spec.publish.iter().any(|p| ports.contains(&port(p)))
+        })
+        .map(|(id, v)| (id.clone(), v.clone()))
+        .collect()
 }
 
 /// Node ID → (underlay address, ready?).
@@ -502,14 +569,72 @@ mod tests {
     use crate::docker::docker_fixtures::*;
 
     fn run(services: &str, tasks: &str, nodes: &str) -> Desired {
+        run_after(&mut ServiceMemory::default(), services, tasks, nodes)
+    }
+
+    fn run_after(memory: &mut ServiceMemory, services: &str, tasks: &str, nodes: &str) -> Desired {
         derive(
             &serde_json::from_str(services).unwrap(),
             &serde_json::from_str(tasks).unwrap(),
             &serde_json::from_str(nodes).unwrap(),
             &facts(),
             &ingress(),
+            memory,
         )
         .unwrap()
+    }
+
+    /// `docker service rm`: the service leaves `/services` at once, its
+    /// tasks (desired state `remove`) run on until they stop. Meanwhile
+    /// the service stays with every task drained; then it is gone. A new
+    /// service on its port takes the port at once.
+    #[test]
+    fn a_removed_service_drains_while_its_tasks_run() {
+        let mut memory = ServiceMemory::default();
+        let before = run_after(&mut memory, SERVICES, TASKS, NODES);
+        assert_eq!(before.services[0].tasks.len(), 3);
+        let removing = TASKS.replace(r#""DesiredState":"running""#, r#""DesiredState":"remove""#);
+        let d = run_after(&mut memory, "[]", &removing, NODES);
+        assert_eq!(d.services.len(), 1, "{d:?}");
+        assert_eq!(d.services[0].name, before.services[0].name);
+        assert_eq!(d.services[0].publish, before.services[0].publish);
+        assert_eq!(d.services[0].tasks.len(), 3);
+        assert!(d.services[0].tasks.iter().all(|t| t.weight == 0));
+        assert!(
+            d.notes.iter().any(|n| n.contains("was removed")),
+            "{:?}",
+            d.notes
+        );
+        // Its tasks as Docker still lists them with desired state
+        // `running` in a read that raced the removal: drained all the same.
+        let d = run_after(&mut memory, "[]", TASKS, NODES);
+        assert!(d.services[0].tasks.iter().all(|t| t.weight == 0));
+        // Stopped: gone, and forgotten.
+        let stopped = removing.replace(
+            r#""Status":{"State":"running""#,
+            r#""Status":{"State":"shutdown""#,
+        );
+        assert!(
+            run_after(&mut memory, "[]", &stopped, NODES)
+                .services
+                .is_empty()
+        );
+        assert!(
+            run_after(&mut memory, "[]", &removing, NODES)
+                .services
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_new_service_on_a_removed_ones_port_takes_it_at_once() {
+        let mut memory = ServiceMemory::default();
+        run_after(&mut memory, SERVICES, TASKS, NODES);
+        let renamed = SERVICES.replace(r#""ID":""#, r#""ID":"new"#);
+        assert_ne!(renamed, SERVICES);
+        let d = run_after(&mut memory, &renamed, "[]", NODES);
+        assert_eq!(d.services.len(), 1, "{d:?}");
+        assert!(d.services[0].tasks.is_empty(), "the new one: {d:?}");
     }
 
     #[test]
@@ -600,6 +725,7 @@ mod tests {
             &serde_json::from_str(NODES).unwrap(),
             &facts(),
             &with,
+            &mut ServiceMemory::default(),
         )
         .unwrap();
         let tasks: Vec<(String, Ipv4Addr)> = d.services[0]
@@ -737,14 +863,16 @@ mod tests {
     #[test]
     fn odd_answers_are_errors_not_panics() {
         let v = |s: &str| serde_json::from_str::<Value>(s).unwrap();
-        assert!(derive(&v("{}"), &v("[]"), &v("[]"), &facts(), &ingress()).is_err());
-        assert!(derive(&v("[]"), &v("null"), &v("[]"), &facts(), &ingress()).is_err());
+        let m = &mut ServiceMemory::default();
+        assert!(derive(&v("{}"), &v("[]"), &v("[]"), &facts(), &ingress(), m).is_err());
+        assert!(derive(&v("[]"), &v("null"), &v("[]"), &facts(), &ingress(), m).is_err());
         let d = derive(
             &v("[1, {}, {\"ID\": 3}]"),
             &v("[1, {}]"),
             &v("[{}]"),
             &facts(),
             &ingress(),
+            m,
         )
         .unwrap();
         assert!(d.services.is_empty());

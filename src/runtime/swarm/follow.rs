@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use crate::config::{IngressConfig, Service, SwarmConfig};
 use crate::docker::engine::{Docker, EventRead};
-use crate::docker::swarm::{Desired, SwarmError, read_desired};
+use crate::docker::swarm::{Desired, ServiceMemory, SwarmError, read_desired};
 use crate::runtime::doorbell::Doorbell;
 
 /// How long reads stay fast after an event.
@@ -74,6 +74,7 @@ pub fn read_once(cfg: &SwarmConfig, ingress: &IngressConfig) -> Result<Desired, 
         &cfg.facts,
         ingress,
         manager.as_ref(),
+        &mut ServiceMemory::default(),
     )?;
     print_notes(&d.notes);
     Ok(d)
@@ -108,6 +109,7 @@ impl SwarmSource {
             cfg: cfg.clone(),
             ingress: ingress.clone(),
             last: current,
+            memory: ServiceMemory::default(),
             tx,
             bell,
             stop: stop.clone(),
@@ -160,6 +162,8 @@ struct Reader {
     cfg: SwarmConfig,
     ingress: IngressConfig,
     last: Vec<Service>,
+    /// The services earlier reads showed, for those removed since.
+    memory: ServiceMemory,
     tx: Sender<Vec<Service>>,
     bell: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
@@ -222,6 +226,7 @@ impl Reader {
             &self.cfg.facts,
             &self.ingress,
             manager.as_ref(),
+            &mut self.memory,
         ) {
             Ok(d) => {
                 let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
