@@ -1431,3 +1431,18 @@ pub const RST_ACK: Flags = Flags {
     rst: true,
     psh: false,
 };
+
+/// What a client must receive for a datagram (`frame`) to a service that
+/// has no task to take it: ICMP "port unreachable" from the node, quoting
+/// the datagram's start (at most 64 bytes).
+pub fn port_unreachable_to_client(frame: &[u8]) -> Vec<u8> {
+    let quote = &frame[14..frame.len().min(14 + 64)];
+    let b = PacketBuilder::ethernet2(NODE_MAC.0, CLIENT_MAC.0)
+        .ipv4(NODE.octets(), CLIENT.octets(), 64)
+        .icmpv4(etherparse::Icmpv4Type::DestinationUnreachable(
+            etherparse::icmpv4::DestUnreachableHeader::Port,
+        ));
+    let mut v = Vec::new();
+    b.write(&mut v, quote).expect("fixture frame");
+    v
+}

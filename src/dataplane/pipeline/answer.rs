@@ -143,35 +143,75 @@ pub(super) fn frag_needed(
     f: &mut FrameBuf<'_>,
     total: usize,
 ) -> Result<Verdict, DropReason> {
+    let Some(h) = f.data().first_chunk::<{ ETH + IP }>() else {
+        return Err(DropReason::Truncated);
+    };
+    if get16(h, at(ip_f::FLG_OFF, ETH)) & ipv4::FLAG_DF == 0 {
+        return Err(DropReason::TooBig);
+    }
+    let mtu = snap.identity.overlay_mtu;
+    let code = icmp::unreachable::FRAG_NEEDED;
+    dst_unreachable(snap, st, f, total, (code, mtu), DropReason::TooBig)
+}
+
+/// Answers a client's datagram to a service that has no task to take it
+/// with ICMP "port unreachable", as IPVS answers one for a service without
+/// an available real server (and the node's kernel, once the port is
+/// closed): its client hears at once that nothing serves there.
+pub(super) fn port_unreachable(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    total: usize,
+) -> Result<Verdict, DropReason> {
+    let code = icmp::unreachable::PORT;
+    dst_unreachable(snap, st, f, total, (code, 0), DropReason::NoTask)
+}
+
+/// Turns a client's IPv4 packet of `total` bytes into an ICMP destination
+/// unreachable (`code`, and the next-hop MTU that "fragmentation needed"
+/// carries) back to it, quoting its start; counted as a drop for `reason`.
+fn dst_unreachable(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    total: usize,
+    (code, next_hop_mtu): (u8, u16),
+    reason: DropReason,
+) -> Result<Verdict, DropReason> {
+    if !st.generated.take(st.now) {
+        return Err(reason);
+    }
     let id = &snap.identity;
     let d = f.data();
     let Some(h) = d.first_chunk::<{ ETH + IP }>() else {
         return Err(DropReason::Truncated);
     };
-    let df = get16(h, at(ip_f::FLG_OFF, ETH)) & ipv4::FLAG_DF != 0;
-    if !df || !st.generated.take(st.now) {
-        return Err(DropReason::TooBig);
-    }
     let client = get_addr(h, at(ip_f::SRC, ETH));
     // An answer to this very frame goes back to the neighbour that sent it
     // (its source MAC), as any responder does; the neighbour table may not
     // know the client yet (it ARPed microseconds ago).
     let mac = get_mac(h, eth_f::SRC);
-    let q = total.min(ICMP_QUOTE);
+    let q = total.min(ICMP_QUOTE).min(d.len() - ETH);
     let mut quote = [0u8; ICMP_QUOTE];
     quote[..q].copy_from_slice(&d[ETH..ETH + q]);
-    f.len = ETH + IP + icmp::HEADER_LEN + q;
+    let len = ETH + IP + icmp::HEADER_LEN + q;
+    // A small datagram's answer is longer than it: the buffer must hold it.
+    if f.off + len > f.buf.len() {
+        return Err(reason);
+    }
+    f.len = len;
     let b = f.data_mut();
     emit_answer_headers(id, b, mac, client, protocol::ICMP, icmp::HEADER_LEN + q);
     let msg = &mut b[ETH + IP..];
     msg[icmp::HEADER_LEN..].copy_from_slice(&quote[..q]);
     icmp::Repr::DstUnreachable {
-        code: icmp::unreachable::FRAG_NEEDED,
-        next_hop_mtu: id.overlay_mtu,
+        code,
+        next_hop_mtu,
         data_len: q,
     }
     .emit(&mut icmp::Packet::new_unchecked(msg));
-    st.drops.inc(DropReason::TooBig);
+    st.drops.inc(reason);
     st.events.icmp_sent += 1;
     Ok(Verdict::Transmit)
 }

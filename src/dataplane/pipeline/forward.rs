@@ -2,7 +2,7 @@
 //! or new: scheduled, SNAT port, checksum deltas) to the task, in VXLAN from
 //! the task's outer template or, for a task on this node, as it is.
 
-use super::answer::{frag_needed, send_reset};
+use super::answer::{frag_needed, port_unreachable, send_reset};
 use super::nat::{Rewrite, flow_deltas, nat};
 use super::parse::{Ip4, L4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
@@ -129,7 +129,11 @@ pub(super) fn forward<const V6: bool>(
             } else {
                 0
             };
-            new_flow::<V6>(snap, st, key, key_hash, port, client_next, c6, mac6)?
+            match new_flow::<V6>(snap, st, key, key_hash, port, client_next, c6, mac6) {
+                Ok(v) => v,
+                Err(DropReason::NoTask) => return refuse::<V6>(snap, st, f, port, total, c6),
+                Err(e) => return Err(e),
+            }
         }
     };
 
@@ -177,6 +181,35 @@ pub(super) fn forward<const V6: bool>(
         st.events.ipv6_forwarded += 1;
     }
     Ok(Verdict::Transmit)
+}
+
+/// A new flow for a service none of whose tasks takes new flows. When
+/// none ever will (every task drained: a removed service whose tasks run
+/// out their grace period, a stopping last task, no task at all), it is
+/// refused, as IPVS refuses one for a service without an available real
+/// server: a TCP client gets a reset, an IPv4 UDP client an ICMP port
+/// unreachable (an IPv6 one nothing: its datagram is translated already,
+/// and counted). When some task will once its node's address resolves,
+/// it is dropped: the client's retransmission will find it.
+#[cold]
+#[inline(never)]
+fn refuse<const V6: bool>(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    port: PortEntry,
+    total: usize,
+    c6: &[u8; 16],
+) -> Result<Verdict, DropReason> {
+    let svc = &snap.services[port.service as usize];
+    if svc.tasks.iter().any(|&i| snap.tasks[i as usize].weight > 0) {
+        return Err(DropReason::NoTask);
+    }
+    match f.data().get(ETH + ip_f::PROTOCOL) {
+        Some(&protocol::TCP) => send_reset::<V6>(snap, st, f, DropReason::NoTask, c6),
+        Some(&protocol::UDP) if !V6 => port_unreachable(snap, st, f, total),
+        _ => Err(DropReason::NoTask),
+    }
 }
 
 /// Translates a client's packet for a task on this node: no VXLAN, the

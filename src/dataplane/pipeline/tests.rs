@@ -253,6 +253,48 @@ fn drained_task_keeps_flows_but_gets_no_new_ones() {
     }
 }
 
+/// Every task drained (a removed service whose tasks run out their grace
+/// period, a last task stopping): new connections are refused, as IPVS
+/// refuses them, while the existing ones go on.
+#[test]
+fn a_service_with_every_task_drained_refuses_new_flows_and_keeps_its_own() {
+    let cfg = lab_config();
+    let mut reg = Registry::default();
+    let mut p = Pipeline::new(snapshot_with(&cfg, &mut reg, 1), 0, 1, 1024, (1024, 65535));
+    run(&mut p, &client_tcp(48100, 1, 0, SYN, b""));
+    let mut drained = cfg.clone();
+    for t in &mut drained.services[0].tasks {
+        t.weight = 0;
+    }
+    p.set_snapshot(snapshot_with(&drained, &mut reg, 2));
+    let (v, _) = run(&mut p, &client_tcp(48100, 2, 1, PSH_ACK, b"go on"));
+    assert_eq!(v, Verdict::Transmit);
+    let (v, out) = run(&mut p, &client_tcp(48101, 7, 0, SYN, b""));
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, reset_to_client(48101, 0, 8, RST_ACK));
+    let datagram = client_udp(48102, b"anyone?");
+    let (v, out) = run(&mut p, &datagram);
+    assert_eq!(v, Verdict::Transmit);
+    assert_eq!(out, port_unreachable_to_client(&datagram));
+    assert_eq!(p.drops().get(DropReason::NoTask), 2);
+    assert_eq!(p.events().icmp_sent, 1);
+    assert_eq!(p.flows().len(), 1);
+
+    // Tasks whose node's address is not resolved yet will take flows:
+    // their service's new connections are dropped, for the client's
+    // retransmission to find them, not refused.
+    let unresolved = Arc::new(Snapshot::build(
+        &cfg.table_desc(),
+        lab_link(L4Checksum::Incremental),
+        Arc::new(Neighbours::default()),
+        &mut Registry::default(),
+        1,
+    ));
+    let mut p = Pipeline::new(unresolved, 0, 1, 1024, (1024, 65535));
+    let (v, _) = run(&mut p, &client_tcp(48103, 7, 0, SYN, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::NoTask));
+}
+
 #[test]
 fn unresolved_tasks_get_no_new_flows_and_existing_ones_ask_for_their_node() {
     let cfg = lab_config();
