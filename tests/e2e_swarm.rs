@@ -9,133 +9,18 @@
 
 mod common;
 
+use common::swarm::{Mg, swarm_config, wait_until};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::swarm_lab::{
     CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR,
 };
-
-/// `meshgate run --swarm` in the manager's namespace; killed if dropped.
-struct Mg {
-    child: Child,
-    stdout: PathBuf,
-    control: PathBuf,
-}
-
-impl Mg {
-    /// On the manager, from its own socket.
-    fn start(lab: &SwarmLab) -> Mg {
-        let swarm = format!("--swarm=unix://{}", lab.manager_socket().display());
-        Self::start_in(lab, &lab.manager(), &[swarm.as_str()])
-    }
-
-    /// `meshgate run ARGS` in namespace `ns`.
-    fn start_in(lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
-        Self::start_as(lab, ns, args, "", "forwarding on")
-    }
-
-    /// `meshgate run ARGS --takeover` in namespace `ns`, on this one's
-    /// control socket: returns the new one once it has taken over and
-    /// this one has exited successfully.
-    fn take_over(mut self, lab: &SwarmLab, ns: &str, args: &[&str]) -> Mg {
-        let mut args = args.to_vec();
-        args.push("--takeover");
-        let next = Self::start_as(lab, ns, &args, "-next", "took over from");
-        let t0 = Instant::now();
-        let st = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the old meshgate did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        assert!(st.success(), "{st}:\n{}", self.log());
-        next
-    }
-
-    /// `meshgate run ARGS` in `ns`, logging to a file tagged `tag`; waits
-    /// for `ready` in the log.
-    fn start_as(lab: &SwarmLab, ns: &str, args: &[&str], tag: &str, ready: &str) -> Mg {
-        // One set of files per node: several may run at once.
-        let node = ns.rsplit('-').next().unwrap_or("m");
-        let stdout = lab.dir.join(format!("meshgate-{node}{tag}.log"));
-        let control = lab.dir.join(format!("control-{node}.sock"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_meshgate"))
-            .arg("run")
-            .args(args)
-            .arg("--control")
-            .arg(&control)
-            .stdout(std::fs::File::create(&stdout).unwrap())
-            .stderr(
-                std::fs::File::create(lab.dir.join(format!("meshgate-{node}{tag}.err"))).unwrap(),
-            )
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut mg = Mg {
-            child,
-            stdout,
-            control,
-        };
-        let t0 = Instant::now();
-        while !mg.log().contains(ready) || !mg.log().contains("forwarding on") {
-            if let Some(st) = mg.child.try_wait().unwrap() {
-                panic!(
-                    "meshgate exited at start ({st}):\n{}\n{}",
-                    mg.log(),
-                    std::fs::read_to_string(lab.dir.join(format!("meshgate-{node}{tag}.err")))
-                        .unwrap_or_default()
-                );
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(20),
-                "meshgate did not start:\n{}",
-                mg.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        mg
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.stdout).unwrap_or_default()
-    }
-
-    fn stats(&self) -> serde_json::Value {
-        let (ok, out, err) = common::cli_at(&self.control, &["stats", "--json"]);
-        assert!(ok, "{err}");
-        serde_json::from_str(&out).unwrap()
-    }
-
-    /// Running tasks of `web` in meshgate's tables (0 when it is not there).
-    fn web_tasks(&self) -> usize {
-        common::cli_at(&self.control, &["service", "ls"])
-            .1
-            .lines()
-            .find(|l| l.starts_with("web "))
-            .and_then(|l| l.split_whitespace().nth(4))
-            .and_then(|up| up.split('/').next()?.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Mg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn published() -> SocketAddr {
     format!("{MANAGER_ADDR}:8080").parse().unwrap()
@@ -175,43 +60,6 @@ fn create_running_web(lab: &SwarmLab, placement: &[&str], tasks: usize) {
     });
 }
 
-/// Waits until `node`'s Docker lists its ingress sandbox on the ingress
-/// network: Docker makes it some time after the node joins, and meshgate
-/// refuses to start without it (as it should: it takes its place).
-fn wait_for_sandbox(lab: &SwarmLab, node: Node) {
-    lab.wait_for("the node's ingress sandbox", Duration::from_secs(60), |l| {
-        l.docker(
-            node,
-            &[
-                "network",
-                "inspect",
-                "ingress",
-                "--format",
-                "{{json .Containers}}",
-            ],
-        )
-        .is_ok_and(|out| out.contains("ingress-sbox"))
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.ns(node))));
-}
-
-/// Writes `name`: a meshgate configuration for `node` from its own
-/// Docker socket, with `extra` lines in `[swarm]`, once the node has its
-/// ingress sandbox.
-fn swarm_config(lab: &SwarmLab, node: Node, name: &str, extra: &str) -> PathBuf {
-    wait_for_sandbox(lab, node);
-    let cfg = lab.dir.join(name);
-    std::fs::write(
-        &cfg,
-        format!(
-            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\n{extra}",
-            lab.socket(node).display(),
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
 /// The configuration of a meshgate on the worker: its own socket, and the
 /// manager's for the ports' protocols.
 fn worker_config(lab: &SwarmLab) -> PathBuf {
@@ -241,15 +89,6 @@ fn sandbox_configs(lab: &SwarmLab, name: &str) -> (PathBuf, PathBuf) {
         &sandbox(Node::Manager),
     );
     (worker, manager)
-}
-
-fn wait_until(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    while !ok() {
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    t0.elapsed()
 }
 
 #[test]
@@ -389,11 +228,19 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
         "expected a refused connection, got {e}"
     );
     // Every change is logged. Docker may start the two new tasks in one
-    // read or in two (3 -> 4 -> 5), so only the end point is fixed.
+    // read or in two (3 -> 4 -> 5), so only the end point is fixed. The
+    // removed service's tasks drain until their grace period (10 s: httpd
+    // ignores SIGTERM) ends, then it is gone.
     let log = mg.log();
     assert!(log.contains("-> 5 task(s)"), "{log}");
     assert!(log.contains("web: 5 -> 4 task(s)"), "{log}");
-    assert!(log.contains("web: removed"), "{log}");
+    assert!(
+        log.contains("service web was removed: its 5 running tasks drain"),
+        "{log}"
+    );
+    wait_until("web gone", Duration::from_secs(30), || {
+        mg.log().contains("web: removed")
+    });
 }
 
 /// meshgate on a worker, where Docker's cluster API answers "not a swarm

@@ -806,7 +806,19 @@ fn describe_change(old: &[crate::config::Service], new: &[crate::config::Service
                     what.push(format!("ports {} -> {}", ports(o), ports(n)));
                 }
                 if o.tasks != n.tasks {
-                    what.push(format!("{} -> {} task(s)", o.tasks.len(), n.tasks.len()));
+                    let drained = |s: &crate::config::Service| {
+                        s.tasks.iter().filter(|t| t.weight == 0).count()
+                    };
+                    let (a, b) = (drained(o), drained(n));
+                    what.push(if a == b {
+                        format!("{} -> {} task(s)", o.tasks.len(), n.tasks.len())
+                    } else {
+                        format!(
+                            "{} -> {} task(s), {a} -> {b} drained",
+                            o.tasks.len(),
+                            n.tasks.len()
+                        )
+                    });
                 }
                 out.push(format!("{}: {}", n.name, what.join(", ")));
             }

@@ -413,6 +413,71 @@ impl SwarmLab {
         self.docker(Node::Manager, &args)
     }
 
+    /// Writes on `node` the `DOCKER-INGRESS` rules Docker writes for the
+    /// routing mesh's published `ports` ((port, "tcp" or "udp")) on a
+    /// kernel with IPVS, which this one lacks (`../shared/notes`): the nat
+    /// chain, jumped from PREROUTING and OUTPUT for local destinations,
+    /// with a DNAT per port to the ingress sandbox's `docker_gwbridge`
+    /// address. A worker's meshgate reads the ports' protocols from them
+    /// as it would on a real node, with no manager's socket.
+    pub fn write_docker_ingress_rules(
+        &self,
+        node: Node,
+        ports: &[(u16, &str)],
+    ) -> Result<(), LabError> {
+        let gw = self.docker(
+            node,
+            &[
+                "network",
+                "inspect",
+                "docker_gwbridge",
+                "--format",
+                "{{(index .Containers \"ingress-sbox\").IPv4Address}}",
+            ],
+        )?;
+        let gw = gw.trim().split('/').next().unwrap_or_default().to_string();
+        let ns = self.ns(node);
+        let ipt = |args: &[&str]| -> Result<String, LabError> {
+            let mut a = vec!["ip", "netns", "exec", ns.as_str(), "iptables", "-t", "nat"];
+            a.extend_from_slice(args);
+            sh(&a)
+        };
+        if ipt(&["-S", "DOCKER-INGRESS"]).is_err() {
+            ipt(&["-N", "DOCKER-INGRESS"])?;
+            ipt(&["-A", "DOCKER-INGRESS", "-j", "RETURN"])?;
+            for chain in ["PREROUTING", "OUTPUT"] {
+                ipt(&[
+                    "-I",
+                    chain,
+                    "-m",
+                    "addrtype",
+                    "--dst-type",
+                    "LOCAL",
+                    "-j",
+                    "DOCKER-INGRESS",
+                ])?;
+            }
+        }
+        for (port, proto) in ports {
+            let (port, to) = (port.to_string(), format!("{gw}:{port}"));
+            ipt(&[
+                "-I",
+                "DOCKER-INGRESS",
+                "-p",
+                proto,
+                "-m",
+                proto,
+                "--dport",
+                &port,
+                "-j",
+                "DNAT",
+                "--to-destination",
+                &to,
+            ])?;
+        }
+        Ok(())
+    }
+
     /// Tasks of `service` that Docker reports running, as (name, state).
     pub fn running_tasks(&self, service: &str) -> Result<usize, LabError> {
         let out = self.docker(

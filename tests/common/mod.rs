@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use meshgate_testkit::lab::{self, Lab};
 
+pub mod swarm;
+
 /// True when the test may run. Lab tests need root (namespaces, XDP,
 /// AF_XDP); without it they fail with a message, unless
 /// MESHGATE_SKIP_PRIVILEGED=1 opts out explicitly.

@@ -176,3 +176,26 @@ fn with_outlier_detection_off_resets_pass_and_syns_stay() {
     assert!(!ejected(&p, a));
     assert_eq!(p.events().syns_moved + p.events().tasks_ejected, 0);
 }
+
+#[test]
+fn a_syn_ack_held_for_the_clients_neighbour_still_counts_as_an_answer() {
+    let mut neighbours = lab_neighbours();
+    neighbours.entries.remove(&CLIENT);
+    let snap = Arc::new(Snapshot::build(
+        &lab_config().table_desc(),
+        lab_link(L4Checksum::Incremental),
+        Arc::new(neighbours),
+        &mut Registry::default(),
+        1,
+    ));
+    let mut p = Pipeline::new(snap, 0, 1, 1024, (1024, 65535));
+    p.set_now(1_000);
+    let (a, snat) = syn(&mut p, 58_000);
+    let (v, _) = run(&mut p, &task_reply_tcp(a, snat, 9, 2, SYN_ACK, b""));
+    assert_eq!(v, Verdict::Drop(DropReason::NoNeighbour));
+    // The client's retransmission a second later stays with its task,
+    // which answered.
+    p.set_now(2_000);
+    assert_eq!(syn(&mut p, 58_000).0, a);
+    assert_eq!(p.events().syns_moved, 0);
+}

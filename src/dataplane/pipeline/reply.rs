@@ -225,11 +225,10 @@ pub(super) fn translate_reply<const VXLAN: bool>(
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let client = flow.key.client;
-    let Some(client_mac) = client_mac(snap, flow) else {
-        request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(DropReason::NoNeighbour);
-    };
+    // The task's answer counts before the client's next hop is known: a
+    // SYN-ACK held for the neighbour still says that the task serves, and
+    // the client's retransmitted SYN must find the flow established, not
+    // unanswered (`forward::syn_ends`).
     flow.last_seen = now;
     if let Some(fl) = tcp_flags {
         let seq_end = tcp_seq_end(&p[IP..]);
@@ -244,6 +243,11 @@ pub(super) fn translate_reply<const VXLAN: bool>(
             }
         }
     }
+    let client = flow.key.client;
+    let Some(client_mac) = client_mac(snap, flow) else {
+        request_resolution(st, snap.neighbours.next_hop(client));
+        return Err(DropReason::NoNeighbour);
+    };
     let (rw, ti, v6) = (
         Rewrite::to_client(flow, id.node_addr),
         flow.task_index,

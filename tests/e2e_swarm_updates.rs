@@ -1,0 +1,310 @@
+//! A swarm's everyday life under continuous traffic, through meshgate on
+//! the manager and on a worker (each from its own Docker socket; the
+//! worker has no manager's): a rolling update, a killed task and a
+//! removed service, with tasks that behave like a graceful server (on
+//! SIGTERM it stops accepting, finishes what is in flight within 4 s,
+//! then exits).
+//!
+//! The worker's `DOCKER-INGRESS` rules are written by the lab, as Docker
+//! writes them on a kernel with IPVS (this one has none): they give the
+//! worker's meshgate the ports' protocols.
+//!
+//! Needs root and Docker, as `e2e_swarm` does. Prints the lags it
+//! measures (docs/swarm.md quotes them).
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::swarm::{Mg, swarm_config, wait_until};
+use meshgate_testkit::swarm_lab::{MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR};
+
+/// busybox httpd as a graceful server, with `/cgi-bin/slow` (3 s) for
+/// requests in flight; `/` answers the container's hostname.
+const GRACEFUL: &str = "mkdir -p /www/cgi-bin && hostname > /www/index.html \
+    && printf '%s\\n' '#!/bin/sh' 'sleep 3' 'echo Content-Type: text/plain' 'echo' 'hostname' \
+       > /www/cgi-bin/slow && chmod +x /www/cgi-bin/slow; \
+    httpd -f -p 80 -h /www & p=$!; trap 'kill $p; sleep 4; exit 0' TERM; wait $p; wait $p";
+
+fn addr(node: &str) -> SocketAddr {
+    format!("{node}:8080").parse().unwrap()
+}
+
+/// The lab, `web` (three graceful tasks on the two workers, 10 s stop
+/// grace period) and meshgate on the manager and on the worker, both
+/// with web's three tasks in their tables.
+fn setup() -> Option<(SwarmLab, Mg, Mg)> {
+    if !common::privileged() || !common::docker_available() {
+        return None;
+    }
+    let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    lab.docker(
+        Node::Manager,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--publish",
+            "8080:80",
+            "--replicas",
+            "3",
+            "--constraint",
+            "node.role==worker",
+            "--stop-grace-period",
+            "10s",
+            "--no-resolve-image",
+            "local/busybox:1",
+            "sh",
+            "-c",
+            GRACEFUL,
+        ],
+    )
+    .unwrap();
+    lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 3
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
+    let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
+    let wcfg: PathBuf = swarm_config(&lab, Node::Worker, "worker.toml", &sandbox(Node::Worker));
+    let mcfg: PathBuf = swarm_config(&lab, Node::Manager, "manager.toml", &sandbox(Node::Manager));
+    lab.write_docker_ingress_rules(Node::Worker, &[(8080, "tcp")])
+        .unwrap();
+    let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
+    let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
+    for mg in [&on_worker, &on_manager] {
+        wait_until("meshgate sees 3 tasks", Duration::from_secs(10), || {
+            mg.web_tasks() == 3
+        });
+    }
+    Some((lab, on_worker, on_manager))
+}
+
+/// What the clients saw while `during` ran.
+#[derive(Debug, Default)]
+struct Seen {
+    short: usize,
+    slow: usize,
+    /// The longest short request.
+    longest: Duration,
+    failures: Vec<String>,
+}
+
+/// Runs `during` under load: a short request every 50 ms, alternating
+/// between the manager and the worker, and six 3-second requests in
+/// flight at all times (three through each node); then 2 s more.
+fn under_load(lab: &SwarmLab, during: impl FnOnce()) -> Seen {
+    let going = AtomicBool::new(true);
+    let seen = Mutex::new(Seen::default());
+    let short = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let mut i = 0;
+            while going.load(Ordering::Relaxed) {
+                let to = addr([MANAGER_ADDR, WORKER_ADDR][i % 2]);
+                let t0 = Instant::now();
+                let r = lab.http_get(to, Duration::from_secs(10));
+                let took = t0.elapsed();
+                let mut s = seen.lock().unwrap();
+                match r {
+                    Ok(_) => s.short += 1,
+                    Err(e) => s.failures.push(format!("short {i} via {to}: {e}")),
+                }
+                s.longest = s.longest.max(took);
+                drop(s);
+                short.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        for k in 0..6 {
+            let (going, seen) = (&going, &seen);
+            sc.spawn(move || {
+                let to = addr([MANAGER_ADDR, WORKER_ADDR][k % 2]);
+                while going.load(Ordering::Relaxed) {
+                    let r = lab.http_get_path(to, "/cgi-bin/slow", Duration::from_secs(15));
+                    let mut s = seen.lock().unwrap();
+                    match r {
+                        Ok(_) => s.slow += 1,
+                        Err(e) => s.failures.push(format!("slow via {to}: {e}")),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        during();
+        std::thread::sleep(Duration::from_secs(2));
+        going.store(false, Ordering::Relaxed);
+    });
+    seen.into_inner().unwrap()
+}
+
+/// Waits for web's update to complete (`UpdateStatus.State`).
+fn wait_for_update(lab: &SwarmLab) -> Duration {
+    let t0 = Instant::now();
+    lab.wait_for("web's update", Duration::from_secs(180), |l| {
+        l.docker(
+            Node::Manager,
+            &[
+                "service",
+                "inspect",
+                "web",
+                "--format",
+                "{{if .UpdateStatus}}{{.UpdateStatus.State}}{{end}}",
+            ],
+        )
+        .is_ok_and(|s| s.trim() == "completed")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.manager())));
+    t0.elapsed()
+}
+
+/// How long until `mg`'s `service ps web` shows a task in `state`,
+/// polled every 20 ms from now (at most `limit`).
+fn until_state(mg: &Mg, state: &str, limit: Duration) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let (_, out, _) = common::cli_at(&mg.control, &["service", "ps", "web"]);
+        if out.lines().skip(1).any(|l| l.contains(state)) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
+    let Some((lab, on_worker, on_manager)) = setup() else {
+        return;
+    };
+    let mut drain_lag = None;
+    let seen = under_load(&lab, || {
+        lab.docker(
+            Node::Manager,
+            &["service", "update", "--detach", "--force", "web"],
+        )
+        .unwrap();
+        drain_lag = until_state(&on_manager, "draining", Duration::from_secs(5));
+        let took = wait_for_update(&lab);
+        eprintln!("the update took {took:?}");
+    });
+    eprintln!(
+        "rolling update: {} short and {} slow requests, the longest short one {:?}; \
+         the manager drained the first task {:?} after the update was asked for",
+        seen.short, seen.slow, seen.longest, drain_lag
+    );
+    assert!(
+        seen.failures.is_empty(),
+        "{:?}\n{}\n{}",
+        seen.failures,
+        on_manager.log(),
+        on_worker.log()
+    );
+    assert!(seen.short >= 100 && seen.slow >= 12, "{seen:?}");
+    assert!(drain_lag.is_some(), "the manager never drained a task");
+    for mg in [&on_worker, &on_manager] {
+        wait_until("three new tasks", Duration::from_secs(10), || {
+            mg.web_tasks() == 3
+        });
+    }
+}
+
+#[test]
+fn a_killed_task_costs_a_client_at_most_one_syn_retransmission() {
+    let Some((lab, on_worker, on_manager)) = setup() else {
+        return;
+    };
+    let victim = lab
+        .docker(Node::Worker, &["ps", "-q", "--filter", "name=web."])
+        .unwrap();
+    let victim = victim.split_whitespace().next().unwrap().to_string();
+    let seen = under_load(&lab, || {
+        lab.docker(Node::Worker, &["kill", &victim]).unwrap();
+        // Swarm replaces it; meshgate follows.
+        lab.wait_for("a new third task", Duration::from_secs(60), |l| {
+            l.running_tasks("web").unwrap_or(0) == 3
+        })
+        .unwrap();
+    });
+    eprintln!(
+        "docker kill: {} short and {} slow requests, the longest short one {:?}",
+        seen.short, seen.slow, seen.longest
+    );
+    // Requests in flight on the killed task die with it, as they do with
+    // Swarm's own mesh: only new connections must not fail.
+    let short_failures: Vec<_> = seen
+        .failures
+        .iter()
+        .filter(|f| f.starts_with("short"))
+        .collect();
+    assert!(
+        short_failures.is_empty(),
+        "{short_failures:?}\n{}\n{}",
+        on_manager.log(),
+        on_worker.log()
+    );
+    assert!(
+        seen.longest < Duration::from_millis(2_500),
+        "a new connection waited {:?}: more than one retransmission",
+        seen.longest
+    );
+}
+
+#[test]
+fn a_removed_service_refuses_new_connections_and_finishes_those_in_flight() {
+    let Some((lab, on_worker, on_manager)) = setup() else {
+        return;
+    };
+    let in_flight: Vec<_> = [MANAGER_ADDR, WORKER_ADDR]
+        .into_iter()
+        .map(|node| {
+            let client = lab.client();
+            std::thread::spawn(move || {
+                SwarmLab::http_get_in(
+                    &client,
+                    addr(node),
+                    "/cgi-bin/slow",
+                    Duration::from_secs(15),
+                )
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    lab.docker(Node::Manager, &["service", "rm", "web"])
+        .unwrap();
+    let mut refused_after = Vec::new();
+    for node in [MANAGER_ADDR, WORKER_ADDR] {
+        loop {
+            match lab.http_get(addr(node), Duration::from_secs(2)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                _ if t0.elapsed() > Duration::from_secs(15) => {
+                    panic!("{node} still takes connections 15 s after docker service rm")
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        refused_after.push((node, t0.elapsed()));
+    }
+    eprintln!("docker service rm: new connections refused after {refused_after:?}");
+    for r in in_flight {
+        let r = r.join().unwrap();
+        assert!(
+            r.is_ok(),
+            "a request in flight failed: {r:?}\n{}\n{}",
+            on_manager.log(),
+            on_worker.log()
+        );
+    }
+    assert!(
+        refused_after[0].1 < Duration::from_secs(1),
+        "the manager refused after {:?}",
+        refused_after[0].1
+    );
+}
