@@ -362,6 +362,7 @@ fn real_main() -> Result<()> {
                 // What `run` would start with.
                 cfg.services = meshgate::runtime::swarm::follow::read_once(sw, &cfg.ingress)
                     .context("reading the swarm's services")?
+                    .0
                     .services;
             }
             let tasks: usize = cfg.services.iter().map(|s| s.tasks.len()).sum();

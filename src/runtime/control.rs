@@ -586,12 +586,16 @@ impl Control {
 
     /// Starts following Docker Swarm (`[swarm]`); the tables already hold
     /// the swarm's services of the first read, whose `notes` were printed.
-    pub fn follow_swarm(&mut self, notes: Vec<String>) -> std::io::Result<()> {
+    pub fn follow_swarm(
+        &mut self,
+        notes: Vec<String>,
+        memory: crate::docker::swarm::ServiceMemory,
+    ) -> std::io::Result<()> {
         if let Some(sw) = &self.cfg.swarm {
             self.swarm = Some(SwarmSource::start(
                 sw,
                 &self.cfg.ingress,
-                self.cfg.services.clone(),
+                (self.cfg.services.clone(), memory),
                 notes,
                 self.bell.clone(),
             )?);

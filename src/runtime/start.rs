@@ -75,7 +75,7 @@ impl Forwarder {
             None => open_sandbox(&mut cfg)?,
             Some(_) => None,
         };
-        let swarm_notes = read_swarm(&mut cfg)?;
+        let (swarm_notes, swarm_memory) = read_swarm(&mut cfg)?;
 
         let (watcher, registry, snapshot) = first_snapshot(&mut rtnl, &link, &cfg)?;
         // The flow tables are allocated and touched up front (most of a
@@ -164,7 +164,7 @@ impl Forwarder {
         report_carried(&mut control, successor, restored);
         control.sync_ports()?;
         control
-            .follow_swarm(swarm_notes)
+            .follow_swarm(swarm_notes, swarm_memory)
             .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
         let agent = start_announcements(&mut control)?;
         Ok(Forwarder {
@@ -715,16 +715,19 @@ fn swarm_address6(cfg: &mut Config, rtnl: &mut Rtnl, link: &LinkFacts) -> Result
 }
 
 /// With `[swarm]`, the first read of services and tasks, into `cfg`; what
-/// was left out and why. It happens before anything is attached: a swarm
-/// meshgate cannot read is a setup error, not an empty table.
-fn read_swarm(cfg: &mut Config) -> Result<Vec<String>, RunError> {
+/// was left out and why, and what the follower remembers of it. It
+/// happens before anything is attached: a swarm meshgate cannot read is a
+/// setup error, not an empty table.
+fn read_swarm(
+    cfg: &mut Config,
+) -> Result<(Vec<String>, crate::docker::swarm::ServiceMemory), RunError> {
     let Some(sw) = &cfg.swarm else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
-    let d = super::swarm::follow::read_once(sw, &cfg.ingress)
+    let (d, memory) = super::swarm::follow::read_once(sw, &cfg.ingress)
         .map_err(|e| RunError::Setup(format!("reading the swarm: {e}")))?;
     cfg.services = d.services;
-    Ok(d.notes)
+    Ok((d.notes, memory))
 }
 
 fn open_sandbox(cfg: &mut Config) -> Result<Option<super::sandbox::Sandbox>, RunError> {

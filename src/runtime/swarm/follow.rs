@@ -66,18 +66,23 @@ pub struct SwarmSource {
     threads: Vec<JoinHandle<()>>,
 }
 
-/// Reads the swarm once (at startup: an error here stops `meshgate run`).
-pub fn read_once(cfg: &SwarmConfig, ingress: &IngressConfig) -> Result<Desired, SwarmError> {
+/// Reads the swarm once (at startup: an error here stops `meshgate run`);
+/// also what the follower needs to remember of it ([`SwarmSource::start`]).
+pub fn read_once(
+    cfg: &SwarmConfig,
+    ingress: &IngressConfig,
+) -> Result<(Desired, ServiceMemory), SwarmError> {
     let manager = cfg.manager.as_deref().map(Docker::new);
+    let mut memory = ServiceMemory::default();
     let d = read_desired(
         &Docker::new(&cfg.socket),
         &cfg.facts,
         ingress,
         manager.as_ref(),
-        &mut ServiceMemory::default(),
+        &mut memory,
     )?;
     print_notes(&d.notes);
-    Ok(d)
+    Ok((d, memory))
 }
 
 fn print_notes(notes: &[String]) {
@@ -87,11 +92,12 @@ fn print_notes(notes: &[String]) {
 }
 
 impl SwarmSource {
-    /// Starts following the swarm; `current` is what the tables hold now.
+    /// Starts following the swarm; `current` is what the tables hold now,
+    /// from the read that left `memory`.
     pub fn start(
         cfg: &SwarmConfig,
         ingress: &IngressConfig,
-        current: Vec<Service>,
+        (current, memory): (Vec<Service>, ServiceMemory),
         notes: Vec<String>,
         bell: Arc<Doorbell>,
     ) -> std::io::Result<SwarmSource> {
@@ -109,7 +115,7 @@ impl SwarmSource {
             cfg: cfg.clone(),
             ingress: ingress.clone(),
             last: current,
-            memory: ServiceMemory::default(),
+            memory,
             tx,
             bell,
             stop: stop.clone(),
