@@ -178,6 +178,13 @@ fn until_state(mg: &Mg, state: &str, limit: Duration) -> Option<Duration> {
     None
 }
 
+/// A meshgate's drops, events and the XDP program's passes, for a
+/// failure's message.
+fn counters(mg: &Mg) -> String {
+    let st = mg.stats();
+    format!("{} {} {}", st["drops"], st["events"], st["xdp_passed"])
+}
+
 #[test]
 fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
     let Some((lab, on_worker, on_manager)) = setup() else {
@@ -245,9 +252,11 @@ fn a_killed_task_costs_a_client_at_most_one_syn_retransmission() {
         .collect();
     assert!(
         short_failures.is_empty(),
-        "{short_failures:?}\n{}\n{}",
+        "{short_failures:?}\n{}\n{}\nmanager {}\nworker {}",
         on_manager.log(),
-        on_worker.log()
+        on_worker.log(),
+        counters(&on_manager),
+        counters(&on_worker)
     );
     assert!(
         seen.longest < Duration::from_millis(2_500),
@@ -316,5 +325,103 @@ fn a_removed_service_refuses_new_connections_and_finishes_those_in_flight() {
         refused_after[1].1 < Duration::from_secs(7),
         "the worker refused after {:?}",
         refused_after[1].1
+    );
+}
+
+/// A task with a Docker health check joins when Docker says it is
+/// healthy, on the manager (Swarm reports it running only then) and on a
+/// worker (its ingress view lists it only then): never before.
+#[test]
+fn a_task_with_a_health_check_gets_flows_only_once_healthy() {
+    let Some((lab, on_worker, on_manager)) = setup() else {
+        return;
+    };
+    // Written at once rather than when Docker would (at the first healthy
+    // task): the worker then knows the port, and only its view of the
+    // task keeps it out.
+    lab.write_docker_ingress_rules(Node::Worker, &[(8081, "tcp")])
+        .unwrap();
+    lab.docker(
+        Node::Manager,
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "late",
+            "--publish",
+            "8081:80",
+            "--constraint",
+            "node.role==worker",
+            "--health-cmd",
+            "test -f /www/ready",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--health-start-period",
+            "60s",
+            "--no-resolve-image",
+            "local/busybox:1",
+            "sh",
+            "-c",
+            "(sleep 15; touch /www/ready) & mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
+        ],
+    )
+    .unwrap();
+    let status = || -> String {
+        [Node::Worker, Node::Worker2]
+            .into_iter()
+            .filter_map(|n| {
+                lab.docker(
+                    n,
+                    &["ps", "--filter", "name=late.", "--format", "{{.Status}}"],
+                )
+                .ok()
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    lab.wait_for("late's container", Duration::from_secs(60), |_| {
+        status().contains("health: starting")
+    })
+    .unwrap();
+    let mut checked = 0;
+    while status().contains("health: starting") {
+        for (mg, node) in [(&on_manager, MANAGER_ADDR), (&on_worker, WORKER_ADDR)] {
+            assert_eq!(
+                mg.tasks_up("late"),
+                0,
+                "{node} has late before it is healthy"
+            );
+            let to: SocketAddr = format!("{node}:8081").parse().unwrap();
+            assert!(lab.http_get(to, Duration::from_secs(1)).is_err());
+        }
+        checked += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(checked >= 3, "too little time before healthy: {checked}");
+    let t0 = Instant::now();
+    for (mg, node) in [(&on_manager, MANAGER_ADDR), (&on_worker, WORKER_ADDR)] {
+        let t1 = Instant::now();
+        while mg.tasks_up("late") != 1 {
+            assert!(
+                t1.elapsed() < Duration::from_secs(10),
+                "{node} has no task of late 10 s after Docker said healthy ({}):\n{}\n{}\n{}",
+                status(),
+                common::cli_at(&mg.control, &["service", "ls"]).1,
+                lab.docker(Node::Manager, &["service", "ps", "late"])
+                    .unwrap_or_default(),
+                mg.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let to: SocketAddr = format!("{node}:8081").parse().unwrap();
+        lab.http_get(to, Duration::from_secs(3))
+            .unwrap_or_else(|e| panic!("{node} after healthy: {e}"));
+    }
+    eprintln!(
+        "health check: both nodes had the task {:?} after Docker said healthy",
+        t0.elapsed()
     );
 }

@@ -107,10 +107,17 @@ impl Mg {
 
     /// Running tasks of `web` in meshgate's tables (0 when it is not there).
     pub fn web_tasks(&self) -> usize {
+        self.tasks_up("web")
+    }
+
+    /// Running tasks of `service` in meshgate's tables (0 when it is not
+    /// there).
+    pub fn tasks_up(&self, service: &str) -> usize {
+        let name = format!("{service} ");
         super::cli_at(&self.control, &["service", "ls"])
             .1
             .lines()
-            .find(|l| l.starts_with("web "))
+            .find(|l| l.starts_with(&name))
             .and_then(|l| l.split_whitespace().nth(4))
             .and_then(|up| up.split('/').next()?.parse().ok())
             .unwrap_or(0)

@@ -304,7 +304,9 @@ pub(super) fn known_flow<'s, const V6: bool>(
         Some(task) => Known::Flow(s, task),
         None => {
             end_flow(snap, st, s);
-            Known::TaskGone
+            // A SYN again (a retransmission to a task that died) starts
+            // anew; anything else learns that its connection is gone.
+            if is_syn { Known::New } else { Known::TaskGone }
         }
     }
 }

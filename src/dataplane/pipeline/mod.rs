@@ -484,14 +484,21 @@ impl Pipeline {
 
     /// Writes into `f` a reset that tells the client of the ended TCP flow
     /// `flow` that its connection is gone, with a sequence number the client
-    /// accepts (RFC 9293 3.10.7, RFC 5961): in SYN-SENT an RST+ACK of its
-    /// SYN, later an RST at the next sequence number the task would send.
-    /// False when the flow is not TCP, already reset, or the client's next
-    /// hop is unknown.
+    /// accepts (RFC 9293 3.10.7, RFC 5961): an RST at the next sequence
+    /// number the task would send. False when the flow is not TCP, already
+    /// reset, still in SYN-SENT, or the client's next hop is unknown.
+    ///
+    /// A connection in SYN-SENT has nothing to lose yet: its client's
+    /// retransmitted SYN starts a new flow to a task that runs (or is
+    /// refused when none does), where a reset would fail a connection that
+    /// one retransmission saves (a killed task's, `docker kill`).
     pub fn reset_for_flow(&mut self, flow: &Flow, f: &mut FrameBuf<'_>) -> bool {
         // An ended flow no longer has its IPv6 client's address at hand: its
         // client learns from its next segment's reset (`tcp_no_flow`).
-        if flow.key.protocol != protocol::TCP || flow.state == FlowState::Closed || flow.key.v6 {
+        if flow.key.protocol != protocol::TCP
+            || matches!(flow.state, FlowState::Closed | FlowState::SynSent)
+            || flow.key.v6
+        {
             return false;
         }
         let snap = &*self.snap;
@@ -501,18 +508,10 @@ impl Pipeline {
             snap.neighbours.mac_for(flow.key.client)
         };
         let Some(mac) = mac else { return false };
-        let reset = if flow.state == FlowState::SynSent {
-            Reset {
-                seq: 0,
-                ack: flow.client_next,
-                flags: tcp::flags::RST | tcp::flags::ACK,
-            }
-        } else {
-            Reset {
-                seq: flow.task_next,
-                ack: 0,
-                flags: tcp::flags::RST,
-            }
+        let reset = Reset {
+            seq: flow.task_next,
+            ack: 0,
+            flags: tcp::flags::RST,
         };
         emit_reset(&snap.identity, f, mac, &flow.key, reset);
         self.st.events.resets_sent += 1;
