@@ -190,21 +190,27 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
     let Some((lab, on_worker, on_manager)) = setup() else {
         return;
     };
-    let mut drain_lag = None;
+    let (mut drain_lag, mut eject_lag) = (None, None);
     let seen = under_load(&lab, || {
+        let t0 = Instant::now();
         lab.docker(
             Node::Manager,
             &["service", "update", "--detach", "--force", "web"],
         )
         .unwrap();
         drain_lag = until_state(&on_manager, "draining", Duration::from_secs(5));
+        // The worker learns nothing from its Docker until the task is gone:
+        // it stops sending new flows when the task refuses one.
+        eject_lag =
+            until_state(&on_worker, "ejected", Duration::from_secs(10)).map(|_| t0.elapsed());
         let took = wait_for_update(&lab);
         eprintln!("the update took {took:?}");
     });
     eprintln!(
         "rolling update: {} short and {} slow requests, the longest short one {:?}; \
-         the manager drained the first task {:?} after the update was asked for",
-        seen.short, seen.slow, seen.longest, drain_lag
+         after the update was asked for, the manager drained the first task after {:?}, \
+         the worker ejected it after {:?}",
+        seen.short, seen.slow, seen.longest, drain_lag, eject_lag
     );
     assert!(
         seen.failures.is_empty(),
