@@ -105,7 +105,9 @@ pub(super) fn forward<const V6: bool>(
     let (slot, task) = match known_flow::<V6>(snap, st, &key, key_hash, is_syn, port, c6) {
         Known::Flow(s, task) => (s, task),
         Known::Elsewhere(w) => return hand_to(w),
-        Known::TaskGone if proto == protocol::TCP => {
+        // A SYN again (a retransmission to a task that died) starts anew;
+        // any other segment learns that its connection is gone.
+        Known::TaskGone if proto == protocol::TCP && !is_syn => {
             return send_reset::<V6>(snap, st, f, DropReason::TaskGone, c6);
         }
         // A datagram of a gone task's flow starts a new flow.
@@ -304,9 +306,7 @@ pub(super) fn known_flow<'s, const V6: bool>(
         Some(task) => Known::Flow(s, task),
         None => {
             end_flow(snap, st, s);
-            // A SYN again (a retransmission to a task that died) starts
-            // anew; anything else learns that its connection is gone.
-            if is_syn { Known::New } else { Known::TaskGone }
+            Known::TaskGone
         }
     }
 }
