@@ -4,12 +4,13 @@
 //! what the answers mean; `swarm` and `ingress_view` do.
 //!
 //! Invariants: every failure is an [`EngineError`] naming the request,
-//! never a panic; a response larger than 64 MiB is refused.
+//! never a panic; a response larger than 64 MiB is refused; a request
+//! takes at most its client's timeout in all, however Docker dribbles.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -181,9 +182,14 @@ pub struct Docker {
 
 impl Docker {
     pub fn new(socket: &Path) -> Docker {
+        Self::with_timeout(socket, Duration::from_secs(10))
+    }
+
+    /// A client whose requests take at most `timeout` each, in all.
+    pub fn with_timeout(socket: &Path, timeout: Duration) -> Docker {
         Docker {
             socket: socket.to_path_buf(),
-            timeout: Duration::from_secs(10),
+            timeout,
         }
     }
 
@@ -214,15 +220,10 @@ impl Docker {
 
     /// `GET request` and the JSON body of a 200 answer.
     pub fn get(&self, request: &str) -> Result<Value, EngineError> {
+        let deadline = Instant::now() + self.timeout;
         let mut s = self.connect()?;
         self.send_get(&mut s, request)?;
-        let mut raw = Vec::new();
-        s.take(MAX_RESPONSE as u64 + 1)
-            .read_to_end(&mut raw)
-            .map_err(|source| EngineError::Io {
-                request: request.to_string(),
-                source,
-            })?;
+        let raw = self.read_answer(&mut s, request, deadline)?;
         let http = |what: String| EngineError::Http {
             request: request.to_string(),
             what,
@@ -247,6 +248,52 @@ impl Docker {
             request: request.to_string(),
             what: e.to_string(),
         })
+    }
+
+    /// Reads an answer to its end, or to one byte past [`MAX_RESPONSE`],
+    /// by `deadline`: a timeout per read would let a Docker that sends a
+    /// byte now and then hold the reader (and the swarm follower) for as
+    /// long as it likes.
+    fn read_answer(
+        &self,
+        s: &mut UnixStream,
+        request: &str,
+        deadline: Instant,
+    ) -> Result<Vec<u8>, EngineError> {
+        let io = |source| EngineError::Io {
+            request: request.to_string(),
+            source,
+        };
+        let late = || {
+            io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no complete answer within {:?}", self.timeout),
+            ))
+        };
+        let mut raw = Vec::new();
+        let mut buf = vec![0u8; 64 << 10];
+        while raw.len() <= MAX_RESPONSE {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(late());
+            }
+            s.set_read_timeout(Some(left)).map_err(io)?;
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Err(late());
+                }
+                Err(e) => return Err(io(e)),
+            }
+        }
+        Ok(raw)
     }
 
     /// Opens the event stream for the given event types. Reading from the
@@ -397,6 +444,35 @@ mod tests {
         let e = d.get("/info").unwrap_err().to_string();
         assert!(e.contains("/nonexistent/meshgate-test/docker.sock"), "{e}");
         assert!(e.contains("is dockerd running"), "{e}");
+    }
+
+    /// A Docker that answers a byte every 100 ms never finishes: the
+    /// request ends at its deadline, not after 10 s per byte.
+    #[test]
+    fn a_dribbling_answer_ends_at_the_request_deadline() {
+        let dir = std::env::temp_dir().join(format!("meshgate-dribble-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("docker.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
+            for _ in 0..50 {
+                if s.write_all(b" ").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let d = Docker::with_timeout(&path, Duration::from_millis(800));
+        let t0 = Instant::now();
+        let e = d.get("/tasks").unwrap_err().to_string();
+        let took = t0.elapsed();
+        assert!(e.contains("no complete answer within 800ms"), "{e}");
+        assert!(took < Duration::from_millis(1_500), "{took:?}");
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -73,16 +73,30 @@ impl ApiServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = inode_of(path);
         listener.set_nonblocking(true)?;
+        let busy = Arc::new(AtomicUsize::new(0));
         let accept = AcceptLoop::spawn("mg-api", listener, move |listener| {
             // Every connection queued by now (the listener does not block).
             loop {
-                match listener.accept() {
-                    Ok((s, _)) => {
-                        let calls = calls.clone();
-                        let bell = bell.clone();
-                        std::thread::spawn(move || serve(s, &calls, &bell));
-                    }
+                if busy.load(Ordering::Acquire) >= API_CONCURRENT {
+                    // Full: the rest wait in the backlog; look again soon.
+                    return Some(Duration::from_millis(5));
+                }
+                let s = match listener.accept() {
+                    Ok((s, _)) => s,
                     Err(e) => return accept_pause(&e),
+                };
+                let (calls, bell) = (calls.clone(), bell.clone());
+                let held = Held::take(&busy);
+                let spawned = std::thread::Builder::new()
+                    .name("mg-api-conn".into())
+                    .spawn(move || {
+                        serve(s, &calls, &bell);
+                        drop(held);
+                    });
+                if spawned.is_err() {
+                    // Out of threads: this connection is closed, its
+                    // count given back with the closure; later ones wait.
+                    return Some(Duration::from_millis(20));
                 }
             }
         })?;
@@ -110,6 +124,28 @@ fn inode_of(path: &Path) -> Option<(u64, u64)> {
         .map(|m| (m.dev(), m.ino()))
 }
 
+/// Control connections served at once; more wait in the listen backlog.
+const API_CONCURRENT: usize = 16;
+/// A control connection that sends no request for this long is closed
+/// (`stats --watch` asks every second or so).
+const API_IDLE: Duration = Duration::from_secs(60);
+
+/// One connection counted in a busy count, until dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Held {
+    fn take(busy: &Arc<AtomicUsize>) -> Held {
+        busy.fetch_add(1, Ordering::AcqRel);
+        Held(busy.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Only root and meshgate's own user may use the socket (the file mode says
 /// the same; this also holds if someone loosens it).
 fn peer_allowed(s: &UnixStream) -> bool {
@@ -121,6 +157,8 @@ fn peer_allowed(s: &UnixStream) -> bool {
 
 fn serve(s: UnixStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
     let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(API_IDLE));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
     let mut w = match s.try_clone() {
         Ok(w) => w,
         Err(_) => return,
@@ -168,6 +206,11 @@ pub struct MetricsServer {
 
 /// Connections served at once; more wait in the listen backlog.
 const HTTP_CONCURRENT: usize = 8;
+/// Of those, from one client address: one client cannot take them all.
+const HTTP_PER_CLIENT: usize = HTTP_CONCURRENT / 2;
+/// The whole time a client has to send its request's head, however it
+/// spaces its bytes.
+const HTTP_HEAD_DEADLINE: Duration = Duration::from_secs(2);
 
 impl MetricsServer {
     pub fn start(
@@ -178,28 +221,32 @@ impl MetricsServer {
         let l = TcpListener::bind(addr)?;
         let addr = l.local_addr()?;
         l.set_nonblocking(true)?;
-        let busy = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Slots::default());
         let accept = AcceptLoop::spawn("mg-metrics", l, move |l| {
             loop {
-                if busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
+                if slots.busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
                     // Full: the rest wait in the backlog; look again soon.
                     return Some(Duration::from_millis(5));
                 }
-                let s = match l.accept() {
-                    Ok((s, _)) => s,
+                let (s, peer) = match l.accept() {
+                    Ok(c) => c,
                     Err(e) => return accept_pause(&e),
                 };
-                let (calls, bell, busy) = (calls.clone(), bell.clone(), busy.clone());
-                busy.fetch_add(1, Ordering::AcqRel);
+                // Over its share, a client's connection is closed at once.
+                let Some(slot) = slots.take(peer.ip()) else {
+                    continue;
+                };
+                let (calls, bell) = (calls.clone(), bell.clone());
                 let spawned = std::thread::Builder::new()
                     .name("mg-http".into())
                     .spawn(move || {
                         serve_http(s, &calls, &bell);
-                        busy.fetch_sub(1, Ordering::AcqRel);
+                        drop(slot);
                     });
                 if spawned.is_err() {
                     // Out of threads: this connection is dropped (its
-                    // client sees it closed); try the next ones later.
+                    // client sees it closed) and its slot with it (the
+                    // closure is gone); try the next ones later.
                     return Some(Duration::from_millis(20));
                 }
             }
@@ -208,6 +255,54 @@ impl MetricsServer {
             _accept: accept,
             addr,
         })
+    }
+}
+
+/// The HTTP connections being served: in all, and per client address.
+#[derive(Debug, Default)]
+struct Slots {
+    busy: AtomicUsize,
+    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's share of [`Slots`], given back when dropped (when its
+/// thread ends, or with the thread's closure when it cannot be spawned).
+struct Slot {
+    slots: Arc<Slots>,
+    client: std::net::IpAddr,
+}
+
+impl Slots {
+    /// A slot for a connection from `client`, unless it has its share.
+    fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Slot> {
+        let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(client).or_insert(0);
+        if *n >= HTTP_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        Some(Slot {
+            slots: self.clone(),
+            client,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut m = self
+            .slots
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.client) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.client);
+            }
+        }
+        self.slots.busy.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -305,14 +400,18 @@ const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style
 /// One request on one connection.
 fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbell) {
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
     // A client that stops reading must not hold one of the few slots.
     let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let deadline = std::time::Instant::now() + HTTP_HEAD_DEADLINE;
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while head.len() < 16 * 1024 && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => return,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
@@ -456,6 +555,116 @@ mod tests {
             (1..=12).contains(&c),
             "a 50 ms pause over 500 ms ran the accept step {c} times"
         );
+    }
+
+    /// Eight clients from one address that send a byte of their request
+    /// every second (inside any per-read timeout) hold at most half the
+    /// slots, and each is closed at the head's deadline: another client
+    /// is served at once.
+    #[test]
+    fn slow_clients_hold_neither_every_slot_nor_theirs_for_long() {
+        use std::net::{Ipv4Addr, TcpStream};
+        let (calls, _rx) = crossbeam::channel::unbounded();
+        let m = MetricsServer::start(
+            (Ipv4Addr::LOCALHOST, 0).into(),
+            calls,
+            Doorbell::new().expect("doorbell"),
+        )
+        .expect("server");
+        let slow_client = || {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn};
+            use std::os::fd::AsRawFd;
+            let fd = nix::sys::socket::socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::empty(),
+                None,
+            )
+            .expect("socket");
+            nix::sys::socket::bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 2, 0))
+                .expect("bind 127.0.0.2");
+            let to = SockaddrIn::new(127, 0, 0, 1, m.addr.port());
+            nix::sys::socket::connect(fd.as_raw_fd(), &to).expect("connect");
+            let mut s = TcpStream::from(fd);
+            s.write_all(b"G").expect("first byte");
+            s
+        };
+        let mut slow: Vec<TcpStream> = (0..HTTP_CONCURRENT).map(|_| slow_client()).collect();
+        let t0 = std::time::Instant::now();
+        let dribble = std::thread::spawn(move || {
+            let mut closed = 0;
+            for _ in 0..4 {
+                std::thread::sleep(Duration::from_secs(1));
+                for s in &mut slow {
+                    let _ = s.write_all(b"E");
+                }
+            }
+            for s in &mut slow {
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .expect("timeout");
+                let mut b = [0u8; 16];
+                if matches!(s.read(&mut b), Ok(0) | Err(_)) {
+                    closed += 1;
+                }
+            }
+            closed
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = TcpStream::connect(m.addr).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("request");
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        assert!(
+            answer.starts_with(b"HTTP/1.0 200 OK"),
+            "{:?} after {:?}",
+            String::from_utf8_lossy(&answer[..answer.len().min(40)]),
+            t0.elapsed()
+        );
+        assert_eq!(
+            dribble.join().expect("dribbler"),
+            HTTP_CONCURRENT,
+            "all closed"
+        );
+    }
+
+    /// Idle control connections beyond the cap wait in the backlog: the
+    /// next one is served once one of them closes, not before.
+    #[test]
+    fn control_connections_are_capped() {
+        let dir = TempDir(std::env::temp_dir().join(format!("mg-api-cap-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("temporary directory");
+        let path = dir.0.join("control.sock");
+        let (calls, rx) = crossbeam::channel::unbounded::<ApiCall>();
+        // The control thread's part: answers every call.
+        std::thread::spawn(move || {
+            while let Ok(call) = rx.recv() {
+                let _ = call.reply.send(Response::ok(serde_json::json!("pong")));
+            }
+        });
+        let server =
+            ApiServer::start(&path, calls, Doorbell::new().expect("doorbell")).expect("server");
+        let mut idle: Vec<UnixStream> = (0..API_CONCURRENT)
+            .map(|_| UnixStream::connect(&path).expect("connect"))
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut c = UnixStream::connect(&path).expect("connect");
+        c.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        c.write_all(b"{\"cmd\": \"services\"}\n").expect("request");
+        let mut line = String::new();
+        let mut r = BufReader::new(c.try_clone().expect("clone"));
+        assert!(
+            r.read_line(&mut line).is_err(),
+            "served beyond the cap: {line}"
+        );
+        idle.pop();
+        c.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        r.read_line(&mut line).expect("served once a slot is free");
+        assert!(line.contains("pong"), "{line}");
+        drop(server);
     }
 
     #[test]
