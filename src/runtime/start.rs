@@ -510,7 +510,8 @@ fn carried_flows(
 ) -> Vec<Option<super::worker::FlowExport>> {
     let mut out = vec![None; workers];
     let files: Vec<PathBuf> = match (successor, &opts.control_socket) {
-        (Some(s), _) => s.view.files.clone(),
+        (Some(s), Some(path)) => takeover::expected_flow_files(path, workers, &s.view.files),
+        (Some(s), None) => s.view.files.clone(),
         (None, Some(path)) => {
             // A crash: each worker's journal. (A handover's files, left by
             // a takeover that did not finish, take precedence: they are

@@ -83,11 +83,50 @@ pub fn read_journal(path: &Path) -> Option<Result<(Origin, Vec<FlowRecord>), Str
     )
 }
 
-/// Writes a worker's flows atomically (a new file, then a rename).
+/// Writes a worker's flows atomically (a new file, then a rename), the
+/// file private to meshgate's user ([`create_private`]).
 pub fn write_flows(path: &Path, origin: Origin, records: &[FlowRecord]) -> std::io::Result<()> {
+    use std::io::Write;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, handover::encode(origin, records))?;
+    create_private(&tmp)?.write_all(&handover::encode(origin, records))?;
     std::fs::rename(&tmp, path)
+}
+
+/// Creates `path` for writing, mode 0600, as a new file: a link or file
+/// someone left at that name is removed first, never followed (`O_EXCL`
+/// and `O_NOFOLLOW` refuse whatever appears there in between).
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Of the flow files a predecessor names, those this process expects:
+/// `<control socket>.flows.<worker>` for one of its `workers`. Anything
+/// else (another path, another worker count's file) is left alone.
+pub fn expected_flow_files(control: &Path, workers: usize, named: &[PathBuf]) -> Vec<PathBuf> {
+    named
+        .iter()
+        .filter(|f| {
+            let ok = (0..workers).any(|w| **f == flows_path(control, w));
+            if !ok {
+                log::warn!(
+                    "the predecessor named {} as a flow file; not one of ours: ignored",
+                    f.display()
+                );
+            }
+            ok
+        })
+        .cloned()
+        .collect()
 }
 
 /// Reads and validates a worker's flows; the file is removed either way
@@ -218,6 +257,44 @@ pub struct TakeoverStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_files_are_private_and_follow_no_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("mg-private-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let path = dir.join("control.sock.flows.0");
+        // Someone plants a link at the temporary name.
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        let origin = Origin {
+            worker: 0,
+            workers: 1,
+            snat_ports: (1024, 65535),
+        };
+        write_flows(&path, origin, &[]).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert_eq!(take_flows(&path).unwrap().0, origin);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_successor_takes_only_the_flow_files_it_expects() {
+        let control = Path::new("/run/meshgate/control.sock");
+        let named = vec![
+            flows_path(control, 0),
+            PathBuf::from("/etc/shadow"),
+            flows_path(control, 1),
+            flows_path(control, 7),
+        ];
+        assert_eq!(
+            expected_flow_files(control, 2, &named),
+            vec![flows_path(control, 0), flows_path(control, 1)]
+        );
+    }
 
     #[test]
     fn flow_files_sit_beside_the_control_socket() {

@@ -33,12 +33,20 @@ impl SharedFile {
                 "an empty shared file",
             ));
         }
+        // Private to meshgate's user, and a new file: whatever someone left
+        // at the temporary name is removed, never followed.
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = path.with_extension("new");
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.set_len(len as u64)?;
         // SAFETY: a new shared mapping of a file of exactly `len` bytes,

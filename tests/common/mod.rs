@@ -127,7 +127,9 @@ impl Meshgate {
         std::fs::create_dir_all(&dir).unwrap();
         if !wrapper.is_empty() {
             use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+            // Sticky, as /tmp: meshgate refuses a control directory others
+            // may write to otherwise.
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
         }
         let cfg = dir.join("meshgate.toml");
         std::fs::write(&cfg, config).unwrap();

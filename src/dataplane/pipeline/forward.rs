@@ -340,8 +340,10 @@ fn syn_ends(
         }
         return true;
     }
+    // A SYN-ACK that the client has not seen yet (held for its next hop)
+    // left its sequence number: the task answered.
     let retransmitted = now.wrapping_sub(flow.last_seen) >= health::MIN_RETRANSMISSION_MS;
-    if flow.state != FlowState::SynSent || !retransmitted {
+    if flow.state != FlowState::SynSent || !retransmitted || flow.task_next != 0 {
         return false;
     }
     match flow_task(snap, gen32, flow) {

@@ -199,3 +199,15 @@ fn a_syn_ack_held_for_the_clients_neighbour_still_counts_as_an_answer() {
     assert_eq!(syn(&mut p, 58_000).0, a);
     assert_eq!(p.events().syns_moved, 0);
 }
+
+#[test]
+fn a_reset_that_acknowledges_another_syn_says_nothing_of_the_task() {
+    // A spoofed flood repeats ports with new sequence numbers: the task's
+    // reset to such a SYN acknowledges that one, not the flow's.
+    let mut p = pipeline_for(&lab_config());
+    let (a, snat) = syn(&mut p, 59_000);
+    let (v, _) = run(&mut p, &task_reply_tcp(a, snat, 9, 77_777, RST_ACK, b""));
+    assert_eq!(v, Verdict::Transmit, "it passes");
+    assert!(!ejected(&p, a));
+    assert_eq!(p.events().tasks_ejected + p.events().ejections_capped, 0);
+}

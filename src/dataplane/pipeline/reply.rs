@@ -13,13 +13,13 @@ use crate::dataplane::counters::{DropReason, EventCounters};
 use crate::dataplane::desc::OutlierDetection;
 use crate::dataplane::flow::{Flow, FlowState, FlowTable, SnatKey};
 use crate::dataplane::health::{self, Failure};
-use crate::dataplane::tables::{Identity, L4Checksum, Snapshot};
+use crate::dataplane::tables::{Identity, L4Checksum, Snapshot, TaskEntry};
 use crate::wire::ethernet::ethertype;
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
 use crate::wire::ipv4::protocol;
 use crate::wire::udp::field as udp_f;
-use crate::wire::{MacAddr, at, get_addr, get16, get24, tcp, vxlan};
+use crate::wire::{MacAddr, at, get_addr, get16, get24, get32, tcp, vxlan};
 use std::net::Ipv4Addr;
 
 pub(super) fn reply(
@@ -218,17 +218,19 @@ pub(super) fn translate_reply<const VXLAN: bool>(
     };
     if tcp_flags.is_some_and(|fl| fl & tcp::flags::RST != 0)
         && flow.state == FlowState::SynSent
-        && hold_refusal(snap, &mut st.events, flow, now)
+        && hold_refusal(snap, &mut st.events, flow, &p[IP..], now)
     {
         return Err(DropReason::TaskRefused);
     }
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    // The task's answer counts before the client's next hop is known: a
-    // SYN-ACK held for the neighbour still says that the task serves, and
-    // the client's retransmitted SYN must find the flow established, not
-    // unanswered (`forward::syn_ends`).
+    let client = flow.key.client;
+    let Some(client_mac) = client_mac(snap, flow) else {
+        answered_unseen(flow, task, tcp_flags, &p[IP..], now);
+        request_resolution(st, snap.neighbours.next_hop(client));
+        return Err(DropReason::NoNeighbour);
+    };
     flow.last_seen = now;
     if let Some(fl) = tcp_flags {
         let seq_end = tcp_seq_end(&p[IP..]);
@@ -243,11 +245,6 @@ pub(super) fn translate_reply<const VXLAN: bool>(
             }
         }
     }
-    let client = flow.key.client;
-    let Some(client_mac) = client_mac(snap, flow) else {
-        request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(DropReason::NoNeighbour);
-    };
     let (rw, ti, v6) = (
         Rewrite::to_client(flow, id.node_addr),
         flow.task_index,
@@ -261,18 +258,49 @@ pub(super) fn translate_reply<const VXLAN: bool>(
     })
 }
 
-/// A task's reset in answer to a client's SYN (the flow, relinked to the
-/// current snapshot, is in SYN-SENT): records the refusal, and holds the
-/// reset back when the service checks its tasks' health, this connection
-/// had none held yet and another task is healthy. The flow closes, so
-/// that the client's retransmitted SYN is scheduled anew, away from this
-/// task (`super::forward::syn_again`).
+/// A task's SYN-ACK held because the client's next hop is not resolved
+/// yet: it still says that the task serves (its failures are forgiven),
+/// and its sequence number in the flow says that the SYN was answered, so
+/// that the client's retransmitted SYN stays with this task
+/// (`forward::syn_ends`). The flow itself stays in SYN-SENT: a spoofed
+/// client, whose next hop never resolves, must not make established
+/// flows, which eviction spares.
 #[cold]
 #[inline(never)]
-fn hold_refusal(snap: &Snapshot, events: &mut EventCounters, flow: &mut Flow, now: u32) -> bool {
+fn answered_unseen(flow: &mut Flow, task: &TaskEntry, flags: Option<u8>, seg: &[u8], now: u32) {
+    let syn_ack = tcp::flags::SYN | tcp::flags::ACK;
+    if flow.state == FlowState::SynSent && flags.is_some_and(|f| f & syn_ack == syn_ack) {
+        flow.task_next = tcp_seq_end(seg);
+        task.shared.health.success(now);
+    }
+}
+
+/// A task's reset (the TCP segment `seg`) while its flow, relinked to the
+/// current snapshot, is in SYN-SENT. When it refuses the flow's SYN (it
+/// acknowledges exactly that SYN: nothing listens), it records the
+/// refusal, and holds the reset back when the service checks its tasks'
+/// health, this connection had none held yet and another task is
+/// healthy. The flow closes, so that the client's retransmitted SYN is
+/// scheduled anew, away from this task (`super::forward::syn_ends`). A
+/// reset that acknowledges something else (a SYN with another sequence
+/// number on the same ports, as a spoofed flood repeats them) says
+/// nothing of the task's health and passes.
+#[cold]
+#[inline(never)]
+fn hold_refusal(
+    snap: &Snapshot,
+    events: &mut EventCounters,
+    flow: &mut Flow,
+    seg: &[u8],
+    now: u32,
+) -> bool {
     let ti = flow.task_index;
     let service = snap.tasks[ti as usize].service;
     if snap.services[service as usize].outlier_detection != OutlierDetection::On {
+        return false;
+    }
+    let acks_the_syn = seg.get(tcp::field::ACK).map(|a| get32(a, 0..4)) == Some(flow.client_next);
+    if !acks_the_syn {
         return false;
     }
     events.count_health(health::record_failure(snap, ti, Failure::Refused, now));

@@ -51,6 +51,7 @@ impl ApiServer {
     ) -> std::io::Result<ApiServer> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
+            check_control_dir(dir)?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
@@ -122,6 +123,29 @@ fn inode_of(path: &Path) -> Option<(u64, u64)> {
     std::fs::symlink_metadata(path)
         .ok()
         .map(|m| (m.dev(), m.ino()))
+}
+
+/// The control socket's directory also holds the flow files and crash
+/// journals a successor takes: it must be root's or meshgate's user's,
+/// and writable by no one else unless sticky (as `/tmp`), where no one
+/// else can replace what meshgate made.
+fn check_control_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dir)?;
+    let me = nix::unistd::geteuid().as_raw();
+    let open = m.mode() & 0o022 != 0 && m.mode() & 0o1000 == 0;
+    if (m.uid() != 0 && m.uid() != me) || open {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "the control socket's directory {} (owner uid {}, mode {:o}) must be root's or this user's and writable by no one else (or sticky, as /tmp): chmod go-w it, or give --control a path in a directory of meshgate's own",
+                dir.display(),
+                m.uid(),
+                m.mode() & 0o7777
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Control connections served at once; more wait in the listen backlog.
@@ -665,6 +689,23 @@ mod tests {
         r.read_line(&mut line).expect("served once a slot is free");
         assert!(line.contains("pong"), "{line}");
         drop(server);
+    }
+
+    #[test]
+    fn a_control_directory_others_may_write_is_refused_unless_sticky() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir(std::env::temp_dir().join(format!("mg-ctl-dir-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("temporary directory");
+        let set = |mode| std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(mode));
+        set(0o755).expect("chmod");
+        assert!(check_control_dir(&dir.0).is_ok());
+        set(0o777).expect("chmod");
+        let e = check_control_dir(&dir.0)
+            .expect_err("world-writable")
+            .to_string();
+        assert!(e.contains("mode 777") && e.contains("chmod go-w"), "{e}");
+        set(0o1777).expect("chmod");
+        assert!(check_control_dir(&dir.0).is_ok(), "sticky");
     }
 
     #[test]
