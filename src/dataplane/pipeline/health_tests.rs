@@ -3,6 +3,7 @@
 
 use super::{Pipeline, Verdict};
 use crate::dataplane::counters::DropReason;
+use crate::dataplane::desc::TableDesc;
 use crate::dataplane::fixtures::*;
 use crate::dataplane::health::{BASE_EJECTION_MS, CONSECUTIVE_UNANSWERED};
 use crate::dataplane::tables::{L4Checksum, Registry, Snapshot};
@@ -19,9 +20,10 @@ fn task_and_snat(out: &[u8]) -> (usize, u16) {
     (t, u16::from_be_bytes([out[ip + 20], out[ip + 21]]))
 }
 
-fn pipeline_for(cfg: &crate::config::Config) -> Pipeline {
+/// A pipeline over the tables `desc` describes (a fixture configuration's).
+fn pipeline_for(desc: &TableDesc<'_>) -> Pipeline {
     let snap = Arc::new(Snapshot::build(
-        &cfg.table_desc(),
+        desc,
         lab_link(L4Checksum::Incremental),
         Arc::new(lab_neighbours()),
         &mut Registry::default(),
@@ -55,7 +57,7 @@ fn ejected(p: &Pipeline, task: usize) -> bool {
 
 #[test]
 fn a_refused_syn_is_held_back_and_its_retransmission_reaches_a_healthy_task() {
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     let (a, snat) = syn(&mut p, 50_000);
     let (v, _) = run(&mut p, &task_reply_tcp(a, snat, 9, 2, RST_ACK, b""));
     assert_eq!(v, Verdict::Drop(DropReason::TaskRefused));
@@ -84,7 +86,7 @@ fn a_refused_syn_is_held_back_and_its_retransmission_reaches_a_healthy_task() {
 
 #[test]
 fn a_connection_has_one_reset_held_back_and_half_the_tasks_at_most_are_ejected() {
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     let (a, snat) = syn(&mut p, 51_000);
     run(&mut p, &task_reply_tcp(a, snat, 9, 2, RST_ACK, b""));
     p.set_now(2_000);
@@ -102,7 +104,7 @@ fn a_connection_has_one_reset_held_back_and_half_the_tasks_at_most_are_ejected()
 #[test]
 fn with_no_other_healthy_task_the_reset_reaches_the_client_at_once() {
     let cfg = config_with_tasks(&[(TASKS[0], NODE1)]);
-    let mut p = pipeline_for(&cfg);
+    let mut p = pipeline_for(&cfg.table_desc());
     let (t, snat) = syn(&mut p, 52_000);
     let (v, _) = run(&mut p, &task_reply_tcp(t, snat, 9, 2, RST_ACK, b""));
     assert_eq!(v, Verdict::Transmit, "a closed port fails fast");
@@ -112,7 +114,7 @@ fn with_no_other_healthy_task_the_reset_reaches_the_client_at_once() {
 
 #[test]
 fn unanswered_syns_move_to_another_task_and_three_in_a_row_eject_it() {
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     let mut now = 1_000;
     let mut port = 53_000;
     let mut unanswered_on_0 = 0;
@@ -140,7 +142,7 @@ fn unanswered_syns_move_to_another_task_and_three_in_a_row_eject_it() {
 
 #[test]
 fn a_syn_ack_forgives_unanswered_syns() {
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     for round in 0..4u16 {
         // One SYN task 0 leaves unanswered, then one it answers.
         let (port, _) = syn_on(&mut p, 0, 55_000 + round * 100);
@@ -156,7 +158,7 @@ fn a_syn_ack_forgives_unanswered_syns() {
 
 #[test]
 fn a_duplicate_syn_within_half_a_second_stays_with_its_task() {
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     let (a, _) = syn(&mut p, 56_000);
     p.set_now(1_200);
     assert_eq!(syn(&mut p, 56_000).0, a);
@@ -167,7 +169,7 @@ fn a_duplicate_syn_within_half_a_second_stays_with_its_task() {
 fn with_outlier_detection_off_resets_pass_and_syns_stay() {
     let mut cfg = lab_config();
     cfg.services[0].outlier_detection = crate::dataplane::desc::OutlierDetection::Off;
-    let mut p = pipeline_for(&cfg);
+    let mut p = pipeline_for(&cfg.table_desc());
     let (a, snat) = syn(&mut p, 57_000);
     p.set_now(2_000);
     assert_eq!(syn(&mut p, 57_000).0, a, "the retransmission stays");
@@ -204,7 +206,7 @@ fn a_syn_ack_held_for_the_clients_neighbour_still_counts_as_an_answer() {
 fn a_reset_that_acknowledges_another_syn_says_nothing_of_the_task() {
     // A spoofed flood repeats ports with new sequence numbers: the task's
     // reset to such a SYN acknowledges that one, not the flow's.
-    let mut p = pipeline_for(&lab_config());
+    let mut p = pipeline_for(&lab_config().table_desc());
     let (a, snat) = syn(&mut p, 59_000);
     let (v, _) = run(&mut p, &task_reply_tcp(a, snat, 9, 77_777, RST_ACK, b""));
     assert_eq!(v, Verdict::Transmit, "it passes");
