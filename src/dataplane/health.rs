@@ -129,13 +129,6 @@ impl TaskHealth {
     }
 }
 
-/// Whether task `ti` of `svc` takes new flows at all (as its scheduler
-/// table says: weight above 0 and reachable).
-#[inline]
-fn eligible(t: &TaskEntry) -> bool {
-    t.weight > 0 && t.reachable()
-}
-
 /// Records a failure of task `ti` (an index into `snap.tasks`) at `now`,
 /// and ejects it when the failure calls for it and the cap allows.
 pub fn record_failure(snap: &Snapshot, ti: u32, failure: Failure, now: u32) -> Outcome {
@@ -171,7 +164,7 @@ fn eject_locked(snap: &Snapshot, svc: &ServiceEntry, task: &TaskEntry, now: u32)
     let (mut eligible_n, mut ejected_n) = (0usize, 0usize);
     for &i in &svc.tasks {
         let t = &snap.tasks[i as usize];
-        if eligible(t) {
+        if t.eligible() {
             eligible_n += 1;
             ejected_n += usize::from(t.shared.health.ejected(now));
         }
@@ -200,7 +193,7 @@ pub fn healthy_other(snap: &Snapshot, ti: u32, now: u32) -> bool {
     };
     svc.tasks.iter().any(|&i| {
         let t = &snap.tasks[i as usize];
-        i != ti && eligible(t) && t.shared.health.healthy(now)
+        i != ti && t.eligible() && t.shared.health.healthy(now)
     })
 }
 
@@ -222,7 +215,7 @@ pub fn pick_other(
         .map(|k| svc.tasks[(start as usize + k) % n])
         .find(|&i| {
             let t = &tasks[i as usize];
-            i != avoid && eligible(t) && !t.shared.health.ejected(now)
+            i != avoid && t.eligible() && !t.shared.health.ejected(now)
         })
 }
 

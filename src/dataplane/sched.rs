@@ -48,9 +48,8 @@ impl SchedTable {
     pub fn build(kind: Scheduler, members: &[u32], tasks: &[TaskEntry]) -> SchedTable {
         let eligible: Vec<(u32, u32)> = members
             .iter()
-            .filter(|&&i| tasks[i as usize].reachable())
+            .filter(|&&i| tasks[i as usize].eligible())
             .map(|&i| (i, tasks[i as usize].weight))
-            .filter(|&(_, w)| w > 0)
             .collect();
         match kind {
             Scheduler::Rr => SchedTable::Rr(eligible.iter().map(|e| e.0).collect()),

@@ -195,6 +195,14 @@ impl TaskEntry {
     pub fn reachable(&self) -> bool {
         self.local || self.outer.is_some()
     }
+
+    /// Whether the task takes new flows at all: weight above 0 (not
+    /// draining) and reachable. Its service's scheduler table holds
+    /// exactly these.
+    #[inline]
+    pub fn eligible(&self) -> bool {
+        self.weight > 0 && self.reachable()
+    }
 }
 
 /// A published port: which service and which target port.

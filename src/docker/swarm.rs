@@ -401,19 +401,10 @@ fn published_services(
 pub const CLIENT_IP_LABEL: &str = "meshgate.client-ip";
 
 /// A service's client-IP mode from its `meshgate.client-ip` label
-/// (`preserve` or `snat`; absent means `snat`, as in Swarm). Any other
-/// value is noted and read as `snat`.
+/// (`preserve` or `snat`; absent means `snat`, as in Swarm).
 pub fn client_ip_label(name: &str, service: &Value, notes: &mut Vec<String>) -> ClientIp {
-    match service["Spec"]["Labels"][CLIENT_IP_LABEL].as_str() {
-        None | Some("snat") => ClientIp::Snat,
-        Some("preserve") => ClientIp::Preserve,
-        Some(other) => {
-            notes.push(format!(
-                "service {name}: label {CLIENT_IP_LABEL}={other:?} not understood (preserve or snat); its tasks see the sandbox's address"
-            ));
-            ClientIp::Snat
-        }
-    }
+    let means = "preserve or snat; its tasks see the sandbox's address";
+    label_setting(name, service, CLIENT_IP_LABEL, means, notes)
 }
 
 /// The Docker label that turns passive health checks of a service's
@@ -421,19 +412,32 @@ pub fn client_ip_label(name: &str, service: &Value, notes: &mut Vec<String>) -> 
 pub const OUTLIER_LABEL: &str = "meshgate.outlier-detection";
 
 /// A service's outlier detection from its `meshgate.outlier-detection`
-/// label (`on` or `off`; absent means `on`). Any other value is noted and
-/// read as `on`.
+/// label (`on` or `off`; absent means `on`).
 pub fn outlier_label(name: &str, service: &Value, notes: &mut Vec<String>) -> OutlierDetection {
-    match service["Spec"]["Labels"][OUTLIER_LABEL].as_str() {
-        None | Some("on") => OutlierDetection::On,
-        Some("off") => OutlierDetection::Off,
-        Some(other) => {
-            notes.push(format!(
-                "service {name}: label {OUTLIER_LABEL}={other:?} not understood (on or off); its tasks are health-checked"
-            ));
-            OutlierDetection::On
-        }
-    }
+    let means = "on or off; its tasks are health-checked";
+    label_setting(name, service, OUTLIER_LABEL, means, notes)
+}
+
+/// A setting of a service from its label `label`, spelled as the setting's
+/// own (serde) name: absent means the default; a value the setting does not
+/// know is noted, with what the label takes and what happens (`means`), and
+/// read as the default.
+fn label_setting<T: serde::de::DeserializeOwned + Default>(
+    name: &str,
+    service: &Value,
+    label: &str,
+    means: &str,
+    notes: &mut Vec<String>,
+) -> T {
+    let Some(v) = service["Spec"]["Labels"][label].as_str() else {
+        return T::default();
+    };
+    serde_json::from_value(Value::String(v.to_string())).unwrap_or_else(|_| {
+        notes.push(format!(
+            "service {name}: label {label}={v:?} not understood ({means})"
+        ));
+        T::default()
+    })
 }
 
 /// A service's ports published in ingress mode.

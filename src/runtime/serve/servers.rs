@@ -10,7 +10,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -74,32 +73,11 @@ impl ApiServer {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
         let inode = inode_of(path);
         listener.set_nonblocking(true)?;
-        let busy = Arc::new(AtomicUsize::new(0));
+        let slots = Arc::new(Slots::new(API_CONCURRENT, API_CONCURRENT));
+        let conn = move |s| serve(s, &calls, &bell);
         let accept = AcceptLoop::spawn("mg-api", listener, move |listener| {
-            // Every connection queued by now (the listener does not block).
-            loop {
-                if busy.load(Ordering::Acquire) >= API_CONCURRENT {
-                    // Full: the rest wait in the backlog; look again soon.
-                    return Some(Duration::from_millis(5));
-                }
-                let s = match listener.accept() {
-                    Ok((s, _)) => s,
-                    Err(e) => return accept_pause(&e),
-                };
-                let (calls, bell) = (calls.clone(), bell.clone());
-                let held = Held::take(&busy);
-                let spawned = std::thread::Builder::new()
-                    .name("mg-api-conn".into())
-                    .spawn(move || {
-                        serve(s, &calls, &bell);
-                        drop(held);
-                    });
-                if spawned.is_err() {
-                    // Out of threads: this connection is closed, its
-                    // count given back with the closure; later ones wait.
-                    return Some(Duration::from_millis(20));
-                }
-            }
+            let accept = || listener.accept().map(|(s, _)| (s, ()));
+            serve_accepted(&slots, accept, "mg-api-conn", &conn)
         })?;
         Ok(ApiServer {
             path: path.to_path_buf(),
@@ -153,22 +131,6 @@ const API_CONCURRENT: usize = 16;
 /// A control connection that sends no request for this long is closed
 /// (`stats --watch` asks every second or so).
 const API_IDLE: Duration = Duration::from_secs(60);
-
-/// One connection counted in a busy count, until dropped.
-struct Held(Arc<AtomicUsize>);
-
-impl Held {
-    fn take(busy: &Arc<AtomicUsize>) -> Held {
-        busy.fetch_add(1, Ordering::AcqRel);
-        Held(busy.clone())
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
 
 /// Only root and meshgate's own user may use the socket (the file mode says
 /// the same; this also holds if someone loosens it).
@@ -245,35 +207,11 @@ impl MetricsServer {
         let l = TcpListener::bind(addr)?;
         let addr = l.local_addr()?;
         l.set_nonblocking(true)?;
-        let slots = Arc::new(Slots::default());
+        let slots = Arc::new(Slots::new(HTTP_CONCURRENT, HTTP_PER_CLIENT));
+        let conn = move |s| serve_http(s, &calls, &bell);
         let accept = AcceptLoop::spawn("mg-metrics", l, move |l| {
-            loop {
-                if slots.busy.load(Ordering::Acquire) >= HTTP_CONCURRENT {
-                    // Full: the rest wait in the backlog; look again soon.
-                    return Some(Duration::from_millis(5));
-                }
-                let (s, peer) = match l.accept() {
-                    Ok(c) => c,
-                    Err(e) => return accept_pause(&e),
-                };
-                // Over its share, a client's connection is closed at once.
-                let Some(slot) = slots.take(peer.ip()) else {
-                    continue;
-                };
-                let (calls, bell) = (calls.clone(), bell.clone());
-                let spawned = std::thread::Builder::new()
-                    .name("mg-http".into())
-                    .spawn(move || {
-                        serve_http(s, &calls, &bell);
-                        drop(slot);
-                    });
-                if spawned.is_err() {
-                    // Out of threads: this connection is dropped (its
-                    // client sees it closed) and its slot with it (the
-                    // closure is gone); try the next ones later.
-                    return Some(Duration::from_millis(20));
-                }
-            }
+            let accept = || l.accept().map(|(s, peer)| (s, peer.ip()));
+            serve_accepted(&slots, accept, "mg-http", &conn)
         })?;
         Ok(MetricsServer {
             _accept: accept,
@@ -282,51 +220,104 @@ impl MetricsServer {
     }
 }
 
-/// The HTTP connections being served: in all, and per client address.
-#[derive(Debug, Default)]
-struct Slots {
-    busy: AtomicUsize,
-    per_client: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+/// The connections a server serves at once: at most `total`, and at most
+/// `per_key` with one key (a client's address; `()` where there is none).
+#[derive(Debug)]
+struct Slots<K> {
+    total: usize,
+    per_key: usize,
+    taken: std::sync::Mutex<std::collections::HashMap<K, usize>>,
 }
 
 /// One connection's share of [`Slots`], given back when dropped (when its
 /// thread ends, or with the thread's closure when it cannot be spawned).
-struct Slot {
-    slots: Arc<Slots>,
-    client: std::net::IpAddr,
+struct Slot<K: std::hash::Hash + Eq> {
+    slots: Arc<Slots<K>>,
+    key: K,
 }
 
-impl Slots {
-    /// A slot for a connection from `client`, unless it has its share.
-    fn take(self: &Arc<Self>, client: std::net::IpAddr) -> Option<Slot> {
-        let mut m = self.per_client.lock().unwrap_or_else(|e| e.into_inner());
-        let n = m.entry(client).or_insert(0);
-        if *n >= HTTP_PER_CLIENT {
+impl<K: std::hash::Hash + Eq + Copy> Slots<K> {
+    fn new(total: usize, per_key: usize) -> Slots<K> {
+        Slots {
+            total,
+            per_key,
+            taken: Default::default(),
+        }
+    }
+
+    fn taken(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<K, usize>> {
+        self.taken.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn full(&self) -> bool {
+        self.taken().values().sum::<usize>() >= self.total
+    }
+
+    /// A slot for a connection with `key`, unless that key has its share.
+    fn take(self: &Arc<Self>, key: K) -> Option<Slot<K>> {
+        let mut m = self.taken();
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.per_key {
             return None;
         }
         *n += 1;
-        self.busy.fetch_add(1, Ordering::AcqRel);
         Some(Slot {
             slots: self.clone(),
-            client,
+            key,
         })
     }
 }
 
-impl Drop for Slot {
+impl<K: std::hash::Hash + Eq> Drop for Slot<K> {
     fn drop(&mut self) {
-        let mut m = self
-            .slots
-            .per_client
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = m.get_mut(&self.client) {
+        let mut m = self.slots.taken.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                m.remove(&self.client);
+                m.remove(&self.key);
             }
         }
-        self.slots.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One step of an accept loop ([`AcceptLoop`]) whose connections are each
+/// served by `serve` on a thread of their own named `thread`, within
+/// `slots`: takes every queued connection `accept` gives (with its key)
+/// until none is left or the slots are full, and says when to look again.
+/// A connection over its key's share is closed at once; one whose thread
+/// cannot be made is closed and its slot given back with the closure.
+fn serve_accepted<S, K>(
+    slots: &Arc<Slots<K>>,
+    mut accept: impl FnMut() -> std::io::Result<(S, K)>,
+    thread: &str,
+    serve: &(impl Fn(S) + Clone + Send + 'static),
+) -> Option<Duration>
+where
+    S: Send + 'static,
+    K: std::hash::Hash + Eq + Copy + Send + 'static,
+{
+    loop {
+        if slots.full() {
+            // The rest wait in the backlog; look again soon.
+            return Some(Duration::from_millis(5));
+        }
+        let (s, key) = match accept() {
+            Ok(c) => c,
+            Err(e) => return accept_pause(&e),
+        };
+        let Some(slot) = slots.take(key) else {
+            continue;
+        };
+        let serve = serve.clone();
+        let spawned = std::thread::Builder::new()
+            .name(thread.into())
+            .spawn(move || {
+                serve(s);
+                drop(slot);
+            });
+        if spawned.is_err() {
+            return Some(Duration::from_millis(20));
+        }
     }
 }
 
@@ -493,7 +484,7 @@ fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbe
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicU32;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     /// The thread of this process named `name`, and how many times it has
     /// been put on a CPU (`schedstat`'s third field).
