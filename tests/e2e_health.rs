@@ -52,6 +52,27 @@ fn counter_reaches(mg: &Meshgate, table: &str, key: &str, want: u64) -> u64 {
     }
 }
 
+/// meshgate in `lab`, its statistics written every 0.25 s, once new
+/// connections have reached `task` among others.
+fn started(lab: &Lab, task: &str) -> Meshgate {
+    let mg = Meshgate::start(lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
+    let warm = requests(lab, 6);
+    assert!(warm.iter().any(|r| r.0 == task), "{warm:?}");
+    mg
+}
+
+/// Asserts that `service ps` shows lab task `ti` ejected; its address.
+fn shown_ejected(mg: &Meshgate, ti: usize) -> String {
+    let addr = lab::task_addr(ti).to_string();
+    let ps = mg.cli_ok(&["service", "ps", "web"]);
+    let row = ps
+        .lines()
+        .find(|l| l.starts_with(&addr))
+        .unwrap_or_default();
+    assert!(row.contains("ejected"), "{ps}");
+    addr
+}
+
 fn slow(results: &[(String, Duration)]) -> usize {
     results
         .iter()
@@ -64,9 +85,7 @@ fn a_task_that_stops_accepting_fails_no_request_and_keeps_its_connections() {
     let Some((lab, servers)) = default_lab() else {
         return;
     };
-    let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
-    let warm = requests(&lab, 6);
-    assert!(warm.iter().any(|r| r.0 == "task-b"), "{warm:?}");
+    let mg = started(&lab, "task-b");
     // A connection to task-b, open while it stops accepting.
     let mut conn = lab
         .in_ns(&lab.client(), || {
@@ -96,10 +115,7 @@ fn a_task_that_stops_accepting_fails_no_request_and_keeps_its_connections() {
 
     assert_eq!(counter_reaches(&mg, "drops", "task_refused", 1), 1);
     assert_eq!(counter_reaches(&mg, "events", "tasks_ejected", 1), 1);
-    let b = lab::task_addr(1).to_string();
-    let ps = mg.cli_ok(&["service", "ps", "web"]);
-    let row = ps.lines().find(|l| l.starts_with(&b)).unwrap_or_default();
-    assert!(row.contains("ejected"), "{ps}");
+    let b = shown_ejected(&mg, 1);
     let sample = format!("meshgate_task_ejected{{service=\"web\",task=\"{b}\"}}");
     assert_eq!(metric(&mg, &sample), Some(1));
     let sample = format!("meshgate_task_ejections_total{{service=\"web\",task=\"{b}\"}}");
@@ -111,9 +127,7 @@ fn a_task_killed_hard_costs_at_most_one_retransmission_per_connection() {
     let Some((lab, _servers)) = default_lab() else {
         return;
     };
-    let mg = Meshgate::start(&lab, &lab.config_toml("[control]\nstats_interval = 0.25\n"));
-    let warm = requests(&lab, 6);
-    assert!(warm.iter().any(|r| r.0 == "task-c"), "{warm:?}");
+    let mg = started(&lab, "task-c");
 
     // task-c's link goes, as a killed container's veth does: SYNs to it
     // find no one until the control plane hears of it. (Its namespace
@@ -133,8 +147,5 @@ fn a_task_killed_hard_costs_at_most_one_retransmission_per_connection() {
         unanswered as u64
     );
     assert_eq!(counter_reaches(&mg, "events", "tasks_ejected", 1), 1);
-    let c = lab::task_addr(2).to_string();
-    let ps = mg.cli_ok(&["service", "ps", "web"]);
-    let row = ps.lines().find(|l| l.starts_with(&c)).unwrap_or_default();
-    assert!(row.contains("ejected"), "{ps}");
+    shown_ejected(&mg, 2);
 }

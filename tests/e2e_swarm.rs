@@ -484,33 +484,15 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
 /// `$REMOTE_ADDR`, the address its TCP peer has) and, when given, a UDP
 /// port; `label` is added to the service.
 fn create_cgi_service(lab: &SwarmLab, name: &str, port: u16, udp: Option<u16>, label: &[&str]) {
-    let publish = format!("{port}:80");
-    let mut args = vec![
-        "service",
-        "create",
-        "--detach",
-        "--name",
-        name,
-        "--publish",
-        &publish,
-        "--replicas",
-        "2",
-        "--constraint",
-        "node.role==worker",
-    ];
+    let mut options = vec!["--replicas", "2", "--constraint", "node.role==worker"];
     let udp = udp.map(|u| format!("{u}:{u}/udp"));
     if let Some(u) = &udp {
-        args.extend_from_slice(&["--publish", u]);
+        options.extend_from_slice(&["--publish", u]);
     }
-    args.extend_from_slice(label);
-    args.extend_from_slice(&[
-        "--no-resolve-image",
-        "local/busybox:1",
-        "sh",
-        "-c",
-        "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo $(hostname) $REMOTE_ADDR' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www",
-    ]);
-    lab.docker(Node::Manager, &args).unwrap();
+    options.extend_from_slice(label);
+    let httpd = "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo $(hostname) $REMOTE_ADDR' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+    lab.create_service(name, &format!("{port}:80"), &options, httpd)
+        .unwrap();
 }
 
 /// The ingress sandbox's address of `node`.

@@ -42,30 +42,16 @@ fn setup() -> Option<(SwarmLab, Mg, Mg)> {
         return None;
     }
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    lab.docker(
-        Node::Manager,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "web",
-            "--publish",
-            "8080:80",
-            "--replicas",
-            "3",
-            "--constraint",
-            "node.role==worker",
-            "--stop-grace-period",
-            "10s",
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            GRACEFUL,
-        ],
-    )
-    .unwrap();
+    let options = [
+        "--replicas",
+        "3",
+        "--constraint",
+        "node.role==worker",
+        "--stop-grace-period",
+        "10s",
+    ];
+    lab.create_service("web", "8080:80", &options, GRACEFUL)
+        .unwrap();
     lab.wait_for("3 running tasks of web", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 3
     })
@@ -347,34 +333,21 @@ fn a_task_with_a_health_check_gets_flows_only_once_healthy() {
     // task keeps it out.
     lab.write_docker_ingress_rules(Node::Worker, &[(8081, "tcp")])
         .unwrap();
-    lab.docker(
-        Node::Manager,
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "late",
-            "--publish",
-            "8081:80",
-            "--constraint",
-            "node.role==worker",
-            "--health-cmd",
-            "test -f /www/ready",
-            "--health-interval",
-            "1s",
-            "--health-retries",
-            "1",
-            "--health-start-period",
-            "60s",
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            "(sleep 15; touch /www/ready) & mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-        ],
-    )
-    .unwrap();
+    let options = [
+        "--constraint",
+        "node.role==worker",
+        "--health-cmd",
+        "test -f /www/ready",
+        "--health-interval",
+        "1s",
+        "--health-retries",
+        "1",
+        "--health-start-period",
+        "60s",
+    ];
+    let ready_late = "(sleep 15; touch /www/ready) & mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+    lab.create_service("late", "8081:80", &options, ready_late)
+        .unwrap();
     let status = || -> String {
         [Node::Worker, Node::Worker2]
             .into_iter()

@@ -446,15 +446,22 @@ mod tests {
         assert!(e.contains("is dockerd running"), "{e}");
     }
 
-    /// A Docker that answers a byte every 100 ms never finishes: the
-    /// request ends at its deadline, not after 10 s per byte.
-    #[test]
-    fn a_dribbling_answer_ends_at_the_request_deadline() {
-        let dir = std::env::temp_dir().join(format!("meshgate-dribble-{}", std::process::id()));
+    /// A fresh directory (`meshgate-TAG-PID`) with a listening socket in it:
+    /// the place of a fake Docker.
+    fn fake_engine(tag: &str) -> (PathBuf, PathBuf, std::os::unix::net::UnixListener) {
+        let dir = std::env::temp_dir().join(format!("meshgate-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("docker.sock");
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        (dir, path, listener)
+    }
+
+    /// A Docker that answers a byte every 100 ms never finishes: the
+    /// request ends at its deadline, not after 10 s per byte.
+    #[test]
+    fn a_dribbling_answer_ends_at_the_request_deadline() {
+        let (dir, path, listener) = fake_engine("dribble");
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n");
@@ -479,11 +486,7 @@ mod tests {
     fn a_fake_engine_is_read_over_a_unix_socket() {
         // One request per connection, answered from a table: exercises the
         // client's request, chunked decoding and error mapping end to end.
-        let dir = std::env::temp_dir().join(format!("meshgate-docker-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("docker.sock");
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let (dir, path, listener) = fake_engine("docker");
         let server = std::thread::spawn(move || {
             let mut seen = Vec::new();
             for _ in 0..2 {

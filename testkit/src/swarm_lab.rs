@@ -393,23 +393,31 @@ impl SwarmLab {
     /// hostname) publishing 8080:80, placed by `placement` (replicas,
     /// mode, constraints).
     pub fn create_web(&self, placement: &[&str]) -> Result<String, LabError> {
+        let httpd = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+        self.create_service("web", "8080:80", placement, httpd)
+    }
+
+    /// `docker service create` of `name` publishing `publish`, with
+    /// `options` (placement, health checks, grace periods), running
+    /// `command` in `sh -c` on the lab's busybox image.
+    pub fn create_service(
+        &self,
+        name: &str,
+        publish: &str,
+        options: &[&str],
+        command: &str,
+    ) -> Result<String, LabError> {
         let mut args = vec![
             "service",
             "create",
             "--detach",
             "--name",
-            "web",
+            name,
             "--publish",
-            "8080:80",
+            publish,
         ];
-        args.extend_from_slice(placement);
-        args.extend_from_slice(&[
-            "--no-resolve-image",
-            "local/busybox:1",
-            "sh",
-            "-c",
-            "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www",
-        ]);
+        args.extend_from_slice(options);
+        args.extend_from_slice(&["--no-resolve-image", "local/busybox:1", "sh", "-c", command]);
         self.docker(Node::Manager, &args)
     }
 

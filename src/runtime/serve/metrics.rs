@@ -163,31 +163,34 @@ fn task_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
 /// Per task: whether passive health has it out of new-flow selection
 /// now, and how often it did.
 fn health_families(x: &mut Exposition, snap: &Snapshot, now: u32) {
-    let tasks = || {
-        snap.services
-            .iter()
-            .flat_map(|s| s.tasks.iter().map(|&i| (&s.name, &snap.tasks[i as usize])))
+    let family = |x: &mut Exposition,
+                  name: &str,
+                  kind: &str,
+                  help: &str,
+                  value: &dyn Fn(&TaskEntry) -> u64| {
+        x.family(name, kind, help);
+        for s in &snap.services {
+            for &i in &s.tasks {
+                let t = &snap.tasks[i as usize];
+                let labels: [(&str, &dyn Display); 2] = [("service", &s.name), ("task", &t.addr)];
+                x.sample(name, &labels, value(t));
+            }
+        }
     };
-    x.family(
+    family(
+        x,
         "meshgate_task_ejected",
         "gauge",
         "1 while passive health keeps a task out of new-flow selection.",
+        &|t| u64::from(t.shared.health.ejected(now)),
     );
-    for (service, t) in tasks() {
-        let labels: [(&str, &dyn Display); 2] = [("service", service), ("task", &t.addr)];
-        let ejected = u8::from(t.shared.health.ejected(now));
-        x.sample("meshgate_task_ejected", &labels, ejected);
-    }
-    x.family(
+    family(
+        x,
         "meshgate_task_ejections_total",
         "counter",
         "Times passive health took a task out of new-flow selection.",
+        &|t| t.shared.health.ejections(),
     );
-    for (service, t) in tasks() {
-        let labels: [(&str, &dyn Display); 2] = [("service", service), ("task", &t.addr)];
-        let n = t.shared.health.ejections();
-        x.sample("meshgate_task_ejections_total", &labels, n);
-    }
 }
 
 /// The node's drops, SYN admission, events, flows, batch latency and
