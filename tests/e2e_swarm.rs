@@ -60,28 +60,55 @@ fn create_running_web(lab: &SwarmLab, placement: &[&str], tasks: usize) {
     });
 }
 
-/// The configuration of a meshgate on the worker: its own socket, and the
-/// manager's for the ports' protocols.
+/// The configuration of a meshgate on the worker: its own socket only,
+/// with the ports' protocols from the worker's `DOCKER-INGRESS` rules,
+/// which the lab writes as Docker does on a kernel with IPVS.
 fn worker_config(lab: &SwarmLab) -> PathBuf {
-    let manager = format!("manager = \"unix://{}\"\n", lab.manager_socket().display());
-    swarm_config(lab, Node::Worker, "worker.toml", &manager)
+    let cfg = swarm_config(lab, Node::Worker, "worker.toml", "");
+    lab.write_docker_ingress_rules(Node::Worker, WEB_PORTS)
+        .unwrap();
+    cfg
+}
+
+/// web's published ports, for the worker's `DOCKER-INGRESS` rules.
+const WEB_PORTS: &[(u16, &str)] = &[(8080, "tcp")];
+
+/// Waits until the worker's meshgate has dropped web after `docker
+/// service rm` (its Docker says so once the tasks are gone: httpd ignores
+/// SIGTERM, so at the end of their 10 s grace period), then removes the
+/// worker's `DOCKER-INGRESS` rules, as Docker does at that moment.
+fn worker_drops_web(lab: &SwarmLab, mg: &Mg) {
+    wait_until(
+        "the worker's meshgate drops web",
+        Duration::from_secs(30),
+        || mg.log().contains("web: removed"),
+    );
+    lab.remove_docker_ingress_rules(Node::Worker, WEB_PORTS)
+        .unwrap();
 }
 
 /// Configurations for meshgate on the worker (its own socket and
-/// sandbox, the manager's socket for ports and labels) and on the manager
-/// (its own socket and sandbox), named `<node>-<name>.toml`.
-fn sandbox_configs(lab: &SwarmLab, name: &str) -> (PathBuf, PathBuf) {
+/// sandbox; with `labels`, the manager's socket for services' labels,
+/// which a worker's Docker does not show (issue 31), else the lab's
+/// `DOCKER-INGRESS` rules for web's ports) and on the manager (its own
+/// socket and sandbox), named `<node>-<name>.toml`.
+fn sandbox_configs(lab: &SwarmLab, name: &str, labels: bool) -> (PathBuf, PathBuf) {
     let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
+    let manager_socket = if labels {
+        format!("manager = \"unix://{}\"\n", lab.manager_socket().display())
+    } else {
+        String::new()
+    };
     let worker = swarm_config(
         lab,
         Node::Worker,
         &format!("worker-{name}.toml"),
-        &format!(
-            "{}manager = \"unix://{}\"\n",
-            sandbox(Node::Worker),
-            lab.manager_socket().display()
-        ),
+        &format!("{}{manager_socket}", sandbox(Node::Worker)),
     );
+    if !labels {
+        lab.write_docker_ingress_rules(Node::Worker, WEB_PORTS)
+            .unwrap();
+    }
     let manager = swarm_config(
         lab,
         Node::Manager,
@@ -336,9 +363,7 @@ fn meshgate_on_a_worker_node() {
     // Removal closes the port on the worker too.
     lab.docker(Node::Manager, &["service", "rm", "web"])
         .unwrap();
-    wait_until("meshgate drops web", Duration::from_secs(5), || {
-        mg.web_tasks() == 0
-    });
+    worker_drops_web(&lab, &mg);
     let e = lab
         .http_get(at_worker, Duration::from_secs(2))
         .expect_err("port 8080 still answers on the worker after docker service rm");
@@ -360,7 +385,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
     create_running_web(&lab, &["--mode", "global"], 3);
 
-    let (wcfg, mcfg) = sandbox_configs(&lab, "sandbox");
+    let (wcfg, mcfg) = sandbox_configs(&lab, "sandbox", false);
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {
@@ -448,6 +473,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
 
     lab.docker(Node::Manager, &["service", "rm", "web"])
         .unwrap();
+    worker_drops_web(&lab, &on_worker);
     for (mg, addr) in [(&on_worker, WORKER_ADDR), (&on_manager, MANAGER_ADDR)] {
         wait_until("meshgate drops web", Duration::from_secs(5), || {
             mg.web_tasks() == 0
@@ -671,7 +697,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
     assert_eq!(web_ns.len(), 2, "{web_ns:?}");
     let _udp = UdpServers::start(&web_ns, 9000);
 
-    let (wcfg, mcfg) = sandbox_configs(&lab, "client-ip");
+    let (wcfg, mcfg) = sandbox_configs(&lab, "client-ip", true);
     let mut on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {

@@ -433,41 +433,25 @@ impl SwarmLab {
         node: Node,
         ports: &[(u16, &str)],
     ) -> Result<(), LabError> {
-        let gw = self.docker(
-            node,
-            &[
-                "network",
-                "inspect",
-                "docker_gwbridge",
-                "--format",
-                "{{(index .Containers \"ingress-sbox\").IPv4Address}}",
-            ],
-        )?;
-        let gw = gw.trim().split('/').next().unwrap_or_default().to_string();
-        let ns = self.ns(node);
-        let ipt = |args: &[&str]| -> Result<String, LabError> {
-            let mut a = vec!["ip", "netns", "exec", ns.as_str(), "iptables", "-t", "nat"];
-            a.extend_from_slice(args);
-            sh(&a)
-        };
+        let ipt = self.nat_table(node);
         if ipt(&["-S", "DOCKER-INGRESS"]).is_err() {
             ipt(&["-N", "DOCKER-INGRESS"])?;
             ipt(&["-A", "DOCKER-INGRESS", "-j", "RETURN"])?;
             for chain in ["PREROUTING", "OUTPUT"] {
-                ipt(&[
-                    "-I",
-                    chain,
+                let jump = [
                     "-m",
                     "addrtype",
                     "--dst-type",
                     "LOCAL",
                     "-j",
                     "DOCKER-INGRESS",
-                ])?;
+                ];
+                ipt(&[&["-I", chain][..], &jump[..]].concat())?;
             }
         }
+        let to = self.ingress_sandbox_gateway(node)?;
         for (port, proto) in ports {
-            let (port, to) = (port.to_string(), format!("{gw}:{port}"));
+            let (port, to) = (port.to_string(), format!("{to}:{port}"));
             ipt(&[
                 "-I",
                 "DOCKER-INGRESS",
@@ -484,6 +468,51 @@ impl SwarmLab {
             ])?;
         }
         Ok(())
+    }
+
+    /// Removes the rules [`SwarmLab::write_docker_ingress_rules`] wrote for
+    /// `ports`, as Docker does when a service's last task is gone.
+    pub fn remove_docker_ingress_rules(
+        &self,
+        node: Node,
+        ports: &[(u16, &str)],
+    ) -> Result<(), LabError> {
+        let ipt = self.nat_table(node);
+        let rules = ipt(&["-S", "DOCKER-INGRESS"])?;
+        for (port, proto) in ports {
+            let (p, d) = (format!(" -p {proto} "), format!(" --dport {port} "));
+            for rule in rules.lines().filter(|r| r.contains(&p) && r.contains(&d)) {
+                let Some(spec) = rule.strip_prefix("-A ") else {
+                    continue;
+                };
+                let args: Vec<&str> = spec.split_whitespace().collect();
+                ipt(&[&["-D"][..], &args[..]].concat())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `iptables -t nat ARGS` in `node`'s namespace.
+    fn nat_table(&self, node: Node) -> impl Fn(&[&str]) -> Result<String, LabError> {
+        let ns = self.ns(node);
+        move |args: &[&str]| {
+            let mut a = vec!["ip", "netns", "exec", ns.as_str(), "iptables", "-t", "nat"];
+            a.extend_from_slice(args);
+            sh(&a)
+        }
+    }
+
+    /// Where Docker's rules send a published port: the ingress sandbox's
+    /// `docker_gwbridge` address; on a node that has no gwbridge yet (no
+    /// task has run there), its address on the ingress network, which
+    /// stands in for it (meshgate reads only the rules' ports).
+    fn ingress_sandbox_gateway(&self, node: Node) -> Result<String, LabError> {
+        let sandbox_on = |network: &str| {
+            let format = "{{(index .Containers \"ingress-sbox\").IPv4Address}}";
+            self.docker(node, &["network", "inspect", network, "--format", format])
+                .map(|a| a.trim().split('/').next().unwrap_or_default().to_string())
+        };
+        sandbox_on("docker_gwbridge").or_else(|_| sandbox_on("ingress"))
     }
 
     /// Tasks of `service` that Docker reports running, as (name, state).
