@@ -160,6 +160,26 @@ fn main() {
         j.extend_from_slice(&slot);
         write("journal", "three", &j);
     }
+    {
+        // Two signed sets of a node, each datagram behind its length.
+        use meshgate::announce::{Content, Keys, ReturnPaths, Sender};
+        let keys = Keys::parse(b"fuzzing key, sixteen bytes or more").unwrap();
+        let mut s = Sender::with_epoch("198.18.0.11".parse().unwrap(), 1);
+        let rp = ReturnPaths {
+            tasks: ["198.18.128.4".parse().unwrap()].into_iter().collect(),
+            sandboxes: ["198.18.128.2".parse().unwrap()].into_iter().collect(),
+        };
+        let mut seq = Vec::new();
+        for d in s
+            .encode(&keys, &Content::ReturnPaths(rp))
+            .into_iter()
+            .chain(s.encode(&keys, &Content::Services(vec![])))
+        {
+            seq.extend_from_slice(&u16::try_from(d.len()).unwrap().to_be_bytes());
+            seq.extend_from_slice(&d);
+        }
+        write("announce", "two_sets", &seq);
+    }
     for (i, r) in [
         r#"{"cmd":"services"}"#,
         r#"{"cmd":"tasks","service":"web"}"#,

@@ -179,6 +179,10 @@ enum Cmd {
         /// by default); repeatable.
         #[arg(long = "announce-to", required = true)]
         announce_to: Vec<String>,
+        /// The file of the key that signs announcements (the ingress
+        /// nodes' node.announce_key); readable by its owner only.
+        #[arg(long = "announce-key")]
+        announce_key: std::path::PathBuf,
     },
 }
 
@@ -267,6 +271,7 @@ fn return_path(
     node: std::net::Ipv4Addr,
     udp_ports: &[u16],
     announce_to: &[String],
+    announce_key: &std::path::Path,
 ) -> Result<()> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -309,7 +314,8 @@ fn return_path(
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(sig, stop.clone())?;
     }
-    let mut agent = runtime::swarm::agent::Agent::new(node)
+    let keys = meshgate::announce::Keys::load(announce_key).map_err(anyhow::Error::msg)?;
+    let mut agent = runtime::swarm::agent::Agent::new(node, keys)
         .with_context(|| format!("sending announcements from {node}"))?;
     while !stop.load(Ordering::Relaxed) {
         agent.reconcile(plans.clone());
@@ -424,7 +430,8 @@ fn real_main() -> Result<()> {
             node,
             udp_port,
             announce_to,
-        } => return_path(&task, sandbox, node, &udp_port, &announce_to),
+            announce_key,
+        } => return_path(&task, sandbox, node, &udp_port, &announce_to, &announce_key),
         Cmd::Ipvs { control } => cli::ipvs(&control),
         Cmd::Stats {
             json,

@@ -13,6 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Meshgate, default_lab, target};
+use meshgate::announce::{Content, Keys, ReturnPaths, Sender};
+use meshgate_testkit::keys::KeyFile;
 use meshgate_testkit::lab::{self, CLIENT_ADDR, INGRESS_ADDR, Lab, OVERLAY_ADDR, node_addr};
 
 const T: Duration = Duration::from_secs(3);
@@ -25,7 +27,7 @@ struct ReturnPathAgent {
 }
 
 impl ReturnPathAgent {
-    fn start(lab: &Lab, node: usize) -> ReturnPathAgent {
+    fn start(lab: &Lab, node: usize, key: &KeyFile) -> ReturnPathAgent {
         let log = std::env::temp_dir().join(format!("{}-agent{node}.log", lab.prefix));
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab.node(node)])
@@ -39,6 +41,8 @@ impl ReturnPathAgent {
             .args(["--sandbox", &OVERLAY_ADDR.to_string()])
             .args(["--node", &node_addr(node).to_string()])
             .args(["--announce-to", &INGRESS_ADDR.to_string()])
+            .arg("--announce-key")
+            .arg(key.path())
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::inherit())
             .spawn()
@@ -128,15 +132,41 @@ fn requests(lab: &Lab, mg: &Meshgate, n: usize) -> Vec<(String, String)> {
         .unwrap_or_else(|e| panic!("{e}\n{}\n{}", mg.log(), mg.cli(&["stats", "--json"]).1))
 }
 
+/// Sends forged and replayed announcements from lab node `node`'s address
+/// to the ingress node.
+fn forge_from_node(lab: &Lab, node: usize, key: &KeyFile) {
+    let from = node_addr(node);
+    let empty = Content::ReturnPaths(ReturnPaths::default());
+    let keys = Keys::load(key.path()).unwrap();
+    let wrong = Keys::parse(b"a key that is not this swarm's one").unwrap();
+    let datagrams = vec![
+        format!(r#"{{"version":1,"node":"{from}","tasks":[],"sandboxes":[]}}"#).into_bytes(),
+        Sender::new(from).encode(&wrong, &empty).remove(0),
+        Sender::with_epoch(from, 1).encode(&keys, &empty).remove(0),
+    ];
+    lab.in_ns(&lab.node(node), move || {
+        let s = std::net::UdpSocket::bind((from, 0)).unwrap();
+        for d in &datagrams {
+            s.send_to(d, (INGRESS_ADDR, meshgate::announce::DEFAULT_PORT))
+                .unwrap();
+        }
+    })
+    .unwrap();
+}
+
 #[test]
 fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
     let Some((lab, _servers)) = default_lab() else {
         return;
     };
-    let config = lab.config_toml("").replace(
-        "name = \"web\"\n",
-        "name = \"web\"\nclient_ip = \"preserve\"\n",
-    );
+    let key = KeyFile::create(&std::env::temp_dir().join(format!("{}-key", lab.prefix))).unwrap();
+    let config = lab
+        .config_toml("")
+        .replace(
+            "name = \"web\"\n",
+            "name = \"web\"\nclient_ip = \"preserve\"\n",
+        )
+        .replace("[node]\n", &format!("[node]\n{}", key.toml()));
     let mg = Meshgate::start(&lab, &config);
 
     // No task node announces a return path yet: SNAT, as in Swarm.
@@ -150,7 +180,9 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
     }
 
     // One agent per task node: task-a and task-b on node 1, task-c on 2.
-    let agents: Vec<ReturnPathAgent> = (0..2).map(|n| ReturnPathAgent::start(&lab, n)).collect();
+    let agents: Vec<ReturnPathAgent> = (0..2)
+        .map(|n| ReturnPathAgent::start(&lab, n, &key))
+        .collect();
     wait_for_modes(&mg, &["preserve"; 3]);
     assert!(
         mg.log().contains("the client's address is preserved"),
@@ -180,6 +212,7 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
     let heard = &stats["announcements"];
     assert!(heard["accepted"].as_u64().unwrap() >= 2, "{heard}");
     assert_eq!(heard["refused"].as_u64(), Some(0), "{heard}");
+    assert_eq!(heard["signed"].as_bool(), Some(true), "{heard}");
     assert_eq!(
         heard["nodes"].as_u64(),
         Some(2),
@@ -203,6 +236,25 @@ fn tasks_see_the_clients_address_while_their_node_provides_the_way_back() {
     open.sort_by(|a, b| a.0.cmp(&b.0));
     let names: Vec<&str> = open.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["task-a", "task-b", "task-c"]);
+
+    // From node 1's address, what issue 31 sent to switch its tasks to
+    // SNAT, then the same with another key, then a signed set of an epoch
+    // long past (a replay): all refused, by reason, and nothing changes.
+    forge_from_node(&lab, 0, &key);
+    let t0 = Instant::now();
+    loop {
+        let stats: serde_json::Value =
+            serde_json::from_str(&mg.cli_ok(&["stats", "--json"])).unwrap();
+        let heard = &stats["announcements"];
+        let counted = ["format", "unknown_key", "replay"]
+            .map(|why| heard["refused_by"][why].as_u64().unwrap_or(0));
+        if counted == [1, 1, 1] {
+            break;
+        }
+        assert!(t0.elapsed() < T, "refusals by reason: {heard}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_modes(&mg, &["preserve"; 3]);
 
     // Node 1's agent stops: its rules go, and the ingress node falls back
     // to SNAT for its tasks at once (the agent's last announcement).

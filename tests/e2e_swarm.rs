@@ -87,25 +87,22 @@ fn worker_drops_web(lab: &SwarmLab, mg: &Mg) {
         .unwrap();
 }
 
-/// Configurations for meshgate on the worker (its own socket and
-/// sandbox; with `labels`, the manager's socket for services' labels,
-/// which a worker's Docker does not show (issue 31), else the lab's
-/// `DOCKER-INGRESS` rules for web's ports) and on the manager (its own
-/// socket and sandbox), named `<node>-<name>.toml`.
-fn sandbox_configs(lab: &SwarmLab, name: &str, labels: bool) -> (PathBuf, PathBuf) {
+/// Configurations for meshgate on the worker and on the manager, each
+/// with its own socket and sandbox and the swarm's announcement key, named
+/// `<node>-<name>.toml`. With `rules`, the lab writes the worker's
+/// `DOCKER-INGRESS` rules for web's ports as Docker does on a kernel with
+/// IPVS; without, the worker has only what the manager's meshgate
+/// announces (as on a node whose Docker writes none: its nftables
+/// backend, no IPVS).
+fn sandbox_configs(lab: &SwarmLab, name: &str, rules: bool) -> (PathBuf, PathBuf) {
     let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
-    let manager_socket = if labels {
-        format!("manager = \"unix://{}\"\n", lab.manager_socket().display())
-    } else {
-        String::new()
-    };
     let worker = swarm_config(
         lab,
         Node::Worker,
         &format!("worker-{name}.toml"),
-        &format!("{}{manager_socket}", sandbox(Node::Worker)),
+        &sandbox(Node::Worker),
     );
-    if !labels {
+    if rules {
         lab.write_docker_ingress_rules(Node::Worker, WEB_PORTS)
             .unwrap();
     }
@@ -385,7 +382,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     let lab = SwarmLab::build_with(2).unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
     create_running_web(&lab, &["--mode", "global"], 3);
 
-    let (wcfg, mcfg) = sandbox_configs(&lab, "sandbox", false);
+    let (wcfg, mcfg) = sandbox_configs(&lab, "sandbox", true);
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {
@@ -642,6 +639,106 @@ fn udp_ask(lab: &SwarmLab, to: SocketAddr) -> std::io::Result<String> {
     .unwrap()
 }
 
+/// `n` requests for the CGI script through `to`, sent but for their last
+/// line: each waits, its connection open, until [`finish_request`].
+fn hold_requests(lab: &SwarmLab, to: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
+    let ns = lab.client();
+    std::thread::spawn(move || {
+        meshgate_testkit::lab::enter_ns(&ns).unwrap();
+        (0..n)
+            .map(|_| {
+                use std::io::Write;
+                let mut s =
+                    std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+                s.write_all(b"GET /cgi-bin/ip HTTP/1.0\r\nHost: web\r\n")
+                    .unwrap();
+                s
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+/// Ends a request [`hold_requests`] began; the whole answer.
+fn finish_request(mut s: std::net::TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// `meshgate-pktgen datagrams` as `nobody` in the worker's namespace, at
+/// the manager's announcement port; killed if dropped.
+struct Flood(Option<std::process::Child>);
+
+impl Flood {
+    fn is_running(&mut self) -> bool {
+        self.0.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// The datagrams it sent.
+    fn sent(mut self) -> u64 {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "the flood failed: {text}");
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the flood: {text}"))
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn forge_from_worker(lab: &SwarmLab, time: Duration) -> Flood {
+    use meshgate::announce::{Content, Keys, ReturnPaths, Sender};
+    let worker: std::net::Ipv4Addr = WORKER_ADDR.parse().unwrap();
+    let empty = Content::ReturnPaths(ReturnPaths::default());
+    let keys = Keys::load(&common::swarm::announce_key(lab)).unwrap();
+    let wrong = Keys::parse(b"a key that is not this swarm's one").unwrap();
+    let hex = |d: Vec<u8>| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let payloads = [
+        format!(r#"{{"version":1,"node":"{WORKER_ADDR}","tasks":[],"sandboxes":[]}}"#).into_bytes(),
+        Sender::new(worker).encode(&wrong, &empty).remove(0),
+        Sender::with_epoch(worker, 1)
+            .encode(&keys, &empty)
+            .remove(0),
+    ];
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &lab.worker(),
+        "runuser",
+        "-u",
+        "nobody",
+        "--",
+    ])
+    .arg(env!("CARGO_BIN_EXE_meshgate-pktgen"))
+    .args(["datagrams", "--junk", "--duration"])
+    .arg(time.as_secs_f64().to_string())
+    .arg("--to")
+    .arg(format!(
+        "{MANAGER_ADDR}:{}",
+        meshgate::announce::DEFAULT_PORT
+    ));
+    for p in payloads {
+        cmd.arg("--hex").arg(hex(p));
+    }
+    Flood(Some(
+        cmd.stdout(std::process::Stdio::piped()).spawn().unwrap(),
+    ))
+}
+
 /// The CLIENT IP column of `service ps NAME`.
 fn client_ip_modes(mg: &Mg, name: &str) -> Vec<String> {
     common::cli_at(&mg.control, &["service", "ps", name])
@@ -697,7 +794,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
     assert_eq!(web_ns.len(), 2, "{web_ns:?}");
     let _udp = UdpServers::start(&web_ns, 9000);
 
-    let (wcfg, mcfg) = sandbox_configs(&lab, "client-ip", true);
+    let (wcfg, mcfg) = sandbox_configs(&lab, "client-ip", false);
     let mut on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {
@@ -781,6 +878,41 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
             );
         }
     }
+
+    // Issue 31's attack, from an unprivileged process on the worker (as
+    // any user or container there could): the old format that switched
+    // the worker's tasks to SNAT, the new one with another key, a signed
+    // set of an epoch long past (a replay), and random junk, flat out at
+    // the manager's announcement port for 8 s, while requests that keep
+    // the client's address are in flight through the manager.
+    let held = hold_requests(&lab, format!("{MANAGER_ADDR}:8080").parse().unwrap(), 4);
+    let mut flood = forge_from_worker(&lab, Duration::from_secs(8));
+    let mut checks = 0;
+    while flood.is_running() {
+        assert_eq!(
+            client_ip_modes(&on_manager, "web"),
+            ["preserve", "preserve"],
+            "a mode changed during the flood\n{}",
+            on_manager.log()
+        );
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let sent = flood.sent();
+    eprintln!("flood: {sent} datagrams in 8 s; the mode held through {checks} checks");
+    assert!(sent > 10_000, "not a flood: {sent}");
+    for (i, s) in held.into_iter().enumerate() {
+        let body = finish_request(s).unwrap_or_else(|e| panic!("held request {i}: {e}"));
+        assert!(body.contains(CLIENT_ADDR), "held request {i}: {body}");
+    }
+    let heard = &on_manager.stats()["announcements"];
+    for why in ["format", "unknown_key", "replay"] {
+        assert!(
+            heard["refused_by"][why].as_u64().unwrap_or(0) >= 1,
+            "{why}: {heard}"
+        );
+    }
+    eprintln!("refused: {}", heard["refused_by"]);
 
     // The worker's meshgate stops: its tasks' return paths go, and the
     // manager gives web's tasks SNAT within a few seconds.

@@ -96,6 +96,7 @@ struct RawNode {
     /// Read as `mesh_port` too, its earlier name.
     #[serde(alias = "mesh_port")]
     announce_port: Option<u16>,
+    announce_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -219,6 +220,10 @@ pub struct NodeConfig {
     /// The UDP port of the meshgates' announcements of return paths
     /// (`crate::announce`); 0: none heard or sent, every task gets SNAT.
     pub announce_port: u16,
+    /// The file of the key that signs announcements (`crate::announce`);
+    /// `None`: [`crate::announce::DEFAULT_KEY_FILE`] in swarm mode when it
+    /// exists, else no announcements.
+    pub announce_key: Option<std::path::PathBuf>,
 }
 
 /// `node.checksum`: how translated TCP and UDP checksums are made.
@@ -641,6 +646,7 @@ fn node_table(
         cpus: n.cpus,
         checksum,
         announce_port: n.announce_port.unwrap_or(crate::announce::DEFAULT_PORT),
+        announce_key: n.announce_key.map(std::path::PathBuf::from),
     })
 }
 

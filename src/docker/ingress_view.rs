@@ -24,40 +24,43 @@ use serde_json::Value;
 
 use super::swarm::{Desired, SwarmFacts, finish_services};
 use super::swarm::{client_ip_label, outlier_label};
-use crate::config::{
-    ClientIp, IngressConfig, OutlierDetection, Protocol, PublishSpec, Scheduler, ServiceSpec,
-    TaskSpec,
-};
+use crate::announce::ServiceWord;
+use crate::config::{IngressConfig, Protocol, PublishSpec, Scheduler, ServiceSpec, TaskSpec};
 
 /// Where the protocols of published ports come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Protocols {
-    /// From a manager: service name → its (published, target, protocol),
-    /// and the client-IP mode and outlier detection its labels ask for
-    /// (only a manager knows).
-    Manager(
-        HashMap<String, Vec<(u16, u16, Protocol)>>,
-        HashMap<String, (ClientIp, OutlierDetection)>,
-    ),
+    /// From a manager (its Engine API as `swarm.manager`, or what its
+    /// meshgate announces): by service name, the ports with their
+    /// protocols, the client-IP mode and outlier detection its labels ask
+    /// for, and the tasks being drained (only a manager knows any of it).
+    Manager(HashMap<String, ServiceWord>),
     /// From this node's `DOCKER-INGRESS` rules: published port → protocols.
     Rules(HashMap<u16, BTreeSet<Protocol>>),
 }
 
-/// A manager's `/services` as [`Protocols::Manager`].
+impl Protocols {
+    /// What managers announced, as [`Protocols::Manager`].
+    pub fn from_word(word: &[ServiceWord]) -> Protocols {
+        Protocols::Manager(word.iter().map(|w| (w.name.clone(), w.clone())).collect())
+    }
+}
+
+/// A manager's `/services` as [`Protocols::Manager`] (its tasks are not
+/// read: none is drained).
 pub fn protocols_from_services(services: &Value, notes: &mut Vec<String>) -> Protocols {
-    let mut m: HashMap<String, Vec<(u16, u16, Protocol)>> = HashMap::new();
-    let mut modes = HashMap::new();
+    let mut m: HashMap<String, ServiceWord> = HashMap::new();
     for s in services.as_array().into_iter().flatten() {
         let Some(name) = s["Spec"]["Name"].as_str() else {
             continue;
         };
-        modes.insert(
-            name.to_string(),
-            (
-                client_ip_label(name, s, notes),
-                outlier_label(name, s, notes),
-            ),
-        );
+        let mut word = ServiceWord {
+            name: name.to_string(),
+            ports: Vec::new(),
+            client_ip: client_ip_label(name, s, notes),
+            outlier_detection: outlier_label(name, s, notes),
+            drained: BTreeSet::new(),
+        };
         for p in s["Endpoint"]["Ports"].as_array().into_iter().flatten() {
             if p["PublishMode"].as_str().unwrap_or("ingress") != "ingress" {
                 continue;
@@ -69,13 +72,12 @@ pub fn protocols_from_services(services: &Value, notes: &mut Vec<String>) -> Pro
             };
             let port = |k: &str| p[k].as_u64().and_then(|v| u16::try_from(v).ok());
             if let (Some(published), Some(target)) = (port("PublishedPort"), port("TargetPort")) {
-                m.entry(name.to_string())
-                    .or_default()
-                    .push((published, target, proto));
+                word.ports.push((published, target, proto));
             }
         }
+        m.insert(name.to_string(), word);
     }
-    Protocols::Manager(m, modes)
+    Protocols::Manager(m)
 }
 
 /// `iptables -t nat -S DOCKER-INGRESS` as [`Protocols::Rules`]. Docker's
@@ -158,10 +160,10 @@ pub fn derive(
         let mut publish = Vec::new();
         for &(published, target) in ports_of.get(name.as_str()).into_iter().flatten() {
             let protos: Vec<Protocol> = match protocols {
-                Protocols::Manager(m, _) => m
+                Protocols::Manager(m) => m
                     .get(name.as_str())
                     .into_iter()
-                    .flatten()
+                    .flat_map(|w| &w.ports)
                     .filter(|&&(p, t, _)| (p, t) == (published, target))
                     .map(|&(_, _, proto)| proto)
                     .collect(),
@@ -179,7 +181,7 @@ pub fn derive(
                 notes.push(format!(
                     "service {name}: port {published} left out: its protocol is not known yet ({})",
                     match protocols {
-                        Protocols::Manager(..) => "the manager does not list it",
+                        Protocols::Manager(_) => "the manager does not list it",
                         Protocols::Rules(_) =>
                             "no DOCKER-INGRESS rule for it on this node; set swarm.manager",
                     }
@@ -196,6 +198,10 @@ pub fn derive(
         if publish.is_empty() {
             continue;
         }
+        let word = match protocols {
+            Protocols::Manager(m) => m.get(name.as_str()),
+            Protocols::Rules(_) => None,
+        };
         let mut tasks = Vec::new();
         for t in svc["Tasks"].as_array().into_iter().flatten() {
             let task = t["Name"].as_str().unwrap_or("?");
@@ -217,7 +223,10 @@ pub fn derive(
                     address: address.to_string(),
                     node: node.to_string(),
                     mac: None,
-                    weight: None,
+                    // Being stopped, as only a manager knows: drained.
+                    weight: word
+                        .is_some_and(|w| w.drained.contains(&address))
+                        .then_some(0),
                 }),
                 _ => notes.push(format!(
                     "service {name}: task {task} left out: no endpoint address or node in the ingress view"
@@ -230,18 +239,8 @@ pub fn derive(
                 name: name.to_string(),
                 scheduler: Scheduler::Rr,
                 // A worker's own API shows no service labels: the defaults.
-                client_ip: match protocols {
-                    Protocols::Manager(_, modes) => {
-                        modes.get(*name).map(|m| m.0).unwrap_or_default()
-                    }
-                    Protocols::Rules(_) => ClientIp::Snat,
-                },
-                outlier_detection: match protocols {
-                    Protocols::Manager(_, modes) => {
-                        modes.get(*name).map(|m| m.1).unwrap_or_default()
-                    }
-                    Protocols::Rules(_) => OutlierDetection::On,
-                },
+                client_ip: word.map(|w| w.client_ip).unwrap_or_default(),
+                outlier_detection: word.map(|w| w.outlier_detection).unwrap_or_default(),
                 publish,
                 tasks,
             },

@@ -186,6 +186,7 @@ pub fn read_desired(
     facts: &SwarmFacts,
     ingress: &IngressConfig,
     manager: Option<&Docker>,
+    word: Option<&[crate::announce::ServiceWord]>,
     memory: &mut ServiceMemory,
 ) -> Result<Desired, SwarmError> {
     if !facts.manager {
@@ -195,7 +196,10 @@ pub fn read_desired(
             Some(m) => {
                 super::ingress_view::protocols_from_services(&m.get("/services")?, &mut label_notes)
             }
-            None => super::ingress_view::protocols_from_rules(&ingress_rules()),
+            None => match word {
+                Some(w) => super::ingress_view::Protocols::from_word(w),
+                None => super::ingress_view::protocols_from_rules(&ingress_rules()),
+            },
         };
         let mut desired = super::ingress_view::derive(&net, &protocols, facts, ingress);
         desired.notes.extend(label_notes);

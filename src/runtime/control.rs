@@ -23,7 +23,7 @@ use super::serve::stats::Stats;
 use super::swarm::follow::{SwarmSource, SwarmStatus};
 use super::swarm::peers::PeerListener;
 use super::worker::{Command, Exchange, WorkerReport};
-use crate::announce::Peers;
+use crate::announce::{Content, Keys, ManagerWords, Peers};
 use crate::api::Response;
 use crate::config::{Config, ConfigSource};
 use crate::dataplane::tables::{Neighbours, Registry, Snapshot, TaskId};
@@ -73,6 +73,8 @@ pub struct Control {
     /// What other nodes announce about their tasks' return paths.
     peers: Peers,
     peer_listener: Option<PeerListener>,
+    /// What managers announce of services (heard on a worker).
+    words: ManagerWords,
     /// (service, task) forwarded with the client's address, for the log.
     preserved: BTreeSet<(String, Ipv4Addr)>,
     last_refusal_note: Option<Instant>,
@@ -166,6 +168,7 @@ impl Control {
             swarm: None,
             peers: Peers::default(),
             peer_listener: None,
+            words: ManagerWords::default(),
             preserved: BTreeSet::new(),
             last_refusal_note: None,
             agent_tx: None,
@@ -175,17 +178,40 @@ impl Control {
         }
     }
 
-    /// Starts listening to the other nodes' announcements of return paths
-    /// (`node.announce_port`; 0: not at all, every task gets SNAT).
-    pub fn listen_to_peers(&mut self) -> std::io::Result<()> {
-        if self.cfg.node.announce_port != 0 {
-            self.peer_listener = Some(PeerListener::start(
+    /// Starts listening to the other nodes' announcements
+    /// (`node.announce_port`) when there is a key to check them with.
+    pub fn listen_to_peers(&mut self, keys: Option<Keys>) -> std::io::Result<()> {
+        self.stats.announcements.signed = keys.is_some();
+        if let Some(keys) = keys.filter(|_| self.cfg.node.announce_port != 0) {
+            let l = PeerListener::start(
                 self.cfg.node.address,
                 self.cfg.node.announce_port,
+                keys,
                 self.bell.clone(),
-            )?);
+            )?;
+            self.peer_listener = Some(l);
+            self.tell_listener_task_nodes();
         }
         Ok(())
+    }
+
+    /// The listener takes announcements from the tables' task nodes (and
+    /// the swarm's nodes, which the agent tells it).
+    fn tell_listener_task_nodes(&self) {
+        if let Some(l) = &self.peer_listener {
+            let nodes = self
+                .cfg
+                .services
+                .iter()
+                .flat_map(|s| s.tasks.iter().map(|t| t.node))
+                .collect();
+            l.known.lock().unwrap_or_else(|e| e.into_inner()).task_nodes = nodes;
+        }
+    }
+
+    /// The listener's known nodes, for the swarm agent to fill in.
+    pub fn known_nodes(&self) -> Option<Arc<std::sync::Mutex<super::swarm::peers::KnownNodes>>> {
+        self.peer_listener.as_ref().map(|l| l.known.clone())
     }
 
     /// Hands every new service list to the local return-path agent.
@@ -238,13 +264,15 @@ impl Control {
         (out, lost)
     }
 
-    /// Takes the announcements heard since the last round; publishes when
-    /// what is ready changed.
+    /// Takes the sets heard since the last round; publishes when what is
+    /// ready changed, and hands a changed managers' word to the swarm
+    /// follower.
     fn hear_peers(&mut self) {
         let Some(l) = &self.peer_listener else {
             return;
         };
-        let heard: Vec<(Ipv4Addr, Vec<u8>)> = l.datagrams.try_iter().collect();
+        let sets: Vec<(Ipv4Addr, Content)> = l.sets.try_iter().collect();
+        let heard = l.heard();
         let now = Instant::now();
         let nodes: BTreeSet<Ipv4Addr> = self
             .cfg
@@ -252,31 +280,55 @@ impl Control {
             .iter()
             .flat_map(|s| s.tasks.iter().map(|t| t.node))
             .collect();
-        let mut changed = false;
-        for (from, bytes) in heard {
-            match self
-                .peers
-                .receive(from, &bytes, now, |n| nodes.contains(&n))
-            {
-                Ok(c) => changed |= c,
-                Err(e) => {
-                    if self
-                        .last_refusal_note
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
-                    {
-                        log::warn!("announcement {e} ({} refused so far)", self.peers.refused);
-                        self.last_refusal_note = Some(now);
-                    }
+        let (mut changed, mut word_changed) = (false, false);
+        for (from, content) in sets {
+            match content {
+                Content::ReturnPaths(rp) => {
+                    changed |= self.peers.take(from, rp, now, |n| nodes.contains(&n));
+                }
+                Content::Services(w) => {
+                    self.stats.announcements.service_sets += 1;
+                    word_changed |= self.words.take(from, w, now);
                 }
             }
         }
-        changed |= self.peers.expire(now);
-        self.stats.announcements = super::serve::stats::AnnounceStats {
-            accepted: self.peers.accepted,
-            refused: self.peers.refused,
-            ignored: self.peers.ignored,
-            nodes: self.peers.nodes(),
-        };
+        let refused_at = |n: Ipv4Addr| heard.last_refusal.get(&n).copied();
+        changed |= self.peers.expire(now, refused_at);
+        word_changed |= self.words.expire(now, refused_at);
+        let refused: u64 = heard.refused.values().sum();
+        if refused > self.stats.announcements.refused
+            && self
+                .last_refusal_note
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(30))
+        {
+            let by: Vec<String> = heard
+                .refused
+                .iter()
+                .map(|(r, n)| format!("{} {n}", r.name()))
+                .collect();
+            log::warn!(
+                "announcements refused: {} so far ({}); see docs/security.md",
+                refused,
+                by.join(", ")
+            );
+            self.last_refusal_note = Some(now);
+        }
+        let a = &mut self.stats.announcements;
+        a.accepted = self.peers.accepted;
+        a.ignored = self.peers.ignored;
+        a.refused = refused;
+        a.refused_by = heard
+            .refused
+            .iter()
+            .map(|(r, n)| (r.name().to_string(), *n))
+            .collect();
+        a.nodes = self.peers.nodes();
+        a.manager_word = self.words.current().is_some();
+        if word_changed {
+            if let Some(sw) = &self.swarm {
+                sw.tell(self.words.current().cloned());
+            }
+        }
         if changed {
             if let Err(e) = self.publish() {
                 log::error!("publishing return-path change: {e}");
@@ -526,6 +578,7 @@ impl Control {
     /// neighbours; waits (up to a second) until every worker uses it.
     pub fn publish(&mut self) -> Result<(), BpfError> {
         self.unpublish_stale()?;
+        self.tell_listener_task_nodes();
         let before: BTreeSet<TaskId> = self.snapshot.tasks.iter().map(|t| t.id).collect();
         let generation = self.snapshot.generation + 1;
         let (services, lost) = self.services_with_return_paths();

@@ -11,7 +11,7 @@
 //! restart after a crash) never passes a published port to the kernel.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
+use crate::announce::{DEFAULT_KEY_FILE, Keys};
 use crate::config::{Config, XdpMode};
 use crate::dataplane::Pipeline;
 use crate::dataplane::handover::RestoreReport;
@@ -379,18 +380,50 @@ fn open_journal(
     }
 }
 
+/// The keys that sign announcements: `node.announce_key`, else in swarm
+/// mode the stack file's Docker secret when there is one. Without one,
+/// nothing is announced or believed, and the log says so once.
+fn announce_keys(cfg: &Config) -> Result<Option<Keys>, RunError> {
+    if cfg.node.announce_port == 0 {
+        return Ok(None);
+    }
+    let path = match &cfg.node.announce_key {
+        Some(p) => p.clone(),
+        None if cfg.swarm.is_some() && Path::new(DEFAULT_KEY_FILE).exists() => {
+            DEFAULT_KEY_FILE.into()
+        }
+        None => {
+            log::info!(
+                "announcements off: no key (node.announce_key, or the Docker secret meshgate_announce_key in swarm mode); every task gets SNAT{} (docs/swarm.md)",
+                if cfg.swarm.is_some() {
+                    ", and a worker takes ports' protocols from DOCKER-INGRESS"
+                } else {
+                    ""
+                }
+            );
+            return Ok(None);
+        }
+    };
+    Keys::load(&path).map(Some).map_err(|e| {
+        RunError::Setup(format!(
+            "{e} (node.announce_key; it signs the announcements between nodes)"
+        ))
+    })
+}
+
 /// The listener of other nodes' announcements and, in swarm mode, the
-/// return-path agent of this node's tasks.
+/// agent that installs this node's return paths and announces.
 fn start_announcements(control: &mut Control) -> Result<Option<agent::SwarmAgent>, RunError> {
     let (cfg_address, cfg_announce_port) =
         (control.cfg.node.address, control.cfg.node.announce_port);
-    control.listen_to_peers().map_err(|e| {
+    let keys = announce_keys(&control.cfg)?;
+    control.listen_to_peers(keys.clone()).map_err(|e| {
         RunError::Setup(format!(
             "listening for other nodes' announcements on {}:{} (node.announce_port): {e}; choose another port, the same on every node, or 0 to preserve no client address",
             cfg_address, cfg_announce_port
         ))
     })?;
-    let Some(sw) = control.cfg.swarm.clone().filter(|_| cfg_announce_port != 0) else {
+    let (Some(sw), Some(keys)) = (control.cfg.swarm.clone(), keys) else {
         return Ok(None);
     };
     let (tx, rx) = crossbeam::channel::unbounded();
@@ -401,6 +434,9 @@ fn start_announcements(control: &mut Control) -> Result<Option<agent::SwarmAgent
             ingress_network: sw.facts.ingress_network,
             node: cfg_address,
             announce_port: cfg_announce_port,
+            keys,
+            manager: sw.facts.manager,
+            known: control.known_nodes(),
         },
         rx,
     )

@@ -1,6 +1,6 @@
 //! meshgate's test support, kept out of the shipped crate: the namespace
 //! labs ([`lab`], [`swarm_lab`]), the pipeline's fixture frames and tables
-//! ([`fixtures`]), recorded Docker answers ([`docker`]), a headless
+//! ([`fixtures`]), the announcement key file ([`keys`]), recorded Docker answers ([`docker`]), a headless
 //! browser for the status page ([`browser`]) and the programs
 //! only the benchmark and the labs load ([`programs`]). A dev-dependency of
 //! meshgate's tests and benchmark; the benchmark driver and the demo are
@@ -14,6 +14,7 @@
 pub mod browser;
 pub mod docker;
 pub mod fixtures;
+pub mod keys;
 pub mod lab;
 pub mod programs;
 pub mod swarm_lab;

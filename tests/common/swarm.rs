@@ -160,12 +160,24 @@ pub fn swarm_config(lab: &SwarmLab, node: Node, name: &str, extra: &str) -> Path
     std::fs::write(
         &cfg,
         format!(
-            "[node]\ninterface = \"eth0\"\n\n[swarm]\nsocket = \"unix://{}\"\n{extra}",
+            "[node]\ninterface = \"eth0\"\nannounce_key = \"{}\"\n\n[swarm]\nsocket = \"unix://{}\"\n{extra}",
+            announce_key(lab).display(),
             lab.socket(node).display(),
         ),
     )
     .unwrap();
     cfg
+}
+
+/// The swarm's announcement key, one file every node's meshgate reads (as
+/// a Docker secret would give each the same); it goes with the lab's
+/// directory.
+pub fn announce_key(lab: &SwarmLab) -> PathBuf {
+    let path = lab.dir.join("announce.key");
+    if !path.exists() {
+        std::mem::forget(meshgate_testkit::keys::KeyFile::create(&path).unwrap());
+    }
+    path
 }
 
 /// Waits until `ok`, at most `limit`; returns how long it took.

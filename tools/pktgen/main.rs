@@ -10,6 +10,10 @@
 //! frame (UDP payload; for TCP the acknowledgment field and a marker in the
 //! window), and reports sent, received, lost, rates and latency percentiles.
 //!
+//! `datagrams` sends given payloads (and, with `--junk`, random ones) from
+//! an ordinary UDP socket, flat out: no privileges needed, as an
+//! unprivileged process on a node would flood or forge.
+//!
 //! `reflect` swaps the Ethernet addresses of every frame to an address and
 //! sends it back: the ceiling of an AF_XDP forwarder on this path.
 
@@ -104,6 +108,21 @@ enum Cmd {
         sleep: bool,
         #[arg(long)]
         json: bool,
+    },
+    /// Send the given payloads round-robin from an ordinary UDP socket,
+    /// as fast as it takes them, for a time; prints how many were sent.
+    Datagrams {
+        /// ADDRESS:PORT to send to.
+        #[arg(long)]
+        to: std::net::SocketAddrV4,
+        #[arg(long)]
+        duration: f64,
+        /// A payload in hex; repeatable.
+        #[arg(long = "hex")]
+        hex: Vec<String>,
+        /// Also a random payload of 1 to 1 400 bytes between them.
+        #[arg(long)]
+        junk: bool,
     },
     /// Swap MACs and send every TCP/UDP frame to `addr` back (the AF_XDP ceiling).
     Reflect {
@@ -517,8 +536,63 @@ fn reflect(
     Ok(reflected)
 }
 
+/// `datagrams`: the count sent.
+fn datagrams(to: std::net::SocketAddrV4, duration: f64, hex: &[String], junk: bool) -> Result<u64> {
+    let mut payloads = hex
+        .iter()
+        .map(|h| {
+            (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(h.get(i..i + 2).unwrap_or("x"), 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .with_context(|| format!("--hex {h}: not hex"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if payloads.is_empty() && !junk {
+        bail!("nothing to send: give --hex or --junk");
+    }
+    let sock = std::net::UdpSocket::bind(("0.0.0.0", 0)).context("a UDP socket")?;
+    let end = Instant::now() + Duration::from_secs_f64(duration);
+    let (mut sent, mut x) = (0u64, 0x9e37_79b9_7f4a_7c15u64);
+    let mut noise = vec![0u8; 1400];
+    while Instant::now() < end {
+        for _ in 0..256 {
+            if junk {
+                // xorshift: random enough to be no format at all.
+                for b in noise.iter_mut() {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *b = x as u8;
+                }
+                let n = 1 + (x as usize % noise.len());
+                payloads.push(noise[..n].to_vec());
+            }
+            for p in &payloads {
+                // A full socket buffer is the point of a flood: go on.
+                if sock.send_to(p, to).is_ok() {
+                    sent += 1;
+                }
+            }
+            if junk {
+                payloads.pop();
+            }
+        }
+    }
+    Ok(sent)
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Datagrams {
+            to,
+            duration,
+            hex,
+            junk,
+        } => {
+            println!("{}", datagrams(to, duration, &hex, junk)?);
+            Ok(())
+        }
         Cmd::Send {
             iface,
             src,

@@ -199,13 +199,19 @@ fn node_families(x: &mut Exposition, snap: &Snapshot, st: &Stats) {
     x.family(
         "meshgate_announcements_total",
         "counter",
-        "Other nodes' announcements of return paths: accepted, refused (dropped), ignored (from nodes without tasks).",
+        "Other nodes' announcements: return-path sets accepted and ignored (from nodes without tasks), managers' service sets, datagrams refused by reason.",
     );
+    let a = &st.announcements;
     for (result, n) in [
-        ("accepted", st.announcements.accepted),
-        ("refused", st.announcements.refused),
-        ("ignored", st.announcements.ignored),
+        ("accepted", a.accepted),
+        ("ignored", a.ignored),
+        ("service_set", a.service_sets),
     ] {
+        x.sample("meshgate_announcements_total", &[("result", &result)], n);
+    }
+    for r in crate::announce::Refusal::ALL {
+        let n = a.refused_by.get(r.name()).copied().unwrap_or(0);
+        let result = format!("refused_{}", r.name());
         x.sample("meshgate_announcements_total", &[("result", &result)], n);
     }
     x.family(

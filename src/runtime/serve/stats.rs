@@ -51,18 +51,30 @@ pub struct StatsView {
     pub takeover: crate::runtime::takeover::TakeoverStats,
 }
 
-/// What the announcements' listener heard.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What the announcements' listener heard (`crate::announce`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AnnounceStats {
-    /// Announcements taken.
+    /// Whether a key is configured: without one nothing is sent or heard.
+    #[serde(default)]
+    pub signed: bool,
+    /// Return-path sets taken.
     pub accepted: u64,
-    /// Malformed, of another version, or from a sender speaking for
-    /// another node: dropped.
+    /// Datagrams refused, all reasons together.
     pub refused: u64,
-    /// From nodes that run none of the tables' tasks: not kept.
+    /// Datagrams refused, by reason (`crate::announce::Refusal`).
+    #[serde(default)]
+    pub refused_by: BTreeMap<String, u64>,
+    /// Return-path sets from nodes that run none of the tables' tasks:
+    /// not kept.
     pub ignored: u64,
-    /// Nodes whose announcement is fresh.
+    /// Sets of what managers know of services, taken.
+    #[serde(default)]
+    pub service_sets: u64,
+    /// Nodes whose return-path set counts.
     pub nodes: usize,
+    /// Whether a manager's word on services is in force (on a worker).
+    #[serde(default)]
+    pub manager_word: bool,
 }
 
 /// One service's counters and tasks in [`StatsView`].
@@ -294,7 +306,7 @@ impl Stats {
                 refused: self.admission.refused,
             },
             swarm,
-            announcements: self.announcements,
+            announcements: self.announcements.clone(),
             takeover: self.takeover,
         }
     }

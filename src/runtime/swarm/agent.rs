@@ -9,20 +9,24 @@
 //! given on the command line (the namespace lab's task nodes, where no
 //! Docker runs).
 //!
+//! On a manager the same thread also announces what only managers know of
+//! the services ([`word_of`]) to every node, for the workers' meshgates.
+//!
 //! Invariant: a task is announced only while its return path is installed;
 //! a stop removes every return path before it announces the empty list.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::Receiver;
 
-use crate::announce::{Announcement, INTERVAL, VERSION};
+use super::peers::KnownNodes;
+use crate::announce::{Content, INTERVAL, Keys, ReturnPaths, Sender, ServiceWord};
 use crate::config::{ClientIp, Protocol, Service};
 use crate::docker::engine::Docker;
 use crate::docker::ingress_view::{ingress_endpoints, sandbox_key};
@@ -30,7 +34,8 @@ use crate::return_path::{self, IngressNode, Plan};
 
 /// Installs, removes and announces return paths.
 pub struct Agent {
-    node: Ipv4Addr,
+    sender: Sender,
+    keys: Keys,
     sock: UdpSocket,
     installed: BTreeMap<PathBuf, Plan>,
     /// The last error per namespace, so that it is logged once.
@@ -39,9 +44,10 @@ pub struct Agent {
 
 impl Agent {
     /// An agent for the node at `node`; announcements leave from it.
-    pub fn new(node: Ipv4Addr) -> std::io::Result<Agent> {
+    pub fn new(node: Ipv4Addr, keys: Keys) -> std::io::Result<Agent> {
         Ok(Agent {
-            node,
+            sender: Sender::new(node),
+            keys,
             sock: UdpSocket::bind((node, 0))?,
             installed: BTreeMap::new(),
             failing: BTreeMap::new(),
@@ -108,7 +114,7 @@ impl Agent {
     }
 
     /// What this node announces now.
-    pub fn announcement(&self) -> Announcement {
+    pub fn announcement(&self) -> ReturnPaths {
         let mut sandboxes: Option<BTreeSet<Ipv4Addr>> = None;
         for p in self.installed.values() {
             let s: BTreeSet<Ipv4Addr> = p.ingress.iter().map(|n| n.sandbox).collect();
@@ -118,21 +124,30 @@ impl Agent {
                 Some(acc) => acc.intersection(&s).copied().collect(),
             });
         }
-        Announcement {
-            version: VERSION,
-            node: self.node,
+        ReturnPaths {
             tasks: self.installed.values().map(|p| p.task).collect(),
             sandboxes: sandboxes.unwrap_or_default(),
         }
     }
 
-    /// Sends the announcement to every target; a target that cannot be
+    /// Sends the return paths to every target; a target that cannot be
     /// reached now is tried again next time.
-    pub fn announce(&self, targets: &[SocketAddr]) {
-        let bytes = self.announcement().encode();
-        for t in targets {
-            if let Err(e) = self.sock.send_to(&bytes, t) {
-                log::debug!("announcing to {t}: {e}");
+    pub fn announce(&mut self, targets: &[SocketAddr]) {
+        let content = Content::ReturnPaths(self.announcement());
+        self.send(targets, &content);
+    }
+
+    /// Sends what a manager knows of the services to every target.
+    pub fn announce_word(&mut self, targets: &[SocketAddr], word: Vec<ServiceWord>) {
+        self.send(targets, &Content::Services(word));
+    }
+
+    fn send(&mut self, targets: &[SocketAddr], content: &Content) {
+        for d in self.sender.encode(&self.keys, content) {
+            for t in targets {
+                if let Err(e) = self.sock.send_to(&d, t) {
+                    log::debug!("announcing to {t}: {e}");
+                }
             }
         }
     }
@@ -151,6 +166,12 @@ pub struct SwarmAgentParams {
     pub ingress_network: String,
     pub node: Ipv4Addr,
     pub announce_port: u16,
+    pub keys: Keys,
+    /// Whether this node is a manager: then it announces [`word_of`].
+    pub manager: bool,
+    /// The announcement listener's known nodes, to which the agent adds
+    /// the swarm's.
+    pub known: Option<Arc<Mutex<KnownNodes>>>,
 }
 
 /// The agent's thread in swarm mode; dropping it removes the return paths
@@ -165,7 +186,7 @@ pub struct SwarmAgent {
 
 impl SwarmAgent {
     pub fn start(p: SwarmAgentParams, services: Receiver<Vec<Service>>) -> std::io::Result<Self> {
-        let agent = Agent::new(p.node)?;
+        let agent = Agent::new(p.node, p.keys.clone())?;
         let stop = Arc::new(AtomicBool::new(false));
         let keep = Arc::new(AtomicBool::new(false));
         let (st, kp) = (stop.clone(), keep.clone());
@@ -218,6 +239,30 @@ pub fn local_preserving_tasks(
     out
 }
 
+/// What a manager announces of `services` (its own list: labels read,
+/// ports with their protocols, the tasks being stopped at weight 0).
+pub fn word_of(services: &[Service]) -> Vec<ServiceWord> {
+    services
+        .iter()
+        .map(|s| ServiceWord {
+            name: s.name.to_string(),
+            ports: s
+                .publish
+                .iter()
+                .map(|p| (p.published, p.target, p.protocol))
+                .collect(),
+            client_ip: s.client_ip,
+            outlier_detection: s.outlier_detection,
+            drained: s
+                .tasks
+                .iter()
+                .filter(|t| t.weight == 0)
+                .map(|t| t.address)
+                .collect(),
+        })
+        .collect()
+}
+
 /// A container's network namespace, asked of Docker once per container.
 fn container_netns(
     docker: &Docker,
@@ -244,7 +289,12 @@ fn run_swarm_agent(
     let mut services: Vec<Service> = Vec::new();
     let mut netns_of: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut targets: Vec<SocketAddr> = Vec::new();
-    let mut first = true;
+    // Return paths a predecessor left for services that no longer
+    // preserve are removed once, when this node knows which do: at once on
+    // a manager, on a worker once the managers' word had time to arrive
+    // (else a takeover would remove what its services still want).
+    let started = Instant::now();
+    let mut cleaned = false;
     let mut last_error: Option<String> = None;
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
@@ -252,56 +302,67 @@ fn run_swarm_agent(
             services = s;
         }
         let local = local_preserving_tasks(&services, p.node);
-        // Nothing to do and nothing done: no Docker reads. The first
-        // round always reads, to clean up after a crashed predecessor.
-        if first || !local.is_empty() || agent.installed().next().is_some() {
-            match docker.get(&request) {
-                Ok(net) => {
-                    last_error = None;
-                    let e = ingress_endpoints(&net);
-                    targets = e
-                        .sandboxes
-                        .iter()
-                        .map(|&(_, node)| SocketAddr::from((node, p.announce_port)))
-                        .collect();
-                    let ingress: BTreeSet<IngressNode> = e
-                        .sandboxes
-                        .iter()
-                        .map(|&(sbox, _)| IngressNode::docker(sbox))
-                        .collect();
-                    let mut want = Vec::new();
-                    for (id, addr) in &e.containers {
-                        let Some(netns) = container_netns(&docker, &mut netns_of, id) else {
-                            continue;
-                        };
-                        if let Some(udp_ports) = local.get(addr) {
-                            want.push(Plan {
-                                netns,
-                                task: *addr,
-                                ingress: ingress.clone(),
-                                udp_ports: udp_ports.clone(),
-                            });
-                        } else if first {
-                            // Left by a meshgate that did not stop cleanly,
-                            // for a service that no longer preserves.
-                            if let Ok(true) = return_path::remove(&netns) {
-                                log::info!("removed a stale return path from task {addr}");
-                            }
+        // Every round: the swarm's nodes are whom to tell and whom to
+        // believe, and a manager tells them every second.
+        match docker.get(&request) {
+            Ok(net) => {
+                last_error = None;
+                let e = ingress_endpoints(&net);
+                targets = e
+                    .sandboxes
+                    .iter()
+                    .map(|&(_, node)| SocketAddr::from((node, p.announce_port)))
+                    .collect();
+                if let Some(k) = &p.known {
+                    k.lock().unwrap_or_else(|e| e.into_inner()).swarm_nodes =
+                        e.sandboxes.iter().map(|&(_, node)| node).collect();
+                }
+                let ingress: BTreeSet<IngressNode> = e
+                    .sandboxes
+                    .iter()
+                    .map(|&(sbox, _)| IngressNode::docker(sbox))
+                    .collect();
+                let mut want = Vec::new();
+                for (id, addr) in &e.containers {
+                    let wanted = local.get(addr);
+                    let clean_now = !cleaned
+                        && (p.manager || started.elapsed() >= crate::announce::STALE_AFTER);
+                    if wanted.is_none() && !clean_now {
+                        continue;
+                    }
+                    let Some(netns) = container_netns(&docker, &mut netns_of, id) else {
+                        continue;
+                    };
+                    if let Some(udp_ports) = wanted {
+                        want.push(Plan {
+                            netns,
+                            task: *addr,
+                            ingress: ingress.clone(),
+                            udp_ports: udp_ports.clone(),
+                        });
+                    } else if clean_now {
+                        // Left by a meshgate that did not stop cleanly,
+                        // for a service that no longer preserves.
+                        if let Ok(true) = return_path::remove(&netns) {
+                            log::info!("removed a stale return path from task {addr}");
                         }
                     }
-                    netns_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
-                    agent.reconcile(want);
-                    first = false;
                 }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if last_error.as_ref() != Some(&msg) {
-                        log::warn!("return paths: reading {request}: {msg}");
-                        last_error = Some(msg);
-                    }
+                netns_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
+                agent.reconcile(want);
+                cleaned |= p.manager || started.elapsed() >= crate::announce::STALE_AFTER;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if last_error.as_ref() != Some(&msg) {
+                    log::warn!("announcements: reading {request}: {msg}");
+                    last_error = Some(msg);
                 }
             }
-            agent.announce(&targets);
+        }
+        agent.announce(&targets);
+        if p.manager {
+            agent.announce_word(&targets, word_of(&services));
         }
         while round.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use crossbeam::channel::{Receiver, Sender};
 use serde::Serialize;
 
+use crate::announce::ServiceWord;
 use crate::config::{IngressConfig, Service, SwarmConfig};
 use crate::docker::engine::{Docker, EventRead};
 use crate::docker::swarm::{Desired, ServiceMemory, SwarmError, read_desired};
@@ -62,9 +63,13 @@ pub struct SwarmStatus {
 pub struct SwarmSource {
     updates: Receiver<Vec<Service>>,
     status: Arc<Mutex<SwarmStatus>>,
+    /// What managers announced of services, for a worker's reads.
+    word: Word,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
+
+type Word = Arc<Mutex<Option<Vec<ServiceWord>>>>;
 
 /// Reads the swarm once (at startup: an error here stops `meshgate run`);
 /// also what the follower needs to remember of it ([`SwarmSource::start`]).
@@ -79,6 +84,7 @@ pub fn read_once(
         &cfg.facts,
         ingress,
         manager.as_ref(),
+        None,
         &mut memory,
     )?;
     print_notes(&d.notes);
@@ -110,7 +116,9 @@ impl SwarmSource {
             ..Default::default()
         }));
         let docker = Docker::new(&cfg.socket);
+        let word: Word = Arc::default();
         let reader = Reader {
+            word: word.clone(),
             docker: docker.clone(),
             cfg: cfg.clone(),
             ingress: ingress.clone(),
@@ -137,6 +145,7 @@ impl SwarmSource {
         Ok(SwarmSource {
             updates,
             status,
+            word,
             stop,
             threads,
         })
@@ -145,6 +154,15 @@ impl SwarmSource {
     /// The newest service list not yet taken, if any.
     pub fn latest(&self) -> Option<Vec<Service>> {
         self.updates.try_iter().last()
+    }
+
+    /// Hands over what managers now announce of services (`None`: no
+    /// manager's word counts any more); a worker reads the swarm again at
+    /// once with it.
+    pub fn tell(&self, word: Option<Vec<ServiceWord>>) {
+        *self.word.lock().unwrap_or_else(|e| e.into_inner()) = word;
+        // As an event: the reader reads now.
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).events += 1;
     }
 
     pub fn status(&self) -> SwarmStatus {
@@ -170,6 +188,7 @@ struct Reader {
     last: Vec<Service>,
     /// The services earlier reads showed, for those removed since.
     memory: ServiceMemory,
+    word: Word,
     tx: Sender<Vec<Service>>,
     bell: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
@@ -232,6 +251,10 @@ impl Reader {
             &self.cfg.facts,
             &self.ingress,
             manager.as_ref(),
+            self.word
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref(),
             &mut self.memory,
         ) {
             Ok(d) => {
