@@ -184,6 +184,19 @@ fn the_stack_runs_meshgate_on_every_node_and_stack_rm_restores_them() {
     ];
     let stack = format!("mg{}", std::process::id());
     let file = root.join("deploy/meshgate-stack.yml");
+    // The announcement key, as the stack file's comment says to make it.
+    // It goes with the lab's swarm.
+    let key = meshgate_testkit::keys::KeyFile::create(&lab.dir.join("announce.key")).unwrap();
+    docker_env(
+        &lab,
+        &[
+            "secret",
+            "create",
+            "meshgate_announce_key",
+            key.path().to_str().unwrap(),
+        ],
+        &[],
+    );
     docker_env(
         &lab,
         &[

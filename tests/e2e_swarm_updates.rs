@@ -5,9 +5,11 @@
 //! SIGTERM it stops accepting, finishes what is in flight within 4 s,
 //! then exits).
 //!
-//! The worker's `DOCKER-INGRESS` rules are written by the lab, as Docker
-//! writes them on a kernel with IPVS (this one has none): they give the
-//! worker's meshgate the ports' protocols.
+//! Both share the swarm's announcement key: the manager's meshgate
+//! announces what only a manager knows (the ports' protocols, the tasks
+//! being drained, a removed service), and the worker's takes it from
+//! there. No `DOCKER-INGRESS` rules are written: this kernel has no IPVS,
+//! so Docker writes none.
 //!
 //! Needs root and Docker, as `e2e_swarm` does. Prints the lags it
 //! measures (docs/swarm.md quotes them).
@@ -59,8 +61,6 @@ fn setup() -> Option<(SwarmLab, Mg, Mg)> {
     let sandbox = |node: Node| format!("sandbox = \"{}\"\n", lab.sandbox(node).display());
     let wcfg: PathBuf = swarm_config(&lab, Node::Worker, "worker.toml", &sandbox(Node::Worker));
     let mcfg: PathBuf = swarm_config(&lab, Node::Manager, "manager.toml", &sandbox(Node::Manager));
-    lab.write_docker_ingress_rules(Node::Worker, &[(8080, "tcp")])
-        .unwrap();
     let on_worker = Mg::start_in(&lab, &lab.worker(), &["--config", wcfg.to_str().unwrap()]);
     let on_manager = Mg::start_in(&lab, &lab.manager(), &["--config", mcfg.to_str().unwrap()]);
     for mg in [&on_worker, &on_manager] {
@@ -176,7 +176,7 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
     let Some((lab, on_worker, on_manager)) = setup() else {
         return;
     };
-    let (mut drain_lag, mut eject_lag) = (None, None);
+    let (mut drain_lag, mut worker_lag) = (None, None);
     let seen = under_load(&lab, || {
         let t0 = Instant::now();
         lab.docker(
@@ -185,18 +185,18 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
         )
         .unwrap();
         drain_lag = until_state(&on_manager, "draining", Duration::from_secs(5));
-        // The worker learns nothing from its Docker until the task is gone:
-        // it stops sending new flows when the task refuses one.
-        eject_lag =
-            until_state(&on_worker, "ejected", Duration::from_secs(10)).map(|_| t0.elapsed());
+        // The worker's Docker says nothing of it: the manager's meshgate
+        // does.
+        worker_lag =
+            until_state(&on_worker, "draining", Duration::from_secs(5)).map(|_| t0.elapsed());
         let took = wait_for_update(&lab);
         eprintln!("the update took {took:?}");
     });
     eprintln!(
         "rolling update: {} short and {} slow requests, the longest short one {:?}; \
          after the update was asked for, the manager drained the first task after {:?}, \
-         the worker ejected it after {:?}",
-        seen.short, seen.slow, seen.longest, drain_lag, eject_lag
+         the worker after {:?}",
+        seen.short, seen.slow, seen.longest, drain_lag, worker_lag
     );
     assert!(
         seen.failures.is_empty(),
@@ -207,6 +207,12 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
     );
     assert!(seen.short >= 100 && seen.slow >= 12, "{seen:?}");
     assert!(drain_lag.is_some(), "the manager never drained a task");
+    // Swarm waits 2 s between the drain and the stop signal: the drain
+    // must reach every node within that.
+    assert!(
+        worker_lag.is_some_and(|l| l < Duration::from_secs(1)),
+        "the worker drained the task after {worker_lag:?}"
+    );
     for mg in [&on_worker, &on_manager] {
         wait_until("three new tasks", Duration::from_secs(10), || {
             mg.web_tasks() == 3
@@ -310,11 +316,9 @@ fn a_removed_service_refuses_new_connections_and_finishes_those_in_flight() {
         refused_after[0].1
     );
     // A worker's Docker does not say that the service is gone while its
-    // tasks run (docs/swarm.md): its meshgate refuses once the tasks stop
-    // accepting (the stop signal comes 2 s after the removal) and a
-    // held-back reset's retransmission finds every task refusing.
+    // tasks run (docs/swarm.md): the manager's meshgate does.
     assert!(
-        refused_after[1].1 < Duration::from_secs(7),
+        refused_after[1].1 < Duration::from_secs(1),
         "the worker refused after {:?}",
         refused_after[1].1
     );
@@ -328,11 +332,8 @@ fn a_task_with_a_health_check_gets_flows_only_once_healthy() {
     let Some((lab, on_worker, on_manager)) = setup() else {
         return;
     };
-    // Written at once rather than when Docker would (at the first healthy
-    // task): the worker then knows the port, and only its view of the
-    // task keeps it out.
-    lab.write_docker_ingress_rules(Node::Worker, &[(8081, "tcp")])
-        .unwrap();
+    // The worker knows the port from the manager's meshgate at once: only
+    // its view of the task keeps it out.
     let options = [
         "--constraint",
         "node.role==worker",

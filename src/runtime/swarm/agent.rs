@@ -364,8 +364,14 @@ fn run_swarm_agent(
         if p.manager {
             agent.announce_word(&targets, word_of(&services));
         }
+        // A new service list (a task being drained, a service removed) is
+        // acted on and announced at once, not at the next round: workers
+        // learn of a drain only from this.
         while round.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_millis(50));
+            if let Ok(s) = updates.recv_timeout(Duration::from_millis(50)) {
+                services = s;
+                break;
+            }
         }
     }
     if !keep.load(Ordering::Relaxed) {
