@@ -170,7 +170,7 @@ pub fn derive(
                 Protocols::Rules(r) => {
                     if by_port[&published].len() > 1 {
                         notes.push(format!(
-                            "service {name}: port {published} left out: several services publish it and this node's rules do not say which protocol is whose (set swarm.manager)"
+                            "service {name}: port {published} left out: several services publish it and this node's rules do not say which protocol is whose (set node.announce_key)"
                         ));
                         continue;
                     }
@@ -183,7 +183,7 @@ pub fn derive(
                     match protocols {
                         Protocols::Manager(_) => "the manager does not list it",
                         Protocols::Rules(_) =>
-                            "no DOCKER-INGRESS rule for it on this node; set swarm.manager",
+                            "no DOCKER-INGRESS rule for it on this node, and no manager's meshgate announces it; set node.announce_key",
                     }
                 ));
             }
@@ -350,6 +350,60 @@ mod tests {
         );
     }
 
+    /// What a manager's meshgate announces, through the signed format and
+    /// back, is what a worker's view takes: protocols, the label's mode
+    /// and the drained task at weight 0.
+    #[test]
+    fn a_worker_view_with_a_managers_announced_word() {
+        use crate::announce::{Content, Keys, Sender, Verifier};
+        let Protocols::Manager(m) = protocols_from_services(
+            &serde_json::from_str(MANAGER_SERVICES).unwrap(),
+            &mut Vec::new(),
+        ) else {
+            unreachable!("a manager's answer")
+        };
+        let mut word: Vec<ServiceWord> = m.into_values().collect();
+        let web = word.iter_mut().find(|w| w.name == "web").unwrap();
+        web.client_ip = crate::config::ClientIp::Preserve;
+        web.drained.insert(Ipv4Addr::new(198, 18, 128, 5));
+        let keys = Keys::parse(b"the swarm's key, long enough").unwrap();
+        let manager = Ipv4Addr::new(198, 18, 0, 2);
+        let sent = Content::Services(word);
+        let mut heard = None;
+        let mut v = Verifier::new(keys.clone());
+        for d in Sender::new(manager).encode(&keys, &sent) {
+            heard = v
+                .receive(manager, &d, std::time::Instant::now(), |_| true)
+                .unwrap();
+        }
+        let Some((_, Content::Services(heard))) = heard else {
+            panic!("no set heard")
+        };
+        let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
+        let d = derive(
+            &net,
+            &Protocols::from_word(&heard),
+            &worker_facts(),
+            &ingress(),
+        );
+        assert!(d.notes.is_empty(), "{:?}", d.notes);
+        assert_eq!(ports(&d, "both"), ["7070:70/tcp", "7070:70/udp"]);
+        let web = d.services.iter().find(|s| s.name == "web").unwrap();
+        assert_eq!(web.client_ip, crate::config::ClientIp::Preserve);
+        let weights: Vec<(String, u32)> = web
+            .tasks
+            .iter()
+            .map(|t| (t.address.to_string(), t.weight))
+            .collect();
+        assert_eq!(
+            weights,
+            [
+                ("198.18.128.5".to_string(), 0),
+                ("198.18.128.6".to_string(), 1)
+            ]
+        );
+    }
+
     #[test]
     fn a_worker_view_with_the_nodes_rules() {
         let net: Value = serde_json::from_str(WORKER_INGRESS).unwrap();
@@ -372,7 +426,7 @@ mod tests {
         let d = derive(&net, &protocols_from_rules(""), &worker_facts(), &ingress());
         assert!(d.services.is_empty());
         assert_eq!(d.notes.len(), 3, "{:?}", d.notes);
-        assert!(d.notes.iter().all(|n| n.contains("swarm.manager")));
+        assert!(d.notes.iter().all(|n| n.contains("node.announce_key")));
         // Two services on one port number, one TCP and one UDP: the rules
         // cannot say whose is which.
         let twisted = WORKER_INGRESS.replace("Publish: 9053", "Publish: 8080");
