@@ -75,6 +75,12 @@ pub enum Request {
     /// The new meshgate's program is attached: this one reports what its
     /// program dropped meanwhile and exits.
     HandoverDone {},
+    /// The new meshgate failed after it took the flows: this one detaches
+    /// its program and exits non-zero, for its supervisor to restart it
+    /// (its flows are in its journals).
+    HandoverAbort {
+        reason: String,
+    },
 }
 
 /// The answer to a request.

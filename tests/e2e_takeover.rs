@@ -326,3 +326,93 @@ fn a_corrupt_flow_state_is_discarded() {
     assert!(log.contains("worker 1 of 2"), "{log}");
     assert!(!dir.join("control.sock.flows.0").exists());
 }
+
+/// A new meshgate that fails after it took the flows (here it asks for
+/// generic XDP while the running one's program is native, which the
+/// kernel refuses at the swap) must not leave the node with a program and
+/// no socket behind it and a clean exit: the old one hears the abort,
+/// detaches its program and exits non-zero, for its supervisor
+/// (`Restart=on-failure`) to start it again, and that start takes the
+/// flows from the journals.
+#[test]
+fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole() {
+    let Some((lab, _servers)) = default_lab() else {
+        return;
+    };
+    let mut mg = Meshgate::start(&lab, &lab.config_toml(""));
+    let ns = lab.client();
+    let (mut s, first) = std::thread::spawn(move || {
+        lab::enter_ns(&ns).unwrap();
+        let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"hello\n").unwrap();
+        let first = task_of(&lab::read_line(&mut s).unwrap());
+        (s, first)
+    })
+    .join()
+    .unwrap();
+
+    let generic = mg.dir.join("generic.toml");
+    std::fs::write(
+        &generic,
+        lab.config_toml("")
+            .replace("[node]\n", "[node]\nxdp_mode = \"generic\"\n"),
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ingress()])
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["run", "--config"])
+        .arg(&generic)
+        .arg("--control")
+        .arg(&mg.control)
+        .arg("--takeover")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "the new one started: {said}");
+    let st = loop {
+        if let Some(st) = mg.child.as_mut().unwrap().try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the old meshgate still runs 10 s after a failed takeover:\n{}\nthe new one: {said}",
+            mg.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = mg.log();
+    eprintln!(
+        "the old meshgate exited {:?} after the request",
+        t0.elapsed()
+    );
+    assert!(
+        !st.success(),
+        "exit status 0 after a failed takeover:\n{log}"
+    );
+    assert!(log.contains("takeover failed"), "{log}");
+    assert!(
+        !lab::xdp_attached(&lab.ingress(), "in0").unwrap(),
+        "a program left attached with no socket behind it"
+    );
+    let journal = mg.control.with_extension("sock.journal.0");
+    assert!(journal.exists(), "the flows' journal went: {log}");
+
+    // The supervisor's restart: the held connection goes on, on its task.
+    let mg = mg.kill_and_restart(&lab, 1);
+    assert!(
+        mg.log()
+            .contains("restarted with the flows a previous meshgate left"),
+        "{}",
+        mg.log()
+    );
+    let again = std::thread::spawn(move || {
+        s.write_all(b"hello\n").unwrap();
+        task_of(&lab::read_line(&mut s).unwrap())
+    })
+    .join()
+    .unwrap();
+    assert_eq!(again, first);
+}

@@ -86,6 +86,8 @@ pub struct Control {
     /// workers stopped; then true once the successor's program is in.
     handing_over: Option<(u64, Instant)>,
     handed_over: bool,
+    /// Why a takeover failed after this process's workers stopped.
+    handover_failed: Option<String>,
 }
 
 /// Everything the control thread takes over from the setup in
@@ -175,6 +177,7 @@ impl Control {
             api_path: None,
             handing_over: None,
             handed_over: false,
+            handover_failed: None,
         }
     }
 
@@ -486,21 +489,37 @@ impl Control {
         Response::of(&crate::api::HandoverDoneView { dropped })
     }
 
+    /// The successor failed after it took the flows (step 2).
+    pub fn hand_over_aborted(&mut self, reason: String) -> Response {
+        if self.handing_over.is_none() || self.handed_over {
+            return Response::err("no takeover under way");
+        }
+        log::error!("the new meshgate failed after it took the flows: {reason}");
+        self.handover_failed = Some(format!("the new meshgate failed: {reason}"));
+        Response::ok(serde_json::Value::Null)
+    }
+
     /// True once a successor has taken over: this process only exits.
-    /// Also true when a successor asked for the flows and then never
-    /// reported its program attached within 30 s: this process's workers
-    /// are gone, their journals hold the flows, and a restart (systemd's)
-    /// finds both the program and the flows.
     pub fn handed_over(&self) -> bool {
+        self.handed_over
+    }
+
+    /// Why the takeover under way failed: the successor said so, or it
+    /// took the flows and never reported its program attached within
+    /// 30 s. This process's workers are gone; it must not exit as if all
+    /// were well with a program that has no socket left.
+    pub fn handover_failed(&mut self) -> Option<String> {
         if let Some((_, since)) = self.handing_over {
-            if !self.handed_over && since.elapsed() > Duration::from_secs(30) {
-                log::error!(
-                    "the new meshgate took the flows but did not report its program attached within 30 s; exiting with the program attached (a restarted meshgate takes the flows from this one's journals)"
+            if !self.handed_over
+                && self.handover_failed.is_none()
+                && since.elapsed() > Duration::from_secs(30)
+            {
+                self.handover_failed = Some(
+                    "the new meshgate took the flows but did not report its program attached within 30 s".into(),
                 );
-                return true;
             }
         }
-        self.handed_over
+        self.handover_failed.clone()
     }
 
     /// Between a successor's request and its report: the workers are
@@ -809,7 +828,12 @@ impl Control {
         self.bell.clear();
         while let Ok(call) = self.calls.try_recv() {
             let resp = match (&call.req, self.handing_over.is_some()) {
-                (crate::api::Request::HandoverDone {}, _) | (_, false) => self.handle(call.req),
+                (
+                    crate::api::Request::HandoverDone {}
+                    | crate::api::Request::HandoverAbort { .. },
+                    _,
+                )
+                | (_, false) => self.handle(call.req),
                 (_, true) => Response::err(
                     "this meshgate is handing over to a new one; ask the new one in a moment",
                 ),

@@ -117,6 +117,7 @@ impl Control {
                 snat_ports,
             } => self.hand_over_flows(version, workers, snat_ports),
             Request::HandoverDone {} => self.hand_over_done(),
+            Request::HandoverAbort { reason } => self.hand_over_aborted(reason),
         }
     }
 

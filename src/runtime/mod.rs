@@ -77,6 +77,10 @@ pub enum RunError {
     Setup(String),
     #[error("worker {0} stopped unexpectedly; the XDP program has been detached")]
     WorkerDied(usize),
+    #[error(
+        "a takeover failed after this meshgate handed over its flows ({0}); the XDP program has been detached and the flows stay in the journals for the next start"
+    )]
+    HandoverFailed(String),
 }
 
 /// Options of `meshgate run` that are not in the configuration file.
@@ -191,6 +195,16 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             write_stats(&control, opts.stats_file.as_deref());
             log::info!("taken over; exiting, the XDP program on {iface} is the new meshgate's");
             return Ok(());
+        }
+        if let Some(why) = fwd.control.handover_failed() {
+            // Its workers are gone: exit non-zero (a supervisor restarts
+            // it, taking the flows from the journals), the program
+            // detached so that nothing is black-holed meanwhile.
+            let control = fwd.abandon();
+            log::info!("{}", control.summary_line());
+            write_stats(&control, opts.stats_file.as_deref());
+            log::error!("takeover failed; XDP program detached from {iface}, exiting non-zero");
+            return Err(RunError::HandoverFailed(why));
         }
         if let Some(w) = fwd.dead_worker().filter(|_| !fwd.control.handing_over()) {
             died = Some(w);

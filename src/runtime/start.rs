@@ -207,6 +207,25 @@ impl Forwarder {
         self.control
     }
 
+    /// After a takeover that failed once the workers had handed over:
+    /// detaches XDP, and leaves the return paths and the journals to the
+    /// process that starts next, as a crash would.
+    pub fn abandon(mut self) -> Control {
+        if let Some(a) = self.agent.take() {
+            a.hand_over();
+        }
+        self.control.stop_api();
+        self.stop.store(true, Ordering::SeqCst);
+        self.control.wake_workers();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.control.drain_reports();
+        self.control.detach();
+        self.sandbox_xdp = None;
+        self.control
+    }
+
     /// Stops the workers, collects their last reports and detaches XDP.
     pub fn shutdown(mut self) -> Control {
         // First: the ingress nodes hear that this node's tasks have no

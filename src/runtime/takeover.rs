@@ -18,6 +18,12 @@
 //! Between 1 and 2 frames for meshgate are dropped (and counted), never
 //! passed to the kernel, which would reset their connections: TCP
 //! retransmits what was dropped.
+//!
+//! A new process that fails between 1 and 3 sends
+//! [`Request::HandoverAbort`] (from [`Successor`]'s drop), and the old
+//! one, whose workers are gone, detaches its program and exits non-zero
+//! for its supervisor to restart it; it does the same when 3 never comes
+//! within 30 s.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -139,6 +145,7 @@ pub fn take_flows(path: &Path) -> Result<(Origin, Vec<FlowRecord>), String> {
 
 /// The new process's side of the exchange.
 pub struct Successor {
+    finished: bool,
     path: PathBuf,
     stream: UnixStream,
     reader: BufReader<UnixStream>,
@@ -207,6 +214,7 @@ impl Successor {
                 why: format!("its answer: {e}"),
             })?;
         Ok(Successor {
+            finished: false,
             path: path.to_path_buf(),
             stream,
             reader,
@@ -219,6 +227,7 @@ impl Successor {
     /// Step 3: the new program is attached; the old process reports the
     /// frames its program dropped meanwhile, and exits.
     pub fn finish(mut self) -> Result<u64, TakeoverError> {
+        self.finished = true;
         let resp = exchange(
             &self.path,
             &mut self.stream,
@@ -234,6 +243,24 @@ impl Successor {
                 why: format!("its answer: {e}"),
             })?;
         Ok(v.dropped)
+    }
+}
+
+impl Drop for Successor {
+    /// Dropped before [`Successor::finish`]: this process failed after it
+    /// took the flows, and the old one must know (its workers are gone).
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let _ = self.stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let req = Request::HandoverAbort {
+            reason: format!(
+                "process {} could not start after it took the flows (its log says why)",
+                std::process::id()
+            ),
+        };
+        let _ = exchange(&self.path, &mut self.stream, &mut self.reader, &req);
     }
 }
 
