@@ -168,6 +168,7 @@ fn main() {
         let rp = ReturnPaths {
             tasks: ["198.18.128.4".parse().unwrap()].into_iter().collect(),
             sandboxes: ["198.18.128.2".parse().unwrap()].into_iter().collect(),
+            asks: ["198.18.128.4".parse().unwrap()].into_iter().collect(),
         };
         let mut seq = Vec::new();
         for d in s

@@ -992,3 +992,58 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
         restarted.log()
     );
 }
+
+/// A swarm whose managers run no meshgate (drained, as many are): a
+/// service's tasks ask for the client's address by their own container
+/// label, which the worker's meshgate reads from its own Docker; no
+/// manager is asked anything. The labelled service's tasks see the
+/// client's address through the worker, the other's the sandbox's.
+#[test]
+fn a_container_label_keeps_the_clients_address_with_no_meshgate_on_a_manager() {
+    if !common::privileged() || !common::docker_available() {
+        return;
+    }
+    let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
+    create_cgi_service(
+        &lab,
+        "web",
+        8080,
+        None,
+        &["--container-label", "meshgate.client-ip=preserve"],
+    );
+    create_cgi_service(&lab, "plain", 8081, None, &[]);
+    lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
+    // Only the worker runs meshgate; no manager tells it the ports'
+    // protocols, so it reads the rules Docker writes (the lab, here).
+    let cfg = swarm_config(
+        &lab,
+        Node::Worker,
+        "worker-label.toml",
+        &format!("sandbox = \"{}\"\n", lab.sandbox(Node::Worker).display()),
+    );
+    lab.write_docker_ingress_rules(Node::Worker, &[(8080, "tcp"), (8081, "tcp")])
+        .unwrap();
+    let mg = Mg::start_in(&lab, &lab.worker(), &["--config", cfg.to_str().unwrap()]);
+    wait_until(
+        "web's tasks preserve the client's address",
+        Duration::from_secs(10),
+        || client_ip_modes(&mg, "web") == ["preserve", "preserve"],
+    );
+    assert_eq!(client_ip_modes(&mg, "plain"), ["snat", "snat"]);
+    let web: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
+    let by = remote_addrs(&lab, web, 10);
+    assert_eq!(by.len(), 2, "{by:?}");
+    assert!(by.keys().all(|(_, seen)| seen == CLIENT_ADDR), "{by:?}");
+    let plain: SocketAddr = format!("{WORKER_ADDR}:8081").parse().unwrap();
+    let sbox = sandbox_address(&lab, Node::Worker);
+    let by = remote_addrs(&lab, plain, 10);
+    assert!(by.keys().all(|(_, seen)| *seen == sbox), "{by:?}");
+    assert!(
+        mg.log().contains("the client's address is preserved"),
+        "{}",
+        mg.log()
+    );
+}

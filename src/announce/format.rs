@@ -27,7 +27,10 @@
 //! - `2 addr`: a task whose return path is installed;
 //! - `3 flags len name nports (published target proto)*`: a service, with
 //!   flag 1 = preserves the client's address, 2 = outlier detection off;
-//! - `4 addr`: a task of the last service named that is drained.
+//! - `4 addr`: a task of the last service named that is drained;
+//! - `5 addr`: a task whose container asks for the client's address
+//!   itself (its label `meshgate.client-ip=preserve`), whatever its
+//!   service says.
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -326,6 +329,7 @@ const SANDBOX: u8 = 1;
 const TASK: u8 = 2;
 const SERVICE: u8 = 3;
 const DRAINED: u8 = 4;
+const ASKS: u8 = 5;
 
 fn records(content: &Content) -> (Kind, Vec<Vec<u8>>) {
     let addr = |tag: u8, a: &Ipv4Addr| {
@@ -340,6 +344,7 @@ fn records(content: &Content) -> (Kind, Vec<Vec<u8>>) {
                 .iter()
                 .map(|a| addr(SANDBOX, a))
                 .chain(rp.tasks.iter().map(|a| addr(TASK, a)))
+                .chain(rp.asks.iter().map(|a| addr(ASKS, a)))
                 .collect(),
         ),
         Content::Services(services) => {
@@ -390,6 +395,9 @@ pub fn parse(kind: Kind, bodies: &[Vec<u8>]) -> Result<Content, Refusal> {
                 }
                 (Kind::ReturnPaths, TASK) => {
                     rp.tasks.insert(addr(take(4)?));
+                }
+                (Kind::ReturnPaths, ASKS) => {
+                    rp.asks.insert(addr(take(4)?));
                 }
                 (Kind::Services, SERVICE) => {
                     let flags = take(1)?[0];

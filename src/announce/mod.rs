@@ -63,6 +63,10 @@ pub struct ReturnPaths {
     pub tasks: BTreeSet<Ipv4Addr>,
     /// The ingress sandboxes those return paths lead to.
     pub sandboxes: BTreeSet<Ipv4Addr>,
+    /// Those of the tasks whose own container asks for the client's
+    /// address (a container label), whatever their service says: a swarm
+    /// whose managers run no meshgate has no other way to say it.
+    pub asks: BTreeSet<Ipv4Addr>,
 }
 
 /// What a manager knows of one published service.
@@ -138,6 +142,14 @@ impl Peers {
     /// Nodes whose set counts.
     pub fn nodes(&self) -> usize {
         self.heard.len()
+    }
+
+    /// Whether `task`'s own container asks for the client's address, as
+    /// its node says.
+    pub fn asks(&self, node: Ipv4Addr, task: Ipv4Addr) -> bool {
+        self.heard
+            .get(&node)
+            .is_some_and(|(_, a)| a.asks.contains(&task))
     }
 
     /// Whether `task` on `node` has a return path to `sandbox`.

@@ -15,10 +15,7 @@ fn key() -> Keys {
 }
 
 fn paths(tasks: &[Ipv4Addr]) -> Content {
-    Content::ReturnPaths(ReturnPaths {
-        tasks: tasks.iter().copied().collect(),
-        sandboxes: [SBOX].into_iter().collect(),
-    })
+    Content::ReturnPaths(rp(tasks))
 }
 
 fn word(name: &str, drained: &[Ipv4Addr]) -> ServiceWord {
@@ -54,9 +51,12 @@ fn both_kinds_of_set_go_through_whole() {
     let mut s = Sender::with_epoch(NODE, 1);
     let mut v = Verifier::new(key());
     let now = Instant::now();
+    let mut asking = rp(&[TASK, OTHER]);
+    asking.asks.insert(OTHER);
     for content in [
         paths(&[TASK]),
         paths(&[]),
+        Content::ReturnPaths(asking),
         Content::Services(vec![word("web", &[TASK]), word("dns", &[])]),
         Content::Services(vec![]),
     ] {
@@ -64,7 +64,7 @@ fn both_kinds_of_set_go_through_whole() {
         assert_eq!(ds.len(), 1);
         assert_eq!(feed(&mut v, NODE, &ds, now), Ok(Some((NODE, content))));
     }
-    assert_eq!((v.datagrams, v.sets), (4, 4));
+    assert_eq!((v.datagrams, v.sets), (5, 5));
     assert!(v.refused.is_empty());
 }
 
@@ -291,6 +291,7 @@ fn rp(tasks: &[Ipv4Addr]) -> ReturnPaths {
     ReturnPaths {
         tasks: tasks.iter().copied().collect(),
         sandboxes: [SBOX].into_iter().collect(),
+        asks: Default::default(),
     }
 }
 
@@ -316,9 +317,15 @@ fn a_task_is_ready_while_its_own_node_says_so() {
     p.take(NODE, rp(&[TASK]), t1, everyone);
     assert!(p.take(NODE, rp(&[]), t1, everyone));
     assert!(!p.ready(NODE, TASK, SBOX));
+    // A task whose container asks for the client's address itself.
+    let mut asking = rp(&[TASK]);
+    asking.asks.insert(TASK);
+    assert!(!p.asks(NODE, TASK));
+    assert!(p.take(NODE, asking, t1, everyone), "asking is a change");
+    assert!(p.asks(NODE, TASK) && !p.asks(OTHER, TASK));
     // Not a task's node: not kept.
     assert!(!p.take(OTHER, rp(&[TASK]), t1, |n| n != OTHER));
-    assert_eq!((p.accepted, p.ignored), (4, 1));
+    assert_eq!((p.accepted, p.ignored), (5, 1));
 }
 
 #[test]

@@ -235,11 +235,17 @@ impl Control {
         let mut preserved = BTreeSet::new();
         let mut lost = Vec::new();
         for s in &mut out {
-            if s.client_ip != crate::config::ClientIp::Preserve {
+            // A task's own container may ask for the client's address
+            // (its node says so) where the service does not: then the
+            // service preserves for those tasks, SNAT for the others.
+            let by_service = s.client_ip == crate::config::ClientIp::Preserve;
+            if !by_service && !s.tasks.iter().any(|t| self.peers.asks(t.node, t.address)) {
                 continue;
             }
+            s.client_ip = crate::config::ClientIp::Preserve;
             for t in &mut s.tasks {
-                t.return_path = self.peers.ready(t.node, t.address, sandbox);
+                t.return_path = self.peers.ready(t.node, t.address, sandbox)
+                    && (by_service || self.peers.asks(t.node, t.address));
                 let key = (s.name.clone(), t.address);
                 let was = self.preserved.contains(&key);
                 if t.return_path {
@@ -261,6 +267,18 @@ impl Control {
                         t.node
                     );
                 }
+            }
+        }
+        // Tasks of a service that no longer preserves at all lose their
+        // way back too (their node removes it).
+        for key in self.preserved.difference(&preserved) {
+            if !lost.contains(key) {
+                log::warn!(
+                    "{}: task {}: falls back to SNAT: its service no longer preserves the client's address; its connections that kept it end with a reset",
+                    key.0,
+                    key.1
+                );
+                lost.push(key.clone());
             }
         }
         self.preserved = preserved;

@@ -38,6 +38,9 @@ pub struct Agent {
     keys: Keys,
     sock: UdpSocket,
     installed: BTreeMap<PathBuf, Plan>,
+    /// Tasks whose own container asks for the client's address (its
+    /// label), announced as such once their return path is installed.
+    asks: BTreeSet<Ipv4Addr>,
     /// The last error per namespace, so that it is logged once.
     failing: BTreeMap<PathBuf, String>,
 }
@@ -50,6 +53,7 @@ impl Agent {
             keys,
             sock: UdpSocket::bind((node, 0))?,
             installed: BTreeMap::new(),
+            asks: BTreeSet::new(),
             failing: BTreeMap::new(),
         })
     }
@@ -124,10 +128,18 @@ impl Agent {
                 Some(acc) => acc.intersection(&s).copied().collect(),
             });
         }
+        let tasks: BTreeSet<Ipv4Addr> = self.installed.values().map(|p| p.task).collect();
         ReturnPaths {
-            tasks: self.installed.values().map(|p| p.task).collect(),
+            asks: tasks.intersection(&self.asks).copied().collect(),
+            tasks,
             sandboxes: sandboxes.unwrap_or_default(),
         }
+    }
+
+    /// Which of this node's tasks ask for the client's address by their
+    /// container's label.
+    pub fn set_asks(&mut self, asks: BTreeSet<Ipv4Addr>) {
+        self.asks = asks;
     }
 
     /// Sends the return paths to every target; a target that cannot be
@@ -239,6 +251,23 @@ pub fn local_preserving_tasks(
     out
 }
 
+/// The UDP target ports `task` serves for any of `services` (for a task
+/// whose container asks for the client's address itself).
+fn udp_ports_of(services: &[Service], task: Ipv4Addr) -> BTreeSet<u16> {
+    services
+        .iter()
+        .filter(|s| s.tasks.iter().any(|t| t.address == task))
+        .flat_map(|s| &s.publish)
+        .filter(|p| p.protocol == Protocol::Udp)
+        .map(|p| p.target)
+        .collect()
+}
+
+/// The container label by which a task asks for the client's address
+/// itself (`docker service create --container-label`, `labels:` under a
+/// compose service): read on the task's own node, it needs no manager.
+pub const CONTAINER_LABEL: &str = "meshgate.client-ip";
+
 /// What a manager announces of `services` (its own list: labels read,
 /// ports with their protocols, the tasks being stopped at weight 0).
 pub fn word_of(services: &[Service]) -> Vec<ServiceWord> {
@@ -263,18 +292,31 @@ pub fn word_of(services: &[Service]) -> Vec<ServiceWord> {
         .collect()
 }
 
-/// A container's network namespace, asked of Docker once per container.
-fn container_netns(
+/// A container's network namespace and whether its label asks for the
+/// client's address, asked of Docker once per container.
+fn container_facts(
     docker: &Docker,
-    cache: &mut BTreeMap<String, PathBuf>,
+    cache: &mut BTreeMap<String, (PathBuf, bool)>,
     id: &str,
-) -> Option<PathBuf> {
+) -> Option<(PathBuf, bool)> {
     if let Some(n) = cache.get(id) {
         return Some(n.clone());
     }
-    let n = sandbox_key(&docker.get(&format!("/containers/{id}/json")).ok()?)?;
-    cache.insert(id.to_string(), n.clone());
-    Some(n)
+    let c = docker.get(&format!("/containers/{id}/json")).ok()?;
+    let netns = sandbox_key(&c)?;
+    let label = c["Config"]["Labels"][CONTAINER_LABEL].as_str();
+    let asks = match label {
+        Some("preserve") => true,
+        None | Some("snat") => false,
+        Some(other) => {
+            log::warn!(
+                "container {id}: label {CONTAINER_LABEL}={other} is neither preserve nor snat; taken as snat"
+            );
+            false
+        }
+    };
+    cache.insert(id.to_string(), (netns.clone(), asks));
+    Some((netns, asks))
 }
 
 fn run_swarm_agent(
@@ -287,7 +329,7 @@ fn run_swarm_agent(
     let docker = Docker::new(&p.docker);
     let request = format!("/networks/{}?verbose=true", p.ingress_network);
     let mut services: Vec<Service> = Vec::new();
-    let mut netns_of: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut facts_of: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
     let mut targets: Vec<SocketAddr> = Vec::new();
     // Return paths a predecessor left for services that no longer
     // preserve are removed once, when this node knows which do: at once on
@@ -323,22 +365,29 @@ fn run_swarm_agent(
                     .map(|&(sbox, _)| IngressNode::docker(sbox))
                     .collect();
                 let mut want = Vec::new();
+                let mut asks = BTreeSet::new();
                 for (id, addr) in &e.containers {
-                    let wanted = local.get(addr);
                     let clean_now = !cleaned
                         && (p.manager || started.elapsed() >= crate::announce::STALE_AFTER);
-                    if wanted.is_none() && !clean_now {
-                        continue;
-                    }
-                    let Some(netns) = container_netns(&docker, &mut netns_of, id) else {
+                    // Every local container once (cached): its label may
+                    // ask for the client's address.
+                    let Some((netns, asked)) = container_facts(&docker, &mut facts_of, id) else {
                         continue;
                     };
+                    let wanted = match (local.get(addr), asked) {
+                        (Some(udp), _) => Some(udp.clone()),
+                        (None, true) => Some(udp_ports_of(&services, *addr)),
+                        (None, false) => None,
+                    };
+                    if asked {
+                        asks.insert(*addr);
+                    }
                     if let Some(udp_ports) = wanted {
                         want.push(Plan {
                             netns,
                             task: *addr,
                             ingress: ingress.clone(),
-                            udp_ports: udp_ports.clone(),
+                            udp_ports,
                         });
                     } else if clean_now {
                         // Left by a meshgate that did not stop cleanly,
@@ -348,7 +397,8 @@ fn run_swarm_agent(
                         }
                     }
                 }
-                netns_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
+                facts_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
+                agent.set_asks(asks);
                 agent.reconcile(want);
                 cleaned |= p.manager || started.elapsed() >= crate::announce::STALE_AFTER;
             }
