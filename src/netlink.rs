@@ -60,6 +60,16 @@ pub enum NetlinkError {
     Kernel(io::Error),
 }
 
+/// What [`Rtnl::route_get`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteLookup {
+    pub gateway: Option<Ipv4Addr>,
+    /// The output interface's index.
+    pub oif: Option<u32>,
+    /// The preferred source address.
+    pub source: Option<Ipv4Addr>,
+}
+
 /// A request/response rtnetlink socket.
 pub struct Rtnl {
     sock: Socket,
@@ -488,6 +498,49 @@ impl Rtnl {
             RouteAttribute::Oif(oif),
         ];
         r
+    }
+
+    /// The route the kernel would take now for a packet to `dst` with
+    /// firewall mark `mark` (0: none) and, given `udp_sport`, a UDP
+    /// source port. A lookup (`ip route get`): nothing is sent.
+    pub fn route_get(
+        &mut self,
+        dst: Ipv4Addr,
+        mark: u32,
+        udp_sport: Option<u16>,
+    ) -> Result<RouteLookup, NetlinkError> {
+        let mut q = RouteMessage::default();
+        q.header.address_family = AddressFamily::Inet;
+        q.header.destination_prefix_length = 32;
+        q.attributes
+            .push(RouteAttribute::Destination(RouteAddress::Inet(dst)));
+        if mark != 0 {
+            q.attributes.push(RouteAttribute::Mark(mark));
+        }
+        if let Some(port) = udp_sport {
+            q.attributes.push(RouteAttribute::IpProto(17));
+            q.attributes.push(RouteAttribute::Sport(port));
+        }
+        let msgs = self.request(RouteNetlinkMessage::GetRoute(q), NLM_F_REQUEST)?;
+        let (mut gw, mut oif, mut src) = (None, None, None);
+        for m in msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            for a in &r.attributes {
+                match a {
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                    RouteAttribute::Oif(o) => oif = Some(*o),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(p)) => src = Some(*p),
+                    _ => {}
+                }
+            }
+        }
+        Ok(RouteLookup {
+            gateway: gw,
+            oif,
+            source: src,
+        })
     }
 
     /// Sets table `table`'s default route to `via <gateway> dev <oif>`.

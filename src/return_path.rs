@@ -32,6 +32,12 @@
 //! source the task's ingress address; conntrack then matches the request,
 //! and the marks above route the answer.
 //!
+//! [`install`] then asks the kernel how it would route such answers (a
+//! route lookup per ingress node's mark and per UDP port) and fails,
+//! removing what it put there, when anything else in the namespace routes
+//! them first: a task is announced only once its way back is shown to
+//! work.
+//!
 //! Invariants: every mark and table meshgate uses here is [`MARK_BASE`] in
 //! its upper 16 bits and the sandbox address's lower 16 bits in the rest,
 //! so it is stable while the ingress network is (a connection keeps its
@@ -131,6 +137,10 @@ pub enum ReturnPathError {
     },
     #[error("task namespace {path}: {source}")]
     Nft { path: String, source: NftError },
+    #[error(
+        "task namespace {path}: the return path does not take effect: {what}; what meshgate installed was removed"
+    )]
+    Probe { path: String, what: String },
 }
 
 /// The chains of table [`TABLE`] for a task whose ingress interface is
@@ -200,9 +210,18 @@ pub fn check_marks(ingress: &BTreeSet<IngressNode>) -> Result<(), ReturnPathErro
 
 /// Installs (or brings up to date) the return path of `plan`, from a
 /// short-lived thread inside the task's namespace (setns(2) is per thread).
+/// Installs the return path of `plan`'s task and shows that it takes
+/// effect (the kernel's own route lookups); on a failed check, removes it
+/// again.
 pub fn install(plan: &Plan) -> Result<(), ReturnPathError> {
     check_marks(&plan.ingress)?;
-    in_netns(&plan.netns, || install_inside(plan))
+    in_netns(&plan.netns, || {
+        let r = install_inside(plan);
+        if let Err(ReturnPathError::Probe { .. }) = &r {
+            let _ = remove_inside(&plan.netns);
+        }
+        r
+    })
 }
 
 /// Removes everything [`install`] put into the namespace at `netns`;
@@ -325,6 +344,51 @@ fn install_inside(plan: &Plan) -> Result<(), ReturnPathError> {
             .map_err(netlink(&plan.netns, "deleting a rule"))?;
         rtnl.flush_table(m)
             .map_err(netlink(&plan.netns, "deleting a route"))?;
+    }
+    probe(&mut rtnl, plan, ifindex)
+}
+
+/// Asks the kernel how it would route the task's answers now: those of
+/// each ingress node's connections to that node's sandbox, a UDP answer
+/// from each preserving port with the task's ingress address as source.
+/// Anything else in the namespace that routes first (a rule of higher
+/// priority, a VPN side-car's) fails it: the task is then not announced,
+/// and gets SNAT, rather than answers that go astray.
+fn probe(rtnl: &mut Rtnl, plan: &Plan, ifindex: u32) -> Result<(), ReturnPathError> {
+    // A client's address, for the lookup only: nothing is sent to it.
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+    let failed = |what: String| ReturnPathError::Probe {
+        path: plan.netns.display().to_string(),
+        what,
+    };
+    for n in &plan.ingress {
+        let r = rtnl
+            .route_get(CLIENT, n.mark(), None)
+            .map_err(netlink(&plan.netns, "looking a route up"))?;
+        let (gw, oif) = (r.gateway, r.oif);
+        if (gw, oif) != (Some(n.sandbox), Some(ifindex)) {
+            return Err(failed(format!(
+                "an answer marked {:#x} is routed via {} (interface {}), not via sandbox {}: a rule or route in the namespace comes first",
+                n.mark(),
+                gw.map_or("no gateway".into(), |g| g.to_string()),
+                oif.map_or("none".into(), |o| o.to_string()),
+                n.sandbox
+            )));
+        }
+    }
+    for &port in &plan.udp_ports {
+        let r = rtnl
+            .route_get(CLIENT, 0, Some(port))
+            .map_err(netlink(&plan.netns, "looking a route up"))?;
+        let (oif, src) = (r.oif, r.source);
+        if (src, oif) != (Some(plan.task), Some(ifindex)) {
+            return Err(failed(format!(
+                "a UDP answer from port {port} would leave from {} (interface {}), not from {}",
+                src.map_or("no address".into(), |a| a.to_string()),
+                oif.map_or("none".into(), |o| o.to_string()),
+                plan.task
+            )));
+        }
     }
     Ok(())
 }

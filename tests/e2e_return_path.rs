@@ -354,3 +354,63 @@ fn what_cannot_work_is_refused_with_its_reason() {
     assert!(matches!(e, ReturnPathError::Enter { .. }), "{e}");
     drop(t.ns);
 }
+
+/// A task whose namespace routes its answers by a rule of its own before
+/// meshgate's (as a VPN side-car does): the return path would not take
+/// effect, so it is refused, naming why, and nothing of it stays; the
+/// node then does not announce the task, and ingress nodes give it SNAT.
+/// UDP likewise, when another rule picks the source of its answers.
+#[test]
+fn a_return_path_that_would_not_take_effect_is_refused_and_removed() {
+    if !common::privileged() {
+        return;
+    }
+    let t = build();
+    // Everything to table 100 first, whose default route is the other link.
+    ip(
+        &t.task,
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "198.18.1.1",
+            "table",
+            "100",
+        ],
+    );
+    ip(
+        &t.task,
+        &["rule", "add", "priority", "500", "lookup", "100"],
+    );
+    let e = return_path::install(&plan(&t, &[SBOX_A])).unwrap_err();
+    assert!(matches!(e, ReturnPathError::Probe { .. }), "{e}");
+    assert!(e.to_string().contains("via 198.18.1.1"), "{e}");
+    let rules = in_task(&t, &["ip", "rule"]);
+    assert!(
+        !rules.contains("0x6d67"),
+        "meshgate's rules stayed: {rules}"
+    );
+    let nft = in_task(&t, &["nft", "list", "ruleset"]);
+    assert!(!nft.contains("meshgate"), "meshgate's table stayed: {nft}");
+
+    // Without that rule it installs; a UDP port whose answers another
+    // rule (of higher priority than meshgate's source rule) sends out
+    // of the other link with its address is refused the same way.
+    ip(&t.task, &["rule", "del", "priority", "500"]);
+    return_path::install(&plan(&t, &[SBOX_A])).unwrap();
+    ip(
+        &t.task,
+        &[
+            "rule", "add", "priority", "999", "ipproto", "udp", "sport", "53", "lookup", "100",
+        ],
+    );
+    let mut with_udp = plan(&t, &[SBOX_A]);
+    with_udp.udp_ports.insert(53);
+    let e = return_path::install(&with_udp).unwrap_err();
+    assert!(
+        matches!(e, ReturnPathError::Probe { .. }) && e.to_string().contains("port 53"),
+        "{e}"
+    );
+    drop(t.ns);
+}
