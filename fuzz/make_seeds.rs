@@ -169,6 +169,10 @@ fn main() {
             tasks: ["198.18.128.4".parse().unwrap()].into_iter().collect(),
             sandboxes: ["198.18.128.2".parse().unwrap()].into_iter().collect(),
             asks: ["198.18.128.4".parse().unwrap()].into_iter().collect(),
+            own_sandbox: Some((
+                "198.18.128.2".parse().unwrap(),
+                meshgate::wire::MacAddr([2, 0x42, 198, 18, 128, 2]),
+            )),
         };
         let mut seq = Vec::new();
         for d in s

@@ -9,7 +9,8 @@
 //!
 //! - the nf_tables table `ip meshgate`: in `prerouting`, a frame arriving
 //!   on the ingress interface from an ingress sandbox's MAC (one per node:
-//!   Docker derives it from the sandbox's address) marks its connection
+//!   as that node announces it, else the one Docker 20.10 derives from the
+//!   sandbox's address) marks its connection
 //!   with that node's mark; in `output` (a `route` chain, so that the
 //!   kernel routes again) a packet of a connection so marked carries the
 //!   mark;

@@ -30,7 +30,10 @@
 //! - `4 addr`: a task of the last service named that is drained;
 //! - `5 addr`: a task whose container asks for the client's address
 //!   itself (its label `meshgate.client-ip=preserve`), whatever its
-//!   service says.
+//!   service says;
+//! - `6 addr mac`: the sender's own ingress sandbox and its MAC address,
+//!   as the sender's Docker says (task nodes match replies' way back on
+//!   it: Docker need not derive MACs from addresses).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -41,6 +44,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Content, ReturnPaths, ServiceWord};
 use crate::dataplane::desc::{ClientIp, OutlierDetection, Protocol};
+use crate::wire::MacAddr;
 
 /// The format's version; a datagram of another version is refused.
 pub const VERSION: u8 = 2;
@@ -330,6 +334,7 @@ const TASK: u8 = 2;
 const SERVICE: u8 = 3;
 const DRAINED: u8 = 4;
 const ASKS: u8 = 5;
+const OWN_SANDBOX: u8 = 6;
 
 fn records(content: &Content) -> (Kind, Vec<Vec<u8>>) {
     let addr = |tag: u8, a: &Ipv4Addr| {
@@ -345,6 +350,11 @@ fn records(content: &Content) -> (Kind, Vec<Vec<u8>>) {
                 .map(|a| addr(SANDBOX, a))
                 .chain(rp.tasks.iter().map(|a| addr(TASK, a)))
                 .chain(rp.asks.iter().map(|a| addr(ASKS, a)))
+                .chain(rp.own_sandbox.iter().map(|(a, mac)| {
+                    let mut r = addr(OWN_SANDBOX, a);
+                    r.extend_from_slice(&mac.0);
+                    r
+                }))
                 .collect(),
         ),
         Content::Services(services) => {
@@ -398,6 +408,11 @@ pub fn parse(kind: Kind, bodies: &[Vec<u8>]) -> Result<Content, Refusal> {
                 }
                 (Kind::ReturnPaths, ASKS) => {
                     rp.asks.insert(addr(take(4)?));
+                }
+                (Kind::ReturnPaths, OWN_SANDBOX) => {
+                    let a = addr(take(4)?);
+                    let m = take(6)?;
+                    rp.own_sandbox = Some((a, MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]])));
                 }
                 (Kind::Services, SERVICE) => {
                     let flags = take(1)?[0];

@@ -39,6 +39,7 @@ use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use crate::dataplane::desc::{ClientIp, OutlierDetection, Protocol};
+use crate::wire::MacAddr;
 
 pub use format::{Keys, Refusal, Sender};
 pub use verify::Verifier;
@@ -67,6 +68,8 @@ pub struct ReturnPaths {
     /// address (a container label), whatever their service says: a swarm
     /// whose managers run no meshgate has no other way to say it.
     pub asks: BTreeSet<Ipv4Addr>,
+    /// The sender's own ingress sandbox and its MAC, as its Docker says.
+    pub own_sandbox: Option<(Ipv4Addr, MacAddr)>,
 }
 
 /// What a manager knows of one published service.
@@ -99,6 +102,9 @@ fn fresh(at: Instant, now: Instant, last_refusal: Option<Instant>) -> bool {
 #[derive(Debug, Default)]
 pub struct Peers {
     heard: HashMap<Ipv4Addr, (Instant, ReturnPaths)>,
+    /// Every node's own sandbox and its MAC, task node or not (an ingress
+    /// node with no task is the one a task node needs it of).
+    sandbox_macs: HashMap<Ipv4Addr, (Instant, Ipv4Addr, MacAddr)>,
     /// Sets of nodes that run none of the tables' tasks (a node whose last
     /// task moved away says so once more): not kept.
     pub ignored: u64,
@@ -117,6 +123,9 @@ impl Peers {
         now: Instant,
         task_node: impl Fn(Ipv4Addr) -> bool,
     ) -> bool {
+        if let Some((sandbox, mac)) = rp.own_sandbox {
+            self.sandbox_macs.insert(node, (now, sandbox, mac));
+        }
         if !task_node(node) {
             self.ignored += 1;
             return self.heard.remove(&node).is_some();
@@ -136,7 +145,17 @@ impl Peers {
         let before = self.heard.len();
         self.heard
             .retain(|n, (at, _)| fresh(*at, now, last_refusal(*n)));
+        self.sandbox_macs
+            .retain(|n, (at, _, _)| fresh(*at, now, last_refusal(*n)));
         self.heard.len() != before
+    }
+
+    /// The sandboxes' MACs their own nodes announce.
+    pub fn sandbox_macs(&self) -> std::collections::BTreeMap<Ipv4Addr, MacAddr> {
+        self.sandbox_macs
+            .values()
+            .map(|&(_, sandbox, mac)| (sandbox, mac))
+            .collect()
     }
 
     /// Nodes whose set counts.

@@ -53,6 +53,10 @@ fn both_kinds_of_set_go_through_whole() {
     let now = Instant::now();
     let mut asking = rp(&[TASK, OTHER]);
     asking.asks.insert(OTHER);
+    asking.own_sandbox = Some((
+        SBOX,
+        crate::wire::MacAddr([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]),
+    ));
     for content in [
         paths(&[TASK]),
         paths(&[]),
@@ -292,6 +296,7 @@ fn rp(tasks: &[Ipv4Addr]) -> ReturnPaths {
         tasks: tasks.iter().copied().collect(),
         sandboxes: [SBOX].into_iter().collect(),
         asks: Default::default(),
+        own_sandbox: None,
     }
 }
 
@@ -323,8 +328,16 @@ fn a_task_is_ready_while_its_own_node_says_so() {
     assert!(!p.asks(NODE, TASK));
     assert!(p.take(NODE, asking, t1, everyone), "asking is a change");
     assert!(p.asks(NODE, TASK) && !p.asks(OTHER, TASK));
-    // Not a task's node: not kept.
-    assert!(!p.take(OTHER, rp(&[TASK]), t1, |n| n != OTHER));
+    // Not a task's node: not kept, but the MAC of its own sandbox is
+    // (task nodes need an ingress node's), until it is stale.
+    let mac = crate::wire::MacAddr([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
+    let other_sbox = Ipv4Addr::new(198, 18, 128, 3);
+    let mut ingress_only = rp(&[TASK]);
+    ingress_only.own_sandbox = Some((other_sbox, mac));
+    assert!(!p.take(OTHER, ingress_only, t1, |n| n != OTHER));
+    assert_eq!(p.sandbox_macs().get(&other_sbox), Some(&mac));
+    p.expire(t1 + STALE_AFTER, |_| None);
+    assert!(p.sandbox_macs().is_empty());
     assert_eq!((p.accepted, p.ignored), (5, 1));
 }
 

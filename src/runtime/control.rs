@@ -75,6 +75,8 @@ pub struct Control {
     peer_listener: Option<PeerListener>,
     /// What managers announce of services (heard on a worker).
     words: ManagerWords,
+    /// The sandboxes' MACs their nodes announce, for the agent.
+    sandbox_macs: super::swarm::agent::SandboxMacs,
     /// (service, task) forwarded with the client's address, for the log.
     preserved: BTreeSet<(String, Ipv4Addr)>,
     last_refusal_note: Option<Instant>,
@@ -171,6 +173,7 @@ impl Control {
             peers: Peers::default(),
             peer_listener: None,
             words: ManagerWords::default(),
+            sandbox_macs: Default::default(),
             preserved: BTreeSet::new(),
             last_refusal_note: None,
             agent_tx: None,
@@ -210,6 +213,11 @@ impl Control {
                 .collect();
             l.known.lock().unwrap_or_else(|e| e.into_inner()).task_nodes = nodes;
         }
+    }
+
+    /// The sandboxes' MACs as their nodes announce them, for the agent.
+    pub fn sandbox_macs(&self) -> super::swarm::agent::SandboxMacs {
+        self.sandbox_macs.clone()
     }
 
     /// The listener's known nodes, for the swarm agent to fill in.
@@ -315,6 +323,12 @@ impl Control {
         }
         let refused_at = |n: Ipv4Addr| heard.last_refusal.get(&n).copied();
         changed |= self.peers.expire(now, refused_at);
+        let macs = self.peers.sandbox_macs();
+        let mut shared = self.sandbox_macs.lock().unwrap_or_else(|e| e.into_inner());
+        if *shared != macs {
+            *shared = macs;
+        }
+        drop(shared);
         word_changed |= self.words.expire(now, refused_at);
         let refused: u64 = heard.refused.values().sum();
         if refused > self.stats.announcements.refused

@@ -456,6 +456,8 @@ fn start_announcements(control: &mut Control) -> Result<Option<agent::SwarmAgent
             keys,
             manager: sw.facts.manager,
             known: control.known_nodes(),
+            own_sandbox: (control.cfg.ingress.address, control.cfg.ingress.mac),
+            sandbox_macs: control.sandbox_macs(),
         },
         rx,
     )

@@ -31,6 +31,7 @@ use crate::config::{ClientIp, Protocol, Service};
 use crate::docker::engine::Docker;
 use crate::docker::ingress_view::{ingress_endpoints, sandbox_key};
 use crate::return_path::{self, IngressNode, Plan};
+use crate::wire::MacAddr;
 
 /// Installs, removes and announces return paths.
 pub struct Agent {
@@ -41,6 +42,8 @@ pub struct Agent {
     /// Tasks whose own container asks for the client's address (its
     /// label), announced as such once their return path is installed.
     asks: BTreeSet<Ipv4Addr>,
+    /// This node's own ingress sandbox and its MAC, as its Docker says.
+    own_sandbox: Option<(Ipv4Addr, MacAddr)>,
     /// The last error per namespace, so that it is logged once.
     failing: BTreeMap<PathBuf, String>,
 }
@@ -54,6 +57,7 @@ impl Agent {
             sock: UdpSocket::bind((node, 0))?,
             installed: BTreeMap::new(),
             asks: BTreeSet::new(),
+            own_sandbox: None,
             failing: BTreeMap::new(),
         })
     }
@@ -130,10 +134,16 @@ impl Agent {
         }
         let tasks: BTreeSet<Ipv4Addr> = self.installed.values().map(|p| p.task).collect();
         ReturnPaths {
+            own_sandbox: self.own_sandbox,
             asks: tasks.intersection(&self.asks).copied().collect(),
             tasks,
             sandboxes: sandboxes.unwrap_or_default(),
         }
+    }
+
+    /// This node's own ingress sandbox and MAC, told to every node.
+    pub fn set_own_sandbox(&mut self, sandbox: Option<(Ipv4Addr, MacAddr)>) {
+        self.own_sandbox = sandbox;
     }
 
     /// Which of this node's tasks ask for the client's address by their
@@ -184,6 +194,32 @@ pub struct SwarmAgentParams {
     /// The announcement listener's known nodes, to which the agent adds
     /// the swarm's.
     pub known: Option<Arc<Mutex<KnownNodes>>>,
+    /// This node's ingress sandbox and its MAC, from its Docker.
+    pub own_sandbox: (Ipv4Addr, MacAddr),
+    /// The other sandboxes' MACs, as their nodes announce them.
+    pub sandbox_macs: SandboxMacs,
+}
+
+/// Sandbox address → MAC, shared by the control thread (which hears
+/// them) and the agent (which matches replies on them).
+pub type SandboxMacs = Arc<Mutex<BTreeMap<Ipv4Addr, MacAddr>>>;
+
+/// The ingress nodes a task's return path leads to: each sandbox with the
+/// MAC its own node announces, else the one Docker 20.10 derives from its
+/// address.
+pub fn ingress_nodes(
+    sandboxes: impl Iterator<Item = Ipv4Addr>,
+    macs: &BTreeMap<Ipv4Addr, MacAddr>,
+) -> BTreeSet<IngressNode> {
+    sandboxes
+        .map(|sandbox| IngressNode {
+            sandbox,
+            mac: macs
+                .get(&sandbox)
+                .copied()
+                .unwrap_or_else(|| MacAddr::docker(sandbox)),
+        })
+        .collect()
 }
 
 /// The agent's thread in swarm mode; dropping it removes the return paths
@@ -198,7 +234,8 @@ pub struct SwarmAgent {
 
 impl SwarmAgent {
     pub fn start(p: SwarmAgentParams, services: Receiver<Vec<Service>>) -> std::io::Result<Self> {
-        let agent = Agent::new(p.node, p.keys.clone())?;
+        let mut agent = Agent::new(p.node, p.keys.clone())?;
+        agent.set_own_sandbox(Some(p.own_sandbox));
         let stop = Arc::new(AtomicBool::new(false));
         let keep = Arc::new(AtomicBool::new(false));
         let (st, kp) = (stop.clone(), keep.clone());
@@ -359,11 +396,13 @@ fn run_swarm_agent(
                     k.lock().unwrap_or_else(|e| e.into_inner()).swarm_nodes =
                         e.sandboxes.iter().map(|&(_, node)| node).collect();
                 }
-                let ingress: BTreeSet<IngressNode> = e
-                    .sandboxes
-                    .iter()
-                    .map(|&(sbox, _)| IngressNode::docker(sbox))
-                    .collect();
+                let mut macs = p
+                    .sandbox_macs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                macs.insert(p.own_sandbox.0, p.own_sandbox.1);
+                let ingress = ingress_nodes(e.sandboxes.iter().map(|&(sbox, _)| sbox), &macs);
                 let mut want = Vec::new();
                 let mut asks = BTreeSet::new();
                 for (id, addr) in &e.containers {
@@ -426,5 +465,31 @@ fn run_swarm_agent(
     }
     if !keep.load(Ordering::Relaxed) {
         agent.stop(&targets);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sandbox_gets_the_mac_its_node_announces_else_dockers_derived_one() {
+        let (a, b) = (
+            Ipv4Addr::new(198, 18, 128, 2),
+            Ipv4Addr::new(198, 18, 128, 3),
+        );
+        let random = MacAddr([0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
+        let macs = [(a, random)].into_iter().collect();
+        let nodes: Vec<(Ipv4Addr, String)> = ingress_nodes([a, b].into_iter(), &macs)
+            .into_iter()
+            .map(|n| (n.sandbox, n.mac.to_string()))
+            .collect();
+        assert_eq!(
+            nodes,
+            [
+                (a, "0a:1b:2c:3d:4e:5f".to_string()),
+                (b, "02:42:c6:12:80:03".to_string())
+            ]
+        );
     }
 }
