@@ -164,6 +164,23 @@ fn until_state(mg: &Mg, state: &str, limit: Duration) -> Option<Duration> {
     None
 }
 
+/// The state `service ps web` shows for the task at `address` (running,
+/// draining, ejected …), if it is there.
+fn task_state(mg: &Mg, address: &str) -> Option<String> {
+    let (_, out, _) = common::cli_at(&mg.control, &["service", "ps", "web"]);
+    let header = out.lines().next()?;
+    let at = header.find("STATE")?;
+    out.lines().skip(1).find(|l| l.contains(address)).map(|l| {
+        l.get(at..)
+            .unwrap_or("")
+            .split("  ")
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    })
+}
+
 /// A meshgate's drops, events and the XDP program's passes, for a
 /// failure's message.
 fn counters(mg: &Mg) -> String {
@@ -220,6 +237,48 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
     }
 }
 
+/// `docker service scale web=1` under the same load: the two stopping
+/// tasks are drained on both nodes before their stop signal, their
+/// requests in flight finish, and no request fails.
+#[test]
+fn a_scale_down_fails_no_request_through_the_manager_or_a_worker() {
+    let Some((lab, on_worker, on_manager)) = setup() else {
+        return;
+    };
+    let mut lags = (None, None);
+    let seen = under_load(&lab, || {
+        let t0 = Instant::now();
+        lab.docker(Node::Manager, &["service", "scale", "--detach", "web=1"])
+            .unwrap();
+        lags.0 = until_state(&on_manager, "draining", Duration::from_secs(5));
+        lags.1 = until_state(&on_worker, "draining", Duration::from_secs(5)).map(|_| t0.elapsed());
+        for mg in [&on_manager, &on_worker] {
+            wait_until("one task of web left", Duration::from_secs(30), || {
+                let (_, out, _) = common::cli_at(&mg.control, &["service", "ps", "web"]);
+                out.lines().skip(1).count() == 1
+            });
+        }
+    });
+    eprintln!(
+        "scale down: {} short and {} slow requests, the longest short one {:?}; \
+         the manager drained after {:?}, the worker after {:?}",
+        seen.short, seen.slow, seen.longest, lags.0, lags.1
+    );
+    assert!(
+        seen.failures.is_empty(),
+        "{:?}\n{}\n{}",
+        seen.failures,
+        on_manager.log(),
+        on_worker.log()
+    );
+    assert!(seen.short >= 50 && seen.slow >= 12, "{seen:?}");
+    assert!(
+        lags.1.is_some_and(|l| l < Duration::from_secs(1)),
+        "the worker drained after {:?}",
+        lags.1
+    );
+}
+
 #[test]
 fn a_killed_task_costs_a_client_at_most_one_syn_retransmission() {
     let Some((lab, on_worker, on_manager)) = setup() else {
@@ -229,18 +288,67 @@ fn a_killed_task_costs_a_client_at_most_one_syn_retransmission() {
         .docker(Node::Worker, &["ps", "-q", "--filter", "name=web."])
         .unwrap();
     let victim = victim.split_whitespace().next().unwrap().to_string();
+    let victim_addr = lab
+        .docker(
+            Node::Worker,
+            &[
+                "inspect",
+                "--format",
+                "{{.NetworkSettings.Networks.ingress.IPAddress}}",
+                &victim,
+            ],
+        )
+        .unwrap()
+        .trim()
+        .to_string();
+    // What each node shows of the killed task, and when it left the
+    // node's tables (Swarm reports the death; passive health would eject
+    // it, at its third unanswered SYN, had it stayed longer).
+    let mut states: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    let mut gone_after: [Option<Duration>; 2] = [None, None];
     let seen = under_load(&lab, || {
+        let t0 = Instant::now();
         lab.docker(Node::Worker, &["kill", &victim]).unwrap();
-        // Swarm replaces it; meshgate follows.
-        lab.wait_for("a new third task", Duration::from_secs(60), |l| {
-            l.running_tasks("web").unwrap_or(0) == 3
-        })
-        .unwrap();
+        loop {
+            for (i, mg) in [&on_manager, &on_worker].into_iter().enumerate() {
+                let state = task_state(mg, &victim_addr).unwrap_or_else(|| "gone".into());
+                if state == "gone" && gone_after[i].is_none() {
+                    gone_after[i] = Some(t0.elapsed());
+                }
+                if states[i].last() != Some(&state) {
+                    states[i].push(state);
+                }
+            }
+            if lab.running_tasks("web").unwrap_or(0) == 3 && gone_after.iter().all(Option::is_some)
+            {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "no new third task, or the killed one stays: {states:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     });
     eprintln!(
-        "docker kill: {} short and {} slow requests, the longest short one {:?}",
-        seen.short, seen.slow, seen.longest
+        "docker kill: {} short and {} slow requests, the longest short one {:?}; \
+         the killed task on the manager {:?}, gone after {:?}; on the worker {:?}, gone after {:?}",
+        seen.short, seen.slow, seen.longest, states[0], gone_after[0], states[1], gone_after[1]
     );
+    for (node, (s, after)) in ["manager", "worker"]
+        .iter()
+        .zip(states.iter().zip(gone_after))
+    {
+        assert!(
+            s.iter()
+                .all(|st| st == "running" || st.starts_with("ejected") || st == "gone"),
+            "{node}: {s:?}"
+        );
+        assert!(
+            after.is_some_and(|a| a < Duration::from_secs(5)),
+            "{node} kept the killed task {after:?}: {s:?}"
+        );
+    }
     // Requests in flight on the killed task die with it, as they do with
     // Swarm's own mesh: only new connections must not fail.
     let short_failures: Vec<_> = seen
