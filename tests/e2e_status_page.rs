@@ -150,6 +150,14 @@ fn status_page_shows_services_tasks_and_live_rates_in_a_browser() {
         })
         .unwrap();
     assert!(post.starts_with("HTTP/1.0 405"), "{post}");
+    // Not HTTP at all (a request line with a space in its target): refused
+    // as such, not taken for a method.
+    let bad = lab
+        .in_ns(&lab.ingress(), move || {
+            http(addr, "GET /status json HTTP/1.0\r\n\r\n")
+        })
+        .unwrap();
+    assert!(bad.starts_with("HTTP/1.0 400"), "{bad}");
     let json = lab
         .in_ns(&lab.ingress(), move || {
             http(addr, "GET /status.json HTTP/1.0\r\n\r\n")

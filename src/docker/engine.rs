@@ -69,28 +69,29 @@ fn header_end(raw: &[u8]) -> Option<usize> {
     raw.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
-/// Parses the status line and headers of `raw[..end]`.
+/// Parses the status line and headers of `raw[..end]` (httparse: RFC
+/// 9112's grammar, not a hand-written one).
 fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
-    let head = std::str::from_utf8(head).map_err(|_| "header is not UTF-8".to_string())?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(format!("status line `{status_line}` is not HTTP/1.x"));
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut slots);
+    match r.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("the header is incomplete".into()),
+        Err(e) => return Err(format!("the header is not HTTP/1.x: {e}")),
     }
-    let status: u16 = parts
-        .next()
-        .and_then(|s| s.parse().ok())
+    let status = r
+        .code
         .filter(|s| (100..600).contains(s))
-        .ok_or_else(|| format!("status line `{status_line}` has no status code"))?;
-    let mut headers = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| format!("header line `{line}` has no ':'"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
+        .ok_or("the status line has no status code")?;
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| {
+            let v = std::str::from_utf8(h.value)
+                .map_err(|_| format!("header {} is not text", h.name))?;
+            Ok((h.name.to_string(), v.trim().to_string()))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     Ok((status, headers))
 }
 
@@ -99,15 +100,13 @@ fn parse_head(head: &[u8]) -> Result<(u16, Vec<(String, String)>), String> {
 pub fn dechunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     loop {
-        let eol = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size line is not terminated")?;
-        let line = std::str::from_utf8(&body[..eol]).map_err(|_| "chunk size is not text")?;
-        let hex = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(hex, 16)
-            .map_err(|_| format!("chunk size `{hex}` is not hexadecimal"))?;
-        body = &body[eol + 2..];
+        let (used, size) = match httparse::parse_chunk_size(body) {
+            Ok(httparse::Status::Complete(c)) => c,
+            Ok(httparse::Status::Partial) => return Err("chunk size line is not terminated".into()),
+            Err(_) => return Err("chunk size is not hexadecimal".into()),
+        };
+        let size = usize::try_from(size).unwrap_or(usize::MAX);
+        body = &body[used..];
         if size == 0 {
             return Ok(out);
         }

@@ -430,13 +430,14 @@ fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbe
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let line = head
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut words = line.split(' ');
-    let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    // httparse: RFC 9112's request grammar; anything it does not take
+    // whole (malformed, cut, too many headers) is a bad request.
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    let (method, target) = match req.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => (req.method.unwrap_or(""), req.path.unwrap_or("")),
+        _ => ("", ""),
+    };
     let path = target.split('?').next().unwrap_or("");
     let (status, kind, body, extra): (&str, &str, std::borrow::Cow<'_, str>, &str) =
         match (method, path) {
@@ -466,6 +467,12 @@ fn serve_http(mut s: std::net::TcpStream, calls: &Sender<ApiCall>, bell: &Doorbe
                 (status, "application/json", body.into(), "")
             }
             ("GET", _) => ("404 Not Found", "text/plain", "not found\n".into(), ""),
+            ("", _) => (
+                "400 Bad Request",
+                "text/plain",
+                "not an HTTP/1.x request\n".into(),
+                "",
+            ),
             _ => (
                 "405 Method Not Allowed",
                 "text/plain",
