@@ -356,6 +356,130 @@ fn container_facts(
     Some((netns, asks))
 }
 
+/// What the swarm agent keeps between rounds.
+struct SwarmRounds {
+    p: SwarmAgentParams,
+    docker: Docker,
+    request: String,
+    services: Vec<Service>,
+    /// Per container ID: its namespace and whether its label asks.
+    facts_of: BTreeMap<String, (PathBuf, bool)>,
+    targets: Vec<SocketAddr>,
+    started: Instant,
+    /// Return paths a predecessor left for services that no longer
+    /// preserve are removed once, when this node knows which do: at once
+    /// on a manager, on a worker once the managers' word had time to
+    /// arrive (else a takeover would remove what its services still want).
+    cleaned: bool,
+    last_error: Option<String>,
+}
+
+impl SwarmRounds {
+    /// Reads the ingress network and brings the return paths to what it
+    /// and the services want.
+    fn read(&mut self, agent: &mut Agent) {
+        match self.docker.get(&self.request) {
+            Ok(net) => {
+                self.last_error = None;
+                let e = ingress_endpoints(&net);
+                self.learn_nodes(&e);
+                let (want, asks) = self.wanted(&e);
+                agent.set_asks(asks);
+                agent.reconcile(want);
+                self.cleaned |= self.may_clean();
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self.last_error.as_ref() != Some(&msg) {
+                    log::warn!("announcements: reading {}: {msg}", self.request);
+                    self.last_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn may_clean(&self) -> bool {
+        self.p.manager || self.started.elapsed() >= crate::announce::STALE_AFTER
+    }
+
+    /// The swarm's nodes are whom to tell and whom to believe.
+    fn learn_nodes(&mut self, e: &crate::docker::ingress_view::IngressEndpoints) {
+        self.targets = e
+            .sandboxes
+            .iter()
+            .map(|&(_, node)| SocketAddr::from((node, self.p.announce_port)))
+            .collect();
+        if let Some(k) = &self.p.known {
+            k.lock().unwrap_or_else(|e| e.into_inner()).swarm_nodes =
+                e.sandboxes.iter().map(|&(_, node)| node).collect();
+        }
+    }
+
+    /// The return paths this node's tasks want (their service preserves,
+    /// or their container's label asks), and the tasks that ask; removes,
+    /// once, those a predecessor left that nothing wants.
+    fn wanted(
+        &mut self,
+        e: &crate::docker::ingress_view::IngressEndpoints,
+    ) -> (Vec<Plan>, BTreeSet<Ipv4Addr>) {
+        let local = local_preserving_tasks(&self.services, self.p.node);
+        let mut macs = self
+            .p
+            .sandbox_macs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        macs.insert(self.p.own_sandbox.0, self.p.own_sandbox.1);
+        let ingress = ingress_nodes(e.sandboxes.iter().map(|&(sbox, _)| sbox), &macs);
+        let clean_now = !self.cleaned && self.may_clean();
+        let mut want = Vec::new();
+        let mut asks = BTreeSet::new();
+        for (id, addr) in &e.containers {
+            // Every local container once (cached): its label may ask.
+            let Some((netns, asked)) = container_facts(&self.docker, &mut self.facts_of, id) else {
+                continue;
+            };
+            let wanted = match (local.get(addr), asked) {
+                (Some(udp), _) => Some(udp.clone()),
+                (None, true) => Some(udp_ports_of(&self.services, *addr)),
+                (None, false) => None,
+            };
+            if asked {
+                asks.insert(*addr);
+            }
+            match wanted {
+                Some(udp_ports) => want.push(Plan {
+                    netns,
+                    task: *addr,
+                    ingress: ingress.clone(),
+                    udp_ports,
+                }),
+                None if clean_now => {
+                    if let Ok(true) = return_path::remove(&netns) {
+                        log::info!("removed a stale return path from task {addr}");
+                    }
+                }
+                None => {}
+            }
+        }
+        self.facts_of
+            .retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
+        (want, asks)
+    }
+
+    /// Until the next round: a second, or less when a new service list
+    /// comes (a task being drained, a service removed), which is acted on
+    /// and announced at once: workers learn of a drain only from this.
+    fn wait(&mut self, updates: &Receiver<Vec<Service>>, stop: &AtomicBool, round: Instant) {
+        while round.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
+            if let Ok(s) = updates.recv_timeout(Duration::from_millis(50)) {
+                self.services = s;
+                return;
+            }
+        }
+    }
+}
+
 fn run_swarm_agent(
     p: SwarmAgentParams,
     mut agent: Agent,
@@ -363,108 +487,31 @@ fn run_swarm_agent(
     stop: Arc<AtomicBool>,
     keep: Arc<AtomicBool>,
 ) {
-    let docker = Docker::new(&p.docker);
-    let request = format!("/networks/{}?verbose=true", p.ingress_network);
-    let mut services: Vec<Service> = Vec::new();
-    let mut facts_of: BTreeMap<String, (PathBuf, bool)> = BTreeMap::new();
-    let mut targets: Vec<SocketAddr> = Vec::new();
-    // Return paths a predecessor left for services that no longer
-    // preserve are removed once, when this node knows which do: at once on
-    // a manager, on a worker once the managers' word had time to arrive
-    // (else a takeover would remove what its services still want).
-    let started = Instant::now();
-    let mut cleaned = false;
-    let mut last_error: Option<String> = None;
+    let mut r = SwarmRounds {
+        docker: Docker::new(&p.docker),
+        request: format!("/networks/{}?verbose=true", p.ingress_network),
+        p,
+        services: Vec::new(),
+        facts_of: BTreeMap::new(),
+        targets: Vec::new(),
+        started: Instant::now(),
+        cleaned: false,
+        last_error: None,
+    };
     while !stop.load(Ordering::Relaxed) {
         let round = Instant::now();
         if let Some(s) = updates.try_iter().last() {
-            services = s;
+            r.services = s;
         }
-        let local = local_preserving_tasks(&services, p.node);
-        // Every round: the swarm's nodes are whom to tell and whom to
-        // believe, and a manager tells them every second.
-        match docker.get(&request) {
-            Ok(net) => {
-                last_error = None;
-                let e = ingress_endpoints(&net);
-                targets = e
-                    .sandboxes
-                    .iter()
-                    .map(|&(_, node)| SocketAddr::from((node, p.announce_port)))
-                    .collect();
-                if let Some(k) = &p.known {
-                    k.lock().unwrap_or_else(|e| e.into_inner()).swarm_nodes =
-                        e.sandboxes.iter().map(|&(_, node)| node).collect();
-                }
-                let mut macs = p
-                    .sandbox_macs
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                macs.insert(p.own_sandbox.0, p.own_sandbox.1);
-                let ingress = ingress_nodes(e.sandboxes.iter().map(|&(sbox, _)| sbox), &macs);
-                let mut want = Vec::new();
-                let mut asks = BTreeSet::new();
-                for (id, addr) in &e.containers {
-                    let clean_now = !cleaned
-                        && (p.manager || started.elapsed() >= crate::announce::STALE_AFTER);
-                    // Every local container once (cached): its label may
-                    // ask for the client's address.
-                    let Some((netns, asked)) = container_facts(&docker, &mut facts_of, id) else {
-                        continue;
-                    };
-                    let wanted = match (local.get(addr), asked) {
-                        (Some(udp), _) => Some(udp.clone()),
-                        (None, true) => Some(udp_ports_of(&services, *addr)),
-                        (None, false) => None,
-                    };
-                    if asked {
-                        asks.insert(*addr);
-                    }
-                    if let Some(udp_ports) = wanted {
-                        want.push(Plan {
-                            netns,
-                            task: *addr,
-                            ingress: ingress.clone(),
-                            udp_ports,
-                        });
-                    } else if clean_now {
-                        // Left by a meshgate that did not stop cleanly,
-                        // for a service that no longer preserves.
-                        if let Ok(true) = return_path::remove(&netns) {
-                            log::info!("removed a stale return path from task {addr}");
-                        }
-                    }
-                }
-                facts_of.retain(|id, _| e.containers.iter().any(|(c, _)| c == id));
-                agent.set_asks(asks);
-                agent.reconcile(want);
-                cleaned |= p.manager || started.elapsed() >= crate::announce::STALE_AFTER;
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if last_error.as_ref() != Some(&msg) {
-                    log::warn!("announcements: reading {request}: {msg}");
-                    last_error = Some(msg);
-                }
-            }
+        r.read(&mut agent);
+        agent.announce(&r.targets);
+        if r.p.manager {
+            agent.announce_word(&r.targets, word_of(&r.services));
         }
-        agent.announce(&targets);
-        if p.manager {
-            agent.announce_word(&targets, word_of(&services));
-        }
-        // A new service list (a task being drained, a service removed) is
-        // acted on and announced at once, not at the next round: workers
-        // learn of a drain only from this.
-        while round.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
-            if let Ok(s) = updates.recv_timeout(Duration::from_millis(50)) {
-                services = s;
-                break;
-            }
-        }
+        r.wait(&updates, &stop, round);
     }
     if !keep.load(Ordering::Relaxed) {
-        agent.stop(&targets);
+        agent.stop(&r.targets);
     }
 }
 
