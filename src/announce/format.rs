@@ -382,82 +382,92 @@ fn records(content: &Content) -> (Kind, Vec<Vec<u8>>) {
     }
 }
 
+/// A body's bytes, read record by record; running short is malformed.
+struct Reader<'b>(&'b [u8]);
+
+impl<'b> Reader<'b> {
+    fn take(&mut self, n: usize) -> Result<&'b [u8], Refusal> {
+        if self.0.len() < n {
+            return Err(Refusal::Malformed);
+        }
+        let (x, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(x)
+    }
+
+    fn byte(&mut self) -> Result<u8, Refusal> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn addr(&mut self) -> Result<Ipv4Addr, Refusal> {
+        let x = self.take(4)?;
+        Ok(Ipv4Addr::new(x[0], x[1], x[2], x[3]))
+    }
+
+    /// A service record's fields after its tag.
+    fn service(&mut self) -> Result<ServiceWord, Refusal> {
+        let flags = self.byte()?;
+        let len = usize::from(self.byte()?);
+        let name = std::str::from_utf8(self.take(len)?)
+            .map_err(|_| Refusal::Malformed)?
+            .to_string();
+        let n = usize::from(self.byte()?);
+        let mut ports = Vec::with_capacity(n);
+        for _ in 0..n {
+            let p = self.take(5)?;
+            let proto = match p[4] {
+                6 => Protocol::Tcp,
+                17 => Protocol::Udp,
+                _ => return Err(Refusal::Malformed),
+            };
+            let port = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+            ports.push((port(0), port(2), proto));
+        }
+        Ok(ServiceWord {
+            name,
+            ports,
+            client_ip: if flags & 1 != 0 {
+                ClientIp::Preserve
+            } else {
+                ClientIp::Snat
+            },
+            outlier_detection: if flags & 2 != 0 {
+                OutlierDetection::Off
+            } else {
+                OutlierDetection::On
+            },
+            drained: BTreeSet::new(),
+        })
+    }
+}
+
 /// Reads a whole set's records (its parts' bodies in order).
 pub fn parse(kind: Kind, bodies: &[Vec<u8>]) -> Result<Content, Refusal> {
     let mut rp = ReturnPaths::default();
     let mut services: Vec<ServiceWord> = Vec::new();
     for body in bodies {
-        let mut b = body.as_slice();
-        while let Some((&tag, rest)) = b.split_first() {
-            b = rest;
-            let mut take = |n: usize| -> Result<&[u8], Refusal> {
-                if b.len() < n {
-                    return Err(Refusal::Malformed);
-                }
-                let (x, r) = b.split_at(n);
-                b = r;
-                Ok(x)
-            };
-            let addr = |x: &[u8]| Ipv4Addr::new(x[0], x[1], x[2], x[3]);
-            match (kind, tag) {
+        let mut r = Reader(body);
+        while !r.0.is_empty() {
+            match (kind, r.byte()?) {
                 (Kind::ReturnPaths, SANDBOX) => {
-                    rp.sandboxes.insert(addr(take(4)?));
+                    rp.sandboxes.insert(r.addr()?);
                 }
                 (Kind::ReturnPaths, TASK) => {
-                    rp.tasks.insert(addr(take(4)?));
+                    rp.tasks.insert(r.addr()?);
                 }
                 (Kind::ReturnPaths, ASKS) => {
-                    rp.asks.insert(addr(take(4)?));
+                    rp.asks.insert(r.addr()?);
                 }
                 (Kind::ReturnPaths, OWN_SANDBOX) => {
-                    let a = addr(take(4)?);
-                    let m = take(6)?;
-                    rp.own_sandbox = Some((a, MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]])));
+                    let a = r.addr()?;
+                    let m: [u8; 6] = r.take(6)?.try_into().expect("6 bytes");
+                    rp.own_sandbox = Some((a, MacAddr(m)));
                 }
-                (Kind::Services, SERVICE) => {
-                    let flags = take(1)?[0];
-                    let len = usize::from(take(1)?[0]);
-                    let name = std::str::from_utf8(take(len)?)
-                        .map_err(|_| Refusal::Malformed)?
-                        .to_string();
-                    let n = usize::from(take(1)?[0]);
-                    let mut ports = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        let p = take(5)?;
-                        let proto = match p[4] {
-                            6 => Protocol::Tcp,
-                            17 => Protocol::Udp,
-                            _ => return Err(Refusal::Malformed),
-                        };
-                        ports.push((
-                            u16::from_be_bytes([p[0], p[1]]),
-                            u16::from_be_bytes([p[2], p[3]]),
-                            proto,
-                        ));
-                    }
-                    services.push(ServiceWord {
-                        name,
-                        ports,
-                        client_ip: if flags & 1 != 0 {
-                            ClientIp::Preserve
-                        } else {
-                            ClientIp::Snat
-                        },
-                        outlier_detection: if flags & 2 != 0 {
-                            OutlierDetection::Off
-                        } else {
-                            OutlierDetection::On
-                        },
-                        drained: BTreeSet::new(),
-                    });
-                }
+                (Kind::Services, SERVICE) => services.push(r.service()?),
                 (Kind::Services, DRAINED) => {
-                    let a = addr(take(4)?);
-                    services
-                        .last_mut()
-                        .ok_or(Refusal::Malformed)?
-                        .drained
-                        .insert(a);
+                    let a = r.addr()?;
+                    let last = services.last_mut().ok_or(Refusal::Malformed)?;
+                    last.drained.insert(a);
                 }
                 _ => return Err(Refusal::Malformed),
             }
