@@ -3,7 +3,7 @@
 //! views (`ipvs`, `service ls`, `service ps`, `stats --json`) match what the
 //! test counted itself.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;

@@ -2,7 +2,7 @@
 //! the control socket refusing other users, and meshgate running as an
 //! unprivileged user with only the capabilities it documents.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -5,7 +5,7 @@
 //! task, memory stays put, a new client gets in during the flood at its
 //! first retransmissions, and new connections work once it stops.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::io::Write;
 use std::net::TcpStream;

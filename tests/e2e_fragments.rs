@@ -5,7 +5,7 @@
 //! runs and serves its published port; the XDP program counts the later
 //! fragments it passed to the kernel.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! connections no failed request, at most one SYN retransmission each,
 //! and are shown ejected; a connection to the stopping task continues.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::io::Write;
 use std::net::TcpStream;

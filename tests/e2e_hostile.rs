@@ -4,7 +4,7 @@
 //! Also: PMTU discovery through meshgate, ICMP errors of a flow reaching its
 //! client, zero-length and bad-checksum UDP.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::collections::BTreeMap;
 use std::io::Write;

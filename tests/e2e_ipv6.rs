@@ -4,7 +4,7 @@
 //! address) and the answers back to IPv6, while IPv4 clients go on as
 //! before and the kernel keeps answering ping and neighbour discovery.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};

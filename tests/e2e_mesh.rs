@@ -2,7 +2,7 @@
 //! port; meshgate (not the kernel) carries the flows in VXLAN to tasks on
 //! two nodes with real kernel VXLAN devices, and carries the replies back.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;

@@ -14,7 +14,7 @@
 //! away from the ingress node), so without the return path its answers
 //! are lost; with it, each goes back to the sandbox its request came from.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};

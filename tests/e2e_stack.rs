@@ -15,7 +15,7 @@
 //!
 //! Needs root and Docker, as tests/e2e_swarm.rs.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -6,7 +6,7 @@
 //! the page (the picture in the README and docs/operating.md is made this way), 900 CSS pixels wide
 //! unless `MESHGATE_SCREENSHOT_WIDTH` says otherwise (390: a phone).
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

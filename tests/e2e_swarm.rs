@@ -7,7 +7,7 @@
 //! busybox-static). Without Docker the test fails and says so, unless
 //! MESHGATE_SKIP_DOCKER=1 opts out explicitly.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use common::swarm::{Mg, swarm_config, wait_until};
 

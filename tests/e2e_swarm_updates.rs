@@ -14,7 +14,7 @@
 //! Needs root and Docker, as `e2e_swarm` does. Prints the lags it
 //! measures (docs/swarm.md quotes them).
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

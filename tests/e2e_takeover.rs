@@ -1,7 +1,7 @@
 //! Takeovers in the lab: a new meshgate replaces a running one while
 //! clients talk through it, and no connection notices more than a pause.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -2,7 +2,7 @@
 //! AF_XDP reflector (`meshgate-pktgen reflect`) on a veth pair; what is
 //! sent comes back, is counted, and carries its send time.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

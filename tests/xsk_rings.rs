@@ -1,7 +1,7 @@
 //! The AF_XDP rings against a real socket (copy mode on a veth pair): what
 //! the fast path relies on, checked where the kernel is on the other side.
 
-mod common;
+use meshgate_testkit::harness as common;
 
 use std::time::{Duration, Instant};
 

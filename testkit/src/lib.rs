@@ -1,5 +1,6 @@
 //! meshgate's test support, kept out of the shipped crate: the namespace
-//! labs ([`lab`], [`swarm_lab`]), the pipeline's fixture frames and tables
+//! labs ([`lab`], [`swarm_lab`]) and a meshgate process beside them
+//! ([`harness`]), the pipeline's fixture frames and tables
 //! ([`fixtures`]), the announcement key file ([`keys`]), recorded Docker answers ([`docker`]), a headless
 //! browser for the status page ([`browser`]) and the programs
 //! only the benchmark and the labs load ([`programs`]). A dev-dependency of
@@ -14,6 +15,7 @@
 pub mod browser;
 pub mod docker;
 pub mod fixtures;
+pub mod harness;
 pub mod keys;
 pub mod lab;
 pub mod programs;

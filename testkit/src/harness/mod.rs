@@ -1,14 +1,31 @@
-//! Shared helpers of the end-to-end tests: privilege checks and a running
-//! `meshgate` process in a lab's ingress namespace.
-#![allow(dead_code)]
+//! What the end-to-end tests share (`use meshgate_testkit::harness as
+//! common;`): privilege checks and a running `meshgate` process in a
+//! lab's ingress namespace ([`swarm`]: beside a real swarm).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use meshgate_testkit::lab::{self, Lab};
+use crate::lab::{self, Lab};
 
 pub mod swarm;
+
+/// The `meshgate` binary cargo built for the tests that run now: beside
+/// their own binary's `deps/` directory.
+pub fn meshgate_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("meshgate");
+    assert!(
+        bin.exists(),
+        "{} is not built: run the tests through cargo test, which builds it",
+        bin.display()
+    );
+    bin
+}
 
 /// True when the test may run. Lab tests need root (namespaces, XDP,
 /// AF_XDP); without it they fail with a message, unless
@@ -30,7 +47,7 @@ pub fn privileged() -> bool {
 /// installed. Without them the test fails and names what is missing,
 /// unless MESHGATE_SKIP_DOCKER=1 opts out explicitly.
 pub fn docker_available() -> bool {
-    let missing = meshgate_testkit::swarm_lab::missing_tools();
+    let missing = crate::swarm_lab::missing_tools();
     if missing.is_empty() {
         return true;
     }
@@ -88,7 +105,7 @@ pub fn default_lab() -> Option<(Lab, lab::Servers)> {
 
 /// Runs `meshgate ARGS --control SOCKET`; returns (success, stdout, stderr).
 pub fn cli_at(control: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    let out = Command::new(meshgate_bin())
         .args(args)
         .arg("--control")
         .arg(control)
@@ -147,7 +164,7 @@ impl Meshgate {
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ingress()])
             .args(wrapper)
-            .arg(env!("CARGO_BIN_EXE_meshgate"))
+            .arg(meshgate_bin())
             .args(["run", "--config"])
             .arg(&cfg)
             .arg("--stats-file")
@@ -326,7 +343,7 @@ pub fn inject(ns: &str, dev: &str, frames: Vec<Vec<u8>>) {
     let ns = ns.to_string();
     let dev = dev.to_string();
     std::thread::spawn(move || {
-        meshgate_testkit::lab::enter_ns(&ns).unwrap();
+        crate::lab::enter_ns(&ns).unwrap();
         let mut xsk = meshgate::xdp::Xsk::open(&meshgate::xdp::XskConfig {
             ifname: dev,
             queues: vec![0],

@@ -1,11 +1,11 @@
-//! A meshgate beside a real swarm's dockerds (`meshgate_testkit::swarm_lab`):
+//! A meshgate beside a real swarm's dockerds (`crate::swarm_lab`):
 //! the process, its configuration from a node's own socket, and waiting.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use meshgate_testkit::swarm_lab::{Node, SwarmLab};
+use crate::swarm_lab::{Node, SwarmLab};
 
 /// `meshgate run --swarm` in the manager's namespace; killed if dropped.
 pub struct Mg {
@@ -58,7 +58,7 @@ impl Mg {
         let control = lab.dir.join(format!("control-{node}.sock"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(env!("CARGO_BIN_EXE_meshgate"))
+            .arg(super::meshgate_bin())
             .arg("run")
             .args(args)
             .arg("--control")
@@ -175,7 +175,7 @@ pub fn swarm_config(lab: &SwarmLab, node: Node, name: &str, extra: &str) -> Path
 pub fn announce_key(lab: &SwarmLab) -> PathBuf {
     let path = lab.dir.join("announce.key");
     if !path.exists() {
-        std::mem::forget(meshgate_testkit::keys::KeyFile::create(&path).unwrap());
+        std::mem::forget(crate::keys::KeyFile::create(&path).unwrap());
     }
     path
 }
