@@ -9,16 +9,27 @@
 use super::bpf::Insn;
 use std::collections::HashMap;
 
+/// Register 0: helpers' and the program's return value.
 pub const R0: u8 = 0;
+/// Register 1: the context at entry; a helper's first argument.
 pub const R1: u8 = 1;
+/// Register 2: a helper's second argument.
 pub const R2: u8 = 2;
+/// Register 3: a helper's third argument.
 pub const R3: u8 = 3;
+/// Register 4: a helper's fourth argument.
 pub const R4: u8 = 4;
+/// Register 5: a helper's fifth argument.
 pub const R5: u8 = 5;
+/// Register 6: callee-saved (kept across helper calls).
 pub const R6: u8 = 6;
+/// Register 7: callee-saved.
 pub const R7: u8 = 7;
+/// Register 8: callee-saved.
 pub const R8: u8 = 8;
+/// Register 9: callee-saved.
 pub const R9: u8 = 9;
+/// Register 10: the read-only frame pointer (the stack grows down from it).
 pub const R10: u8 = 10;
 
 // Classes.
@@ -29,9 +40,13 @@ const JMP: u8 = 0x05;
 const JMP32: u8 = 0x06;
 const ALU64: u8 = 0x07;
 // Sizes and modes.
+/// Access size: 4 bytes (word).
 pub const W: u8 = 0x00;
+/// Access size: 2 bytes (half word).
 pub const H: u8 = 0x08;
+/// Access size: 1 byte.
 pub const B: u8 = 0x10;
+/// Access size: 8 bytes (double word).
 pub const DW: u8 = 0x18;
 const MEM: u8 = 0x60;
 const IMM: u8 = 0x00;
@@ -42,24 +57,38 @@ const X: u8 = 0x08;
 /// ALU operations.
 #[derive(Debug, Clone, Copy)]
 pub enum Alu {
+    /// dst += src
     Add = 0x00,
+    /// dst -= src
     Sub = 0x10,
+    /// dst *= src
     Mul = 0x20,
+    /// dst |= src
     Or = 0x40,
+    /// dst &= src
     And = 0x50,
+    /// dst <<= src
     Lsh = 0x60,
+    /// dst >>= src (logical)
     Rsh = 0x70,
+    /// dst %= src
     Mod = 0x90,
+    /// dst ^= src
     Xor = 0xa0,
+    /// dst = src
     Mov = 0xb0,
 }
 
 /// Jump conditions.
 #[derive(Debug, Clone, Copy)]
 pub enum Jmp {
+    /// Jump when dst == src.
     Eq = 0x10,
+    /// Jump when dst > src (unsigned).
     Gt = 0x20,
+    /// Jump when dst != src.
     Ne = 0x50,
+    /// Jump when dst < src (unsigned).
     Lt = 0xa0,
 }
 
@@ -68,15 +97,23 @@ const PSEUDO_MAP_FD: u8 = 1;
 
 /// Helper function ids.
 pub mod helper {
+    /// `bpf_map_lookup_elem(map, key)`: a pointer to the value, or 0.
     pub const MAP_LOOKUP_ELEM: i32 = 1;
+    /// `bpf_map_update_elem(map, key, value, flags)`.
     pub const MAP_UPDATE_ELEM: i32 = 2;
+    /// `bpf_ktime_get_ns()`: monotonic nanoseconds.
     pub const KTIME_GET_NS: i32 = 5;
+    /// `bpf_get_hash_recalc(skb)` (tc programs).
     pub const GET_HASH_RECALC: i32 = 34;
+    /// `bpf_set_hash_invalid(skb)` (tc programs).
     pub const SET_HASH_INVALID: i32 = 41;
+    /// `bpf_redirect_map(map, key, flags)`: to an XSKMAP's socket.
     pub const REDIRECT_MAP: i32 = 51;
 }
 
 #[derive(Default)]
+/// A program being assembled: its instructions, labels and the jumps
+/// that wait for a label's place.
 pub struct Asm {
     insns: Vec<Insn>,
     labels: HashMap<&'static str, usize>,
@@ -93,6 +130,7 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 }
 
 impl Asm {
+    /// An empty program.
     pub fn new() -> Self {
         Self::default()
     }
@@ -175,11 +213,13 @@ impl Asm {
         self
     }
 
+    /// Calls helper `helper` ([`helper`]); arguments in r1–r5, result in r0.
     pub fn call(&mut self, helper: i32) -> &mut Self {
         self.insns.push(insn(JMP | 0x80, 0, 0, 0, helper));
         self
     }
 
+    /// Returns r0.
     pub fn exit(&mut self) -> &mut Self {
         self.insns.push(insn(JMP | 0x90, 0, 0, 0, 0));
         self

@@ -25,30 +25,46 @@ mod cmd {
 
 /// `bpf_map_type` values meshgate uses.
 pub mod map_type {
+    /// `BPF_MAP_TYPE_HASH`.
     pub const HASH: u32 = 1;
+    /// `BPF_MAP_TYPE_ARRAY`.
     pub const ARRAY: u32 = 2;
+    /// `BPF_MAP_TYPE_PERCPU_ARRAY`: one value per CPU, no atomics needed.
     pub const PERCPU_ARRAY: u32 = 6;
+    /// `BPF_MAP_TYPE_LRU_HASH`: full, it evicts the least recently used.
     pub const LRU_HASH: u32 = 9;
+    /// `BPF_MAP_TYPE_XSKMAP`: queue index to AF_XDP socket.
     pub const XSKMAP: u32 = 17;
 }
 
+/// `BPF_PROG_TYPE_SCHED_CLS`: a tc (here tcx) program.
 pub const PROG_TYPE_SCHED_CLS: u32 = 3;
+/// `BPF_PROG_TYPE_XDP`.
 pub const PROG_TYPE_XDP: u32 = 6;
+/// `BPF_XDP`: the expected attach type of an XDP program.
 pub const ATTACH_TYPE_XDP: u32 = 37;
+/// `BPF_TCX_EGRESS`.
 pub const ATTACH_TYPE_TCX_EGRESS: u32 = 47;
 
 /// `XDP_FLAGS_*` for attaching.
 pub mod xdp_flags {
+    /// `XDP_FLAGS_SKB_MODE`: generic XDP, after the kernel built an skb.
     pub const SKB_MODE: u32 = 1 << 1;
+    /// `XDP_FLAGS_DRV_MODE`: native XDP, in the driver.
     pub const DRV_MODE: u32 = 1 << 2;
 }
 
 /// XDP actions.
 pub mod action {
+    /// `XDP_ABORTED`: dropped, and traced as an error.
     pub const ABORTED: u32 = 0;
+    /// `XDP_DROP`.
     pub const DROP: u32 = 1;
+    /// `XDP_PASS`: to the kernel's stack.
     pub const PASS: u32 = 2;
+    /// `XDP_TX`: back out of the same interface.
     pub const TX: u32 = 3;
+    /// `XDP_REDIRECT`: to where a redirect helper said.
     pub const REDIRECT: u32 = 4;
 }
 
@@ -56,6 +72,7 @@ pub mod action {
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}{hint}")]
 pub struct BpfError {
+    /// What meshgate was doing.
     pub what: String,
     /// Part of the message, not a `#[source]`, so that it is printed once.
     pub source: std::io::Error,
@@ -169,6 +186,8 @@ pub struct Map {
 }
 
 impl Map {
+    /// Creates a map (`BPF_MAP_CREATE`) of `map_type` ([`map_type`]) named
+    /// `name` (as `bpftool map` shows it).
     pub fn create(
         map_type: u32,
         key_size: u32,
@@ -193,6 +212,7 @@ impl Map {
         })
     }
 
+    /// The map's descriptor (for a program's `BPF_PSEUDO_MAP_FD`).
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -303,10 +323,13 @@ pub struct Program {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(C)]
 pub struct Insn {
+    /// The opcode: class, size or operation, mode or source.
     pub code: u8,
     /// dst register in the low nibble, src in the high one.
     pub regs: u8,
+    /// The offset: of a memory access, or of a jump in instructions.
     pub off: i16,
+    /// The immediate.
     pub imm: i32,
 }
 
@@ -419,6 +442,7 @@ impl Program {
         Err(e)
     }
 
+    /// The program's descriptor.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -446,6 +470,7 @@ impl Program {
         })
     }
 
+    /// The name it was loaded with.
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -524,6 +549,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// The link's descriptor.
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }

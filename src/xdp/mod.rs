@@ -6,6 +6,7 @@
 //! Every `unsafe` block carries a `// SAFETY:` comment. The rest of meshgate
 //! sees safe types only: [`umem::FrameToken`]s that own UMEM frames, and
 //! [`port::Port`]s that move them through a queue's rings.
+#![warn(missing_docs)]
 #![allow(unsafe_code)]
 
 pub mod asm;

@@ -34,19 +34,29 @@ use super::umem::{FrameToken, Umem};
 pub enum BindMode {
     /// Zero-copy when the driver supports it, else copy.
     Auto,
+    /// Copy mode: the kernel copies each frame to and from the UMEM.
     Copy,
+    /// Zero-copy: the driver reads and writes the UMEM itself; fails where
+    /// the driver cannot.
     ZeroCopy,
 }
 
 /// What to open.
 #[derive(Debug, Clone)]
 pub struct XskConfig {
+    /// The interface.
     pub ifname: String,
+    /// Its queues, one socket each.
     pub queues: Vec<u32>,
+    /// UMEM frames per queue (a power of two).
     pub frames_per_queue: u32,
+    /// Bytes per UMEM frame.
     pub frame_size: u32,
+    /// Descriptors per ring (fill, completion, RX, TX).
     pub ring_size: u32,
+    /// How to bind.
     pub mode: BindMode,
+    /// Back the UMEM with huge pages when the system has them.
     pub huge_pages: bool,
 }
 
@@ -54,9 +64,11 @@ pub struct XskConfig {
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}{hint}")]
 pub struct XskError {
+    /// What meshgate was doing.
     pub what: String,
     /// Part of the message, not a `#[source]`, so that it is printed once.
     pub source: io::Error,
+    /// How to fix it, prefixed with a newline; empty when there is no hint.
     pub hint: String,
 }
 
@@ -78,6 +90,7 @@ impl XskError {
     }
 }
 
+/// An error number from xdpilone or the standard library, as one type.
 pub struct ErrnoLike(io::Error);
 
 impl From<xdpilone::Errno> for ErrnoLike {
@@ -95,11 +108,17 @@ impl From<io::Error> for ErrnoLike {
 /// Kernel statistics of one socket.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct XskStats {
+    /// Frames dropped for any other reason than the ones below.
     pub rx_dropped: u64,
+    /// RX descriptors the kernel found invalid.
     pub rx_invalid_descs: u64,
+    /// TX descriptors the kernel found invalid.
     pub tx_invalid_descs: u64,
+    /// Frames dropped because the RX ring was full.
     pub rx_ring_full: u64,
+    /// Times the fill ring had no frame for an arriving frame.
     pub rx_fill_ring_empty_descs: u64,
+    /// Times the kernel went to send and found the TX ring empty.
     pub tx_ring_empty_descs: u64,
 }
 
@@ -120,9 +139,13 @@ pub struct Port {
 
 /// The sockets of all queues, their UMEM, and each queue's initial frames.
 pub struct Xsk {
+    /// The UMEM every socket shares.
     pub umem: Arc<Umem>,
+    /// One per queue, in `XskConfig::queues` order.
     pub ports: Vec<Port>,
+    /// Each queue's share of the frames, not yet on any ring.
     pub initial: Vec<Vec<FrameToken>>,
+    /// Whether the sockets bound in zero-copy mode.
     pub zero_copy: bool,
 }
 
@@ -267,10 +290,12 @@ impl Xsk {
 }
 
 impl Port {
+    /// The queue this socket serves.
     pub fn queue(&self) -> u32 {
         self.queue
     }
 
+    /// The UMEM its frames live in.
     pub fn umem(&self) -> &Arc<Umem> {
         &self.umem
     }
@@ -406,6 +431,7 @@ impl Port {
         self.fq.needs_wakeup()
     }
 
+    /// The kernel's statistics of this socket (zeros when it cannot say).
     pub fn stats(&self) -> XskStats {
         match self.user.statistics_v2() {
             Ok(s) => XskStats {

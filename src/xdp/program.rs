@@ -55,14 +55,18 @@ use crate::wire::MacAddr;
 /// Parameters of the ingress program.
 #[derive(Debug, Clone, Copy)]
 pub struct IngressParams {
+    /// The node's address: published ports are on it.
     pub node_addr: Ipv4Addr,
     /// Published ports answer IPv6 clients here too (`node.address6`).
     pub node_addr6: Option<std::net::Ipv6Addr>,
+    /// The ingress sandbox's address on the overlay: replies come to it.
     pub overlay_addr: Ipv4Addr,
     /// The sandbox's MAC on the overlay: replies routed to the sandbox
     /// carry it, whatever their destination address.
     pub overlay_mac: MacAddr,
+    /// The ingress overlay's VXLAN network identifier.
     pub vni: u32,
+    /// The VXLAN UDP port (4789).
     pub vxlan_port: u16,
     /// Size of the socket map: the highest queue id + 1.
     pub queues: u32,
@@ -88,6 +92,7 @@ pub const VLAN_TAG_KFUNC: &str = "bpf_xdp_metadata_rx_vlan_tag";
 /// The programs' names, as the kernel keeps them: a restarted meshgate
 /// replaces only programs of these names.
 pub const INGRESS_NAME: &str = "meshgate_in";
+/// The capture program's name (the sandbox's, the tools').
 pub const CAPTURE_NAME: &str = "meshgate_cap";
 
 /// Largest number of published (protocol, port) pairs.
@@ -799,9 +804,13 @@ pub fn budget_value(new_per_second: u32) -> [u8; 16] {
 /// The ingress program with its maps.
 #[derive(Debug)]
 pub struct IngressProgram {
+    /// The loaded program.
     pub prog: Program,
+    /// Queue to AF_XDP socket.
     pub xsks: Map,
+    /// Published (protocol, port) pairs.
     pub ports: Map,
+    /// Frames passed to the kernel, by reason (per CPU).
     pub counters: Map,
     /// The SYN budget ([`budget_value`]), one entry, changed live.
     pub budget: Map,
@@ -816,6 +825,8 @@ pub struct IngressProgram {
 }
 
 impl IngressProgram {
+    /// Creates the maps and loads the program for `p`; the verifier's log
+    /// is in the error when it refuses.
     pub fn load(p: &IngressParams) -> Result<IngressProgram, BpfError> {
         let xsks = Map::create(map_type::XSKMAP, 4, 4, p.queues.max(1), "mg_xsks")?;
         let ports = Map::create(map_type::HASH, 4, 4, MAX_PORTS, "mg_ports")?;
@@ -935,6 +946,7 @@ impl IngressProgram {
             .update(&port_key(protocol, port), &1u32.to_ne_bytes())
     }
 
+    /// Unpublishes (protocol, port); false when it was not published.
     pub fn remove_port(&self, protocol: u8, port: u16) -> Result<bool, BpfError> {
         self.ports.delete(&port_key(protocol, port))
     }
@@ -945,6 +957,7 @@ impl IngressProgram {
             .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
 
+    /// Attaches the program to `ifindex` with `flags` ([`bpf::xdp_flags`]).
     pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
         self.prog.attach_xdp(ifindex, flags, ifname)
     }
@@ -959,7 +972,9 @@ impl IngressProgram {
 /// MAC).
 #[derive(Debug)]
 pub struct CaptureProgram {
+    /// The loaded program.
     pub prog: Program,
+    /// Queue to AF_XDP socket.
     pub xsks: Map,
 }
 
@@ -991,11 +1006,13 @@ impl CaptureProgram {
         Ok(CaptureProgram { prog, xsks })
     }
 
+    /// Routes queue `queue`'s captured frames to the AF_XDP socket `fd`.
     pub fn register_socket(&self, queue: u32, fd: RawFd) -> Result<(), BpfError> {
         self.xsks
             .update(&queue.to_ne_bytes(), &(fd as u32).to_ne_bytes())
     }
 
+    /// Attaches the program to `ifindex` with `flags` ([`bpf::xdp_flags`]).
     pub fn attach(&self, ifindex: u32, flags: u32, ifname: &str) -> Result<Link, BpfError> {
         self.prog.attach_xdp(ifindex, flags, ifname)
     }

@@ -13,6 +13,8 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::ptr::NonNull;
 
+/// A file mapped shared into memory: what is written to it is in the
+/// file however the process ends (the crash journal).
 pub struct SharedFile {
     ptr: NonNull<u8>,
     len: usize,
@@ -73,10 +75,12 @@ impl SharedFile {
         Ok(shared)
     }
 
+    /// The mapping's length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Whether the mapping is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -34,10 +34,12 @@ impl FrameToken {
         self.addr
     }
 
+    /// The frame's data length.
     pub fn len(&self) -> u32 {
         self.len
     }
 
+    /// Whether the frame holds no data.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -162,14 +164,17 @@ impl Umem {
         })
     }
 
+    /// Bytes per frame.
     pub fn frame_size(&self) -> u32 {
         self.frame_size
     }
 
+    /// Frames in the UMEM.
     pub fn frames(&self) -> u32 {
         self.frames
     }
 
+    /// Whether huge pages back it.
     pub fn huge_pages(&self) -> bool {
         self.area.huge
     }
