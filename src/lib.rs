@@ -18,7 +18,7 @@
 //! node, the XDP programs' places on their interfaces, which outlive the
 //! process, and the takeover of a running meshgate by a new one). [`return_path`] installs, in a task's namespace on its node, the
 //! way back to the ingress node for services that preserve the client's
-//! address, and [`mesh`] is what the nodes' meshgates tell each other
+//! address, and [`announce`] is what the nodes' meshgates tell each other
 //! about those ways back. `docs/architecture.md`
 //! shows a packet's path through them. Test support (labs, fixtures,
 //! benchmark programs, the demo and the benchmark driver) lives in the

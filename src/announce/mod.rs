@@ -22,7 +22,7 @@
 //!   guessing from Docker's `DOCKER-INGRESS` rules (`docker::ingress_view`).
 //!
 //! Every datagram is signed with a key every node shares (HMAC-SHA-256,
-//! [`format`]), carries its sender's epoch and sequence number against
+//! [`format`](mod@format)), carries its sender's epoch and sequence number against
 //! replay, and stays under [`format::MAX_DATAGRAM`] bytes, a large set
 //! being split. Without a key nothing is sent or believed: every task gets
 //! SNAT and workers read the rules. [`verify`] says in which order a

@@ -13,42 +13,61 @@ use std::net::Ipv4Addr;
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::Range;
+    /// The hardware type field.
     pub const HTYPE: Range<usize> = 0..2;
+    /// The protocol type field.
     pub const PTYPE: Range<usize> = 2..4;
+    /// The hardware address length field.
     pub const HLEN: usize = 4;
+    /// The protocol address length field.
     pub const PLEN: usize = 5;
+    /// The operation field.
     pub const OPER: Range<usize> = 6..8;
     // For hlen 6, plen 4:
+    /// The sender's hardware address field.
     pub const SHA: Range<usize> = 8..14;
+    /// The sender's protocol address field.
     pub const SPA: Range<usize> = 14..18;
+    /// The target's hardware address field.
     pub const THA: Range<usize> = 18..24;
+    /// The target's protocol address field.
     pub const TPA: Range<usize> = 24..28;
 }
 
 /// Length of an Ethernet/IPv4 ARP packet.
 pub const PACKET_LEN: usize = 28;
 
+/// ARP operations (RFC 826).
 pub mod operation {
+    /// Who has this protocol address?
     pub const REQUEST: u16 = 1;
+    /// This one.
     pub const REPLY: u16 = 2;
 }
 
 #[derive(Debug, Clone)]
+/// An ARP header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < 8 {
@@ -61,31 +80,37 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The hardware type field.
     pub fn hardware_type(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::HTYPE])
     }
 
     #[inline]
+    /// The protocol type field.
     pub fn protocol_type(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::PTYPE])
     }
 
     #[inline]
+    /// The hardware length field.
     pub fn hardware_len(&self) -> u8 {
         self.buffer.as_ref()[field::HLEN]
     }
 
     #[inline]
+    /// The protocol length field.
     pub fn protocol_len(&self) -> u8 {
         self.buffer.as_ref()[field::PLEN]
     }
 
     #[inline]
+    /// The operation field ([`operation`]).
     pub fn operation(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::OPER])
     }
@@ -118,14 +143,20 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// An Ethernet/IPv4 ARP message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The operation ([`operation`]).
     pub operation: u16,
+    /// The sender's hardware address.
     pub source_hardware_addr: MacAddr,
+    /// The sender's protocol address.
     pub source_protocol_addr: Ipv4Addr,
+    /// The target's hardware address.
     pub target_hardware_addr: MacAddr,
+    /// The target's protocol address.
     pub target_protocol_addr: Ipv4Addr,
 }
 
 impl Repr {
+    /// Reads an ARP header into its fields, checking what the format requires.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         p.check_len()?;
         if !p.is_eth_ipv4() {
@@ -140,10 +171,12 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         PACKET_LEN
     }
 
+    /// Writes these fields into `p`.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         p.set(field::HTYPE, &1u16.to_be_bytes());
         p.set(

@@ -12,7 +12,9 @@ use std::str::FromStr;
 pub struct MacAddr(pub [u8; 6]);
 
 impl MacAddr {
+    /// ff:ff:ff:ff:ff:ff.
     pub const BROADCAST: MacAddr = MacAddr([0xff; 6]);
+    /// 00:00:00:00:00:00: no address.
     pub const ZERO: MacAddr = MacAddr([0; 6]);
 
     /// Docker's convention for container MACs: `02:42` followed by the four
@@ -22,14 +24,17 @@ impl MacAddr {
         MacAddr([0x02, 0x42, o[0], o[1], o[2], o[3]])
     }
 
+    /// Whether this is ff:ff:ff:ff:ff:ff.
     pub fn is_broadcast(&self) -> bool {
         *self == Self::BROADCAST
     }
 
+    /// Whether the group bit (the lowest bit of the first byte) is set.
     pub fn is_multicast(&self) -> bool {
         self.0[0] & 1 != 0
     }
 
+    /// Neither multicast nor broadcast.
     pub fn is_unicast(&self) -> bool {
         !self.is_multicast()
     }
@@ -80,19 +85,28 @@ impl FromStr for MacAddr {
 
 /// EtherType values meshgate cares about.
 pub mod ethertype {
+    /// IPv4.
     pub const IPV4: u16 = 0x0800;
+    /// ARP.
     pub const ARP: u16 = 0x0806;
+    /// An 802.1Q VLAN tag.
     pub const VLAN: u16 = 0x8100;
+    /// An 802.1ad (QinQ) service tag.
     pub const QINQ: u16 = 0x88a8;
+    /// IPv6.
     pub const IPV6: u16 = 0x86dd;
 }
 
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::{Range, RangeFrom};
+    /// The destination field.
     pub const DST: Range<usize> = 0..6;
+    /// The source field.
     pub const SRC: Range<usize> = 6..12;
+    /// The EtherType field.
     pub const ETHERTYPE: Range<usize> = 12..14;
+    /// The payload field.
     pub const PAYLOAD: RangeFrom<usize> = 14..;
 }
 
@@ -106,16 +120,21 @@ pub struct Frame<T: AsRef<[u8]>> {
 }
 
 impl<T: AsRef<[u8]>> Frame<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Frame { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let f = Self::new_unchecked(buffer);
         f.check_len()?;
         Ok(f)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -123,11 +142,13 @@ impl<T: AsRef<[u8]>> Frame<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The destination address field.
     pub fn dst_addr(&self) -> MacAddr {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::DST]);
@@ -135,6 +156,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     #[inline]
+    /// The source address field.
     pub fn src_addr(&self) -> MacAddr {
         let mut m = [0; 6];
         m.copy_from_slice(&self.buffer.as_ref()[field::SRC]);
@@ -142,12 +164,14 @@ impl<T: AsRef<[u8]>> Frame<T> {
     }
 
     #[inline]
+    /// The EtherType of the payload field ([`ethertype`]).
     pub fn ethertype(&self) -> u16 {
         let b = &self.buffer.as_ref()[field::ETHERTYPE];
         u16::from_be_bytes([b[0], b[1]])
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[field::PAYLOAD]
     }
@@ -155,21 +179,25 @@ impl<T: AsRef<[u8]>> Frame<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     #[inline]
+    /// Sets the destination address field.
     pub fn set_dst_addr(&mut self, a: MacAddr) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&a.0)
     }
 
     #[inline]
+    /// Sets the source address field.
     pub fn set_src_addr(&mut self, a: MacAddr) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&a.0)
     }
 
     #[inline]
+    /// Sets the EtherType of the payload field ([`ethertype`]).
     pub fn set_ethertype(&mut self, t: u16) {
         self.buffer.as_mut()[field::ETHERTYPE].copy_from_slice(&t.to_be_bytes())
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::PAYLOAD]
     }
@@ -178,12 +206,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
 /// High-level description of an Ethernet II header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source address.
     pub src: MacAddr,
+    /// The destination address.
     pub dst: MacAddr,
+    /// The EtherType of the payload ([`ethertype`]).
     pub ethertype: u16,
 }
 
 impl Repr {
+    /// Reads an Ethernet header into its fields, checking what the format requires.
     pub fn parse<T: AsRef<[u8]>>(frame: &Frame<T>) -> Result<Repr> {
         frame.check_len()?;
         Ok(Repr {
@@ -193,6 +225,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

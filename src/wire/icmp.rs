@@ -13,50 +13,74 @@ use super::{Error, Result};
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::{Range, RangeFrom};
+    /// The type field.
     pub const TYPE: usize = 0;
+    /// The code field.
     pub const CODE: usize = 1;
+    /// The checksum field.
     pub const CHECKSUM: Range<usize> = 2..4;
+    /// The identification field.
     pub const IDENT: Range<usize> = 4..6;
+    /// The sequence field.
     pub const SEQ: Range<usize> = 6..8;
+    /// The MTU field.
     pub const MTU: Range<usize> = 6..8;
+    /// The data field.
     pub const DATA: RangeFrom<usize> = 8..;
 }
 
+/// The header's length in bytes.
 pub const HEADER_LEN: usize = 8;
 
 /// Message types.
 pub mod msg_type {
+    /// Echo reply.
     pub const ECHO_REPLY: u8 = 0;
+    /// Destination unreachable.
     pub const DST_UNREACHABLE: u8 = 3;
+    /// Echo request (ping).
     pub const ECHO_REQUEST: u8 = 8;
+    /// Time exceeded.
     pub const TIME_EXCEEDED: u8 = 11;
 }
 
 /// Codes of "destination unreachable".
 pub mod unreachable {
+    /// Network unreachable.
     pub const NET: u8 = 0;
+    /// Host unreachable.
     pub const HOST: u8 = 1;
+    /// Protocol unreachable.
     pub const PROTOCOL: u8 = 2;
+    /// Port unreachable.
     pub const PORT: u8 = 3;
+    /// Fragmentation needed and DF set: the next-hop MTU follows (RFC 1191).
     pub const FRAG_NEEDED: u8 = 4;
 }
 
 #[derive(Debug, Clone)]
+/// An ICMP header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -64,31 +88,37 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The message type field.
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
 
     #[inline]
+    /// The code field.
     pub fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     #[inline]
+    /// The checksum field.
     pub fn checksum(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     #[inline]
+    /// The echo identification field.
     pub fn echo_ident(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::IDENT])
     }
 
     #[inline]
+    /// The echo sequence field.
     pub fn echo_seq(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::SEQ])
     }
@@ -100,10 +130,12 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[field::DATA]
     }
 
+    /// Whether the checksum is right.
     pub fn verify_checksum(&self) -> bool {
         checksum::data(self.buffer.as_ref()) == 0xffff
     }
@@ -111,26 +143,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
+    /// Sets the message type field.
     pub fn set_msg_type(&mut self, v: u8) {
         self.buffer.as_mut()[field::TYPE] = v;
     }
 
     #[inline]
+    /// Sets the code field.
     pub fn set_code(&mut self, v: u8) {
         self.buffer.as_mut()[field::CODE] = v;
     }
 
     #[inline]
+    /// Sets the checksum field.
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the echo identification field.
     pub fn set_echo_ident(&mut self, v: u16) {
         self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the echo sequence field.
     pub fn set_echo_seq(&mut self, v: u16) {
         self.buffer.as_mut()[field::SEQ].copy_from_slice(&v.to_be_bytes())
     }
@@ -146,10 +183,12 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::DATA]
     }
 
+    /// Computes the checksum and writes it.
     pub fn fill_checksum(&mut self) {
         self.set_checksum(0);
         let c = checksum::checksum(self.buffer.as_ref());
@@ -160,30 +199,45 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// High-level description of the ICMP messages meshgate reads or writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repr {
+    /// An echo request (ping).
     EchoRequest {
+        /// The identification.
         ident: u16,
+        /// The sequence number.
         seq: u16,
+        /// The length of the data after the header.
         data_len: usize,
     },
+    /// An echo reply.
     EchoReply {
+        /// The identification.
         ident: u16,
+        /// The sequence number.
         seq: u16,
+        /// The length of the data after the header.
         data_len: usize,
     },
     /// Destination unreachable; `data_len` bytes of the offending packet
     /// follow the header.
     DstUnreachable {
+        /// The code.
         code: u8,
+        /// The next-hop MTU (RFC 1191).
         next_hop_mtu: u16,
+        /// The length of the data after the header.
         data_len: usize,
     },
+    /// Time exceeded (a TTL or hop limit ran out on the way).
     TimeExceeded {
+        /// The code.
         code: u8,
+        /// The length of the data after the header.
         data_len: usize,
     },
 }
 
 impl Repr {
+    /// Reads an ICMP header into its fields, checking what the format requires.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         p.check_len()?;
         if !p.verify_checksum() {
@@ -226,6 +280,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub fn buffer_len(&self) -> usize {
         HEADER_LEN
             + match *self {

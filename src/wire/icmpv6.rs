@@ -17,54 +17,80 @@ use super::{Error, Result};
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::{Range, RangeFrom};
+    /// The type field.
     pub const TYPE: usize = 0;
+    /// The code field.
     pub const CODE: usize = 1;
+    /// The checksum field.
     pub const CHECKSUM: Range<usize> = 2..4;
+    /// The identification field.
     pub const IDENT: Range<usize> = 4..6;
+    /// The sequence field.
     pub const SEQ: Range<usize> = 6..8;
     /// Packet Too Big's MTU, Parameter Problem's pointer.
     pub const WORD: Range<usize> = 4..8;
+    /// The data field.
     pub const DATA: RangeFrom<usize> = 8..;
 }
 
+/// The header's length in bytes.
 pub const HEADER_LEN: usize = 8;
 
 /// Message types.
 pub mod msg_type {
+    /// Destination unreachable.
     pub const DST_UNREACHABLE: u8 = 1;
+    /// Packet too big (RFC 4443).
     pub const PACKET_TOO_BIG: u8 = 2;
+    /// Time exceeded.
     pub const TIME_EXCEEDED: u8 = 3;
+    /// Parameter problem.
     pub const PARAM_PROBLEM: u8 = 4;
+    /// Echo request (ping).
     pub const ECHO_REQUEST: u8 = 128;
+    /// Echo reply.
     pub const ECHO_REPLY: u8 = 129;
+    /// Neighbor solicitation (RFC 4861).
     pub const NEIGHBOR_SOLICIT: u8 = 135;
+    /// Neighbor advertisement (RFC 4861).
     pub const NEIGHBOR_ADVERT: u8 = 136;
 }
 
 /// Codes of "destination unreachable".
 pub mod unreachable {
+    /// No route to destination.
     pub const NO_ROUTE: u8 = 0;
+    /// Communication administratively prohibited.
     pub const ADMIN_PROHIBITED: u8 = 1;
+    /// Address unreachable.
     pub const ADDRESS: u8 = 3;
+    /// Port unreachable.
     pub const PORT: u8 = 4;
 }
 
 #[derive(Debug, Clone)]
+/// An ICMPv6 header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -72,31 +98,37 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The message type field.
     pub fn msg_type(&self) -> u8 {
         self.buffer.as_ref()[field::TYPE]
     }
 
     #[inline]
+    /// The code field.
     pub fn code(&self) -> u8 {
         self.buffer.as_ref()[field::CODE]
     }
 
     #[inline]
+    /// The checksum field.
     pub fn checksum(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     #[inline]
+    /// The echo identification field.
     pub fn echo_ident(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::IDENT])
     }
 
     #[inline]
+    /// The echo sequence field.
     pub fn echo_seq(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::SEQ])
     }
@@ -109,6 +141,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn data(&self) -> &[u8] {
         &self.buffer.as_ref()[field::DATA]
     }
@@ -124,36 +157,43 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
+    /// Sets the message type field.
     pub fn set_msg_type(&mut self, v: u8) {
         self.buffer.as_mut()[field::TYPE] = v;
     }
 
     #[inline]
+    /// Sets the code field.
     pub fn set_code(&mut self, v: u8) {
         self.buffer.as_mut()[field::CODE] = v;
     }
 
     #[inline]
+    /// Sets the checksum field.
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the echo identification field.
     pub fn set_echo_ident(&mut self, v: u16) {
         self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the echo sequence field.
     pub fn set_echo_seq(&mut self, v: u16) {
         self.buffer.as_mut()[field::SEQ].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the whole header word.
     pub fn set_word(&mut self, v: u32) {
         self.buffer.as_mut()[field::WORD].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[field::DATA]
     }
@@ -172,30 +212,47 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// data (an echo's payload, an error's quote) stays in the packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Repr {
+    /// An echo request (ping).
     EchoRequest {
+        /// The identification.
         ident: u16,
+        /// The sequence number.
         seq: u16,
     },
+    /// An echo reply.
     EchoReply {
+        /// The identification.
         ident: u16,
+        /// The sequence number.
         seq: u16,
     },
+    /// Packet too big (RFC 4443): the next hop takes at most `mtu` bytes.
     PacketTooBig {
+        /// The MTU of the next hop.
         mtu: u32,
     },
+    /// Destination unreachable.
     DstUnreachable {
+        /// The code.
         code: u8,
     },
+    /// Time exceeded (a TTL or hop limit ran out on the way).
     TimeExceeded {
+        /// The code.
         code: u8,
     },
+    /// Parameter problem.
     ParamProblem {
+        /// The code.
         code: u8,
+        /// The offset of the problem in the offending packet.
         pointer: u32,
     },
     /// Another type (neighbour discovery, MLD, …): meshgate passes these.
     Other {
+        /// The message type.
         msg_type: u8,
+        /// The code.
         code: u8,
     },
 }
@@ -230,6 +287,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

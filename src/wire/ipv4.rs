@@ -12,23 +12,36 @@ use std::net::Ipv4Addr;
 
 /// IP protocol numbers meshgate handles.
 pub mod protocol {
+    /// ICMP.
     pub const ICMP: u8 = 1;
+    /// TCP.
     pub const TCP: u8 = 6;
+    /// UDP.
     pub const UDP: u8 = 17;
 }
 
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::Range;
+    /// The version and header length byte.
     pub const VER_IHL: usize = 0;
+    /// The DSCP and ECN byte.
     pub const DSCP_ECN: usize = 1;
+    /// The length field.
     pub const LENGTH: Range<usize> = 2..4;
+    /// The identification field.
     pub const IDENT: Range<usize> = 4..6;
+    /// The flags and fragment offset field.
     pub const FLG_OFF: Range<usize> = 6..8;
+    /// The time-to-live field.
     pub const TTL: usize = 8;
+    /// The protocol field.
     pub const PROTOCOL: usize = 9;
+    /// The checksum field.
     pub const CHECKSUM: Range<usize> = 10..12;
+    /// The source field.
     pub const SRC: Range<usize> = 12..16;
+    /// The destination field.
     pub const DST: Range<usize> = 16..20;
 }
 
@@ -54,10 +67,13 @@ fn addr(b: &[u8]) -> Ipv4Addr {
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
@@ -91,11 +107,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The version field.
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[field::VER_IHL] >> 4
     }
@@ -107,16 +125,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The DSCP and ECN bits (the former type of service) field.
     pub fn dscp_ecn(&self) -> u8 {
         self.buffer.as_ref()[field::DSCP_ECN]
     }
 
     #[inline]
+    /// The total length field.
     pub fn total_len(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::LENGTH])
     }
 
     #[inline]
+    /// The identification field.
     pub fn ident(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::IDENT])
     }
@@ -128,11 +149,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// Whether the DF (don't fragment) flag is set.
     pub fn dont_frag(&self) -> bool {
         self.flags_offset() & FLAG_DF != 0
     }
 
     #[inline]
+    /// Whether the MF (more fragments) flag is set.
     pub fn more_frags(&self) -> bool {
         self.flags_offset() & FLAG_MF != 0
     }
@@ -150,26 +173,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The time to live field.
     pub fn ttl(&self) -> u8 {
         self.buffer.as_ref()[field::TTL]
     }
 
     #[inline]
+    /// The protocol of the payload field ([`protocol`]).
     pub fn protocol(&self) -> u8 {
         self.buffer.as_ref()[field::PROTOCOL]
     }
 
     #[inline]
+    /// The checksum field.
     pub fn checksum(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     #[inline]
+    /// The source address field.
     pub fn src_addr(&self) -> Ipv4Addr {
         addr(&self.buffer.as_ref()[field::SRC])
     }
 
     #[inline]
+    /// The destination address field.
     pub fn dst_addr(&self) -> Ipv4Addr {
         addr(&self.buffer.as_ref()[field::DST])
     }
@@ -189,51 +217,61 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
+    /// Sets the version (4) and the header length, in bytes.
     pub fn set_version_ihl(&mut self, header_len: u8) {
         self.buffer.as_mut()[field::VER_IHL] = 0x40 | (header_len / 4);
     }
 
     #[inline]
+    /// Sets the DSCP and ECN bits (the former type of service) field.
     pub fn set_dscp_ecn(&mut self, v: u8) {
         self.buffer.as_mut()[field::DSCP_ECN] = v;
     }
 
     #[inline]
+    /// Sets the total length field.
     pub fn set_total_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the identification field.
     pub fn set_ident(&mut self, v: u16) {
         self.buffer.as_mut()[field::IDENT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the flags and fragment offset field as a whole.
     pub fn set_flags_offset(&mut self, v: u16) {
         self.buffer.as_mut()[field::FLG_OFF].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the time to live field.
     pub fn set_ttl(&mut self, v: u8) {
         self.buffer.as_mut()[field::TTL] = v;
     }
 
     #[inline]
+    /// Sets the protocol of the payload field ([`protocol`]).
     pub fn set_protocol(&mut self, v: u8) {
         self.buffer.as_mut()[field::PROTOCOL] = v;
     }
 
     #[inline]
+    /// Sets the checksum field.
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the source address field.
     pub fn set_src_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets())
     }
 
     #[inline]
+    /// Sets the destination address field.
     pub fn set_dst_addr(&mut self, a: Ipv4Addr) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets())
     }
@@ -260,6 +298,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let hl = self.header_len() as usize;
         let tl = self.total_len() as usize;
@@ -270,13 +309,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// High-level description of an IPv4 header without options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source address.
     pub src: Ipv4Addr,
+    /// The destination address.
     pub dst: Ipv4Addr,
+    /// The protocol of the payload ([`protocol`]).
     pub protocol: u8,
+    /// The payload's length in bytes.
     pub payload_len: u16,
+    /// The time to live.
     pub ttl: u8,
+    /// The identification.
     pub ident: u16,
+    /// Whether the DF (don't fragment) flag is set.
     pub dont_frag: bool,
+    /// The DSCP and ECN bits (the former type of service).
     pub dscp_ecn: u8,
 }
 
@@ -307,6 +354,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

@@ -20,18 +20,31 @@ use super::{Error, Result};
 
 /// Next-header values meshgate tells apart.
 pub mod next_header {
+    /// Hop-by-hop options.
     pub const HOP_BY_HOP: u8 = 0;
+    /// TCP.
     pub const TCP: u8 = 6;
+    /// UDP.
     pub const UDP: u8 = 17;
+    /// Routing header.
     pub const ROUTING: u8 = 43;
+    /// Fragment header.
     pub const FRAGMENT: u8 = 44;
+    /// Encapsulating security payload.
     pub const ESP: u8 = 50;
+    /// Authentication header.
     pub const AUTH: u8 = 51;
+    /// ICMPv6.
     pub const ICMPV6: u8 = 58;
+    /// No next header.
     pub const NO_NEXT: u8 = 59;
+    /// Destination options.
     pub const DEST_OPTS: u8 = 60;
+    /// Mobility header.
     pub const MOBILITY: u8 = 135;
+    /// Host identity protocol.
     pub const HIP: u8 = 139;
+    /// Shim6.
     pub const SHIM6: u8 = 140;
 
     /// Whether `nh` names an extension header (RFC 8200 section 4, and
@@ -49,10 +62,15 @@ pub mod field {
     use std::ops::Range;
     /// Version (4 bits), traffic class (8), flow label (20).
     pub const VER_TC_FLOW: Range<usize> = 0..4;
+    /// The payload length field.
     pub const PAYLOAD_LEN: Range<usize> = 4..6;
+    /// The next header field.
     pub const NEXT_HEADER: usize = 6;
+    /// The hop limit field.
     pub const HOP_LIMIT: usize = 7;
+    /// The source field.
     pub const SRC: Range<usize> = 8..24;
+    /// The destination field.
     pub const DST: Range<usize> = 24..40;
 }
 
@@ -76,10 +94,13 @@ fn addr(b: &[u8]) -> Ipv6Addr {
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
@@ -101,6 +122,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
@@ -111,6 +133,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The version field.
     pub fn version(&self) -> u8 {
         self.buffer.as_ref()[0] >> 4
     }
@@ -122,6 +145,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The flow label (20 bits) field.
     pub fn flow_label(&self) -> u32 {
         self.ver_tc_flow() & 0x000f_ffff
     }
@@ -133,21 +157,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The next header field ([`next_header`]).
     pub fn next_header(&self) -> u8 {
         self.buffer.as_ref()[field::NEXT_HEADER]
     }
 
     #[inline]
+    /// The hop limit field.
     pub fn hop_limit(&self) -> u8 {
         self.buffer.as_ref()[field::HOP_LIMIT]
     }
 
     #[inline]
+    /// The source address field.
     pub fn src_addr(&self) -> Ipv6Addr {
         addr(&self.buffer.as_ref()[field::SRC])
     }
 
     #[inline]
+    /// The destination address field.
     pub fn dst_addr(&self) -> Ipv6Addr {
         addr(&self.buffer.as_ref()[field::DST])
     }
@@ -169,31 +197,37 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// Sets the payload's length in bytes field.
     pub fn set_payload_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::PAYLOAD_LEN].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the next header field ([`next_header`]).
     pub fn set_next_header(&mut self, v: u8) {
         self.buffer.as_mut()[field::NEXT_HEADER] = v;
     }
 
     #[inline]
+    /// Sets the hop limit field.
     pub fn set_hop_limit(&mut self, v: u8) {
         self.buffer.as_mut()[field::HOP_LIMIT] = v;
     }
 
     #[inline]
+    /// Sets the source address field.
     pub fn set_src_addr(&mut self, a: Ipv6Addr) {
         self.buffer.as_mut()[field::SRC].copy_from_slice(&a.octets())
     }
 
     #[inline]
+    /// Sets the destination address field.
     pub fn set_dst_addr(&mut self, a: Ipv6Addr) {
         self.buffer.as_mut()[field::DST].copy_from_slice(&a.octets())
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let end = HEADER_LEN + usize::from(self.payload_len());
         &mut self.buffer.as_mut()[HEADER_LEN..end]
@@ -204,12 +238,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// layer (no extension header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source address.
     pub src: Ipv6Addr,
+    /// The destination address.
     pub dst: Ipv6Addr,
+    /// The next header ([`next_header`]).
     pub next_header: u8,
+    /// The payload's length in bytes.
     pub payload_len: u16,
+    /// The hop limit.
     pub hop_limit: u8,
+    /// The traffic class.
     pub traffic_class: u8,
+    /// The flow label (20 bits).
     pub flow_label: u32,
 }
 
@@ -242,6 +283,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }

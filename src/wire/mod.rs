@@ -6,6 +6,7 @@
 //! Invariants: no I/O, no allocation, no `unsafe`. Every accessor of a view
 //! built with `new_checked` is in bounds; parsing arbitrary bytes never
 //! panics (property-tested here and fuzzed in `fuzz/`).
+#![warn(missing_docs)]
 
 pub mod arp;
 pub mod checksum;
@@ -42,6 +43,7 @@ pub enum Error {
     Fragment,
 }
 
+/// A result whose error is an [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
 
 // Reading and writing a field by its range, for code that holds a fixed-

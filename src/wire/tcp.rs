@@ -11,14 +11,23 @@ use std::net::Ipv4Addr;
 /// Field ranges, from the start of the header.
 pub mod field {
     use std::ops::Range;
+    /// The source port field.
     pub const SRC_PORT: Range<usize> = 0..2;
+    /// The destination port field.
     pub const DST_PORT: Range<usize> = 2..4;
+    /// The sequence field.
     pub const SEQ: Range<usize> = 4..8;
+    /// The acknowledgment field.
     pub const ACK: Range<usize> = 8..12;
+    /// The data offset field.
     pub const OFF: usize = 12;
+    /// The flags field.
     pub const FLAGS: usize = 13;
+    /// The window field.
     pub const WINDOW: Range<usize> = 14..16;
+    /// The checksum field.
     pub const CHECKSUM: Range<usize> = 16..18;
+    /// The urgent field.
     pub const URGENT: Range<usize> = 18..20;
 }
 
@@ -27,30 +36,43 @@ pub const HEADER_LEN: usize = 20;
 
 /// TCP flag bits (the low byte of the flags word).
 pub mod flags {
+    /// No more data from the sender.
     pub const FIN: u8 = 0x01;
+    /// Synchronize sequence numbers (a connection begins).
     pub const SYN: u8 = 0x02;
+    /// Reset the connection.
     pub const RST: u8 = 0x04;
+    /// Push.
     pub const PSH: u8 = 0x08;
+    /// The acknowledgment number is valid.
     pub const ACK: u8 = 0x10;
+    /// The urgent pointer is valid.
     pub const URG: u8 = 0x20;
 }
 
 #[derive(Debug, Clone)]
+/// A TCP header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -66,26 +88,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The source port field.
     pub fn src_port(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::SRC_PORT])
     }
 
     #[inline]
+    /// The destination port field.
     pub fn dst_port(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::DST_PORT])
     }
 
     #[inline]
+    /// The sequence number field.
     pub fn seq_number(&self) -> u32 {
         be32(&self.buffer.as_ref()[field::SEQ])
     }
 
     #[inline]
+    /// The acknowledgment number field.
     pub fn ack_number(&self) -> u32 {
         be32(&self.buffer.as_ref()[field::ACK])
     }
@@ -97,26 +124,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The flags field ([`flags`]).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
     #[inline]
+    /// The window size field.
     pub fn window(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::WINDOW])
     }
 
     #[inline]
+    /// The checksum field.
     pub fn checksum(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     #[inline]
+    /// The urgent field.
     pub fn urgent(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::URGENT])
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[self.header_len() as usize..]
     }
@@ -137,46 +169,55 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
+    /// Sets the source port field.
     pub fn set_src_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the destination port field.
     pub fn set_dst_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the sequence number field.
     pub fn set_seq_number(&mut self, v: u32) {
         self.buffer.as_mut()[field::SEQ].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the acknowledgment number field.
     pub fn set_ack_number(&mut self, v: u32) {
         self.buffer.as_mut()[field::ACK].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the header length, in bytes.
     pub fn set_header_len(&mut self, len: u8) {
         self.buffer.as_mut()[field::OFF] = (len / 4) << 4;
     }
 
     #[inline]
+    /// Sets the flags field ([`flags`]).
     pub fn set_flags(&mut self, v: u8) {
         self.buffer.as_mut()[field::FLAGS] = v;
     }
 
     #[inline]
+    /// Sets the window size field.
     pub fn set_window(&mut self, v: u16) {
         self.buffer.as_mut()[field::WINDOW].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the checksum field.
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the urgent field.
     pub fn set_urgent(&mut self, v: u16) {
         self.buffer.as_mut()[field::URGENT].copy_from_slice(&v.to_be_bytes())
     }
@@ -196,12 +237,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// High-level description of a TCP header without options.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source port.
     pub src_port: u16,
+    /// The destination port.
     pub dst_port: u16,
+    /// The sequence number.
     pub seq: u32,
+    /// The acknowledgment number.
     pub ack: u32,
+    /// The flags ([`flags`]).
     pub flags: u8,
+    /// The window size.
     pub window: u16,
+    /// The payload's length in bytes.
     pub payload_len: usize,
 }
 
@@ -224,6 +272,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN + self.payload_len
     }

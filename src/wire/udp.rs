@@ -12,30 +12,42 @@ use std::net::Ipv4Addr;
 /// Field ranges, from the start of the header.
 pub mod field {
     use std::ops::Range;
+    /// The source port field.
     pub const SRC_PORT: Range<usize> = 0..2;
+    /// The destination port field.
     pub const DST_PORT: Range<usize> = 2..4;
+    /// The length field.
     pub const LENGTH: Range<usize> = 4..6;
+    /// The checksum field.
     pub const CHECKSUM: Range<usize> = 6..8;
 }
 
+/// The header's length in bytes.
 pub const HEADER_LEN: usize = 8;
 
 #[derive(Debug, Clone)]
+/// An UDP header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         let len = self.buffer.as_ref().len();
         if len < HEADER_LEN {
@@ -51,16 +63,19 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The source port field.
     pub fn src_port(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::SRC_PORT])
     }
 
     #[inline]
+    /// The destination port field.
     pub fn dst_port(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::DST_PORT])
     }
@@ -73,11 +88,13 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The checksum field.
     pub fn checksum(&self) -> u16 {
         be16(&self.buffer.as_ref()[field::CHECKSUM])
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..self.len() as usize]
     }
@@ -97,26 +114,31 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     #[inline]
+    /// Sets the source port field.
     pub fn set_src_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::SRC_PORT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the destination port field.
     pub fn set_dst_port(&mut self, v: u16) {
         self.buffer.as_mut()[field::DST_PORT].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the length field.
     pub fn set_len(&mut self, v: u16) {
         self.buffer.as_mut()[field::LENGTH].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// Sets the checksum field.
     pub fn set_checksum(&mut self, v: u16) {
         self.buffer.as_mut()[field::CHECKSUM].copy_from_slice(&v.to_be_bytes())
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         let l = self.len() as usize;
         &mut self.buffer.as_mut()[HEADER_LEN..l]
@@ -137,12 +159,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
 /// High-level description of a UDP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Repr {
+    /// The source port.
     pub src_port: u16,
+    /// The destination port.
     pub dst_port: u16,
+    /// The payload's length in bytes.
     pub payload_len: usize,
 }
 
 impl Repr {
+    /// Reads an UDP header into its fields, checking what the format requires.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>, src: Ipv4Addr, dst: Ipv4Addr) -> Result<Repr> {
         p.check_len()?;
         if !p.verify_checksum(src, dst) {
@@ -155,6 +181,7 @@ impl Repr {
         })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN + self.payload_len
     }

@@ -16,11 +16,13 @@ use super::{Error, Result};
 /// Field offsets in the header: the one place the layout is written.
 pub mod field {
     use std::ops::Range;
+    /// The flags field.
     pub const FLAGS: usize = 0;
     /// The 24-bit VNI (the byte after it is reserved).
     pub const VNI: Range<usize> = 4..7;
 }
 
+/// The header's length in bytes.
 pub const HEADER_LEN: usize = 8;
 /// The "VNI is valid" flag.
 pub const FLAG_I: u8 = 0x08;
@@ -35,21 +37,28 @@ pub const ENCAP_LEN: usize =
     super::ethernet::HEADER_LEN + super::ipv4::HEADER_LEN + super::udp::HEADER_LEN + HEADER_LEN;
 
 #[derive(Debug, Clone)]
+/// A VXLAN header (and what follows it) in a buffer, read and written in
+/// place.
 pub struct Packet<T: AsRef<[u8]>> {
     buffer: T,
 }
 
 impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps `buffer` without checking its length: the accessors panic on a
+    /// short one, so use [`Self::new_checked`] on input.
     pub const fn new_unchecked(buffer: T) -> Self {
         Packet { buffer }
     }
 
+    /// Wraps `buffer` after [`Self::check_len`].
     pub fn new_checked(buffer: T) -> Result<Self> {
         let p = Self::new_unchecked(buffer);
         p.check_len()?;
         Ok(p)
     }
 
+    /// Checks that the buffer holds the whole header (and what its length
+    /// fields promise), so that the accessors cannot panic.
     pub fn check_len(&self) -> Result<()> {
         if self.buffer.as_ref().len() < HEADER_LEN {
             return Err(Error::Truncated);
@@ -57,21 +66,25 @@ impl<T: AsRef<[u8]>> Packet<T> {
         Ok(())
     }
 
+    /// The buffer back.
     pub fn into_inner(self) -> T {
         self.buffer
     }
 
     #[inline]
+    /// The flags field (the I flag: [`FLAG_I`]).
     pub fn flags(&self) -> u8 {
         self.buffer.as_ref()[field::FLAGS]
     }
 
     #[inline]
+    /// The VXLAN network identifier (24 bits) field.
     pub fn vni(&self) -> u32 {
         super::get24(self.buffer.as_ref(), field::VNI)
     }
 
     #[inline]
+    /// The bytes after the header.
     pub fn payload(&self) -> &[u8] {
         &self.buffer.as_ref()[HEADER_LEN..]
     }
@@ -86,17 +99,21 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     }
 
     #[inline]
+    /// The bytes after the header, to write.
     pub fn payload_mut(&mut self) -> &mut [u8] {
         &mut self.buffer.as_mut()[HEADER_LEN..]
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A VXLAN header's fields, parsed from a packet or to emit.
 pub struct Repr {
+    /// The VXLAN network identifier (24 bits).
     pub vni: u32,
 }
 
 impl Repr {
+    /// Reads a VXLAN header into its fields, checking what the format requires.
     pub fn parse<T: AsRef<[u8]>>(p: &Packet<T>) -> Result<Repr> {
         p.check_len()?;
         if p.flags() != FLAG_I {
@@ -105,10 +122,12 @@ impl Repr {
         Ok(Repr { vni: p.vni() })
     }
 
+    /// The bytes [`Self::emit`] writes.
     pub const fn buffer_len(&self) -> usize {
         HEADER_LEN
     }
 
+    /// Writes these fields into `p`.
     pub fn emit<T: AsRef<[u8]> + AsMut<[u8]>>(&self, p: &mut Packet<T>) {
         p.set_header(self.vni & MAX_VNI);
     }
