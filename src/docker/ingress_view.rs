@@ -140,35 +140,83 @@ pub fn derive(
         // "" lists every node's ingress endpoint, not a service.
         .filter(|(name, _)| !name.is_empty())
         .collect();
-    // Published port → services that publish it, for the rules' ambiguity.
-    let mut by_port: BTreeMap<u16, BTreeSet<&str>> = BTreeMap::new();
-    let mut ports_of: BTreeMap<&str, BTreeSet<(u16, u16)>> = BTreeMap::new();
-    for (name, svc) in &services {
-        for s in svc["Ports"].as_array().into_iter().flatten() {
-            match s.as_str().and_then(parse_port) {
-                Some(pt) => {
-                    ports_of.entry(name.as_str()).or_default().insert(pt);
-                    by_port.entry(pt.0).or_default().insert(name.as_str());
-                }
-                None => notes.push(format!("service {name}: port `{s}` not understood")),
-            }
-        }
-    }
-
+    let ports = ViewPorts::read(&services, &mut notes);
     let mut specs = Vec::new();
     for (name, svc) in &services {
+        let publish = ports.publish(name, protocols, &mut notes);
+        if publish.is_empty() {
+            continue;
+        }
+        let word = match protocols {
+            Protocols::Manager(m) => m.get(name.as_str()),
+            Protocols::Rules(_) => None,
+        };
+        let tasks = view_tasks(name, svc, word, facts, ingress, &mut notes);
+        specs.push((
+            name.to_string(),
+            ServiceSpec {
+                name: name.to_string(),
+                scheduler: Scheduler::Rr,
+                // A worker's own API shows no service labels: the managers'
+                // word, else the defaults.
+                client_ip: word.map(|w| w.client_ip).unwrap_or_default(),
+                outlier_detection: word.map(|w| w.outlier_detection).unwrap_or_default(),
+                publish,
+                tasks,
+            },
+        ));
+    }
+    finish_services(specs, ingress, facts, notes)
+}
+
+/// The view's ports: per service its (published, target) pairs, and per
+/// published port the services that publish it (for the rules'
+/// ambiguity).
+struct ViewPorts<'v> {
+    of: BTreeMap<&'v str, BTreeSet<(u16, u16)>>,
+    by_port: BTreeMap<u16, BTreeSet<&'v str>>,
+}
+
+impl<'v> ViewPorts<'v> {
+    fn read(services: &[(&'v String, &'v Value)], notes: &mut Vec<String>) -> ViewPorts<'v> {
+        let mut v = ViewPorts {
+            of: BTreeMap::new(),
+            by_port: BTreeMap::new(),
+        };
+        for (name, svc) in services {
+            for s in svc["Ports"].as_array().into_iter().flatten() {
+                match s.as_str().and_then(parse_port) {
+                    Some(pt) => {
+                        v.of.entry(name.as_str()).or_default().insert(pt);
+                        v.by_port.entry(pt.0).or_default().insert(name.as_str());
+                    }
+                    None => notes.push(format!("service {name}: port `{s}` not understood")),
+                }
+            }
+        }
+        v
+    }
+
+    /// Service `name`'s ports with the protocols `protocols` give them;
+    /// a port whose protocol is not known is left out with a note.
+    fn publish(
+        &self,
+        name: &str,
+        protocols: &Protocols,
+        notes: &mut Vec<String>,
+    ) -> Vec<PublishSpec> {
         let mut publish = Vec::new();
-        for &(published, target) in ports_of.get(name.as_str()).into_iter().flatten() {
+        for &(published, target) in self.of.get(name).into_iter().flatten() {
             let protos: Vec<Protocol> = match protocols {
                 Protocols::Manager(m) => m
-                    .get(name.as_str())
+                    .get(name)
                     .into_iter()
                     .flat_map(|w| &w.ports)
                     .filter(|&&(p, t, _)| (p, t) == (published, target))
                     .map(|&(_, _, proto)| proto)
                     .collect(),
                 Protocols::Rules(r) => {
-                    if by_port[&published].len() > 1 {
+                    if self.by_port[&published].len() > 1 {
                         notes.push(format!(
                             "service {name}: port {published} left out: several services publish it and this node's rules do not say which protocol is whose (set node.announce_key)"
                         ));
@@ -187,66 +235,53 @@ pub fn derive(
                     }
                 ));
             }
-            for protocol in protos {
-                publish.push(PublishSpec {
-                    published: i64::from(published),
-                    target: i64::from(target),
-                    protocol,
-                });
-            }
+            publish.extend(protos.into_iter().map(|protocol| PublishSpec {
+                published: i64::from(published),
+                target: i64::from(target),
+                protocol,
+            }));
         }
-        if publish.is_empty() {
-            continue;
-        }
-        let word = match protocols {
-            Protocols::Manager(m) => m.get(name.as_str()),
-            Protocols::Rules(_) => None,
-        };
-        let mut tasks = Vec::new();
-        for t in svc["Tasks"].as_array().into_iter().flatten() {
-            let task = t["Name"].as_str().unwrap_or("?");
-            let address = t["EndpointIP"]
-                .as_str()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok());
-            let node = t["Info"]["Host IP"]
-                .as_str()
-                .and_then(|a| a.parse::<Ipv4Addr>().ok());
-            match (address, node) {
-                (Some(address), Some(node))
-                    if node == facts.node_address && ingress.sandbox.is_none() =>
-                {
-                    notes.push(format!(
-                        "service {name}: task {task} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
-                    ))
-                }
-                (Some(address), Some(node)) => tasks.push(TaskSpec {
-                    address: address.to_string(),
-                    node: node.to_string(),
-                    mac: None,
-                    // Being stopped, as only a manager knows: drained.
-                    weight: word
-                        .is_some_and(|w| w.drained.contains(&address))
-                        .then_some(0),
-                }),
-                _ => notes.push(format!(
-                    "service {name}: task {task} left out: no endpoint address or node in the ingress view"
-                )),
-            }
-        }
-        specs.push((
-            name.to_string(),
-            ServiceSpec {
-                name: name.to_string(),
-                scheduler: Scheduler::Rr,
-                // A worker's own API shows no service labels: the defaults.
-                client_ip: word.map(|w| w.client_ip).unwrap_or_default(),
-                outlier_detection: word.map(|w| w.outlier_detection).unwrap_or_default(),
-                publish,
-                tasks,
-            },
-        ));
+        publish
     }
-    finish_services(specs, ingress, facts, notes)
+}
+
+/// Service `name`'s tasks in the view, each at its address on its node;
+/// drained when the managers' `word` says it is being stopped.
+fn view_tasks(
+    name: &str,
+    svc: &Value,
+    word: Option<&ServiceWord>,
+    facts: &SwarmFacts,
+    ingress: &IngressConfig,
+    notes: &mut Vec<String>,
+) -> Vec<TaskSpec> {
+    let mut tasks = Vec::new();
+    for t in svc["Tasks"].as_array().into_iter().flatten() {
+        let task = t["Name"].as_str().unwrap_or("?");
+        let ip = |v: &Value| v.as_str().and_then(|a| a.parse::<Ipv4Addr>().ok());
+        match (ip(&t["EndpointIP"]), ip(&t["Info"]["Host IP"])) {
+            (Some(address), Some(node))
+                if node == facts.node_address && ingress.sandbox.is_none() =>
+            {
+                notes.push(format!(
+                    "service {name}: task {task} ({address}) left out: it runs on this node, whose ingress sandbox meshgate has not found; set swarm.sandbox to <docker exec-root>/netns/ingress_sbox"
+                ))
+            }
+            (Some(address), Some(node)) => tasks.push(TaskSpec {
+                address: address.to_string(),
+                node: node.to_string(),
+                mac: None,
+                // Being stopped, as only a manager knows: drained.
+                weight: word
+                    .is_some_and(|w| w.drained.contains(&address))
+                    .then_some(0),
+            }),
+            _ => notes.push(format!(
+                "service {name}: task {task} left out: no endpoint address or node in the ingress view"
+            )),
+        }
+    }
+    tasks
 }
 
 /// Every node's ingress endpoint and this node's containers on the
