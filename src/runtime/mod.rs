@@ -116,15 +116,67 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         report(info);
         std::process::abort();
     }));
+    let (stop, hup) = signals()?;
+    let iface = cfg.node.interface.clone();
+    refuse_a_second_meshgate(&opts)?;
+    let mut fwd = Forwarder::start(cfg, &opts, stop.clone())?;
+    serve_control_socket(&mut fwd, &opts)?;
+    log_forwarding(&fwd, &iface);
+    write_stats(&fwd.control, opts.stats_file.as_deref());
+    match serve(&mut fwd, &opts, &stop, &hup) {
+        Ending::HandedOver => {
+            let control = fwd.hand_over();
+            log::info!("{}", control.summary_line());
+            write_stats(&control, opts.stats_file.as_deref());
+            log::info!("taken over; exiting, the XDP program on {iface} is the new meshgate's");
+            Ok(())
+        }
+        Ending::HandoverFailed(why) => {
+            // Its workers are gone: exit non-zero (a supervisor restarts
+            // it, taking the flows from the journals), the program
+            // detached so that nothing is black-holed meanwhile.
+            let control = fwd.abandon();
+            log::info!("{}", control.summary_line());
+            write_stats(&control, opts.stats_file.as_deref());
+            log::error!("takeover failed; XDP program detached from {iface}, exiting non-zero");
+            Err(RunError::HandoverFailed(why))
+        }
+        Ending::Stopped(died) => {
+            let workers = fwd.workers();
+            let control = fwd.shutdown();
+            log::info!("{}", control.summary_line());
+            write_stats(&control, opts.stats_file.as_deref());
+            // Stopped on purpose, the program detached: the flows end
+            // here, and a later start must not take them for a crash's.
+            if let Some(path) = &opts.control_socket {
+                for w in 0..workers {
+                    let _ = std::fs::remove_file(takeover::journal_path(path, w));
+                }
+            }
+            log::info!("stopped; XDP program detached from {iface}");
+            match died {
+                Some(w) => Err(RunError::WorkerDied(w)),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+/// SIGINT and SIGTERM stop, SIGHUP reloads: the flags they set.
+fn signals() -> Result<(Arc<AtomicBool>, Arc<AtomicBool>), RunError> {
     let stop = Arc::new(AtomicBool::new(false));
     let hup = Arc::new(AtomicBool::new(false));
+    let setup = |e: std::io::Error| RunError::Setup(format!("signal handler: {e}"));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
+        signal_hook::flag::register(sig, stop.clone()).map_err(setup)?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone())
-        .map_err(|e| RunError::Setup(format!("signal handler: {e}")))?;
-    let iface = cfg.node.interface.clone();
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, hup.clone()).map_err(setup)?;
+    Ok((stop, hup))
+}
+
+/// Another meshgate on the control socket is refused, unless this one
+/// takes over from it.
+fn refuse_a_second_meshgate(opts: &RunOptions) -> Result<(), RunError> {
     if let Some(path) = &opts.control_socket {
         if !opts.takeover && std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(RunError::Setup(format!(
@@ -133,9 +185,16 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             )));
         }
     }
-    let mut fwd = Forwarder::start(cfg, &opts, stop.clone())?;
-    if let (true, Some(path)) = (opts.takeover, &opts.control_socket) {
-        // The predecessor removes its socket as it exits.
+    Ok(())
+}
+
+/// Serves the control socket (after a takeover, once the predecessor has
+/// removed its own) and, when configured, the metrics listener.
+fn serve_control_socket(fwd: &mut Forwarder, opts: &RunOptions) -> Result<(), RunError> {
+    let Some(path) = &opts.control_socket else {
+        return Ok(());
+    };
+    if opts.takeover {
         let t0 = std::time::Instant::now();
         while std::os::unix::net::UnixStream::connect(path).is_ok()
             && t0.elapsed() < Duration::from_secs(10)
@@ -143,15 +202,17 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    if let Some(path) = &opts.control_socket {
-        fwd.control
-            .serve_api(path)
-            .map_err(|e| RunError::Setup(format!("control socket {}: {e}", path.display())))?;
-        log::info!("control socket {}", path.display());
-        if let Some(a) = fwd.control.metrics_addr() {
-            log::info!("metrics on http://{a}/metrics");
-        }
+    fwd.control
+        .serve_api(path)
+        .map_err(|e| RunError::Setup(format!("control socket {}: {e}", path.display())))?;
+    log::info!("control socket {}", path.display());
+    if let Some(a) = fwd.control.metrics_addr() {
+        log::info!("metrics on http://{a}/metrics");
     }
+    Ok(())
+}
+
+fn log_forwarding(fwd: &Forwarder, iface: &str) {
     log::info!(
         "forwarding on {iface} ({} queue(s), {} mode, {} TCP/UDP checksums); published ports answer on {}",
         fwd.workers(),
@@ -167,10 +228,22 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         },
         fwd.control.snapshot().identity.node_addr
     );
-    write_stats(&fwd.control, opts.stats_file.as_deref());
+}
+
+/// How the control loop ended.
+enum Ending {
+    /// A signal, `--duration`, or a worker that died (its index).
+    Stopped(Option<usize>),
+    /// A successor took over.
+    HandedOver,
+    /// A successor took the flows and failed.
+    HandoverFailed(String),
+}
+
+/// The control loop: control work, reloads, summaries, until it ends.
+fn serve(fwd: &mut Forwarder, opts: &RunOptions, stop: &AtomicBool, hup: &AtomicBool) -> Ending {
     let started = std::time::Instant::now();
     let mut last_summary = std::time::Instant::now();
-    let mut died = None;
     while !stop.load(Ordering::Relaxed) {
         fwd.control.step(Duration::from_millis(50));
         if hup.swap(false, Ordering::Relaxed) {
@@ -190,43 +263,16 @@ pub fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             break;
         }
         if fwd.control.handed_over() {
-            let control = fwd.hand_over();
-            log::info!("{}", control.summary_line());
-            write_stats(&control, opts.stats_file.as_deref());
-            log::info!("taken over; exiting, the XDP program on {iface} is the new meshgate's");
-            return Ok(());
+            return Ending::HandedOver;
         }
         if let Some(why) = fwd.control.handover_failed() {
-            // Its workers are gone: exit non-zero (a supervisor restarts
-            // it, taking the flows from the journals), the program
-            // detached so that nothing is black-holed meanwhile.
-            let control = fwd.abandon();
-            log::info!("{}", control.summary_line());
-            write_stats(&control, opts.stats_file.as_deref());
-            log::error!("takeover failed; XDP program detached from {iface}, exiting non-zero");
-            return Err(RunError::HandoverFailed(why));
+            return Ending::HandoverFailed(why);
         }
         if let Some(w) = fwd.dead_worker().filter(|_| !fwd.control.handing_over()) {
-            died = Some(w);
-            break;
+            return Ending::Stopped(Some(w));
         }
     }
-    let workers = fwd.workers();
-    let control = fwd.shutdown();
-    log::info!("{}", control.summary_line());
-    write_stats(&control, opts.stats_file.as_deref());
-    // Stopped on purpose, the program detached: the flows end here, and
-    // a later start must not take them for a crash's.
-    if let Some(path) = &opts.control_socket {
-        for w in 0..workers {
-            let _ = std::fs::remove_file(takeover::journal_path(path, w));
-        }
-    }
-    log::info!("stopped; XDP program detached from {iface}");
-    match died {
-        Some(w) => Err(RunError::WorkerDied(w)),
-        None => Ok(()),
-    }
+    Ending::Stopped(None)
 }
 
 /// Writes the statistics JSON atomically (write, then rename).
