@@ -362,29 +362,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(cli.log_level)?;
     match cli.cmd {
-        Cmd::Check { config } => {
-            let mut cfg = Config::load_with(&config, &mut meshgate::docker::discover)?;
-            if let Some(sw) = &cfg.swarm {
-                // What `run` would start with.
-                cfg.services = meshgate::runtime::swarm::follow::read_once(sw, &cfg.ingress)
-                    .context("reading the swarm's services")?
-                    .0
-                    .services;
-            }
-            let tasks: usize = cfg.services.iter().map(|s| s.tasks.len()).sum();
-            println!(
-                "{}: ok: interface {}, node {}, ingress {} (VNI {}, port {}), {} service(s), {} task(s)",
-                config.display(),
-                cfg.node.interface,
-                cfg.node.address,
-                cfg.ingress.address,
-                cfg.ingress.vni,
-                cfg.ingress.port,
-                cfg.services.len(),
-                tasks
-            );
-            Ok(())
-        }
+        Cmd::Check { config } => check(&config),
         Cmd::Run {
             config,
             swarm,
@@ -394,36 +372,18 @@ fn real_main() -> Result<()> {
             stats_file,
             takeover,
             metrics,
-        } => {
-            let interface = match (&interface, &config, &swarm) {
-                (None, None, Some(socket)) => Some(cli::swarm_interface(socket)?),
-                _ => interface,
-            };
-            let source = ConfigSource {
-                file: config.clone(),
+        } => run(
+            ConfigSource {
+                file: config,
                 swarm,
                 interface,
                 metrics,
-            };
-            let cfg = source.load_with(&mut meshgate::docker::discover)?;
-            let control = control.unwrap_or_else(|| cfg.control.socket.clone());
-            let every = Duration::from_secs_f64(cfg.control.stats_interval);
-            runtime::run(
-                cfg,
-                RunOptions {
-                    source: Some(source.clone()),
-                    summary_every: Some(every),
-                    duration: duration.map(Duration::from_secs_f64),
-                    control_socket: Some(control),
-                    stats_file,
-                    takeover,
-                },
-            )
-            .with_context(|| match &config {
-                Some(c) => format!("running {}", c.display()),
-                None => "running on the swarm".to_string(),
-            })
-        }
+            },
+            control,
+            duration,
+            stats_file,
+            takeover,
+        ),
         Cmd::ReturnPath {
             task,
             sandbox,
@@ -441,46 +401,109 @@ fn real_main() -> Result<()> {
         Cmd::Status { control } => cli::status(&control),
         Cmd::GenerateDocs { out } => generate_docs(&out),
         Cmd::Reload { control } => cli::reload(&control),
-        Cmd::Service { cmd, control } => match cmd {
-            ServiceCmd::Ls => cli::service_ls(&control),
-            ServiceCmd::Ps { name } => cli::service_ps(&control, &name),
-            ServiceCmd::Update {
-                name,
+        Cmd::Service { cmd, control } => service(cmd, &control),
+    }
+}
+
+/// `meshgate check`: validates the file and, with `[swarm]`, reads what
+/// `run` would start with.
+fn check(config: &std::path::Path) -> Result<()> {
+    let mut cfg = Config::load_with(config, &mut meshgate::docker::discover)?;
+    if let Some(sw) = &cfg.swarm {
+        cfg.services = meshgate::runtime::swarm::follow::read_once(sw, &cfg.ingress)
+            .context("reading the swarm's services")?
+            .0
+            .services;
+    }
+    let tasks: usize = cfg.services.iter().map(|s| s.tasks.len()).sum();
+    println!(
+        "{}: ok: interface {}, node {}, ingress {} (VNI {}, port {}), {} service(s), {} task(s)",
+        config.display(),
+        cfg.node.interface,
+        cfg.node.address,
+        cfg.ingress.address,
+        cfg.ingress.vni,
+        cfg.ingress.port,
+        cfg.services.len(),
+        tasks
+    );
+    Ok(())
+}
+
+/// `meshgate run`: the configuration from the file and the flags, then
+/// the forwarder until a signal.
+fn run(
+    mut source: ConfigSource,
+    control: Option<std::path::PathBuf>,
+    duration: Option<f64>,
+    stats_file: Option<std::path::PathBuf>,
+    takeover: bool,
+) -> Result<()> {
+    if let (None, None, Some(socket)) = (&source.interface, &source.file, &source.swarm) {
+        source.interface = Some(cli::swarm_interface(socket)?);
+    }
+    let cfg = source.load_with(&mut meshgate::docker::discover)?;
+    let control = control.unwrap_or_else(|| cfg.control.socket.clone());
+    let every = Duration::from_secs_f64(cfg.control.stats_interval);
+    let what = match &source.file {
+        Some(c) => format!("running {}", c.display()),
+        None => "running on the swarm".to_string(),
+    };
+    runtime::run(
+        cfg,
+        RunOptions {
+            source: Some(source),
+            summary_every: Some(every),
+            duration: duration.map(Duration::from_secs_f64),
+            control_socket: Some(control),
+            stats_file,
+            takeover,
+        },
+    )
+    .context(what)
+}
+
+/// `meshgate service …` against the control socket `control`.
+fn service(cmd: ServiceCmd, control: &std::path::Path) -> Result<()> {
+    match cmd {
+        ServiceCmd::Ls => cli::service_ls(control),
+        ServiceCmd::Ps { name } => cli::service_ps(control, &name),
+        ServiceCmd::Update {
+            name,
+            task_add,
+            task_rm,
+            weight,
+            publish_add,
+            publish_rm,
+            scheduler: sch,
+        } => cli::service_update(
+            control,
+            &name,
+            cli::UpdateArgs {
                 task_add,
                 task_rm,
                 weight,
                 publish_add,
                 publish_rm,
-                scheduler: sch,
-            } => cli::service_update(
-                &control,
-                &name,
-                cli::UpdateArgs {
-                    task_add,
-                    task_rm,
-                    weight,
-                    publish_add,
-                    publish_rm,
-                    scheduler: sch.as_deref().map(scheduler).transpose()?,
-                },
-            ),
-            ServiceCmd::Create {
-                name,
-                publish,
-                task,
-                scheduler: sch,
-                client_ip: mode,
-                outlier_detection: od,
-            } => cli::service_create(
-                &control,
-                &name,
-                &publish,
-                &task,
-                scheduler(&sch)?,
-                client_ip(&mode)?,
-                outlier_detection(&od)?,
-            ),
-            ServiceCmd::Rm { name } => cli::service_rm(&control, &name),
-        },
+                scheduler: sch.as_deref().map(scheduler).transpose()?,
+            },
+        ),
+        ServiceCmd::Create {
+            name,
+            publish,
+            task,
+            scheduler: sch,
+            client_ip: mode,
+            outlier_detection: od,
+        } => cli::service_create(
+            control,
+            &name,
+            &publish,
+            &task,
+            scheduler(&sch)?,
+            client_ip(&mode)?,
+            outlier_detection(&od)?,
+        ),
+        ServiceCmd::Rm { name } => cli::service_rm(control, &name),
     }
 }
