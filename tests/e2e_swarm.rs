@@ -518,6 +518,17 @@ fn create_cgi_service(lab: &SwarmLab, name: &str, port: u16, udp: Option<u16>, l
         .unwrap();
 }
 
+/// `web` (port 8080, and `udp` too, with `web_options`) and `plain`
+/// (8081), two CGI tasks each on the worker, running.
+fn web_and_plain(lab: &SwarmLab, udp: Option<u16>, web_options: &[&str]) {
+    create_cgi_service(lab, "web", 8080, udp, web_options);
+    create_cgi_service(lab, "plain", 8081, None, &[]);
+    lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
+        l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
+}
+
 /// The ingress sandbox's address of `node`.
 fn sandbox_address(lab: &SwarmLab, node: Node) -> String {
     let out = lab
@@ -778,18 +789,11 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    create_cgi_service(
+    web_and_plain(
         &lab,
-        "web",
-        8080,
         Some(9000),
         &["--label", "meshgate.client-ip=preserve"],
     );
-    create_cgi_service(&lab, "plain", 8081, None, &[]);
-    lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
-        l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
     let web_ns = task_namespaces(&lab, "web");
     assert_eq!(web_ns.len(), 2, "{web_ns:?}");
     let _udp = UdpServers::start(&web_ns, 9000);
@@ -1004,18 +1008,11 @@ fn a_container_label_keeps_the_clients_address_with_no_meshgate_on_a_manager() {
         return;
     }
     let lab = SwarmLab::build().unwrap_or_else(|e| panic!("building the swarm lab: {e}"));
-    create_cgi_service(
+    web_and_plain(
         &lab,
-        "web",
-        8080,
         None,
         &["--container-label", "meshgate.client-ip=preserve"],
     );
-    create_cgi_service(&lab, "plain", 8081, None, &[]);
-    lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
-        l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
     // Only the worker runs meshgate; no manager tells it the ports'
     // protocols, so it reads the rules Docker writes (the lab, here).
     let cfg = swarm_config(

@@ -223,25 +223,7 @@ fn an_incompatible_takeover_is_refused_without_harm() {
         return;
     };
     let mg = Meshgate::start(&lab, &lab.config_toml(""));
-    let run = |cfg: &str, extra: &[&str]| {
-        let path = mg.dir.join("other.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let out = std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.ingress()])
-            .arg(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["run", "--config"])
-            .arg(&path)
-            .arg("--control")
-            .arg(&mg.control)
-            .args(extra)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let run = |cfg: &str, extra: &[&str]| run_beside(&lab, &mg, cfg, extra);
     let ns = lab.client();
     let conn = std::thread::spawn(move || {
         lab::enter_ns(&ns).unwrap();
@@ -288,6 +270,28 @@ fn an_incompatible_takeover_is_refused_without_harm() {
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
     assert!(!log.contains("handing over"), "{log}");
+}
+
+/// `meshgate run` with configuration `cfg` on `mg`'s control socket, beside
+/// it in the lab's ingress namespace, until it exits: whether it
+/// succeeded, and what it said.
+fn run_beside(lab: &Lab, mg: &Meshgate, cfg: &str, extra: &[&str]) -> (bool, String) {
+    let path = mg.dir.join("other.toml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ingress()])
+        .arg(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--control")
+        .arg(&mg.control)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// A flow state that is corrupt, foreign or of another shape is discarded
@@ -352,26 +356,12 @@ fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole()
     .join()
     .unwrap();
 
-    let generic = mg.dir.join("generic.toml");
-    std::fs::write(
-        &generic,
-        lab.config_toml("")
-            .replace("[node]\n", "[node]\nxdp_mode = \"generic\"\n"),
-    )
-    .unwrap();
     let t0 = Instant::now();
-    let out = std::process::Command::new("ip")
-        .args(["netns", "exec", &lab.ingress()])
-        .arg(env!("CARGO_BIN_EXE_meshgate"))
-        .args(["run", "--config"])
-        .arg(&generic)
-        .arg("--control")
-        .arg(&mg.control)
-        .arg("--takeover")
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "the new one started: {said}");
+    let generic = lab
+        .config_toml("")
+        .replace("[node]\n", "[node]\nxdp_mode = \"generic\"\n");
+    let (ok, said) = run_beside(&lab, &mg, &generic, &["--takeover"]);
+    assert!(!ok, "the new one started: {said}");
     let st = loop {
         if let Some(st) = mg.child.as_mut().unwrap().try_wait().unwrap() {
             break st;

@@ -187,6 +187,16 @@ impl Forwarder {
         self.workers.iter().position(|h| h.is_finished())
     }
 
+    /// Stops the workers and takes their last reports.
+    fn join_workers(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.control.wake_workers();
+        for h in self.workers.drain(..) {
+            let _ = h.join();
+        }
+        self.control.drain_reports();
+    }
+
     /// After a takeover: the workers have stopped and closed their
     /// sockets; the program, now the successor's, stays attached and the
     /// return paths stay in place.
@@ -195,12 +205,7 @@ impl Forwarder {
             a.hand_over();
         }
         self.control.hand_over_xdp();
-        self.stop.store(true, Ordering::SeqCst);
-        self.control.wake_workers();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        self.control.drain_reports();
+        self.join_workers();
         if let Some((_, place)) = self.sandbox_xdp.take() {
             place.hand_over();
         }
@@ -215,12 +220,7 @@ impl Forwarder {
             a.hand_over();
         }
         self.control.stop_api();
-        self.stop.store(true, Ordering::SeqCst);
-        self.control.wake_workers();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        self.control.drain_reports();
+        self.join_workers();
         self.control.detach();
         self.sandbox_xdp = None;
         self.control
@@ -232,12 +232,7 @@ impl Forwarder {
         // return path any more while this node still forwards.
         self.agent = None;
         self.control.stop_api();
-        self.stop.store(true, Ordering::SeqCst);
-        self.control.wake_workers();
-        for h in self.workers.drain(..) {
-            let _ = h.join();
-        }
-        self.control.drain_reports();
+        self.join_workers();
         self.control.detach();
         self.sandbox_xdp = None;
         self.control
