@@ -81,6 +81,19 @@ struct Seen {
     failures: Vec<String>,
 }
 
+impl Seen {
+    /// No request failed; else the failures and both meshgates' logs.
+    fn assert_none_failed(&self, on_manager: &Mg, on_worker: &Mg) {
+        assert!(
+            self.failures.is_empty(),
+            "{:?}\n{}\n{}",
+            self.failures,
+            on_manager.log(),
+            on_worker.log()
+        );
+    }
+}
+
 /// Runs `during` under load: a short request every 50 ms, alternating
 /// between the manager and the worker, and six 3-second requests in
 /// flight at all times (three through each node); then 2 s more.
@@ -215,13 +228,7 @@ fn a_rolling_update_fails_no_request_through_the_manager_or_a_worker() {
          the worker after {:?}",
         seen.short, seen.slow, seen.longest, drain_lag, worker_lag
     );
-    assert!(
-        seen.failures.is_empty(),
-        "{:?}\n{}\n{}",
-        seen.failures,
-        on_manager.log(),
-        on_worker.log()
-    );
+    seen.assert_none_failed(&on_manager, &on_worker);
     assert!(seen.short >= 100 && seen.slow >= 12, "{seen:?}");
     assert!(drain_lag.is_some(), "the manager never drained a task");
     // Swarm waits 2 s between the drain and the stop signal: the drain
@@ -264,13 +271,7 @@ fn a_scale_down_fails_no_request_through_the_manager_or_a_worker() {
          the manager drained after {:?}, the worker after {:?}",
         seen.short, seen.slow, seen.longest, lags.0, lags.1
     );
-    assert!(
-        seen.failures.is_empty(),
-        "{:?}\n{}\n{}",
-        seen.failures,
-        on_manager.log(),
-        on_worker.log()
-    );
+    seen.assert_none_failed(&on_manager, &on_worker);
     assert!(seen.short >= 50 && seen.slow >= 12, "{seen:?}");
     assert!(
         lags.1.is_some_and(|l| l < Duration::from_secs(1)),

@@ -233,7 +233,7 @@ fn an_incompatible_takeover_is_refused_without_harm() {
         let first = task_of(&lab::read_line(&mut s).unwrap());
         (s, first)
     });
-    let (mut s, first) = conn.join().unwrap();
+    let (s, first) = conn.join().unwrap();
 
     let (ok, out) = run(&lab.config_toml(""), &[]);
     assert!(!ok && out.contains("--takeover"), "{out}");
@@ -260,16 +260,20 @@ fn an_incompatible_takeover_is_refused_without_harm() {
     );
 
     // The old meshgate still serves the connection it had, on its task.
-    let again = std::thread::spawn(move || {
+    assert_eq!(ask_again(s), first, "the connection moved to another task");
+    let (st, log, _) = mg.stop();
+    assert!(st.success(), "{log}");
+    assert!(!log.contains("handing over"), "{log}");
+}
+
+/// The task that answers `s` now.
+fn ask_again(mut s: TcpStream) -> String {
+    std::thread::spawn(move || {
         s.write_all(b"hello\n").unwrap();
         task_of(&lab::read_line(&mut s).unwrap())
     })
     .join()
-    .unwrap();
-    assert_eq!(again, first);
-    let (st, log, _) = mg.stop();
-    assert!(st.success(), "{log}");
-    assert!(!log.contains("handing over"), "{log}");
+    .unwrap()
 }
 
 /// `meshgate run` with configuration `cfg` on `mg`'s control socket, beside
@@ -345,7 +349,7 @@ fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole()
     };
     let mut mg = Meshgate::start(&lab, &lab.config_toml(""));
     let ns = lab.client();
-    let (mut s, first) = std::thread::spawn(move || {
+    let (s, first) = std::thread::spawn(move || {
         lab::enter_ns(&ns).unwrap();
         let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
         s.set_read_timeout(Some(T)).unwrap();
@@ -398,11 +402,5 @@ fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole()
         "{}",
         mg.log()
     );
-    let again = std::thread::spawn(move || {
-        s.write_all(b"hello\n").unwrap();
-        task_of(&lab::read_line(&mut s).unwrap())
-    })
-    .join()
-    .unwrap();
-    assert_eq!(again, first);
+    assert_eq!(ask_again(s), first, "the connection moved to another task");
 }
