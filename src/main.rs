@@ -416,8 +416,19 @@ fn check(config: &std::path::Path) -> Result<()> {
             .services;
     }
     let tasks: usize = cfg.services.iter().map(|s| s.tasks.len()).sum();
+    // The key `run` would sign announcements with: a mistake in it stops
+    // `run`, so it stops `check` first.
+    let key = meshgate::announce::key_file(cfg.node.announce_key.as_deref(), cfg.swarm.is_some());
+    let announcements = match (&key, cfg.node.announce_port) {
+        (_, 0) => "announcements off (node.announce_port = 0)".to_string(),
+        (None, _) => "announcements off (no key: every task gets SNAT)".to_string(),
+        (Some(path), _) => {
+            meshgate::announce::Keys::load(path).map_err(anyhow::Error::msg)?;
+            format!("announcements signed with {}", path.display())
+        }
+    };
     println!(
-        "{}: ok: interface {}, node {}, ingress {} (VNI {}, port {}), {} service(s), {} task(s)",
+        "{}: ok: interface {}, node {}, ingress {} (VNI {}, port {}), {} service(s), {} task(s), {announcements}",
         config.display(),
         cfg.node.interface,
         cfg.node.address,

@@ -56,6 +56,36 @@ fn check_rejects_with_file_key_and_reason() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `check` checks the announcement key as `run` would load it: a key
+/// others can read stops it with the reason; a private one is named.
+#[test]
+fn check_checks_the_announcement_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("mg-cli-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("announce.key");
+    std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let cfg = dir.join("lab.toml");
+    let text = std::fs::read_to_string("examples/lab.toml")
+        .unwrap()
+        .replace(
+            "[node]\n",
+            &format!("[node]\nannounce_key = \"{}\"\n", key.display()),
+        );
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, _, err) = meshgate(&["check", "--config", cfg.to_str().unwrap()]);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (ok2, out2, err2) = meshgate(&["check", "--config", cfg.to_str().unwrap()]);
+    let (_, plain, _) = meshgate(&["check", "--config", "examples/lab.toml"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(!ok, "a key others can read passed");
+    assert!(err.contains("readable by others (mode 644)"), "{err}");
+    assert!(ok2, "{err2}");
+    assert!(out2.contains("announcements signed with"), "{out2}");
+    assert!(plain.contains("announcements off (no key"), "{plain}");
+}
+
 #[test]
 fn run_without_a_source_names_both_options() {
     let (ok, _, err) = meshgate(&["run"]);

@@ -57,6 +57,19 @@ pub const GRACE: Duration = Duration::from_secs(30);
 /// `meshgate run --swarm` looks for it when none is configured.
 pub const DEFAULT_KEY_FILE: &str = "/run/secrets/meshgate_announce_key";
 
+/// The key file to sign with: `node.announce_key` when given, else in
+/// swarm mode the stack file's Docker secret ([`DEFAULT_KEY_FILE`]) when
+/// it is there; `None`: no announcements.
+pub fn key_file(configured: Option<&std::path::Path>, swarm: bool) -> Option<std::path::PathBuf> {
+    match configured {
+        Some(p) => Some(p.to_path_buf()),
+        None if swarm && std::path::Path::new(DEFAULT_KEY_FILE).exists() => {
+            Some(DEFAULT_KEY_FILE.into())
+        }
+        None => None,
+    }
+}
+
 /// One node's return paths.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReturnPaths {

@@ -11,7 +11,7 @@
 //! restart after a crash) never passes a published port to the kernel.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
-use crate::announce::{DEFAULT_KEY_FILE, Keys};
+use crate::announce::{Keys, key_file};
 use crate::config::{Config, XdpMode};
 use crate::dataplane::Pipeline;
 use crate::dataplane::handover::RestoreReport;
@@ -401,22 +401,16 @@ fn announce_keys(cfg: &Config) -> Result<Option<Keys>, RunError> {
     if cfg.node.announce_port == 0 {
         return Ok(None);
     }
-    let path = match &cfg.node.announce_key {
-        Some(p) => p.clone(),
-        None if cfg.swarm.is_some() && Path::new(DEFAULT_KEY_FILE).exists() => {
-            DEFAULT_KEY_FILE.into()
-        }
-        None => {
-            log::info!(
-                "announcements off: no key (node.announce_key, or the Docker secret meshgate_announce_key in swarm mode); every task gets SNAT{} (docs/swarm.md)",
-                if cfg.swarm.is_some() {
-                    ", and a worker takes ports' protocols from DOCKER-INGRESS"
-                } else {
-                    ""
-                }
-            );
-            return Ok(None);
-        }
+    let Some(path) = key_file(cfg.node.announce_key.as_deref(), cfg.swarm.is_some()) else {
+        log::info!(
+            "announcements off: no key (node.announce_key, or the Docker secret meshgate_announce_key in swarm mode); every task gets SNAT{} (docs/swarm.md)",
+            if cfg.swarm.is_some() {
+                ", and a worker takes ports' protocols from DOCKER-INGRESS"
+            } else {
+                ""
+            }
+        );
+        return Ok(None);
     };
     Keys::load(&path).map(Some).map_err(|e| {
         RunError::Setup(format!(
