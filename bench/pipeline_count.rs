@@ -19,6 +19,11 @@ fn one(p: &mut Pipeline, b: &mut [u8], frame: &[u8]) -> Verdict {
     p.process(&mut f)
 }
 
+/// The flow tables' seed here: a fixed one, so that callgrind's counts
+/// are the same on every run (the random seed of production tables moved
+/// the new-flow count from 906 to 982 once).
+const SEED: u64 = 0x6d67_5eed_0000_0001;
+
 /// Runs `iterations` packets of `case`; returns ns per packet.
 pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
     // A fixed table size, so that setup costs the same whatever the
@@ -31,6 +36,7 @@ pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
         lab_snapshot()
     };
     let mut p = Pipeline::new(snap, 0, 1, 1 << 10, (1024, 65535));
+    p.set_flow_seed(SEED);
     let syn = if v6 {
         client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"")
     } else {
@@ -71,6 +77,7 @@ pub fn run(case: &str, iterations: u64) -> anyhow::Result<f64> {
             while done < iterations {
                 let n = (iterations - done).min(60_000);
                 p = Pipeline::new(lab_snapshot(), 0, 1, 1 << 17, (1024, 65535));
+                p.set_flow_seed(SEED);
                 let t = std::time::Instant::now();
                 for i in 0..n {
                     frame[34..36].copy_from_slice(&(1024 + i as u16).to_be_bytes());

@@ -2,7 +2,8 @@
 //! counted by callgrind inside the harness's per-packet function (the
 //! difference of runs of 100 000 and 300 000 packets, with the code
 //! `bench/run` counts them with: `bench/callgrind.rs`), which do not
-//! depend on the machine's load as timings do. The budgets are today's
+//! depend on the machine's load as timings do, nor on the flow tables'
+//! random seed (the harness fixes it). The budgets are today's
 //! counts (459, 650, 905 on 2026-12-06 with passive health, whose cost
 //! bench/README.md records; 472, 642, 896 on 2026-12-02, after issue 17's work; 475, 670
 //! and 950 at the change of method, where the same code read 482, 678 and

@@ -253,6 +253,12 @@ impl Pipeline {
         &self.snap
     }
 
+    /// Fixes the flow table's seed while it is empty
+    /// ([`FlowTable::set_seed`]).
+    pub fn set_flow_seed(&mut self, seed: u64) {
+        self.st.flows.set_seed(seed);
+    }
+
     pub fn flows(&self) -> &FlowTable {
         &self.st.flows
     }
