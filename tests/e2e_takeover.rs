@@ -224,16 +224,7 @@ fn an_incompatible_takeover_is_refused_without_harm() {
     };
     let mg = Meshgate::start(&lab, &lab.config_toml(""));
     let run = |cfg: &str, extra: &[&str]| run_beside(&lab, &mg, cfg, extra);
-    let ns = lab.client();
-    let conn = std::thread::spawn(move || {
-        lab::enter_ns(&ns).unwrap();
-        let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        s.write_all(b"hello\n").unwrap();
-        let first = task_of(&lab::read_line(&mut s).unwrap());
-        (s, first)
-    });
-    let (s, first) = conn.join().unwrap();
+    let (s, first) = connect_and_ask(&lab);
 
     let (ok, out) = run(&lab.config_toml(""), &[]);
     assert!(!ok && out.contains("--takeover"), "{out}");
@@ -264,6 +255,22 @@ fn an_incompatible_takeover_is_refused_without_harm() {
     let (st, log, _) = mg.stop();
     assert!(st.success(), "{log}");
     assert!(!log.contains("handing over"), "{log}");
+}
+
+/// A connection from the client through meshgate, and the task that
+/// answered it first.
+fn connect_and_ask(lab: &Lab) -> (TcpStream, String) {
+    let ns = lab.client();
+    std::thread::spawn(move || {
+        lab::enter_ns(&ns).unwrap();
+        let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(b"hello\n").unwrap();
+        let first = task_of(&lab::read_line(&mut s).unwrap());
+        (s, first)
+    })
+    .join()
+    .unwrap()
 }
 
 /// The task that answers `s` now.
@@ -348,17 +355,7 @@ fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole()
         return;
     };
     let mut mg = Meshgate::start(&lab, &lab.config_toml(""));
-    let ns = lab.client();
-    let (s, first) = std::thread::spawn(move || {
-        lab::enter_ns(&ns).unwrap();
-        let mut s = TcpStream::connect_timeout(&target(), T).unwrap();
-        s.set_read_timeout(Some(T)).unwrap();
-        s.write_all(b"hello\n").unwrap();
-        let first = task_of(&lab::read_line(&mut s).unwrap());
-        (s, first)
-    })
-    .join()
-    .unwrap();
+    let (s, first) = connect_and_ask(&lab);
 
     let t0 = Instant::now();
     let generic = lab

@@ -69,7 +69,9 @@ pub struct SwarmSource {
     threads: Vec<JoinHandle<()>>,
 }
 
-type Word = Arc<Mutex<Option<Vec<ServiceWord>>>>;
+/// What managers announced of services, and how many times it changed
+/// (a change wakes the reader as an event does, without counting as one).
+type Word = Arc<Mutex<(u64, Option<Vec<ServiceWord>>)>>;
 
 /// Reads the swarm once (at startup: an error here stops `meshgate run`);
 /// also what the follower needs to remember of it ([`SwarmSource::start`]).
@@ -160,9 +162,8 @@ impl SwarmSource {
     /// manager's word counts any more); a worker reads the swarm again at
     /// once with it.
     pub fn tell(&self, word: Option<Vec<ServiceWord>>) {
-        *self.word.lock().unwrap_or_else(|e| e.into_inner()) = word;
-        // As an event: the reader reads now.
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).events += 1;
+        let mut w = self.word.lock().unwrap_or_else(|e| e.into_inner());
+        *w = (w.0 + 1, word);
     }
 
     pub fn status(&self) -> SwarmStatus {
@@ -238,9 +239,11 @@ impl Reader {
         }
     }
 
-    /// Events the listener has seen so far.
+    /// Events the listener has seen so far, and changes of the managers'
+    /// word: either makes the reader read now.
     fn events(&self) -> u64 {
-        self.status.lock().unwrap_or_else(|e| e.into_inner()).events
+        let events = self.status.lock().unwrap_or_else(|e| e.into_inner()).events;
+        events + self.word.lock().unwrap_or_else(|e| e.into_inner()).0
     }
 
     /// One read: `None` when it failed, else whether the services changed.
@@ -254,6 +257,7 @@ impl Reader {
             self.word
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
+                .1
                 .as_deref(),
             &mut self.memory,
         ) {
