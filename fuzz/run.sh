@@ -8,7 +8,7 @@ cd "$(dirname "$0")"
 secs=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(wire_ethernet wire_arp wire_ipv4 wire_tcp wire_udp wire_icmp wire_ipv6 wire_icmpv6 wire_vxlan pipeline config api_request docker_api handover journal announce)
+[ ${#targets[@]} -gt 0 ] || targets=(wire_ethernet wire_arp wire_ipv4 wire_tcp wire_udp wire_icmp wire_ipv6 wire_icmpv6 wire_vxlan pipeline config api_request docker_api handover journal announce fragments)
 export RUSTC_BOOTSTRAP=1
 cargo fuzz build --sanitizer none -O
 for t in "${targets[@]}"; do

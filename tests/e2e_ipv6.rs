@@ -266,9 +266,9 @@ fn hostile_ipv6_frames_are_dropped_and_counted_by_reason() {
             "drops.ipv6_extension_header",
         ),
         (
-            "first fragment to the published port",
+            "a first fragment to the published port that holds its whole datagram",
             frag6(client6_udp(CLIENT6, 40002, b"frag"), 0, 1),
-            "drops.ip_fragment",
+            "drops.fragment_malformed",
         ),
         (
             "later fragment of no first fragment: the kernel's",

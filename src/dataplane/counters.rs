@@ -39,8 +39,15 @@ reasons! {
     IpOptions = "ip_options",
     /// IPv4 header checksum wrong.
     IpChecksum = "ip_checksum",
-    /// An IPv4 fragment (first or later).
+    /// A fragment meshgate does not carry: of an IPv4 packet with options
+    /// or in VXLAN (the outer packet fragmented), or of ICMP.
     IpFragment = "ip_fragment",
+    /// A later fragment of a datagram whose first fragment has not passed
+    /// (out of order, lost, expired, or evicted by too many in flight).
+    FragmentNoFirst = "fragment_no_first",
+    /// A fragment RFC 1858 warns of: a first fragment too short for its
+    /// transport header, or a TCP fragment at offset 8 (over the header).
+    FragmentMalformed = "fragment_malformed",
     /// TTL 0 or 1: forwarding would take it to zero.
     TtlExpired = "ttl_expired",
     /// Not addressed to the node address (or the overlay address inside VXLAN).
@@ -89,6 +96,9 @@ reasons! {
     /// through the ingress sandbox's socket (its TX ring, or no free frame
     /// to copy it into).
     SandboxFull = "sandbox_full",
+    /// No free frame for the second half of a packet split at the
+    /// overlay's MTU (its first half left).
+    NoFrame = "no_frame",
     /// An ICMP error that belongs to no flow.
     IcmpNoFlow = "icmp_no_flow",
     /// A task's reset in answer to a client's SYN, held back while another
@@ -159,6 +169,20 @@ pub struct EventCounters {
     pub ejections_capped: u64,
     #[serde(default)]
     pub syns_moved: u64,
+    /// Fragments of clients' datagrams forwarded (first and later ones),
+    /// and of tasks' datagrams delivered back.
+    #[serde(default)]
+    pub fragments_forwarded: u64,
+    #[serde(default)]
+    pub fragments_replied: u64,
+    /// Packets larger than the overlay's MTU, without DF, sent as two
+    /// fragments.
+    #[serde(default)]
+    pub fragments_split: u64,
+    /// Datagrams in fragments forgotten before their time because too
+    /// many were in flight (`crate::dataplane::fragments`).
+    #[serde(default)]
+    pub fragments_evicted: u64,
 }
 
 impl EventCounters {
@@ -183,6 +207,10 @@ impl EventCounters {
         self.tasks_ejected += o.tasks_ejected;
         self.ejections_capped += o.ejections_capped;
         self.syns_moved += o.syns_moved;
+        self.fragments_forwarded += o.fragments_forwarded;
+        self.fragments_replied += o.fragments_replied;
+        self.fragments_split += o.fragments_split;
+        self.fragments_evicted += o.fragments_evicted;
     }
 
     /// Counts what a recorded failure did (`super::health`).

@@ -167,7 +167,7 @@ impl SnatKey {
     }
 }
 
-fn random_seed() -> u64 {
+pub(super) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(0x6d65_7368_6761_7465);

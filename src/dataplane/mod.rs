@@ -21,6 +21,7 @@ pub mod desc;
 #[path = "../../testkit/src/fixtures.rs"]
 pub mod fixtures;
 pub mod flow;
+pub mod fragments;
 pub mod handover;
 pub mod health;
 pub mod journal;

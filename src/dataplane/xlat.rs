@@ -160,6 +160,146 @@ pub fn v4_to_v6(
     Some((start, total + GROWTH))
 }
 
+/// The bytes an IPv6 header and a fragment header have over an IPv4
+/// header without options.
+pub const FRAGMENT_GROWTH: usize = GROWTH + ipv6::fragment::HEADER_LEN;
+
+/// The change of a fragment's transport checksum when its datagram's
+/// pseudo-header goes from `out` to `inn` (each a sum over addresses and
+/// protocol; the length is the datagram's in both and cancels).
+fn fragment_checksum(old: u16, out: u16, inn: u16, udp_like: bool) -> u16 {
+    let new = checksum::apply_folded(old, checksum::combine(&[!out, inn]));
+    if udp_like && new == 0 { 0xffff } else { new }
+}
+
+/// Translates the IPv6 fragment at `buf[off..off + len]` (the fixed
+/// header, a fragment header, then a part of a TCP or UDP datagram) into
+/// an IPv4 fragment from `src` to `dst`, in place (RFC 7915 5.1.1): the
+/// IPv4 header ends where the fragment header did, so the packet starts
+/// at `off + FRAGMENT_GROWTH`. Its identification is the low 16 bits of
+/// the fragment header's, its offset and MF the fragment header's, DF
+/// clear. Only a first fragment (offset 0) holds the transport checksum,
+/// patched for the change of pseudo-header. Returns the new (offset,
+/// length), or `None` for another upper layer than TCP or UDP.
+pub fn v6_fragment_to_v4(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+) -> Option<(usize, usize)> {
+    use ipv6::fragment as fh;
+    let h = buf.get(off..off + ipv6::HEADER_LEN + fh::HEADER_LEN)?;
+    let fr = &h[ipv6::HEADER_LEN..];
+    let protocol = fr[fh::NEXT_HEADER];
+    let (csum, udp_like) = l4_checksum(protocol)?;
+    let payload = len.checked_sub(ipv6::HEADER_LEN + fh::HEADER_LEN)?;
+    let offset_m = get16(fr, fh::OFFSET_M);
+    let ident = get16(fr, fh::IDENT.start + 2..fh::IDENT.end);
+    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
+    let hop_limit = h[ip6::HOP_LIMIT];
+    let mut s6 = [0u8; 16];
+    let mut d6 = [0u8; 16];
+    s6.copy_from_slice(&h[ip6::SRC]);
+    d6.copy_from_slice(&h[ip6::DST]);
+    let l4 = off + ipv6::HEADER_LEN + fh::HEADER_LEN;
+    if offset_m & fh::OFFSET_MASK == 0 {
+        let c = at(csum, l4);
+        let old = get16(buf.get(c.clone())?, 0..2);
+        if !(udp_like && old == 0) {
+            let out = checksum::pseudo_header_v6(s6.into(), d6.into(), protocol, 0);
+            let inn = checksum::pseudo_header(src, dst, protocol, 0);
+            let new = fragment_checksum(old, out, inn, udp_like);
+            buf[c].copy_from_slice(&new.to_be_bytes());
+        }
+    }
+    let total = ipv4::HEADER_LEN + payload;
+    let v4 = off + FRAGMENT_GROWTH;
+    let h = &mut buf[v4..v4 + ipv4::HEADER_LEN];
+    h.fill(0);
+    h[ip4::VER_IHL] = 0x45;
+    h[ip4::DSCP_ECN] = traffic_class;
+    h[ip4::LENGTH].copy_from_slice(&(total as u16).to_be_bytes());
+    h[ip4::IDENT].copy_from_slice(&ident.to_be_bytes());
+    let mut flg_off = (offset_m & fh::OFFSET_MASK) >> 3;
+    if offset_m & fh::FLAG_M != 0 {
+        flg_off |= ipv4::FLAG_MF;
+    }
+    h[ip4::FLG_OFF].copy_from_slice(&flg_off.to_be_bytes());
+    h[ip4::TTL] = hop_limit;
+    h[ip4::PROTOCOL] = protocol;
+    h[ip4::SRC].copy_from_slice(&src.octets());
+    h[ip4::DST].copy_from_slice(&dst.octets());
+    let c = checksum::checksum(h);
+    h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    Some((v4, total))
+}
+
+/// Translates the IPv4 fragment at `buf[off..off + len]` (a header
+/// without options, then a part of a TCP or UDP datagram) into an IPv6
+/// fragment from `src` to `dst`, in place (RFC 7915 4.1.1): the IPv6 and
+/// fragment headers start `FRAGMENT_GROWTH` bytes before `off` (the
+/// caller's headroom); identification, offset and M follow the IPv4
+/// header's. A first fragment's transport checksum is patched for the
+/// change of pseudo-header; a UDP first fragment without one (IPv6
+/// requires one, and the datagram is not here whole to sum it) is
+/// refused. Returns the new (offset, length), or `None` for another
+/// protocol than TCP or UDP, no headroom, or that UDP case.
+pub fn v4_fragment_to_v6(
+    buf: &mut [u8],
+    off: usize,
+    len: usize,
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) -> Option<(usize, usize)> {
+    use ipv6::fragment as fh;
+    let start = off.checked_sub(FRAGMENT_GROWTH)?;
+    let h = buf.get(off..off + ipv4::HEADER_LEN)?;
+    let protocol = h[ip4::PROTOCOL];
+    let (csum, udp_like) = l4_checksum(protocol)?;
+    let total = len;
+    let flg_off = get16(h, ip4::FLG_OFF);
+    let ident = get16(h, ip4::IDENT);
+    let tos = h[ip4::DSCP_ECN];
+    let ttl = h[ip4::TTL];
+    let (s4, d4) = (
+        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::SRC]).ok()?),
+        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::DST]).ok()?),
+    );
+    let payload = total.checked_sub(ipv4::HEADER_LEN)?;
+    let l4 = off + ipv4::HEADER_LEN;
+    if flg_off & ipv4::OFFSET_MASK == 0 {
+        let c = at(csum, l4);
+        let old = get16(buf.get(c.clone())?, 0..2);
+        if udp_like && old == 0 {
+            return None;
+        }
+        let out = checksum::pseudo_header(s4, d4, protocol, 0);
+        let inn = checksum::pseudo_header_v6(src, dst, protocol, 0);
+        let new = fragment_checksum(old, out, inn, udp_like);
+        buf[c].copy_from_slice(&new.to_be_bytes());
+    }
+    let h = &mut buf[start..start + ipv6::HEADER_LEN + fh::HEADER_LEN];
+    let w = (6u32 << 28) | (u32::from(tos) << 20);
+    h[ip6::VER_TC_FLOW].copy_from_slice(&w.to_be_bytes());
+    let payload_len = (payload + fh::HEADER_LEN) as u16;
+    h[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+    h[ip6::NEXT_HEADER] = ipv6::next_header::FRAGMENT;
+    h[ip6::HOP_LIMIT] = ttl;
+    h[ip6::SRC].copy_from_slice(&src.octets());
+    h[ip6::DST].copy_from_slice(&dst.octets());
+    let fr = &mut h[ipv6::HEADER_LEN..];
+    fr[fh::NEXT_HEADER] = protocol;
+    fr[1] = 0;
+    let mut offset_m = (flg_off & ipv4::OFFSET_MASK) << 3;
+    if flg_off & ipv4::FLAG_MF != 0 {
+        offset_m |= fh::FLAG_M;
+    }
+    fr[fh::OFFSET_M].copy_from_slice(&offset_m.to_be_bytes());
+    fr[fh::IDENT].copy_from_slice(&u32::from(ident).to_be_bytes());
+    Some((start, ipv6::HEADER_LEN + fh::HEADER_LEN + payload))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -244,6 +244,30 @@ impl Worker {
                 self.umem.set_data(&mut t, off, len);
                 self.send_to_sandbox(t);
             }
+            Verdict::Split(len2) | Verdict::SplitLocal(len2) => {
+                let to_local = matches!(verdict, Verdict::SplitLocal(_));
+                // The second fragment, right behind the first in its
+                // buffer, copied out before the first leaves.
+                let second = self.free.pop().and_then(|mut s| {
+                    self.umem.set_data(&mut t, off + len, len2.into());
+                    if copy_frame(&self.umem, &mut t, &self.umem, &mut s) {
+                        Some(s)
+                    } else {
+                        self.umem.reset(&mut s);
+                        self.free.push(s);
+                        None
+                    }
+                });
+                self.umem.set_data(&mut t, off, len);
+                let frames = std::iter::once(Some(t)).chain(std::iter::once(second));
+                for frame in frames {
+                    match frame {
+                        Some(f) if to_local => self.send_to_sandbox(f),
+                        Some(f) => tx.push(f),
+                        None => self.pipeline.count_drop(DropReason::NoFrame),
+                    }
+                }
+            }
             Verdict::Drop(_) => self.recycle(t),
             Verdict::Handoff(w) => {
                 let w = w as usize;

@@ -77,6 +77,25 @@ pub mod field {
 /// Length of the fixed header.
 pub const HEADER_LEN: usize = 40;
 
+/// The fragment header (RFC 8200 section 4.5): field offsets from its
+/// start, and how a fragment's offset and M flag lie in their word.
+pub mod fragment {
+    use std::ops::Range;
+    /// The next header field (the fragmented datagram's upper layer).
+    pub const NEXT_HEADER: usize = 0;
+    /// Fragment offset (13 bits, in 8-byte units), 2 reserved bits, M.
+    pub const OFFSET_M: Range<usize> = 2..4;
+    /// The identification field.
+    pub const IDENT: Range<usize> = 4..8;
+    /// Length of the fragment header.
+    pub const HEADER_LEN: usize = 8;
+    /// The offset's bits in `OFFSET_M` (already in bytes: 8-byte units
+    /// shifted by 3).
+    pub const OFFSET_MASK: u16 = 0xfff8;
+    /// More fragments follow.
+    pub const FLAG_M: u16 = 0x0001;
+}
+
 /// The minimum link MTU every IPv6 link carries (RFC 8200 section 5).
 pub const MIN_MTU: u16 = 1280;
 

@@ -658,15 +658,25 @@ fn serve_tcp(s: TcpStream, peer: SocketAddr, name: String, stop: Arc<AtomicBool>
     }
 }
 
+/// Answers each datagram with a line naming the task and the peer it
+/// saw; a datagram of more than [`ECHO_ABOVE`] bytes comes back after the
+/// line, whole (the fragments tests' large answers).
 fn udp_server(s: UdpSocket, name: String, stop: Arc<AtomicBool>) {
     s.set_read_timeout(Some(Duration::from_millis(100))).ok();
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, peer)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(format!("{name} {peer}\n").as_bytes(), peer);
+        if let Ok((n, peer)) = s.recv_from(&mut buf) {
+            let mut answer = format!("{name} {peer}\n").into_bytes();
+            if n > ECHO_ABOVE {
+                answer.extend_from_slice(&buf[..n]);
+            }
+            let _ = s.send_to(&answer, peer);
         }
     }
 }
+
+/// Datagrams larger than this come back whole from the lab's UDP tasks.
+pub const ECHO_ABOVE: usize = 100;
 
 /// One request on a new TCP connection: returns the server's answer line.
 pub fn tcp_request(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
@@ -692,7 +702,12 @@ pub fn read_line(s: &mut TcpStream) -> std::io::Result<String> {
 
 /// One UDP request/answer.
 pub fn udp_request(to: SocketAddr, timeout: Duration) -> std::io::Result<String> {
-    let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    let any: SocketAddr = if to.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = UdpSocket::bind(any)?;
     s.set_read_timeout(Some(timeout))?;
     s.send_to(b"hello\n", to)?;
     let mut buf = [0u8; 2048];

@@ -135,8 +135,9 @@ pub(super) const ICMP_QUOTE: usize = 64;
 
 /// Answers a client packet larger than the overlay MTU with ICMP
 /// "fragmentation needed" (RFC 1191), as a router on the path would, so that
-/// path MTU discovery works through meshgate. Packets without DF are
-/// dropped: meshgate does not fragment.
+/// path MTU discovery works through meshgate. A packet without DF is
+/// `too_big` here, and [`Pipeline::process`](super::Pipeline::process)
+/// sends it on in two fragments ([`super::fragment::oversized`]).
 pub(super) fn frag_needed(
     snap: &Snapshot,
     st: &mut State,
@@ -430,7 +431,7 @@ pub(super) fn send_reset<const V6: bool>(
     emit_reset(id, f, mac, &key, reset);
     if V6 {
         // The client's segment was translated from IPv6: so is the reset.
-        to_ipv6(id, f, c6).map_err(|_| reason)?;
+        to_ipv6::<false>(id, f, c6).map_err(|_| reason)?;
     }
     st.events.resets_sent += 1;
     st.drops.inc(reason);

@@ -4,6 +4,7 @@
 
 use super::answer::ICMP_QUOTE;
 use super::forward::forward;
+use super::fragment::fragment6;
 use super::parse::{Ip4, parse_l4};
 use super::reply::deliver;
 use super::{ETH, FrameBuf, INNER, INNER_IP, IP, State, Verdict};
@@ -20,7 +21,8 @@ use crate::wire::{MacAddr, checksum, get_mac, get16, icmp, icmpv6, ipv6, set16};
 
 /// An IPv6 client's packet to a published port on `node.address6`
 /// (RFC 7915 in spirit; the overlay and the tasks stay IPv4): checked as
-/// strictly as IPv4 (no extension header, no fragment), answered with
+/// strictly as IPv4 (no extension header; a fragment header goes to
+/// [`fragment6`]), answered with
 /// Packet Too Big when its IPv4 form would not fit the overlay, then
 /// translated in place into IPv4 from the client's digest
 /// ([`FlowTable::digest6`]) to the node address, so that the IPv4 steps
@@ -40,12 +42,13 @@ pub(super) fn forward6(
         crate::wire::Error::Truncated => DropReason::Truncated,
         _ => DropReason::IpMalformed,
     })?;
-    let r = ipv6::Repr::parse(&p).map_err(|e| match e {
-        crate::wire::Error::Fragment => DropReason::IpFragment,
-        crate::wire::Error::Unsupported => DropReason::Ipv6ExtensionHeader,
-        crate::wire::Error::Truncated => DropReason::Truncated,
-        _ => DropReason::IpMalformed,
-    })?;
+    let r = match ipv6::Repr::parse(&p) {
+        Ok(r) => r,
+        Err(crate::wire::Error::Fragment) => return fragment6(snap, st, f, node6),
+        Err(crate::wire::Error::Unsupported) => return Err(DropReason::Ipv6ExtensionHeader),
+        Err(crate::wire::Error::Truncated) => return Err(DropReason::Truncated),
+        Err(_) => return Err(DropReason::IpMalformed),
+    };
     if r.dst != node6 {
         return Err(DropReason::NotForUs);
     }
@@ -94,7 +97,7 @@ pub(super) fn forward6(
     };
     let ip = Ip4::of(iph);
     let l4 = parse_l4(proto, &d[ETH + IP..])?;
-    forward::<true>(snap, st, f, ip, l4, &c6)
+    forward::<true, false>(snap, st, f, ip, l4, &c6)
 }
 
 /// Where a TCP or UDP header keeps its checksum.
@@ -111,29 +114,38 @@ pub(super) fn l4_checksum_offset(proto: u8) -> usize {
 /// digest) into IPv6 from the node's IPv6 address to `client6`, in place:
 /// it grows by [`crate::dataplane::xlat::GROWTH`] bytes into the headroom, and the
 /// Ethernet header, its addresses kept, moves with it.
+///
+/// `FRAGMENT`: the packet is a fragment, and becomes an IPv6 fragment
+/// (with a fragment header: [`crate::dataplane::xlat::FRAGMENT_GROWTH`]).
 #[inline(never)]
-pub(super) fn to_ipv6(
+pub(super) fn to_ipv6<const FRAGMENT: bool>(
     id: &Identity,
     f: &mut FrameBuf<'_>,
     client6: &[u8; 16],
 ) -> Result<(), DropReason> {
+    use crate::dataplane::xlat;
     let Some(node6) = id.node_addr6 else {
         return Err(DropReason::NotIpv4);
     };
     let (eth, len) = (f.off, f.len);
-    let Some(start) = eth.checked_sub(crate::dataplane::xlat::GROWTH) else {
+    let growth = if FRAGMENT {
+        xlat::FRAGMENT_GROWTH
+    } else {
+        xlat::GROWTH
+    };
+    let Some(start) = eth.checked_sub(growth) else {
         return Err(DropReason::NoHeadroom);
     };
     // First the Ethernet header, out of the way of the IPv6 header that
     // will cover its old place.
     f.buf.copy_within(eth..eth + ETH - 2, start);
-    let Some((v6, total)) = crate::dataplane::xlat::v4_to_v6(
-        f.buf,
-        eth + ETH,
-        len - ETH,
-        node6,
-        std::net::Ipv6Addr::from(*client6),
-    ) else {
+    let client6 = std::net::Ipv6Addr::from(*client6);
+    let translated = if FRAGMENT {
+        xlat::v4_fragment_to_v6(f.buf, eth + ETH, len - ETH, node6, client6)
+    } else {
+        xlat::v4_to_v6(f.buf, eth + ETH, len - ETH, node6, client6)
+    };
+    let Some((v6, total)) = translated else {
         return Err(DropReason::UnsupportedProtocol);
     };
     debug_assert_eq!(v6, start + ETH);
@@ -242,7 +254,7 @@ pub(super) fn deliver6(
 ) -> Result<Verdict, DropReason> {
     let v = deliver(id, st, f, client_mac, task_index)?;
     let c6 = *st.flows.client6(slot);
-    to_ipv6(id, f, &c6)?;
+    to_ipv6::<false>(id, f, &c6)?;
     st.events.ipv6_replies += 1;
     Ok(v)
 }

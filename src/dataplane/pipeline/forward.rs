@@ -3,7 +3,8 @@
 //! the task's outer template or, for a task on this node, as it is.
 
 use super::answer::{frag_needed, port_unreachable, send_reset};
-use super::nat::{Rewrite, flow_deltas, nat};
+use super::fragment;
+use super::nat::{Rewrite, flow_deltas, nat, nat_addrs};
 use super::parse::{Ip4, L4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
     end_flow, flow_task, move_shared, release_shared, request_resolution, tcp_transition,
@@ -12,9 +13,10 @@ use super::{ETH, FrameBuf, HEADROOM, IP, Retry, State, VX_UDP, Verdict};
 use crate::dataplane::counters::{DropReason, EventCounters};
 use crate::dataplane::desc::{ClientIp, OutlierDetection};
 use crate::dataplane::flow::{ClientKey, Flow, FlowState, FlowTable, InsertError};
+use crate::dataplane::fragments::Route;
 use crate::dataplane::health::{self, Failure};
 use crate::dataplane::tables::{
-    Identity, OUTER_TEMPLATE_LEN, OuterTemplate, PortEntry, Snapshot, TaskEntry,
+    Identity, L4Checksum, OUTER_TEMPLATE_LEN, OuterTemplate, PortEntry, Snapshot, TaskEntry,
 };
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
@@ -65,7 +67,12 @@ pub(super) const NO_CLIENT6: [u8; 16] = [0; 16];
 /// packet, `l4` its parsed transport header): finds or makes its flow,
 /// translates it and sends it to the flow's task, in VXLAN or, for a task
 /// on this node, as it is.
-pub(super) fn forward<const V6: bool>(
+///
+/// `SPLIT` is the cold instance for a packet that may not fit the overlay
+/// as it is: a datagram's first fragment (`State::first_fragment` names
+/// it) or a packet above the overlay's MTU without DF;
+/// [`fragment::first_to_task`] sends it.
+pub(super) fn forward<const V6: bool, const SPLIT: bool>(
     snap: &Snapshot,
     st: &mut State,
     f: &mut FrameBuf<'_>,
@@ -88,7 +95,7 @@ pub(super) fn forward<const V6: bool>(
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    if total > usize::from(id.overlay_mtu) {
+    if total > usize::from(id.overlay_mtu) && !SPLIT {
         return frag_needed(snap, st, f, total);
     }
     let key = ClientKey {
@@ -104,7 +111,12 @@ pub(super) fn forward<const V6: bool>(
     let key_hash = st.flows.client_hash(&key);
     let (slot, task) = match known_flow::<V6>(snap, st, &key, key_hash, is_syn, port, c6) {
         Known::Flow(s, task) => (s, task),
-        Known::Elsewhere(w) => return hand_to(w),
+        Known::Elsewhere(w) => {
+            if SPLIT {
+                fragment::enter(st, Route::Worker(w));
+            }
+            return hand_to(w);
+        }
         // A SYN again (a retransmission to a task that died) starts anew;
         // any other segment learns that its connection is gone.
         Known::TaskGone if proto == protocol::TCP && !is_syn => {
@@ -152,6 +164,10 @@ pub(super) fn forward<const V6: bool>(
         flow.hash,
         flow.task_index,
     );
+    if SPLIT {
+        let key = flow.key;
+        return fragment::first_to_task::<V6>(snap, st, f, (task, key), (ti, hash, total), rw);
+    }
     if task.local {
         to_local(f, rw, task, id)?;
         count_in(st, ti, ETH + total);
@@ -175,6 +191,64 @@ pub(super) fn forward<const V6: bool>(
     };
     // DNAT + SNAT of the inner packet.
     nat(inner, rw, id.l4_checksum);
+    encapsulate(encap, outer, hash, inner_len);
+    f.off = off;
+    f.len = HEADROOM + inner_len;
+    count_in(st, ti, ETH + total);
+    if V6 {
+        st.events.ipv6_forwarded += 1;
+    }
+    Ok(Verdict::Transmit)
+}
+
+/// Translates a client's packet (by `rw`, its transport checksum in
+/// `mode`; `ADDRS_ONLY`: a later fragment, which has no transport header)
+/// and sends it to its flow's task (`ti`; `hash` picks the outer UDP
+/// source port; `total` is its IPv4 length): for a task on this node, as
+/// it is ([`to_local`]); else in VXLAN, in the frame's headroom. The
+/// translation is a type parameter and two values, not a closure: a
+/// closure stayed out of line and cost each established packet 18
+/// instructions (bench/README.md, "Choices the counts made").
+#[inline(always)]
+pub(super) fn to_task<const V6: bool, const ADDRS_ONLY: bool>(
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    task: &TaskEntry,
+    (ti, hash, total): (u32, u32, usize),
+    id: &Identity,
+    (rw, mode): (Rewrite, L4Checksum),
+) -> Result<Verdict, DropReason> {
+    if task.local {
+        if ADDRS_ONLY {
+            nat_addrs(&mut f.data_mut()[ETH..], rw);
+        } else {
+            nat(&mut f.data_mut()[ETH..], rw, mode);
+        }
+        local_macs(f, task, id)?;
+        count_in(st, ti, ETH + total);
+        if V6 {
+            st.events.ipv6_forwarded += 1;
+        }
+        return Ok(Verdict::Local);
+    }
+    let Some(outer) = &task.outer else {
+        request_resolution(st, task.node);
+        return Err(DropReason::NoNeighbour);
+    };
+    // The headroom and the frame as one slice, bounds-checked once (with
+    // less headroom than that, `off` wraps past the frame's end: `None`).
+    let (off, inner_len) = (f.off.wrapping_sub(HEADROOM), f.len);
+    let Some(out) = f.buf.get_mut(off..f.off + inner_len) else {
+        return Err(DropReason::NoHeadroom);
+    };
+    let Some((encap, inner)) = out.split_first_chunk_mut::<{ OUTER_TEMPLATE_LEN }>() else {
+        return Err(DropReason::Truncated);
+    };
+    if ADDRS_ONLY {
+        nat_addrs(inner, rw);
+    } else {
+        nat(inner, rw, mode);
+    }
     encapsulate(encap, outer, hash, inner_len);
     f.off = off;
     f.len = HEADROOM + inner_len;
@@ -228,6 +302,16 @@ pub(super) fn to_local(
     id: &Identity,
 ) -> Result<(), DropReason> {
     nat(&mut f.data_mut()[ETH..], rw, id.l4_checksum);
+    local_macs(f, task, id)
+}
+
+/// The Ethernet addresses of a translated packet to a task on this node.
+#[inline(always)]
+pub(super) fn local_macs(
+    f: &mut FrameBuf<'_>,
+    task: &TaskEntry,
+    id: &Identity,
+) -> Result<(), DropReason> {
     let Some(eth) = f.data_mut().first_chunk_mut::<ETH>() else {
         return Err(DropReason::Truncated);
     };
@@ -263,8 +347,10 @@ pub(super) enum Known<'s> {
 /// there (if any) means: a SYN on a closing flow and a flow whose task has
 /// gone end it. The inlining attributes of this step, `new_flow`,
 /// `flow_deltas` and `SchedTable::pick` were chosen by callgrind's counts
-/// (bench/README.md, "Choices the counts made").
-#[inline]
+/// (bench/README.md, "Choices the counts made"); `always` since the cold
+/// instance of `forward` calls it too, and with two callers the hint no
+/// longer inlined it into the hot one.
+#[inline(always)]
 pub(super) fn known_flow<'s, const V6: bool>(
     snap: &'s Snapshot,
     st: &mut State,

@@ -137,6 +137,25 @@ pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checks
     }
 }
 
+/// A flow's translation of a fragment after its datagram's first (it
+/// has no transport header): the addresses and TTL, the IPv4 checksum by
+/// the flow's address delta (the transport checksum, in the first
+/// fragment, took the whole change).
+pub(super) fn nat_addrs(p: &mut [u8], rw: Rewrite) {
+    let Some(h) = p.first_chunk_mut::<IP>() else {
+        return;
+    };
+    h[ip_f::TTL] = h[ip_f::TTL].wrapping_sub(1);
+    set_addr(h, ip_f::SRC, rw.src);
+    set_addr(h, ip_f::DST, rw.dst);
+    let c = checksum::apply_folded2(
+        get16_ne(h, ip_f::CHECKSUM),
+        rw.delta_addrs,
+        TTL_DECREMENT_NE,
+    );
+    set16_ne(h, ip_f::CHECKSUM, c);
+}
+
 /// Sums the TCP or UDP checksum of `seg` (the whole segment) anew. A UDP
 /// checksum of zero (the sender computed none) stays zero: a partial one
 /// never is, since the pseudo-header's sum is not zero.

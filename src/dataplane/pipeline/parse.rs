@@ -3,6 +3,7 @@
 
 use super::client6::forward6;
 use super::forward::{NO_CLIENT6, forward};
+use super::fragment::{self, fragment4};
 use super::reply::reply;
 use super::{ETH, FrameBuf, IP, State, Verdict};
 use crate::dataplane::counters::DropReason;
@@ -18,7 +19,8 @@ use std::net::Ipv4Addr;
 
 /// Checks an IPv4 header without options; `avail` is the number of bytes
 /// from the header's start to the end of the frame. Returns the packet's
-/// total length. The fixed-size header makes every access check-free.
+/// total length. The fixed-size header makes every access check-free. A
+/// fragment is tested last: `IpFragment` says that all else is sound.
 #[inline(always)]
 pub(super) fn check_ipv4(h: &[u8; IP], avail: usize) -> Result<usize, DropReason> {
     let ver_ihl = h[ip_f::VER_IHL];
@@ -167,7 +169,11 @@ pub(super) fn classify(
     let Some(iph) = h[ETH..].first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
-    let total = check_ipv4(iph, d.len() - ETH)?;
+    let total = match check_ipv4(iph, d.len() - ETH) {
+        Ok(t) => t,
+        Err(DropReason::IpFragment) => return fragment4(snap, st, f),
+        Err(e) => return Err(e),
+    };
     if iph[ip_f::DST] != snap.identity.node_addr.octets() {
         return Err(DropReason::NotForUs);
     }
@@ -179,7 +185,10 @@ pub(super) fn classify(
     if proto == protocol::UDP && l4.dport == snap.identity.vxlan_port {
         return reply(snap, st, f);
     }
-    forward::<false>(snap, st, f, ip, l4, &NO_CLIENT6)
+    match forward::<false, false>(snap, st, f, ip, l4, &NO_CLIENT6) {
+        Err(DropReason::TooBig) => fragment::oversized(snap, st, f),
+        r => r,
+    }
 }
 
 /// A frame that is not IPv4: an IPv6 client's, or dropped by its EtherType.

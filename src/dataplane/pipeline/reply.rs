@@ -3,6 +3,7 @@
 
 use super::answer::{arp_reply, icmp_error};
 use super::client6::deliver6;
+use super::fragment::{parse_first, reply_fragment};
 use super::nat::{Rewrite, nat};
 use super::parse::{check_ipv4, parse_l4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
@@ -92,7 +93,11 @@ pub(super) fn reply_from(
     let Some(iph) = d[INNER_IP..end].first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
-    let total = check_ipv4(iph, end - INNER_IP)?;
+    let total = match check_ipv4(iph, end - INNER_IP) {
+        Ok(t) => t,
+        Err(DropReason::IpFragment) => return reply_fragment::<true>(snap, st, f, vtep),
+        Err(e) => return Err(e),
+    };
     // To the sandbox, or (sent to the sandbox's MAC) to a client whose
     // address the flow keeps.
     let peer = reply_peer(id, iph);
@@ -104,7 +109,7 @@ pub(super) fn reply_from(
         return icmp_error(snap, st, f, total, vtep, ttl, peer);
     }
     let p = &mut f.data_mut()[INNER_IP..INNER_IP + total];
-    match translate_reply::<true>(snap, st, p, vtep, id.l4_checksum, peer)? {
+    match translate_reply::<true, false>(snap, st, p, vtep, id.l4_checksum, peer)? {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
         ReplyTo::Client {
             mac,
@@ -158,7 +163,10 @@ pub(super) enum ReplyTo {
 /// of the snapshot's VTEPs ([`reply`]), which is settled here before the
 /// flow changes.
 #[inline(always)]
-pub(super) fn translate_reply<const VXLAN: bool>(
+///
+/// `FRAGMENT`: `p` is a datagram's first fragment, whose transport
+/// header's length may run past it (`l4_checksum` is then incremental).
+pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
     snap: &Snapshot,
     st: &mut State,
     p: &mut [u8],
@@ -173,7 +181,11 @@ pub(super) fn translate_reply<const VXLAN: bool>(
     let proto = iph[ip_f::PROTOCOL];
     let ttl = iph[ip_f::TTL];
     let task_addr = get_addr(iph, ip_f::SRC);
-    let l4 = parse_l4(proto, &p[IP..])?;
+    let l4 = if FRAGMENT {
+        parse_first(proto, &p[IP..])?
+    } else {
+        parse_l4(proto, &p[IP..])?
+    };
     let (sport, dport, tcp_flags) = (l4.sport, l4.dport, l4.flags);
     if let Some(fl) = tcp_flags {
         if !tcp_flags_valid(fl) {
@@ -338,14 +350,21 @@ pub(super) fn local_reply(
     let Some(iph) = h[ETH..].first_chunk::<IP>() else {
         return Err(DropReason::Truncated);
     };
-    let total = check_ipv4(iph, d.len() - ETH)?;
+    let total = match check_ipv4(iph, d.len() - ETH) {
+        Ok(t) => t,
+        Err(DropReason::IpFragment) => {
+            return reply_fragment::<false>(snap, st, f, id.node_addr);
+        }
+        Err(e) => return Err(e),
+    };
     let peer = reply_peer(id, iph);
     if iph[ip_f::PROTOCOL] != protocol::TCP && iph[ip_f::PROTOCOL] != protocol::UDP {
         return Err(DropReason::UnsupportedProtocol);
     }
     f.len = ETH + total;
     let p = &mut f.data_mut()[ETH..ETH + total];
-    match translate_reply::<false>(snap, st, p, id.node_addr, id.sandbox_l4_checksum, peer)? {
+    match translate_reply::<false, false>(snap, st, p, id.node_addr, id.sandbox_l4_checksum, peer)?
+    {
         ReplyTo::Worker(w) => Ok(Verdict::Handoff(w)),
         ReplyTo::Client {
             mac,

@@ -1124,7 +1124,13 @@ fn ipv6_input_meshgate_does_not_forward_is_dropped_by_reason() {
             with(14 + 6, 43),
             DropReason::Ipv6ExtensionHeader,
         ),
-        ("fragment header", with(14 + 6, 44), DropReason::IpFragment),
+        // A fragment header whose datagram is not TCP or UDP (the TCP
+        // header's first byte read as its next header).
+        (
+            "fragment header of something else",
+            with(14 + 6, 44),
+            DropReason::UnsupportedProtocol,
+        ),
         (
             "ICMPv6 to the node",
             with(14 + 6, 58),
