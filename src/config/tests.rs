@@ -429,3 +429,95 @@ mod swarm_tests {
         assert_eq!(e.key, "ingress.vni");
     }
 }
+
+/// The keys serde accepts where `prefix` puts an unknown one, as the
+/// code says them: every shape denies unknown fields, and its error
+/// lists the fields it expected.
+fn accepted_keys(prefix: &str) -> std::collections::BTreeSet<String> {
+    let text = format!("{prefix}zz_not_a_key = 1\n");
+    let err = toml::from_str::<raw::RawConfig>(&text)
+        .expect_err("an unknown key is refused")
+        .to_string();
+    let (_, expected) = err
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no expected fields in: {err}"));
+    let expected = expected.lines().next().unwrap_or("");
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The configuration reference (docs/configuration.md) names exactly the
+/// keys the code reads, table by table: a key added to the code and not
+/// to the reference (or the other way round) fails here.
+#[test]
+fn the_configuration_reference_names_every_key_the_code_reads() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let doc = include_str!("../../docs/configuration.md");
+    let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for line in doc.lines().filter(|l| l.starts_with("| `")) {
+        let mut cells = line.split(" | ");
+        let first = cells.next().unwrap_or("").trim_start_matches("| ");
+        for name in first.split('`').skip(1).step_by(2) {
+            let name = name.replace("[[service]] ", "service.");
+            if let Some((table, key)) = name.split_once('.') {
+                documented
+                    .entry(table.to_string())
+                    .or_default()
+                    .insert(key.to_string());
+            }
+        }
+        // The inline tables of `service.publish` and `service.tasks`:
+        // `{ a, b = default, … }` in the meaning.
+        if let (Some(sub), Some(inner)) = (
+            first
+                .strip_prefix("`service.")
+                .and_then(|s| s.strip_suffix('`')),
+            line.split_once("`{ ")
+                .map(|(_, r)| r.split(" }").next().unwrap_or("")),
+        ) {
+            let keys = inner
+                .split(',')
+                .map(|k| k.split('=').next().unwrap_or("").trim().to_string());
+            documented
+                .entry(format!("service.{sub}"))
+                .or_default()
+                .extend(keys);
+        }
+    }
+    let code: BTreeMap<String, BTreeSet<String>> = [
+        ("node", "[node]\n"),
+        ("ingress", "[ingress]\n"),
+        ("swarm", "[swarm]\n"),
+        ("timeouts", "[timeouts]\n"),
+        ("flows", "[flows]\n"),
+        ("control", "[control]\n"),
+        ("service", "[[service]]\n"),
+        (
+            "service.publish",
+            "[[service]]\nname = \"a\"\n[[service.publish]]\n",
+        ),
+        (
+            "service.tasks",
+            "[[service]]\nname = \"a\"\n[[service.tasks]]\n",
+        ),
+    ]
+    .into_iter()
+    .map(|(t, p)| (t.to_string(), accepted_keys(p)))
+    .collect();
+    // Every table the code reads at the top is one of those.
+    let top: BTreeSet<String> = accepted_keys("").into_iter().collect();
+    let tables: BTreeSet<String> = code.keys().filter(|t| !t.contains('.')).cloned().collect();
+    assert_eq!(top, tables, "the top-level tables");
+    for (table, keys) in &code {
+        assert!(!keys.is_empty(), "{table}: no keys read from the code");
+        let doc_keys = documented.get(table).cloned().unwrap_or_default();
+        assert_eq!(
+            &doc_keys, keys,
+            "{table}: docs/configuration.md (left) against the code (right)"
+        );
+    }
+}

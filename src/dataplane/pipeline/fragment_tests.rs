@@ -466,3 +466,29 @@ fn an_ipv6_clients_fragments_become_ipv4_fragments_and_the_answers_ipv6_ones() {
         assert_eq!(p.drops().total(), 0, "{size}");
     }
 }
+
+/// Overlapping and repeated fragments are not meshgate's to judge (it
+/// does not reassemble): each takes its datagram's one translation to
+/// its one task, whose kernel drops an overlapping datagram (RFC 5722,
+/// Linux since 4.19 for IPv4 too); nothing in meshgate's state changes.
+#[test]
+fn overlapping_and_repeated_fragments_take_their_datagrams_one_translation() {
+    let mut p = lab_pipeline(0, 1);
+    let frames = ipv4_fragments(&client_udp(50080, &payload(2000)), 1500, 21);
+    let (_, first) = run_split(&mut p, &frames[0], false);
+    let task = decap(&first[0])[30..34].to_vec();
+    // The second fragment moved 8 bytes back, over the first's data.
+    let mut overlap = frames[1].clone();
+    let fo = u16::from_be_bytes([overlap[20], overlap[21]]);
+    overlap[20..22].copy_from_slice(&(fo - 1).to_be_bytes());
+    fix_ip_checksum(&mut overlap, 14);
+    for f in [&frames[1], &overlap, &frames[1], &frames[0]] {
+        let (v, out) = run_split(&mut p, f, false);
+        assert!(matches!(v, Verdict::Transmit | Verdict::Split(_)), "{v:?}");
+        for o in &out {
+            assert_eq!(decap(o)[30..34], task[..], "one task");
+        }
+    }
+    assert_eq!(p.flows().len(), 1);
+    assert_eq!(p.drops().total(), 0);
+}
