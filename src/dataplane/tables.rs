@@ -486,6 +486,43 @@ pub struct LinkInfo {
     pub sandbox_l4_checksum: L4Checksum,
 }
 
+impl Identity {
+    /// The node's identity in the tables: from the description and the
+    /// interface's facts.
+    fn of(cfg: &TableDesc<'_>, link: &LinkInfo) -> Identity {
+        Identity {
+            node_addr: cfg.node_addr,
+            node_addr6: cfg.node_addr6,
+            node_mac: link.mac,
+            overlay_addr: cfg.overlay_addr,
+            overlay_mac: cfg.overlay_mac,
+            vni: cfg.vni,
+            vxlan_port: cfg.vxlan_port,
+            overlay_mtu: cfg.overlay_mtu,
+            l4_checksum: link.l4_checksum,
+            sandbox_l4_checksum: link.sandbox_l4_checksum,
+        }
+    }
+}
+
+/// The outer headers to task `t` on another node, whose MAC is `vtep_mac`.
+fn outer_template(
+    cfg: &TableDesc<'_>,
+    link: &LinkInfo,
+    t: &super::desc::Task,
+    vtep_mac: MacAddr,
+) -> OuterTemplate {
+    let tunnel = Tunnel {
+        src_mac: link.mac,
+        dst_mac: vtep_mac,
+        src: cfg.node_addr,
+        dst: t.node,
+        port: cfg.vxlan_port,
+        vni: cfg.vni,
+    };
+    OuterTemplate::new(&tunnel, cfg.overlay_mac, t.mac)
+}
+
 impl Snapshot {
     /// Builds the tables for `cfg`. Marks follow the services' order in the
     /// description for services the registry has not seen before.
@@ -497,18 +534,7 @@ impl Snapshot {
         generation: u64,
     ) -> Snapshot {
         registry.retain(cfg.services);
-        let identity = Identity {
-            node_addr: cfg.node_addr,
-            node_addr6: cfg.node_addr6,
-            node_mac: link.mac,
-            overlay_addr: cfg.overlay_addr,
-            overlay_mac: cfg.overlay_mac,
-            vni: cfg.vni,
-            vxlan_port: cfg.vxlan_port,
-            overlay_mtu: cfg.overlay_mtu,
-            l4_checksum: link.l4_checksum,
-            sandbox_l4_checksum: link.sandbox_l4_checksum,
-        };
+        let identity = Identity::of(cfg, &link);
         let mut ports = PortTable::default();
         let mut services = Vec::with_capacity(cfg.services.len());
         let mut tasks: Vec<TaskEntry> = Vec::new();
@@ -537,17 +563,7 @@ impl Snapshot {
                     vteps.insert(t.node, m);
                     m
                 };
-                let outer = vtep_mac.map(|m| {
-                    let tunnel = Tunnel {
-                        src_mac: link.mac,
-                        dst_mac: m,
-                        src: cfg.node_addr,
-                        dst: t.node,
-                        port: cfg.vxlan_port,
-                        vni: cfg.vni,
-                    };
-                    OuterTemplate::new(&tunnel, cfg.overlay_mac, t.mac)
-                });
+                let outer = vtep_mac.map(|m| outer_template(cfg, &link, t, m));
                 let idx = tasks.len() as u32;
                 task_index.insert(tid, idx);
                 members.push(idx);

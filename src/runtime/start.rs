@@ -62,11 +62,7 @@ impl Forwarder {
         // Loaded before a takeover's request: the verifier's time is not
         // spent while no socket is bound.
         let program = load_program(&cfg, &link, &queues)?;
-        let takeover_from = match (opts.takeover, &opts.control_socket) {
-            (false, _) => None,
-            (true, Some(path)) => Some(path),
-            (true, None) => return Err(RunError::Setup(TAKEOVER_NEEDS_SOCKET.into())),
-        };
+        let takeover_from = takeover_source(opts)?;
         // Tasks on this node are reached through the ingress sandbox,
         // opened first: whether it opened decides whether the swarm's
         // tasks on this node are in the tables. In a takeover the old
@@ -86,9 +82,7 @@ impl Forwarder {
         let (sandbox, successor) = match takeover_from {
             None => (sandbox, None),
             Some(path) => {
-                let successor =
-                    takeover::Successor::request(path, queues.len() as u16, cfg.flows.snat_ports)
-                        .map_err(|e| RunError::Setup(e.to_string()))?;
+                let successor = request_takeover(path, queues.len(), &cfg)?;
                 (open_sandbox(&mut cfg)?, Some(successor))
             }
         };
@@ -99,11 +93,7 @@ impl Forwarder {
         let n = xsk.ports.len();
         let exchange = new_exchange(n, cfg.node.frames_per_queue, sandbox.is_some())?;
         let (sandbox_port, sandbox_xdp) = sandbox
-            .map(|sb| {
-                let port =
-                    SandboxPort::new(sb.port, sb.umem, sb.frames, cfg.node.batch_size as usize);
-                (port, (sb.program, sb.place))
-            })
+            .map(|sb| sandbox_parts(sb, cfg.node.batch_size as usize))
             .unzip();
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let worker_cores = worker_cores(&cfg, &cores, n);
@@ -124,27 +114,9 @@ impl Forwarder {
             opts.control_socket.as_deref(),
         )?;
 
-        // The control thread (this one) and its helpers stay off the
-        // workers' CPUs: a busy-polling worker preempted for a time slice
-        // loses frames.
-        if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
-            core_affinity::set_for_current(*free);
-        }
+        pin_off_workers(&cores, &worker_cores);
         publish_ports(&cfg, &program)?;
-        let (xdp, previous) = super::attach::XdpPlace::attach(
-            Rtnl::new()?,
-            link.index,
-            &cfg.node.interface,
-            attach_flags(cfg.node.xdp_mode),
-            &program.prog,
-            &[crate::xdp::program::INGRESS_NAME],
-        )?;
-        if let super::attach::Previous::Meshgate(id) = previous {
-            log::info!(
-                "replaced the meshgate XDP program (id {id}) left on {} by the previous process",
-                cfg.node.interface
-            );
-        }
+        let xdp = attach_ingress(&cfg, &link, &program)?;
         let mut control = Control::new(super::control::ControlParts {
             cfg,
             source: opts.source.clone(),
@@ -163,11 +135,7 @@ impl Forwarder {
             zero_copy,
         });
         report_carried(&mut control, successor, restored);
-        control.sync_ports()?;
-        control
-            .follow_swarm(swarm_notes, swarm_memory)
-            .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
-        let agent = start_announcements(&mut control)?;
+        let agent = begin_control(&mut control, swarm_notes, swarm_memory)?;
         Ok(Forwarder {
             stop,
             workers: handles,
@@ -296,6 +264,88 @@ type Workers = (
     Vec<JoinHandle<()>>,
     RestoreReport,
 );
+
+/// The control thread's first work once the workers run: the published
+/// ports into the program, the swarm's threads, the announcements.
+fn begin_control(
+    control: &mut Control,
+    swarm_notes: Vec<String>,
+    swarm_memory: crate::docker::swarm::ServiceMemory,
+) -> Result<Option<agent::SwarmAgent>, RunError> {
+    control.sync_ports()?;
+    control
+        .follow_swarm(swarm_notes, swarm_memory)
+        .map_err(|e| RunError::Setup(format!("starting the swarm threads: {e}")))?;
+    start_announcements(control)
+}
+
+/// The control socket of the process to take over from, when this one
+/// is a takeover (`--takeover` needs one).
+fn takeover_source(opts: &RunOptions) -> Result<Option<&std::path::Path>, RunError> {
+    match (opts.takeover, &opts.control_socket) {
+        (false, _) => Ok(None),
+        (true, Some(path)) => Ok(Some(path)),
+        (true, None) => Err(RunError::Setup(TAKEOVER_NEEDS_SOCKET.into())),
+    }
+}
+
+/// Asks the process at `path` to hand its `queues` over.
+fn request_takeover(
+    path: &std::path::Path,
+    queues: usize,
+    cfg: &Config,
+) -> Result<takeover::Successor, RunError> {
+    takeover::Successor::request(path, queues as u16, cfg.flows.snat_ports)
+        .map_err(|e| RunError::Setup(e.to_string()))
+}
+
+/// The opened sandbox's socket for its worker, and its XDP program and
+/// place for the forwarder to keep.
+fn sandbox_parts(
+    sb: super::sandbox::Sandbox,
+    batch: usize,
+) -> (
+    SandboxPort,
+    (crate::xdp::program::CaptureProgram, super::attach::XdpPlace),
+) {
+    let port = SandboxPort::new(sb.port, sb.umem, sb.frames, batch);
+    (port, (sb.program, sb.place))
+}
+
+/// The control thread (this one) and its helpers stay off the workers'
+/// CPUs: a busy-polling worker preempted for a time slice loses frames.
+fn pin_off_workers(
+    cores: &[core_affinity::CoreId],
+    worker_cores: &[Option<core_affinity::CoreId>],
+) {
+    if let Some(free) = cores.iter().find(|c| !worker_cores.contains(&Some(**c))) {
+        core_affinity::set_for_current(*free);
+    }
+}
+
+/// Attaches the ingress program to the NIC, in place of one a previous
+/// meshgate left there.
+fn attach_ingress(
+    cfg: &Config,
+    link: &LinkFacts,
+    program: &IngressProgram,
+) -> Result<super::attach::XdpPlace, RunError> {
+    let (xdp, previous) = super::attach::XdpPlace::attach(
+        Rtnl::new()?,
+        link.index,
+        &cfg.node.interface,
+        attach_flags(cfg.node.xdp_mode),
+        &program.prog,
+        &[crate::xdp::program::INGRESS_NAME],
+    )?;
+    if let super::attach::Previous::Meshgate(id) = previous {
+        log::info!(
+            "replaced the meshgate XDP program (id {id}) left on {} by the previous process",
+            cfg.node.interface
+        );
+    }
+    Ok(xdp)
+}
 
 /// Starts one pinned worker per socket (with its initial frames); worker
 /// 0 also serves the sandbox's socket. Returns their command channels

@@ -471,7 +471,11 @@ impl Worker {
         let _ = self.reports.send(r);
     }
 
-    /// The poll loop; returns when `stop` is set.
+    /// The poll loop; returns when `stop` is set. One iteration: commands
+    /// from the control thread, frames back from the kernel and from
+    /// other workers, frames in from the NIC, the hand-off queues and the
+    /// sandbox, frames out, expiry, a report when due, and a sleep when
+    /// there was nothing to do.
     pub fn run(mut self) {
         let me = self.id as usize;
         let start = epoch();
@@ -496,19 +500,7 @@ impl Worker {
             let now = Instant::now();
             self.pipeline
                 .set_now(now.duration_since(start).as_millis() as u32);
-
-            // Recycle frames the kernel has sent, and frames coming home.
-            self.port.complete(&mut done, batch * 4);
-            for t in done.drain(..) {
-                self.recycle(t);
-            }
-            for _ in 0..batch * 4 {
-                match returns.pop() {
-                    Some(t) => self.free.push(t),
-                    None => break,
-                }
-            }
-            self.port.fill(&mut self.free);
+            self.take_back_frames(&mut done, &returns, batch);
 
             let n = self.port.recv(&mut rx, batch);
             self.pipeline.events_mut().rx += n as u64;
@@ -516,24 +508,8 @@ impl Worker {
             for t in rx.drain(..) {
                 self.handle(t, &mut tx, false);
             }
-            for _ in 0..batch {
-                match inbox.pop() {
-                    Some(t) => {
-                        work += 1;
-                        self.handle(t, &mut tx, false);
-                    }
-                    None => break,
-                }
-            }
-            for _ in 0..batch {
-                match local_inbox.pop() {
-                    Some(t) => {
-                        work += 1;
-                        self.handle(t, &mut tx, true);
-                    }
-                    None => break,
-                }
-            }
+            work += self.drain_queue(&inbox, &mut tx, false, batch);
+            work += self.drain_queue(&local_inbox, &mut tx, true, batch);
             work += self.serve_sandbox(&mut tx, batch);
             if !tx.is_empty() {
                 self.transmit(&mut tx);
@@ -544,12 +520,7 @@ impl Worker {
             if work > 0 {
                 hist.saturating_record(now.elapsed().as_nanos() as u64);
                 idle = 0;
-                let ms = self.pipeline.now();
-                if ms != last_sweep {
-                    last_sweep = ms;
-                    let budget = (self.pipeline.flows().high_water() / 1000).max(EXPIRE_MIN);
-                    self.pipeline.expire(budget);
-                }
+                self.sweep_each_millisecond(&mut last_sweep);
             } else {
                 idle = idle.saturating_add(1);
             }
@@ -558,49 +529,9 @@ impl Worker {
                 self.report(&mut hist);
                 last_report = Instant::now();
             }
-
-            // Busy: never sleep. Adaptive: after ~50 µs without frames.
-            // Interrupt: as soon as an iteration finds nothing.
-            let spin = match self.poll {
-                PollMode::Busy => u32::MAX,
-                PollMode::Adaptive => SPIN_BEFORE_SLEEP,
-                PollMode::Interrupt => 1,
-            };
-            let sandbox_in_flight = self.sandbox.as_ref().map_or(0, |s| s.port.tx_in_flight());
-            if work == 0 && idle >= spin && self.port.tx_in_flight() + sandbox_in_flight == 0 {
-                shared.sleeping.store(true, Ordering::SeqCst);
-                let mut timed_out = false;
-                if inbox.is_empty()
-                    && local_inbox.is_empty()
-                    && (self.sandbox.is_none() || self.exchange.to_sandbox.is_empty())
-                    && returns.is_empty()
-                    && self.commands.is_empty()
-                    && !self.stop.load(Ordering::Relaxed)
-                {
-                    use std::os::fd::AsFd;
-                    let mut fds = vec![
-                        nix::poll::PollFd::new(self.port.as_fd(), nix::poll::PollFlags::POLLIN),
-                        nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN),
-                    ];
-                    if let Some(sb) = &self.sandbox {
-                        fds.push(nix::poll::PollFd::new(
-                            sb.port.as_fd(),
-                            nix::poll::PollFlags::POLLIN,
-                        ));
-                    }
-                    timed_out = matches!(
-                        nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS)),
-                        Ok(0)
-                    );
-                    if fds[1]
-                        .revents()
-                        .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
-                    {
-                        let _ = shared.wake.read();
-                    }
-                }
-                shared.sleeping.store(false, Ordering::SeqCst);
-                if timed_out {
+            if work == 0 && idle >= self.spin_limit() && self.nothing_in_flight() {
+                let queues = [&*inbox, &*local_inbox, &*returns];
+                if self.sleep(&shared, queues) {
                     // Idle for a while: a long sweep, so that idle flows
                     // still expire on a quiet worker.
                     self.pipeline.set_now(start.elapsed().as_millis() as u32);
@@ -617,6 +548,112 @@ impl Worker {
             drop(self);
             let _ = to.send(export);
         }
+    }
+
+    /// Frames the kernel has sent go back to their pools, frames other
+    /// workers return come home, and the fill ring is refilled.
+    fn take_back_frames(
+        &mut self,
+        done: &mut Vec<FrameToken>,
+        returns: &ArrayQueue<FrameToken>,
+        batch: u32,
+    ) {
+        self.port.complete(done, batch * 4);
+        for t in done.drain(..) {
+            self.recycle(t);
+        }
+        for _ in 0..batch * 4 {
+            match returns.pop() {
+                Some(t) => self.free.push(t),
+                None => break,
+            }
+        }
+        self.port.fill(&mut self.free);
+    }
+
+    /// Handles up to `batch` frames from a queue of frames handed to this
+    /// worker (`local`: local tasks' replies); returns how many.
+    fn drain_queue(
+        &mut self,
+        q: &ArrayQueue<FrameToken>,
+        tx: &mut Vec<FrameToken>,
+        local: bool,
+        batch: u32,
+    ) -> usize {
+        let mut n = 0;
+        while n < batch as usize {
+            let Some(t) = q.pop() else { break };
+            self.handle(t, tx, local);
+            n += 1;
+        }
+        n
+    }
+
+    /// While busy, the flow table's expiry runs once a millisecond over
+    /// 1/1000 of the used slots (at least `EXPIRE_MIN`).
+    fn sweep_each_millisecond(&mut self, last_sweep: &mut u32) {
+        let ms = self.pipeline.now();
+        if ms != *last_sweep {
+            *last_sweep = ms;
+            let budget = (self.pipeline.flows().high_water() / 1000).max(EXPIRE_MIN);
+            self.pipeline.expire(budget);
+        }
+    }
+
+    /// Idle iterations before sleeping. Busy: never. Adaptive: after
+    /// about 50 µs without frames. Interrupt: as soon as an iteration
+    /// finds nothing.
+    fn spin_limit(&self) -> u32 {
+        match self.poll {
+            PollMode::Busy => u32::MAX,
+            PollMode::Adaptive => SPIN_BEFORE_SLEEP,
+            PollMode::Interrupt => 1,
+        }
+    }
+
+    /// No frame is on its way out on either socket (sleeping then would
+    /// hold their completions back).
+    fn nothing_in_flight(&self) -> bool {
+        let sandbox = self.sandbox.as_ref().map_or(0, |s| s.port.tx_in_flight());
+        self.port.tx_in_flight() + sandbox == 0
+    }
+
+    /// Sleeps in `poll()` on the sockets and the wake-up eventfd, up to
+    /// `SLEEP_MS`, unless something is waiting in `queues` (the hand-off,
+    /// local and return queues), the sandbox queue or the commands; true
+    /// when it slept the whole time.
+    fn sleep(&mut self, shared: &WorkerShared, queues: [&ArrayQueue<FrameToken>; 3]) -> bool {
+        shared.sleeping.store(true, Ordering::SeqCst);
+        let mut timed_out = false;
+        if queues.iter().all(|q| q.is_empty())
+            && (self.sandbox.is_none() || self.exchange.to_sandbox.is_empty())
+            && self.commands.is_empty()
+            && !self.stop.load(Ordering::Relaxed)
+        {
+            use std::os::fd::AsFd;
+            let mut fds = vec![
+                nix::poll::PollFd::new(self.port.as_fd(), nix::poll::PollFlags::POLLIN),
+                nix::poll::PollFd::new(shared.wake.as_fd(), nix::poll::PollFlags::POLLIN),
+            ];
+            if let Some(sb) = &self.sandbox {
+                fds.push(nix::poll::PollFd::new(
+                    sb.port.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                ));
+            }
+            timed_out = matches!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(SLEEP_MS)),
+                Ok(0)
+            );
+            if fds[1]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+            {
+                let _ = shared.wake.read();
+            }
+        }
+        shared.sleeping.store(false, Ordering::SeqCst);
+        timed_out
     }
 }
 

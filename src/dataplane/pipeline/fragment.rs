@@ -373,7 +373,6 @@ pub(super) fn reply_fragment<const VXLAN: bool>(
     let Some(iph) = d.get(at_ip..).and_then(|x| x.first_chunk::<IP>()) else {
         return Err(DropReason::Truncated);
     };
-    let total = usize::from(get16(iph, ip_f::LENGTH));
     let proto = iph[ip_f::PROTOCOL];
     if proto != protocol::TCP && proto != protocol::UDP {
         return Err(DropReason::IpFragment);
@@ -381,51 +380,100 @@ pub(super) fn reply_fragment<const VXLAN: bool>(
     if VXLAN && !snap.vteps.contains_key(&vtep) {
         return Err(DropReason::UnknownVtep);
     }
-    let peer = reply_peer(id, iph);
-    let task_addr = get_addr(iph, ip_f::SRC);
     let offset = usize::from(get16(iph, ip_f::FLG_OFF) & ipv4::OFFSET_MASK) * 8;
-    let ttl = iph[ip_f::TTL];
-    let key = FragKey {
-        src: u32::from(task_addr),
-        dst: u32::from(get_addr(iph, ip_f::DST)),
-        id: u32::from(get16(iph, ip_f::IDENT)),
-        protocol: proto,
-        dir: Dir::Reply,
-    };
-    let Some(p) = f.data_mut().get_mut(at_ip..at_ip + total) else {
-        return Err(DropReason::Truncated);
+    let frag = TaskFragment {
+        at_ip,
+        total: usize::from(get16(iph, ip_f::LENGTH)),
+        task: get_addr(iph, ip_f::SRC),
+        peer: reply_peer(id, iph),
+        ttl: iph[ip_f::TTL],
+        key: FragKey {
+            src: u32::from(get_addr(iph, ip_f::SRC)),
+            dst: u32::from(get_addr(iph, ip_f::DST)),
+            id: u32::from(get16(iph, ip_f::IDENT)),
+            protocol: proto,
+            dir: Dir::Reply,
+        },
     };
     if offset == 0 {
-        let l4 = parse_first(proto, &p[IP..])?;
-        let sk = crate::dataplane::flow::SnatKey {
-            task: task_addr,
-            target: l4.sport,
-            snat_port: l4.dport,
-            protocol: proto,
-            peer,
-        };
-        let mode = L4Checksum::Incremental;
-        return match translate_reply::<VXLAN, true>(snap, st, p, vtep, mode, peer)? {
-            ReplyTo::Worker(w) => {
-                st.first_fragment = Some(key);
-                enter(st, Route::Worker(w));
-                Ok(Verdict::Handoff(w))
-            }
-            ReplyTo::Client {
-                mac,
-                task_index,
-                v6_slot,
-            } => {
-                st.first_fragment = Some(key);
-                enter(st, Route::Snat(sk));
-                deliver_fragment::<VXLAN>(id, st, f, total, (mac, task_index), v6_slot)
-            }
-        };
+        return reply_first::<VXLAN>(snap, st, f, vtep, frag);
     }
     if overlaps_tcp_header(proto, offset) {
         return Err(DropReason::FragmentMalformed);
     }
-    let sk = match st.frags.get(&key, st.now) {
+    reply_later::<VXLAN>(snap, st, f, vtep, frag)
+}
+
+/// What [`reply_fragment`] read of a task's fragment: where its IPv4
+/// header is in the frame, its length, source (the task), the flow key's
+/// peer ([`reply_peer`]), TTL and datagram.
+struct TaskFragment {
+    at_ip: usize,
+    total: usize,
+    task: Ipv4Addr,
+    peer: Ipv4Addr,
+    ttl: u8,
+    key: FragKey,
+}
+
+/// A task's first fragment: translated as a reply (its checksum only
+/// updated), its datagram entered with the flow's reply key, or with the
+/// worker it is handed to.
+fn reply_first<const VXLAN: bool>(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    vtep: Ipv4Addr,
+    frag: TaskFragment,
+) -> Result<Verdict, DropReason> {
+    let TaskFragment {
+        at_ip, total, key, ..
+    } = frag;
+    let Some(p) = f.data_mut().get_mut(at_ip..at_ip + total) else {
+        return Err(DropReason::Truncated);
+    };
+    let l4 = parse_first(key.protocol, &p[IP..])?;
+    let sk = crate::dataplane::flow::SnatKey {
+        task: frag.task,
+        target: l4.sport,
+        snat_port: l4.dport,
+        protocol: key.protocol,
+        peer: frag.peer,
+    };
+    let mode = L4Checksum::Incremental;
+    st.first_fragment = Some(key);
+    match translate_reply::<VXLAN, true>(snap, st, p, vtep, mode, frag.peer) {
+        Ok(ReplyTo::Worker(w)) => {
+            enter(st, Route::Worker(w));
+            Ok(Verdict::Handoff(w))
+        }
+        Ok(ReplyTo::Client {
+            mac,
+            task_index,
+            v6_slot,
+        }) => {
+            enter(st, Route::Snat(sk));
+            let id = &snap.identity;
+            deliver_fragment::<VXLAN>(id, st, f, total, (mac, task_index), v6_slot)
+        }
+        Err(e) => {
+            st.first_fragment = None;
+            Err(e)
+        }
+    }
+}
+
+/// A task's fragment after its datagram's first: its flow's reverse
+/// address translation, or the worker its first went to.
+fn reply_later<const VXLAN: bool>(
+    snap: &Snapshot,
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    vtep: Ipv4Addr,
+    frag: TaskFragment,
+) -> Result<Verdict, DropReason> {
+    let id = &snap.identity;
+    let sk = match st.frags.get(&frag.key, st.now) {
         Some(Route::Snat(sk)) => sk,
         Some(Route::Worker(w)) => return Ok(Verdict::Handoff(w)),
         Some(Route::Client(_)) | None => return Err(DropReason::FragmentNoFirst),
@@ -442,7 +490,7 @@ pub(super) fn reply_fragment<const VXLAN: bool>(
     if flow_task(snap, gen32, flow).is_none() {
         return Err(DropReason::TaskGone);
     }
-    if ttl <= 1 {
+    if frag.ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
     let Some(mac) = client_mac(snap, flow) else {
@@ -456,6 +504,10 @@ pub(super) fn reply_fragment<const VXLAN: bool>(
         flow.task_index,
         flow.key.v6,
     );
+    let (at_ip, total) = (frag.at_ip, frag.total);
+    let Some(p) = f.data_mut().get_mut(at_ip..at_ip + total) else {
+        return Err(DropReason::Truncated);
+    };
     nat_addrs(p, rw);
     deliver_fragment::<VXLAN>(id, st, f, total, (mac, ti), v6.then_some(slot))
 }
