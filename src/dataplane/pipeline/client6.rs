@@ -155,19 +155,17 @@ pub(super) fn to_ipv6<const FRAGMENT: bool>(
     Ok(())
 }
 
-/// Writes the Ethernet and IPv6 headers of an answer meshgate sends an
-/// IPv6 client (from the node, to the neighbour `mac`) into `b`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn emit_answer6_headers(
+/// Writes the Ethernet and IPv6 headers of an ICMPv6 answer meshgate
+/// sends an IPv6 client (from the node, to the neighbour `mac`) into `b`.
+pub(super) fn emit_icmp6_headers(
     id: &Identity,
     b: &mut [u8],
     mac: MacAddr,
-    src: std::net::Ipv6Addr,
-    dst: std::net::Ipv6Addr,
-    next_header: u8,
+    (src, dst): (std::net::Ipv6Addr, std::net::Ipv6Addr),
     payload_len: usize,
     hop_limit: u8,
 ) {
+    let next_header = ipv6::next_header::ICMPV6;
     ethernet::Repr {
         src: id.node_mac,
         dst: mac,
@@ -217,16 +215,7 @@ pub(super) fn packet_too_big6(
     f.buf.copy_within(off + ETH..end, off + head);
     f.len = head + q;
     let b = f.data_mut();
-    emit_answer6_headers(
-        id,
-        b,
-        mac,
-        node6,
-        client6,
-        ipv6::next_header::ICMPV6,
-        icmpv6::HEADER_LEN + q,
-        64,
-    );
+    emit_icmp6_headers(id, b, mac, (node6, client6), icmpv6::HEADER_LEN + q, 64);
     icmpv6::Repr::PacketTooBig {
         mtu: u32::from(id.overlay_mtu) + crate::dataplane::xlat::GROWTH as u32,
     }
@@ -356,13 +345,11 @@ pub(super) fn icmp_error6(
         return Err(DropReason::Truncated);
     }
     let b = f.data_mut();
-    emit_answer6_headers(
+    emit_icmp6_headers(
         id,
         b,
         client_mac,
-        node6,
-        client6,
-        ipv6::next_header::ICMPV6,
+        (node6, client6),
         icmpv6::HEADER_LEN + qlen,
         ttl - 1,
     );

@@ -143,7 +143,7 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
             } else {
                 0
             };
-            match new_flow::<V6>(snap, st, key, key_hash, port, client_next, c6, mac6) {
+            match new_flow::<V6>(snap, st, (key, key_hash), port, client_next, c6, mac6) {
                 Ok(v) => v,
                 Err(DropReason::NoTask) => return refuse::<V6>(snap, st, f, port, total, c6),
                 Err(e) => return Err(e),
@@ -207,7 +207,8 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
 /// source port; `total` is its IPv4 length): for a task on this node, as
 /// it is ([`to_local`]); else in VXLAN, in the frame's headroom. The
 /// translation is a type parameter and two values, not a closure: a
-/// closure stayed out of line and cost each established packet 18
+/// closure stayed out of line. `forward`'s own tail is these steps
+/// written out: sharing this function cost each established packet
 /// instructions (bench/README.md, "Choices the counts made").
 #[inline(always)]
 pub(super) fn to_task<const V6: bool, const ADDRS_ONLY: bool>(
@@ -458,12 +459,10 @@ fn outlier_detection(snap: &Snapshot, task: &TaskEntry) -> bool {
 /// enters it in the flow table (which picks its SNAT port); returns its
 /// slot and the task.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(super) fn new_flow<'s, const V6: bool>(
     snap: &'s Snapshot,
     st: &mut State,
-    key: ClientKey,
-    key_hash: u64,
+    (key, key_hash): (ClientKey, u64),
     port: PortEntry,
     client_next: u32,
     c6: &[u8; 16],
