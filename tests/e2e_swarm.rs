@@ -19,7 +19,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use meshgate_testkit::swarm_lab::{
-    CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, WORKER_ADDR, WORKER2_ADDR,
+    CLIENT_ADDR, MANAGER_ADDR, Node, SwarmLab, UdpServers, WORKER_ADDR, WORKER2_ADDR,
+    finish_request, in_netns,
 };
 
 fn published() -> SocketAddr {
@@ -29,18 +30,7 @@ fn published() -> SocketAddr {
 /// `n` requests to the manager's published port; answers counted by
 /// container hostname.
 fn spread(lab: &SwarmLab, n: usize) -> BTreeMap<String, usize> {
-    spread_at(lab, published(), n)
-}
-
-fn spread_at(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    let mut by = BTreeMap::new();
-    for i in 0..n {
-        let host = lab
-            .http_get(to, Duration::from_secs(3))
-            .unwrap_or_else(|e| panic!("request {i} through meshgate failed: {e}"));
-        *by.entry(host).or_insert(0) += 1;
-    }
-    by
+    lab.spread(published(), n)
 }
 
 /// [`SwarmLab::create_web`], then waits until `tasks` of its tasks run.
@@ -327,12 +317,12 @@ fn meshgate_on_a_worker_node() {
         mg.web_tasks() == 2
     });
     let at_worker: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
-    let by = spread_at(&lab, at_worker, 20);
+    let by = lab.spread(at_worker, 20);
     assert_eq!(by.len(), 2, "answers by container: {by:?}");
     assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
     // And over IPv6, which Swarm's own ingress does not answer.
     let at_worker6: SocketAddr = "[2001:2::21]:8080".parse().unwrap();
-    let by6 = spread_at(&lab, at_worker6, 4);
+    let by6 = lab.spread(at_worker6, 4);
     assert_eq!(by6.len(), 2, "answers over IPv6 by container: {by6:?}");
     wait_until("meshgate's counters", Duration::from_secs(3), || {
         let ev = &mg.stats()["events"];
@@ -353,7 +343,7 @@ fn meshgate_on_a_worker_node() {
     });
     eprintln!("worker: tables followed the scale-up {lag:?} after Docker reported it");
     assert!(lag <= Duration::from_secs(1), "tables lagged {lag:?}");
-    let by = spread_at(&lab, at_worker, 30);
+    let by = lab.spread(at_worker, 30);
     assert_eq!(by.len(), 3, "answers by container: {by:?}");
     assert!(by.values().all(|&n| n == 10), "uneven: {by:?}");
 
@@ -399,7 +389,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     let mut all = BTreeMap::new();
     for (mg, addr) in [(&on_worker, WORKER_ADDR), (&on_manager, MANAGER_ADDR)] {
         let to: SocketAddr = format!("{addr}:8080").parse().unwrap();
-        let by = spread_at(&lab, to, 30);
+        let by = lab.spread(to, 30);
         assert_eq!(by.len(), 3, "answers by container through {addr}: {by:?}");
         assert!(
             by.values().all(|&n| (9..=11).contains(&n)),
@@ -454,7 +444,7 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     assert!(failures.is_empty(), "{failures:?}\n{}", on_worker.log());
     assert!(asked >= 20, "{asked}");
     let to: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
-    let by = spread_at(&lab, to, 30);
+    let by = lab.spread(to, 30);
     assert_eq!(by.len(), 3, "after the takeover: {by:?}");
     wait_until("the new meshgate's sandbox", Duration::from_secs(3), || {
         on_worker.stats()["events"]["sandbox_rx"]
@@ -502,183 +492,15 @@ fn meshgate_on_a_worker_and_the_manager_at_once() {
     }
 }
 
-/// A service of two tasks on the worker, publishing `port`:80 (busybox
-/// httpd with a CGI script that prints the container's hostname and
-/// `$REMOTE_ADDR`, the address its TCP peer has) and, when given, a UDP
-/// port; `label` is added to the service.
-fn create_cgi_service(lab: &SwarmLab, name: &str, port: u16, udp: Option<u16>, label: &[&str]) {
-    let mut options = vec!["--replicas", "2", "--constraint", "node.role==worker"];
-    let udp = udp.map(|u| format!("{u}:{u}/udp"));
-    if let Some(u) = &udp {
-        options.extend_from_slice(&["--publish", u]);
-    }
-    options.extend_from_slice(label);
-    let httpd = "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo $(hostname) $REMOTE_ADDR' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
-    lab.create_service(name, &format!("{port}:80"), &options, httpd)
-        .unwrap();
-}
-
 /// `web` (port 8080, and `udp` too, with `web_options`) and `plain`
 /// (8081), two CGI tasks each on the worker, running.
 fn web_and_plain(lab: &SwarmLab, udp: Option<u16>, web_options: &[&str]) {
-    create_cgi_service(lab, "web", 8080, udp, web_options);
-    create_cgi_service(lab, "plain", 8081, None, &[]);
+    lab.create_cgi_service("web", 8080, udp, web_options);
+    lab.create_cgi_service("plain", 8081, None, &[]);
     lab.wait_for("4 running tasks", Duration::from_secs(90), |l| {
         l.running_tasks("web").unwrap_or(0) == 2 && l.running_tasks("plain").unwrap_or(0) == 2
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", lab.daemon_log(&lab.worker())));
-}
-
-/// The ingress sandbox's address of `node`.
-fn sandbox_address(lab: &SwarmLab, node: Node) -> String {
-    let out = lab
-        .docker(
-            node,
-            &[
-                "network",
-                "inspect",
-                "ingress",
-                "--format",
-                "{{(index .Containers \"ingress-sbox\").IPv4Address}}",
-            ],
-        )
-        .unwrap();
-    out.trim().split('/').next().unwrap().to_string()
-}
-
-/// The network namespaces of `service`'s containers on the worker.
-fn task_namespaces(lab: &SwarmLab, service: &str) -> Vec<String> {
-    let ids = lab
-        .docker(
-            Node::Worker,
-            &["ps", "-q", "--filter", &format!("name={service}.")],
-        )
-        .unwrap();
-    ids.split_whitespace()
-        .map(|id| {
-            lab.docker(
-                Node::Worker,
-                &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", id],
-            )
-            .unwrap()
-            .trim()
-            .to_string()
-        })
-        .collect()
-}
-
-/// `ARGS` run inside the network namespace at `netns`.
-fn in_netns(netns: &str, args: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={netns}"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// UDP servers in the containers' namespaces (what a UDP server in the
-/// container would be: the same namespace, the same kernel path) answering
-/// each datagram with the peer's address; stopped when dropped.
-struct UdpServers {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl UdpServers {
-    fn start(namespaces: &[String], port: u16) -> UdpServers {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for ns in namespaces {
-            let (ns, st) = (ns.clone(), stop.clone());
-            let (tx, rx) = std::sync::mpsc::channel();
-            threads.push(std::thread::spawn(move || {
-                let f = std::fs::File::open(&ns).unwrap();
-                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-                let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
-                s.set_read_timeout(Some(Duration::from_millis(100)))
-                    .unwrap();
-                tx.send(()).unwrap();
-                let mut buf = [0u8; 1500];
-                while !st.load(Ordering::Relaxed) {
-                    if let Ok((_, peer)) = s.recv_from(&mut buf) {
-                        let _ = s.send_to(format!("{peer}").as_bytes(), peer);
-                    }
-                }
-            }));
-            rx.recv().unwrap();
-        }
-        UdpServers { stop, threads }
-    }
-}
-
-impl Drop for UdpServers {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// One datagram from the client namespace to `to`; the answer.
-fn udp_ask(lab: &SwarmLab, to: SocketAddr) -> std::io::Result<String> {
-    let ns = lab.client();
-    std::thread::spawn(move || -> std::io::Result<String> {
-        meshgate_testkit::lab::enter_ns(&ns).map_err(std::io::Error::other)?;
-        let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.send_to(b"who am i", to)?;
-        let mut buf = [0u8; 256];
-        let (n, from) = s.recv_from(&mut buf)?;
-        // An answer from elsewhere (Docker's gwbridge masquerade, say) is
-        // not one a connected client would take.
-        if from != to {
-            return Err(std::io::Error::other(format!(
-                "answer from {from}, not from {to}"
-            )));
-        }
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    })
-    .join()
-    .unwrap()
-}
-
-/// `n` requests for the CGI script through `to`, sent but for their last
-/// line: each waits, its connection open, until [`finish_request`].
-fn hold_requests(lab: &SwarmLab, to: SocketAddr, n: usize) -> Vec<std::net::TcpStream> {
-    let ns = lab.client();
-    std::thread::spawn(move || {
-        meshgate_testkit::lab::enter_ns(&ns).unwrap();
-        (0..n)
-            .map(|_| {
-                use std::io::Write;
-                let mut s =
-                    std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
-                s.write_all(b"GET /cgi-bin/ip HTTP/1.0\r\nHost: web\r\n")
-                    .unwrap();
-                s
-            })
-            .collect()
-    })
-    .join()
-    .unwrap()
-}
-
-/// Ends a request [`hold_requests`] began; the whole answer.
-fn finish_request(mut s: std::net::TcpStream) -> std::io::Result<String> {
-    use std::io::{Read, Write};
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    s.write_all(b"\r\n")?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer)?;
-    Ok(answer)
 }
 
 /// `meshgate-pktgen datagrams` as `nobody` in the worker's namespace, at
@@ -760,22 +582,6 @@ fn client_ip_modes(mg: &Mg, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// `n` GETs of the CGI script through `to`: (hostname, address the task
-/// saw) counted.
-fn remote_addrs(lab: &SwarmLab, to: SocketAddr, n: usize) -> BTreeMap<(String, String), usize> {
-    let mut by = BTreeMap::new();
-    for i in 0..n {
-        let body = lab
-            .http_get_path(to, "/cgi-bin/ip", Duration::from_secs(3))
-            .unwrap_or_else(|e| panic!("request {i} to {to} failed: {e}"));
-        let (host, addr) = body.split_once(' ').unwrap_or((&body, ""));
-        // httpd listens on IPv6 too: an IPv4 peer shows as [::ffff:a.b.c.d].
-        let addr = addr.trim_start_matches("[::ffff:").trim_end_matches(']');
-        *by.entry((host.to_string(), addr.to_string())).or_insert(0) += 1;
-    }
-    by
-}
-
 /// Issue 13's swarm test: a service labelled `meshgate.client-ip=preserve`
 /// and one without, both with two tasks on the worker; meshgate on both
 /// nodes, each an ingress node. The labelled service's tasks see the
@@ -794,7 +600,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
         Some(9000),
         &["--label", "meshgate.client-ip=preserve"],
     );
-    let web_ns = task_namespaces(&lab, "web");
+    let web_ns = lab.task_namespaces("web");
     assert_eq!(web_ns.len(), 2, "{web_ns:?}");
     let _udp = UdpServers::start(&web_ns, 9000);
 
@@ -836,7 +642,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
         }
         let (entry_before, other_before) = (replies(entry), replies(other));
         let web: SocketAddr = format!("{addr}:8080").parse().unwrap();
-        let by = remote_addrs(&lab, web, 20);
+        let by = lab.remote_addrs(web, 20);
         assert_eq!(by.len(), 2, "through {addr}: {by:?}");
         for ((host, seen), n) in &by {
             assert_eq!(
@@ -846,16 +652,17 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
             assert_eq!(*n, 10, "through {addr}: {by:?}");
         }
         let plain: SocketAddr = format!("{addr}:8081").parse().unwrap();
-        let by = remote_addrs(&lab, plain, 20);
-        let sbox = sandbox_address(&lab, node);
+        let by = lab.remote_addrs(plain, 20);
+        let sbox = lab.sandbox_address(node);
         assert!(
             by.keys().all(|(_, seen)| *seen == sbox),
             "through {addr}, the snat service sees {sbox}: {by:?}"
         );
         let udp: SocketAddr = format!("{addr}:9000").parse().unwrap();
         for i in 0..10 {
-            let answer =
-                udp_ask(&lab, udp).unwrap_or_else(|e| panic!("datagram {i} through {addr}: {e}"));
+            let answer = lab
+                .udp_ask(udp)
+                .unwrap_or_else(|e| panic!("datagram {i} through {addr}: {e}"));
             assert!(
                 answer.starts_with(&format!("{CLIENT_ADDR}:")),
                 "through {addr}: {answer}"
@@ -889,7 +696,7 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
     // set of an epoch long past (a replay), and random junk, flat out at
     // the manager's announcement port for 8 s, while requests that keep
     // the client's address are in flight through the manager.
-    let held = hold_requests(&lab, format!("{MANAGER_ADDR}:8080").parse().unwrap(), 4);
+    let held = lab.hold_requests(format!("{MANAGER_ADDR}:8080").parse().unwrap(), 4);
     let mut flood = forge_from_worker(&lab, Duration::from_secs(8));
     let mut checks = 0;
     while flood.is_running() {
@@ -943,8 +750,8 @@ fn tasks_see_the_clients_own_address_on_a_real_swarm() {
     );
     eprintln!("fallback {:?} after the stop", stopped.elapsed());
     let web: SocketAddr = format!("{MANAGER_ADDR}:8080").parse().unwrap();
-    let sbox = sandbox_address(&lab, Node::Manager);
-    let by = remote_addrs(&lab, web, 6);
+    let sbox = lab.sandbox_address(Node::Manager);
+    let by = lab.remote_addrs(web, 6);
     assert!(by.keys().all(|(_, seen)| *seen == sbox), "{by:?}");
     assert!(
         on_manager.log().contains("falls back to SNAT"),
@@ -1031,12 +838,12 @@ fn a_container_label_keeps_the_clients_address_with_no_meshgate_on_a_manager() {
     );
     assert_eq!(client_ip_modes(&mg, "plain"), ["snat", "snat"]);
     let web: SocketAddr = format!("{WORKER_ADDR}:8080").parse().unwrap();
-    let by = remote_addrs(&lab, web, 10);
+    let by = lab.remote_addrs(web, 10);
     assert_eq!(by.len(), 2, "{by:?}");
     assert!(by.keys().all(|(_, seen)| seen == CLIENT_ADDR), "{by:?}");
     let plain: SocketAddr = format!("{WORKER_ADDR}:8081").parse().unwrap();
-    let sbox = sandbox_address(&lab, Node::Worker);
-    let by = remote_addrs(&lab, plain, 10);
+    let sbox = lab.sandbox_address(Node::Worker);
+    let by = lab.remote_addrs(plain, 10);
     assert!(by.keys().all(|(_, seen)| *seen == sbox), "{by:?}");
     assert!(
         mg.log().contains("the client's address is preserved"),

@@ -507,12 +507,15 @@ impl SwarmLab {
     /// task has run there), its address on the ingress network, which
     /// stands in for it (meshgate reads only the rules' ports).
     fn ingress_sandbox_gateway(&self, node: Node) -> Result<String, LabError> {
-        let sandbox_on = |network: &str| {
-            let format = "{{(index .Containers \"ingress-sbox\").IPv4Address}}";
-            self.docker(node, &["network", "inspect", network, "--format", format])
-                .map(|a| a.trim().split('/').next().unwrap_or_default().to_string())
-        };
-        sandbox_on("docker_gwbridge").or_else(|_| sandbox_on("ingress"))
+        self.sandbox_on(node, "docker_gwbridge")
+            .or_else(|_| self.sandbox_on(node, "ingress"))
+    }
+
+    /// The ingress sandbox's address on `network` of `node`.
+    fn sandbox_on(&self, node: Node, network: &str) -> Result<String, LabError> {
+        let format = "{{(index .Containers \"ingress-sbox\").IPv4Address}}";
+        self.docker(node, &["network", "inspect", network, "--format", format])
+            .map(|a| a.trim().split('/').next().unwrap_or_default().to_string())
     }
 
     /// Tasks of `service` that Docker reports running, as (name, state).
@@ -602,6 +605,126 @@ impl SwarmLab {
             let _ = std::fs::remove_file(&d.socket);
         }
         self.daemons.clear();
+    }
+
+    /// `n` requests to `to` from the client namespace; answers counted by
+    /// container hostname.
+    pub fn spread(&self, to: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let host = self
+                .http_get(to, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("request {i} to {to} failed: {e}"));
+            *by.entry(host).or_insert(0) += 1;
+        }
+        by
+    }
+
+    /// A service of two tasks on the workers, publishing `port`:80 (busybox
+    /// httpd with a CGI script that prints the container's hostname and
+    /// `$REMOTE_ADDR`, the address its TCP peer has) and, when given, a
+    /// UDP port; `label` is added to the service.
+    pub fn create_cgi_service(&self, name: &str, port: u16, udp: Option<u16>, label: &[&str]) {
+        let mut options = vec!["--replicas", "2", "--constraint", "node.role==worker"];
+        let udp = udp.map(|u| format!("{u}:{u}/udp"));
+        if let Some(u) = &udp {
+            options.extend_from_slice(&["--publish", u]);
+        }
+        options.extend_from_slice(label);
+        let httpd = "mkdir -p /www/cgi-bin && printf '%s\\n' '#!/bin/sh' 'echo Content-Type: text/plain' 'echo' 'echo $(hostname) $REMOTE_ADDR' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && exec httpd -f -p 80 -h /www";
+        self.create_service(name, &format!("{port}:80"), &options, httpd)
+            .unwrap();
+    }
+
+    /// The ingress sandbox's address of `node`.
+    pub fn sandbox_address(&self, node: Node) -> String {
+        self.sandbox_on(node, "ingress").unwrap()
+    }
+
+    /// The network namespaces of `service`'s containers on the worker.
+    pub fn task_namespaces(&self, service: &str) -> Vec<String> {
+        let ids = self
+            .docker(
+                Node::Worker,
+                &["ps", "-q", "--filter", &format!("name={service}.")],
+            )
+            .unwrap();
+        ids.split_whitespace()
+            .map(|id| {
+                self.docker(
+                    Node::Worker,
+                    &["inspect", "-f", "{{.NetworkSettings.SandboxKey}}", id],
+                )
+                .unwrap()
+                .trim()
+                .to_string()
+            })
+            .collect()
+    }
+
+    /// One datagram from the client namespace to `to`; the answer.
+    pub fn udp_ask(&self, to: SocketAddr) -> std::io::Result<String> {
+        let ns = self.client();
+        std::thread::spawn(move || -> std::io::Result<String> {
+            enter_ns(&ns).map_err(std::io::Error::other)?;
+            let s = std::net::UdpSocket::bind(("0.0.0.0", 0))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.send_to(b"who am i", to)?;
+            let mut buf = [0u8; 256];
+            let (n, from) = s.recv_from(&mut buf)?;
+            // An answer from elsewhere (Docker's gwbridge masquerade, say)
+            // is not one a connected client would take.
+            if from != to {
+                return Err(std::io::Error::other(format!(
+                    "answer from {from}, not from {to}"
+                )));
+            }
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `n` requests for the CGI script through `to`, sent but for their
+    /// last line: each waits, its connection open, until
+    /// [`finish_request`].
+    pub fn hold_requests(&self, to: SocketAddr, n: usize) -> Vec<TcpStream> {
+        let ns = self.client();
+        std::thread::spawn(move || {
+            enter_ns(&ns).unwrap();
+            (0..n)
+                .map(|_| {
+                    use std::io::Write;
+                    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3)).unwrap();
+                    s.write_all(b"GET /cgi-bin/ip HTTP/1.0\r\nHost: web\r\n")
+                        .unwrap();
+                    s
+                })
+                .collect()
+        })
+        .join()
+        .unwrap()
+    }
+
+    /// `n` GETs of the CGI script through `to`: (hostname, address the
+    /// task saw) counted.
+    pub fn remote_addrs(
+        &self,
+        to: SocketAddr,
+        n: usize,
+    ) -> std::collections::BTreeMap<(String, String), usize> {
+        let mut by = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let body = self
+                .http_get_path(to, "/cgi-bin/ip", Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("request {i} to {to} failed: {e}"));
+            let (host, addr) = body.split_once(' ').unwrap_or((&body, ""));
+            // httpd listens on IPv6 too: an IPv4 peer shows as
+            // [::ffff:a.b.c.d].
+            let addr = addr.trim_start_matches("[::ffff:").trim_end_matches(']');
+            *by.entry((host.to_string(), addr.to_string())).or_insert(0) += 1;
+        }
+        by
     }
 }
 
@@ -703,5 +826,75 @@ impl Drop for SwarmLab {
             let _ = sh(&["ip", "netns", "del", ns]);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Ends a request [`SwarmLab::hold_requests`] began; the whole answer.
+pub fn finish_request(mut s: TcpStream) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(b"\r\n")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
+/// `args` run inside the network namespace at `netns`; their output.
+pub fn in_netns(netns: &str, args: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?} in {netns}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// UDP servers in the containers' namespaces (what a UDP server in the
+/// container would be: the same namespace, the same kernel path) answering
+/// each datagram with the peer's address; stopped when dropped.
+pub struct UdpServers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UdpServers {
+    pub fn start(namespaces: &[String], port: u16) -> UdpServers {
+        use std::sync::atomic::AtomicBool;
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for ns in namespaces {
+            let (ns, st) = (ns.clone(), stop.clone());
+            let (tx, rx) = std::sync::mpsc::channel();
+            threads.push(std::thread::spawn(move || {
+                let f = std::fs::File::open(&ns).unwrap();
+                nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+                let s = std::net::UdpSocket::bind(("0.0.0.0", port)).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(100)))
+                    .unwrap();
+                tx.send(()).unwrap();
+                let mut buf = [0u8; 1500];
+                while !st.load(Ordering::Relaxed) {
+                    if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                        let _ = s.send_to(format!("{peer}").as_bytes(), peer);
+                    }
+                }
+            }));
+            rx.recv().unwrap();
+        }
+        UdpServers { stop, threads }
+    }
+}
+
+impl Drop for UdpServers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
     }
 }
