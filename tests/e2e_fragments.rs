@@ -56,9 +56,8 @@ fn echo_server(ns: &str, addr: SocketAddr) -> (Arc<AtomicBool>, std::thread::Joi
     (stop, h)
 }
 
-/// Sends `DATAGRAMS` datagrams of `SIZE` bytes to `to` (the node's own
-/// echo service) and counts the answers that came back whole.
-fn echoed(to: SocketAddr) -> usize {
+/// A UDP socket of `to`'s family, waiting up to `T` for an answer.
+fn socket_for(to: SocketAddr) -> UdpSocket {
     let any: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse().unwrap()
     } else {
@@ -66,6 +65,13 @@ fn echoed(to: SocketAddr) -> usize {
     };
     let s = UdpSocket::bind(any).unwrap();
     s.set_read_timeout(Some(T)).unwrap();
+    s
+}
+
+/// Sends `DATAGRAMS` datagrams of `SIZE` bytes to `to` (the node's own
+/// echo service) and counts the answers that came back whole.
+fn echoed(to: SocketAddr) -> usize {
+    let s = socket_for(to);
     let mut buf = vec![0u8; 65536];
     (0..DATAGRAMS)
         .filter(|&i| {
@@ -162,13 +168,7 @@ const PER_SIZE: usize = 5;
 /// published port at `to`; returns, per size, how many answers came back
 /// from a task with the datagram whole behind its line.
 fn published_echoes(to: SocketAddr) -> Vec<(usize, usize)> {
-    let any: SocketAddr = if to.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap()
-    } else {
-        "[::]:0".parse().unwrap()
-    };
-    let s = UdpSocket::bind(any).unwrap();
-    s.set_read_timeout(Some(T)).unwrap();
+    let s = socket_for(to);
     let mut buf = vec![0u8; 65536];
     PUBLISHED_SIZES
         .iter()

@@ -82,23 +82,64 @@ pub fn v6_to_v4(
     }
 
     let v4 = off + GROWTH;
-    let h = &mut buf[v4..v4 + ipv4::HEADER_LEN];
-    h.fill(0);
-    h[ip4::VER_IHL] = 0x45;
-    h[ip4::DSCP_ECN] = traffic_class;
-    h[ip4::LENGTH].copy_from_slice(&(total as u16).to_be_bytes());
     // RFC 7915 5.1: DF above 1260 bytes, where a path MTU of 1280 on the
     // IPv6 side would need it; identification 0 (nothing is fragmented).
-    if total > 1260 {
-        h[ip4::FLG_OFF].copy_from_slice(&ipv4::FLAG_DF.to_be_bytes());
-    }
-    h[ip4::TTL] = hop_limit;
-    h[ip4::PROTOCOL] = protocol;
+    let flg_off = if total > 1260 { ipv4::FLAG_DF } else { 0 };
+    let fields = V4Header {
+        tos: traffic_class,
+        total,
+        ident: 0,
+        flg_off,
+        ttl: hop_limit,
+        protocol,
+    };
+    emit_v4(&mut buf[v4..v4 + ipv4::HEADER_LEN], &fields, src, dst);
+    Some((v4, total))
+}
+
+/// What a translated IPv4 header holds besides its addresses.
+struct V4Header {
+    tos: u8,
+    total: usize,
+    ident: u16,
+    flg_off: u16,
+    ttl: u8,
+    protocol: u8,
+}
+
+/// Writes a translated IPv4 header (no options) from `src` to `dst`
+/// into `h`, its checksum summed.
+#[inline(always)]
+fn emit_v4(h: &mut [u8], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
+    h.fill(0);
+    h[ip4::VER_IHL] = 0x45;
+    h[ip4::DSCP_ECN] = f.tos;
+    h[ip4::LENGTH].copy_from_slice(&(f.total as u16).to_be_bytes());
+    h[ip4::IDENT].copy_from_slice(&f.ident.to_be_bytes());
+    h[ip4::FLG_OFF].copy_from_slice(&f.flg_off.to_be_bytes());
+    h[ip4::TTL] = f.ttl;
+    h[ip4::PROTOCOL] = f.protocol;
     h[ip4::SRC].copy_from_slice(&src.octets());
     h[ip4::DST].copy_from_slice(&dst.octets());
     let c = checksum::checksum(h);
     h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
-    Some((v4, total))
+}
+
+/// Writes a translated IPv6 header from `src` to `dst` into `h`.
+#[inline(always)]
+fn emit_v6(
+    h: &mut [u8],
+    (tos, payload_len, next_header, hop_limit): (u8, u16, u8, u8),
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+) {
+    let w = (6u32 << 28) | (u32::from(tos) << 20);
+    h[ip6::VER_TC_FLOW].copy_from_slice(&w.to_be_bytes());
+    h[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+    h[ip6::NEXT_HEADER] = next_header;
+    h[ip6::HOP_LIMIT] = hop_limit;
+    h[ip6::SRC].copy_from_slice(&src.octets());
+    h[ip6::DST].copy_from_slice(&dst.octets());
 }
 
 /// Translates the IPv4 packet at `buf[off..off + len]` into IPv6 from
@@ -150,13 +191,7 @@ pub fn v4_to_v6(
     buf[c].copy_from_slice(&new.to_be_bytes());
 
     let h = &mut buf[start..start + ipv6::HEADER_LEN];
-    let w = (6u32 << 28) | (u32::from(tos) << 20);
-    h[ip6::VER_TC_FLOW].copy_from_slice(&w.to_be_bytes());
-    h[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
-    h[ip6::NEXT_HEADER] = protocol;
-    h[ip6::HOP_LIMIT] = ttl;
-    h[ip6::SRC].copy_from_slice(&src.octets());
-    h[ip6::DST].copy_from_slice(&dst.octets());
+    emit_v6(h, (tos, payload_len, protocol, ttl), src, dst);
     Some((start, total + GROWTH))
 }
 
@@ -215,23 +250,19 @@ pub fn v6_fragment_to_v4(
     }
     let total = ipv4::HEADER_LEN + payload;
     let v4 = off + FRAGMENT_GROWTH;
-    let h = &mut buf[v4..v4 + ipv4::HEADER_LEN];
-    h.fill(0);
-    h[ip4::VER_IHL] = 0x45;
-    h[ip4::DSCP_ECN] = traffic_class;
-    h[ip4::LENGTH].copy_from_slice(&(total as u16).to_be_bytes());
-    h[ip4::IDENT].copy_from_slice(&ident.to_be_bytes());
     let mut flg_off = (offset_m & fh::OFFSET_MASK) >> 3;
     if offset_m & fh::FLAG_M != 0 {
         flg_off |= ipv4::FLAG_MF;
     }
-    h[ip4::FLG_OFF].copy_from_slice(&flg_off.to_be_bytes());
-    h[ip4::TTL] = hop_limit;
-    h[ip4::PROTOCOL] = protocol;
-    h[ip4::SRC].copy_from_slice(&src.octets());
-    h[ip4::DST].copy_from_slice(&dst.octets());
-    let c = checksum::checksum(h);
-    h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    let fields = V4Header {
+        tos: traffic_class,
+        total,
+        ident,
+        flg_off,
+        ttl: hop_limit,
+        protocol,
+    };
+    emit_v4(&mut buf[v4..v4 + ipv4::HEADER_LEN], &fields, src, dst);
     Some((v4, total))
 }
 
@@ -280,14 +311,9 @@ pub fn v4_fragment_to_v6(
         buf[c].copy_from_slice(&new.to_be_bytes());
     }
     let h = &mut buf[start..start + ipv6::HEADER_LEN + fh::HEADER_LEN];
-    let w = (6u32 << 28) | (u32::from(tos) << 20);
-    h[ip6::VER_TC_FLOW].copy_from_slice(&w.to_be_bytes());
     let payload_len = (payload + fh::HEADER_LEN) as u16;
-    h[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
-    h[ip6::NEXT_HEADER] = ipv6::next_header::FRAGMENT;
-    h[ip6::HOP_LIMIT] = ttl;
-    h[ip6::SRC].copy_from_slice(&src.octets());
-    h[ip6::DST].copy_from_slice(&dst.octets());
+    let fragment = ipv6::next_header::FRAGMENT;
+    emit_v6(h, (tos, payload_len, fragment, ttl), src, dst);
     let fr = &mut h[ipv6::HEADER_LEN..];
     fr[fh::NEXT_HEADER] = protocol;
     fr[1] = 0;

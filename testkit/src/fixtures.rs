@@ -1437,32 +1437,38 @@ pub fn port_unreachable_to_client(frame: &[u8]) -> Vec<u8> {
     v
 }
 
+/// The pieces a datagram's `len` bytes of data are cut into, at most
+/// `room` each (a multiple of 8): (offset, length, more follow).
+fn pieces(len: usize, room: usize) -> Vec<(usize, usize, bool)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let n = room.min(len - at);
+        out.push((at, n, at + n < len));
+        at += n;
+    }
+    out
+}
+
 /// Cuts the IPv4 packet of Ethernet frame `frame` into fragments of at
 /// most `max` bytes of IPv4, with identification `id`.
 pub fn ipv4_fragments(frame: &[u8], max: usize, id: u16) -> Vec<Vec<u8>> {
     let (eth, ip) = frame.split_at(14);
     let (hdr, data) = ip.split_at(20);
-    let room = (max - 20) & !7;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let n = room.min(data.len() - at);
-        let mf = at + n < data.len();
-        let mut h = hdr.to_vec();
-        h[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
-        h[4..6].copy_from_slice(&id.to_be_bytes());
-        let fo = (at / 8) as u16 | if mf { 0x2000 } else { 0 };
-        h[6..8].copy_from_slice(&fo.to_be_bytes());
-        h[10..12].fill(0);
-        let c = meshgate::wire::checksum::checksum(&h);
-        h[10..12].copy_from_slice(&c.to_be_bytes());
-        let mut f = eth.to_vec();
-        f.extend_from_slice(&h);
-        f.extend_from_slice(&data[at..at + n]);
-        out.push(f);
-        at += n;
-    }
-    out
+    pieces(data.len(), (max - 20) & !7)
+        .into_iter()
+        .map(|(at, n, mf)| {
+            let mut h = hdr.to_vec();
+            h[2..4].copy_from_slice(&((20 + n) as u16).to_be_bytes());
+            h[4..6].copy_from_slice(&id.to_be_bytes());
+            let fo = (at / 8) as u16 | if mf { 0x2000 } else { 0 };
+            h[6..8].copy_from_slice(&fo.to_be_bytes());
+            h[10..12].fill(0);
+            let c = meshgate::wire::checksum::checksum(&h);
+            h[10..12].copy_from_slice(&c.to_be_bytes());
+            [eth, &h, &data[at..at + n]].concat()
+        })
+        .collect()
 }
 
 /// Cuts the IPv6 packet of `frame` into fragments (RFC 8200 4.5) of at
@@ -1470,24 +1476,16 @@ pub fn ipv4_fragments(frame: &[u8], max: usize, id: u16) -> Vec<Vec<u8>> {
 pub fn ipv6_fragments(frame: &[u8], max: usize, id: u32) -> Vec<Vec<u8>> {
     let (eth, ip) = frame.split_at(14);
     let (hdr, data) = ip.split_at(40);
-    let room = (max - 48) & !7;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < data.len() {
-        let n = room.min(data.len() - at);
-        let mf = at + n < data.len();
-        let mut h = hdr.to_vec();
-        h[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
-        h[6] = 44;
-        let mut fr = vec![hdr[6], 0];
-        fr.extend_from_slice(&((at as u16) | u16::from(mf)).to_be_bytes());
-        fr.extend_from_slice(&id.to_be_bytes());
-        let mut f = eth.to_vec();
-        f.extend_from_slice(&h);
-        f.extend_from_slice(&fr);
-        f.extend_from_slice(&data[at..at + n]);
-        out.push(f);
-        at += n;
-    }
-    out
+    pieces(data.len(), (max - 48) & !7)
+        .into_iter()
+        .map(|(at, n, mf)| {
+            let mut h = hdr.to_vec();
+            h[4..6].copy_from_slice(&((8 + n) as u16).to_be_bytes());
+            h[6] = 44;
+            let mut fr = vec![hdr[6], 0];
+            fr.extend_from_slice(&((at as u16) | u16::from(mf)).to_be_bytes());
+            fr.extend_from_slice(&id.to_be_bytes());
+            [eth, &h, &fr, &data[at..at + n]].concat()
+        })
+        .collect()
 }

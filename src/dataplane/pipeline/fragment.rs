@@ -32,7 +32,7 @@
 use super::client6::to_ipv6;
 use super::forward::{forward, to_task};
 use super::nat::{Rewrite, nat_addrs};
-use super::parse::{Ip4, L4, parse_l4};
+use super::parse::{Ip4, L4, parse_l4, parse_l4_of};
 use super::reply::{ReplyTo, client_mac, deliver, reply_peer, translate_reply};
 use super::track::{flow_task, request_resolution};
 use super::{ETH, FrameBuf, INNER, INNER_IP, IP, State, VX_UDP, Verdict};
@@ -45,9 +45,8 @@ use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
 use crate::wire::ipv4::{self, protocol};
 use crate::wire::ipv6::{self, fragment as fh};
-use crate::wire::tcp::field as tcp_f;
 use crate::wire::udp::field as udp_f;
-use crate::wire::{MacAddr, at, checksum, get_addr, get16, set16, tcp, udp};
+use crate::wire::{MacAddr, at, checksum, get_addr, get16, set16};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// Enters the datagram whose first fragment is being forwarded (if the
@@ -63,40 +62,9 @@ pub(super) fn enter(st: &mut State, route: Route) -> bool {
 }
 
 /// The transport header of a first fragment (`l4` is what the fragment
-/// holds of the datagram): whole, as RFC 1858 requires, but the datagram's
-/// length (UDP's) may run past the fragment.
+/// holds of the datagram).
 pub(super) fn parse_first(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
-    match proto {
-        protocol::TCP => {
-            let Some(h) = l4.first_chunk::<{ tcp::HEADER_LEN }>() else {
-                return Err(DropReason::FragmentMalformed);
-            };
-            let doff = usize::from(h[tcp_f::OFF] >> 4) * 4;
-            if doff < tcp::HEADER_LEN || doff > l4.len() {
-                return Err(DropReason::FragmentMalformed);
-            }
-            Ok(L4 {
-                sport: get16(h, tcp_f::SRC_PORT),
-                dport: get16(h, tcp_f::DST_PORT),
-                flags: Some(h[tcp_f::FLAGS]),
-            })
-        }
-        protocol::UDP => {
-            let Some(h) = l4.first_chunk::<{ udp::HEADER_LEN }>() else {
-                return Err(DropReason::FragmentMalformed);
-            };
-            if usize::from(get16(h, udp_f::LENGTH)) <= l4.len() {
-                // A first fragment holds less than its whole datagram.
-                return Err(DropReason::FragmentMalformed);
-            }
-            Ok(L4 {
-                sport: get16(h, udp_f::SRC_PORT),
-                dport: get16(h, udp_f::DST_PORT),
-                flags: None,
-            })
-        }
-        _ => Err(DropReason::IpFragment),
-    }
+    parse_l4_of::<true>(proto, l4)
 }
 
 /// RFC 1858: a TCP fragment at offset 8 bytes would overwrite the flags

@@ -84,17 +84,32 @@ impl Ip4 {
 /// Parses the transport header of an IP payload (`l4` is the payload exactly).
 #[inline(always)]
 pub(super) fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
+    parse_l4_of::<false>(proto, l4)
+}
+
+/// [`parse_l4`] for the payload of a whole packet (`FIRST` false), or of
+/// a datagram's first fragment (`FIRST`): its transport header must be
+/// whole there too (RFC 1858), and a UDP length must run past it (a
+/// first fragment holds less than its datagram); what is wrong with a
+/// fragment is `fragment_malformed`.
+#[inline(always)]
+pub(super) fn parse_l4_of<const FIRST: bool>(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
+    let (truncated, malformed) = if FIRST {
+        (DropReason::FragmentMalformed, DropReason::FragmentMalformed)
+    } else {
+        (DropReason::Truncated, DropReason::L4Malformed)
+    };
     match proto {
         protocol::TCP => {
             let Some(h) = l4.first_chunk::<{ tcp::HEADER_LEN }>() else {
-                return Err(DropReason::Truncated);
+                return Err(truncated);
             };
             let doff = usize::from(h[tcp_f::OFF] >> 4) * 4;
             if doff < tcp::HEADER_LEN {
-                return Err(DropReason::L4Malformed);
+                return Err(malformed);
             }
             if doff > l4.len() {
-                return Err(DropReason::Truncated);
+                return Err(truncated);
             }
             Ok(L4 {
                 sport: get16(h, tcp_f::SRC_PORT),
@@ -104,14 +119,14 @@ pub(super) fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
         }
         protocol::UDP => {
             let Some(h) = l4.first_chunk::<{ udp::HEADER_LEN }>() else {
-                return Err(DropReason::Truncated);
+                return Err(truncated);
             };
             let ulen = usize::from(get16(h, udp_f::LENGTH));
             if ulen < udp::HEADER_LEN {
-                return Err(DropReason::L4Malformed);
+                return Err(malformed);
             }
-            if ulen > l4.len() {
-                return Err(DropReason::Truncated);
+            if FIRST && ulen <= l4.len() || !FIRST && ulen > l4.len() {
+                return Err(truncated);
             }
             Ok(L4 {
                 sport: get16(h, udp_f::SRC_PORT),
@@ -119,6 +134,7 @@ pub(super) fn parse_l4(proto: u8, l4: &[u8]) -> Result<L4, DropReason> {
                 flags: None,
             })
         }
+        _ if FIRST => Err(DropReason::IpFragment),
         _ => Err(DropReason::UnsupportedProtocol),
     }
 }
