@@ -155,12 +155,34 @@ impl Meshgate {
         m
     }
 
+    /// [`Meshgate::start`] on the control socket at `control` (the
+    /// default one, for commands typed as the README types them).
+    pub fn start_on(lab: &Lab, config: &str, control: PathBuf) -> Meshgate {
+        let dir = std::env::temp_dir().join(format!("{}-mg", lab.prefix));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meshgate.toml"), config).unwrap();
+        let mut m = Self::spawn_at(lab, dir, (&[], &[]), "stdout.log", control);
+        m.wait_for(&["forwarding on"]);
+        m
+    }
+
     /// Starts `meshgate run` on the configuration in `dir`, with `args`.
     fn spawn(lab: &Lab, dir: PathBuf, wrapper: &[&str], args: &[&str], log: &str) -> Meshgate {
+        let control = dir.join("control.sock");
+        Self::spawn_at(lab, dir, (wrapper, args), log, control)
+    }
+
+    /// [`Meshgate::spawn`] on the control socket at `control`.
+    fn spawn_at(
+        lab: &Lab,
+        dir: PathBuf,
+        (wrapper, args): (&[&str], &[&str]),
+        log: &str,
+        control: PathBuf,
+    ) -> Meshgate {
         let cfg = dir.join("meshgate.toml");
         let stats = dir.join("stats.json");
         let stdout = dir.join(log);
-        let control = dir.join("control.sock");
         let child = Command::new("ip")
             .args(["netns", "exec", &lab.ingress()])
             .args(wrapper)
