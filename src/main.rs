@@ -116,21 +116,25 @@ enum Cmd {
     Service {
         #[command(subcommand)]
         cmd: ServiceCmd,
+        /// The running meshgate's control socket.
         #[arg(long, global = true, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
     /// The balancing table in the shape of `ipvsadm -ln`.
     Ipvs {
+        /// The running meshgate's control socket.
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
     /// Packets, bytes, flows and drops per service and task, and batch latency.
     Stats {
+        /// Print the statistics as JSON (what `--stats-file` writes).
         #[arg(long)]
         json: bool,
         /// Refresh every second.
         #[arg(long)]
         watch: bool,
+        /// The running meshgate's control socket.
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
@@ -145,11 +149,13 @@ enum Cmd {
     /// What the status page shows, as JSON (the page reads the same from
     /// `GET /status.json` on the `control.metrics` listener).
     Status {
+        /// The running meshgate's control socket.
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
     /// Re-read the configuration file of a running meshgate (as SIGHUP does).
     Reload {
+        /// The running meshgate's control socket.
         #[arg(long, default_value = DEFAULT_CONTROL_SOCKET)]
         control: PathBuf,
     },
@@ -191,9 +197,13 @@ enum ServiceCmd {
     /// List services (like `docker service ls`).
     Ls,
     /// List a service's tasks (like `docker service ps`).
-    Ps { name: String },
+    Ps {
+        /// The service's name.
+        name: String,
+    },
     /// Change a service: add or remove tasks, set weights, publish ports.
     Update {
+        /// The service's name.
         name: String,
         /// Add a task: ADDRESS@NODE[,mac=MAC][,weight=W]
         #[arg(long = "task-add")]
