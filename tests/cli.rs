@@ -136,10 +136,7 @@ fn every_argument_of_every_subcommand_is_described() {
                 continue;
             }
             // The entry's name, then two spaces or more, then its help.
-            let help = entry
-                .split_once("  ")
-                .map(|(_, h)| h.trim())
-                .unwrap_or("");
+            let help = entry.split_once("  ").map(|(_, h)| h.trim()).unwrap_or("");
             if help.is_empty() || help.starts_with("[default:") {
                 undescribed.push(format!("meshgate {}: {}", sub.join(" "), entry));
             }

@@ -233,8 +233,53 @@ pub(super) fn icmp_error(
     peer: Ipv4Addr,
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
-    let d = f.data();
-    let msg = &d[INNER_IP + IP..INNER_IP + total];
+    let (slot, qproto) = match quoted_flow(snap, st, &f.data()[INNER_IP..INNER_IP + total], peer)? {
+        Quoted::Worker(w) => return Ok(Verdict::Handoff(w)),
+        Quoted::Flow(slot, qproto) => (slot, qproto),
+    };
+    let gen32 = st.gen32;
+    let flow = st.flows.get_mut(slot);
+    if flow.vtep != vtep {
+        return Err(DropReason::ReplyWrongVtep);
+    }
+    if flow_task(snap, gen32, flow).is_none() {
+        return Err(DropReason::TaskGone);
+    }
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    if flow.key.v6 {
+        return icmp_error6(snap, st, f, total, ttl, slot);
+    }
+    let (key, delta_l4, ti) = (flow.key, flow.delta_l4, flow.task_index);
+    let Some(client_mac) = client_mac(snap, flow) else {
+        request_resolution(st, snap.neighbours.next_hop(key.client));
+        return Err(DropReason::NoNeighbour);
+    };
+    let b = &mut f.data_mut()[INNER_IP..INNER_IP + total];
+    reverse_icmp(b, id.node_addr, (key, delta_l4), ttl, qproto);
+    to_client(id, st, f, total, client_mac, ti)
+}
+
+/// Whose flow an ICMP error quotes.
+enum Quoted {
+    /// Another worker's (by the quoted SNAT port).
+    Worker(u16),
+    /// This worker's, in this slot; the quoted protocol.
+    Flow(u32, u8),
+}
+
+/// Finds the flow an ICMP error from a task's side (`p`, its IPv4 packet)
+/// quotes a packet of: a destination unreachable or time exceeded with a
+/// sound checksum, quoting TCP or UDP from the sandbox (or, for a flow
+/// that keeps its client's address, from `peer`, the client) to a task.
+fn quoted_flow(
+    snap: &Snapshot,
+    st: &State,
+    p: &[u8],
+    peer: Ipv4Addr,
+) -> Result<Quoted, DropReason> {
+    let msg = &p[IP..];
     // Header, then at least the quoted IPv4 header and 8 bytes of transport.
     let Some(m) = msg.first_chunk::<{ icmp::HEADER_LEN + IP + 8 }>() else {
         return Err(DropReason::Truncated);
@@ -250,11 +295,9 @@ pub(super) fn icmp_error(
     }
     let q = &m[icmp::HEADER_LEN..];
     let qproto = q[ip_f::PROTOCOL];
-    // The quoted packet went from the sandbox (or, for a flow that keeps
-    // its client's address, from the client the error is sent to) to the
-    // task; TCP and UDP put their ports in the same place.
+    // TCP and UDP put their ports in the same place.
     let quoted_src = if peer.is_unspecified() {
-        id.overlay_addr
+        snap.identity.overlay_addr
     } else {
         peer
     };
@@ -264,66 +307,49 @@ pub(super) fn icmp_error(
     {
         return Err(DropReason::IcmpNoFlow);
     }
-    let task = get_addr(q, ip_f::DST);
     let snat = get16(q, at(udp_f::SRC_PORT, IP));
-    let target = get16(q, at(udp_f::DST_PORT, IP));
     let owner = FlowTable::owner(snat, st.workers);
     if owner != st.worker {
-        return Ok(Verdict::Handoff(owner));
+        return Ok(Quoted::Worker(owner));
     }
-    let slot = st
-        .flows
-        .lookup_snat(&SnatKey {
-            task,
-            target,
-            snat_port: snat,
-            protocol: qproto,
-            peer,
-        })
-        .ok_or(DropReason::IcmpNoFlow)?;
-    let gen32 = st.gen32;
-    let flow = st.flows.get_mut(slot);
-    if flow.vtep != vtep {
-        return Err(DropReason::ReplyWrongVtep);
-    }
-    if flow_task(snap, gen32, flow).is_none() {
-        return Err(DropReason::TaskGone);
-    }
-    if ttl <= 1 {
-        return Err(DropReason::TtlExpired);
-    }
-    if flow.key.v6 {
-        return icmp_error6(snap, st, f, total, ttl, slot);
-    }
-    let (client, client_port, published, delta_l4, ti) = (
-        flow.key.client,
-        flow.key.client_port,
-        flow.key.published,
-        flow.delta_l4,
-        flow.task_index,
-    );
-    let Some(client_mac) = client_mac(snap, flow) else {
-        request_resolution(st, snap.neighbours.next_hop(client));
-        return Err(DropReason::NoNeighbour);
+    let key = SnatKey {
+        task: get_addr(q, ip_f::DST),
+        target: get16(q, at(udp_f::DST_PORT, IP)),
+        snat_port: snat,
+        protocol: qproto,
+        peer,
     };
+    let slot = st.flows.lookup_snat(&key).ok_or(DropReason::IcmpNoFlow)?;
+    Ok(Quoted::Flow(slot, qproto))
+}
 
-    let b = &mut f.data_mut()[INNER_IP..INNER_IP + total];
+/// Rewrites an ICMP error (`b`, its IPv4 packet) about a packet of the
+/// flow with client key `key` (and transport checksum delta `delta_l4`)
+/// for the client: from the node (`node`), TTL `ttl` minus one, quoting
+/// the client's packet as the client sent it (addresses, ports, and the
+/// quoted transport checksum by the reverse of the flow's delta); every
+/// checksum redone.
+fn reverse_icmp(
+    b: &mut [u8],
+    node: Ipv4Addr,
+    (key, delta_l4): (crate::dataplane::flow::ClientKey, u16),
+    ttl: u8,
+    qproto: u8,
+) {
     let (iph, msg) = b.split_at_mut(IP);
     let mut ip = ipv4::Packet::new_unchecked(&mut iph[..]);
-    ip.set_src_addr(id.node_addr);
-    ip.set_dst_addr(client);
+    ip.set_src_addr(node);
+    ip.set_dst_addr(key.client);
     ip.set_ttl(ttl - 1);
     ip.fill_checksum();
     let (_, quoted) = msg.split_at_mut(icmp::HEADER_LEN);
     let (qh, ql4) = quoted.split_at_mut(IP);
     let mut qip = ipv4::Packet::new_unchecked(&mut qh[..]);
-    qip.set_src_addr(client);
-    qip.set_dst_addr(id.node_addr);
+    qip.set_src_addr(key.client);
+    qip.set_dst_addr(node);
     qip.fill_checksum();
-    set16(ql4, udp_f::SRC_PORT, client_port);
-    set16(ql4, udp_f::DST_PORT, published);
-    // The quoted transport checksum, when quoted: the reverse of the flow's
-    // translation.
+    set16(ql4, udp_f::SRC_PORT, key.client_port);
+    set16(ql4, udp_f::DST_PORT, key.published);
     if qproto == protocol::UDP {
         let c = checksum::apply_folded_udp(get16_ne(ql4, udp_f::CHECKSUM), !delta_l4);
         set16_ne(ql4, udp_f::CHECKSUM, c);
@@ -333,8 +359,6 @@ pub(super) fn icmp_error(
     }
     let mut icmp = icmp::Packet::new_unchecked(&mut msg[..]);
     icmp.fill_checksum();
-
-    to_client(id, st, f, total, client_mac, ti)
 }
 
 /// The numbers of a TCP reset (RFC 9293 section 3.10.7.1).
