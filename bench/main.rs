@@ -4,9 +4,12 @@
 //! AF_XDP ceiling and meshgate side by side in a namespace lab, the
 //! pipeline alone (time and callgrind instructions) and the memory of a
 //! million flows; `meshgate-bench pipeline --case C --iterations N` is the
-//! pipeline loop that callgrind runs. See bench/README.md.
+//! pipeline loop that callgrind runs; `meshgate-bench expiry` times a
+//! worker's sweeps while a million flows expire at once. See
+//! bench/README.md.
 
 mod callgrind;
+mod expiry;
 mod paths;
 mod pipeline_count;
 mod run_all;
@@ -81,6 +84,13 @@ enum Cmd {
     },
     /// Print the table of a saved result (bench/results/*.json).
     Table { file: PathBuf },
+    /// A worker's table of FLOWS flows expiring at once, swept as a busy
+    /// and as an idle worker sweeps: the longest sweep call, and that
+    /// every slot and SNAT port comes back.
+    Expiry {
+        #[arg(long, default_value_t = 1_000_000)]
+        flows: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -189,6 +199,10 @@ fn main() -> anyhow::Result<()> {
             if noisy.is_some() {
                 std::process::exit(3);
             }
+            Ok(())
+        }
+        Cmd::Expiry { flows } => {
+            println!("{}", serde_json::to_string_pretty(&expiry::run(flows)?)?);
             Ok(())
         }
         Cmd::Table { file } => {

@@ -789,11 +789,13 @@ impl FlowTable {
 
     /// Examines up to `budget` slots from the clock hand and calls `expire`
     /// on each live flow whose idle time exceeds `timeout(flow)`; those flows
-    /// are removed. Returns the number removed.
+    /// are removed, `max_removed` at most (a removal costs far more than a
+    /// look: a table whose flows all expire at once must not stall its
+    /// worker). Returns the number removed.
     pub fn sweep(
         &mut self,
         now: u32,
-        budget: usize,
+        (budget, max_removed): (usize, usize),
         timeout: impl Fn(&Flow) -> u32,
         mut expire: impl FnMut(&Flow),
     ) -> usize {
@@ -803,6 +805,9 @@ impl FlowTable {
         }
         let mut removed = 0;
         for _ in 0..budget.min(n) {
+            if removed == max_removed {
+                break;
+            }
             self.hand = (self.hand + 1) % n;
             if !self.live[self.hand] {
                 continue;
@@ -1100,7 +1105,12 @@ pub(crate) mod tests {
             t.insert(f, 0).unwrap();
         }
         let mut expired = vec![];
-        let n = t.sweep(3500, 100, |_| 2000, |f| expired.push(f.key.client_port));
+        let n = t.sweep(
+            3500,
+            (100, usize::MAX),
+            |_| 2000,
+            |f| expired.push(f.key.client_port),
+        );
         assert_eq!(n, 2);
         expired.sort();
         assert_eq!(expired, vec![10000, 10001]);
@@ -1111,6 +1121,31 @@ pub(crate) mod tests {
         assert_eq!(t.lookup_snat(&FlowTable::snat_key(t.get(s))), Some(s));
     }
 
+    /// A sweep removes `max_removed` flows at most and the next one goes
+    /// on from there: all due flows go, a bounded number per sweep.
+    #[test]
+    fn a_sweep_removes_at_most_its_bound_and_the_next_goes_on() {
+        let mut t = FlowTable::new(64, 0, 1, (1024, 65535));
+        for i in 0..40u16 {
+            t.insert(flow(10000 + i, 4), 0).unwrap();
+        }
+        let mut removed = Vec::new();
+        let mut sweeps = 0;
+        while !t.is_empty() {
+            let n = t.sweep(5000, (64, 16), |_| 100, |f| removed.push(f.key.client_port));
+            assert!(n <= 16, "{n} removed in one sweep");
+            sweeps += 1;
+            assert!(sweeps <= 4, "a bounded sweep still makes progress");
+        }
+        removed.sort();
+        assert_eq!(removed, (10000..10040).collect::<Vec<_>>());
+        assert_eq!(sweeps, 3);
+        // Their SNAT ports are free again: the same clients get flows.
+        for i in 0..40u16 {
+            t.insert(flow(10000 + i, 4), 5000).unwrap();
+        }
+    }
+
     #[test]
     fn tick_wraparound() {
         let mut t = FlowTable::new(8, 0, 1, (1024, 65535));
@@ -1118,10 +1153,10 @@ pub(crate) mod tests {
         f.last_seen = u32::MAX - 10;
         t.insert(f, 0).unwrap();
         assert_eq!(
-            t.sweep(5, 8, |_| 100, |_| {}),
+            t.sweep(5, (8, usize::MAX), |_| 100, |_| {}),
             0,
             "16 ticks idle across the wrap"
         );
-        assert_eq!(t.sweep(200, 8, |_| 100, |_| {}), 1);
+        assert_eq!(t.sweep(200, (8, usize::MAX), |_| 100, |_| {}), 1);
     }
 }

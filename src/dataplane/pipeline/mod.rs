@@ -474,15 +474,16 @@ impl Pipeline {
         Ok(report)
     }
 
-    /// Expires idle flows, examining up to `budget` table slots.
-    pub fn expire(&mut self, budget: usize) -> usize {
+    /// Expires idle flows, examining up to `budget` table slots and
+    /// removing `max_removed` flows at most.
+    pub fn expire(&mut self, (budget, max_removed): (usize, usize)) -> usize {
         let snap = &*self.snap;
         let t = snap.timeouts;
         let st = &mut self.st;
         let gen32 = st.gen32;
         let n = st.flows.sweep(
             st.now,
-            budget,
+            (budget, max_removed),
             |f| match f.state {
                 FlowState::SynSent => t.tcp_syn,
                 FlowState::Established => t.tcp_established,
