@@ -82,17 +82,35 @@ fn echoed(to: SocketAddr) -> usize {
         .count()
 }
 
-#[test]
-fn the_nodes_own_fragmented_traffic_reaches_its_kernel_while_meshgate_runs() {
-    if !privileged() {
-        return;
-    }
+/// The lab with IPv6 on the ingress interface and a second client, and
+/// its task servers.
+fn dual_stack_lab() -> (Lab, lab::Servers) {
     let lab = Lab::build(LabOptions {
         ipv6: true,
         ..LabOptions::default()
     })
     .expect("lab");
-    let _servers = lab.start_servers().expect("servers");
+    let servers = lab.start_servers().expect("servers");
+    (lab, servers)
+}
+
+/// The lab's configuration with `node.address6`, statistics every
+/// `interval` seconds.
+fn config6(lab: &Lab, interval: f64) -> String {
+    lab.config_toml(&format!("[control]\nstats_interval = {interval}\n"))
+        .replacen(
+            "[node]\n",
+            &format!("[node]\naddress6 = \"{INGRESS6_ADDR}\"\n"),
+            1,
+        )
+}
+
+#[test]
+fn the_nodes_own_fragmented_traffic_reaches_its_kernel_while_meshgate_runs() {
+    if !privileged() {
+        return;
+    }
+    let (lab, _servers) = dual_stack_lab();
     let (stop4, h4) = echo_server(&lab.ingress(), SocketAddr::from((INGRESS_ADDR, OWN_PORT)));
     let (stop6, h6) = echo_server(&lab.ingress(), SocketAddr::from((INGRESS6_ADDR, OWN_PORT)));
     let own4 = SocketAddr::from((INGRESS_ADDR, OWN_PORT));
@@ -108,14 +126,7 @@ fn the_nodes_own_fragmented_traffic_reaches_its_kernel_while_meshgate_runs() {
         DATAGRAMS
     );
 
-    let config = lab
-        .config_toml("[control]\nstats_interval = 0.5\n")
-        .replacen(
-            "[node]\n",
-            &format!("[node]\naddress6 = \"{INGRESS6_ADDR}\"\n"),
-            1,
-        );
-    let mg = Meshgate::start(&lab, &config);
+    let mg = Meshgate::start(&lab, &config6(&lab, 0.5));
     // meshgate serves its published port...
     let answer = lab
         .in_ns(&lab.client(), || lab::udp_request(target(), T))
@@ -200,20 +211,8 @@ fn a_published_udp_port_answers_datagrams_of_every_size_whole() {
     if !privileged() {
         return;
     }
-    let lab = Lab::build(LabOptions {
-        ipv6: true,
-        ..LabOptions::default()
-    })
-    .expect("lab");
-    let _servers = lab.start_servers().expect("servers");
-    let config = lab
-        .config_toml("[control]\nstats_interval = 0.25\n")
-        .replacen(
-            "[node]\n",
-            &format!("[node]\naddress6 = \"{INGRESS6_ADDR}\"\n"),
-            1,
-        );
-    let mg = Meshgate::start(&lab, &config);
+    let (lab, _servers) = dual_stack_lab();
+    let mg = Meshgate::start(&lab, &config6(&lab, 0.25));
     let to4 = target();
     let to6 = SocketAddr::from((INGRESS6_ADDR, 8080));
     // The node learns each client's neighbour from a first small request

@@ -257,11 +257,12 @@ fn meshgate_takes_over_a_real_swarms_ingress() {
     });
 }
 
-/// meshgate on a worker, where Docker's cluster API answers "not a swarm
-/// manager": services and tasks come from the worker's own ingress network
-/// view, the ports' protocols from the manager's API (`swarm.manager`;
-/// this kernel has no IPVS, so Docker writes no DOCKER-INGRESS rules to
-/// read them from). The tasks run on the manager.
+/// meshgate on a worker with only its own Docker socket, where Docker's
+/// cluster API answers "not a swarm manager": services and tasks come
+/// from the worker's own ingress network view, the ports' protocols from
+/// the worker's `DOCKER-INGRESS` rules, which the lab writes as Docker
+/// does on a kernel with IPVS (this one has none). The tasks run on the
+/// manager.
 #[test]
 fn meshgate_on_a_worker_node() {
     if !common::privileged() || !common::docker_available() {

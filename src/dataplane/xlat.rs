@@ -25,6 +25,39 @@ use crate::wire::ipv4::{self, field as ip4};
 use crate::wire::ipv6::{self, field as ip6};
 use crate::wire::{at, get16, tcp, udp};
 
+/// What translation keeps of a fixed IPv6 header: traffic class, hop
+/// limit, source and destination.
+fn read_v6(h: &[u8]) -> (u8, u8, Ipv6Addr, Ipv6Addr) {
+    let addr = |r: std::ops::Range<usize>| {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&h[r]);
+        Ipv6Addr::from(a)
+    };
+    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
+    (
+        traffic_class,
+        h[ip6::HOP_LIMIT],
+        addr(ip6::SRC),
+        addr(ip6::DST),
+    )
+}
+
+/// What translation keeps of an IPv4 header: type of service, TTL,
+/// source and destination.
+fn read_v4(h: &[u8]) -> (u8, u8, Ipv4Addr, Ipv4Addr) {
+    let addr = |r: std::ops::Range<usize>| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(&h[r]);
+        Ipv4Addr::from(a)
+    };
+    (
+        h[ip4::DSCP_ECN],
+        h[ip4::TTL],
+        addr(ip4::SRC),
+        addr(ip4::DST),
+    )
+}
+
 /// The bytes an IPv6 header has over an IPv4 one without options.
 pub const GROWTH: usize = ipv6::HEADER_LEN - ipv4::HEADER_LEN;
 
@@ -53,12 +86,7 @@ pub fn v6_to_v4(
     let protocol = h[ip6::NEXT_HEADER];
     let (csum, udp_like) = l4_checksum(protocol)?;
     let payload_len = get16(h, ip6::PAYLOAD_LEN);
-    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
-    let hop_limit = h[ip6::HOP_LIMIT];
-    let mut s6 = [0u8; 16];
-    let mut d6 = [0u8; 16];
-    s6.copy_from_slice(&h[ip6::SRC]);
-    d6.copy_from_slice(&h[ip6::DST]);
+    let (traffic_class, hop_limit, s6, d6) = read_v6(h);
     let total = ipv4::HEADER_LEN + usize::from(payload_len);
     debug_assert_eq!(total + GROWTH, len);
 
@@ -68,12 +96,7 @@ pub fn v6_to_v4(
     let c = at(csum, l4);
     let old = get16(buf, c.clone());
     if !(udp_like && old == 0) {
-        let out = checksum::pseudo_header_v6(
-            Ipv6Addr::from(s6),
-            Ipv6Addr::from(d6),
-            protocol,
-            u32::from(payload_len),
-        );
+        let out = checksum::pseudo_header_v6(s6, d6, protocol, u32::from(payload_len));
         let inn = checksum::pseudo_header(src, dst, protocol, payload_len);
         let d = checksum::combine(&[!out, inn]);
         let new = checksum::apply_folded(old, d);
@@ -160,12 +183,7 @@ pub fn v4_to_v6(
     let total = usize::from(get16(h, ip4::LENGTH));
     debug_assert_eq!(total, len);
     let payload_len = (total - ipv4::HEADER_LEN) as u16;
-    let tos = h[ip4::DSCP_ECN];
-    let ttl = h[ip4::TTL];
-    let (s4, d4) = (
-        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::SRC]).expect("4 bytes")),
-        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::DST]).expect("4 bytes")),
-    );
+    let (tos, ttl, s4, d4) = read_v4(h);
 
     let l4 = off + ipv4::HEADER_LEN;
     let c = at(csum, l4);
@@ -231,18 +249,13 @@ pub fn v6_fragment_to_v4(
     let payload = len.checked_sub(ipv6::HEADER_LEN + fh::HEADER_LEN)?;
     let offset_m = get16(fr, fh::OFFSET_M);
     let ident = get16(fr, fh::IDENT.start + 2..fh::IDENT.end);
-    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
-    let hop_limit = h[ip6::HOP_LIMIT];
-    let mut s6 = [0u8; 16];
-    let mut d6 = [0u8; 16];
-    s6.copy_from_slice(&h[ip6::SRC]);
-    d6.copy_from_slice(&h[ip6::DST]);
+    let (traffic_class, hop_limit, s6, d6) = read_v6(h);
     let l4 = off + ipv6::HEADER_LEN + fh::HEADER_LEN;
     if offset_m & fh::OFFSET_MASK == 0 {
         let c = at(csum, l4);
         let old = get16(buf.get(c.clone())?, 0..2);
         if !(udp_like && old == 0) {
-            let out = checksum::pseudo_header_v6(s6.into(), d6.into(), protocol, 0);
+            let out = checksum::pseudo_header_v6(s6, d6, protocol, 0);
             let inn = checksum::pseudo_header(src, dst, protocol, 0);
             let new = fragment_checksum(old, out, inn, udp_like);
             buf[c].copy_from_slice(&new.to_be_bytes());
@@ -291,12 +304,7 @@ pub fn v4_fragment_to_v6(
     let total = len;
     let flg_off = get16(h, ip4::FLG_OFF);
     let ident = get16(h, ip4::IDENT);
-    let tos = h[ip4::DSCP_ECN];
-    let ttl = h[ip4::TTL];
-    let (s4, d4) = (
-        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::SRC]).ok()?),
-        Ipv4Addr::from(<[u8; 4]>::try_from(&h[ip4::DST]).ok()?),
-    );
+    let (tos, ttl, s4, d4) = read_v4(h);
     let payload = total.checked_sub(ipv4::HEADER_LEN)?;
     let l4 = off + ipv4::HEADER_LEN;
     if flg_off & ipv4::OFFSET_MASK == 0 {
