@@ -492,3 +492,28 @@ fn overlapping_and_repeated_fragments_take_their_datagrams_one_translation() {
     assert_eq!(p.flows().len(), 1);
     assert_eq!(p.drops().total(), 0);
 }
+
+/// An IPv6 client's TCP segment in fragments: IPv4 fragments to one task,
+/// whose reassembled segment has the translated ports and a sound
+/// checksum (the first fragment's, patched for both pseudo-headers).
+#[test]
+fn an_ipv6_clients_tcp_segment_in_fragments_is_translated_as_a_whole() {
+    let mut p = lab_pipeline6(L4Checksum::Incremental);
+    let data = payload(3000);
+    let seg = client6_tcp(CLIENT6, 50090, 1, 0, SYN, &data);
+    let frames = ipv6_fragments(&seg, 1500, 0x0a0b_0c0d);
+    let out = send(&mut p, &frames, &(0..frames.len()).collect::<Vec<_>>());
+    let inner: Vec<Vec<u8>> = out.iter().map(|f| decap(f)).collect();
+    let (src, dst, proto, dgram) = reassemble4(&inner, MTU);
+    assert_eq!((src, proto), (OVERLAY, 6));
+    assert!(TASKS.contains(&dst));
+    let ph = checksum::pseudo_header(src, dst, 6, dgram.len() as u16);
+    assert_eq!(
+        !checksum::combine(&[ph, checksum::data(&dgram)]),
+        0,
+        "TCP checksum"
+    );
+    assert_eq!(u16::from_be_bytes([dgram[2], dgram[3]]), TARGET);
+    assert!(dgram[20..] == data[..]);
+    assert_eq!(p.drops().total(), 0);
+}
