@@ -82,19 +82,8 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
 ) -> Result<Verdict, DropReason> {
     let id = &snap.identity;
     let total = f.len - ETH;
-    let Ip4 { client, proto, ttl } = ip;
-    let port = snap
-        .ports
-        .get(proto, l4.dport)
-        .ok_or(DropReason::NoService)?;
-    if let Some(fl) = l4.flags {
-        if !tcp_flags_valid(fl) {
-            return Err(DropReason::TcpBadFlags);
-        }
-    }
-    if ttl <= 1 {
-        return Err(DropReason::TtlExpired);
-    }
+    let Ip4 { client, proto, .. } = ip;
+    let port = admit(snap, ip, l4)?;
     if total > usize::from(id.overlay_mtu) && !SPLIT {
         return frag_needed(snap, st, f, total);
     }
@@ -130,20 +119,7 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
                 // evicted flow learn it at once.
                 return send_reset::<V6>(snap, st, f, DropReason::TcpNoFlow, c6);
             }
-            // An IPv6 client's replies go back to the neighbour its
-            // packets came from: the kernel's IPv4 neighbour table knows
-            // nothing of it.
-            let mac6 = if V6 {
-                get_mac(f.data(), eth_f::SRC).0
-            } else {
-                [0; 6]
-            };
-            let client_next = if l4.flags.is_some() {
-                tcp_seq_end(&f.data()[ETH + IP..])
-            } else {
-                0
-            };
-            match new_flow::<V6>(snap, st, (key, key_hash), port, client_next, c6, mac6) {
+            match start_flow::<V6>(snap, st, f, (key, key_hash), port, l4, c6) {
                 Ok(v) => v,
                 Err(DropReason::NoTask) => return refuse::<V6>(snap, st, f, port, total, c6),
                 Err(e) => return Err(e),
@@ -176,6 +152,68 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
         }
         return Ok(Verdict::Local);
     }
+    to_vxlan::<V6>(st, f, task, (ti, hash, total), id, rw)
+}
+
+/// The checks a client's packet passes before its flow is looked up: a
+/// published port, TCP flags a real stack sends, a TTL left to forward.
+#[inline(always)]
+fn admit(snap: &Snapshot, ip: Ip4, l4: L4) -> Result<PortEntry, DropReason> {
+    let port = snap
+        .ports
+        .get(ip.proto, l4.dport)
+        .ok_or(DropReason::NoService)?;
+    if let Some(fl) = l4.flags {
+        if !tcp_flags_valid(fl) {
+            return Err(DropReason::TcpBadFlags);
+        }
+    }
+    if ip.ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    Ok(port)
+}
+
+/// A new flow for a packet that may start one: its scheduled task, SNAT
+/// port and checksum deltas ([`new_flow`]), with what only its first
+/// packet tells (an IPv6 client's neighbour, a TCP client's next sequence
+/// number).
+#[inline(always)]
+fn start_flow<'s, const V6: bool>(
+    snap: &'s Snapshot,
+    st: &mut State,
+    f: &FrameBuf<'_>,
+    key: (ClientKey, u64),
+    port: PortEntry,
+    l4: L4,
+    c6: &[u8; 16],
+) -> Result<(u32, &'s TaskEntry), DropReason> {
+    // An IPv6 client's replies go back to the neighbour its packets came
+    // from: the kernel's IPv4 neighbour table knows nothing of it.
+    let mac6 = if V6 {
+        get_mac(f.data(), eth_f::SRC).0
+    } else {
+        [0; 6]
+    };
+    let client_next = if l4.flags.is_some() {
+        tcp_seq_end(&f.data()[ETH + IP..])
+    } else {
+        0
+    };
+    new_flow::<V6>(snap, st, key, port, client_next, c6, mac6)
+}
+
+/// Sends a translated client's packet to a task on another node: VXLAN
+/// from the task's outer template, built in the frame's headroom.
+#[inline(always)]
+fn to_vxlan<const V6: bool>(
+    st: &mut State,
+    f: &mut FrameBuf<'_>,
+    task: &TaskEntry,
+    (ti, hash, total): (u32, u32, usize),
+    id: &Identity,
+    rw: Rewrite,
+) -> Result<Verdict, DropReason> {
     let Some(outer) = &task.outer else {
         request_resolution(st, task.node);
         return Err(DropReason::NoNeighbour);
@@ -207,9 +245,9 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
 /// source port; `total` is its IPv4 length): for a task on this node, as
 /// it is ([`to_local`]); else in VXLAN, in the frame's headroom. The
 /// translation is a type parameter and two values, not a closure: a
-/// closure stayed out of line. `forward`'s own tail is these steps
-/// written out: sharing this function cost each established packet
-/// instructions (bench/README.md, "Choices the counts made").
+/// closure stayed out of line. `forward` does not share it (it has its own
+/// `to_local` call and [`to_vxlan`]): sharing it cost each established
+/// packet instructions (bench/README.md, "Choices the counts made").
 #[inline(always)]
 pub(super) fn to_task<const V6: bool, const ADDRS_ONLY: bool>(
     st: &mut State,
