@@ -191,6 +191,35 @@ fn print_stats(v: &StatsView) {
             e.sandbox_tx, e.sandbox_rx
         );
     }
+    print!("{}", table(&task_rows(v)));
+    println!("drops by reason: {}", drop_list(v));
+    let a = &v.syn_admission;
+    println!(
+        "new TCP flows: budget {}/s per queue, admitted {}, retried {}, refused {}",
+        a.budget_per_queue_per_second, a.admitted, a.retried, a.refused
+    );
+    let t = &v.takeover;
+    if t.takeovers > 0 || t.flows_carried + t.flows_left_out > 0 {
+        println!(
+            "takeovers: {}, flows carried over {} ({} left out){}",
+            t.takeovers,
+            t.flows_carried,
+            t.flows_left_out,
+            match (t.switch_ms, t.switch_dropped) {
+                (Some(ms), Some(d)) => format!(", last switch {ms:.1} ms, {d} frame(s) dropped"),
+                _ => String::new(),
+            }
+        );
+    }
+    let b = &v.batch_latency_ns;
+    println!(
+        "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",
+        b.p50, b.p99, b.p999, b.max, b.count
+    );
+}
+
+/// The per-task table of `meshgate stats`: a header and a row a task.
+fn task_rows(v: &StatsView) -> Vec<Vec<String>> {
     let mut rows = vec![
         [
             "SERVICE",
@@ -222,44 +251,22 @@ fn print_stats(v: &StatsView) {
             ]);
         }
     }
-    print!("{}", table(&rows));
+    rows
+}
+
+/// The drop reasons that counted something, or "none".
+fn drop_list(v: &StatsView) -> String {
     let drops: Vec<String> = v
         .drops
         .iter()
         .filter(|(_, n)| **n > 0)
         .map(|(k, n)| format!("{k} {n}"))
         .collect();
-    println!(
-        "drops by reason: {}",
-        if drops.is_empty() {
-            "none".to_string()
-        } else {
-            drops.join(", ")
-        }
-    );
-    let a = &v.syn_admission;
-    println!(
-        "new TCP flows: budget {}/s per queue, admitted {}, retried {}, refused {}",
-        a.budget_per_queue_per_second, a.admitted, a.retried, a.refused
-    );
-    let t = &v.takeover;
-    if t.takeovers > 0 || t.flows_carried + t.flows_left_out > 0 {
-        println!(
-            "takeovers: {}, flows carried over {} ({} left out){}",
-            t.takeovers,
-            t.flows_carried,
-            t.flows_left_out,
-            match (t.switch_ms, t.switch_dropped) {
-                (Some(ms), Some(d)) => format!(", last switch {ms:.1} ms, {d} frame(s) dropped"),
-                _ => String::new(),
-            }
-        );
+    if drops.is_empty() {
+        "none".to_string()
+    } else {
+        drops.join(", ")
     }
-    let b = &v.batch_latency_ns;
-    println!(
-        "batch latency: p50 {} ns  p99 {} ns  p99.9 {} ns  max {} ns  ({} batches)",
-        b.p50, b.p99, b.p999, b.max, b.count
-    );
 }
 
 pub fn stats(sock: &Path, json: bool, watch: bool) -> Result<()> {

@@ -152,18 +152,7 @@ pub(super) fn node_table(
         .map(|a| node_address6(a).map_err(|m| err("node.address6", m)))
         .transpose()?;
     if let Some(q) = &n.queues {
-        if q.is_empty() {
-            return Err(err(
-                "node.queues",
-                "is empty; remove the key to use every queue of the interface".into(),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for &id in q {
-            if !seen.insert(id) {
-                return Err(err("node.queues", format!("queue {id} is listed twice")));
-            }
-        }
+        queues(q).map_err(|m| err("node.queues", m))?;
     }
     let frames = n.frames_per_queue.unwrap_or(4096);
     if !(64..=1 << 20).contains(&frames) || !frames.is_power_of_two() {
@@ -179,27 +168,8 @@ pub(super) fn node_table(
             format!("{batch} must be between 1 and 256 (32 to 64 is best)"),
         ));
     }
-    let xdp_mode = match n.xdp_mode.as_deref() {
-        None | Some("native") => XdpMode::Native,
-        Some("generic") => XdpMode::Generic,
-        Some(o) => {
-            return Err(err(
-                "node.xdp_mode",
-                format!("`{o}` is not a mode; use \"native\" or \"generic\""),
-            ));
-        }
-    };
-    let checksum = match n.checksum.as_deref() {
-        None | Some("auto") => ChecksumSetting::Auto,
-        Some("incremental") => ChecksumSetting::Incremental,
-        Some("full") => ChecksumSetting::Full,
-        Some(o) => {
-            return Err(err(
-                "node.checksum",
-                format!("`{o}` is not a choice; use \"auto\", \"incremental\" or \"full\""),
-            ));
-        }
-    };
+    let xdp_mode = xdp_mode(n.xdp_mode.as_deref()).map_err(|m| err("node.xdp_mode", m))?;
+    let checksum = checksum(n.checksum.as_deref()).map_err(|m| err("node.checksum", m))?;
     if let Some(c) = &n.cpus {
         if c.is_empty() {
             return Err(err(
@@ -222,6 +192,43 @@ pub(super) fn node_table(
         announce_port: n.announce_port.unwrap_or(crate::announce::DEFAULT_PORT),
         announce_key: n.announce_key.map(std::path::PathBuf::from),
     })
+}
+
+/// `node.queues`: a non-empty list without repeats.
+fn queues(q: &[u32]) -> Result<(), String> {
+    if q.is_empty() {
+        return Err("is empty; remove the key to use every queue of the interface".into());
+    }
+    let mut seen = HashSet::new();
+    for &id in q {
+        if !seen.insert(id) {
+            return Err(format!("queue {id} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// `node.xdp_mode`: native unless named.
+fn xdp_mode(m: Option<&str>) -> Result<XdpMode, String> {
+    match m {
+        None | Some("native") => Ok(XdpMode::Native),
+        Some("generic") => Ok(XdpMode::Generic),
+        Some(o) => Err(format!(
+            "`{o}` is not a mode; use \"native\" or \"generic\""
+        )),
+    }
+}
+
+/// `node.checksum`: auto unless named.
+fn checksum(c: Option<&str>) -> Result<ChecksumSetting, String> {
+    match c {
+        None | Some("auto") => Ok(ChecksumSetting::Auto),
+        Some("incremental") => Ok(ChecksumSetting::Incremental),
+        Some("full") => Ok(ChecksumSetting::Full),
+        Some(o) => Err(format!(
+            "`{o}` is not a choice; use \"auto\", \"incremental\" or \"full\""
+        )),
+    }
 }
 
 /// `node.address6`: a unicast IPv6 address clients can reach.

@@ -77,6 +77,44 @@ fn cidr_host(s: &str) -> Option<Ipv4Addr> {
 /// Reads this node's swarm facts.
 pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
     let info = d.get("/info")?;
+    let node = swarm_node(&info)?;
+    let nets = d.get("/networks")?;
+    let ingress_network = list(&nets, "/networks")?
+        .iter()
+        .find(|n| n["Ingress"].as_bool() == Some(true))
+        .and_then(|n| n["Id"].as_str())
+        .ok_or_else(|| {
+            shape(
+                "/networks",
+                "no network has Ingress: true; recreate it with `docker network create --ingress --driver overlay ingress`",
+            )
+        })?
+        .to_string();
+    let req = format!("/networks/{ingress_network}");
+    let net = ingress_facts(&d.get(&req)?, &req)?;
+    Ok(SwarmFacts {
+        node_id: node.node_id,
+        manager: node.manager,
+        node_address: node.node_address,
+        data_path_port: node.data_path_port,
+        ingress_network,
+        vni: net.vni,
+        subnet: net.subnet,
+        sandbox_address: net.sandbox_address,
+        sandbox_mac: net.sandbox_mac,
+        mtu: net.mtu,
+    })
+}
+
+/// What `/info` says of this node in its swarm.
+struct SwarmNode {
+    node_id: String,
+    manager: bool,
+    node_address: Ipv4Addr,
+    data_path_port: u16,
+}
+
+fn swarm_node(info: &Value) -> Result<SwarmNode, SwarmError> {
     let sw = &info["Swarm"];
     let state = sw["LocalNodeState"].as_str().unwrap_or("");
     if state != "active" {
@@ -105,27 +143,32 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
         Some(p) => u16::try_from(p).map_err(|_| shape("/info", "DataPathPort is not a port"))?,
     };
 
-    let nets = d.get("/networks")?;
-    let ingress_network = list(&nets, "/networks")?
-        .iter()
-        .find(|n| n["Ingress"].as_bool() == Some(true))
-        .and_then(|n| n["Id"].as_str())
-        .ok_or_else(|| {
-            shape(
-                "/networks",
-                "no network has Ingress: true; recreate it with `docker network create --ingress --driver overlay ingress`",
-            )
-        })?
-        .to_string();
-    let req = format!("/networks/{ingress_network}");
-    let net = d.get(&req)?;
+    Ok(SwarmNode {
+        node_id,
+        manager,
+        node_address,
+        data_path_port,
+    })
+}
+
+/// What the ingress network's own description says: its VNI, subnet and
+/// MTU, and this node's ingress sandbox on it.
+struct IngressNetwork {
+    vni: u32,
+    subnet: String,
+    mtu: Option<u16>,
+    sandbox_address: Ipv4Addr,
+    sandbox_mac: String,
+}
+
+fn ingress_facts(net: &Value, req: &str) -> Result<IngressNetwork, SwarmError> {
     let vni = net["Options"]["com.docker.network.driver.overlay.vxlanid_list"]
         .as_str()
         .and_then(|s| s.split(',').next())
         .and_then(|s| s.trim().parse::<u32>().ok())
         .ok_or_else(|| {
             shape(
-                &req,
+                req,
                 "no VNI in Options.com.docker.network.driver.overlay.vxlanid_list",
             )
         })?;
@@ -133,13 +176,13 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
         .as_array()
         .and_then(|c| c.iter().find_map(|c| c["Subnet"].as_str()))
         .filter(|s| s.contains('.'))
-        .ok_or_else(|| shape(&req, "no IPv4 subnet in IPAM.Config"))?
+        .ok_or_else(|| shape(req, "no IPv4 subnet in IPAM.Config"))?
         .to_string();
     let mtu = match net["Options"]["com.docker.network.driver.mtu"].as_str() {
         None => None,
         Some(m) => Some(
             m.parse::<u16>()
-                .map_err(|_| shape(&req, format!("MTU option `{m}` is not a number")))?,
+                .map_err(|_| shape(req, format!("MTU option `{m}` is not a number")))?,
         ),
     };
     let sbox = &net["Containers"]["ingress-sbox"];
@@ -149,22 +192,17 @@ pub fn discover(d: &Docker) -> Result<SwarmFacts, SwarmError> {
     let sandbox_address = sbox["IPv4Address"]
         .as_str()
         .and_then(cidr_host)
-        .ok_or_else(|| shape(&req, "ingress-sbox has no IPv4Address"))?;
+        .ok_or_else(|| shape(req, "ingress-sbox has no IPv4Address"))?;
     let sandbox_mac = sbox["MacAddress"]
         .as_str()
-        .ok_or_else(|| shape(&req, "ingress-sbox has no MacAddress"))?
+        .ok_or_else(|| shape(req, "ingress-sbox has no MacAddress"))?
         .to_string();
-    Ok(SwarmFacts {
-        node_id,
-        manager,
-        node_address,
-        data_path_port,
-        ingress_network,
+    Ok(IngressNetwork {
         vni,
         subnet,
+        mtu,
         sandbox_address,
         sandbox_mac,
-        mtu,
     })
 }
 

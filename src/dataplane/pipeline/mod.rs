@@ -393,68 +393,15 @@ impl Pipeline {
         }
         let snap = &*self.snap;
         let st = &mut self.st;
-        let id = &snap.identity;
         let mut report = RestoreReport::default();
         for r in records {
-            let task = snap.ports.get(r.protocol, r.published).and_then(|port| {
-                let svc = &snap.services[port.service as usize];
-                (port.target == r.target)
-                    .then(|| {
-                        svc.tasks
-                            .iter()
-                            .copied()
-                            .find(|&i| snap.tasks[i as usize].addr == r.task)
-                    })
-                    .flatten()
-            });
-            let Some(ti) = task else {
+            let Some(ti) = record_task(snap, r) else {
                 report.task_gone += 1;
                 continue;
             };
             let task = &snap.tasks[ti as usize];
             let c6 = r.client6.map(|(a, mac)| (a.octets(), mac));
-            let key = ClientKey {
-                client: match &c6 {
-                    Some((a, _)) => st.flows.digest6(a),
-                    None => r.client,
-                },
-                client_port: r.client_port,
-                published: r.published,
-                protocol: r.protocol,
-                v6: c6.is_some(),
-            };
-            let source = if r.preserve {
-                key.client
-            } else {
-                id.overlay_addr
-            };
-            let (delta_addrs, delta_l4) = flow_deltas(
-                (key.client, key.client_port),
-                (id.node_addr, key.published),
-                (source, r.snat_port),
-                (task.addr, r.target),
-            );
-            let flow = Flow {
-                key,
-                task_addr: task.addr,
-                task_id: task.id,
-                task_index: ti,
-                snapshot_gen: st.gen32,
-                vtep: task.node,
-                target: r.target,
-                snat_port: r.snat_port,
-                last_seen: st.now.wrapping_sub(r.idle_ms),
-                hash: r.hash,
-                client_mac: c6.map_or([0; 6], |(_, mac)| mac),
-                client_mac_valid: c6.is_some(),
-                state: r.state,
-                client_next: r.client_next,
-                task_next: r.task_next,
-                delta_addrs,
-                delta_l4,
-                preserve: r.preserve,
-                held_reset: false,
-            };
+            let flow = record_flow(snap, st, r, ti, c6);
             match st.flows.restore(flow) {
                 Ok(slot) => {
                     if let Some((a, _)) = &c6 {
@@ -576,5 +523,76 @@ impl Pipeline {
             Verdict::Drop(r) => self.st.drops.inc(r),
         }
         v
+    }
+}
+
+/// The task of a handed-over flow's record in this snapshot: its published
+/// port still maps to its target port, and its task is still among the
+/// service's tasks.
+fn record_task(snap: &Snapshot, r: &FlowRecord) -> Option<u32> {
+    let port = snap.ports.get(r.protocol, r.published)?;
+    if port.target != r.target {
+        return None;
+    }
+    let svc = &snap.services[port.service as usize];
+    svc.tasks
+        .iter()
+        .copied()
+        .find(|&i| snap.tasks[i as usize].addr == r.task)
+}
+
+/// A handed-over flow's record as this worker's flow to task `ti`: its
+/// checksum deltas made again from this node's identity, its clock set
+/// back by the time it had been idle.
+fn record_flow(
+    snap: &Snapshot,
+    st: &State,
+    r: &FlowRecord,
+    ti: u32,
+    c6: Option<([u8; 16], [u8; 6])>,
+) -> Flow {
+    let id = &snap.identity;
+    let task = &snap.tasks[ti as usize];
+    let key = ClientKey {
+        client: match &c6 {
+            Some((a, _)) => st.flows.digest6(a),
+            None => r.client,
+        },
+        client_port: r.client_port,
+        published: r.published,
+        protocol: r.protocol,
+        v6: c6.is_some(),
+    };
+    let source = if r.preserve {
+        key.client
+    } else {
+        id.overlay_addr
+    };
+    let (delta_addrs, delta_l4) = flow_deltas(
+        (key.client, key.client_port),
+        (id.node_addr, key.published),
+        (source, r.snat_port),
+        (task.addr, r.target),
+    );
+    Flow {
+        key,
+        task_addr: task.addr,
+        task_id: task.id,
+        task_index: ti,
+        snapshot_gen: st.gen32,
+        vtep: task.node,
+        target: r.target,
+        snat_port: r.snat_port,
+        last_seen: st.now.wrapping_sub(r.idle_ms),
+        hash: r.hash,
+        client_mac: c6.map_or([0; 6], |(_, mac)| mac),
+        client_mac_valid: c6.is_some(),
+        state: r.state,
+        client_next: r.client_next,
+        task_next: r.task_next,
+        delta_addrs,
+        delta_l4,
+        preserve: r.preserve,
+        held_reset: false,
     }
 }

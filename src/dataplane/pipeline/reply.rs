@@ -5,7 +5,7 @@ use super::answer::{arp_reply, icmp_error};
 use super::client6::deliver6;
 use super::fragment::{parse_first, reply_fragment};
 use super::nat::{Rewrite, nat};
-use super::parse::{check_ipv4, parse_l4, tcp_flags_valid, tcp_seq_end};
+use super::parse::{L4, check_ipv4, parse_l4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
     end_flow, flow_task, move_shared, request_resolution, seq_after, tcp_transition,
 };
@@ -162,10 +162,10 @@ pub(super) enum ReplyTo {
 /// ([`reply_peer`]). `VXLAN`: it came in VXLAN, and `vtep` must be one
 /// of the snapshot's VTEPs ([`reply`]), which is settled here before the
 /// flow changes.
-#[inline(always)]
 ///
 /// `FRAGMENT`: `p` is a datagram's first fragment, whose transport
 /// header's length may run past it (`l4_checksum` is then incremental).
+#[inline(always)]
 pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
     snap: &Snapshot,
     st: &mut State,
@@ -175,23 +175,8 @@ pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
     peer: Ipv4Addr,
 ) -> Result<ReplyTo, DropReason> {
     let id = &snap.identity;
-    let Some(iph) = p.first_chunk::<IP>() else {
-        return Err(DropReason::Truncated);
-    };
-    let proto = iph[ip_f::PROTOCOL];
-    let ttl = iph[ip_f::TTL];
-    let task_addr = get_addr(iph, ip_f::SRC);
-    let l4 = if FRAGMENT {
-        parse_first(proto, &p[IP..])?
-    } else {
-        parse_l4(proto, &p[IP..])?
-    };
+    let (task_addr, proto, ttl, l4) = reply_headers::<FRAGMENT>(p)?;
     let (sport, dport, tcp_flags) = (l4.sport, l4.dport, l4.flags);
-    if let Some(fl) = tcp_flags {
-        if !tcp_flags_valid(fl) {
-            return Err(DropReason::TcpBadFlags);
-        }
-    }
     let owner = FlowTable::owner(dport, st.workers);
     if owner != st.worker {
         return Ok(ReplyTo::Worker(owner));
@@ -245,17 +230,7 @@ pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
     };
     flow.last_seen = now;
     if let Some(fl) = tcp_flags {
-        let seq_end = tcp_seq_end(&p[IP..]);
-        if flow.state == FlowState::SynSent || seq_after(seq_end, flow.task_next) {
-            flow.task_next = seq_end;
-        }
-        if let Some(to_active) = tcp_transition(flow, fl, true) {
-            move_shared(task, to_active);
-            if to_active {
-                // Its SYN-ACK: the task serves.
-                task.shared.health.success(now);
-            }
-        }
+        track_reply(flow, task, fl, &p[IP..], now);
     }
     let (rw, ti, v6) = (
         Rewrite::to_client(flow, id.node_addr),
@@ -268,6 +243,47 @@ pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
         task_index: ti,
         v6_slot: v6.then_some(slot),
     })
+}
+
+/// A task's packet's source (the task), protocol and TTL, and its
+/// transport header, with TCP flags a real stack sends.
+#[inline(always)]
+fn reply_headers<const FRAGMENT: bool>(p: &[u8]) -> Result<(Ipv4Addr, u8, u8, L4), DropReason> {
+    let Some(iph) = p.first_chunk::<IP>() else {
+        return Err(DropReason::Truncated);
+    };
+    let proto = iph[ip_f::PROTOCOL];
+    let ttl = iph[ip_f::TTL];
+    let task_addr = get_addr(iph, ip_f::SRC);
+    let l4 = if FRAGMENT {
+        parse_first(proto, &p[IP..])?
+    } else {
+        parse_l4(proto, &p[IP..])?
+    };
+    if let Some(fl) = l4.flags {
+        if !tcp_flags_valid(fl) {
+            return Err(DropReason::TcpBadFlags);
+        }
+    }
+    Ok((task_addr, proto, ttl, l4))
+}
+
+/// A task's TCP segment `l4` (flags `fl`) moves its flow on: the task's
+/// next sequence number, and the flow's state, with the task's shared
+/// counts of active flows and, for its SYN-ACK, its health.
+#[inline(always)]
+fn track_reply(flow: &mut Flow, task: &TaskEntry, fl: u8, l4: &[u8], now: u32) {
+    let seq_end = tcp_seq_end(l4);
+    if flow.state == FlowState::SynSent || seq_after(seq_end, flow.task_next) {
+        flow.task_next = seq_end;
+    }
+    if let Some(to_active) = tcp_transition(flow, fl, true) {
+        move_shared(task, to_active);
+        if to_active {
+            // Its SYN-ACK: the task serves.
+            task.shared.health.success(now);
+        }
+    }
 }
 
 /// A task's SYN-ACK held because the client's next hop is not resolved
