@@ -9,6 +9,7 @@
 //! bench/README.md.
 
 mod callgrind;
+mod connections;
 mod expiry;
 mod paths;
 mod pipeline_count;
@@ -59,10 +60,26 @@ enum Cmd {
         /// IPv6 clients (UDP, meshgate only; --size at least 82).
         #[arg(long)]
         ipv6: bool,
+        /// Every packet a new flow (a client address and port used once).
+        #[arg(long)]
+        new_flows: bool,
+        /// Tasks of the service (198.18.128.4 on), for every path.
+        #[arg(long, default_value_t = 3)]
+        tasks: usize,
         /// A meshgate setting for this trial, TABLE.KEY=VALUE in TOML
         /// (node.batch_size=16, control.stats_interval=3600); repeats.
         #[arg(long = "set", value_name = "TABLE.KEY=VALUE")]
         settings: Vec<String>,
+    },
+    /// New UDP flows per second through the kernel path, the reflector
+    /// and meshgate, and CPU per new flow (the phase of `run`, alone).
+    Connections {
+        /// One round, short trials.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the JSON here.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// The whole benchmark.
     Run {
@@ -109,6 +126,8 @@ fn main() -> anyhow::Result<()> {
             interrupt,
             repeat,
             ipv6,
+            new_flows,
+            tasks,
             settings,
         } => {
             let kind = match path.as_str() {
@@ -128,7 +147,7 @@ fn main() -> anyhow::Result<()> {
                 kind,
                 interrupt,
                 &settings.join("\n"),
-                &paths::default_tasks(),
+                &paths::many_tasks(tasks),
             )?;
             for _ in 0..repeat {
                 let t = paths::trial(
@@ -142,6 +161,7 @@ fn main() -> anyhow::Result<()> {
                         count: None,
                         sleep: interrupt,
                         v6: ipv6,
+                        new_flows,
                     },
                 )?;
                 println!("{}", serde_json::to_string(&t)?);
@@ -199,6 +219,15 @@ fn main() -> anyhow::Result<()> {
             if noisy.is_some() {
                 std::process::exit(3);
             }
+            Ok(())
+        }
+        Cmd::Connections { quick, out } => {
+            let lab = paths::BenchLab::build()?;
+            let v = connections::run(&lab, &bins()?, quick)?;
+            if let Some(p) = &out {
+                paths::write_json(p, &v)?;
+            }
+            print!("{}", connections::table(&v));
             Ok(())
         }
         Cmd::Expiry { flows } => {

@@ -310,7 +310,7 @@ pub fn start(
             sh(&["ip", "-n", d, "link", "set", "vxlan0", "up"])?;
             // The task node is the generator: static overlay neighbours and
             // VTEP entries, as Docker programs them.
-            for t in TASKS {
+            for t in tasks {
                 let o: Vec<u8> = t.split('.').map(|x| x.parse().unwrap_or(0)).collect();
                 let mac = format!("02:42:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]);
                 sh(&[
@@ -332,9 +332,15 @@ pub fn start(
                     &["bridge", "fdb", "append", &mac, "dev", "vxlan0", "dst", GEN],
                 )?;
             }
+            // Round-robin over the tasks, as IPVS balances a service's.
+            let map: Vec<String> = tasks
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("{i} : {t}"))
+                .collect();
+            let (n, map) = (tasks.len(), map.join(", "));
             let rules = format!(
-                "table ip mgbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {DUT} udp dport 8080 dnat to numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }} : 80\n  ip daddr {DUT} tcp dport 8080 dnat to numgen inc mod 3 map {{ 0 : {}, 1 : {}, 2 : {} }} : 80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"vxlan0\" snat to 198.18.128.2\n }}\n}}\n",
-                TASKS[0], TASKS[1], TASKS[2], TASKS[0], TASKS[1], TASKS[2]
+                "table ip mgbench {{\n chain pre {{\n  type nat hook prerouting priority dstnat; policy accept;\n  ip daddr {DUT} udp dport 8080 dnat to numgen inc mod {n} map {{ {map} }} : 80\n  ip daddr {DUT} tcp dport 8080 dnat to numgen inc mod {n} map {{ {map} }} : 80\n }}\n chain post {{\n  type nat hook postrouting priority srcnat; policy accept;\n  oifname \"vxlan0\" snat to 198.18.128.2\n }}\n}}\n"
             );
             let mut c = Command::new("ip")
                 .args(["netns", "exec", d, "nft", "-f", "-"])
@@ -489,6 +495,47 @@ pub struct Load {
     pub sleep: bool,
     /// IPv6 clients (UDP) to meshgate's `node.address6`.
     pub v6: bool,
+    /// Every packet a new flow (`flows` is then ignored): the client
+    /// address and port of each packet are used once in the whole run
+    /// ([`NEW_FLOW_SPACE`]), as DNS-like clients' are.
+    pub new_flows: bool,
+}
+
+impl Load {
+    /// `flows` flows of `size`-byte frames for `seconds`, flat out.
+    pub fn flat(flows: u32, size: usize, seconds: f64) -> Load {
+        Load {
+            flows,
+            size,
+            rate: 0,
+            seconds,
+            count: None,
+            sleep: false,
+            v6: false,
+            new_flows: false,
+        }
+    }
+}
+
+/// Client ports per address of new-flow trials, and the flows they have
+/// in all: 16 000 addresses from [`CLIENTS`] (198.18.64.1 to
+/// 198.18.126.128, below the tasks' 198.18.128.0/24).
+const NEW_FLOW_PORTS: u32 = 55_000;
+pub const NEW_FLOW_SPACE: u32 = 16_000 * NEW_FLOW_PORTS;
+/// Flows set aside for one new-flow trial: more than a trial sends at
+/// the generator's highest rate (about 2 Mpps for a few seconds).
+const NEW_FLOWS_PER_TRIAL: u32 = 12_000_000;
+/// The first flow of the next new-flow trial: trials never reuse a
+/// client address and port, so none finds a flow an earlier trial left.
+static NEXT_NEW_FLOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// The first flow of a new-flow trial, and the flows it may use.
+fn new_flow_range() -> Result<u32> {
+    let first = NEXT_NEW_FLOW.fetch_add(NEW_FLOWS_PER_TRIAL, std::sync::atomic::Ordering::Relaxed);
+    if first > NEW_FLOW_SPACE - NEW_FLOWS_PER_TRIAL {
+        bail!("new-flow trials used all {NEW_FLOW_SPACE} client addresses and ports of this run");
+    }
+    Ok(first)
 }
 
 pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
@@ -507,7 +554,11 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
         "--dst-mac".into(),
         DUT_MAC.into(),
         "--flows".into(),
-        l.flows.to_string(),
+        if l.new_flows {
+            NEW_FLOW_SPACE.to_string()
+        } else {
+            l.flows.to_string()
+        },
         "--size".into(),
         l.size.to_string(),
         "--rate".into(),
@@ -524,6 +575,16 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
     }
     if l.sleep {
         args.push("--sleep".into());
+    }
+    if l.new_flows {
+        for a in [
+            "--ports-per-addr".to_string(),
+            NEW_FLOW_PORTS.to_string(),
+            "--first-flow".into(),
+            new_flow_range()?.to_string(),
+        ] {
+            args.push(a);
+        }
     }
     if l.v6 {
         for a in ["--src6", CLIENTS6, "--dst6", DUT6] {
@@ -545,36 +606,22 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
     serde_json::from_str(line).with_context(|| format!("bad pktgen output: {line}"))
 }
 
-/// Highest rate (packets per second delivered) with at most `max_loss`
-/// loss: a flat-out run, then a binary search of the offered rate between
-/// half and all of what the flat-out run delivered, from 95 % of it.
+/// Highest rate (packets per second delivered) of `load` (its `rate`
+/// chosen here) with at most `max_loss` loss: a flat-out run, then a
+/// binary search of the offered rate between half and all of what the
+/// flat-out run delivered, from 95 % of it.
 /// (The search once ran from zero: one lossy trial at 95 % halved the
 /// next guess, and with three steps the result fell at 48 % or 71 % of
 /// the flat-out rate by the luck of that one trial.)
-#[allow(clippy::too_many_arguments)]
 pub fn max_rate(
     lab: &BenchLab,
     bins: &Bins,
-    flows: u32,
-    size: usize,
-    seconds: f64,
+    load: Load,
     steps: u32,
     max_loss: f64,
-    v6: bool,
 ) -> Result<(f64, Trial)> {
-    let flat = trial(
-        lab,
-        bins,
-        Load {
-            flows,
-            size,
-            rate: 0,
-            seconds,
-            count: None,
-            sleep: false,
-            v6,
-        },
-    )?;
+    let at = |rate: u64| Load { rate, ..load };
+    let flat = trial(lab, bins, at(0))?;
     if flat.loss <= max_loss {
         return Ok((flat.rx_pps, flat));
     }
@@ -582,19 +629,7 @@ pub fn max_rate(
     let mut best: Option<(f64, Trial)> = None;
     let mut guess = flat.rx_pps * 0.95;
     for _ in 0..steps {
-        let t = trial(
-            lab,
-            bins,
-            Load {
-                flows,
-                size,
-                rate: guess as u64,
-                seconds,
-                count: None,
-                sleep: false,
-                v6,
-            },
-        )?;
+        let t = trial(lab, bins, at(guess as u64))?;
         if t.loss <= max_loss {
             lo = guess;
             if best.as_ref().is_none_or(|b| t.rx_pps > b.0) {
@@ -610,19 +645,7 @@ pub fn max_rate(
         None => {
             // Nothing passed: a quarter of the flat-out rate, reported
             // with its loss (which says if that failed too).
-            let t = trial(
-                lab,
-                bins,
-                Load {
-                    flows,
-                    size,
-                    rate: (flat.rx_pps / 4.0) as u64,
-                    seconds,
-                    count: None,
-                    sleep: false,
-                    v6,
-                },
-            )?;
+            let t = trial(lab, bins, at((flat.rx_pps / 4.0) as u64))?;
             Ok((t.rx_pps, t))
         }
     }

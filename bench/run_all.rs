@@ -16,7 +16,7 @@ pub struct Opts {
     pub callgrind: Option<PathBuf>,
 }
 
-const MAX_LOSS: f64 = 0.001;
+pub const MAX_LOSS: f64 = 0.001;
 
 /// One round's numbers of one path and load.
 struct Sample {
@@ -58,11 +58,12 @@ fn cpu_load(flows: u32, size: usize, rate: u64, secs: f64) -> Load {
         count: None,
         sleep: true,
         v6: false,
+        new_flows: false,
     }
 }
 
 /// The middle value (of the sorted values; NaN when there are none).
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     if v.is_empty() {
         f64::NAN
@@ -73,7 +74,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// max / min of the values (NaN when there are none, or one is not a
 /// positive number).
-fn spread(v: &[f64]) -> f64 {
+pub fn spread(v: &[f64]) -> f64 {
     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
     let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if v.is_empty() || v.iter().any(|x| !x.is_finite() || *x <= 0.0) {
@@ -87,22 +88,27 @@ fn spread(v: &[f64]) -> f64 {
 /// rounds measured, or rounds that disagree by more than
 /// [`MAX_CPU_RATIO_SPREAD`].
 pub fn cpu_verdict(ratio_rounds: &[f64]) -> Option<String> {
+    cpu_verdict_of("meshgate/reflector", ratio_rounds)
+}
+
+/// [`cpu_verdict`] of the CPU ratio `what`.
+pub fn cpu_verdict_of(what: &str, ratio_rounds: &[f64]) -> Option<String> {
     if ratio_rounds.len() < 2 {
         return Some(format!(
-            "{} round(s) of meshgate/reflector CPU measured, at least 2 needed",
+            "{} round(s) of {what} CPU measured, at least 2 needed",
             ratio_rounds.len()
         ));
     }
     let s = spread(ratio_rounds);
     if s.is_nan() || s > MAX_CPU_RATIO_SPREAD {
         return Some(format!(
-            "the rounds' meshgate/reflector CPU ratios {ratio_rounds:.2?} differ by {s:.2} x (more than {MAX_CPU_RATIO_SPREAD} x): the machine was too busy; run again"
+            "the rounds' {what} CPU ratios {ratio_rounds:.2?} differ by {s:.2} x (more than {MAX_CPU_RATIO_SPREAD} x): the machine was too busy; run again"
         ));
     }
     None
 }
 
-fn log(msg: &str) {
+pub fn log(msg: &str) {
     eprintln!("[bench] {msg}");
 }
 
@@ -144,8 +150,13 @@ pub fn run(o: &Opts) -> Result<Value> {
             ));
             let _path = paths::start(&lab, &o.bins, kind, false, "", &tasks)?;
             for &(flows, size) in &combos {
-                let (rate, at_max) =
-                    paths::max_rate(&lab, &o.bins, flows, size, secs, steps, MAX_LOSS, false)?;
+                let (rate, at_max) = paths::max_rate(
+                    &lab,
+                    &o.bins,
+                    Load::flat(flows, size, secs),
+                    steps,
+                    MAX_LOSS,
+                )?;
                 let half = paths::trial(
                     &lab,
                     &o.bins,
@@ -157,6 +168,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                         count: None,
                         sleep: false,
                         v6: false,
+                        new_flows: false,
                     },
                 )?;
                 log(&format!(
@@ -211,8 +223,16 @@ pub fn run(o: &Opts) -> Result<Value> {
         let size = pktgen_min_v6_frame();
         let mut out = Vec::new();
         for v6 in [false, true] {
-            let (rate, at_max) =
-                paths::max_rate(&lab, &o.bins, 1000, size, secs, steps, MAX_LOSS, v6)?;
+            let (rate, at_max) = paths::max_rate(
+                &lab,
+                &o.bins,
+                Load {
+                    v6,
+                    ..Load::flat(1000, size, secs)
+                },
+                steps,
+                MAX_LOSS,
+            )?;
             let half = paths::trial(
                 &lab,
                 &o.bins,
@@ -224,6 +244,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                     count: None,
                     sleep: false,
                     v6,
+                    new_flows: false,
                 },
             )?;
             log(&format!(
@@ -380,6 +401,9 @@ pub fn run(o: &Opts) -> Result<Value> {
         ));
     }
 
+    // New flows per second (bench/connections.rs).
+    let connections = crate::connections::run(&lab, &o.bins, o.quick)?;
+
     // The pipeline alone.
     let mut pipeline = json!({});
     for case in ["new", "established", "reply", "established6", "reply6"] {
@@ -447,6 +471,7 @@ pub fn run(o: &Opts) -> Result<Value> {
         "runs": rows,
         "ipv6": ipv6,
         "tail": tail,
+        "connections": connections,
         "pipeline": pipeline,
         "memory": memory,
         "summary": summary,
@@ -508,6 +533,7 @@ fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Va
         count: None,
         sleep: false,
         v6: false,
+        new_flows: false,
     };
     let mut trials: Vec<(PathKind, paths::Trial)> = Vec::new();
     for b in 0..blocks {
@@ -617,6 +643,7 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
             count: Some(FLOWS),
             sleep: false,
             v6: false,
+            new_flows: false,
         },
     )?;
     std::thread::sleep(Duration::from_millis(2500));
@@ -773,6 +800,7 @@ pub fn table(v: &Value) -> String {
             m["bytes_per_flow_documented"]
         ));
     }
+    s.push_str(&crate::connections::table(&v["connections"]));
     s
 }
 

@@ -251,6 +251,45 @@ mod tests {
         .unwrap()
     }
 
+    /// The bench's new-flow trials (bench/paths.rs): 16 000 addresses
+    /// from 198.18.64.1 with 55 000 ports each, a trial starting at its own
+    /// first flow. Every packet of a run is a new client address and port,
+    /// and the last address stays below the tasks' 198.18.128.0/24.
+    #[test]
+    fn new_flow_trials_never_repeat_a_client_address_and_port() {
+        let flows = 16_000 * 55_000;
+        let s = FlowSet::new(
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            Ipv4Addr::new(198, 18, 64, 1),
+            Ipv4Addr::new(198, 18, 1, 2),
+            8080,
+            Proto::Udp,
+            flows,
+            64,
+            55_000,
+        )
+        .unwrap();
+        let client = |seq: u32| {
+            let mut b = [0u8; 128];
+            s.write(&mut b, seq, 0);
+            (
+                Ipv4Addr::new(b[26], b[27], b[28], b[29]),
+                u16::from_be_bytes([b[34], b[35]]),
+            )
+        };
+        let mut seen = std::collections::HashSet::new();
+        // Two trials' first packets, across an address boundary.
+        for first in [0u32, 12_000_000] {
+            for seq in first..first + 120_000 {
+                assert!(seen.insert(client(seq)), "flow {seq} repeats a client");
+            }
+        }
+        let (last, _) = client(flows - 1);
+        assert_eq!(last, Ipv4Addr::new(198, 18, 126, 128));
+        assert!(last < Ipv4Addr::new(198, 18, 128, 0));
+    }
+
     #[test]
     fn udp_frames_are_valid_and_timed() {
         let s = set(Proto::Udp, 70_000);

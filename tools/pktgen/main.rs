@@ -98,6 +98,11 @@ enum Cmd {
         /// Flows per source address (then the next address is used).
         #[arg(long, default_value_t = 50_000)]
         ports_per_addr: u32,
+        /// The flow of the first packet (packets then go through the flows
+        /// in turn): with --flows larger than a run sends, every packet
+        /// is a new flow, and runs from distinct first flows share none.
+        #[arg(long, default_value_t = 0)]
+        first_flow: u32,
         /// Transmit only: attach no XDP program, receive nothing.
         #[arg(long)]
         no_capture: bool,
@@ -262,7 +267,7 @@ fn send(
     duration: f64,
     count: Option<u64>,
     sleep: bool,
-    ports_per_addr: u32,
+    (ports_per_addr, first_flow): (u32, u32),
     no_capture: bool,
     v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
 ) -> Result<SendReport> {
@@ -306,7 +311,7 @@ fn send(
     let mut batch: Vec<FrameToken> = Vec::with_capacity(64);
     let mut rx: Vec<FrameToken> = Vec::with_capacity(64);
     let mut done: Vec<FrameToken> = Vec::with_capacity(256);
-    let mut seq: u32 = 0;
+    let mut seq: u32 = first_flow;
     let mut sending_until = None;
     // Paced sending: bursts of about 100 µs of traffic, so that the
     // generator does not send in clumps (which would show as latency);
@@ -609,6 +614,7 @@ fn main() -> Result<()> {
             count,
             cpu,
             ports_per_addr,
+            first_flow,
             no_capture,
             sleep,
             json,
@@ -631,7 +637,7 @@ fn main() -> Result<()> {
                 duration,
                 count,
                 sleep,
-                ports_per_addr,
+                (ports_per_addr, first_flow),
                 no_capture,
                 src6.zip(dst6),
             )
