@@ -5,8 +5,9 @@
 //! port that identifies it on the overlay.
 //!
 //! Layout: flows live in a slab (`Vec<Flow>`, preallocated to the worker's
-//! share of `flows.max`), indexed by two hash tables of slot numbers (the
-//! keys live in the slab, so a table entry is 4 bytes):
+//! share of `flows.max`), indexed by two [`Index`]es of slot numbers (the
+//! keys live in the slab; an entry is a slot and 32 bits of its key's
+//! hash, 8 bytes):
 //! - `by_client`: (protocol, client address, client port, published port),
 //!   the forward path's key;
 //! - `by_snat`: (protocol, task address, target port, SNAT port, peer), the
@@ -29,7 +30,7 @@
 //!
 //! Memory: see [`table_bytes`]; measured by `bench/run` at one million flows.
 
-use hashbrown::HashTable;
+use super::index::Index;
 use std::net::Ipv4Addr;
 
 use super::tables::TaskId;
@@ -129,14 +130,12 @@ pub struct Flow {
 
 /// Bytes a flow table for `max` flows allocates, all of it up front: per
 /// flow the slab entry, its `live` flag, its free-list slot and room for an
-/// IPv6 client's address; and two index tables whose buckets (a 4-byte
-/// slot and a control byte each) are a power of two holding `max` at
-/// hashbrown's 7/8 maximum load. For `max` = 2^20 that is
-/// 64 + 1 + 4 + 16 + 2 × 5 × 2 = 105 bytes per flow: the power-of-two
-/// rounding doubles the buckets just above 2^20 × 8/7.
+/// IPv6 client's address; and two indexes ([`Index`]) of 8-byte entries, a
+/// power of two holding `max` at three quarters full. For `max` = 2^20
+/// that is 64 + 1 + 4 + 16 + 2 × 8 × 2 = 117 bytes per flow: the
+/// power-of-two rounding doubles the entries just above 2^20 × 4/3.
 pub fn table_bytes(max: usize) -> usize {
-    let buckets = (max.max(1) * 8).div_ceil(7).next_power_of_two();
-    max * (std::mem::size_of::<Flow>() + 1 + 4 + 16) + 2 * buckets * (4 + 1)
+    max * (std::mem::size_of::<Flow>() + 1 + 4 + 16) + 2 * Index::bytes(max)
 }
 
 /// A hash of a key packed into 64 bits: foldhash's folded multiply.
@@ -213,8 +212,8 @@ pub struct FlowTable {
     slab: Vec<Flow>,
     live: Vec<bool>,
     free: Vec<u32>,
-    by_client: HashTable<u32>,
-    by_snat: HashTable<u32>,
+    by_client: Index,
+    by_snat: Index,
     seed: u64,
     capacity: usize,
     /// Slots below this index have been used (slots are taken lowest
@@ -325,8 +324,8 @@ impl FlowTable {
             live: vec![false; capacity],
             // Slot 0 on top of the stack, so slots fill in order.
             free: (0..capacity as u32).rev().collect(),
-            by_client: HashTable::with_capacity(capacity),
-            by_snat: HashTable::with_capacity(capacity),
+            by_client: Index::with_capacity(capacity),
+            by_snat: Index::with_capacity(capacity),
             seed: random_seed(),
             capacity,
             high_water: 0,
@@ -381,12 +380,8 @@ impl FlowTable {
             c[0] = std::hint::black_box(1);
             c[0] = 0;
         }
-        for table in [&mut self.by_client, &mut self.by_snat] {
-            for i in 0..self.capacity as u64 {
-                table.insert_unique(fold_hash(i, 0x5eed), 0, |&s| u64::from(s));
-            }
-            table.clear();
-        }
+        self.by_client.prefault();
+        self.by_snat.prefault();
     }
 
     /// Replaces the random seed of an empty table with `seed`: for
@@ -436,8 +431,7 @@ impl FlowTable {
     #[inline]
     pub fn lookup_client_hashed(&self, k: &ClientKey, hash: u64) -> Option<u32> {
         self.by_client
-            .find(hash, |&s| self.slab[s as usize].key == *k)
-            .copied()
+            .find(hash, |s| self.slab[s as usize].key == *k)
     }
 
     /// The digest an IPv6 client address has in its key: keyed by the
@@ -459,11 +453,9 @@ impl FlowTable {
     /// `addr`) with its hash (`client_hash`).
     #[inline]
     pub fn lookup_client6_hashed(&self, k: &ClientKey, addr: &[u8; 16], hash: u64) -> Option<u32> {
-        self.by_client
-            .find(hash, |&s| {
-                self.slab[s as usize].key == *k && self.client6[s as usize] == *addr
-            })
-            .copied()
+        self.by_client.find(hash, |s| {
+            self.slab[s as usize].key == *k && self.client6[s as usize] == *addr
+        })
     }
 
     /// The IPv6 client of the flow in `slot` (meaningful when its key is
@@ -495,8 +487,7 @@ impl FlowTable {
     pub fn lookup_snat(&self, k: &SnatKey) -> Option<u32> {
         let h = self.snat_hash(k);
         self.by_snat
-            .find(h, |&s| Self::snat_key(&self.slab[s as usize]) == *k)
-            .copied()
+            .find(h, |s| Self::snat_key(&self.slab[s as usize]) == *k)
     }
 
     #[inline]
@@ -643,17 +634,10 @@ impl FlowTable {
         self.slab[slot as usize] = flow;
         self.live[slot as usize] = true;
         self.high_water = self.high_water.max(slot as usize + 1);
-        // The tables were sized for `capacity` flows: these never allocate
-        // (the rehash closures are for hashbrown's in-place tidying).
-        let (seed, slab) = (self.seed, &self.slab);
-        self.by_client.insert_unique(client_hash, slot, |&s| {
-            fold_hash(slab[s as usize].key.packed(), seed)
-        });
+        // The indexes were sized for `capacity` flows.
+        self.by_client.insert(client_hash, slot);
         let sh = self.snat_hash(&Self::snat_key(&flow));
-        let (seed2, slab) = (self.seed.rotate_left(17), &self.slab);
-        self.by_snat.insert_unique(sh, slot, |&s| {
-            fold_hash(Self::snat_key(&slab[s as usize]).packed(), seed2)
-        });
+        self.by_snat.insert(sh, slot);
         if let Some(m) = &mut self.mirror {
             m.put(slot, &flow, &self.client6[slot as usize]);
         }
@@ -747,13 +731,9 @@ impl FlowTable {
         debug_assert!(self.live[slot as usize]);
         self.release_port(&f);
         let ch = self.client_hash(&f.key);
-        if let Ok(e) = self.by_client.find_entry(ch, |&s| s == slot) {
-            e.remove();
-        }
+        self.by_client.remove(ch, slot);
         let sh = self.snat_hash(&Self::snat_key(&f));
-        if let Ok(e) = self.by_snat.find_entry(sh, |&s| s == slot) {
-            e.remove();
-        }
+        self.by_snat.remove(sh, slot);
         self.live[slot as usize] = false;
         self.free.push(slot);
         if let Some(m) = &mut self.mirror {
@@ -898,16 +878,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn documented_memory_matches_hashbrowns_buckets() {
-        // hashbrown's own bucket count for that capacity: the smallest
-        // power of two whose 7/8 holds it.
+    fn documented_memory_matches_the_indexes_entries() {
         for max in [1000usize, 1 << 20, 3 << 20] {
-            let t: HashTable<u32> = HashTable::with_capacity(max);
-            let buckets = (t.capacity() + 1).next_power_of_two();
-            let want = max * (std::mem::size_of::<Flow>() + 5 + 16) + 2 * buckets * 5;
+            let entries = (max * 4).div_ceil(3).next_power_of_two();
+            let want = max * (std::mem::size_of::<Flow>() + 5 + 16) + 2 * entries * 8;
             assert_eq!(table_bytes(max), want, "max {max}");
         }
-        assert_eq!(table_bytes(1 << 20), 105 << 20);
+        assert_eq!(table_bytes(1 << 20), 117 << 20);
     }
 
     #[test]

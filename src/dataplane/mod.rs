@@ -24,6 +24,7 @@ pub mod flow;
 pub mod fragments;
 pub mod handover;
 pub mod health;
+pub mod index;
 pub mod journal;
 pub mod pipeline;
 pub mod sched;
