@@ -232,7 +232,7 @@ pub struct FlowTable {
     owned: (u32, u32),
     /// This worker's SNAT ports in use, per destination (protocol, task,
     /// target port): bit `i` is the worker's `i`-th port (see [`PortBits`]).
-    in_use: hashbrown::HashMap<(u8, Ipv4Addr, u16), PortBits>,
+    in_use: DestPorts,
     mirror: Option<Box<dyn FlowMirror>>,
     /// The IPv6 client of each slot whose flow has `key.v6`.
     client6: Vec<[u8; 16]>,
@@ -303,6 +303,88 @@ impl PortBits {
     }
 }
 
+/// A destination of SNAT ports, packed: protocol, task address, target
+/// port (one-to-one).
+#[inline(always)]
+fn dest(protocol: u8, task: Ipv4Addr, target: u16) -> u64 {
+    (u64::from(protocol) << 48) | (u64::from(u32::from(task)) << 16) | u64::from(target)
+}
+
+/// The port bitmaps of the destinations this worker has flows to, found
+/// through an [`Index`] by the packed destination's keyed hash (the
+/// hashbrown map it replaced hashed the three fields one by one).
+#[derive(Debug)]
+struct DestPorts {
+    dests: Vec<(u64, PortBits)>,
+    index: Index,
+}
+
+/// Destinations the index is first made for; it doubles when full.
+const DESTS_FIRST: usize = 64;
+
+impl DestPorts {
+    fn new() -> DestPorts {
+        DestPorts {
+            dests: Vec::new(),
+            index: Index::with_capacity(DESTS_FIRST),
+        }
+    }
+
+    #[inline(always)]
+    fn hash(key: u64, seed: u64) -> u64 {
+        fold_hash(key, seed.rotate_left(41))
+    }
+
+    #[inline(always)]
+    fn find(&self, key: u64, seed: u64) -> Option<u32> {
+        self.index
+            .find(Self::hash(key, seed), |i| self.dests[i as usize].0 == key)
+    }
+
+    #[inline(always)]
+    fn get_mut(&mut self, key: u64, seed: u64) -> Option<&mut PortBits> {
+        let i = self.find(key, seed)?;
+        Some(&mut self.dests[i as usize].1)
+    }
+
+    /// The bitmap of `key`, made (for `count` ports) if it has none.
+    #[inline(always)]
+    fn get_or_add(&mut self, key: u64, seed: u64, count: u32) -> &mut PortBits {
+        let i = match self.find(key, seed) {
+            Some(i) => i,
+            None => self.add(key, seed, count),
+        };
+        &mut self.dests[i as usize].1
+    }
+
+    #[cold]
+    fn add(&mut self, key: u64, seed: u64, count: u32) -> u32 {
+        if self.dests.len() == self.index.capacity() {
+            self.reindex(seed, self.dests.len() * 2);
+        }
+        let i = self.dests.len() as u32;
+        self.dests.push((key, PortBits::new(count)));
+        self.index.insert(Self::hash(key, seed), i);
+        i
+    }
+
+    /// Drops the bitmaps of destinations with no port in use.
+    fn prune(&mut self, seed: u64) {
+        let before = self.dests.len();
+        self.dests.retain(|(_, b)| b.used > 0);
+        if self.dests.len() != before {
+            self.reindex(seed, self.dests.len().max(DESTS_FIRST));
+        }
+    }
+
+    fn reindex(&mut self, seed: u64, max: usize) {
+        self.index = Index::with_capacity(max);
+        for (i, (key, _)) in self.dests.iter().enumerate() {
+            self.index.insert(Self::hash(*key, seed), i as u32);
+        }
+    }
+}
+
 /// The first SNAT port of `ports` (inclusive) that worker `worker` of
 /// `workers` owns, and how many it owns.
 fn owned_ports(ports: (u16, u16), worker: u16, workers: u16) -> (u32, u32) {
@@ -335,7 +417,7 @@ impl FlowTable {
             ports,
             evicted: None,
             owned: owned_ports(ports, worker, workers),
-            in_use: hashbrown::HashMap::new(),
+            in_use: DestPorts::new(),
             mirror: None,
             client6: vec![[0; 16]; capacity],
         };
@@ -525,10 +607,10 @@ impl FlowTable {
         // First flow to a destination: its bitmap (up to 8 KiB) is the one
         // allocation of a new flow, once per destination; emptied ones are
         // freed by `prune_ports`, off the fast path.
+        let seed = self.seed;
         let bits = self
             .in_use
-            .entry((protocol, task, target))
-            .or_insert_with(|| PortBits::new(count));
+            .get_or_add(dest(protocol, task, target), seed, count);
         let cp = u32::from(client_port);
         if cp >= first && (cp - first) % n == 0 && (cp - first) / n < count {
             let i = (cp - first) / n;
@@ -550,10 +632,8 @@ impl FlowTable {
         let (first, count) = self.owned_ports();
         let n = u32::from(self.workers);
         let p = u32::from(f.snat_port);
-        if let Some(bits) = self
-            .in_use
-            .get_mut(&(f.key.protocol, f.task_addr, f.target))
-        {
+        let key = dest(f.key.protocol, f.task_addr, f.target);
+        if let Some(bits) = self.in_use.get_mut(key, self.seed) {
             if p >= first && (p - first) % n == 0 && (p - first) / n < count {
                 bits.set((p - first) / n, false);
             }
@@ -563,7 +643,7 @@ impl FlowTable {
     /// Frees the port bitmaps of destinations with no flow (tasks that
     /// went away): called between batches, when the tables change.
     pub fn prune_ports(&mut self) {
-        self.in_use.retain(|_, b| b.used > 0);
+        self.in_use.prune(self.seed);
     }
 
     /// Inserts a new flow (its `snat_port` is chosen here). When the table
@@ -678,10 +758,8 @@ impl FlowTable {
             if p < first || (p - first) % n != 0 || (p - first) / n >= count {
                 return Err(RestoreError::NotOwned);
             }
-            let bits = self
-                .in_use
-                .entry((flow.key.protocol, flow.task_addr, flow.target))
-                .or_insert_with(|| PortBits::new(count));
+            let key = dest(flow.key.protocol, flow.task_addr, flow.target);
+            let bits = self.in_use.get_or_add(key, self.seed, count);
             let i = (p - first) / n;
             if bits.get(i) {
                 return Err(RestoreError::Duplicate);
@@ -1039,6 +1117,47 @@ pub(crate) mod tests {
         let mut f = flow(2000, 4);
         f.key.client_port = 5000;
         assert_eq!(t.insert(f, 0).unwrap_err(), InsertError::PortsExhausted);
+    }
+
+    /// Destinations beyond the first index's room (it doubles), pruned
+    /// once their flows are gone, the others' ports still where they were.
+    #[test]
+    fn port_bitmaps_of_many_destinations_grow_and_are_pruned() {
+        let mut t = FlowTable::new(4096, 0, 1, (1024, 65535));
+        let mut slots = Vec::new();
+        for task in 0..200u16 {
+            for port in [7000u16, 7001] {
+                let mut f = flow(port, 1);
+                f.task_addr = Ipv4Addr::from(0xc612_8000 + u32::from(task));
+                f.key.client = Ipv4Addr::from(0xc612_4000 + u32::from(task));
+                slots.push((task, t.insert(f, 0).unwrap()));
+            }
+        }
+        // Every destination kept the clients' ports: each bitmap is its own.
+        assert!(
+            slots
+                .iter()
+                .all(|&(_, s)| [7000, 7001].contains(&t.get(s).snat_port))
+        );
+        for &(task, s) in &slots {
+            if task % 2 == 0 {
+                t.remove(s);
+            }
+        }
+        t.prune_ports();
+        assert_eq!(t.in_use.dests.len(), 100);
+        for &(task, s) in &slots {
+            if task % 2 == 1 {
+                let f = *t.get(s);
+                // Taken still: a second flow from the same client port to
+                // the same task gets another port.
+                let mut g = f;
+                g.key.client = Ipv4Addr::new(198, 18, 99, 9);
+                let s2 = t.insert(g, 0).unwrap();
+                assert_ne!(t.get(s2).snat_port, f.snat_port, "task {task}");
+                t.remove(s2);
+            }
+        }
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub struct Index {
     entries: Box<[u64]>,
     mask: usize,
     len: usize,
+    max: usize,
 }
 
 /// The entry for `hash` and `slot`.
@@ -46,7 +47,13 @@ impl Index {
             entries: vec![0; n].into_boxed_slice(),
             mask: n - 1,
             len: 0,
+            max,
         }
+    }
+
+    /// The most keys it was made for.
+    pub fn capacity(&self) -> usize {
+        self.max
     }
 
     pub fn len(&self) -> usize {
@@ -94,12 +101,21 @@ impl Index {
     /// `max` it was made for).
     #[inline(always)]
     pub fn insert(&mut self, hash: u64, slot: u32) {
-        debug_assert!(self.len < self.entries.len() * 3 / 4 + 1);
-        let mut i = hash as u32 as usize & self.mask;
-        while self.entries[i] != 0 {
-            i = (i + 1) & self.mask;
+        debug_assert!(self.len < self.max);
+        let entries = &mut *self.entries;
+        let mask = entries.len().wrapping_sub(1);
+        let mut i = hash as u32 as usize;
+        loop {
+            i &= mask;
+            let Some(e) = entries.get_mut(i) else {
+                return; // (no index is out of bounds)
+            };
+            if *e == 0 {
+                *e = entry(hash, slot);
+                break;
+            }
+            i += 1;
         }
-        self.entries[i] = entry(hash, slot);
         self.len += 1;
     }
 
