@@ -287,8 +287,7 @@ fn malformed_frames_are_dropped_and_counted() {
     for (_, _, where_) in &cases {
         *want.entry(where_).or_default() += 1;
     }
-    std::thread::sleep(Duration::from_millis(400));
-    let before = mg.stats_json();
+    let before = mg.settled_stats();
     let frames: Vec<Vec<u8>> = cases
         .iter()
         .map(|(_, f, _)| to_in0(f.clone(), client, in0))
@@ -303,8 +302,7 @@ fn malformed_frames_are_dropped_and_counted() {
         })
         .unwrap();
     assert!(good.iter().all(|g| g.is_ok()), "{good:?}");
-    std::thread::sleep(Duration::from_millis(700));
-    let after = mg.stats_json();
+    let after = mg.settled_stats();
     for (where_, n) in &want {
         let (group, reason) = where_.split_once('.').unwrap();
         let d = after[group][reason].as_u64().unwrap() - before[group][reason].as_u64().unwrap();
@@ -338,8 +336,7 @@ fn pmtu_icmp_errors_and_unusual_udp() {
     // records for the published address; later datagrams of that size fail
     // at once with EMSGSIZE, as the client would see behind a real router.
     // (TCP needs none of this here: the task's MSS already fits.)
-    std::thread::sleep(Duration::from_millis(700));
-    let before = mg.stats_json();
+    let before = mg.settled_stats();
     let (ns, ingress) = (lab.client(), lab.ingress());
     let pmtu = lab
         .in_ns(&ns, move || {
@@ -369,8 +366,7 @@ fn pmtu_icmp_errors_and_unusual_udp() {
         Err(Some(libc::EMSGSIZE)),
         "the sending socket was told"
     );
-    std::thread::sleep(Duration::from_millis(400));
-    let stats = mg.stats_json();
+    let stats = mg.settled_stats();
     let delta = |g: &str, k: &str| stats[g][k].as_u64().unwrap() - before[g][k].as_u64().unwrap();
     assert_eq!(delta("events", "icmp_sent"), 1, "{stats}");
     assert_eq!(delta("drops", "too_big"), 1);
@@ -436,8 +432,7 @@ fn pmtu_icmp_errors_and_unusual_udp() {
         mac_of(&lab, &lab.ingress(), "in0"),
     );
     // Statistics lag by up to two report intervals: let them settle.
-    std::thread::sleep(Duration::from_millis(700));
-    let before = mg.stats_json()["events"]["forwarded"].as_u64().unwrap();
+    let before = mg.settled_stats()["events"]["forwarded"].as_u64().unwrap();
     let got = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let g2 = got.clone();
     let ns = lab.client();
@@ -460,8 +455,7 @@ fn pmtu_icmp_errors_and_unusual_udp() {
         !got.load(std::sync::atomic::Ordering::SeqCst),
         "a corrupt datagram was answered"
     );
-    std::thread::sleep(Duration::from_millis(700));
-    let after = mg.stats_json()["events"]["forwarded"].as_u64().unwrap();
+    let after = mg.settled_stats()["events"]["forwarded"].as_u64().unwrap();
     assert_eq!(
         after,
         before + 1,

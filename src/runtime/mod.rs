@@ -280,7 +280,16 @@ fn write_stats(control: &Control, path: Option<&std::path::Path>) {
     let Some(path) = path else { return };
     let tmp = path.with_extension("tmp");
     let view = control.stats_view();
-    if std::fs::write(&tmp, serde_json::to_vec_pretty(&view).unwrap_or_default()).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
+    let written = std::fs::write(&tmp, serde_json::to_vec_pretty(&view).unwrap_or_default())
+        .and_then(|()| std::fs::rename(&tmp, path));
+    // Said once a minute at most: the file is rewritten every
+    // `control.stats_interval`, and a full disk would fill the log too.
+    static LAST_WARNED: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+    if let Err(e) = written {
+        let mut last = LAST_WARNED.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+            log::warn!("writing the statistics to {}: {e}", path.display());
+            *last = Some(std::time::Instant::now());
+        }
     }
 }

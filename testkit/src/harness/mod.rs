@@ -338,6 +338,32 @@ impl Meshgate {
         out
     }
 
+    /// The statistics as written once every frame sent before this call
+    /// has been counted: the first write more than a worker's report
+    /// period (250 ms) and a margin after now. It waits for that write
+    /// rather than sleeping a fixed time, since a busy machine delays the
+    /// control thread's writes (with `control.stats_interval` set low;
+    /// the default writes every 5 s), and fails after 10 s with the log.
+    pub fn settled_stats(&self) -> serde_json::Value {
+        let t0 = Instant::now();
+        let after = std::time::SystemTime::now() + Duration::from_millis(350);
+        loop {
+            let written = std::fs::metadata(&self.stats).and_then(|m| m.modified());
+            if written.as_ref().is_ok_and(|w| *w > after) {
+                let v = self.stats_json();
+                if !v.is_null() {
+                    return v;
+                }
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "meshgate wrote no statistics for 10 s ({written:?}):\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The last statistics meshgate wrote.
     pub fn stats_json(&self) -> serde_json::Value {
         std::fs::read(&self.stats)
