@@ -1,15 +1,16 @@
-//! The connection-rate phase: new flows per second, every packet a UDP
-//! datagram from a client address and port never used before in the run
-//! (DNS-like clients), through the kernel path, the reflector that puts
-//! its frames in VXLAN, and meshgate; and the CPU each path spends per new
-//! flow at a rate all three carry.
+//! The connection-rate phase: new flows per second, every flow from a
+//! client address and port never used before in the run, through the
+//! kernel path and meshgate (and, for UDP, the reflector that puts its
+//! frames in VXLAN); and the CPU each path spends per new flow at a rate
+//! all of them carry. Two kinds of flow: a single UDP datagram (DNS-like
+//! clients), and a TCP connection opened and closed ([`Transport`]).
 //!
 //! Every path serves [`TASKS`] tasks, so that SNAT ports are not what
 //! runs out first: the kernel's SNAT, like meshgate's, gives each
 //! destination (task and port) its own 64 K source ports, and a few
 //! seconds of new flows at these rates outnumber three tasks' ports while
 //! the flows are alive (UDP flows stay 30 s in conntrack and meshgate by
-//! default). Both keep their defaults otherwise: the kernel's conntrack
+//! default; closed TCP connections stay in conntrack's TIME_WAIT). Both keep their defaults otherwise: the kernel's conntrack
 //! table and meshgate's flow table fill up over a run, and each then makes
 //! room as it does in production (conntrack's early drop of unreplied
 //! entries, meshgate's eviction), which the rates include.
@@ -23,19 +24,66 @@ use crate::run_all::{MAX_LOSS, cpu_verdict_of, log, median, spread};
 /// Tasks behind the published port, on every path.
 pub const TASKS: usize = 32;
 
-/// The paths compared, in the order they take turns.
-const KINDS: [PathKind; 3] = [PathKind::Kernel, PathKind::CeilingVxlan, PathKind::Meshgate];
-
-/// 64-byte frames (the generator's smallest UDP frame).
+/// 64-byte frames (the generator's smallest UDP frame; a SYN's size).
 const SIZE: usize = 64;
 
-fn new_flows(rate: u64, seconds: f64, sleep: bool) -> Load {
-    Load {
-        rate,
-        sleep,
-        new_flows: true,
-        ..Load::flat(1, SIZE, seconds)
+/// What a new flow is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// One UDP datagram from a new client port.
+    Udp,
+    /// A TCP connection: SYN, SYN-ACK, and a close both ways, the
+    /// generator playing client and task (`meshgate-pktgen send
+    /// --handshakes`).
+    Tcp,
+}
+
+impl Transport {
+    fn name(self) -> &'static str {
+        match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        }
     }
+
+    /// The paths compared, in the order they take turns. The reflector
+    /// answers no SYN (it sends the generator's own frames back), so it
+    /// has no TCP row.
+    fn kinds(self) -> &'static [PathKind] {
+        match self {
+            Transport::Udp => &[PathKind::Kernel, PathKind::CeilingVxlan, PathKind::Meshgate],
+            Transport::Tcp => &[PathKind::Kernel, PathKind::Meshgate],
+        }
+    }
+
+    /// meshgate's extra configuration: for TCP, no SYN admission budget
+    /// (`flows.new_per_second`, 20 000 a queue and second by default,
+    /// meshgate's flood protection), which would measure the budget; the
+    /// kernel path has none.
+    fn meshgate_cfg(self) -> &'static str {
+        match self {
+            Transport::Udp => "",
+            Transport::Tcp => "[flows]\nnew_per_second = 0",
+        }
+    }
+
+    fn load(self, rate: u64, seconds: f64, sleep: bool) -> Load {
+        Load {
+            rate,
+            sleep,
+            new_flows: true,
+            handshakes: self == Transport::Tcp,
+            ..Load::flat(1, SIZE, seconds)
+        }
+    }
+}
+
+/// Both transports' phases.
+pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
+    Ok(json!({
+        "udp": phase(lab, bins, quick, Transport::Udp)?,
+        "tcp": phase(lab, bins, quick, Transport::Tcp)?,
+    }))
 }
 
 /// One round's numbers of one path.
@@ -51,22 +99,22 @@ struct Round {
 /// with at most [`MAX_LOSS`] loss, then `rounds` rounds of CPU per new
 /// flow at half the slowest path's median rate, the generator alone
 /// measured at that rate and subtracted.
-pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
+fn phase(lab: &BenchLab, bins: &Bins, quick: bool, tr: Transport) -> Result<Value> {
     let (rounds, secs, steps) = if quick { (1, 1.0, 3) } else { (3, 2.0, 5) };
     let tasks = paths::many_tasks(TASKS);
     let mut out: Vec<Round> = Vec::new();
     let mut meshgate_stats = Value::Null;
     let mut kernel_conntrack = Value::Null;
     for round in 0..rounds {
-        for kind in KINDS {
+        for &kind in tr.kinds() {
             log(&format!(
-                "{}: new flows per second (round {}/{rounds})",
+                "{}: new {} flows per second (round {}/{rounds})",
                 kind.name(),
+                tr.name(),
                 round + 1
             ));
-            let _path = paths::start(lab, bins, kind, false, "", &tasks)?;
-            let (rate, at) =
-                paths::max_rate(lab, bins, new_flows(0, secs, false), steps, MAX_LOSS)?;
+            let _path = paths::start(lab, bins, kind, false, tr.meshgate_cfg(), &tasks)?;
+            let (rate, at) = paths::max_rate(lab, bins, tr.load(0, secs, false), steps, MAX_LOSS)?;
             log(&format!(
                 "{}: {:.0} new flows/s (loss {:.4} %)",
                 kind.name(),
@@ -97,7 +145,8 @@ pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
             .map(|r| r.rate)
             .collect()
     };
-    let slowest = KINDS
+    let slowest = tr
+        .kinds()
         .iter()
         .map(|&k| median(rates(k)))
         .fold(f64::MAX, f64::min);
@@ -110,12 +159,12 @@ pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
         ));
         let baseline = {
             let _b = paths::start_baseline(lab)?;
-            let t = paths::trial(lab, bins, new_flows(offered, secs * 2.0, true))?;
+            let t = paths::trial(lab, bins, tr.load(offered, secs * 2.0, true))?;
             t.cpu_busy_s / t.duration_s
         };
-        for kind in KINDS {
-            let _path = paths::start(lab, bins, kind, true, "", &tasks)?;
-            let t = paths::trial(lab, bins, new_flows(offered, secs * 2.0, true))?;
+        for &kind in tr.kinds() {
+            let _path = paths::start(lab, bins, kind, true, tr.meshgate_cfg(), &tasks)?;
+            let t = paths::trial(lab, bins, tr.load(offered, secs * 2.0, true))?;
             let net = (t.cpu_busy_s / t.duration_s - baseline).max(0.0);
             let ns = if t.rx_pps > 0.0 {
                 net / t.rx_pps * 1e9
@@ -136,7 +185,8 @@ pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
             });
         }
     }
-    let rows: Vec<Value> = KINDS
+    let rows: Vec<Value> = tr
+        .kinds()
         .iter()
         .map(|&k| {
             let r = rates(k);
@@ -171,6 +221,7 @@ pub fn run(lab: &BenchLab, bins: &Bins, quick: bool) -> Result<Value> {
     let cpu_rounds = paired(&|r| r.cpu_ns, &cpu, PathKind::Kernel, PathKind::Meshgate);
     let events = &meshgate_stats["events"];
     Ok(json!({
+        "transport": tr.name(),
         "tasks": TASKS,
         "frame_bytes": SIZE,
         "rounds": rounds,
@@ -245,13 +296,23 @@ fn conntrack_stats(text: &str) -> Vec<(String, u64)> {
 
 /// The phase's lines of the results table.
 pub fn table(v: &Value) -> String {
+    ["udp", "tcp"]
+        .iter()
+        .map(|t| transport_table(&v[*t]))
+        .collect()
+}
+
+fn transport_table(v: &Value) -> String {
     if v.is_null() {
         return String::new();
     }
+    let what = match v["transport"].as_str() {
+        Some("tcp") => "TCP connections (SYN, SYN-ACK, a close both ways)",
+        _ => "UDP flows (every datagram a new client port)",
+    };
     let mut s = format!(
-        "\nnew UDP flows per second ({} tasks, {}-byte frames, every datagram a new client port; loss <= {} %)\n{:<14} {:>12} {:>8} {:>12} {:>8}\n",
+        "\nnew {what} per second, {} tasks, loss <= {} %\n{:<14} {:>12} {:>8} {:>12} {:>8}\n",
         v["tasks"],
-        v["frame_bytes"],
         v["max_loss"].as_f64().unwrap_or(f64::NAN) * 100.0,
         "path",
         "flows/s",

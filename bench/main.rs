@@ -63,6 +63,10 @@ enum Cmd {
         /// Every packet a new flow (a client address and port used once).
         #[arg(long)]
         new_flows: bool,
+        /// TCP connections: SYN, the generator's SYN-ACK as the task, and
+        /// a close both ways; rates count completed connections.
+        #[arg(long)]
+        handshakes: bool,
         /// Tasks of the service (198.18.128.4 on), for every path.
         #[arg(long, default_value_t = 3)]
         tasks: usize,
@@ -127,6 +131,7 @@ fn main() -> anyhow::Result<()> {
             repeat,
             ipv6,
             new_flows,
+            handshakes,
             tasks,
             settings,
         } => {
@@ -162,6 +167,7 @@ fn main() -> anyhow::Result<()> {
                         sleep: interrupt,
                         v6: ipv6,
                         new_flows,
+                        handshakes,
                     },
                 )?;
                 println!("{}", serde_json::to_string(&t)?);

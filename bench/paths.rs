@@ -499,6 +499,10 @@ pub struct Load {
     /// address and port of each packet are used once in the whole run
     /// ([`NEW_FLOW_SPACE`]), as DNS-like clients' are.
     pub new_flows: bool,
+    /// TCP connections instead of UDP datagrams: the generator sends
+    /// SYNs, plays the tasks and closes each connection
+    /// (`meshgate-pktgen send --handshakes`); delivered = completed.
+    pub handshakes: bool,
 }
 
 impl Load {
@@ -513,6 +517,7 @@ impl Load {
             sleep: false,
             v6: false,
             new_flows: false,
+            handshakes: false,
         }
     }
 }
@@ -575,6 +580,11 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
     }
     if l.sleep {
         args.push("--sleep".into());
+    }
+    if l.handshakes {
+        for a in ["--proto", "tcp-syn", "--handshakes"] {
+            args.push(a.into());
+        }
     }
     if l.new_flows {
         for a in [

@@ -59,6 +59,7 @@ fn cpu_load(flows: u32, size: usize, rate: u64, secs: f64) -> Load {
         sleep: true,
         v6: false,
         new_flows: false,
+        handshakes: false,
     }
 }
 
@@ -169,6 +170,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                         sleep: false,
                         v6: false,
                         new_flows: false,
+                        handshakes: false,
                     },
                 )?;
                 log(&format!(
@@ -245,6 +247,7 @@ pub fn run(o: &Opts) -> Result<Value> {
                     sleep: false,
                     v6,
                     new_flows: false,
+                    handshakes: false,
                 },
             )?;
             log(&format!(
@@ -534,6 +537,7 @@ fn tail(lab: &BenchLab, o: &Opts, rows: &[Value], tasks: &[String]) -> Result<Va
         sleep: false,
         v6: false,
         new_flows: false,
+        handshakes: false,
     };
     let mut trials: Vec<(PathKind, paths::Trial)> = Vec::new();
     for b in 0..blocks {
@@ -644,6 +648,7 @@ fn memory(lab: &BenchLab, o: &Opts) -> Result<Value> {
             sleep: false,
             v6: false,
             new_flows: false,
+            handshakes: false,
         },
     )?;
     std::thread::sleep(Duration::from_millis(2500));

@@ -18,6 +18,7 @@
 //! sends it back: the ceiling of an AF_XDP forwarder on this path.
 
 mod frames;
+mod handshake;
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -103,6 +104,12 @@ enum Cmd {
         /// is a new flow, and runs from distinct first flows share none.
         #[arg(long, default_value_t = 0)]
         first_flow: u32,
+        /// TCP handshakes with a close (--proto tcp-syn): the generator
+        /// also plays the tasks, answering in VXLAN, and completes each
+        /// connection as its client; "received" counts the connections
+        /// completed (no latency is measured).
+        #[arg(long, requires = "proto")]
+        handshakes: bool,
         /// Transmit only: attach no XDP program, receive nothing.
         #[arg(long)]
         no_capture: bool,
@@ -267,7 +274,7 @@ fn send(
     duration: f64,
     count: Option<u64>,
     sleep: bool,
-    (ports_per_addr, first_flow): (u32, u32),
+    (ports_per_addr, first_flow, handshakes): (u32, u32, bool),
     no_capture: bool,
     v6: Option<(std::net::Ipv6Addr, std::net::Ipv6Addr)>,
 ) -> Result<SendReport> {
@@ -311,6 +318,7 @@ fn send(
     let mut batch: Vec<FrameToken> = Vec::with_capacity(64);
     let mut rx: Vec<FrameToken> = Vec::with_capacity(64);
     let mut done: Vec<FrameToken> = Vec::with_capacity(256);
+    let mut answers: Vec<FrameToken> = Vec::with_capacity(64);
     let mut seq: u32 = first_flow;
     let mut sending_until = None;
     // Paced sending: bursts of about 100 µs of traffic, so that the
@@ -364,7 +372,29 @@ fn send(
         let now_ns = start.elapsed().as_nanos() as u64;
         for mut t in rx.drain(..) {
             let len = t.len() as usize;
-            {
+            if handshakes {
+                let (chunk, off) = umem.frame(&mut t);
+                let f = &chunk[off..off + len];
+                match tx_pool.pop() {
+                    Some(mut a) => {
+                        let (out, _) = umem.frame(&mut a);
+                        match handshake::answer(f, &mut out[KERNEL_HEADROOM..]) {
+                            Some(ans) => {
+                                received += u64::from(ans.completes);
+                                umem.set_data(&mut a, KERNEL_HEADROOM, ans.len);
+                                answers.push(a);
+                            }
+                            None => {
+                                foreign += 1;
+                                tx_pool.push(a);
+                            }
+                        }
+                    }
+                    // No frame to answer with: the connection is lost,
+                    // as it would be to a task that drops the segment.
+                    None => foreign += 1,
+                }
+            } else {
                 let (chunk, off) = umem.frame(&mut t);
                 match frames::latency_ns(&chunk[off..off + len], now_ns) {
                     Some(lat) => {
@@ -379,6 +409,12 @@ fn send(
             rx_pool.push(t);
         }
         port_.fill(&mut rx_pool);
+        if !answers.is_empty() {
+            // Answers that find no room in the ring are lost, as segments.
+            port_.transmit(&mut answers);
+            tx_pool.append(&mut answers);
+            port_.kick();
+        }
         if !sending {
             std::thread::sleep(Duration::from_micros(50));
         } else if rate > 0 && sleep {
@@ -615,10 +651,14 @@ fn main() -> Result<()> {
             cpu,
             ports_per_addr,
             first_flow,
+            handshakes,
             no_capture,
             sleep,
             json,
         } => {
+            if handshakes && !matches!(proto, ProtoArg::TcpSyn) {
+                anyhow::bail!("--handshakes needs --proto tcp-syn");
+            }
             pin(cpu);
             let proto = match proto {
                 ProtoArg::Udp => Proto::Udp,
@@ -637,7 +677,7 @@ fn main() -> Result<()> {
                 duration,
                 count,
                 sleep,
-                (ports_per_addr, first_flow),
+                (ports_per_addr, first_flow, handshakes),
                 no_capture,
                 src6.zip(dst6),
             )
