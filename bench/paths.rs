@@ -527,20 +527,28 @@ impl Load {
 /// 198.18.126.128, below the tasks' 198.18.128.0/24).
 const NEW_FLOW_PORTS: u32 = 55_000;
 pub const NEW_FLOW_SPACE: u32 = 16_000 * NEW_FLOW_PORTS;
-/// Flows set aside for one new-flow trial: more than a trial sends at
-/// the generator's highest rate (about 2 Mpps for a few seconds).
-const NEW_FLOWS_PER_TRIAL: u32 = 12_000_000;
 /// The first flow of the next new-flow trial: trials never reuse a
 /// client address and port, so none finds a flow an earlier trial left.
 static NEXT_NEW_FLOW: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
-/// The first flow of a new-flow trial, and the flows it may use.
-fn new_flow_range() -> Result<u32> {
-    let first = NEXT_NEW_FLOW.fetch_add(NEW_FLOWS_PER_TRIAL, std::sync::atomic::Ordering::Relaxed);
-    if first > NEW_FLOW_SPACE - NEW_FLOWS_PER_TRIAL {
+/// Packets a second a flat-out new-flow trial sets flows aside for: more
+/// than the generator sends here (about 1.5 Mpps at most).
+const FLAT_OUT_PPS: f64 = 3e6;
+
+/// The flows a new-flow trial of `l` may use: the first, and how many
+/// (the trial sends no more: they are its `--count`).
+fn new_flow_range(l: &Load) -> Result<(u32, u32)> {
+    let pps = if l.rate == 0 {
+        FLAT_OUT_PPS
+    } else {
+        l.rate as f64 * 1.05
+    };
+    let n = (pps * l.seconds) as u32 + 1000;
+    let first = NEXT_NEW_FLOW.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    if first.checked_add(n).is_none_or(|end| end > NEW_FLOW_SPACE) {
         bail!("new-flow trials used all {NEW_FLOW_SPACE} client addresses and ports of this run");
     }
-    Ok(first)
+    Ok((first, n))
 }
 
 pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
@@ -574,7 +582,8 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
         "0".into(),
         "--json".into(),
     ];
-    if let Some(c) = l.count {
+    let new_flows = l.new_flows.then(|| new_flow_range(&l)).transpose()?;
+    if let Some(c) = l.count.or(new_flows.map(|(_, n)| u64::from(n))) {
         args.push("--count".into());
         args.push(c.to_string());
     }
@@ -586,12 +595,12 @@ pub fn trial(lab: &BenchLab, bins: &Bins, l: Load) -> Result<Trial> {
             args.push(a.into());
         }
     }
-    if l.new_flows {
+    if let Some((first, _)) = new_flows {
         for a in [
             "--ports-per-addr".to_string(),
             NEW_FLOW_PORTS.to_string(),
             "--first-flow".into(),
-            new_flow_range()?.to_string(),
+            first.to_string(),
         ] {
             args.push(a);
         }

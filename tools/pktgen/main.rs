@@ -158,6 +158,9 @@ enum Cmd {
     },
 }
 
+/// Transmit frames a handshake trial keeps for its answers.
+const ANSWER_RESERVE: usize = 1024;
+
 /// The numbers of one `send`.
 #[derive(Debug, Serialize)]
 pub struct SendReport {
@@ -351,7 +354,13 @@ fn send(
             } else {
                 (rate as f64 * now.as_secs_f64()) as u64 + 1
             };
-            let want = allowed.saturating_sub(sent).min(burst).min(limit - sent) as usize;
+            let mut want = allowed.saturating_sub(sent).min(burst).min(limit - sent) as usize;
+            if handshakes {
+                // Frames kept for answers: a connection under way counts
+                // for more than a new SYN, which flat out would take them
+                // all and measure the generator's starvation.
+                want = want.min(tx_pool.len().saturating_sub(ANSWER_RESERVE));
+            }
             let ts = now.as_nanos() as u64;
             for _ in 0..want {
                 let Some(mut t) = tx_pool.pop() else { break };
