@@ -141,8 +141,30 @@ pub fn table_bytes(max: usize) -> usize {
 /// A hash of a key packed into 64 bits: foldhash's folded multiply.
 #[inline(always)]
 fn fold_hash(x: u64, seed: u64) -> u64 {
-    let m = u128::from(x ^ seed) * u128::from(0x9e37_79b9_7f4a_7c15u64 ^ seed.rotate_left(32));
-    (m as u64) ^ ((m >> 64) as u64)
+    HashKey::new(seed).hash(x)
+}
+
+/// [`fold_hash`]'s seed with the multiplier it makes, made once per table
+/// rather than per packet.
+#[derive(Debug, Clone, Copy)]
+struct HashKey {
+    seed: u64,
+    mul: u64,
+}
+
+impl HashKey {
+    fn new(seed: u64) -> HashKey {
+        HashKey {
+            seed,
+            mul: 0x9e37_79b9_7f4a_7c15u64 ^ seed.rotate_left(32),
+        }
+    }
+
+    #[inline(always)]
+    fn hash(self, x: u64) -> u64 {
+        let m = u128::from(x ^ self.seed) * u128::from(self.mul);
+        (m as u64) ^ ((m >> 64) as u64)
+    }
 }
 
 impl ClientKey {
@@ -215,6 +237,8 @@ pub struct FlowTable {
     by_client: Index,
     by_snat: Index,
     seed: u64,
+    /// The keys of the client, SNAT and destination hashes, from `seed`.
+    keys: [HashKey; 3],
     capacity: usize,
     /// Slots below this index have been used (slots are taken lowest
     /// first); sweeps and eviction samples look only there.
@@ -331,56 +355,51 @@ impl DestPorts {
     }
 
     #[inline(always)]
-    fn hash(key: u64, seed: u64) -> u64 {
-        fold_hash(key, seed.rotate_left(41))
-    }
-
-    #[inline(always)]
-    fn find(&self, key: u64, seed: u64) -> Option<u32> {
+    fn find(&self, key: u64, hk: HashKey) -> Option<u32> {
         self.index
-            .find(Self::hash(key, seed), |i| self.dests[i as usize].0 == key)
+            .find(hk.hash(key), |i| self.dests[i as usize].0 == key)
     }
 
     #[inline(always)]
-    fn get_mut(&mut self, key: u64, seed: u64) -> Option<&mut PortBits> {
-        let i = self.find(key, seed)?;
+    fn get_mut(&mut self, key: u64, hk: HashKey) -> Option<&mut PortBits> {
+        let i = self.find(key, hk)?;
         Some(&mut self.dests[i as usize].1)
     }
 
     /// The bitmap of `key`, made (for `count` ports) if it has none.
     #[inline(always)]
-    fn get_or_add(&mut self, key: u64, seed: u64, count: u32) -> &mut PortBits {
-        let i = match self.find(key, seed) {
+    fn get_or_add(&mut self, key: u64, hk: HashKey, count: u32) -> &mut PortBits {
+        let i = match self.find(key, hk) {
             Some(i) => i,
-            None => self.add(key, seed, count),
+            None => self.add(key, hk, count),
         };
         &mut self.dests[i as usize].1
     }
 
     #[cold]
-    fn add(&mut self, key: u64, seed: u64, count: u32) -> u32 {
+    fn add(&mut self, key: u64, hk: HashKey, count: u32) -> u32 {
         if self.dests.len() == self.index.capacity() {
-            self.reindex(seed, self.dests.len() * 2);
+            self.reindex(hk, self.dests.len() * 2);
         }
         let i = self.dests.len() as u32;
         self.dests.push((key, PortBits::new(count)));
-        self.index.insert(Self::hash(key, seed), i);
+        self.index.insert(hk.hash(key), i);
         i
     }
 
     /// Drops the bitmaps of destinations with no port in use.
-    fn prune(&mut self, seed: u64) {
+    fn prune(&mut self, hk: HashKey) {
         let before = self.dests.len();
         self.dests.retain(|(_, b)| b.used > 0);
         if self.dests.len() != before {
-            self.reindex(seed, self.dests.len().max(DESTS_FIRST));
+            self.reindex(hk, self.dests.len().max(DESTS_FIRST));
         }
     }
 
-    fn reindex(&mut self, seed: u64, max: usize) {
+    fn reindex(&mut self, hk: HashKey, max: usize) {
         self.index = Index::with_capacity(max);
         for (i, (key, _)) in self.dests.iter().enumerate() {
-            self.index.insert(Self::hash(*key, seed), i as u32);
+            self.index.insert(hk.hash(*key), i as u32);
         }
     }
 }
@@ -408,7 +427,8 @@ impl FlowTable {
             free: (0..capacity as u32).rev().collect(),
             by_client: Index::with_capacity(capacity),
             by_snat: Index::with_capacity(capacity),
-            seed: random_seed(),
+            seed: 0,
+            keys: [HashKey::new(0); 3],
             capacity,
             high_water: 0,
             hand: 0,
@@ -421,8 +441,19 @@ impl FlowTable {
             mirror: None,
             client6: vec![[0; 16]; capacity],
         };
+        t.reseed(random_seed());
         t.prefault();
         t
+    }
+
+    /// Sets the seed and the hash keys made from it.
+    fn reseed(&mut self, seed: u64) {
+        self.seed = seed;
+        self.keys = [
+            HashKey::new(seed),
+            HashKey::new(seed.rotate_left(17)),
+            HashKey::new(seed.rotate_left(41)),
+        ];
     }
 
     /// Touches every page of the slab and of both tables once, so that no
@@ -472,7 +503,7 @@ impl FlowTable {
     /// ports more than others). Production tables keep their random one.
     pub fn set_seed(&mut self, seed: u64) {
         assert!(self.is_empty(), "a seed changes where entries are");
-        self.seed = seed | 1;
+        self.reseed(seed | 1);
     }
 
     pub fn len(&self) -> usize {
@@ -500,12 +531,12 @@ impl FlowTable {
 
     #[inline(always)]
     pub fn client_hash(&self, k: &ClientKey) -> u64 {
-        fold_hash(k.packed(), self.seed)
+        self.keys[0].hash(k.packed())
     }
 
     #[inline(always)]
     fn snat_hash(&self, k: &SnatKey) -> u64 {
-        fold_hash(k.packed(), self.seed.rotate_left(17))
+        self.keys[1].hash(k.packed())
     }
 
     /// Looks a client key up with its hash (`client_hash`), which a
@@ -607,10 +638,10 @@ impl FlowTable {
         // First flow to a destination: its bitmap (up to 8 KiB) is the one
         // allocation of a new flow, once per destination; emptied ones are
         // freed by `prune_ports`, off the fast path.
-        let seed = self.seed;
+        let key = self.keys[2];
         let bits = self
             .in_use
-            .get_or_add(dest(protocol, task, target), seed, count);
+            .get_or_add(dest(protocol, task, target), key, count);
         let cp = u32::from(client_port);
         if cp >= first && (cp - first) % n == 0 && (cp - first) / n < count {
             let i = (cp - first) / n;
@@ -633,7 +664,7 @@ impl FlowTable {
         let n = u32::from(self.workers);
         let p = u32::from(f.snat_port);
         let key = dest(f.key.protocol, f.task_addr, f.target);
-        if let Some(bits) = self.in_use.get_mut(key, self.seed) {
+        if let Some(bits) = self.in_use.get_mut(key, self.keys[2]) {
             if p >= first && (p - first) % n == 0 && (p - first) / n < count {
                 bits.set((p - first) / n, false);
             }
@@ -643,7 +674,7 @@ impl FlowTable {
     /// Frees the port bitmaps of destinations with no flow (tasks that
     /// went away): called between batches, when the tables change.
     pub fn prune_ports(&mut self) {
-        self.in_use.prune(self.seed);
+        self.in_use.prune(self.keys[2]);
     }
 
     /// Inserts a new flow (its `snat_port` is chosen here). When the table
@@ -759,7 +790,7 @@ impl FlowTable {
                 return Err(RestoreError::NotOwned);
             }
             let key = dest(flow.key.protocol, flow.task_addr, flow.target);
-            let bits = self.in_use.get_or_add(key, self.seed, count);
+            let bits = self.in_use.get_or_add(key, self.keys[2], count);
             let i = (p - first) / n;
             if bits.get(i) {
                 return Err(RestoreError::Duplicate);
