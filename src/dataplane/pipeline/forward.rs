@@ -152,7 +152,7 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
         }
         return Ok(Verdict::Local);
     }
-    to_vxlan::<V6>(st, f, task, (ti, hash, total), id, rw)
+    to_vxlan::<V6, false>(st, f, task, (ti, hash, total), (rw, id.l4_checksum))
 }
 
 /// The checks a client's packet passes before its flow is looked up: a
@@ -203,16 +203,17 @@ fn start_flow<'s, const V6: bool>(
     new_flow::<V6>(snap, st, key, port, client_next, c6, mac6)
 }
 
-/// Sends a translated client's packet to a task on another node: VXLAN
-/// from the task's outer template, built in the frame's headroom.
+/// Translates a client's packet (by `rw`, its transport checksum in
+/// `mode`; `ADDRS_ONLY`: a later fragment, which has no transport header)
+/// and sends it to a task on another node: VXLAN from the task's outer
+/// template, built in the frame's headroom.
 #[inline(always)]
-fn to_vxlan<const V6: bool>(
+fn to_vxlan<const V6: bool, const ADDRS_ONLY: bool>(
     st: &mut State,
     f: &mut FrameBuf<'_>,
     task: &TaskEntry,
     (ti, hash, total): (u32, u32, usize),
-    id: &Identity,
-    rw: Rewrite,
+    (rw, mode): (Rewrite, L4Checksum),
 ) -> Result<Verdict, DropReason> {
     let Some(outer) = &task.outer else {
         request_resolution(st, task.node);
@@ -228,7 +229,11 @@ fn to_vxlan<const V6: bool>(
         return Err(DropReason::Truncated);
     };
     // DNAT + SNAT of the inner packet.
-    nat(inner, rw, id.l4_checksum);
+    if ADDRS_ONLY {
+        nat_addrs(inner, rw);
+    } else {
+        nat(inner, rw, mode);
+    }
     encapsulate(encap, outer, hash, inner_len);
     f.off = off;
     f.len = HEADROOM + inner_len;
@@ -243,7 +248,7 @@ fn to_vxlan<const V6: bool>(
 /// `mode`; `ADDRS_ONLY`: a later fragment, which has no transport header)
 /// and sends it to its flow's task (`ti`; `hash` picks the outer UDP
 /// source port; `total` is its IPv4 length): for a task on this node, as
-/// it is ([`to_local`]); else in VXLAN, in the frame's headroom. The
+/// it is ([`to_local`]); else in VXLAN ([`to_vxlan`]). The
 /// translation is a type parameter and two values, not a closure: a
 /// closure stayed out of line. `forward` does not share it (it has its own
 /// `to_local` call and [`to_vxlan`]): sharing it cost each established
@@ -270,32 +275,7 @@ pub(super) fn to_task<const V6: bool, const ADDRS_ONLY: bool>(
         }
         return Ok(Verdict::Local);
     }
-    let Some(outer) = &task.outer else {
-        request_resolution(st, task.node);
-        return Err(DropReason::NoNeighbour);
-    };
-    // The headroom and the frame as one slice, bounds-checked once (with
-    // less headroom than that, `off` wraps past the frame's end: `None`).
-    let (off, inner_len) = (f.off.wrapping_sub(HEADROOM), f.len);
-    let Some(out) = f.buf.get_mut(off..f.off + inner_len) else {
-        return Err(DropReason::NoHeadroom);
-    };
-    let Some((encap, inner)) = out.split_first_chunk_mut::<{ OUTER_TEMPLATE_LEN }>() else {
-        return Err(DropReason::Truncated);
-    };
-    if ADDRS_ONLY {
-        nat_addrs(inner, rw);
-    } else {
-        nat(inner, rw, mode);
-    }
-    encapsulate(encap, outer, hash, inner_len);
-    f.off = off;
-    f.len = HEADROOM + inner_len;
-    count_in(st, ti, ETH + total);
-    if V6 {
-        st.events.ipv6_forwarded += 1;
-    }
-    Ok(Verdict::Transmit)
+    to_vxlan::<V6, ADDRS_ONLY>(st, f, task, (ti, hash, total), (rw, mode))
 }
 
 /// A new flow for a service none of whose tasks takes new flows. When
