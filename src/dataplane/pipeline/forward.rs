@@ -4,7 +4,7 @@
 
 use super::answer::{frag_needed, port_unreachable, send_reset};
 use super::fragment;
-use super::nat::{Rewrite, flow_deltas, nat, nat_addrs};
+use super::nat::{Rewrite, deltas_of, nat, nat_addrs};
 use super::parse::{Ip4, L4, tcp_flags_valid, tcp_seq_end};
 use super::track::{
     end_flow, flow_task, move_shared, release_shared, request_resolution, tcp_transition,
@@ -545,15 +545,10 @@ pub(super) fn new_flow<'s, const V6: bool>(
     // The SNAT port (and whether the flow keeps the client's address) is
     // known now: fix the flow's checksum deltas.
     let fl = st.flows.get_mut(s);
-    let source = if fl.preserve {
-        key.client
-    } else {
-        id.overlay_addr
-    };
-    (fl.delta_addrs, fl.delta_l4) = flow_deltas(
-        (key.client, key.client_port),
-        (id.node_addr, key.published),
-        (source, fl.snat_port),
+    (fl.delta_addrs, fl.delta_l4) = deltas_of(
+        id,
+        &key,
+        (fl.preserve, fl.snat_port),
         (task.addr, port.target),
     );
     task.shared.created.fetch_add(1, Ordering::Relaxed);

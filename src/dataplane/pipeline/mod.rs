@@ -70,7 +70,7 @@ mod tests;
 use answer::{Reset, emit_reset};
 pub use client6::icmp4_to_6;
 pub use forward::{encapsulate, flow_hash, flow_hash6, vxlan_source_port};
-use nat::flow_deltas;
+use nat::deltas_of;
 use parse::classify;
 use reply::local_reply;
 use track::release_shared;
@@ -551,7 +551,6 @@ fn record_flow(
     ti: u32,
     c6: Option<([u8; 16], [u8; 6])>,
 ) -> Flow {
-    let id = &snap.identity;
     let task = &snap.tasks[ti as usize];
     let key = ClientKey {
         client: match &c6 {
@@ -563,18 +562,7 @@ fn record_flow(
         protocol: r.protocol,
         v6: c6.is_some(),
     };
-    let source = if r.preserve {
-        key.client
-    } else {
-        id.overlay_addr
-    };
-    let (delta_addrs, delta_l4) = flow_deltas(
-        (key.client, key.client_port),
-        (id.node_addr, key.published),
-        (source, r.snat_port),
-        (task.addr, r.target),
-    );
-    Flow {
+    let mut flow = Flow {
         key,
         task_addr: task.addr,
         task_id: task.id,
@@ -590,9 +578,16 @@ fn record_flow(
         state: r.state,
         client_next: r.client_next,
         task_next: r.task_next,
-        delta_addrs,
-        delta_l4,
+        delta_addrs: 0,
+        delta_l4: 0,
         preserve: r.preserve,
         held_reset: false,
-    }
+    };
+    (flow.delta_addrs, flow.delta_l4) = deltas_of(
+        &snap.identity,
+        &key,
+        (r.preserve, r.snat_port),
+        (task.addr, r.target),
+    );
+    flow
 }

@@ -3,8 +3,8 @@
 //! anew where a virtual link left them partial.
 
 use super::IP;
-use crate::dataplane::flow::Flow;
-use crate::dataplane::tables::L4Checksum;
+use crate::dataplane::flow::{ClientKey, Flow};
+use crate::dataplane::tables::{Identity, L4Checksum};
 use crate::wire::ipv4::field as ip_f;
 use crate::wire::ipv4::protocol;
 use crate::wire::tcp::field as tcp_f;
@@ -218,6 +218,30 @@ pub(super) fn flow_deltas(
         u32::from(addrs) + 0xffff - p(client_port) + p(snat) + 0xffff - p(published) + p(target),
     );
     (addrs, l4)
+}
+
+/// The checksum deltas of a flow on this node (`id`) from its key, its
+/// SNAT port and its task: the task sees the client itself as the source
+/// of a flow that keeps the client's address (`preserve`), else the
+/// node's overlay address.
+#[inline(always)]
+pub(super) fn deltas_of(
+    id: &Identity,
+    key: &ClientKey,
+    (preserve, snat_port): (bool, u16),
+    task: (Ipv4Addr, u16),
+) -> (u16, u16) {
+    let source = if preserve {
+        key.client
+    } else {
+        id.overlay_addr
+    };
+    flow_deltas(
+        (key.client, key.client_port),
+        (id.node_addr, key.published),
+        (source, snat_port),
+        task,
+    )
 }
 
 #[cfg(test)]
