@@ -160,17 +160,12 @@ fn phase(lab: &BenchLab, bins: &Bins, quick: bool, tr: Transport) -> Result<Valu
         let baseline = {
             let _b = paths::start_baseline(lab)?;
             let t = paths::trial(lab, bins, tr.load(offered, secs * 2.0, true))?;
-            t.cpu_busy_s / t.duration_s
+            t.busy_share()
         };
         for &kind in tr.kinds() {
             let _path = paths::start(lab, bins, kind, true, tr.meshgate_cfg(), &tasks)?;
             let t = paths::trial(lab, bins, tr.load(offered, secs * 2.0, true))?;
-            let net = (t.cpu_busy_s / t.duration_s - baseline).max(0.0);
-            let ns = if t.rx_pps > 0.0 {
-                net / t.rx_pps * 1e9
-            } else {
-                f64::NAN
-            };
+            let ns = t.net_cpu_ns(baseline);
             log(&format!(
                 "{}: {ns:.0} ns CPU per new flow at {offered} flows/s (loss {:.4} %)",
                 kind.name(),

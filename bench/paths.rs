@@ -483,6 +483,25 @@ pub struct Trial {
     pub rx_dropped_here: u64,
 }
 
+impl Trial {
+    /// The machine's busy CPU seconds per second during the trial.
+    pub fn busy_share(&self) -> f64 {
+        self.cpu_busy_s / self.duration_s
+    }
+
+    /// CPU ns per packet delivered, net of `baseline` (the generator
+    /// alone's [`Self::busy_share`] at the same load); NaN when nothing
+    /// was delivered.
+    pub fn net_cpu_ns(&self, baseline: f64) -> f64 {
+        let net = (self.busy_share() - baseline).max(0.0);
+        if self.rx_pps > 0.0 {
+            net / self.rx_pps * 1e9
+        } else {
+            f64::NAN
+        }
+    }
+}
+
 /// What to send.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {

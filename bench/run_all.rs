@@ -306,7 +306,7 @@ pub fn run(o: &Opts) -> Result<Value> {
             let _b = paths::start_baseline(&lab)?;
             for (i, &(flows, size)) in combos.iter().enumerate() {
                 let t = paths::trial(&lab, &o.bins, cpu_load(flows, size, fixed[i], secs))?;
-                baseline.push(t.cpu_busy_s / t.duration_s);
+                baseline.push(t.busy_share());
             }
         }
         for kind in kinds {
@@ -318,13 +318,7 @@ pub fn run(o: &Opts) -> Result<Value> {
             let _path = paths::start(&lab, &o.bins, kind, true, "", &tasks)?;
             for (i, &(flows, size)) in combos.iter().enumerate() {
                 let t = paths::trial(&lab, &o.bins, cpu_load(flows, size, fixed[i], secs))?;
-                // CPU seconds per second, net of the generator, per packet delivered.
-                let net = (t.cpu_busy_s / t.duration_s - baseline[i]).max(0.0);
-                let ns = if t.rx_pps > 0.0 {
-                    net / t.rx_pps * 1e9
-                } else {
-                    f64::NAN
-                };
+                let ns = t.net_cpu_ns(baseline[i]);
                 log(&format!(
                     "{} flows={flows} size={size}: {ns:.0} ns CPU per packet at {} pps (loss {:.4} %)",
                     kind.name(),
@@ -829,6 +823,28 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert!((spread(&[2.0, 1.0, 1.5]) - 2.0).abs() < 1e-12);
         assert!(spread(&[0.0, 1.0]).is_nan());
+    }
+
+    #[test]
+    fn cpu_per_packet_is_net_of_the_generator() {
+        let t = |busy: f64, rx_pps: f64| crate::paths::Trial {
+            sent: 0,
+            received: 0,
+            loss: 0.0,
+            duration_s: 2.0,
+            tx_pps: 0.0,
+            rx_pps,
+            rx_gbps: 0.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            p999_us: 0.0,
+            cpu_busy_s: busy,
+            rx_dropped_here: 0,
+        };
+        // 1.5 of a CPU busy, 0.5 of it the generator's: 1 ms per 1 000 packets.
+        assert_eq!(t(3.0, 1000.0).net_cpu_ns(0.5), 1e6);
+        assert_eq!(t(0.5, 1000.0).net_cpu_ns(0.5), 0.0);
+        assert!(t(3.0, 0.0).net_cpu_ns(0.5).is_nan());
     }
 
     #[test]
