@@ -20,7 +20,6 @@
 #[derive(Debug, Clone)]
 pub struct Index {
     entries: Box<[u64]>,
-    mask: usize,
     len: usize,
     max: usize,
 }
@@ -45,7 +44,6 @@ impl Index {
         assert!(n <= 1 << 32, "an index of {max} keys");
         Index {
             entries: vec![0; n].into_boxed_slice(),
-            mask: n - 1,
             len: 0,
             max,
         }
@@ -77,7 +75,7 @@ impl Index {
     #[inline(always)]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
         let want = hash as u32;
-        // The mask from the length, not the field: the compiler then sees
+        // The mask from the length: the compiler then sees
         // that every index is in bounds.
         let entries = &*self.entries;
         let mask = entries.len().wrapping_sub(1);
@@ -122,25 +120,26 @@ impl Index {
     /// Removes `slot`, indexed under `hash`; false if it was not there.
     pub fn remove(&mut self, hash: u64, slot: u32) -> bool {
         let e = entry(hash, slot);
-        let mut hole = hash as u32 as usize & self.mask;
+        let mask = self.entries.len() - 1;
+        let mut hole = hash as u32 as usize & mask;
         loop {
             match self.entries[hole] {
                 0 => return false,
                 x if x == e => break,
-                _ => hole = (hole + 1) & self.mask,
+                _ => hole = (hole + 1) & mask,
             }
         }
         // Move back every entry of the run after the hole that may live
         // there: one whose home is not cyclically between the hole and it.
         let mut j = hole;
         loop {
-            j = (j + 1) & self.mask;
+            j = (j + 1) & mask;
             let x = self.entries[j];
             if x == 0 {
                 break;
             }
-            let home = (x >> 32) as usize & self.mask;
-            if j.wrapping_sub(home) & self.mask >= j.wrapping_sub(hole) & self.mask {
+            let home = (x >> 32) as usize & mask;
+            if j.wrapping_sub(home) & mask >= j.wrapping_sub(hole) & mask {
                 self.entries[hole] = x;
                 hole = j;
             }
@@ -195,7 +194,7 @@ mod tests {
                     }
                     None => {
                         // High hash bits differ, low ones repeat.
-                        let end = (ix.mask as u64 - 1) * u64::from(r % 3 == 0);
+                        let end = (ix.entries.len() as u64 - 2) * u64::from(r % 3 == 0);
                         let h = (rng(&mut seed) << 32) | (rng(&mut seed) % spread) | end;
                         ix.insert(h, slot);
                         model.insert(slot, h);
