@@ -141,7 +141,7 @@ fn phase(lab: &BenchLab, bins: &Bins, quick: bool, tr: Transport) -> Result<Valu
     }
     let rates = |k: PathKind| -> Vec<f64> {
         out.iter()
-            .filter(|r| r.kind == k && r.cpu_ns.is_nan())
+            .filter(|r| r.kind == k)
             .map(|r| r.rate)
             .collect()
     };
