@@ -139,12 +139,8 @@ fn phase(lab: &BenchLab, bins: &Bins, quick: bool, tr: Transport) -> Result<Valu
             });
         }
     }
-    let rates = |k: PathKind| -> Vec<f64> {
-        out.iter()
-            .filter(|r| r.kind == k)
-            .map(|r| r.rate)
-            .collect()
-    };
+    let rates =
+        |k: PathKind| -> Vec<f64> { out.iter().filter(|r| r.kind == k).map(|r| r.rate).collect() };
     let slowest = tr
         .kinds()
         .iter()
