@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use crate::wire::checksum;
 use crate::wire::ipv4::{self, field as ip4};
 use crate::wire::ipv6::{self, field as ip6};
-use crate::wire::{at, get16, tcp, udp};
+use crate::wire::{at, get16, get16_ne, set16_ne, tcp, udp};
 
 /// What translation keeps of a fixed IPv6 header: traffic class, hop
 /// limit, source and destination.
@@ -82,26 +82,25 @@ pub fn v6_to_v4(
     src: Ipv4Addr,
     dst: Ipv4Addr,
 ) -> Option<(usize, usize)> {
-    let h = &buf[off..off + ipv6::HEADER_LEN];
+    let h = buf.get(off..)?.first_chunk::<{ ipv6::HEADER_LEN }>()?;
     let protocol = h[ip6::NEXT_HEADER];
     let (csum, udp_like) = l4_checksum(protocol)?;
     let payload_len = get16(h, ip6::PAYLOAD_LEN);
-    let (traffic_class, hop_limit, s6, d6) = read_v6(h);
+    let traffic_class = ((get16(h, 0..2) >> 4) & 0xff) as u8;
+    let hop_limit = h[ip6::HOP_LIMIT];
+    let (s6, d6): (&[u8; 16], &[u8; 16]) =
+        (h[ip6::SRC].try_into().ok()?, h[ip6::DST].try_into().ok()?);
     let total = ipv4::HEADER_LEN + usize::from(payload_len);
     debug_assert_eq!(total + GROWTH, len);
 
     // The transport checksum: out with the IPv6 pseudo-header, in with the
     // IPv4 one (the transport header and payload do not change).
-    let l4 = off + ipv6::HEADER_LEN;
-    let c = at(csum, l4);
-    let old = get16(buf, c.clone());
+    let c = at(csum, off + ipv6::HEADER_LEN);
+    let old = get16_ne(buf.get(c.clone())?, 0..2);
     if !(udp_like && old == 0) {
-        let out = checksum::pseudo_header_v6(s6, d6, protocol, u32::from(payload_len));
-        let inn = checksum::pseudo_header(src, dst, protocol, payload_len);
-        let d = checksum::combine(&[!out, inn]);
-        let new = checksum::apply_folded(old, d);
+        let new = checksum::update_v6_to_v4_ne(old, (s6, d6), (src, dst));
         let new = if udp_like && new == 0 { 0xffff } else { new };
-        buf[c].copy_from_slice(&new.to_be_bytes());
+        set16_ne(buf, c, new);
     }
 
     let v4 = off + GROWTH;
@@ -116,7 +115,7 @@ pub fn v6_to_v4(
         ttl: hop_limit,
         protocol,
     };
-    emit_v4(&mut buf[v4..v4 + ipv4::HEADER_LEN], &fields, src, dst);
+    emit_v4(buf.get_mut(v4..)?.first_chunk_mut()?, &fields, src, dst);
     Some((v4, total))
 }
 
@@ -133,7 +132,7 @@ struct V4Header {
 /// Writes a translated IPv4 header (no options) from `src` to `dst`
 /// into `h`, its checksum summed.
 #[inline(always)]
-fn emit_v4(h: &mut [u8], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
+fn emit_v4(h: &mut [u8; ipv4::HEADER_LEN], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
     h.fill(0);
     h[ip4::VER_IHL] = 0x45;
     h[ip4::DSCP_ECN] = f.tos;
@@ -144,7 +143,7 @@ fn emit_v4(h: &mut [u8], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
     h[ip4::PROTOCOL] = f.protocol;
     h[ip4::SRC].copy_from_slice(&src.octets());
     h[ip4::DST].copy_from_slice(&dst.octets());
-    let c = checksum::checksum(h);
+    let c = !checksum::ipv4_header_sum(h);
     h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -275,7 +274,7 @@ pub fn v6_fragment_to_v4(
         ttl: hop_limit,
         protocol,
     };
-    emit_v4(&mut buf[v4..v4 + ipv4::HEADER_LEN], &fields, src, dst);
+    emit_v4(buf.get_mut(v4..)?.first_chunk_mut()?, &fields, src, dst);
     Some((v4, total))
 }
 

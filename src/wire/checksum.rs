@@ -92,9 +92,40 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) ->
 /// next header.
 #[inline]
 pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {
-    let mut acc = sum_raw(&src.octets()) + sum_raw(&dst.octets());
+    let addrs = addr6_sum(&src.octets()) + addr6_sum(&dst.octets());
+    let mut acc = u64::from(u16::from_be(fold(addrs)));
     acc += u64::from(length >> 16) + u64::from(length & 0xffff) + u64::from(next_header);
     fold(acc)
+}
+
+/// A transport checksum after its pseudo-header's addresses change from
+/// the IPv6 pair `from` to the IPv4 pair `to` (RFC 7915's translation: the
+/// length and next header are the same in both pseudo-headers and cancel),
+/// by RFC 1624 equation 3 in one sum. `hc` and the result are in the
+/// machine's byte order, as [`crate::wire::get16_ne`] reads a checksum:
+/// summing words in either order gives the same sum, swapped (RFC 1071,
+/// 2.B), so no word is swapped. Equal, to the bit, to
+/// `apply_folded(hc, combine(&[!pseudo_header_v6(..), pseudo_header(..)]))`
+/// in the wire's order.
+#[inline(always)]
+pub fn update_v6_to_v4_ne(hc: u16, from: (&[u8; 16], &[u8; 16]), to: (Ipv4Addr, Ipv4Addr)) -> u16 {
+    // `!w` of a 32-bit word is the one's-complement negation of its two
+    // 16-bit halves: the addresses that leave are subtracted as they are
+    // added.
+    let neg = |a: &[u8; 16]| {
+        let w = |i: usize| u64::from(!u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
+        w(0) + w(4) + w(8) + w(12)
+    };
+    let v4 = |a: Ipv4Addr| u64::from(u32::from_ne_bytes(a.octets()));
+    !fold(u64::from(!hc) + neg(from.0) + neg(from.1) + v4(to.0) + v4(to.1))
+}
+
+/// The unfolded sum of an IPv6 address in the machine's byte order, as
+/// [`ipv4_header_sum`] sums (RFC 1071, 2.B): four loads, not sixteen.
+#[inline(always)]
+fn addr6_sum(a: &[u8; 16]) -> u64 {
+    let w = |i: usize| u64::from(u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
+    w(0) + w(4) + w(8) + w(12)
 }
 
 /// Checksum (complemented sum) of `data`, as stored in an IPv4 or ICMP header
@@ -279,6 +310,35 @@ mod tests {
         #[test]
         fn fast_header_sum_is_the_sum(h in any::<[u8; 20]>()) {
             prop_assert_eq!(ipv4_header_sum(&h), data(&h));
+        }
+
+        /// The IPv6 pseudo-header's word-wise sum is its big-endian sum
+        /// (RFC 8200 section 8.1), to the bit (0 and 0xffff are told apart).
+        #[test]
+        fn pseudo_header_v6_is_the_sum(
+            s in any::<[u8; 16]>(), d in any::<[u8; 16]>(), nh in any::<u8>(), len in any::<u32>()
+        ) {
+            let acc = sum_raw(&s) + sum_raw(&d)
+                + u64::from(len >> 16) + u64::from(len & 0xffff) + u64::from(nh);
+            prop_assert_eq!(
+                pseudo_header_v6(Ipv6Addr::from(s), Ipv6Addr::from(d), nh, len),
+                fold(acc)
+            );
+        }
+
+        /// The IPv6-to-IPv4 update in one sum is the pseudo-headers' change
+        /// applied as RFC 1624 says, to the bit.
+        #[test]
+        fn v6_to_v4_update_is_the_pseudo_headers_change(
+            hc in any::<u16>(), s6 in any::<[u8; 16]>(), d6 in any::<[u8; 16]>(),
+            s4 in any::<[u8; 4]>(), d4 in any::<[u8; 4]>(), nh in any::<u8>(), len in any::<u16>()
+        ) {
+            let (s4, d4) = (Ipv4Addr::from(s4), Ipv4Addr::from(d4));
+            let out = pseudo_header_v6(Ipv6Addr::from(s6), Ipv6Addr::from(d6), nh, u32::from(len));
+            let inn = pseudo_header(s4, d4, nh, len);
+            let want = apply_folded(hc, combine(&[!out, inn]));
+            let ne = update_v6_to_v4_ne(hc.to_be(), (&s6, &d6), (s4, d4));
+            prop_assert_eq!(u16::from_be(ne), want);
         }
 
         /// Two folded changes applied at once equal them applied in turn.

@@ -37,11 +37,8 @@ pub(super) fn forward6(
     let Some(node6) = id.node_addr6 else {
         return Err(DropReason::NotIpv4);
     };
-    let d = f.data();
-    let p = ipv6::Packet::new_checked(&d[ETH..]).map_err(|e| match e {
-        crate::wire::Error::Truncated => DropReason::Truncated,
-        _ => DropReason::IpMalformed,
-    })?;
+    // `Repr::parse` checks the packet's length and version.
+    let p = ipv6::Packet::new_unchecked(&f.data()[ETH..]);
     let r = match ipv6::Repr::parse(&p) {
         Ok(r) => r,
         Err(crate::wire::Error::Fragment) => return fragment6(snap, st, f, node6),
@@ -85,18 +82,14 @@ pub(super) fn forward6(
         let ph = checksum::pseudo_header(digest, id.node_addr, proto, r.payload_len);
         f.buf[v4 + IP + l4_checksum_offset(proto)..][..2].copy_from_slice(&ph.to_be_bytes());
     }
-    // The Ethernet header moves up to the IPv4 packet.
-    let eth = f.off;
-    f.buf.copy_within(eth..eth + ETH - 2, v4 - ETH);
-    f.off = v4 - ETH;
-    f.len = ETH + total;
-    set16(f.data_mut(), eth_f::ETHERTYPE, ethertype::IPV4);
-    let d = f.data();
-    let Some(iph) = d[ETH..].first_chunk::<IP>() else {
-        return Err(DropReason::Truncated);
+    // The Ethernet header moves up to the IPv4 packet. Its transport
+    // header is the one parsed above.
+    f.move_ethernet(v4 - ETH, ETH + total, ethertype::IPV4)?;
+    let ip = Ip4 {
+        client: digest,
+        proto,
+        ttl: r.hop_limit,
     };
-    let ip = Ip4::of(iph);
-    let l4 = parse_l4(proto, &d[ETH + IP..])?;
     forward::<true, false>(snap, st, f, ip, l4, &c6)
 }
 
@@ -138,7 +131,7 @@ pub(super) fn to_ipv6<const FRAGMENT: bool>(
     };
     // First the Ethernet header, out of the way of the IPv6 header that
     // will cover its old place.
-    f.buf.copy_within(eth..eth + ETH - 2, start);
+    f.move_ethernet(start, len + growth, ethertype::IPV6)?;
     let client6 = std::net::Ipv6Addr::from(*client6);
     let translated = if FRAGMENT {
         xlat::v4_fragment_to_v6(f.buf, eth + ETH, len - ETH, node6, client6)
@@ -148,10 +141,7 @@ pub(super) fn to_ipv6<const FRAGMENT: bool>(
     let Some((v6, total)) = translated else {
         return Err(DropReason::UnsupportedProtocol);
     };
-    debug_assert_eq!(v6, start + ETH);
-    f.off = start;
-    f.len = ETH + total;
-    set16(f.data_mut(), eth_f::ETHERTYPE, ethertype::IPV6);
+    debug_assert_eq!((v6, ETH + total), (start + ETH, f.len));
     Ok(())
 }
 

@@ -210,17 +210,14 @@ pub(super) fn fragment6(
     } else if overlaps_tcp_header(proto, offset) {
         return Err(DropReason::FragmentMalformed);
     }
-    let (off, eth) = (f.off + ETH, f.off);
+    let off = f.off + ETH;
     let Some((v4, total)) =
         crate::dataplane::xlat::v6_fragment_to_v4(f.buf, off, len, digest, id.node_addr)
     else {
         return Err(DropReason::UnsupportedProtocol);
     };
     // The Ethernet header moves up to the IPv4 packet.
-    f.buf.copy_within(eth..eth + ETH - 2, v4 - ETH);
-    f.off = v4 - ETH;
-    f.len = ETH + total;
-    set16(f.data_mut(), eth_f::ETHERTYPE, ethertype::IPV4);
+    f.move_ethernet(v4 - ETH, ETH + total, ethertype::IPV4)?;
     if offset != 0 {
         return later::<true>(snap, st, f, key, &c6, total);
     }
