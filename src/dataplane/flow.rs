@@ -138,13 +138,8 @@ pub fn table_bytes(max: usize) -> usize {
     max * (std::mem::size_of::<Flow>() + 1 + 4 + 16) + 2 * Index::bytes(max)
 }
 
-/// A hash of a key packed into 64 bits: foldhash's folded multiply.
-#[inline(always)]
-fn fold_hash(x: u64, seed: u64) -> u64 {
-    HashKey::new(seed).hash(x)
-}
-
-/// [`fold_hash`]'s seed with the multiplier it makes, made once per table
+/// The key of a hash of a key packed into 64 bits (foldhash's folded
+/// multiply): a seed with the multiplier it makes, made once per table
 /// rather than per packet.
 #[derive(Debug, Clone, Copy)]
 struct HashKey {
@@ -164,6 +159,16 @@ impl HashKey {
     fn hash(self, x: u64) -> u64 {
         let m = u128::from(x ^ self.seed) * u128::from(self.mul);
         (m as u64) ^ ((m >> 64) as u64)
+    }
+
+    /// 32 bits of a keyed hash of two words in one folded multiply, as
+    /// foldhash hashes a `u128`: both words keyed, so that neither can be
+    /// chosen to cancel the other.
+    #[inline(always)]
+    fn hash2(self, a: u64, b: u64) -> u32 {
+        let m = u128::from(a ^ self.seed) * u128::from(b ^ self.mul);
+        let h = (m as u64) ^ ((m >> 64) as u64);
+        (h ^ (h >> 32)) as u32
     }
 }
 
@@ -237,8 +242,9 @@ pub struct FlowTable {
     by_client: Index,
     by_snat: Index,
     seed: u64,
-    /// The keys of the client, SNAT and destination hashes, from `seed`.
-    keys: [HashKey; 3],
+    /// The keys of the client, SNAT and destination hashes and of IPv6
+    /// clients' digests, from `seed`.
+    keys: [HashKey; 4],
     capacity: usize,
     /// Slots below this index have been used (slots are taken lowest
     /// first); sweeps and eviction samples look only there.
@@ -428,7 +434,7 @@ impl FlowTable {
             by_client: Index::with_capacity(capacity),
             by_snat: Index::with_capacity(capacity),
             seed: 0,
-            keys: [HashKey::new(0); 3],
+            keys: [HashKey::new(0); 4],
             capacity,
             high_water: 0,
             hand: 0,
@@ -453,6 +459,7 @@ impl FlowTable {
             HashKey::new(seed),
             HashKey::new(seed.rotate_left(17)),
             HashKey::new(seed.rotate_left(41)),
+            HashKey::new(seed.rotate_left(29)),
         ];
     }
 
@@ -553,13 +560,10 @@ impl FlowTable {
     /// addresses can.
     #[inline]
     pub fn digest6(&self, addr: &[u8; 16]) -> Ipv4Addr {
-        let hi = u64::from_be_bytes(addr[..8].try_into().expect("8 bytes"));
-        let lo = u64::from_be_bytes(addr[8..].try_into().expect("8 bytes"));
-        let h = fold_hash(
-            hi ^ fold_hash(lo, self.seed.rotate_left(29)),
-            self.seed.rotate_left(43),
-        );
-        Ipv4Addr::from((h ^ (h >> 32)) as u32)
+        let (hi, lo) = addr.split_at(8);
+        let hi = u64::from_ne_bytes(hi.try_into().expect("8 bytes"));
+        let lo = u64::from_ne_bytes(lo.try_into().expect("8 bytes"));
+        Ipv4Addr::from(self.keys[3].hash2(hi, lo))
     }
 
     /// Looks up an IPv6 client's key (its `client` the [`Self::digest6`] of

@@ -75,6 +75,7 @@ fn l4_checksum(protocol: u8) -> Option<(std::ops::Range<usize>, bool)> {
 /// `src` to `dst`, in place: the IPv4 header ends where the IPv6 one did,
 /// so the packet now starts at `off + GROWTH`. Returns its new (offset,
 /// length), or `None` for another upper layer than TCP or UDP.
+#[inline(always)]
 pub fn v6_to_v4(
     buf: &mut [u8],
     off: usize,
@@ -186,7 +187,7 @@ pub fn v4_to_v6(
 
     let l4 = off + ipv4::HEADER_LEN;
     let c = at(csum, l4);
-    let old = get16(buf, c.clone());
+    let old = get16_ne(buf.get(c.clone())?, 0..2);
     let new = if udp_like && old == 0 {
         // No checksum in IPv4; IPv6 requires one (RFC 7915 4.5): sum the
         // whole datagram.
@@ -196,16 +197,12 @@ pub fn v4_to_v6(
             0 => 0xffff,
             c => c,
         }
+        .to_be()
     } else {
-        let out = checksum::pseudo_header(s4, d4, protocol, payload_len);
-        let inn = checksum::pseudo_header_v6(src, dst, protocol, u32::from(payload_len));
-        let d = checksum::combine(&[!out, inn]);
-        match checksum::apply_folded(old, d) {
-            0 if udp_like => 0xffff,
-            c => c,
-        }
+        let new = checksum::update_v4_to_v6_ne(old, (s4, d4), (&src.octets(), &dst.octets()));
+        if udp_like && new == 0 { 0xffff } else { new }
     };
-    buf[c].copy_from_slice(&new.to_be_bytes());
+    set16_ne(buf, c, new);
 
     let h = &mut buf[start..start + ipv6::HEADER_LEN];
     emit_v6(h, (tos, payload_len, protocol, ttl), src, dst);

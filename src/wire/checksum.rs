@@ -92,7 +92,7 @@ pub fn pseudo_header(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) ->
 /// next header.
 #[inline]
 pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u32) -> u16 {
-    let addrs = addr6_sum(&src.octets()) + addr6_sum(&dst.octets());
+    let addrs = addr6_sum::<false>(&src.octets()) + addr6_sum::<false>(&dst.octets());
     let mut acc = u64::from(u16::from_be(fold(addrs)));
     acc += u64::from(length >> 16) + u64::from(length & 0xffff) + u64::from(next_header);
     fold(acc)
@@ -109,23 +109,38 @@ pub fn pseudo_header_v6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, length: u
 /// in the wire's order.
 #[inline(always)]
 pub fn update_v6_to_v4_ne(hc: u16, from: (&[u8; 16], &[u8; 16]), to: (Ipv4Addr, Ipv4Addr)) -> u16 {
-    // `!w` of a 32-bit word is the one's-complement negation of its two
-    // 16-bit halves: the addresses that leave are subtracted as they are
-    // added.
-    let neg = |a: &[u8; 16]| {
-        let w = |i: usize| u64::from(!u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
-        w(0) + w(4) + w(8) + w(12)
-    };
-    let v4 = |a: Ipv4Addr| u64::from(u32::from_ne_bytes(a.octets()));
-    !fold(u64::from(!hc) + neg(from.0) + neg(from.1) + v4(to.0) + v4(to.1))
+    let out = addr6_sum::<true>(from.0) + addr6_sum::<true>(from.1);
+    !fold(u64::from(!hc) + out + addr4_sum::<false>(to.0) + addr4_sum::<false>(to.1))
+}
+
+/// [`update_v6_to_v4_ne`] the other way: the IPv4 pair `from` leaves the
+/// pseudo-header, the IPv6 pair `to` comes in. Equal, to the bit, to
+/// `apply_folded(hc, combine(&[!pseudo_header(..), pseudo_header_v6(..)]))`
+/// in the wire's order.
+#[inline(always)]
+pub fn update_v4_to_v6_ne(hc: u16, from: (Ipv4Addr, Ipv4Addr), to: (&[u8; 16], &[u8; 16])) -> u16 {
+    let out = addr4_sum::<true>(from.0) + addr4_sum::<true>(from.1);
+    !fold(u64::from(!hc) + out + addr6_sum::<false>(to.0) + addr6_sum::<false>(to.1))
 }
 
 /// The unfolded sum of an IPv6 address in the machine's byte order, as
 /// [`ipv4_header_sum`] sums (RFC 1071, 2.B): four loads, not sixteen.
+/// `NEG`: its one's-complement negation, for an address that leaves a
+/// sum (`!w` of a 32-bit word negates both its 16-bit halves).
 #[inline(always)]
-fn addr6_sum(a: &[u8; 16]) -> u64 {
-    let w = |i: usize| u64::from(u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]));
+fn addr6_sum<const NEG: bool>(a: &[u8; 16]) -> u64 {
+    let w = |i: usize| {
+        let w = u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+        u64::from(if NEG { !w } else { w })
+    };
     w(0) + w(4) + w(8) + w(12)
+}
+
+/// [`addr6_sum`] of an IPv4 address.
+#[inline(always)]
+fn addr4_sum<const NEG: bool>(a: Ipv4Addr) -> u64 {
+    let w = u32::from_ne_bytes(a.octets());
+    u64::from(if NEG { !w } else { w })
 }
 
 /// Checksum (complemented sum) of `data`, as stored in an IPv4 or ICMP header
@@ -338,6 +353,20 @@ mod tests {
             let inn = pseudo_header(s4, d4, nh, len);
             let want = apply_folded(hc, combine(&[!out, inn]));
             let ne = update_v6_to_v4_ne(hc.to_be(), (&s6, &d6), (s4, d4));
+            prop_assert_eq!(u16::from_be(ne), want);
+        }
+
+        /// The IPv4-to-IPv6 update in one sum, likewise.
+        #[test]
+        fn v4_to_v6_update_is_the_pseudo_headers_change(
+            hc in any::<u16>(), s6 in any::<[u8; 16]>(), d6 in any::<[u8; 16]>(),
+            s4 in any::<[u8; 4]>(), d4 in any::<[u8; 4]>(), nh in any::<u8>(), len in any::<u16>()
+        ) {
+            let (s4, d4) = (Ipv4Addr::from(s4), Ipv4Addr::from(d4));
+            let out = pseudo_header(s4, d4, nh, len);
+            let inn = pseudo_header_v6(Ipv6Addr::from(s6), Ipv6Addr::from(d6), nh, u32::from(len));
+            let want = apply_folded(hc, combine(&[!out, inn]));
+            let ne = update_v4_to_v6_ne(hc.to_be(), (s4, d4), (&s6, &d6));
             prop_assert_eq!(u16::from_be(ne), want);
         }
 
