@@ -113,6 +113,16 @@ pub fn update_v6_to_v4_ne(hc: u16, from: (&[u8; 16], &[u8; 16]), to: (Ipv4Addr, 
     !fold(u64::from(!hc) + out + addr4_sum::<false>(to.0) + addr4_sum::<false>(to.1))
 }
 
+/// The change [`update_v6_to_v4_ne`] applies, as a folded delta to add to
+/// others (a flow's, for an IPv6 client: one update instead of two), in
+/// the machine's byte order. `apply_folded(hc, v6_to_v4_delta_ne(from,
+/// to))` is `update_v6_to_v4_ne(hc, from, to)`, to the bit.
+#[inline]
+pub fn v6_to_v4_delta_ne(from: (&[u8; 16], &[u8; 16]), to: (Ipv4Addr, Ipv4Addr)) -> u16 {
+    let out = addr6_sum::<true>(from.0) + addr6_sum::<true>(from.1);
+    fold(out + addr4_sum::<false>(to.0) + addr4_sum::<false>(to.1))
+}
+
 /// [`update_v6_to_v4_ne`] the other way: the IPv4 pair `from` leaves the
 /// pseudo-header, the IPv6 pair `to` comes in. Equal, to the bit, to
 /// `apply_folded(hc, combine(&[!pseudo_header(..), pseudo_header_v6(..)]))`
@@ -354,6 +364,19 @@ mod tests {
             let want = apply_folded(hc, combine(&[!out, inn]));
             let ne = update_v6_to_v4_ne(hc.to_be(), (&s6, &d6), (s4, d4));
             prop_assert_eq!(u16::from_be(ne), want);
+        }
+
+        /// The translation's change as a delta applies as the update does.
+        #[test]
+        fn v6_to_v4_delta_applies_as_the_update(
+            hc in any::<u16>(), s6 in any::<[u8; 16]>(), d6 in any::<[u8; 16]>(),
+            s4 in any::<[u8; 4]>(), d4 in any::<[u8; 4]>()
+        ) {
+            let (s4, d4) = (Ipv4Addr::from(s4), Ipv4Addr::from(d4));
+            prop_assert_eq!(
+                apply_folded(hc, v6_to_v4_delta_ne((&s6, &d6), (s4, d4))),
+                update_v6_to_v4_ne(hc, (&s6, &d6), (s4, d4))
+            );
         }
 
         /// The IPv4-to-IPv6 update in one sum, likewise.

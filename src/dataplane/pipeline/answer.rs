@@ -9,6 +9,7 @@ use super::{ETH, FrameBuf, INNER, INNER_IP, IP, State, VX_HDR, VX_UDP, Verdict};
 use crate::dataplane::counters::DropReason;
 use crate::dataplane::flow::{ClientKey, FlowTable, SnatKey};
 use crate::dataplane::tables::{Identity, OUTER_TTL, Snapshot};
+use crate::dataplane::xlat::Transport;
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::icmp::field as icmp_f;
@@ -455,7 +456,7 @@ pub(super) fn send_reset<const V6: bool>(
     emit_reset(id, f, mac, &key, reset);
     if V6 {
         // The client's segment was translated from IPv6: so is the reset.
-        to_ipv6::<false>(id, f, c6).map_err(|_| reason)?;
+        to_ipv6::<false>(id, f, c6, Transport::Patched).map_err(|_| reason)?;
     }
     st.events.resets_sent += 1;
     st.drops.inc(reason);

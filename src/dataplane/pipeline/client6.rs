@@ -10,6 +10,7 @@ use super::reply::deliver;
 use super::{ETH, FrameBuf, INNER, INNER_IP, IP, State, Verdict};
 use crate::dataplane::counters::DropReason;
 use crate::dataplane::tables::{Identity, L4Checksum, Snapshot};
+use crate::dataplane::xlat::{self, Transport};
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ethernet::{self, ethertype};
 use crate::wire::icmp::field as icmp_f;
@@ -74,8 +75,10 @@ pub(super) fn forward6(
     let partial = id.l4_checksum != L4Checksum::Incremental
         && stored == checksum::pseudo_header_v6(r.src, r.dst, proto, u32::from(r.payload_len));
     let (off, len) = (f.off + ETH, ipv6::HEADER_LEN + payload);
-    let Some((v4, total)) = crate::dataplane::xlat::v6_to_v4(f.buf, off, len, digest, id.node_addr)
-    else {
+    // The transport checksum is left for the flow's deltas, which include
+    // the change of pseudo-header (`nat::deltas_of`).
+    let translated = xlat::v6_to_v4(f.buf, (off, len), digest, id.node_addr, Transport::Kept);
+    let Some((v4, total)) = translated else {
         return Err(DropReason::UnsupportedProtocol);
     };
     if partial {
@@ -110,13 +113,16 @@ pub(super) fn l4_checksum_offset(proto: u8) -> usize {
 ///
 /// `FRAGMENT`: the packet is a fragment, and becomes an IPv6 fragment
 /// (with a fragment header: [`crate::dataplane::xlat::FRAGMENT_GROWTH`]).
+/// `transport`: `Kept` for a reply its flow's deltas translated (they
+/// include the change of pseudo-header), `Patched` for a packet meshgate
+/// made for the IPv4 digest (a reset).
 #[inline(never)]
 pub(super) fn to_ipv6<const FRAGMENT: bool>(
     id: &Identity,
     f: &mut FrameBuf<'_>,
     client6: &[u8; 16],
+    transport: Transport,
 ) -> Result<(), DropReason> {
-    use crate::dataplane::xlat;
     let Some(node6) = id.node_addr6 else {
         return Err(DropReason::NotIpv4);
     };
@@ -134,9 +140,9 @@ pub(super) fn to_ipv6<const FRAGMENT: bool>(
     f.move_ethernet(start, len + growth, ethertype::IPV6)?;
     let client6 = std::net::Ipv6Addr::from(*client6);
     let translated = if FRAGMENT {
-        xlat::v4_fragment_to_v6(f.buf, eth + ETH, len - ETH, node6, client6)
+        xlat::v4_fragment_to_v6(f.buf, (eth + ETH, len - ETH), node6, client6, transport)
     } else {
-        xlat::v4_to_v6(f.buf, eth + ETH, len - ETH, node6, client6)
+        xlat::v4_to_v6(f.buf, (eth + ETH, len - ETH), node6, client6, transport)
     };
     let Some((v6, total)) = translated else {
         return Err(DropReason::UnsupportedProtocol);
@@ -233,7 +239,7 @@ pub(super) fn deliver6(
 ) -> Result<Verdict, DropReason> {
     let v = deliver(id, st, f, client_mac, task_index)?;
     let c6 = *st.flows.client6(slot);
-    to_ipv6::<false>(id, f, &c6)?;
+    to_ipv6::<false>(id, f, &c6, Transport::Kept)?;
     st.events.ipv6_replies += 1;
     Ok(v)
 }

@@ -550,6 +550,7 @@ pub(super) fn new_flow<'s, const V6: bool>(
         &key,
         (fl.preserve, fl.snat_port),
         (task.addr, port.target),
+        c6,
     );
     task.shared.created.fetch_add(1, Ordering::Relaxed);
     task.shared.inactive.fetch_add(1, Ordering::Release);

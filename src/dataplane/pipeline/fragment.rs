@@ -40,6 +40,7 @@ use crate::dataplane::counters::DropReason;
 use crate::dataplane::flow::ClientKey;
 use crate::dataplane::fragments::{Dir, FragKey, Inserted, Route};
 use crate::dataplane::tables::{Identity, L4Checksum, Snapshot, TaskEntry};
+use crate::dataplane::xlat::{self, Transport};
 use crate::wire::ethernet::ethertype;
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
@@ -212,7 +213,7 @@ pub(super) fn fragment6(
     }
     let off = f.off + ETH;
     let Some((v4, total)) =
-        crate::dataplane::xlat::v6_fragment_to_v4(f.buf, off, len, digest, id.node_addr)
+        xlat::v6_fragment_to_v4(f.buf, (off, len), digest, id.node_addr, Transport::Kept)
     else {
         return Err(DropReason::UnsupportedProtocol);
     };
@@ -495,7 +496,7 @@ fn deliver_fragment<const VXLAN: bool>(
     let v = deliver(id, st, f, mac, task_index)?;
     if let Some(slot) = v6_slot {
         let c6 = *st.flows.client6(slot);
-        to_ipv6::<true>(id, f, &c6)?;
+        to_ipv6::<true>(id, f, &c6, Transport::Kept)?;
         st.events.ipv6_replies += 1;
     }
     st.events.fragments_replied += 1;

@@ -621,6 +621,7 @@ fn record_flow(
         &key,
         (r.preserve, r.snat_port),
         (task.addr, r.target),
+        c6.as_ref().map_or(&[0; 16], |(a, _)| a),
     );
     flow
 }
