@@ -118,6 +118,9 @@ pub struct Flow {
     /// header), and addresses with ports (the TCP/UDP pseudo-header and
     /// header). The reverse translation is the one's-complement negation.
     /// In the wire's byte order (as `wire::get16_ne` reads a checksum).
+    /// An IPv6 client's `delta_l4` starts from its IPv6 pseudo-header, so
+    /// that it also covers the translation between the families
+    /// (`pipeline::nat::deltas_of`).
     pub delta_addrs: u16,
     pub delta_l4: u16,
     /// The task sees the client's address and port: DNAT only, and

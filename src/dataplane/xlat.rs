@@ -147,8 +147,11 @@ struct V4Header {
 /// Writes a translated IPv4 header (no options) from `src` to `dst`
 /// into `h`, its checksum summed.
 #[inline(always)]
-fn emit_v4(h: &mut [u8; ipv4::HEADER_LEN], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
-    h.fill(0);
+fn emit_v4(out: &mut [u8; ipv4::HEADER_LEN], f: &V4Header, src: Ipv4Addr, dst: Ipv4Addr) {
+    // Built and summed in a local, then stored: summed in the frame, the
+    // header was read back from memory (2 instructions more an IPv6
+    // client's packet; summed from the fields' values instead, 19 more).
+    let mut h = [0u8; ipv4::HEADER_LEN];
     h[ip4::VER_IHL] = 0x45;
     h[ip4::DSCP_ECN] = f.tos;
     h[ip4::LENGTH].copy_from_slice(&(f.total as u16).to_be_bytes());
@@ -158,8 +161,9 @@ fn emit_v4(h: &mut [u8; ipv4::HEADER_LEN], f: &V4Header, src: Ipv4Addr, dst: Ipv
     h[ip4::PROTOCOL] = f.protocol;
     h[ip4::SRC].copy_from_slice(&src.octets());
     h[ip4::DST].copy_from_slice(&dst.octets());
-    let c = !checksum::ipv4_header_sum(h);
+    let c = !checksum::ipv4_header_sum(&h);
     h[ip4::CHECKSUM].copy_from_slice(&c.to_be_bytes());
+    *out = h;
 }
 
 /// Writes a translated IPv6 header from `src` to `dst` into `h`.
