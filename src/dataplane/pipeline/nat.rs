@@ -23,8 +23,13 @@ use std::net::Ipv4Addr;
 /// the NIC's incremental path compiles to the update alone, without the
 /// run-time tests of the mode inside the update (bench/README.md, "Choices
 /// the counts made").
+///
+/// Returns whether the transport checksum was summed anew (the `Full`
+/// mode, or a partial sum completed): then it is over the IPv4
+/// pseudo-header, which a reply to an IPv6 client must have patched when
+/// it becomes IPv6 (`xlat::Transport::Patched`).
 #[inline(always)]
-pub(super) fn nat(p: &mut [u8], rw: Rewrite, l4_checksum: L4Checksum) {
+pub(super) fn nat(p: &mut [u8], rw: Rewrite, l4_checksum: L4Checksum) -> bool {
     if l4_checksum == L4Checksum::Incremental {
         nat_with::<false>(p, rw, l4_checksum)
     } else {
@@ -80,7 +85,11 @@ impl Rewrite {
 
 /// [`nat`] for one kind of mode: `CHECKED` is false for incremental updates.
 #[inline(always)]
-pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checksum: L4Checksum) {
+pub(super) fn nat_with<const CHECKED: bool>(
+    p: &mut [u8],
+    rw: Rewrite,
+    l4_checksum: L4Checksum,
+) -> bool {
     let Rewrite {
         src,
         dst,
@@ -91,7 +100,7 @@ pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checks
     } = rw;
     let (iph, l4) = p.split_at_mut(IP);
     let Some(h) = iph.first_chunk_mut::<IP>() else {
-        return;
+        return false;
     };
     let (proto, total) = (h[ip_f::PROTOCOL], get16(h, ip_f::LENGTH));
     let partial_sum = match l4_checksum {
@@ -111,7 +120,7 @@ pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checks
     set16_ne(h, ip_f::CHECKSUM, c);
     let stored = if proto == protocol::TCP {
         let Some(t) = l4.first_chunk_mut::<{ tcp_f::CHECKSUM.end }>() else {
-            return;
+            return false;
         };
         set16(t, tcp_f::SRC_PORT, sport);
         set16(t, tcp_f::DST_PORT, dport);
@@ -121,7 +130,7 @@ pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checks
         stored
     } else {
         let Some(u) = l4.first_chunk_mut::<{ udp::HEADER_LEN }>() else {
-            return;
+            return false;
         };
         set16(u, udp_f::SRC_PORT, sport);
         set16(u, udp_f::DST_PORT, dport);
@@ -133,8 +142,10 @@ pub(super) fn nat_with<const CHECKED: bool>(p: &mut [u8], rw: Rewrite, l4_checks
     if CHECKED && (l4_checksum == L4Checksum::Full || partial_sum == Some(u16::from_be(stored))) {
         if let Some(seg) = l4.get_mut(..usize::from(total).saturating_sub(IP)) {
             fill_l4_checksum(seg, src, dst, proto);
+            return true;
         }
     }
+    false
 }
 
 /// A flow's translation of a fragment after its datagram's first (it

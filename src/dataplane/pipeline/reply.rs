@@ -19,8 +19,11 @@ use crate::wire::ethernet::ethertype;
 use crate::wire::ethernet::field as eth_f;
 use crate::wire::ipv4::field as ip_f;
 use crate::wire::ipv4::protocol;
+use crate::wire::tcp::field as tcp_f;
 use crate::wire::udp::field as udp_f;
-use crate::wire::{MacAddr, at, get_addr, get16, get24, get32, tcp, vxlan};
+use crate::wire::{
+    MacAddr, at, checksum, get_addr, get16, get16_ne, get24, get32, set16_ne, tcp, vxlan,
+};
 use std::net::Ipv4Addr;
 
 pub(super) fn reply(
@@ -237,12 +240,44 @@ pub(super) fn translate_reply<const VXLAN: bool, const FRAGMENT: bool>(
         flow.task_index,
         flow.key.v6,
     );
-    nat(p, rw, l4_checksum);
+    if nat(p, rw, l4_checksum) && v6 {
+        summed_for_ipv6(id, p, client, st.flows.client6(slot));
+    }
     Ok(ReplyTo::Client {
         mac: client_mac,
         task_index: ti,
         v6_slot: v6.then_some(slot),
     })
+}
+
+/// A reply to an IPv6 client (`client` its digest, `c6` its address)
+/// whose transport checksum the interface's mode had summed anew over the
+/// IPv4 pseudo-header (`nat` returned true): patched here for the IPv6
+/// pseudo-header, so that the translation keeps it, as it keeps every
+/// other reply's, which the flow's deltas patched for the change of
+/// pseudo-header already (`nat::deltas_of`). Out of line: only the
+/// `CompletePartial` and `Full` modes get here.
+#[cold]
+#[inline(never)]
+fn summed_for_ipv6(id: &Identity, p: &mut [u8], client: Ipv4Addr, c6: &[u8; 16]) {
+    let node6 = id.node_addr6.unwrap_or(std::net::Ipv6Addr::UNSPECIFIED);
+    // The reverse of the forward change; a pseudo-header's sum does not
+    // depend on which address is the source.
+    let d = !checksum::v6_to_v4_delta_ne((c6, &node6.octets()), (client, id.node_addr));
+    let (tcp, at) = match p[ip_f::PROTOCOL] {
+        protocol::TCP => (true, IP + tcp_f::CHECKSUM.start),
+        _ => (false, IP + udp_f::CHECKSUM.start),
+    };
+    let Some(c) = p.get_mut(at..at + 2) else {
+        return;
+    };
+    let old = get16_ne(c, 0..2);
+    let new = if tcp {
+        checksum::apply_folded(old, d)
+    } else {
+        checksum::apply_folded_udp(old, d)
+    };
+    set16_ne(c, 0..2, new);
 }
 
 /// A task's packet's source (the task), protocol and TTL, and its

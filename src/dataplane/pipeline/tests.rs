@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::{Pipeline, Verdict};
+use super::{INNER_IP, Pipeline, Verdict};
 use crate::dataplane::counters::DropReason;
 use crate::dataplane::fixtures::*;
 use crate::dataplane::tables::{L4Checksum, Neighbours, Registry, Snapshot};
@@ -1216,28 +1216,90 @@ fn a_too_big_ipv6_packet_gets_packet_too_big_with_the_overlay_mtu_plus_20() {
 }
 
 #[test]
-fn partial_checksums_of_ipv6_clients_are_completed() {
+fn ipv6_clients_partial_and_complete_checksums_come_out_right() {
     for mode in [L4Checksum::CompletePartial, L4Checksum::Full] {
-        let mut p = lab_pipeline6(mode);
-        for udp in [false, true] {
+        // Complete sums too: they are patched by the flow's deltas, which
+        // include the change of pseudo-header.
+        for (udp, partial) in [(false, true), (true, true), (false, false), (true, false)] {
+            let mut p = lab_pipeline6(mode);
             let mut frame = if udp {
                 client6_udp(CLIENT6, 41000, b"question")
             } else {
                 client6_tcp(CLIENT6, 40000, 1, 0, SYN, b"")
             };
-            // What a veth hands over: the field holds the pseudo-header sum.
-            let len = (frame.len() - 14 - 40) as u32;
-            let proto = if udp { 17 } else { 6 };
-            let ph = crate::wire::checksum::pseudo_header_v6(CLIENT6, NODE6, proto, len);
-            let at = 14 + 40 + if udp { 6 } else { 16 };
-            frame[at..at + 2].copy_from_slice(&ph.to_be_bytes());
+            if partial {
+                // What a veth hands over: the field holds the
+                // pseudo-header sum.
+                let len = (frame.len() - 14 - 40) as u32;
+                let proto = if udp { 17 } else { 6 };
+                let ph = crate::wire::checksum::pseudo_header_v6(CLIENT6, NODE6, proto, len);
+                let at = 14 + 40 + if udp { 6 } else { 16 };
+                frame[at..at + 2].copy_from_slice(&ph.to_be_bytes());
+            }
             let (v, out) = run(&mut p, &frame);
-            assert_eq!(v, Verdict::Transmit, "{mode:?} udp {udp}");
-            assert!(
-                inner_l4_checksum_ok(&out),
-                "{mode:?} udp {udp}: {}",
-                hex(&out)
-            );
+            let what = format!("{mode:?} udp {udp} partial {partial}");
+            assert_eq!(v, Verdict::Transmit, "{what}");
+            assert!(inner_l4_checksum_ok(&out), "{what}: {}", hex(&out));
+        }
+    }
+}
+
+/// A reply's transport checksum comes out right for the IPv6 client in
+/// every mode: patched by the flow's deltas alone (which include the
+/// change of pseudo-header), or, where the mode sums it anew over the
+/// IPv4 pseudo-header (`Full`, or a task's partial sum completed),
+/// patched again when the reply becomes IPv6.
+#[test]
+fn replies_to_ipv6_clients_have_valid_checksums_in_every_mode() {
+    let modes = [
+        L4Checksum::Incremental,
+        L4Checksum::CompletePartial,
+        L4Checksum::Full,
+    ];
+    for mode in modes {
+        for udp in [false, true] {
+            for partial in [false, true] {
+                let mut p = lab_pipeline6(mode);
+                let first = if udp {
+                    client6_udp(CLIENT6, 41000, b"question")
+                } else {
+                    client6_tcp(CLIENT6, 40000, 1000, 0, SYN, b"")
+                };
+                assert_eq!(run(&mut p, &first).0, Verdict::Transmit);
+                let mut reply = if udp {
+                    task_reply_udp(0, 41000, b"answer")
+                } else {
+                    task_reply_tcp(0, 40000, 5000, 1001, SYN_ACK, b"")
+                };
+                if partial {
+                    reply = partial_checksum(reply, INNER_IP);
+                }
+                let (v, out) = run(&mut p, &reply);
+                let what = format!("{mode:?} udp {udp} partial {partial}");
+                assert_eq!(v, Verdict::Transmit, "{what}");
+                if partial && mode == L4Checksum::Incremental {
+                    // A NIC that checks sums hands over none partial: the
+                    // mode trusts the field, and passes it on as it is.
+                    continue;
+                }
+                let pkt = etherparse::SlicedPacket::from_ethernet(&out).unwrap();
+                let Some(etherparse::NetSlice::Ipv6(ip)) = &pkt.net else {
+                    panic!("{what}: not IPv6: {}", hex(&out))
+                };
+                let h = ip.header().to_header();
+                let (got, want) = match &pkt.transport {
+                    Some(etherparse::TransportSlice::Tcp(t)) => (
+                        t.checksum(),
+                        t.to_header().calc_checksum_ipv6(&h, t.payload()).unwrap(),
+                    ),
+                    Some(etherparse::TransportSlice::Udp(u)) => (
+                        u.checksum(),
+                        u.to_header().calc_checksum_ipv6(&h, u.payload()).unwrap(),
+                    ),
+                    _ => panic!("{what}: no TCP or UDP"),
+                };
+                assert_eq!(got, want, "{what}: {}", hex(&out));
+            }
         }
     }
 }
