@@ -10,8 +10,10 @@
 //! and identification 0 otherwise; IPv4 → IPv6 sets flow label 0. The
 //! addresses are the caller's (the pipeline chooses the sandbox's, the
 //! task's, the client's, the node's). The transport checksum is patched
-//! for the change of pseudo-header (RFC 1624); a UDP datagram from IPv4
-//! without a checksum (0, allowed there, not in IPv6) gets a full one.
+//! for the change of pseudo-header (RFC 1624), or kept as it is where the
+//! caller's own update covers that change ([`Transport`]: a flow's
+//! deltas); a UDP datagram from IPv4 without a checksum (0, allowed
+//! there, not in IPv6) gets a full one either way.
 //!
 //! Invariants: the caller has checked the headers (an IPv6 fixed header
 //! followed directly by TCP or UDP, or an IPv4 header without options,
@@ -108,8 +110,9 @@ pub fn v6_to_v4(
     let total = ipv4::HEADER_LEN + usize::from(payload_len);
     debug_assert_eq!(total + GROWTH, len);
 
-    // The transport checksum: out with the IPv6 pseudo-header, in with the
-    // IPv4 one (the transport header and payload do not change).
+    // The transport checksum, when `Patched`: out with the IPv6
+    // pseudo-header, in with the IPv4 one (the transport header and
+    // payload do not change).
     let c = at(csum, off + ipv6::HEADER_LEN);
     let old = get16_ne(buf.get(c.clone())?, 0..2);
     if transport == Transport::Patched && !(udp_like && old == 0) {
@@ -415,6 +418,41 @@ mod tests {
             }
             other => panic!("transport {other:?}"),
         }
+    }
+
+    /// `Kept` leaves the transport checksum as it was, both ways, but for
+    /// a UDP datagram from IPv4 without one.
+    #[test]
+    fn a_kept_transport_checksum_is_left_alone() {
+        for tcp in [true, false] {
+            let len = 40 + if tcp { 20 } else { 8 } + 5;
+            let mut buf = v6_packet(tcp, b"hello", 0, 0, 64);
+            let at = 40 + if tcp { 16 } else { 6 };
+            let before = get16(&buf, at..at + 2);
+            let (off, l) = v6_to_v4(&mut buf, (0, len), SBOX, TASK, Transport::Kept).unwrap();
+            assert_eq!(
+                get16(&buf, off + 20 + at - 40..off + 20 + at - 40 + 2),
+                before
+            );
+            let (off6, _) = v4_to_v6(&mut buf, (off, l), C6, N6, Transport::Kept).unwrap();
+            assert_eq!(get16(&buf, off6 + at..off6 + at + 2), before);
+        }
+        // UDP from IPv4 without a checksum gets one, kept or not.
+        let mut buf = v6_packet(false, b"hello", 0, 0, 64);
+        let (off, l) = v6_to_v4(&mut buf, (0, 53), SBOX, TASK, Transport::Patched).unwrap();
+        buf[off + 26..off + 28].copy_from_slice(&[0, 0]);
+        let (off6, l6) = v4_to_v6(&mut buf, (off, l), C6, N6, Transport::Kept).unwrap();
+        let p = etherparse::SlicedPacket::from_ip(&buf[off6..off6 + l6]).unwrap();
+        let (Some(etherparse::NetSlice::Ipv6(ip)), Some(TransportSlice::Udp(u))) =
+            (&p.net, &p.transport)
+        else {
+            panic!("not IPv6 UDP");
+        };
+        let want = u
+            .to_header()
+            .calc_checksum_ipv6(&ip.header().to_header(), u.payload())
+            .unwrap();
+        assert_eq!(u.checksum(), want);
     }
 
     #[test]

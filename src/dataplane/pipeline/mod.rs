@@ -102,8 +102,7 @@ impl<'a> FrameBuf<'a> {
     /// Makes the frame the `len` bytes at `off`, its Ethernet header the
     /// old one's addresses with `ethertype`: an IP header translated in
     /// place changed size (IPv4 and IPv6). The addresses are copied as one
-    /// 12-byte value (`copy_within` called `memmove`: some 60 instructions
-    /// an IPv6 packet).
+    /// 12-byte value: `copy_within` called `memmove`.
     #[inline(always)]
     pub(super) fn move_ethernet(
         &mut self,

@@ -26,8 +26,9 @@ use std::net::Ipv4Addr;
 ///
 /// Returns whether the transport checksum was summed anew (the `Full`
 /// mode, or a partial sum completed): then it is over the IPv4
-/// pseudo-header, which a reply to an IPv6 client must have patched when
-/// it becomes IPv6 (`xlat::Transport::Patched`).
+/// pseudo-header alone, and a reply to an IPv6 client needs it patched for
+/// the IPv6 one (`reply::summed_for_ipv6`), which the flow's deltas would
+/// otherwise have done (`deltas_of`).
 #[inline(always)]
 pub(super) fn nat(p: &mut [u8], rw: Rewrite, l4_checksum: L4Checksum) -> bool {
     if l4_checksum == L4Checksum::Incremental {
