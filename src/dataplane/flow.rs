@@ -693,27 +693,34 @@ impl FlowTable {
     /// made").
     pub fn insert(&mut self, flow: Flow, now: u32) -> Result<u32, InsertError> {
         let h = self.client_hash(&flow.key);
-        self.insert_hashed(flow, now, h)
+        self.insert_hashed(&flow, now, h)
     }
 
     /// `insert` with the key's hash from a preceding `lookup_client_hashed`.
     pub fn insert_hashed(
         &mut self,
-        mut flow: Flow,
+        flow: &Flow,
         now: u32,
         client_hash: u64,
     ) -> Result<u32, InsertError> {
         debug_assert_eq!(client_hash, self.client_hash(&flow.key));
+        let mut nat = (flow.preserve, flow.snat_port);
         if flow.preserve {
             debug_assert_eq!(Self::owner(flow.key.client_port, self.workers), self.worker);
-            flow.snat_port = flow.key.client_port;
             // The same client port to the same task through another
             // published port would share the reply key: that flow is
             // translated to the sandbox instead, rather than lost.
-            flow.preserve = self.lookup_snat(&Self::snat_key(&flow)).is_none();
+            let kept = Flow {
+                snat_port: flow.key.client_port,
+                ..*flow
+            };
+            nat = (
+                self.lookup_snat(&Self::snat_key(&kept)).is_none(),
+                kept.snat_port,
+            );
         }
-        if !flow.preserve {
-            flow.snat_port = self
+        if !nat.0 {
+            nat.1 = self
                 .alloc_port(
                     flow.key.protocol,
                     flow.task_addr,
@@ -725,17 +732,28 @@ impl FlowTable {
         }
         if self.len() >= self.capacity {
             let Some(victim) = self.eviction_candidate(now) else {
-                self.release_port(&flow);
+                self.release_nat(flow, nat);
                 return Err(InsertError::Full);
             };
             self.evicted = Some(self.remove(victim));
         }
         let Some(slot) = self.free.pop() else {
-            self.release_port(&flow);
+            self.release_nat(flow, nat);
             return Err(InsertError::Full);
         };
-        self.place(slot, flow, client_hash);
+        self.place(slot, flow, nat, client_hash);
         Ok(slot)
+    }
+
+    /// Gives back the SNAT port `insert_hashed` took for `flow` (with its
+    /// `(preserve, snat_port)` as chosen) when it could not place it.
+    #[cold]
+    fn release_nat(&mut self, flow: &Flow, (preserve, snat_port): (bool, u16)) {
+        self.release_port(&Flow {
+            preserve,
+            snat_port,
+            ..*flow
+        });
     }
 
     /// The flow the last insert evicted, if it evicted one: to be taken
@@ -748,16 +766,29 @@ impl FlowTable {
     /// Writes `flow` into the free `slot` and indexes it. (Not inlined
     /// into `insert_hashed` by hand: measured, the compiler's own choice
     /// costs fewer instructions per new flow.)
-    fn place(&mut self, slot: u32, flow: Flow, client_hash: u64) {
-        self.slab[slot as usize] = flow;
+    fn place(
+        &mut self,
+        slot: u32,
+        flow: &Flow,
+        (preserve, snat_port): (bool, u16),
+        client_hash: u64,
+    ) {
+        let f = &mut self.slab[slot as usize];
+        *f = *flow;
+        (f.preserve, f.snat_port) = (preserve, snat_port);
+        let sk = Self::snat_key(f);
         self.live[slot as usize] = true;
         self.high_water = self.high_water.max(slot as usize + 1);
         // The indexes were sized for `capacity` flows.
         self.by_client.insert(client_hash, slot);
-        let sh = self.snat_hash(&Self::snat_key(&flow));
+        let sh = self.snat_hash(&sk);
         self.by_snat.insert(sh, slot);
         if let Some(m) = &mut self.mirror {
-            m.put(slot, &flow, &self.client6[slot as usize]);
+            m.put(
+                slot,
+                &self.slab[slot as usize],
+                &self.client6[slot as usize],
+            );
         }
     }
 
@@ -808,7 +839,7 @@ impl FlowTable {
             self.release_port(&flow);
             return Err(RestoreError::Full);
         };
-        self.place(slot, flow, ch);
+        self.place(slot, &flow, (flow.preserve, flow.snat_port), ch);
         Ok(slot)
     }
 
@@ -1022,7 +1053,7 @@ pub(crate) mod tests {
                 key: k,
                 ..flow(40000, 1)
             };
-            let slot = t.insert_hashed(f, 0, h).unwrap();
+            let slot = t.insert_hashed(&f, 0, h).unwrap();
             t.set_client6(slot, addr);
             assert_eq!(t.client6(slot), addr);
             slots.push(slot);

@@ -529,7 +529,7 @@ pub(super) fn new_flow<'s, const V6: bool>(
     };
     let s = st
         .flows
-        .insert_hashed(flow, st.now, key_hash)
+        .insert_hashed(&flow, st.now, key_hash)
         .map_err(|e| match e {
             InsertError::Full => DropReason::FlowTableFull,
             InsertError::PortsExhausted => DropReason::SnatExhausted,
