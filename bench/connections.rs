@@ -244,21 +244,15 @@ fn phase(lab: &BenchLab, bins: &Bins, quick: bool, tr: Transport) -> Result<Valu
 /// (`/proc/net/stat/nf_conntrack`: hexadecimal, a line per CPU), among
 /// them `early_drop` (unreplied entries dropped to make room) and `drop`.
 fn conntrack(lab: &BenchLab) -> Value {
-    let count = lab
-        .exec(
-            &lab.dut,
-            &["sysctl", "-n", "net.netfilter.nf_conntrack_count"],
-        )
-        .ok()
-        .and_then(|c| c.trim().parse::<u64>().ok());
-    let max = lab
-        .exec(
-            &lab.dut,
-            &["sysctl", "-n", "net.netfilter.nf_conntrack_max"],
-        )
-        .ok()
-        .and_then(|c| c.trim().parse::<u64>().ok());
-    let mut v = json!({ "entries_now": count, "max": max });
+    let sysctl = |name: &str| {
+        lab.exec(&lab.dut, &["sysctl", "-n", name])
+            .ok()
+            .and_then(|c| c.trim().parse::<u64>().ok())
+    };
+    let mut v = json!({
+        "entries_now": sysctl("net.netfilter.nf_conntrack_count"),
+        "max": sysctl("net.netfilter.nf_conntrack_max"),
+    });
     if let Ok(text) = lab.exec(&lab.dut, &["cat", "/proc/net/stat/nf_conntrack"]) {
         for (name, n) in conntrack_stats(&text) {
             if ["insert_failed", "drop", "early_drop"].contains(&name.as_str()) {

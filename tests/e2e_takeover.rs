@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Meshgate, default_lab, target, task_of};
+use common::{Meshgate, default_lab, poll, target, task_of};
 use meshgate::dataplane::{handover, journal};
 use meshgate_testkit::lab::{self, Lab};
 
@@ -363,17 +363,18 @@ fn a_takeover_that_fails_after_the_handover_ends_in_a_restart_not_a_black_hole()
         .replace("[node]\n", "[node]\nxdp_mode = \"generic\"\n");
     let (ok, said) = run_beside(&lab, &mg, &generic, &["--takeover"]);
     assert!(!ok, "the new one started: {said}");
-    let st = loop {
-        if let Some(st) = mg.child.as_mut().unwrap().try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "the old meshgate still runs 10 s after a failed takeover:\n{}\nthe new one: {said}",
-            mg.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut child = mg.child.take().unwrap();
+    let st = poll(
+        Duration::from_secs(10),
+        || child.try_wait().unwrap(),
+        || {
+            format!(
+                "the old meshgate still runs 10 s after a failed takeover:\n{}\nthe new one: {said}",
+                mg.log()
+            )
+        },
+    );
+    mg.child = Some(child);
     let log = mg.log();
     eprintln!(
         "the old meshgate exited {:?} after the request",

@@ -10,6 +10,19 @@ use crate::lab::{self, Lab};
 
 pub mod swarm;
 
+/// Polls `f` every 20 ms until it yields a value; fails after `limit`
+/// with `why()` (what was awaited, and the log to read).
+pub fn poll<T>(limit: Duration, mut f: impl FnMut() -> Option<T>, why: impl Fn() -> String) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < limit, "{}", why());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The `meshgate` binary cargo built for the tests that run now: beside
 /// their own binary's `deps/` directory.
 pub fn meshgate_bin() -> PathBuf {
@@ -251,18 +264,16 @@ impl Meshgate {
         );
         next.wait_for(&["took over from", "forwarding on"]);
         let mut child = self.child.take().unwrap();
-        let t0 = Instant::now();
-        let st = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the old meshgate did not exit within 10 s of the takeover:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let st = poll(
+            Duration::from_secs(10),
+            || child.try_wait().unwrap(),
+            || {
+                format!(
+                    "the old meshgate did not exit within 10 s of the takeover:\n{}",
+                    self.log()
+                )
+            },
+        );
         let log = self.log();
         assert!(st.success(), "the old meshgate failed ({st}):\n{log}");
         self.owns_dir = false;
@@ -345,23 +356,22 @@ impl Meshgate {
     /// control thread's writes (with `control.stats_interval` set low;
     /// the default writes every 5 s), and fails after 10 s with the log.
     pub fn settled_stats(&self) -> serde_json::Value {
-        let t0 = Instant::now();
         let after = std::time::SystemTime::now() + Duration::from_millis(350);
-        loop {
-            let written = std::fs::metadata(&self.stats).and_then(|m| m.modified());
-            if written.as_ref().is_ok_and(|w| *w > after) {
-                let v = self.stats_json();
-                if !v.is_null() {
-                    return v;
-                }
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "meshgate wrote no statistics for 10 s ({written:?}):\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let written = || std::fs::metadata(&self.stats).and_then(|m| m.modified());
+        poll(
+            Duration::from_secs(10),
+            || {
+                let fresh = written().is_ok_and(|w| w > after);
+                Some(self.stats_json()).filter(|v| fresh && !v.is_null())
+            },
+            || {
+                format!(
+                    "meshgate wrote no statistics for 10 s ({:?}):\n{}",
+                    written(),
+                    self.log()
+                )
+            },
+        )
     }
 
     /// The last statistics meshgate wrote.

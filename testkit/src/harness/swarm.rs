@@ -33,18 +33,13 @@ impl Mg {
         let mut args = args.to_vec();
         args.push("--takeover");
         let next = Self::start_as(lab, ns, &args, "-next", "took over from");
-        let t0 = Instant::now();
-        let st = loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                break st;
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "the old meshgate did not exit:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (child, stdout) = (&mut self.child, &self.stdout);
+        let log = || std::fs::read_to_string(stdout).unwrap_or_default();
+        let st = super::poll(
+            Duration::from_secs(10),
+            || child.try_wait().unwrap(),
+            || format!("the old meshgate did not exit:\n{}", log()),
+        );
         assert!(st.success(), "{st}:\n{}", self.log());
         next
     }
