@@ -632,6 +632,7 @@ impl FlowTable {
     /// by the flow's hash (so that clients using the same few ports do not
     /// pile up in one dense range). `None` only when every port this worker
     /// owns is in use for that destination.
+    #[inline(always)]
     fn alloc_port(
         &mut self,
         protocol: u8,
@@ -697,6 +698,11 @@ impl FlowTable {
     }
 
     /// `insert` with the key's hash from a preceding `lookup_client_hashed`.
+    ///
+    /// The common case, a flow translated to the sandbox's address with a
+    /// free slot, is the short path; a flow that keeps its client's address
+    /// and a full table go out of line, so that the short path keeps its
+    /// values in registers (bench/README.md, "Choices the counts made").
     pub fn insert_hashed(
         &mut self,
         flow: &Flow,
@@ -704,45 +710,86 @@ impl FlowTable {
         client_hash: u64,
     ) -> Result<u32, InsertError> {
         debug_assert_eq!(client_hash, self.client_hash(&flow.key));
-        let mut nat = (flow.preserve, flow.snat_port);
         if flow.preserve {
-            debug_assert_eq!(Self::owner(flow.key.client_port, self.workers), self.worker);
-            // The same client port to the same task through another
-            // published port would share the reply key: that flow is
-            // translated to the sandbox instead, rather than lost.
-            let kept = Flow {
-                snat_port: flow.key.client_port,
-                ..*flow
-            };
-            nat = (
-                self.lookup_snat(&Self::snat_key(&kept)).is_none(),
-                kept.snat_port,
-            );
+            return self.insert_preserving(flow, now, client_hash);
         }
-        if !nat.0 {
-            nat.1 = self
-                .alloc_port(
-                    flow.key.protocol,
-                    flow.task_addr,
-                    flow.target,
-                    flow.key.client_port,
-                    flow.hash,
-                )
-                .ok_or(InsertError::PortsExhausted)?;
+        let snat_port = self
+            .alloc_port(
+                flow.key.protocol,
+                flow.task_addr,
+                flow.target,
+                flow.key.client_port,
+                flow.hash,
+            )
+            .ok_or(InsertError::PortsExhausted)?;
+        self.place_new(flow, (false, snat_port), now, client_hash)
+    }
+
+    /// [`Self::insert_hashed`] of a flow that keeps its client's address
+    /// (its client port is its "SNAT port").
+    #[cold]
+    #[inline(never)]
+    fn insert_preserving(
+        &mut self,
+        flow: &Flow,
+        now: u32,
+        client_hash: u64,
+    ) -> Result<u32, InsertError> {
+        debug_assert_eq!(Self::owner(flow.key.client_port, self.workers), self.worker);
+        // The same client port to the same task through another
+        // published port would share the reply key: that flow is
+        // translated to the sandbox instead, rather than lost.
+        let kept = Flow {
+            snat_port: flow.key.client_port,
+            ..*flow
+        };
+        if self.lookup_snat(&Self::snat_key(&kept)).is_none() {
+            return self.place_new(flow, (true, kept.snat_port), now, client_hash);
         }
-        if self.len() >= self.capacity {
-            let Some(victim) = self.eviction_candidate(now) else {
-                self.release_nat(flow, nat);
-                return Err(InsertError::Full);
-            };
-            self.evicted = Some(self.remove(victim));
-        }
-        let Some(slot) = self.free.pop() else {
-            self.release_nat(flow, nat);
-            return Err(InsertError::Full);
+        let snat_port = self
+            .alloc_port(
+                flow.key.protocol,
+                flow.task_addr,
+                flow.target,
+                flow.key.client_port,
+                flow.hash,
+            )
+            .ok_or(InsertError::PortsExhausted)?;
+        self.place_new(flow, (false, snat_port), now, client_hash)
+    }
+
+    /// Places a new flow with its NAT as chosen in a free slot, evicting a
+    /// flow when there is none; gives the port back when it cannot.
+    #[inline(always)]
+    fn place_new(
+        &mut self,
+        flow: &Flow,
+        nat: (bool, u16),
+        now: u32,
+        client_hash: u64,
+    ) -> Result<u32, InsertError> {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => self.make_room(flow, nat, now)?,
         };
         self.place(slot, flow, nat, client_hash);
         Ok(slot)
+    }
+
+    /// A slot for a new flow in a full table: a flow evicted (the best
+    /// candidate among a sample of slots, see [`Self::insert`]), or the
+    /// flow's port given back and `Full`.
+    #[cold]
+    #[inline(never)]
+    fn make_room(&mut self, flow: &Flow, nat: (bool, u16), now: u32) -> Result<u32, InsertError> {
+        if let Some(victim) = self.eviction_candidate(now) {
+            self.evicted = Some(self.remove(victim));
+            if let Some(slot) = self.free.pop() {
+                return Ok(slot);
+            }
+        }
+        self.release_nat(flow, nat);
+        Err(InsertError::Full)
     }
 
     /// Gives back the SNAT port `insert_hashed` took for `flow` (with its
@@ -766,6 +813,7 @@ impl FlowTable {
     /// Writes `flow` into the free `slot` and indexes it. (Not inlined
     /// into `insert_hashed` by hand: measured, the compiler's own choice
     /// costs fewer instructions per new flow.)
+    #[inline(always)]
     fn place(
         &mut self,
         slot: u32,
