@@ -345,12 +345,22 @@ fn dest(protocol: u8, task: Ipv4Addr, target: u16) -> u64 {
 
 /// The port bitmaps of the destinations this worker has flows to, found
 /// through an [`Index`] by the packed destination's keyed hash (the
-/// hashbrown map it replaced hashed the three fields one by one).
+/// hashbrown map it replaced hashed the three fields one by one), and
+/// first through `recent`: the destination last found for a flow's task,
+/// by the task's number in the snapshot (a hint, checked against the key:
+/// a task's other target port or a renumbered task only misses).
 #[derive(Debug)]
 struct DestPorts {
     dests: Vec<(u64, PortBits)>,
     index: Index,
+    /// Per task number modulo its length: a destination's index plus one,
+    /// or 0.
+    recent: [u32; RECENT],
 }
+
+/// Entries of [`DestPorts::recent`]: a snapshot's tasks up to this many
+/// each have their own.
+const RECENT: usize = 64;
 
 /// Destinations the index is first made for; it doubles when full.
 const DESTS_FIRST: usize = 64;
@@ -360,25 +370,39 @@ impl DestPorts {
         DestPorts {
             dests: Vec::new(),
             index: Index::with_capacity(DESTS_FIRST),
+            recent: [0; RECENT],
         }
     }
 
+    /// The destination `key` of a flow to task number `task`: the recent
+    /// one of that task when it is `key`'s, else found by its hash (and
+    /// made the task's recent one).
     #[inline(always)]
-    fn find(&self, key: u64, hk: HashKey) -> Option<u32> {
-        self.index
-            .find(hk.hash(key), |i| self.dests[i as usize].0 == key)
+    fn find_recent(&mut self, key: u64, task: u32, hk: HashKey) -> Option<u32> {
+        let r = &mut self.recent[task as usize % RECENT];
+        let i = r.wrapping_sub(1);
+        if self.dests.get(i as usize).is_some_and(|d| d.0 == key) {
+            return Some(i);
+        }
+        let i = self
+            .index
+            .find(hk.hash(key), |i| self.dests[i as usize].0 == key)?;
+        *r = i + 1;
+        Some(i)
     }
 
+    /// The bitmap of `key`, a destination of task number `task`.
     #[inline(always)]
-    fn get_mut(&mut self, key: u64, hk: HashKey) -> Option<&mut PortBits> {
-        let i = self.find(key, hk)?;
+    fn get_mut(&mut self, key: u64, task: u32, hk: HashKey) -> Option<&mut PortBits> {
+        let i = self.find_recent(key, task, hk)?;
         Some(&mut self.dests[i as usize].1)
     }
 
-    /// The bitmap of `key`, made (for `count` ports) if it has none.
+    /// The bitmap of `key`, a destination of task number `task`, made
+    /// (for `count` ports) if it has none.
     #[inline(always)]
-    fn get_or_add(&mut self, key: u64, hk: HashKey, count: u32) -> &mut PortBits {
-        let i = match self.find(key, hk) {
+    fn get_or_add(&mut self, key: u64, task: u32, hk: HashKey, count: u32) -> &mut PortBits {
+        let i = match self.find_recent(key, task, hk) {
             Some(i) => i,
             None => self.add(key, hk, count),
         };
@@ -406,6 +430,7 @@ impl DestPorts {
     }
 
     fn reindex(&mut self, hk: HashKey, max: usize) {
+        self.recent = [0; RECENT];
         self.index = Index::with_capacity(max);
         for (i, (key, _)) in self.dests.iter().enumerate() {
             self.index.insert(hk.hash(*key), i as u32);
@@ -633,23 +658,18 @@ impl FlowTable {
     /// pile up in one dense range). `None` only when every port this worker
     /// owns is in use for that destination.
     #[inline(always)]
-    fn alloc_port(
-        &mut self,
-        protocol: u8,
-        task: Ipv4Addr,
-        target: u16,
-        client_port: u16,
-        hash: u32,
-    ) -> Option<u16> {
+    fn alloc_port(&mut self, flow: &Flow) -> Option<u16> {
+        let (protocol, task, target) = (flow.key.protocol, flow.task_addr, flow.target);
+        let (client_port, hash) = (flow.key.client_port, flow.hash);
         let (first, count) = self.owned_ports();
         let n = u32::from(self.workers);
         // First flow to a destination: its bitmap (up to 8 KiB) is the one
         // allocation of a new flow, once per destination; emptied ones are
         // freed by `prune_ports`, off the fast path.
         let key = self.keys[2];
-        let bits = self
-            .in_use
-            .get_or_add(dest(protocol, task, target), key, count);
+        let bits =
+            self.in_use
+                .get_or_add(dest(protocol, task, target), flow.task_index, key, count);
         let cp = u32::from(client_port);
         if cp >= first && (cp - first) % n == 0 && (cp - first) / n < count {
             let i = (cp - first) / n;
@@ -672,7 +692,7 @@ impl FlowTable {
         let n = u32::from(self.workers);
         let p = u32::from(f.snat_port);
         let key = dest(f.key.protocol, f.task_addr, f.target);
-        if let Some(bits) = self.in_use.get_mut(key, self.keys[2]) {
+        if let Some(bits) = self.in_use.get_mut(key, f.task_index, self.keys[2]) {
             if p >= first && (p - first) % n == 0 && (p - first) / n < count {
                 bits.set((p - first) / n, false);
             }
@@ -713,15 +733,7 @@ impl FlowTable {
         if flow.preserve {
             return self.insert_preserving(flow, now, client_hash);
         }
-        let snat_port = self
-            .alloc_port(
-                flow.key.protocol,
-                flow.task_addr,
-                flow.target,
-                flow.key.client_port,
-                flow.hash,
-            )
-            .ok_or(InsertError::PortsExhausted)?;
+        let snat_port = self.alloc_port(flow).ok_or(InsertError::PortsExhausted)?;
         self.place_new(flow, (false, snat_port), now, client_hash)
     }
 
@@ -746,15 +758,7 @@ impl FlowTable {
         if self.lookup_snat(&Self::snat_key(&kept)).is_none() {
             return self.place_new(flow, (true, kept.snat_port), now, client_hash);
         }
-        let snat_port = self
-            .alloc_port(
-                flow.key.protocol,
-                flow.task_addr,
-                flow.target,
-                flow.key.client_port,
-                flow.hash,
-            )
-            .ok_or(InsertError::PortsExhausted)?;
+        let snat_port = self.alloc_port(flow).ok_or(InsertError::PortsExhausted)?;
         self.place_new(flow, (false, snat_port), now, client_hash)
     }
 
@@ -876,7 +880,9 @@ impl FlowTable {
                 return Err(RestoreError::NotOwned);
             }
             let key = dest(flow.key.protocol, flow.task_addr, flow.target);
-            let bits = self.in_use.get_or_add(key, self.keys[2], count);
+            let bits = self
+                .in_use
+                .get_or_add(key, flow.task_index, self.keys[2], count);
             let i = (p - first) / n;
             if bits.get(i) {
                 return Err(RestoreError::Duplicate);
@@ -1275,6 +1281,50 @@ pub(crate) mod tests {
                 t.remove(s2);
             }
         }
+    }
+
+    /// A task number's recent destination is a hint: two target ports of
+    /// one task, tasks whose numbers share an entry and a task renumbered
+    /// by a new snapshot each keep their own destination's ports, taken
+    /// and given back.
+    #[test]
+    fn a_task_numbers_recent_destination_is_only_a_hint() {
+        let mut t = FlowTable::new(64, 0, 1, (1024, 65535));
+        // (task, target port, task number), in an order where each insert
+        // finds another destination recent for its number.
+        let dests = [
+            (1u8, 80u16, 0u32),
+            (1, 81, 0),
+            (2, 80, RECENT as u32),
+            (3, 80, 0),
+            (2, 80, 5),
+        ];
+        let mut slots = Vec::new();
+        let mut taken = std::collections::HashSet::new();
+        for round in 0..3u8 {
+            for (i, &(task, target, number)) in dests.iter().enumerate() {
+                let mut f = flow(7000, task);
+                f.key.client = Ipv4Addr::new(198, 18, 1 + round, i as u8);
+                (f.target, f.task_index) = (target, number);
+                let s = t.insert(f, 0).unwrap();
+                let g = t.get(s);
+                assert!(taken.insert((g.task_addr, g.target, g.snat_port)));
+                // A destination's first flow keeps the client's port: its
+                // bitmap was its own, not another's found by the hint.
+                if round == 0 && i < 4 {
+                    assert_eq!(g.snat_port, 7000, "{:?}", dests[i]);
+                }
+                slots.push(s);
+            }
+        }
+        assert_eq!(t.in_use.dests.len(), 4);
+        for s in slots {
+            t.remove(s);
+        }
+        // Every port went back to its own bitmap.
+        assert!(t.in_use.dests.iter().all(|d| d.1.used == 0));
+        t.prune_ports();
+        assert!(t.in_use.dests.is_empty());
     }
 
     #[test]
