@@ -98,8 +98,23 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
         .flags
         .is_some_and(|fl| fl & (tcp::flags::SYN | tcp::flags::ACK) == tcp::flags::SYN);
     let key_hash = st.flows.client_hash(&key);
-    let (slot, task) = match known_flow::<V6>(snap, st, &key, key_hash, is_syn, port, c6) {
-        Known::Flow(s, task) => (s, task),
+    let (rw, hash, ti, task) = match known_flow::<V6>(snap, st, &key, key_hash, is_syn, port, c6) {
+        Known::Flow(slot, task) => {
+            let now = st.now;
+            let flow = st.flows.get_mut(slot);
+            flow.last_seen = now;
+            if let Some(fl) = l4.flags {
+                if let Some(to_active) = tcp_transition(flow, fl, false) {
+                    move_shared(task, to_active);
+                }
+            }
+            (
+                Rewrite::to_task(flow, id.overlay_addr),
+                flow.hash,
+                flow.task_index,
+                task,
+            )
+        }
         Known::Elsewhere(w) => {
             if SPLIT {
                 fragment::enter(st, Route::Worker(w));
@@ -119,6 +134,8 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
                 // evicted flow learn it at once.
                 return send_reset::<V6>(snap, st, f, DropReason::TcpNoFlow, c6);
             }
+            // A new flow's first packet: `new_flow` stamped it seen, and
+            // the state it begins in is the one its first packet gives.
             match start_flow::<V6>(snap, st, f, (key, key_hash), port, l4, c6) {
                 Ok(v) => v,
                 Err(DropReason::NoTask) => return refuse::<V6>(snap, st, f, port, total, c6),
@@ -126,22 +143,7 @@ pub(super) fn forward<const V6: bool, const SPLIT: bool>(
             }
         }
     };
-
-    let now = st.now;
-    let flow = st.flows.get_mut(slot);
-    flow.last_seen = now;
-    if let Some(fl) = l4.flags {
-        if let Some(to_active) = tcp_transition(flow, fl, false) {
-            move_shared(task, to_active);
-        }
-    }
-    let (rw, hash, ti) = (
-        Rewrite::to_task(flow, id.overlay_addr),
-        flow.hash,
-        flow.task_index,
-    );
     if SPLIT {
-        let key = flow.key;
         return fragment::first_to_task::<V6>(snap, st, f, (task, key), (ti, hash, total), rw);
     }
     if task.local {
@@ -187,7 +189,7 @@ fn start_flow<'s, const V6: bool>(
     port: PortEntry,
     l4: L4,
     c6: &[u8; 16],
-) -> Result<(u32, &'s TaskEntry), DropReason> {
+) -> Result<(Rewrite, u32, u32, &'s TaskEntry), DropReason> {
     // An IPv6 client's replies go back to the neighbour its packets came
     // from: the kernel's IPv4 neighbour table knows nothing of it.
     let mac6 = if V6 {
@@ -200,7 +202,27 @@ fn start_flow<'s, const V6: bool>(
     } else {
         0
     };
-    new_flow::<V6>(snap, st, key, port, client_next, c6, mac6)
+    if V6 {
+        new_flow6(snap, st, key, port, client_next, c6, mac6)
+    } else {
+        new_flow::<false>(snap, st, key, port, client_next, c6, mac6)
+    }
+}
+
+/// [`new_flow`] of an IPv6 client, out of line: inlined, it cost an IPv6
+/// client's established packets instructions (bench/README.md, "IPv6
+/// clients").
+#[inline(never)]
+fn new_flow6<'s>(
+    snap: &'s Snapshot,
+    st: &mut State,
+    key: (ClientKey, u64),
+    port: PortEntry,
+    client_next: u32,
+    c6: &[u8; 16],
+    mac6: [u8; 6],
+) -> Result<(Rewrite, u32, u32, &'s TaskEntry), DropReason> {
+    new_flow::<true>(snap, st, key, port, client_next, c6, mac6)
 }
 
 /// Translates a client's packet (by `rw`, its transport checksum in
@@ -474,8 +496,10 @@ fn outlier_detection(snap: &Snapshot, task: &TaskEntry) -> bool {
 }
 
 /// Schedules a new flow for `key` to one of the service's tasks and
-/// enters it in the flow table (which picks its SNAT port); returns its
-/// slot and the task.
+/// enters it in the flow table (which picks its SNAT port); returns what
+/// its first packet is sent with: the translation, the flow's hash, the
+/// task's number and the task. (Returned rather than read back from the
+/// slot by `forward`: bench/README.md, "Choices the counts made".)
 #[inline(always)]
 pub(super) fn new_flow<'s, const V6: bool>(
     snap: &'s Snapshot,
@@ -485,7 +509,7 @@ pub(super) fn new_flow<'s, const V6: bool>(
     client_next: u32,
     c6: &[u8; 16],
     mac6: [u8; 6],
-) -> Result<(u32, &'s TaskEntry), DropReason> {
+) -> Result<(Rewrite, u32, u32, &'s TaskEntry), DropReason> {
     let id = &snap.identity;
     let svc = &snap.services[port.service as usize];
     let hash = if V6 {
@@ -552,11 +576,12 @@ pub(super) fn new_flow<'s, const V6: bool>(
         (task.addr, port.target),
         c6,
     );
+    let rw = Rewrite::to_task(fl, id.overlay_addr);
     task.shared.created.fetch_add(1, Ordering::Relaxed);
     task.shared.inactive.fetch_add(1, Ordering::Release);
     st.events.flows_created += 1;
     st.tasks[ti as usize].flows += 1;
-    Ok((s, task))
+    Ok((rw, hash, ti, task))
 }
 
 /// Writes the task's outer headers (VXLAN) into `out`, the headroom in
