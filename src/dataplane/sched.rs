@@ -240,6 +240,7 @@ mod tests {
                     }),
                     local: false,
                     preserve: false,
+                    node_to_task: 0,
                     shared: Arc::new(TaskShared::default()),
                 }
             })

@@ -19,7 +19,7 @@ use super::desc::{
 };
 use super::health::TaskHealth;
 use super::sched::SchedTable;
-use crate::wire::{MacAddr, ethernet, ipv4, udp, vxlan};
+use crate::wire::{MacAddr, checksum, ethernet, ipv4, udp, vxlan};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -185,6 +185,11 @@ pub struct TaskEntry {
     pub local: bool,
     /// New flows of a preserving service keep the client's address.
     pub preserve: bool,
+    /// The node's address changed to the task's
+    /// (`wire::checksum::addr_change_ne`): the half of a flow's address
+    /// delta that every flow to the task shares, summed once here rather
+    /// than per new flow (`pipeline::nat::flow_deltas`).
+    pub node_to_task: u32,
     pub shared: Arc<TaskShared>,
 }
 
@@ -577,6 +582,7 @@ impl Snapshot {
                     outer,
                     local,
                     preserve: s.client_ip == ClientIp::Preserve && t.return_path,
+                    node_to_task: checksum::addr_change_ne(cfg.node_addr, t.address),
                     shared: tshared,
                 });
             }

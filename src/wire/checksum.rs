@@ -146,6 +146,21 @@ fn addr6_sum<const NEG: bool>(a: &[u8; 16]) -> u64 {
     w(0) + w(4) + w(8) + w(12)
 }
 
+/// The change of an IPv4 address from `old` to `new` as RFC 1624 sums it
+/// (`!old + new` over its two 16-bit words), in the wire's byte order
+/// (`get16_ne`) and unfolded: at most 0x3fffc, so that a few such sums
+/// add up in 32 bits before one fold.
+#[inline(always)]
+pub fn addr_change_ne(old: Ipv4Addr, new: Ipv4Addr) -> u32 {
+    let a = |x: Ipv4Addr| {
+        let v = u32::from_ne_bytes(x.octets());
+        (v >> 16) + (v & 0xffff)
+    };
+    // `!w` of a 16-bit word is 0xffff - w: an old address counts
+    // 0x1fffe - its words' sum.
+    0x1fffe - a(old) + a(new)
+}
+
 /// [`addr6_sum`] of an IPv4 address.
 #[inline(always)]
 fn addr4_sum<const NEG: bool>(a: Ipv4Addr) -> u64 {
@@ -331,6 +346,16 @@ mod tests {
     }
 
     proptest! {
+        /// An address's change summed in the wire's byte order is
+        /// `Delta`'s, swapped.
+        #[test]
+        fn address_change_is_deltas(a in any::<u32>(), b in any::<u32>()) {
+            let (a, b) = (Ipv4Addr::from(a), Ipv4Addr::from(b));
+            let mut d = Delta::new();
+            d.addr(a, b);
+            prop_assert_eq!(fold(u64::from(addr_change_ne(a, b))), d.folded().to_be());
+        }
+
         /// The byte-order-free fast sum is the sum of big-endian words.
         #[test]
         fn fast_header_sum_is_the_sum(h in any::<[u8; 20]>()) {

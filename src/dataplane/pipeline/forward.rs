@@ -573,7 +573,7 @@ pub(super) fn new_flow<'s, const V6: bool>(
         id,
         &key,
         (fl.preserve, fl.snat_port),
-        (task.addr, port.target),
+        (task.node_to_task, port.target),
         c6,
     );
     let rw = Rewrite::to_task(fl, id.overlay_addr);

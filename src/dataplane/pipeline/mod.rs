@@ -619,7 +619,7 @@ fn record_flow(
         &snap.identity,
         &key,
         (r.preserve, r.snat_port),
-        (task.addr, r.target),
+        (task.node_to_task, r.target),
         c6.as_ref().map_or(&[0; 16], |(a, _)| a),
     );
     flow

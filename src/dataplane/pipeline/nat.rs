@@ -206,26 +206,24 @@ pub(super) const TTL_DECREMENT_NE: u16 = checksum::TTL_DECREMENT.to_be();
 /// general fold, then two swaps, cost each new flow more (bench/README.md,
 /// "Choices the counts made"). `flow_deltas_agree` checks the two against
 /// each other.
+///
+/// The node's address changing to the task's comes summed
+/// (`node_to_task`, [`checksum::addr_change_ne`]): the snapshot sums it
+/// once per task.
 #[inline(always)]
 pub(super) fn flow_deltas(
     (client, client_port): (Ipv4Addr, u16),
-    (node, published): (Ipv4Addr, u16),
+    (node_to_task, published): (u32, u16),
     (overlay, snat): (Ipv4Addr, u16),
-    (task, target): (Ipv4Addr, u16),
+    target: u16,
 ) -> (u16, u16) {
-    // An address's two words as they lie in memory, summed; `!w` of a
-    // 16-bit word is 0xffff - w, so an old address counts 0x1fffe - sum.
-    let a = |x: Ipv4Addr| {
-        let v = u32::from_ne_bytes(x.octets());
-        (v >> 16) + (v & 0xffff)
-    };
     let p = |x: u16| u32::from(x.to_be());
     // At most 5 * 0xffff: two end-around carries bring it to 16 bits.
     let fold = |s: u32| {
         let s = (s & 0xffff) + (s >> 16);
         ((s & 0xffff) + (s >> 16)) as u16
     };
-    let addrs = fold(0x1fffe - a(client) + a(overlay) + 0x1fffe - a(node) + a(task));
+    let addrs = fold(checksum::addr_change_ne(client, overlay) + node_to_task);
     let l4 = fold(
         u32::from(addrs) + 0xffff - p(client_port) + p(snat) + 0xffff - p(published) + p(target),
     );
@@ -248,7 +246,7 @@ pub(super) fn deltas_of(
     id: &Identity,
     key: &ClientKey,
     (preserve, snat_port): (bool, u16),
-    task: (Ipv4Addr, u16),
+    (node_to_task, target): (u32, u16),
     c6: &[u8; 16],
 ) -> (u16, u16) {
     let source = if preserve {
@@ -258,9 +256,9 @@ pub(super) fn deltas_of(
     };
     let (addrs, l4) = flow_deltas(
         (key.client, key.client_port),
-        (id.node_addr, key.published),
+        (node_to_task, key.published),
         (source, snat_port),
-        task,
+        target,
     );
     if !key.v6 {
         return (addrs, l4);
@@ -281,7 +279,7 @@ mod deltas_tests {
     fn identity_deltas_are_minus_zero() {
         let (a, b) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(
-            flow_deltas((a, 1), (b, 2), (a, 1), (b, 2)),
+            flow_deltas((a, 1), (checksum::addr_change_ne(b, b), 2), (a, 1), 2),
             (0xffff, 0xffff)
         );
     }
@@ -301,7 +299,12 @@ mod deltas_tests {
             d.word(ports[0], ports[2]).word(ports[1], ports[3]);
             let want = (addrs.to_be(), d.folded().to_be());
             prop_assert_eq!(
-                flow_deltas((ip(0), ports[0]), (ip(1), ports[1]), (ip(2), ports[2]), (ip(3), ports[3])),
+                flow_deltas(
+                    (ip(0), ports[0]),
+                    (checksum::addr_change_ne(ip(1), ip(3)), ports[1]),
+                    (ip(2), ports[2]),
+                    ports[3],
+                ),
                 want
             );
         }
