@@ -50,10 +50,8 @@ pub(super) fn forward6(
     if r.dst != node6 {
         return Err(DropReason::NotForUs);
     }
+    // Any other protocol is `UnsupportedProtocol` from `parse_l4`.
     let proto = r.next_header;
-    if proto != protocol::TCP && proto != protocol::UDP {
-        return Err(DropReason::UnsupportedProtocol);
-    }
     let payload = usize::from(r.payload_len);
     // Drop Ethernet padding: the frame is exactly its packet from here on.
     f.len = ETH + ipv6::HEADER_LEN + payload;
