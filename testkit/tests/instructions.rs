@@ -4,8 +4,8 @@
 //! `bench/run` counts them with: `bench/callgrind.rs`), which do not
 //! depend on the machine's load as timings do, nor on the flow tables'
 //! random seed (the harness fixes it). The budgets are today's
-//! counts (463, 622, 782 with IPv6 clients' 691 and 798 on 2026-12-07;
-//! 463, 622, 837 at the end of 2026-12-06; 464, 621, 843 that
+//! counts (463, 622, 782 with IPv6 clients' 691 and 798, late on 2026-12-06;
+//! 463, 622, 837 earlier that day; 464, 621, 843 that
 //! day after the flow table's own indexes and hash keys; 459, 650, 905 earlier that day with passive health, whose cost
 //! bench/README.md records; 472, 642, 896 on 2026-12-02, after issue 17's work; 475, 670
 //! and 950 at the change of method, where the same code read 482, 678 and
