@@ -814,9 +814,10 @@ impl FlowTable {
         self.evicted.take().map(Evicted)
     }
 
-    /// Writes `flow` into the free `slot` and indexes it. (Not inlined
-    /// into `insert_hashed` by hand: measured, the compiler's own choice
-    /// costs fewer instructions per new flow.)
+    /// Writes `flow` into the free `slot` and indexes it. Always inlined,
+    /// as `alloc_port` is: with the short path, the preserving insert and
+    /// `restore` calling them, the compiler left both out of line, at 42
+    /// more per new flow (bench/README.md, "Choices the counts made").
     #[inline(always)]
     fn place(
         &mut self,

@@ -210,8 +210,8 @@ fn start_flow<'s, const V6: bool>(
 }
 
 /// [`new_flow`] of an IPv6 client, out of line: inlined, it cost an IPv6
-/// client's established packets instructions (bench/README.md, "IPv6
-/// clients").
+/// client's established segments instructions (bench/README.md, "Choices
+/// the counts made").
 #[inline(never)]
 fn new_flow6<'s>(
     snap: &'s Snapshot,
