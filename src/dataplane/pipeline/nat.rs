@@ -197,33 +197,31 @@ pub(super) fn fill_l4_checksum(seg: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, pro
 pub(super) const TTL_DECREMENT_NE: u16 = checksum::TTL_DECREMENT.to_be();
 
 /// The checksum deltas of a flow's forward translation: the packet from
-/// `client` to `published` (addresses and ports) leaves from `snat` to
-/// `task`. In the wire's byte order ([`get16_ne`]), as the flow stores
-/// them.
+/// the client's port to the published port leaves from the SNAT port to
+/// the target port, its addresses changed by `addrs` (the unfolded sum of
+/// each address's change, [`checksum::addr_change_ne`]). In the wire's
+/// byte order ([`get16_ne`]), as the flow stores them.
 ///
 /// Summed in the wire's byte order directly, in 32 bits with two folds
 /// (the sums are bounded): [`checksum::Delta`]'s 64-bit accumulator and
 /// general fold, then two swaps, cost each new flow more (bench/README.md,
 /// "Choices the counts made"). `flow_deltas_agree` checks the two against
 /// each other.
-///
-/// The node's address changing to the task's comes summed
-/// (`node_to_task`, [`checksum::addr_change_ne`]): the snapshot sums it
-/// once per task.
 #[inline(always)]
 pub(super) fn flow_deltas(
-    (client, client_port): (Ipv4Addr, u16),
-    (node_to_task, published): (u32, u16),
-    (overlay, snat): (Ipv4Addr, u16),
-    target: u16,
+    addrs: u32,
+    (client_port, snat): (u16, u16),
+    (published, target): (u16, u16),
 ) -> (u16, u16) {
     let p = |x: u16| u32::from(x.to_be());
-    // At most 5 * 0xffff: two end-around carries bring it to 16 bits.
+    // Two end-around carries bring any 32-bit sum to 16 bits (two
+    // addresses' changes are at most 0x7fff8; a folded sum and four port
+    // words at most 5 * 0xffff).
     let fold = |s: u32| {
         let s = (s & 0xffff) + (s >> 16);
         ((s & 0xffff) + (s >> 16)) as u16
     };
-    let addrs = fold(checksum::addr_change_ne(client, overlay) + node_to_task);
+    let addrs = fold(addrs);
     let l4 = fold(
         u32::from(addrs) + 0xffff - p(client_port) + p(snat) + 0xffff - p(published) + p(target),
     );
@@ -254,11 +252,12 @@ pub(super) fn deltas_of(
     } else {
         id.overlay_addr
     };
+    // The node's address changing to the task's comes summed once per
+    // task by the snapshot (`TaskEntry::node_to_task`).
     let (addrs, l4) = flow_deltas(
-        (key.client, key.client_port),
-        (node_to_task, key.published),
-        (source, snat_port),
-        target,
+        checksum::addr_change_ne(key.client, source) + node_to_task,
+        (key.client_port, snat_port),
+        (key.published, target),
     );
     if !key.v6 {
         return (addrs, l4);
@@ -279,7 +278,11 @@ mod deltas_tests {
     fn identity_deltas_are_minus_zero() {
         let (a, b) = (Ipv4Addr::new(198, 18, 0, 1), Ipv4Addr::new(198, 18, 0, 2));
         assert_eq!(
-            flow_deltas((a, 1), (checksum::addr_change_ne(b, b), 2), (a, 1), 2),
+            flow_deltas(
+                checksum::addr_change_ne(a, a) + checksum::addr_change_ne(b, b),
+                (1, 1),
+                (2, 2)
+            ),
             (0xffff, 0xffff)
         );
     }
@@ -300,10 +303,9 @@ mod deltas_tests {
             let want = (addrs.to_be(), d.folded().to_be());
             prop_assert_eq!(
                 flow_deltas(
-                    (ip(0), ports[0]),
-                    (checksum::addr_change_ne(ip(1), ip(3)), ports[1]),
-                    (ip(2), ports[2]),
-                    ports[3],
+                    checksum::addr_change_ne(ip(0), ip(2)) + checksum::addr_change_ne(ip(1), ip(3)),
+                    (ports[0], ports[2]),
+                    (ports[1], ports[3]),
                 ),
                 want
             );
