@@ -4,7 +4,8 @@
 //! AF_XDP ceiling and meshgate side by side in a namespace lab, the
 //! pipeline alone (time and callgrind instructions) and the memory of a
 //! million flows; `meshgate-bench pipeline --case C --iterations N` is the
-//! pipeline loop that callgrind runs; `meshgate-bench expiry` times a
+//! pipeline loop that callgrind runs, `meshgate-bench count --case C` its
+//! instructions per packet; `meshgate-bench expiry` times a
 //! worker's sweeps while a million flows expire at once. See
 //! bench/README.md.
 
@@ -35,6 +36,13 @@ enum Cmd {
         case: String,
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
+    },
+    /// Instructions per packet of each CASE, counted by callgrind as
+    /// `bench/run` and the guard count them (`bench/callgrind.rs`).
+    Count {
+        /// new, established, reply, established6 or reply6.
+        #[arg(long, required = true)]
+        case: Vec<String>,
     },
     /// One path, one load: for profiling and for trying a change.
     Trial {
@@ -234,6 +242,20 @@ fn main() -> anyhow::Result<()> {
                 paths::write_json(p, &v)?;
             }
             print!("{}", connections::table(&v));
+            Ok(())
+        }
+        Cmd::Count { case } => {
+            let bin = std::env::current_exe()?;
+            let dir = std::env::temp_dir().join(format!("mg-count-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let counted: anyhow::Result<Vec<u64>> = case
+                .iter()
+                .map(|c| callgrind::per_packet(&bin, c, &dir))
+                .collect();
+            let _ = std::fs::remove_dir_all(&dir);
+            for (c, n) in case.iter().zip(counted?) {
+                println!("{c} {n}");
+            }
             Ok(())
         }
         Cmd::Expiry { flows } => {
