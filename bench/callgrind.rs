@@ -62,12 +62,19 @@ pub fn per_packet(bin: &Path, case: &str, dir: &Path) -> Result<u64> {
 /// (case, instructions per packet) for new, established and reply, and
 /// an IPv6 client's established segments and replies.
 pub fn instructions(bin: &Path) -> Result<Vec<(&'static str, u64)>> {
+    const CASES: [&str; 5] = ["new", "established", "reply", "established6", "reply6"];
+    Ok(CASES.into_iter().zip(count(bin, &CASES)?).collect())
+}
+
+/// Instructions per packet of each of `cases`, callgrind's files in a
+/// directory of their own, removed afterwards (also on an error).
+pub fn count<S: AsRef<str>>(bin: &Path, cases: &[S]) -> Result<Vec<u64>> {
     let dir = std::env::temp_dir().join(format!("mg-callgrind-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let mut v = Vec::new();
-    for case in ["new", "established", "reply", "established6", "reply6"] {
-        v.push((case, per_packet(bin, case, &dir)?));
-    }
+    let counted = cases
+        .iter()
+        .map(|c| per_packet(bin, c.as_ref(), &dir))
+        .collect();
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(v)
+    counted
 }

@@ -245,15 +245,8 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Count { case } => {
-            let bin = std::env::current_exe()?;
-            let dir = std::env::temp_dir().join(format!("mg-count-{}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            let counted: anyhow::Result<Vec<u64>> = case
-                .iter()
-                .map(|c| callgrind::per_packet(&bin, c, &dir))
-                .collect();
-            let _ = std::fs::remove_dir_all(&dir);
-            for (c, n) in case.iter().zip(counted?) {
+            let counted = callgrind::count(&std::env::current_exe()?, &case)?;
+            for (c, n) in case.iter().zip(counted) {
                 println!("{c} {n}");
             }
             Ok(())
