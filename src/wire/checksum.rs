@@ -149,7 +149,9 @@ fn addr6_sum<const NEG: bool>(a: &[u8; 16]) -> u64 {
 /// The change of an IPv4 address from `old` to `new` as RFC 1624 sums it
 /// (`!old + new` over its two 16-bit words), in the wire's byte order
 /// (`get16_ne`) and unfolded: at most 0x3fffc, so that a few such sums
-/// add up in 32 bits before one fold.
+/// add up in 32 bits before one fold. (Summed by 16-bit halves, not as
+/// `addr4_sum`'s 32-bit words, whose sums need 64 bits and a longer
+/// fold: bench/README.md, "Choices the counts made".)
 #[inline(always)]
 pub fn addr_change_ne(old: Ipv4Addr, new: Ipv4Addr) -> u32 {
     let a = |x: Ipv4Addr| {
